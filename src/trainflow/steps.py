@@ -1,0 +1,49 @@
+"""The fit/apply contract of data steps, run over one table or over train/val/test splits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import polars as pl
+from pydantic import BaseModel
+
+from trainflow.artifacts import ArtifactRef, Store
+from trainflow.tables import TableSchema, class_counts, read_table, write_table
+
+SPLITS = ("train", "val", "test")
+State = dict[str, Any]
+Fit = Callable[[pl.DataFrame, TableSchema, Any], State]
+Apply = Callable[[pl.DataFrame, TableSchema, Any, State], tuple[pl.DataFrame, TableSchema]]
+
+
+def read_parts(ref: ArtifactRef) -> dict[str, tuple[pl.DataFrame, TableSchema]]:
+    """The parts of a table artifact ({'all': ...}) or of a splits artifact (train/val/test)."""
+    names = ("all",) if ref.kind == "table" else SPLITS
+    return {name: read_table(ref.path / f"{name}.parquet") for name in names}
+
+
+def write_parts(store: Store, kind: str, parts: dict[str, tuple[pl.DataFrame, TableSchema]],
+                extra: dict[str, Any] | None = None) -> ArtifactRef:
+    """Write parts (and JSON extras such as fitted state) as one artifact; return its ref."""
+    with store.writer(kind) as staging:
+        for name, (df, schema) in parts.items():
+            write_table(df, staging / f"{name}.parquet", schema)
+        for name, value in (extra or {}).items():
+            (staging / f"{name}.json").write_text(json.dumps(value, indent=1, sort_keys=True))
+        schema = next(iter(parts.values()))[1]
+        summary = {name: {"rows": len(df), "classes": class_counts(df, schema)}
+                   for name, (df, _) in parts.items()}
+        return store.commit(staging, kind, count=sum(len(df) for df, _ in parts.values()),
+                            schema=schema.model_dump(), meta={"parts": summary})
+
+
+def transform(ref: ArtifactRef, params: BaseModel, fit: Fit, apply: Apply,
+              store: str | Path) -> ArtifactRef:
+    """Fit a step on the whole table (before split) or on train only (after), apply to all."""
+    parts = read_parts(ref)
+    fitted_on = parts["all"] if ref.kind == "table" else parts["train"]
+    state = fit(fitted_on[0], fitted_on[1], params)
+    out = {name: apply(df, schema, params, state) for name, (df, schema) in parts.items()}
+    return write_parts(Store(store), ref.kind, out, {"state": state})

@@ -1,0 +1,81 @@
+"""Parquet tables with their trainflow schema: target, features, classes and image shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+from trainflow.errors import DataError
+
+META_KEY = b"trainflow"
+IMAGE_COLUMN = "image"
+
+
+class TableSchema(BaseModel):
+    """What a table holds. Images are one flattened float column with their (C, H, W) shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str
+    features: list[str]
+    classes: list[str]
+    image_shape: list[int] | None = None
+
+    @property
+    def input_shape(self) -> list[int]:
+        return self.image_shape if self.image_shape else [len(self.features)]
+
+
+def write_table(df: pl.DataFrame, path: Path, schema: TableSchema) -> None:
+    table = df.to_arrow()
+    metadata = dict(table.schema.metadata or {})
+    metadata[META_KEY] = schema.model_dump_json().encode()
+    # Fixed writer settings keep the bytes identical from run to run (content addressing).
+    pq.write_table(table.replace_schema_metadata(metadata), path, compression="zstd",
+                   write_statistics=True, store_schema=True)
+
+
+def read_table(path: Path) -> tuple[pl.DataFrame, TableSchema]:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"cannot read Parquet file {path}: {exc}") from None
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise DataError(f"{path} is not a trainflow table (no '{META_KEY.decode()}' metadata)")
+    return pl.from_arrow(table.replace_schema_metadata(None)), TableSchema(**json.loads(raw))
+
+
+def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.ndarray]:
+    """Features as float32 (N, *input_shape) and labels as int64 class indices."""
+    if schema.image_shape:
+        flat = np.asarray(df[IMAGE_COLUMN].to_list(), dtype=np.float32)
+        x = flat.reshape(len(df), *schema.image_shape)
+    else:
+        x = df.select(schema.features).cast(pl.Float32).to_numpy().astype(np.float32, copy=False)
+    bad = ~np.isfinite(x.reshape(len(df), -1))
+    if bad.any():
+        if schema.image_shape:
+            where = "image pixels"
+        else:
+            where = ", ".join(f"{c} ({int(n)})" for c, n in zip(schema.features, bad.sum(0)) if n)
+        raise DataError(
+            f"{int(bad.sum())} non-finite feature value(s) (NaN or inf) reach training in: {where}. "
+            "Add a `clean` step (missing: drop/mean/median/mode/constant) before `split`, "
+            "or fix the source data."
+        )
+    index = {name: i for i, name in enumerate(schema.classes)}
+    y = np.asarray([index[str(v)] for v in df[schema.target].to_list()], dtype=np.int64)
+    return np.ascontiguousarray(x), y
+
+
+def class_counts(df: pl.DataFrame, schema: TableSchema) -> dict[str, int]:
+    counts = df[schema.target].cast(pl.Utf8).value_counts()
+    found = {str(k): int(v) for k, v in zip(counts[schema.target], counts["count"])}
+    return {c: found.get(c, 0) for c in schema.classes}

@@ -1,0 +1,145 @@
+"""Ingest: read a bundled scikit-learn dataset, a CSV/Parquet file or an image folder into Parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import numpy as np
+import polars as pl
+from prefect import task
+from pydantic import Field
+
+from trainflow.artifacts import ArtifactRef, Store, fingerprint_path
+from trainflow.caching import CACHED
+from trainflow.errors import DataError
+from trainflow.spec.base import Section
+from trainflow.steps import write_parts
+from trainflow.tables import IMAGE_COLUMN, TableSchema
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+class SklearnSource(Section):
+    type: Literal["sklearn"]
+    dataset: Literal["digits", "breast_cancer", "wine", "iris"]
+
+
+class FileSource(Section):
+    type: Literal["csv", "parquet"]
+    path: str
+    target: str
+    features: list[str] | None = Field(None, description="Feature columns; default all but target")
+
+    def content_fingerprint(self) -> str:
+        """The file's sha256, so that an edited file is never served from the cache."""
+        path = Path(self.path)
+        return fingerprint_path(path) if path.is_file() else "missing"
+
+
+class ImageFolderSource(Section):
+    type: Literal["image_folder"]
+    path: str
+    channels: Literal[1, 3] = 1
+
+    def content_fingerprint(self) -> str:
+        path = Path(self.path)
+        return fingerprint_path(path) if path.is_dir() else "missing"
+
+
+Source = Annotated[Union[SklearnSource, FileSource, ImageFolderSource],
+                   Field(discriminator="type")]
+
+
+def _natural_sorted(values: list[str]) -> list[str]:
+    return sorted(values, key=lambda v: (0, int(v), v) if v.lstrip("-").isdigit() else (1, 0, v))
+
+
+def _load_sklearn(source: SklearnSource) -> tuple[pl.DataFrame, TableSchema]:
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{source.dataset}")()
+    names = [str(n) for n in bunch.target_names]
+    labels = [names[i] for i in bunch.target]
+    if source.dataset == "digits":
+        images = bunch.images.astype(np.float32).reshape(len(labels), -1)
+        df = pl.DataFrame({IMAGE_COLUMN: images, "target": labels})
+        df = df.with_columns(pl.col(IMAGE_COLUMN).cast(pl.List(pl.Float32)))
+        return df, TableSchema(target="target", features=[IMAGE_COLUMN], classes=names,
+                               image_shape=[1, 8, 8])
+    features = [str(f) for f in bunch.feature_names]
+    df = pl.DataFrame(bunch.data.astype(np.float64), schema=features).with_columns(
+        pl.Series("target", labels))
+    return df, TableSchema(target="target", features=features, classes=names)
+
+
+def _load_file(source: FileSource) -> tuple[pl.DataFrame, TableSchema]:
+    path = Path(source.path)
+    if not path.is_file():
+        raise DataError(f"data.source.path: file not found: {path}")
+    try:
+        df = pl.read_csv(path, infer_schema_length=10_000) if source.type == "csv" \
+            else pl.read_parquet(path)
+    except Exception as exc:  # polars raises several types for unreadable files
+        raise DataError(f"data.source.path: cannot read {source.type} file {path}: {exc}") from None
+    if source.target not in df.columns:
+        raise DataError(f"data.source.target: column {source.target!r} not in {path}; "
+                        f"columns are {df.columns}")
+    features = source.features or [c for c in df.columns if c != source.target]
+    missing = [c for c in features if c not in df.columns]
+    if missing:
+        raise DataError(f"data.source.features: columns {missing} not in {path}")
+    text = [c for c in features if not df[c].dtype.is_numeric()]
+    if text:
+        raise DataError(f"data.source.features: non-numeric columns {text} in {path}; "
+                        "list numeric feature columns in `features`")
+    df = df.select(*features, pl.col(source.target).cast(pl.Utf8))
+    classes = _natural_sorted(df[source.target].drop_nulls().unique().to_list())
+    return df, TableSchema(target=source.target, features=features, classes=classes)
+
+
+def _load_image_folder(source: ImageFolderSource) -> tuple[pl.DataFrame, TableSchema]:
+    import cv2
+
+    root = Path(source.path)
+    if not root.is_dir():
+        raise DataError(f"data.source.path: image folder not found: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"data.source.path: {root} has no class sub-folders (class_name/*.png)")
+    flag = cv2.IMREAD_GRAYSCALE if source.channels == 1 else cv2.IMREAD_COLOR
+    images, labels, shape = [], [], None
+    for name in classes:
+        for file in sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):
+            image = cv2.imread(str(file), flag)
+            if image is None:
+                raise DataError(f"data.source.path: cannot decode image {file}")
+            chw = image[None] if image.ndim == 2 else image[:, :, ::-1].transpose(2, 0, 1)
+            if shape is None:
+                shape = chw.shape
+            elif chw.shape != shape:
+                raise DataError(f"data.source.path: image {file} has shape {chw.shape}, "
+                                f"the first image has {shape}; all images must share a size")
+            images.append(chw.astype(np.float32).ravel())
+            labels.append(name)
+    if not images:
+        raise DataError(f"data.source.path: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+    df = pl.DataFrame({IMAGE_COLUMN: np.stack(images), "target": labels}).with_columns(
+        pl.col(IMAGE_COLUMN).cast(pl.List(pl.Float32)))
+    return df, TableSchema(target="target", features=[IMAGE_COLUMN], classes=classes,
+                           image_shape=list(shape))
+
+
+LOADERS = {"sklearn": _load_sklearn, "csv": _load_file, "parquet": _load_file,
+           "image_folder": _load_image_folder}
+
+
+def load_source(source: SklearnSource | FileSource | ImageFolderSource):
+    return LOADERS[source.type](source)
+
+
+@task(name="ingest", **CACHED)
+def ingest(source: Source, store: str) -> ArtifactRef:
+    """Read the declared source into a Parquet table artifact (images as flat arrays + shape)."""
+    df, schema = load_source(source)
+    return write_parts(Store(store), "table", {"all": (df, schema)})
