@@ -1,0 +1,19 @@
+"""The cross-validation subflow: one mapped task per fold, post-split steps re-fitted inside."""
+
+from __future__ import annotations
+
+from prefect import flow, unmapped
+
+from trainflow.artifacts import ArtifactRef
+from trainflow.spec.pipeline import PipelineSpec
+from trainflow.tasks.cv import train_fold
+
+
+@flow(name="cross-validate")
+def cross_validate(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> list[ArtifactRef]:
+    folds = spec.evaluate.cv.folds
+    futures = train_fold.map(
+        splits=unmapped(raw_splits), fold=list(range(folds)), folds=unmapped(folds),
+        steps=unmapped(spec.data.post_split), model=unmapped(spec.model),
+        train=unmapped(spec.train), seed=unmapped(spec.seed), store=unmapped(store))
+    return [future.result() for future in futures]

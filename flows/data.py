@@ -1,0 +1,24 @@
+"""The data subflow: ingest -> pre-split steps -> split -> post-split steps -> shard."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from trainflow import registry
+from trainflow.artifacts import ArtifactRef
+from trainflow.spec.pipeline import PipelineSpec
+from trainflow.tasks.ingest import ingest
+from trainflow.tasks.shard import shard
+
+
+@flow(name="prepare-data")
+def prepare_data(spec: PipelineSpec, store: str) -> dict[str, ArtifactRef]:
+    table = ingest(spec.data.source, store)
+    for step in spec.data.pre_split:
+        table = registry.STEPS[step.type].impl(table, step, store)
+    raw_splits = registry.STEPS["split"].impl(table, spec.data.split, spec.seed, store)
+    splits = raw_splits
+    for step in spec.data.post_split:
+        splits = registry.STEPS[step.type].impl(splits, step, store)
+    return {"table": table, "raw_splits": raw_splits, "splits": splits,
+            "shards": shard(splits, spec.data.shard, store)}

@@ -1,0 +1,69 @@
+"""A trained model as an artifact folder: model.json (how to build it) + weights + metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainflow import registry
+from trainflow.artifacts import ArtifactRef
+from trainflow.engine import checkpoint
+from trainflow.engine.loop import FitResult, Split, fit, predict, resolve_device
+from trainflow.metrics import classification_metrics
+from trainflow.spec.train import TrainSpec
+
+WEIGHTS = "best.pt"
+
+
+def build_model(model: Any, input_shape: list[int], num_classes: int) -> nn.Module:
+    return registry.MODELS[model.type].impl(input_shape, num_classes, **model.builder_kwargs())
+
+
+def optimizer_factory(train: TrainSpec, lr: float | None = None) -> Callable:
+    entry = registry.OPTIMIZERS[train.optimizer.type]
+    return lambda net: entry.impl(net.parameters(), train.optimizer, lr or train.lr,
+                                  train.weight_decay)
+
+
+def train_into(folder: Path, model: Any, train: TrainSpec, seed: int, data: dict[str, Split],
+               input_shape: list[int], classes: list[str],
+               on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, FitResult]:
+    """Build, train and save a model (best weights restored) into `folder`."""
+    torch.manual_seed(seed)
+    net = build_model(model, input_shape, len(classes))
+    result = fit(net, data["train"], data["val"], train, seed, optimizer_factory(train),
+                 folder, on_epoch)
+    net.load_state_dict(result.best_state)
+    describe(folder, model.model_dump(mode="json"), input_shape, classes,
+             best_epoch=result.best_epoch, epochs_run=len(result.history),
+             stopped_early=result.stopped_early)
+    return net, result
+
+
+def describe(folder: Path, model: dict, input_shape: list[int], classes: list[str],
+             **extra: Any) -> None:
+    info = {"model": model, "input_shape": input_shape, "classes": classes, **extra}
+    (folder / "model.json").write_text(json.dumps(info, indent=1, sort_keys=True))
+
+
+def load_model(ref: ArtifactRef) -> tuple[nn.Module, dict]:
+    """Rebuild a model artifact's network and load its weights (weights_only)."""
+    ref.verify()
+    info = json.loads((ref.path / "model.json").read_text())
+    params = registry.MODELS[info["model"]["type"]].params(**info["model"])
+    net = build_model(params, info["input_shape"], len(info["classes"]))
+    net.load_state_dict(checkpoint.load(ref.path / WEIGHTS)["model"])
+    return net.eval(), info
+
+
+def score(net: nn.Module, data: Split, num_classes: int, batch_size: int = 256,
+          device: str = "cpu") -> tuple[dict, np.ndarray]:
+    """Classification metrics and class probabilities of `net` on `data`."""
+    loss, probs = predict(net, data, batch_size, resolve_device(device))
+    metrics = classification_metrics(data.y.numpy(), probs.numpy(), num_classes)
+    return {"loss": loss, **metrics}, probs.numpy()

@@ -1,0 +1,170 @@
+"""The training loop, as plain functions: seed, batches, train one epoch, evaluate, fit."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from trainflow.engine import checkpoint
+from trainflow.errors import TrainflowError
+from trainflow.spec.train import TrainSpec
+
+
+@dataclass
+class Split:
+    """One in-memory split: features (N, *shape) float32 and labels (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def from_arrays(cls, x: np.ndarray, y: np.ndarray) -> Split:
+        return cls(torch.from_numpy(x), torch.from_numpy(y))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_state: dict | None = None
+    stopped_early: bool = False
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return the generator that orders the training batches."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainflowError("train.device: 'cuda' was requested but no CUDA device is available")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise TrainflowError("train.device: 'mps' was requested but MPS is not available")
+    return torch.device(name)
+
+
+def batches(data: Split, batch_size: int,
+            generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches in a random order drawn from `generator`, or in order without one."""
+    n = len(data)
+    order = torch.randperm(n, generator=generator) if generator is not None else None
+    for start in range(0, n, batch_size):
+        if order is None:
+            yield data.x[start:start + batch_size], data.y[start:start + batch_size]
+        else:
+            index = order[start:start + batch_size]
+            yield data.x[index], data.y[index]
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, batch_size: int,
+                generator: torch.Generator, device: torch.device) -> float:
+    model.train()
+    total, seen = torch.zeros((), device=device), 0
+    for x, y in batches(data, batch_size, generator):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(y)
+        seen += len(y)
+    mean = total.item() / max(seen, 1)
+    if not math.isfinite(mean):
+        raise TrainflowError(f"training loss became non-finite ({mean}); lower train.lr or check "
+                             "the data. The last good checkpoint is kept.")
+    return mean
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Split, batch_size: int,
+            device: torch.device) -> tuple[float, torch.Tensor]:
+    """Mean cross-entropy and class probabilities (N, classes) on CPU."""
+    model.eval()
+    losses, probs = [], []
+    for x, y in batches(data, batch_size):
+        logits = model(x.to(device))
+        losses.append(nn.functional.cross_entropy(logits, y.to(device), reduction="sum"))
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+    loss = torch.stack(losses).sum().item() / max(len(data), 1) if losses else float("nan")
+    return loss, torch.cat(probs) if probs else torch.zeros(0)
+
+
+def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
+        build_optimizer: Callable[[nn.Module], torch.optim.Optimizer], out_dir: Path | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Train with early stopping on a validation metric; write metrics.jsonl and checkpoints."""
+    generator = seed_everything(seed)
+    device = resolve_device(spec.device)
+    model.to(device)
+    optimizer = build_optimizer(model)
+    stopping = spec.early_stopping
+    monitor = stopping.monitor if stopping else "val_loss"
+    sign = 1.0 if monitor == "val_loss" else -1.0  # compare as "lower is better"
+    min_delta = stopping.min_delta if stopping else 0.0
+    result, best, waited = FitResult(), math.inf, 0
+    log = open(out_dir / "metrics.jsonl", "w") if out_dir else None
+    try:
+        for epoch in tqdm(range(1, spec.epochs + 1), desc="epochs", leave=False, disable=None):
+            start = time.perf_counter()
+            train_loss = train_epoch(model, optimizer, train, spec.batch_size, generator, device)
+            val_loss, probs = predict(model, val, spec.batch_size, device)
+            val_acc = (probs.argmax(1) == val.y).float().mean().item() if len(val) else 0.0
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                   "val_accuracy": val_acc, "seconds": time.perf_counter() - start}
+            result.history.append(row)
+            score = sign * row[monitor]
+            if score < best - min_delta:
+                best, waited, result.best_epoch = score, 0, epoch
+                result.best_state = {k: v.detach().clone().cpu() for k, v in
+                                     model.state_dict().items()}
+            else:
+                waited += 1
+            if log:
+                log.write(json.dumps(row) + "\n")
+            if on_epoch:
+                on_epoch(row)
+            if out_dir and spec.checkpoint_every and epoch % spec.checkpoint_every == 0:
+                save_training_state(out_dir / "last.pt", model, optimizer, epoch, generator)
+            if stopping and waited >= stopping.patience:
+                result.stopped_early = True
+                break
+    finally:
+        if log:
+            log.close()
+    if out_dir:
+        save_training_state(out_dir / "last.pt", model, optimizer, len(result.history), generator)
+        checkpoint.save(out_dir / "best.pt", {"model": result.best_state,
+                                              "epoch": result.best_epoch})
+    return result
+
+
+def save_training_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        epoch: int, generator: torch.Generator) -> None:
+    checkpoint.save(path, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+        "rng": {"torch": torch.get_rng_state(), "batches": generator.get_state(),
+                "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+                "python": list(random.getstate()[1])},
+    })

@@ -1,0 +1,66 @@
+"""Every pluggable kind, by the name the YAML uses: name -> (params model, implementation).
+
+Filled explicitly here, not by import side effects. The spec's unions are built from these
+tables, so a new entry is one line here plus its params model and implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, Field
+
+from trainflow import compress
+from trainflow.engine import optim
+from trainflow.models.cnn import cnn
+from trainflow.models.mlp import mlp
+from trainflow.spec import evaluate as ev
+from trainflow.spec.model import CNNParams, MLPParams
+from trainflow.spec.train import AdamParams, SGDParams
+from trainflow.tasks import clean, ingest, normalize, split
+
+
+def soft_vote(probs: list) -> Any:
+    """Mean of the members' class probabilities."""
+    return sum(probs) / len(probs)
+
+
+@dataclass(frozen=True)
+class Entry:
+    params: type[BaseModel]
+    impl: Callable[..., Any]
+    fit: Callable[..., Any] | None = None
+    apply: Callable[..., Any] | None = None
+
+
+SOURCES = {
+    "sklearn": Entry(ingest.SklearnSource, ingest.load_source),
+    "csv": Entry(ingest.FileSource, ingest.load_source),
+    "parquet": Entry(ingest.FileSource, ingest.load_source),
+    "image_folder": Entry(ingest.ImageFolderSource, ingest.load_source),
+}
+STEPS = {
+    "clean": Entry(clean.CleanParams, clean.clean, clean.fit, clean.apply),
+    "split": Entry(split.SplitParams, split.split),
+    "normalize": Entry(normalize.NormalizeParams, normalize.normalize, normalize.fit,
+                       normalize.apply),
+}
+MODELS = {"mlp": Entry(MLPParams, mlp), "cnn": Entry(CNNParams, cnn)}
+OPTIMIZERS = {
+    "sgd": Entry(SGDParams, optim.sgd),
+    "adam": Entry(AdamParams, optim.adam),
+    "adamw": Entry(AdamParams, optim.adam),
+}
+ENSEMBLES = {"soft_vote": Entry(ev.SoftVoteParams, soft_vote)}
+QUANTIZERS = {"dynamic_int8": Entry(ev.DynamicInt8Params, compress.quantize_dynamic_int8)}
+PRUNERS = {"l1_unstructured": Entry(ev.L1UnstructuredParams, compress.prune_l1_unstructured)}
+
+
+def union(registry: dict[str, Entry]) -> Any:
+    """The discriminated union (on `type`) of a registry's params models."""
+    members = tuple(dict.fromkeys(entry.params for entry in registry.values()))
+    if len(members) == 1:
+        return members[0]
+    return Annotated[Union[members], Field(discriminator="type")]

@@ -1,0 +1,49 @@
+"""Evaluate, ensemble, compress and outputs sections."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt
+
+from trainflow.spec.base import Section
+
+Metric = Literal["accuracy", "precision_macro", "recall_macro", "f1_macro"]
+
+
+class CVSpec(Section):
+    folds: int = Field(5, ge=2, le=50)
+
+
+class EvaluateSpec(Section):
+    metrics: list[Metric] = Field(
+        default_factory=lambda: ["accuracy", "precision_macro", "recall_macro", "f1_macro"],
+        min_length=1)
+    cv: CVSpec | None = None
+
+
+class SoftVoteParams(Section):
+    """Average the class probabilities of the cross-validation fold models."""
+
+    type: Literal["soft_vote"]
+
+
+class DynamicInt8Params(Section):
+    """Dynamic int8 quantization of every Linear layer (weights int8, activations at run time)."""
+
+    type: Literal["dynamic_int8"]
+    latency_repeats: PositiveInt = 30
+
+
+class L1UnstructuredParams(Section):
+    """Global L1 unstructured pruning of Linear and Conv weights, then optional fine-tuning."""
+
+    type: Literal["l1_unstructured"]
+    sparsity: float = Field(0.5, gt=0.0, lt=1.0)
+    finetune_epochs: int = Field(0, ge=0)
+    finetune_lr: float | None = Field(None, gt=0, description="Default: train.lr / 10")
+
+
+class OutputsSpec(Section):
+    store: str = ".trainflow"
+    runs: str = "runs"

@@ -1,0 +1,45 @@
+"""Train section: optimizer, learning rate, batch size, epochs, early stopping, device."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt
+
+from trainflow.spec.base import Section
+
+
+class SGDParams(Section):
+    type: Literal["sgd"]
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+
+
+class AdamParams(Section):
+    """Adam and AdamW (decoupled weight decay) share their parameters."""
+
+    type: Literal["adam", "adamw"]
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+
+
+class EarlyStopping(Section):
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    patience: PositiveInt = 5
+    min_delta: float = Field(0.0, ge=0.0)
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        return "min" if self.monitor == "val_loss" else "max"
+
+
+class TrainSpec(Section):
+    optimizer: SGDParams | AdamParams = Field(
+        default_factory=lambda: AdamParams(type="adamw"), discriminator="type")
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: PositiveInt = 64
+    epochs: PositiveInt = 20
+    early_stopping: EarlyStopping | None = None
+    checkpoint_every: int = Field(1, ge=0, description="Write last.pt every N epochs (0: at end)")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

@@ -1,0 +1,63 @@
+"""Cross-validation fold: re-fit the post-split steps on the fold's training rows, train, score."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import polars as pl
+from prefect import task
+
+from trainflow import registry
+from trainflow.artifacts import ArtifactRef, Store
+from trainflow.caching import CACHED
+from trainflow.engine.bundle import score, train_into
+from trainflow.engine.loop import Split
+from trainflow.spec.train import TrainSpec
+from trainflow.steps import read_parts
+from trainflow.tables import to_arrays
+from trainflow.tasks.split import fold_frames
+
+
+def fold_data(splits: ArtifactRef, fold: int, folds: int, steps: list[Any],
+              seed: int) -> tuple[dict[str, Split], Any]:
+    """Fold train/val from the train+val pool and the test part, each step fitted on fold train.
+
+    Nothing learned from the fold's held-out rows or from the test part reaches training.
+    """
+    parts = read_parts(splits)
+    schema = parts["train"][1]
+    pool = pl.concat([parts["train"][0], parts["val"][0]])
+    frames = dict(zip(("train", "val"), fold_frames(pool, schema, folds, fold, seed)))
+    frames["test"] = parts["test"][0]
+    schemas = dict.fromkeys(frames, schema)
+    for step in steps:
+        entry = registry.STEPS[step.type]
+        state = entry.fit(frames["train"], schemas["train"], step)
+        for name in frames:
+            frames[name], schemas[name] = entry.apply(frames[name], schemas[name], step, state)
+    data = {name: Split.from_arrays(*to_arrays(frames[name], schemas[name])) for name in frames}
+    return data, schemas["train"]
+
+
+@task(name="train_fold", **CACHED)
+def train_fold(splits: ArtifactRef, fold: int, folds: int, steps: list[Any], model: Any,
+               train: TrainSpec, seed: int, store: str) -> ArtifactRef:
+    """Train and score one fold; keeps its test-set probabilities for ensembling."""
+    data, schema = fold_data(splits, fold, folds, steps, seed)
+    target = Store(store)
+    with target.writer("model") as staging:
+        net, result = train_into(staging, model, train, seed, data, schema.input_shape,
+                                 schema.classes)
+        val, _ = score(net, data["val"], len(schema.classes))
+        test, probs = score(net, data["test"], len(schema.classes))
+        np.save(staging / "test_probs.npy", probs.astype(np.float32), allow_pickle=False)
+        np.save(staging / "test_labels.npy", data["test"].y.numpy(), allow_pickle=False)
+        (staging / "fold.json").write_text(json.dumps({"fold": fold, "val": val, "test": test},
+                                                      indent=1, sort_keys=True))
+        return target.commit(staging, "model", count=len(data["train"]),
+                             schema={"classes": schema.classes,
+                                     "input_shape": schema.input_shape},
+                             meta={"fold": fold, "val": val, "test": test,
+                                   "best_epoch": result.best_epoch})

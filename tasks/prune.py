@@ -1,0 +1,47 @@
+"""Prune: global L1 unstructured pruning to a target sparsity, fine-tuned, made permanent."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect import task
+
+from trainflow import compress, registry
+from trainflow.artifacts import ArtifactRef, Store
+from trainflow.caching import CACHED
+from trainflow.engine import checkpoint
+from trainflow.engine.bundle import WEIGHTS, describe, load_model, optimizer_factory
+from trainflow.engine.loop import fit
+from trainflow.spec.train import TrainSpec
+from trainflow.tasks.quantize import measure
+from trainflow.tasks.train import load_splits
+
+
+@task(name="prune", **CACHED)
+def prune_model(model: ArtifactRef, shards: ArtifactRef, params: Any, train: TrainSpec,
+                seed: int, store: str) -> ArtifactRef:
+    net, info = load_model(model)
+    data = load_splits(shards)
+    batch = data["test"].x[:train.batch_size]
+    classes = len(info["classes"])
+    before = measure(net, data["test"], classes, batch, 30)
+    targets = registry.PRUNERS[params.type].impl(net, params)
+    if params.finetune_epochs:
+        tune = train.model_copy(update={"epochs": params.finetune_epochs,
+                                        "early_stopping": None, "checkpoint_every": 0})
+        fit(net, data["train"], data["val"], tune, seed,
+            optimizer_factory(tune, params.finetune_lr or train.lr / 10))
+    compress.make_permanent(targets)
+    net = net.cpu().eval()
+    after = measure(net, data["test"], classes, batch, 30)
+    table = {"before": before, "after": after, "sparsity": compress.sparsity(net),
+             "target_sparsity": params.sparsity, "finetune_epochs": params.finetune_epochs}
+    target = Store(store)
+    with target.writer("model") as staging:
+        checkpoint.save(staging / WEIGHTS, {"model": net.state_dict()})
+        describe(staging, info["model"], info["input_shape"], info["classes"],
+                 pruned=params.type, sparsity=table["sparsity"])
+        (staging / "compression.json").write_text(json.dumps(table, indent=1, sort_keys=True))
+        return target.commit(staging, "model", schema=model.data_schema,
+                             meta={"compression": "prune", "type": params.type, **table})

@@ -1,0 +1,48 @@
+"""Quantize: int8 weights for the Linear layers, with a before/after table."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from prefect import task
+
+from trainflow import compress, registry
+from trainflow.artifacts import ArtifactRef, Store
+from trainflow.caching import CACHED
+from trainflow.engine import checkpoint
+from trainflow.engine.bundle import WEIGHTS, describe, load_model, score
+from trainflow.tasks.train import load_splits
+
+
+def measure(net: torch.nn.Module, test, num_classes: int, batch: torch.Tensor,
+            repeats: int) -> dict:
+    metrics, _ = score(net, test, num_classes)
+    return {"size_bytes": compress.size_on_disk(net),
+            "linear_weight_bytes": compress.linear_weight_bytes(net),
+            "latency_ms_per_batch": 1000 * compress.latency_per_batch(net, batch, repeats),
+            "accuracy": metrics["accuracy"]}
+
+
+@task(name="quantize", **CACHED)
+def quantize_model(model: ArtifactRef, shards: ArtifactRef, params: Any, batch_size: int,
+                   store: str) -> ArtifactRef:
+    net, info = load_model(model)
+    test = load_splits(shards, ("test",))["test"]
+    batch = test.x[:batch_size]
+    classes = len(info["classes"])
+    before = measure(net, test, classes, batch, params.latency_repeats)
+    quantized = registry.QUANTIZERS[params.type].impl(net, params)
+    after = measure(quantized, test, classes, batch, params.latency_repeats)
+    table = {"before": before, "after": after,
+             "linear_weights_smaller_x": before["linear_weight_bytes"]
+             / max(after["linear_weight_bytes"], 1)}
+    target = Store(store)
+    with target.writer("model") as staging:
+        checkpoint.save(staging / WEIGHTS, {"model": quantized.state_dict()})
+        describe(staging, info["model"], info["input_shape"], info["classes"],
+                 quantized=params.type)
+        (staging / "compression.json").write_text(json.dumps(table, indent=1, sort_keys=True))
+        return target.commit(staging, "model", schema=model.data_schema,
+                             meta={"compression": "quantize", "type": params.type, **table})

@@ -1,0 +1,131 @@
+"""Report: report.md and metrics.json for a run, in the store, the run folder and the Prefect UI."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from trainflow.artifacts import ArtifactRef, Store, atomic_write_text
+from trainflow.caching import CACHED
+from trainflow.metrics import METRICS
+
+
+def cv_summary(folds: list[ArtifactRef]) -> dict:
+    """Per-fold validation metrics with their mean and (sample) standard deviation."""
+    rows = [{"fold": ref.meta["fold"], **{m: ref.meta["val"][m] for m in METRICS}}
+            for ref in folds]
+    spread = {m: statistics.stdev(r[m] for r in rows) if len(rows) > 1 else 0.0 for m in METRICS}
+    return {"folds": rows, "mean": {m: statistics.fmean(r[m] for r in rows) for m in METRICS},
+            "std": spread}
+
+
+def collect(name: str, spec_fingerprint: str, data: dict[str, ArtifactRef], model: ArtifactRef,
+            test: ArtifactRef, folds: list[ArtifactRef], ensemble: ArtifactRef | None,
+            compressed: dict[str, ArtifactRef]) -> dict:
+    """Everything the run measured, as one JSON-ready dict (metrics.json)."""
+    parts = data["splits"].meta["parts"]
+    return {
+        "pipeline": name,
+        "spec_fingerprint": spec_fingerprint,
+        "data": {"rows": {k: v["rows"] for k, v in parts.items()},
+                 "classes": {k: v["classes"] for k, v in parts.items()},
+                 "ingested_rows": data["table"].count},
+        "train": dict(model.meta),
+        "test": dict(test.meta),
+        "cv": cv_summary(folds) if folds else None,
+        "ensemble": dict(ensemble.meta) if ensemble else None,
+        "compress": {kind: dict(ref.meta) for kind, ref in compressed.items()},
+        "models": {"model": model.uri, **{kind: ref.uri for kind, ref in compressed.items()},
+                   **{f"fold_{ref.meta['fold']}": ref.uri for ref in folds}},
+    }
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    def cell(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(summary: dict) -> str:
+    out = [f"# trainflow report: {summary['pipeline']}",
+           f"spec fingerprint `{summary['spec_fingerprint'][:16]}`", "", "## Data"]
+    data = summary["data"]
+    classes = list(next(iter(data["classes"].values())))
+    out.append(_table(["split", "rows", *classes],
+                      [[s, n, *data["classes"][s].values()] for s, n in data["rows"].items()]))
+    t = summary["train"]
+    out += ["", "## Training",
+            f"best epoch {t['best_epoch']} of {t['epochs_run']} run"
+            f"{' (stopped early)' if t['stopped_early'] else ''}; "
+            f"validation accuracy {t['val_accuracy']:.4f}, loss {t['val_loss']:.4f}",
+            "", "## Test metrics",
+            _table(["metric", "value"], [[m, summary["test"][m]] for m in METRICS]),
+            "", "Confusion matrix (rows: true class, columns: predicted):", "",
+            _table(["", *classes], [[c, *row] for c, row in
+                                    zip(classes, summary["test"]["confusion_matrix"])])]
+    if summary["cv"]:
+        cv = summary["cv"]
+        out += ["", f"## Cross-validation ({len(cv['folds'])} folds, validation metrics)",
+                _table(["fold", *METRICS], [[r["fold"], *(r[m] for m in METRICS)]
+                                            for r in cv["folds"]]
+                       + [["mean", *cv["mean"].values()], ["std", *cv["std"].values()]])]
+    if summary["ensemble"]:
+        e = summary["ensemble"]
+        out += ["", f"## Ensemble ({e['type']}, {e['members']} fold models, test part)",
+                _table(["metric", "value"], [[m, e[m]] for m in METRICS]),
+                f"", f"members' test accuracy: {', '.join(f'{a:.4f}' for a in e['members_accuracy'])}"]
+    for kind, c in summary["compress"].items():
+        rows = [[label, c[when]["size_bytes"], c[when]["linear_weight_bytes"],
+                 c[when]["latency_ms_per_batch"], c[when]["accuracy"]]
+                for label, when in (("before", "before"), ("after", "after"))]
+        out += ["", f"## Compression: {kind} ({c['type']})",
+                _table(["", "size on disk (bytes)", "linear weights (bytes)",
+                        "CPU latency per batch (ms)", "test accuracy"], rows)]
+        if kind == "quantize":
+            out.append(f"\nlinear weights {c['linear_weights_smaller_x']:.2f}x smaller")
+        else:
+            out.append(f"\nsparsity {c['sparsity']:.4f} (target {c['target_sparsity']}), "
+                       f"fine-tuned {c['finetune_epochs']} epoch(s)")
+    out += ["", "## Models written", _table(["model", "path"],
+                                            [[k, v] for k, v in summary["models"].items()])]
+    return "\n".join(out) + "\n"
+
+
+@task(name="report", **CACHED)
+def write_report(name: str, spec_fingerprint: str, data: dict[str, ArtifactRef],
+                 model: ArtifactRef, test: ArtifactRef, folds: list[ArtifactRef],
+                 ensemble: ArtifactRef | None, compressed: dict[str, ArtifactRef],
+                 store: str) -> ArtifactRef:
+    """Render report.md and metrics.json into the store."""
+    summary = collect(name, spec_fingerprint, data, model, test, folds, ensemble, compressed)
+    target = Store(store)
+    with target.writer("report") as staging:
+        (staging / "metrics.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+        (staging / "report.md").write_text(render(summary))
+        return target.commit(staging, "report")
+
+
+@task(name="publish_report", cache_policy=NO_CACHE)
+def publish_report(report: ArtifactRef, name: str, runs_dir: str) -> str:
+    """Copy the report into runs/<pipeline>/<run>/ and show it in the Prefect UI (every run)."""
+    report.verify()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run = Path(runs_dir) / name / f"{stamp}-{flow_run.get_name() or 'local'}"
+    run.mkdir(parents=True, exist_ok=True)
+    for file in ("report.md", "metrics.json"):
+        atomic_write_text(run / file, (report.path / file).read_text())
+    markdown = (report.path / "report.md").read_text()
+    create_markdown_artifact(markdown, key=f"{name.lower().replace('_', '-')}-report",
+                             description=f"trainflow report for {name}")
+    return str(run.resolve())
+
+
