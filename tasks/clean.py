@@ -41,8 +41,9 @@ def fit(df: pl.DataFrame, schema: TableSchema, params: CleanParams) -> State:
         return {"fill": {}}
     if params.missing == "constant":
         return {"fill": {c: params.fill_value for c in columns}}
-    nan_free = df.select(pl.col(c).fill_nan(None) if df[c].dtype.is_float() else pl.col(c)
-                         for c in columns)
+    # Statistics describe the rows that stay: labelled (if so declared) and de-duplicated.
+    kept = apply(df, schema, params.model_copy(update={"missing": "keep"}), {"fill": {}})[0]
+    nan_free = kept.select(columns)
     stat = {"mean": lambda s: s.mean(), "median": lambda s: s.median(),
             "mode": lambda s: s.drop_nulls().mode().sort().first()}[params.missing]
     fill = {c: stat(nan_free[c]) for c in columns}

@@ -143,3 +143,25 @@ def ingest(source: Source, store: str) -> ArtifactRef:
     """Read the declared source into a Parquet table artifact (images as flat arrays + shape)."""
     df, schema = load_source(source)
     return write_parts(Store(store), "table", {"all": (df, schema)})
+
+
+def read_labels(source: SklearnSource | FileSource | ImageFolderSource) -> tuple[str, list]:
+    """The target column's name and values, read cheaply (for checks before any task runs)."""
+    if isinstance(source, FileSource):
+        path = Path(source.path)
+        if not path.is_file():
+            raise DataError(f"data.source.path: file not found: {path}")
+        try:
+            columns = (pl.scan_csv(path) if source.type == "csv" else pl.scan_parquet(path)
+                       ).collect_schema().names()
+        except Exception as exc:  # polars raises several types for unreadable files
+            raise DataError(f"data.source.path: cannot read {source.type} file {path}: "
+                            f"{exc}") from None
+        if source.target not in columns:
+            raise DataError(f"data.source.target: column {source.target!r} not in {path}; "
+                            f"columns are {columns}")
+        frame = (pl.read_csv(path, columns=[source.target]) if source.type == "csv"
+                 else pl.read_parquet(path, columns=[source.target]))
+        return source.target, frame[source.target].cast(pl.Utf8).to_list()
+    df, schema = load_source(source)
+    return schema.target, df[schema.target].to_list()

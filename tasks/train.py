@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine.bundle import train_into
 from trainflow.engine.loop import Split
+from trainflow.logs import run_logger
 from trainflow.shards import read_split
 from trainflow.spec.train import TrainSpec
 
@@ -24,7 +25,7 @@ def load_splits(shards: ArtifactRef, names=("train", "val", "test")) -> dict[str
 def train_model(shards: ArtifactRef, model: Any, train: TrainSpec, seed: int,
                 store: str) -> ArtifactRef:
     """Train a model; the artifact holds best.pt, last.pt, metrics.jsonl and model.json."""
-    logger = get_run_logger()
+    logger = run_logger()
     data = load_splits(shards, ("train", "val"))
 
     def log_epoch(row: dict) -> None:

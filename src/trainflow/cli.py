@@ -1,0 +1,140 @@
+"""The `trainflow` command: validate, schema, run, task."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+PREFECT_DEFAULTS = {
+    # The ephemeral server's first start migrates its database: slow on a small machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+STEPS = ("ingest", "clean", "split", "normalize", "shard", "train", "evaluate", "train_fold",
+         "ensemble", "quantize", "prune")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainflow", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument("--set", dest="overrides", action="append", default=[],
+                           metavar="KEY.PATH=VALUE", help="override a spec value (YAML syntax)")
+    validate = commands.add_parser("validate", parents=[overrides], help="check a spec file")
+    validate.add_argument("spec")
+    commands.add_parser("schema", help="print the JSON Schema of pipeline specs")
+    run = commands.add_parser("run", parents=[overrides], help="run a pipeline on Prefect")
+    run.add_argument("spec")
+    step = commands.add_parser("task", parents=[overrides], help="run one step locally")
+    step.add_argument("step", choices=STEPS)
+    step.add_argument("--spec", required=True)
+    step.add_argument("--input", dest="inputs", action="append", default=[], metavar="REF",
+                      help="an input ref: JSON text or a file holding it (repeat for several)")
+    step.add_argument("--index", type=int, default=None,
+                      help="which data.steps entry to run when the spec has several of a type")
+    step.add_argument("--fold", type=int, default=0, help="fold number for train_fold")
+    return parser
+
+
+def _read_ref(text: str):
+    from trainflow.artifacts import ArtifactRef
+    from trainflow.errors import TrainflowError
+
+    raw = Path(text).read_text() if Path(text).is_file() else text
+    try:
+        return ArtifactRef.model_validate_json(raw)
+    except ValueError as exc:
+        raise TrainflowError(f"--input {text[:60]!r} is not an artifact ref (JSON printed by "
+                             f"`trainflow task`): {exc.errors()[0]['msg']}") from None
+
+
+def _run_step(args, spec) -> object:
+    from trainflow import registry
+    from trainflow.errors import TrainflowError
+    from trainflow.tasks import (cv, ensemble, evaluate, ingest, prune, quantize, shard,
+                                 train)
+
+    refs = [_read_ref(text) for text in args.inputs]
+    store = str(Path(spec.outputs.store).resolve())
+    needs = {"ingest": 0, "clean": 1, "split": 1, "normalize": 1, "shard": 1, "train": 1,
+             "evaluate": 2, "train_fold": 1, "quantize": 2, "prune": 2}
+    wanted = needs.get(args.step)
+    if (wanted is not None and len(refs) != wanted) or (args.step == "ensemble" and not refs):
+        raise TrainflowError(f"task {args.step} takes {wanted or 'one or more'} --input ref(s), "
+                             f"got {len(refs)}")
+    if args.step in ("clean", "split", "normalize"):
+        chosen = [(i, s) for i, s in enumerate(spec.data.steps) if s.type == args.step]
+        if args.index is not None:
+            chosen = [(i, s) for i, s in chosen if i == args.index]
+        if not chosen:
+            raise TrainflowError(f"the spec has no `{args.step}` step"
+                                 + (f" at data.steps.{args.index}" if args.index is not None
+                                    else ""))
+        step = chosen[0][1]
+        task = registry.STEPS[args.step].impl
+        if args.step == "split":
+            return task.fn(refs[0], step, spec.seed, store)
+        return task.fn(refs[0], step, store)
+    folds = spec.evaluate.cv.folds if spec.evaluate.cv else 5
+    run = {
+        "ingest": lambda: ingest.ingest.fn(spec.data.source, store),
+        "shard": lambda: shard.shard.fn(refs[0], spec.data.shard, store),
+        "train": lambda: train.train_model.fn(refs[0], spec.model, spec.train, spec.seed, store),
+        "evaluate": lambda: evaluate.evaluate_model.fn(refs[0], refs[1], store),
+        "train_fold": lambda: cv.train_fold.fn(refs[0], args.fold, folds, spec.data.post_split,
+                                               spec.model, spec.train, spec.seed, store),
+        "ensemble": lambda: ensemble.ensemble_folds.fn(
+            refs, spec.ensemble or registry.ENSEMBLES["soft_vote"].params(type="soft_vote"),
+            store),
+        "quantize": lambda: quantize.quantize_model.fn(
+            refs[0], refs[1], spec.compress.quantize
+            or registry.QUANTIZERS["dynamic_int8"].params(type="dynamic_int8"),
+            spec.train.batch_size, store),
+        "prune": lambda: prune.prune_model.fn(
+            refs[0], refs[1], spec.compress.prune
+            or registry.PRUNERS["l1_unstructured"].params(type="l1_unstructured"),
+            spec.train, spec.seed, store),
+    }
+    return run[args.step]()
+
+
+def main(argv: list[str] | None = None) -> int:
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    args = _parser().parse_args(argv)
+    from trainflow.errors import TrainflowError
+
+    try:
+        if args.command == "schema":
+            from trainflow.spec.pipeline import schema_json
+            print(schema_json())
+            return 0
+        from trainflow.spec.pipeline import load_spec
+
+        spec = load_spec(args.spec, args.overrides)
+        if args.command == "validate":
+            print(f"{args.spec}: valid pipeline spec {spec.name!r}")
+            return 0
+        if args.command == "task":
+            print(_run_step(args, spec).model_dump_json(indent=1))
+            return 0
+        from trainflow.flows.pipeline import pipeline
+        from trainflow.preflight import check_data
+
+        check_data(spec)
+        result = pipeline(spec)
+        print(json.dumps({"run_dir": result["run_dir"],
+                          "test": {k: v for k, v in result["test"].items()
+                                   if k != "confusion_matrix"}}, indent=1))
+        return 0
+    except TrainflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

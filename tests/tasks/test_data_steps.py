@@ -1,0 +1,159 @@
+"""Data steps called bare (`.fn`): ingest, clean, split, normalize and shard on real files."""
+
+import json
+import subprocess
+
+import cv2
+import numpy as np
+import polars as pl
+import pytest
+import webdataset as wds
+
+from trainflow.errors import ArtifactError, DataError
+from trainflow.shards import read_split
+from trainflow.steps import read_parts
+from trainflow.tables import read_table
+from trainflow.tasks.clean import CleanParams, clean
+from trainflow.tasks.ingest import FileSource, ImageFolderSource, SklearnSource, ingest
+from trainflow.tasks.normalize import NormalizeParams, normalize
+from trainflow.tasks.shard import ShardParams, shard
+from trainflow.tasks.split import SplitParams, split
+
+
+@pytest.mark.parametrize("dataset,rows,shape", [("digits", 1797, [1, 8, 8]),
+                                                ("breast_cancer", 569, [30]),
+                                                ("wine", 178, [13]), ("iris", 150, [4])])
+def test_ingest_bundled_datasets(store, dataset, rows, shape):
+    ref = ingest.fn(SklearnSource(type="sklearn", dataset=dataset), store)
+    df, schema = read_table(ref.path / "all.parquet")
+    assert ref.count == len(df) == rows
+    assert schema.input_shape == shape
+
+
+@pytest.fixture
+def messy_csv(tmp_path):
+    path = tmp_path / "messy.csv"
+    path.write_text("a,b,label\n1,10,x\n,20,y\n3,,x\n1,10,x\n5,50,\n7,70,y\n")
+    return path
+
+
+def test_clean_strategies_on_a_csv_with_gaps(store, messy_csv):
+    source = FileSource(type="csv", path=str(messy_csv), target="label")
+    table = ingest.fn(source, store)
+    assert table.count == 6
+    dropped = read_table(clean.fn(table, CleanParams(type="clean"), store).path / "all.parquet")[0]
+    # duplicate row, rows with a missing feature and the row without a label are gone
+    assert dropped.rows() == [(1, 10, "x"), (7, 70, "y")]
+    mean = clean.fn(table, CleanParams(type="clean", missing="mean"), store)
+    df = read_table(mean.path / "all.parquet")[0]
+    # the mean is taken over the rows that stay (labelled, de-duplicated): a = 1, 3, 7
+    assert df["a"].to_list() == pytest.approx([1.0, 11 / 3, 3.0, 7.0])
+    assert df["b"].null_count() == 0 and len(df) == 4
+    const = clean.fn(table, CleanParams(type="clean", missing="constant", fill_value=-1), store)
+    assert -1 in read_table(const.path / "all.parquet")[0]["a"].to_list()
+
+
+def test_missing_file_and_target_are_clear_errors(store, messy_csv, tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        ingest.fn(FileSource(type="csv", path=str(tmp_path / "nope.csv"), target="y"), store)
+    with pytest.raises(DataError, match="column 'Status' not in"):
+        ingest.fn(FileSource(type="csv", path=str(messy_csv), target="Status"), store)
+
+
+def test_corrupt_parquet_is_a_clear_error(store, tmp_path):
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(DataError, match="cannot read parquet file"):
+        ingest.fn(FileSource(type="parquet", path=str(bad), target="y"), store)
+
+
+def test_image_folder(store, tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / "imgs" / name / f"{i}.png"),
+                        rng.integers(0, 255, (6, 5), dtype=np.uint8))
+    ref = ingest.fn(ImageFolderSource(type="image_folder", path=str(tmp_path / "imgs")), store)
+    df, schema = read_table(ref.path / "all.parquet")
+    assert schema.classes == ["cat", "dog"] and schema.image_shape == [1, 6, 5]
+    assert df["target"].to_list() == ["cat"] * 3 + ["dog"] * 3
+
+
+@pytest.fixture
+def splits(store):
+    table = ingest.fn(SklearnSource(type="sklearn", dataset="breast_cancer"), store)
+    return split.fn(table, SplitParams(type="split", validation=0.2, test=0.2), 0, store)
+
+
+def test_split_is_stratified_and_disjoint(splits):
+    parts = read_parts(splits)
+    sizes = {k: len(v[0]) for k, v in parts.items()}
+    assert sum(sizes.values()) == 569 and sizes["test"] == 114
+    shares = {k: (df["target"] == "benign").mean() for k, (df, _) in parts.items()}
+    assert max(shares.values()) - min(shares.values()) < 0.02
+    keys = [set(map(tuple, df.drop("target").rows())) for df, _ in parts.values()]
+    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+
+
+def test_single_class_target_cannot_be_stratified(store, tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("a,label\n" + "".join(f"{i},only\n" for i in range(20)))
+    table = ingest.fn(FileSource(type="csv", path=str(path), target="label"), store)
+    with pytest.raises(DataError, match="single class"):
+        split.fn(table, SplitParams(type="split"), 0, store)
+
+
+def test_normalize_is_fitted_on_train_only(splits, store):
+    scaled = normalize.fn(splits, NormalizeParams(type="normalize"), store)
+    raw, out = read_parts(splits), read_parts(scaled)
+    state = json.loads((scaled.path / "state.json").read_text())
+    column = raw["train"][1].features[0]
+    assert state["shift"][column] == pytest.approx(raw["train"][0][column].mean())
+    assert out["train"][0][column].mean() == pytest.approx(0, abs=1e-9)
+    # validation and test are scaled with the training statistics, so they are not centred
+    expected = (raw["test"][0][column] - raw["train"][0][column].mean()) / raw["train"][0][column].std(ddof=0)
+    assert np.allclose(out["test"][0][column].to_numpy(), expected.to_numpy())
+    mm = normalize.fn(splits, NormalizeParams(type="normalize", method="minmax"), store)
+    train = read_parts(mm)["train"][0]
+    assert train[column].min() == pytest.approx(0) and train[column].max() == pytest.approx(1)
+
+
+def test_shards_are_deterministic_readable_and_verified(splits, store, tmp_path):
+    first = shard.fn(splits, ShardParams(max_samples=100), store)
+    tars = sorted(first.path.glob("train-*.tar"))
+    before = {p.name: p.read_bytes() for p in tars}
+    second = shard.fn(splits, ShardParams(max_samples=100), str(tmp_path / "other"))
+    assert {p.name: p.read_bytes() for p in sorted(second.path.glob("train-*.tar"))} == before
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    train = manifest["splits"]["train"]
+    assert [s["samples"] for s in train["shards"]] == [100, 100, 100, 41]
+    assert sum(train["classes"].values()) == 341
+    # plain tar and plain webdataset read them
+    listing = subprocess.run(["tar", "-tf", str(tars[0])], capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert listing[:2] == ["train00000000.cls", "train00000000.npy"]
+    samples = list(wds.WebDataset([str(p) for p in tars], shardshuffle=False))
+    assert len(samples) == 341 and set(samples[0]) >= {"npy", "cls", "__key__"}
+    x, y = read_split(first.path, "train")
+    assert x.shape == (341, 30) and np.bincount(y).sum() == 341
+    # a truncated shard is caught against the manifest, naming the shard
+    tars[1].write_bytes(tars[1].read_bytes()[:5000])
+    with pytest.raises(ArtifactError, match="train-000001.tar is corrupt or truncated"):
+        read_split(first.path, "train")
+
+
+def test_non_finite_features_that_no_step_handles_stop_before_training(store, tmp_path):
+    path = tmp_path / "inf.csv"
+    rows = "".join(f"{i},{'inf' if i == 3 else i},{'ab'[i % 2]}\n" for i in range(40))
+    path.write_text("a,b,label\n" + rows)
+    table = ingest.fn(FileSource(type="csv", path=str(path), target="label"), store)
+    parts = split.fn(table, SplitParams(type="split"), 0, store)
+    with pytest.raises(DataError, match=r"non-finite .* in: b \(1\)"):
+        shard.fn(parts, ShardParams(), store)
+
+
+def test_polars_frame_shapes_survive_parquet(store):
+    ref = ingest.fn(SklearnSource(type="sklearn", dataset="digits"), store)
+    df, _ = read_table(ref.path / "all.parquet")
+    assert df.schema["image"] == pl.List(pl.Float32) and len(df["image"][0]) == 64
