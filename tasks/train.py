@@ -30,7 +30,7 @@ def train_model(shards: ArtifactRef, model: Any, train: TrainSpec, seed: int,
 
     def log_epoch(row: dict) -> None:
         logger.info("epoch %(epoch)d  train_loss %(train_loss).4f  val_loss %(val_loss).4f  "
-                    "val_accuracy %(val_accuracy).4f", row)
+                    "val_accuracy %(val_accuracy).4f  (%(seconds).2fs)", row)
 
     target = Store(store)
     with target.writer("model") as staging:

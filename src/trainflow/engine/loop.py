@@ -131,8 +131,9 @@ def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
             train_loss = train_epoch(model, optimizer, train, spec.batch_size, generator, device)
             val_loss, probs = predict(model, val, spec.batch_size, device)
             val_acc = (probs.argmax(1) == val.y).float().mean().item() if len(val) else 0.0
+            # metrics.jsonl holds only what the seed determines, so a rerun writes equal bytes
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                   "val_accuracy": val_acc, "seconds": time.perf_counter() - start}
+                   "val_accuracy": val_acc}
             result.history.append(row)
             score = sign * row[monitor]
             if score < best - min_delta:
@@ -144,7 +145,7 @@ def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
             if log:
                 log.write(json.dumps(row) + "\n")
             if on_epoch:
-                on_epoch(row)
+                on_epoch({**row, "seconds": time.perf_counter() - start})
             if out_dir and spec.checkpoint_every and epoch % spec.checkpoint_every == 0:
                 save_training_state(out_dir / "last.pt", model, optimizer, epoch, generator)
             if stopping and waited >= stopping.patience:

@@ -1,0 +1,48 @@
+"""Every shipped pipeline runs end to end, CI-sized, through the real Prefect engine."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.flows.helpers import run
+
+pytestmark = pytest.mark.usefixtures("prefect_engine")
+
+CASES = {
+    "digits_cnn": (["train.epochs=8", "evaluate.cv.folds=2",
+                    "compress.prune.finetune_epochs=2"], 0.95),
+    "breast_cancer_mlp": (["train.epochs=30", "evaluate.cv.folds=2"], 0.93),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_shipped_pipeline_end_to_end(name, tmp_path):
+    overrides, floor = CASES[name]
+    result, states = run(name, tmp_path, *overrides)
+    assert set(states) == {"ingest", "clean", "split", "normalize", "shard", "train", "evaluate",
+                           "train_fold", "ensemble", "quantize", "prune", "report",
+                           "publish_report"}
+    assert all(s == "Completed" for names in states.values() for s in names)
+    assert len(states["train_fold"]) == 2
+    assert result["test"]["accuracy"] >= floor
+
+    run_dir = Path(result["run_dir"])
+    assert run_dir.parent == tmp_path / "runs" / name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    report = (run_dir / "report.md").read_text()
+    for section in ("## Data", "## Test metrics", "Confusion matrix", "## Cross-validation",
+                    "## Ensemble", "## Compression: quantize", "## Compression: prune",
+                    "## Models written"):
+        assert section in report
+    assert metrics["test"]["accuracy"] == result["test"]["accuracy"]
+    assert len(metrics["cv"]["folds"]) == 2 and set(metrics["cv"]["std"]) == set(metrics["cv"]["mean"])
+    assert sum(metrics["data"]["rows"].values()) == metrics["data"]["ingested_rows"]
+    assert all(Path(path).exists() for path in metrics["models"].values())
+
+    quantized, pruned = metrics["compress"]["quantize"], metrics["compress"]["prune"]
+    assert quantized["linear_weights_smaller_x"] >= 3.5
+    assert abs(quantized["after"]["accuracy"] - quantized["before"]["accuracy"]) <= 0.01
+    assert pruned["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert pruned["after"]["accuracy"] >= pruned["before"]["accuracy"] - 0.01
+    assert metrics["ensemble"]["members"] == 2

@@ -1,0 +1,131 @@
+"""Training, evaluation, cross-validation folds and compression, called bare (`.fn`)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trainflow.engine import checkpoint
+from trainflow.engine.bundle import load_model
+from trainflow.engine.loop import Split, fit
+from trainflow.engine.bundle import optimizer_factory
+from trainflow.models.mlp import mlp
+from trainflow.spec.evaluate import DynamicInt8Params, L1UnstructuredParams
+from trainflow.spec.model import MLPParams
+from trainflow.spec.train import EarlyStopping, TrainSpec
+from trainflow.steps import read_parts
+from trainflow.tasks.cv import fold_data, train_fold
+from trainflow.tasks.evaluate import evaluate_model
+from trainflow.tasks.ingest import SklearnSource, ingest
+from trainflow.tasks.normalize import NormalizeParams, normalize
+from trainflow.tasks.prune import prune_model
+from trainflow.tasks.quantize import quantize_model
+from trainflow.tasks.shard import ShardParams, shard
+from trainflow.tasks.split import SplitParams, split
+from trainflow.tasks.train import train_model
+
+MODEL = MLPParams(type="mlp", hidden_layers=2, units=[64, 32])
+TRAIN = TrainSpec(lr=1e-3, batch_size=32, epochs=25,
+                  early_stopping=EarlyStopping(monitor="val_loss", patience=5))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    store = str(tmp_path_factory.mktemp("store"))
+    table = ingest.fn(SklearnSource(type="sklearn", dataset="breast_cancer"), store)
+    raw = split.fn(table, SplitParams(type="split"), 0, store)
+    scaled = normalize.fn(raw, NormalizeParams(type="normalize"), store)
+    shards = shard.fn(scaled, ShardParams(max_samples=128), store)
+    model = train_model.fn(shards, MODEL, TRAIN, 0, store)
+    return {"store": store, "raw": raw, "shards": shards, "model": model}
+
+
+def test_trained_model_scores_well_on_test(prepared):
+    test = evaluate_model.fn(prepared["model"], prepared["shards"], prepared["store"])
+    assert test.meta["accuracy"] >= 0.93
+    assert np.sum(test.meta["confusion_matrix"]) == 114
+    assert 0 < test.meta["f1_macro"] <= 1
+
+
+def test_model_artifact_has_checkpoints_and_metrics_log(prepared):
+    folder = prepared["model"].path
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == prepared["model"].meta["epochs_run"]
+    assert {"train_loss", "val_loss", "val_accuracy"} <= rows[0].keys()
+    last = checkpoint.load(folder / "last.pt")
+    assert {"model", "optimizer", "epoch", "rng"} <= last.keys()
+    best = checkpoint.load(folder / "best.pt")
+    assert best["epoch"] == prepared["model"].meta["best_epoch"]
+    net, info = load_model(prepared["model"])
+    assert info["classes"] == ["malignant", "benign"]
+
+
+def test_same_seed_same_model(prepared, tmp_path):
+    again = train_model.fn(prepared["shards"], MODEL, TRAIN, 0, str(tmp_path))
+    assert again.fingerprint == prepared["model"].fingerprint
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    train, val = Split(x, (x[:, 0] > 0).long()), Split(x, torch.randint(0, 2, (64,), generator=g))
+    spec = TrainSpec(epochs=50, lr=0.05, early_stopping=EarlyStopping(monitor="val_loss",
+                                                                      patience=3))
+    result = fit(mlp([4], 2, [8]), train, val, spec, 0, optimizer_factory(spec))
+    assert result.stopped_early
+    assert len(result.history) == result.best_epoch + 3
+    losses = [row["val_loss"] for row in result.history]
+    assert min(losses) == losses[result.best_epoch - 1]
+
+
+def test_non_finite_loss_is_a_clear_error():
+    x = torch.full((8, 2), float("nan"))
+    spec = TrainSpec(epochs=2)
+    with pytest.raises(Exception, match="non-finite"):
+        fit(mlp([2], 2, [4]), Split(x, torch.zeros(8, dtype=torch.long)),
+            Split(x, torch.zeros(8, dtype=torch.long)), spec, 0, optimizer_factory(spec))
+
+
+def test_cv_fold_refits_steps_on_fold_training_rows_only(prepared):
+    steps = [NormalizeParams(type="normalize")]
+    data, _ = fold_data(prepared["raw"], fold=1, folds=3, steps=steps, seed=0)
+    # fold train is standardised with its own statistics: mean 0, std 1 per feature
+    assert data["train"].x.mean(0).abs().max() < 1e-4
+    assert (data["train"].x.std(0, unbiased=False) - 1).abs().max() < 1e-3
+    # the held-out fold and the test part are not (their statistics never entered the fit)
+    assert data["val"].x.mean(0).abs().max() > 1e-3
+    parts = read_parts(prepared["raw"])
+    assert len(data["train"]) + len(data["val"]) == len(parts["train"][0]) + len(parts["val"][0])
+    assert len(data["test"]) == len(parts["test"][0])
+
+
+def test_fold_task_keeps_test_probabilities(prepared):
+    spec = TRAIN.model_copy(update={"epochs": 3})
+    ref = train_fold.fn(prepared["raw"], 0, 3, [NormalizeParams(type="normalize")], MODEL, spec,
+                        0, prepared["store"])
+    probs = np.load(ref.path / "test_probs.npy")
+    assert probs.shape == (114, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert ref.meta["fold"] == 0 and 0 < ref.meta["val"]["accuracy"] <= 1
+
+
+def test_quantized_linear_weights_are_smaller_and_as_accurate(prepared):
+    ref = quantize_model.fn(prepared["model"], prepared["shards"],
+                            DynamicInt8Params(type="dynamic_int8", latency_repeats=3), 32,
+                            prepared["store"])
+    before, after = ref.meta["before"], ref.meta["after"]
+    assert ref.meta["linear_weights_smaller_x"] >= 3.5
+    assert abs(before["accuracy"] - after["accuracy"]) <= 0.01
+    assert after["size_bytes"] < before["size_bytes"]
+    reloaded = checkpoint.load(ref.path / "best.pt")["model"]
+    assert any("_packed_params" in key for key in reloaded)
+
+
+def test_pruned_model_reaches_target_sparsity_and_keeps_accuracy(prepared):
+    params = L1UnstructuredParams(type="l1_unstructured", sparsity=0.5, finetune_epochs=3)
+    ref = prune_model.fn(prepared["model"], prepared["shards"], params, TRAIN, 0,
+                         prepared["store"])
+    assert ref.meta["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert ref.meta["after"]["accuracy"] >= ref.meta["before"]["accuracy"] - 0.01
+    weights = checkpoint.load(ref.path / "best.pt")["model"]
+    assert not any(key.endswith("_mask") or key.endswith("_orig") for key in weights)
