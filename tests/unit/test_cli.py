@@ -1,0 +1,90 @@
+"""The command line: bad data is refused before any task runs; single steps run alone."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainflow.cli import main
+from tests.conftest import ROOT
+
+
+def write_spec(tmp_path: Path, source: dict, folds: int | None = 2) -> Path:
+    spec = {"name": "bad", "data": {"source": source, "steps": [{"type": "split"}]},
+            "model": {"type": "mlp"}, "train": {"epochs": 1},
+            "evaluate": {"cv": {"folds": folds}} if folds else {},
+            "outputs": {"store": str(tmp_path / "store"), "runs": str(tmp_path / "runs")}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def run_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def csv(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "data.csv"
+    path.write_text(text)
+    return str(path)
+
+
+def test_missing_data_file_is_refused_before_any_task(tmp_path, capsys):
+    spec = write_spec(tmp_path, {"type": "csv", "path": str(tmp_path / "gone.csv"), "target": "y"})
+    err = run_error(capsys, ["run", str(spec)])
+    assert "data.source.path: file not found" in err and "gone.csv" in err
+    assert not (tmp_path / "store").exists()
+
+
+def test_missing_target_column(tmp_path, capsys):
+    source = {"type": "csv", "path": csv(tmp_path, "a,b\n1,2\n"), "target": "label"}
+    err = run_error(capsys, ["run", str(write_spec(tmp_path, source))])
+    assert "column 'label' not in" in err and "['a', 'b']" in err
+
+
+def test_single_class_target(tmp_path, capsys):
+    rows = "".join(f"{i},yes\n" for i in range(30))
+    source = {"type": "csv", "path": csv(tmp_path, "a,label\n" + rows), "target": "label"}
+    err = run_error(capsys, ["run", str(write_spec(tmp_path, source))])
+    assert "single class ['yes']" in err
+
+
+def test_fewer_samples_in_a_class_than_folds(tmp_path, capsys):
+    rows = "".join(f"{i},{'rare' if i < 4 else 'common'}\n" for i in range(40))
+    source = {"type": "csv", "path": csv(tmp_path, "a,label\n" + rows), "target": "label"}
+    err = run_error(capsys, ["run", str(write_spec(tmp_path, source, folds=5))])
+    assert "evaluate.cv.folds is 5" in err and "'rare': 4" in err
+
+
+def test_corrupt_parquet(tmp_path, capsys):
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 garbage")
+    spec = write_spec(tmp_path, {"type": "parquet", "path": str(bad), "target": "y"})
+    err = run_error(capsys, ["run", str(spec)])
+    assert "cannot read parquet file" in err and "bad.parquet" in err
+
+
+def test_task_command_chains_steps_through_printed_refs(tmp_path, capsys):
+    spec = ROOT / "pipelines" / "breast_cancer_mlp.yaml"
+    overrides = ["--set", f"outputs.store={tmp_path / 'store'}"]
+    refs = []
+    for step in ("ingest", "clean", "split", "normalize", "shard"):
+        inputs = ["--input", str(refs[-1])] if refs else []
+        assert main(["task", step, "--spec", str(spec), *overrides, *inputs]) == 0
+        ref = json.loads(capsys.readouterr().out)
+        assert ref["uri"].startswith(str(tmp_path / "store"))
+        refs.append(tmp_path / f"{step}.json")
+        refs[-1].write_text(json.dumps(ref))
+    assert ref["kind"] == "shards" and ref["meta"]["samples"]["test"] == 114
+
+
+def test_task_command_rejects_a_wrong_input(tmp_path, capsys):
+    spec = ROOT / "pipelines" / "breast_cancer_mlp.yaml"
+    err = run_error(capsys, ["task", "clean", "--spec", str(spec), "--input", '{"uri": 1}'])
+    assert "is not an artifact ref" in err
+    err = run_error(capsys, ["task", "evaluate", "--spec", str(spec)])
+    assert "takes 2 --input ref(s), got 0" in err
