@@ -16,7 +16,8 @@ from trainflow.tables import to_arrays
 
 
 class ShardParams(Section):
-    max_samples: int = Field(1000, ge=1, description="Samples per tar shard")
+    max_samples: int = Field(10_000, ge=1, description="Samples per tar shard")
+    per_record: int = Field(256, ge=1, description="Samples packed into one tar record")
 
 
 @task(name="shard", **CACHED)
@@ -30,7 +31,7 @@ def shard(splits: ArtifactRef, params: ShardParams, store: str) -> ArtifactRef:
         for name in SPLITS:
             x, y = to_arrays(*parts[name])
             manifest["splits"][name] = write_split(staging, name, x, y, schema.classes,
-                                                   params.max_samples)
+                                                   params.max_samples, params.per_record)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         counts = {k: v["samples"] for k, v in manifest["splits"].items()}
         return target.commit(staging, "shards", count=sum(counts.values()),

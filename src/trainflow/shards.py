@@ -1,8 +1,8 @@
 """webdataset tar shards: deterministic writing, a manifest per artifact, verified reading.
 
-Members are `<key>.npy` (features, saved without pickle) and `<key>.cls` (class index as ASCII).
-Readers never decode pickle: `.npy` is loaded with `allow_pickle=False`, every other member is
-ignored, and only `file:` (or plain) paths are opened here: no `pipe:` URLs.
+Each record holds a run of consecutive samples: `<key>.x.npy` (features) and `<key>.y.npy` (class
+indices), saved without pickle. Readers never decode pickle: `.npy` is loaded with
+`allow_pickle=False`, every other member is ignored, and only `file:` (or plain) paths are opened here: no `pipe:` URLs.
 """
 
 from __future__ import annotations
@@ -29,22 +29,26 @@ def _encode_array(x: np.ndarray) -> bytes:
 
 
 def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, classes: list[str],
-                max_samples: int) -> dict:
-    """Write one split as `<split>-NNNNNN.tar` shards; return its manifest entry."""
+                max_samples: int, per_record: int) -> dict:
+    """Write one split as `<split>-NNNNNN.tar` shards of at most `max_samples` samples.
+
+    Each tar record packs up to `per_record` consecutive samples (`x.npy` of shape
+    (n, *input_shape) and `y.npy` of n class indices), so that reading is not dominated by
+    per-member overhead. Returns the split's manifest entry.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    pattern = str(folder / f"{split}-%06d.tar")
-    # mtime=0 and fixed owner make the tar bytes identical on every rerun.
-    with wds.ShardWriter(pattern, maxcount=max_samples, verbose=0, encoder=False, mtime=0,
-                         user="trainflow", group="trainflow") as sink:
-        for i in range(len(x)):
-            sink.write({"__key__": f"{split}{i:08d}", "npy": _encode_array(x[i]),
-                        "cls": str(int(y[i])).encode()})
     shards = []
-    for path in sorted(folder.glob(f"{split}-*.tar")):
-        shards.append({"name": path.name, "sha256": sha256_file(path)})
-    sizes = [min(max_samples, len(x) - i * max_samples) for i in range(len(shards))]
-    for entry, size in zip(shards, sizes):
-        entry["samples"] = size
+    for number, start in enumerate(range(0, len(x), max_samples)):
+        path = folder / f"{split}-{number:06d}.tar"
+        stop = min(start + max_samples, len(x))
+        # mtime=0 and a fixed owner make the tar bytes identical on every rerun.
+        with open(path, "wb") as stream, wds.TarWriter(stream, encoder=False, mtime=0,
+                                                       user="trainflow", group="trainflow") as sink:
+            for first in range(start, stop, per_record):
+                last = min(first + per_record, stop)
+                sink.write({"__key__": f"{split}{first:08d}", "x.npy": _encode_array(x[first:last]),
+                            "y.npy": _encode_array(y[first:last])})
+        shards.append({"name": path.name, "samples": stop - start, "sha256": sha256_file(path)})
     histogram = np.bincount(y, minlength=len(classes))
     return {"samples": int(len(x)), "shards": shards,
             "classes": {c: int(n) for c, n in zip(classes, histogram)}}
@@ -81,12 +85,12 @@ def read_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     if urls:
         dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
-        for sample in dataset:
-            xs.append(np.load(io.BytesIO(sample["npy"]), allow_pickle=False))
-            ys.append(int(sample["cls"]))
-    if len(xs) != entry["samples"]:
-        raise ArtifactError(f"split {split!r} in {folder}: read {len(xs)} samples, "
+        for record in dataset:
+            xs.append(np.load(io.BytesIO(record["x.npy"]), allow_pickle=False))
+            ys.append(np.load(io.BytesIO(record["y.npy"]), allow_pickle=False))
+    x = np.concatenate(xs) if xs else np.zeros((0, *manifest["input_shape"]), np.float32)
+    y = np.concatenate(ys).astype(np.int64) if ys else np.zeros(0, np.int64)
+    if len(x) != entry["samples"] or len(y) != len(x):
+        raise ArtifactError(f"split {split!r} in {folder}: read {len(x)} samples, "
                             f"the manifest lists {entry['samples']}")
-    shape = manifest["input_shape"]
-    x = np.stack(xs) if xs else np.zeros((0, *shape), np.float32)
-    return x, np.asarray(ys, dtype=np.int64)
+    return x, y

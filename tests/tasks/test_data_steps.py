@@ -120,10 +120,11 @@ def test_normalize_is_fitted_on_train_only(splits, store):
 
 
 def test_shards_are_deterministic_readable_and_verified(splits, store, tmp_path):
-    first = shard.fn(splits, ShardParams(max_samples=100), store)
+    first = shard.fn(splits, ShardParams(max_samples=100, per_record=32), store)
     tars = sorted(first.path.glob("train-*.tar"))
     before = {p.name: p.read_bytes() for p in tars}
-    second = shard.fn(splits, ShardParams(max_samples=100), str(tmp_path / "other"))
+    second = shard.fn(splits, ShardParams(max_samples=100, per_record=32),
+                      str(tmp_path / "other"))
     assert {p.name: p.read_bytes() for p in sorted(second.path.glob("train-*.tar"))} == before
     manifest = json.loads((first.path / "manifest.json").read_text())
     train = manifest["splits"]["train"]
@@ -132,9 +133,11 @@ def test_shards_are_deterministic_readable_and_verified(splits, store, tmp_path)
     # plain tar and plain webdataset read them
     listing = subprocess.run(["tar", "-tf", str(tars[0])], capture_output=True, text=True,
                              check=True).stdout.split()
-    assert listing[:2] == ["train00000000.cls", "train00000000.npy"]
-    samples = list(wds.WebDataset([str(p) for p in tars], shardshuffle=False))
-    assert len(samples) == 341 and set(samples[0]) >= {"npy", "cls", "__key__"}
+    assert listing == ["train00000000.x.npy", "train00000000.y.npy", "train00000032.x.npy",
+                       "train00000032.y.npy", "train00000064.x.npy", "train00000064.y.npy",
+                       "train00000096.x.npy", "train00000096.y.npy"]
+    records = list(wds.WebDataset([str(p) for p in tars], shardshuffle=False))
+    assert len(records) == 4 + 4 + 4 + 2 and set(records[0]) >= {"x.npy", "y.npy", "__key__"}
     x, y = read_split(first.path, "train")
     assert x.shape == (341, 30) and np.bincount(y).sum() == 341
     # a truncated shard is caught against the manifest, naming the shard

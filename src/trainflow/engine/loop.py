@@ -125,6 +125,7 @@ def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
     min_delta = stopping.min_delta if stopping else 0.0
     result, best, waited = FitResult(), math.inf, 0
     log = open(out_dir / "metrics.jsonl", "w") if out_dir else None
+    writer = checkpoint.BackgroundWriter()
     try:
         for epoch in tqdm(range(1, spec.epochs + 1), desc="epochs", leave=False, disable=None):
             start = time.perf_counter()
@@ -147,25 +148,31 @@ def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
             if on_epoch:
                 on_epoch({**row, "seconds": time.perf_counter() - start})
             if out_dir and spec.checkpoint_every and epoch % spec.checkpoint_every == 0:
-                save_training_state(out_dir / "last.pt", model, optimizer, epoch, generator)
+                writer.save(out_dir / "last.pt",
+                            training_state(model, optimizer, epoch, generator))
             if stopping and waited >= stopping.patience:
                 result.stopped_early = True
                 break
     finally:
+        writer.close()
         if log:
             log.close()
     if out_dir:
-        save_training_state(out_dir / "last.pt", model, optimizer, len(result.history), generator)
+        epochs_run = len(result.history)
+        if not spec.checkpoint_every or epochs_run % spec.checkpoint_every:
+            checkpoint.save(out_dir / "last.pt",
+                            training_state(model, optimizer, epochs_run, generator))
         checkpoint.save(out_dir / "best.pt", {"model": result.best_state,
                                               "epoch": result.best_epoch})
     return result
 
 
-def save_training_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        epoch: int, generator: torch.Generator) -> None:
-    checkpoint.save(path, {
+def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+                   generator: torch.Generator) -> dict:
+    """What last.pt holds: weights, optimizer, position and every RNG state."""
+    return {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
         "rng": {"torch": torch.get_rng_state(), "batches": generator.get_state(),
                 "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
                 "python": list(random.getstate()[1])},
-    })
+    }
