@@ -1,5 +1,6 @@
 """Run shipped pipelines through the real Prefect engine and read back task-run states."""
 
+import time
 from collections import defaultdict
 from pathlib import Path
 from uuid import uuid4
@@ -26,11 +27,20 @@ def run(name: str, tmp_path: Path, *overrides: str) -> tuple[dict, dict[str, lis
     return result, task_states(tag)
 
 
-def task_states(tag: str) -> dict[str, list[str]]:
-    """Task name -> state names of the task runs that carry `tag`."""
+def task_states(tag: str, timeout: float = 30.0) -> dict[str, list[str]]:
+    """Task name -> final state names of the task runs that carry `tag`.
+
+    Task-run states reach the API as events, a moment after the flow returns: poll until
+    every run has a final state.
+    """
+    deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[tag])))
+        while True:
+            runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[tag])))
+            if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     states = defaultdict(list)
     for task_run in runs:
         if task_run.name.rsplit("-", 1)[0] in SUBFLOWS:  # a subflow's stand-in task run

@@ -1,0 +1,55 @@
+"""Benchmark (b): a rerun of the unchanged digits pipeline against its cold run.
+
+Both runs go through the real Prefect engine in one process, after a warm-up flow has started
+the ephemeral server (its start-up is not part of either run). The cold run starts from an
+empty store and an empty Prefect result storage.
+
+    .venv/bin/python benchmarks/rerun.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+_HOME = tempfile.mkdtemp(prefix="trainflow-bench-")
+os.environ["PREFECT_HOME"] = _HOME
+os.environ["PREFECT_LOCAL_STORAGE_PATH"] = f"{_HOME}/storage"
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+from prefect import flow  # noqa: E402
+
+from trainflow.flows.pipeline import pipeline  # noqa: E402
+from trainflow.spec.pipeline import load_spec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@flow
+def warm_up() -> None:
+    """Starts the ephemeral server."""
+
+
+def main() -> None:
+    warm_up()
+    spec = load_spec(ROOT / "pipelines" / "digits_cnn.yaml",
+                     [f"outputs.store={_HOME}/store", f"outputs.runs={_HOME}/runs"])
+    start = time.perf_counter()
+    cold = pipeline(spec)
+    cold_s = time.perf_counter() - start
+    start = time.perf_counter()
+    warm = pipeline(spec)
+    warm_s = time.perf_counter() - start
+    print(json.dumps({"cold_s": round(cold_s, 2), "rerun_s": round(warm_s, 2),
+                      "rerun_fraction": round(warm_s / cold_s, 4),
+                      "same_test_accuracy": cold["test"]["accuracy"] == warm["test"]["accuracy"]},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    main()
