@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
@@ -124,7 +125,7 @@ def publish_report(report: ArtifactRef, name: str, runs_dir: str) -> str:
     for file in ("report.md", "metrics.json"):
         atomic_write_text(run / file, (report.path / file).read_text())
     markdown = (report.path / "report.md").read_text()
-    create_markdown_artifact(markdown, key=f"{name.lower().replace('_', '-')}-report",
+    create_markdown_artifact(markdown, key=re.sub(r"[^a-z0-9-]+", "-", name.lower()) + "-report",
                              description=f"trainflow report for {name}")
     return str(run.resolve())
 

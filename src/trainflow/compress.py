@@ -69,7 +69,9 @@ def size_on_disk(model: nn.Module) -> int:
 @torch.inference_mode()
 def latency_per_batch(model: nn.Module, batch: torch.Tensor, repeats: int = 30) -> float:
     """Median seconds of one forward pass over `batch` on CPU, after warm-up."""
-    model = model.cpu().eval()
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        model = model.cpu()
+    model.eval()
     for _ in range(3):
         model(batch)
     times = []

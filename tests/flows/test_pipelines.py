@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from tests.flows.helpers import run
 
@@ -46,3 +48,10 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
     assert pruned["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert pruned["after"]["accuracy"] >= pruned["before"]["accuracy"] - 0.01
     assert metrics["ensemble"]["members"] == 2
+
+    # the same report is a markdown artifact of the flow run in the Prefect UI
+    key = name.replace("_", "-") + "-report"
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert any(a.type == "markdown" and a.data == report for a in artifacts)

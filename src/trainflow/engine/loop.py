@@ -80,6 +80,7 @@ def batches(data: Split, batch_size: int,
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, batch_size: int,
                 generator: torch.Generator, device: torch.device) -> float:
+    """One pass over `data`; raises before any checkpoint of a non-finite epoch is written."""
     model.train()
     total, seen = torch.zeros((), device=device), 0
     for x, y in batches(data, batch_size, generator):
@@ -92,8 +93,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
         seen += len(y)
     mean = total.item() / max(seen, 1)
     if not math.isfinite(mean):
-        raise TrainflowError(f"training loss became non-finite ({mean}); lower train.lr or check "
-                             "the data. The last good checkpoint is kept.")
+        raise TrainflowError(f"training loss became non-finite ({mean}): lower train.lr, add "
+                             "gradient clipping, or check the data for extreme values")
     return mean
 
 
@@ -126,6 +127,7 @@ def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
     result, best, waited = FitResult(), math.inf, 0
     log = open(out_dir / "metrics.jsonl", "w") if out_dir else None
     writer = checkpoint.BackgroundWriter()
+    saved_at, saved_epoch = time.monotonic(), 0
     try:
         for epoch in tqdm(range(1, spec.epochs + 1), desc="epochs", leave=False, disable=None):
             start = time.perf_counter()
@@ -147,9 +149,11 @@ def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
                 log.write(json.dumps(row) + "\n")
             if on_epoch:
                 on_epoch({**row, "seconds": time.perf_counter() - start})
-            if out_dir and spec.checkpoint_every and epoch % spec.checkpoint_every == 0:
+            if (out_dir and spec.checkpoint_every and epoch % spec.checkpoint_every == 0
+                    and time.monotonic() - saved_at >= spec.checkpoint_interval_s):
                 writer.save(out_dir / "last.pt",
                             training_state(model, optimizer, epoch, generator))
+                saved_at, saved_epoch = time.monotonic(), epoch
             if stopping and waited >= stopping.patience:
                 result.stopped_early = True
                 break
@@ -159,7 +163,7 @@ def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
             log.close()
     if out_dir:
         epochs_run = len(result.history)
-        if not spec.checkpoint_every or epochs_run % spec.checkpoint_every:
+        if saved_epoch != epochs_run:
             checkpoint.save(out_dir / "last.pt",
                             training_state(model, optimizer, epochs_run, generator))
         checkpoint.save(out_dir / "best.pt", {"model": result.best_state,

@@ -42,4 +42,6 @@ class TrainSpec(Section):
     epochs: PositiveInt = 20
     early_stopping: EarlyStopping | None = None
     checkpoint_every: int = Field(1, ge=0, description="Write last.pt every N epochs (0: at end)")
+    checkpoint_interval_s: float = Field(
+        30.0, ge=0, description="...but at most once per this many seconds (0: no limit)")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
