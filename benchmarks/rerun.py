@@ -1,6 +1,6 @@
 """Benchmark (b): a rerun of the unchanged digits pipeline against its cold run.
 
-Both runs go through the real Prefect engine in one process, after a warm-up flow has started
+Both runs go through the real Prefect engine in one process, as `trainflow run` runs them, after a warm-up flow has started
 the ephemeral server (its start-up is not part of either run). The cold run starts from an
 empty store and an empty Prefect result storage.
 
@@ -24,7 +24,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from prefect import flow  # noqa: E402
 
-from trainflow.flows.pipeline import pipeline  # noqa: E402
+from trainflow.runtime import run_pipeline  # noqa: E402
 from trainflow.spec.pipeline import load_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,10 +40,10 @@ def main() -> None:
     spec = load_spec(ROOT / "pipelines" / "digits_cnn.yaml",
                      [f"outputs.store={_HOME}/store", f"outputs.runs={_HOME}/runs"])
     start = time.perf_counter()
-    cold = pipeline(spec)
+    cold = run_pipeline(spec)
     cold_s = time.perf_counter() - start
     start = time.perf_counter()
-    warm = pipeline(spec)
+    warm = run_pipeline(spec)
     warm_s = time.perf_counter() - start
     print(json.dumps({"cold_s": round(cold_s, 2), "rerun_s": round(warm_s, 2),
                       "rerun_fraction": round(warm_s / cold_s, 4),

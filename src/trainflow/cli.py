@@ -122,11 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "task":
             print(_run_step(args, spec).model_dump_json(indent=1))
             return 0
-        from trainflow.flows.pipeline import pipeline
-        from trainflow.preflight import check_data
+        from trainflow.runtime import run_pipeline
 
-        check_data(spec)
-        result = pipeline(spec)
+        result = run_pipeline(spec)
         print(json.dumps({"run_dir": result["run_dir"],
                           "test": {k: v for k, v in result["test"].items()
                                    if k != "confusion_matrix"}}, indent=1))

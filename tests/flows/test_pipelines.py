@@ -55,3 +55,16 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
     assert any(a.type == "markdown" and a.data == report for a in artifacts)
+
+
+def test_trainflow_run_command_prints_metrics_and_run_folder(tmp_path, capsys):
+    from trainflow.cli import main
+
+    spec = Path(__file__).resolve().parents[2] / "pipelines" / "breast_cancer_mlp.yaml"
+    code = main(["run", str(spec), "--set", "train.epochs=5", "--set", "evaluate.cv.folds=2",
+                 "--set", f"outputs.store={tmp_path / 'store'}",
+                 "--set", f"outputs.runs={tmp_path / 'runs'}"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (Path(printed["run_dir"]) / "report.md").is_file()
+    assert 0.5 < printed["test"]["accuracy"] <= 1.0
