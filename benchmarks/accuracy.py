@@ -10,19 +10,14 @@ pipeline's post-split steps re-fitted on the fold's training rows exactly as tra
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-_HOME = tempfile.mkdtemp(prefix="trainflow-bench-")
-os.environ["PREFECT_HOME"] = _HOME
-os.environ["PREFECT_LOCAL_STORAGE_PATH"] = f"{_HOME}/storage"
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+from isolated_prefect import isolate  # noqa: E402  (before Prefect is imported)
+
+_HOME = isolate()
 
 from sklearn.svm import SVC  # noqa: E402
 

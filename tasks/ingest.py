@@ -163,5 +163,11 @@ def read_labels(source: SklearnSource | FileSource | ImageFolderSource) -> tuple
         frame = (pl.read_csv(path, columns=[source.target]) if source.type == "csv"
                  else pl.read_parquet(path, columns=[source.target]))
         return source.target, frame[source.target].cast(pl.Utf8).to_list()
+    if isinstance(source, ImageFolderSource):
+        root = Path(source.path)
+        if not root.is_dir():
+            raise DataError(f"data.source.path: image folder not found: {root}")
+        return "target", [d.name for d in sorted(root.iterdir()) if d.is_dir()
+                          for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
     df, schema = load_source(source)
     return schema.target, df[schema.target].to_list()
