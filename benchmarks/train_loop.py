@@ -38,10 +38,10 @@ def prepare(spec, store: str):
 
     ref = ingest.fn(spec.data.source, store)
     for step in spec.data.pre_split:
-        ref = registry.STEPS[step.type].impl.fn(ref, step, store)
+        ref = registry.STEPS[step.type].impl.fn(ref, step, spec.seed, store)
     ref = registry.STEPS["split"].impl.fn(ref, spec.data.split, spec.seed, store)
     for step in spec.data.post_split:
-        ref = registry.STEPS[step.type].impl.fn(ref, step, store)
+        ref = registry.STEPS[step.type].impl.fn(ref, step, spec.seed, store)
     return shard.fn(ref, spec.data.shard, store)
 
 

@@ -15,10 +15,10 @@ from trainflow.tasks.shard import shard
 def prepare_data(spec: PipelineSpec, store: str) -> dict[str, ArtifactRef]:
     table = ingest(spec.data.source, store)
     for step in spec.data.pre_split:
-        table = registry.STEPS[step.type].impl(table, step, store)
+        table = registry.STEPS[step.type].impl(table, step, spec.seed, store)
     raw_splits = registry.STEPS["split"].impl(table, spec.data.split, spec.seed, store)
     splits = raw_splits
     for step in spec.data.post_split:
-        splits = registry.STEPS[step.type].impl(splits, step, store)
+        splits = registry.STEPS[step.type].impl(splits, step, spec.seed, store)
     return {"table": table, "raw_splits": raw_splits, "splits": splits,
             "shards": shard(splits, spec.data.shard, store)}

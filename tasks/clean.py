@@ -35,7 +35,8 @@ def _numeric(df: pl.DataFrame, schema: TableSchema) -> list[str]:
     return [c for c in schema.features if c in df.columns and df[c].dtype.is_numeric()]
 
 
-def fit(df: pl.DataFrame, schema: TableSchema, params: CleanParams) -> State:
+def fit(df: pl.DataFrame, schema: TableSchema, params: CleanParams,
+        seed: int = 0) -> State:
     columns = _numeric(df, schema)
     if params.missing in ("drop", "keep") or not columns:
         return {"fill": {}}
@@ -66,6 +67,7 @@ def apply(df: pl.DataFrame, schema: TableSchema, params: CleanParams,
 
 
 @task(name="clean", **CACHED)
-def clean(data: ArtifactRef, params: CleanParams, store: str) -> ArtifactRef:
+def clean(data: ArtifactRef, params: CleanParams, seed: int,
+          store: str) -> ArtifactRef:
     """Clean a table (before split) or every part of the splits, fitted on train (after split)."""
-    return transform(data, params, fit, apply, store)
+    return transform(data, params, fit, apply, seed, store)

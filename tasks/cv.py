@@ -15,7 +15,7 @@ from trainflow.caching import CACHED
 from trainflow.engine.bundle import score, train_into
 from trainflow.engine.loop import Split
 from trainflow.spec.train import TrainSpec
-from trainflow.steps import read_parts
+from trainflow.steps import fit_apply, read_parts
 from trainflow.tables import to_arrays
 from trainflow.tasks.split import fold_frames
 
@@ -29,16 +29,13 @@ def fold_data(splits: ArtifactRef, fold: int, folds: int, steps: list[Any],
     parts = read_parts(splits)
     schema = parts["train"][1]
     pool = pl.concat([parts["train"][0], parts["val"][0]])
-    frames = dict(zip(("train", "val"), fold_frames(pool, schema, folds, fold, seed)))
-    frames["test"] = parts["test"][0]
-    schemas = dict.fromkeys(frames, schema)
+    train, val = fold_frames(pool, schema, folds, fold, seed)
+    frames = {"train": (train, schema), "val": (val, schema), "test": parts["test"]}
     for step in steps:
         entry = registry.STEPS[step.type]
-        state = entry.fit(frames["train"], schemas["train"], step)
-        for name in frames:
-            frames[name], schemas[name] = entry.apply(frames[name], schemas[name], step, state)
-    data = {name: Split.from_arrays(*to_arrays(frames[name], schemas[name])) for name in frames}
-    return data, schemas["train"]
+        frames, _ = fit_apply(frames, step, entry.fit, entry.apply, seed)
+    data = {name: Split.from_arrays(*to_arrays(*frames[name])) for name in frames}
+    return data, frames["train"][1]
 
 
 @task(name="train_fold", **CACHED)

@@ -27,7 +27,8 @@ def _channels(df: pl.DataFrame, schema: TableSchema) -> np.ndarray:
     return flat.reshape(len(df), schema.image_shape[0], -1)
 
 
-def fit(df: pl.DataFrame, schema: TableSchema, params: NormalizeParams) -> State:
+def fit(df: pl.DataFrame, schema: TableSchema, params: NormalizeParams,
+        seed: int = 0) -> State:
     if schema.image_shape:
         values = _channels(df, schema).transpose(1, 0, 2).reshape(schema.image_shape[0], -1)
         names = [f"channel_{i}" for i in range(len(values))]
@@ -58,6 +59,7 @@ def apply(df: pl.DataFrame, schema: TableSchema, params: NormalizeParams,
 
 
 @task(name="normalize", **CACHED)
-def normalize(data: ArtifactRef, params: NormalizeParams, store: str) -> ArtifactRef:
+def normalize(data: ArtifactRef, params: NormalizeParams, seed: int,
+              store: str) -> ArtifactRef:
     """Scale features with statistics learned from the training part, applied to every part."""
-    return transform(data, params, fit, apply, store)
+    return transform(data, params, fit, apply, seed, store)

@@ -76,9 +76,7 @@ def _run_step(args, spec) -> object:
                                     else ""))
         step = chosen[0][1]
         task = registry.STEPS[args.step].impl
-        if args.step == "split":
-            return task.fn(refs[0], step, spec.seed, store)
-        return task.fn(refs[0], step, store)
+        return task.fn(refs[0], step, spec.seed, store)
     folds = spec.evaluate.cv.folds if spec.evaluate.cv else 5
     run = {
         "ingest": lambda: ingest.ingest.fn(spec.data.source, store),

@@ -14,7 +14,7 @@ from trainflow.tables import TableSchema, class_counts, read_table, write_table
 
 SPLITS = ("train", "val", "test")
 State = dict[str, Any]
-Fit = Callable[[pl.DataFrame, TableSchema, Any], State]
+Fit = Callable[[pl.DataFrame, TableSchema, Any, int], State]
 Apply = Callable[[pl.DataFrame, TableSchema, Any, State], tuple[pl.DataFrame, TableSchema]]
 
 
@@ -39,11 +39,23 @@ def write_parts(store: Store, kind: str, parts: dict[str, tuple[pl.DataFrame, Ta
                             schema=schema.model_dump(), meta={"parts": summary})
 
 
-def transform(ref: ArtifactRef, params: BaseModel, fit: Fit, apply: Apply,
+def fit_apply(parts: dict[str, tuple[pl.DataFrame, TableSchema]], params: BaseModel, fit: Fit,
+              apply: Apply, seed: int) -> tuple[dict[str, tuple[pl.DataFrame, TableSchema]], State]:
+    """Fit on the whole table (before split) or on `train` (after), then apply.
+
+    A step whose params say `train_only` (resampling, synthesis) changes the training part
+    alone: validation and test rows pass through untouched.
+    """
+    fitted_on = parts["all"] if "all" in parts else parts["train"]
+    state = fit(fitted_on[0], fitted_on[1], params, seed)
+    train_only = getattr(params, "train_only", False)
+    out = {name: apply(df, schema, params, state) if name in ("all", "train") or not train_only
+           else (df, schema) for name, (df, schema) in parts.items()}
+    return out, state
+
+
+def transform(ref: ArtifactRef, params: BaseModel, fit: Fit, apply: Apply, seed: int,
               store: str | Path) -> ArtifactRef:
-    """Fit a step on the whole table (before split) or on train only (after), apply to all."""
-    parts = read_parts(ref)
-    fitted_on = parts["all"] if ref.kind == "table" else parts["train"]
-    state = fit(fitted_on[0], fitted_on[1], params)
-    out = {name: apply(df, schema, params, state) for name, (df, schema) in parts.items()}
+    """Run one fit/apply step over a table or splits artifact; write the result and its state."""
+    out, state = fit_apply(read_parts(ref), params, fit, apply, seed)
     return write_parts(Store(store), ref.kind, out, {"state": state})

@@ -41,15 +41,15 @@ def test_clean_strategies_on_a_csv_with_gaps(store, messy_csv):
     source = FileSource(type="csv", path=str(messy_csv), target="label")
     table = ingest.fn(source, store)
     assert table.count == 6
-    dropped = read_table(clean.fn(table, CleanParams(type="clean"), store).path / "all.parquet")[0]
+    dropped = read_table(clean.fn(table, CleanParams(type="clean"), 0, store).path / "all.parquet")[0]
     # duplicate row, rows with a missing feature and the row without a label are gone
     assert dropped.rows() == [(1, 10, "x"), (7, 70, "y")]
-    mean = clean.fn(table, CleanParams(type="clean", missing="mean"), store)
+    mean = clean.fn(table, CleanParams(type="clean", missing="mean"), 0, store)
     df = read_table(mean.path / "all.parquet")[0]
     # the mean is taken over the rows that stay (labelled, de-duplicated): a = 1, 3, 7
     assert df["a"].to_list() == pytest.approx([1.0, 11 / 3, 3.0, 7.0])
     assert df["b"].null_count() == 0 and len(df) == 4
-    const = clean.fn(table, CleanParams(type="clean", missing="constant", fill_value=-1), store)
+    const = clean.fn(table, CleanParams(type="clean", missing="constant", fill_value=-1), 0, store)
     assert -1 in read_table(const.path / "all.parquet")[0]["a"].to_list()
 
 
@@ -105,7 +105,7 @@ def test_single_class_target_cannot_be_stratified(store, tmp_path):
 
 
 def test_normalize_is_fitted_on_train_only(splits, store):
-    scaled = normalize.fn(splits, NormalizeParams(type="normalize"), store)
+    scaled = normalize.fn(splits, NormalizeParams(type="normalize"), 0, store)
     raw, out = read_parts(splits), read_parts(scaled)
     state = json.loads((scaled.path / "state.json").read_text())
     column = raw["train"][1].features[0]
@@ -114,7 +114,7 @@ def test_normalize_is_fitted_on_train_only(splits, store):
     # validation and test are scaled with the training statistics, so they are not centred
     expected = (raw["test"][0][column] - raw["train"][0][column].mean()) / raw["train"][0][column].std(ddof=0)
     assert np.allclose(out["test"][0][column].to_numpy(), expected.to_numpy())
-    mm = normalize.fn(splits, NormalizeParams(type="normalize", method="minmax"), store)
+    mm = normalize.fn(splits, NormalizeParams(type="normalize", method="minmax"), 0, store)
     train = read_parts(mm)["train"][0]
     assert train[column].min() == pytest.approx(0) and train[column].max() == pytest.approx(1)
 

@@ -35,7 +35,7 @@ def prepared(tmp_path_factory):
     store = str(tmp_path_factory.mktemp("store"))
     table = ingest.fn(SklearnSource(type="sklearn", dataset="breast_cancer"), store)
     raw = split.fn(table, SplitParams(type="split"), 0, store)
-    scaled = normalize.fn(raw, NormalizeParams(type="normalize"), store)
+    scaled = normalize.fn(raw, NormalizeParams(type="normalize"), 0, store)
     shards = shard.fn(scaled, ShardParams(max_samples=128), store)
     model = train_model.fn(shards, MODEL, TRAIN, 0, store)
     return {"store": store, "raw": raw, "shards": shards, "model": model}

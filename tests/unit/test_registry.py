@@ -32,7 +32,7 @@ SCHEMA = TableSchema(target="y", features=["a", "b"], classes=["p", "q"])
 def test_fit_apply_steps_keep_schema_and_never_add_rows(name):
     entry = registry.STEPS[name]
     params = entry.params(type=name)
-    state = entry.fit(FRAME, SCHEMA, params)
+    state = entry.fit(FRAME, SCHEMA, params, 0)
     out, schema = entry.apply(FRAME, SCHEMA, params, state)
     assert schema == SCHEMA and set(out.columns) == set(FRAME.columns)
     assert len(out) <= len(FRAME)
