@@ -16,7 +16,10 @@ from trainflow.tables import TableSchema
 
 
 class CleanParams(Section):
-    """Before `split` it is fitted on the whole table; after `split`, on the training part."""
+    """Before `split` it is fitted on the whole table; after `split`, on the training part.
+
+    mean/median/constant fill numeric columns; text columns are filled with their mode.
+    """
 
     type: Literal["clean"]
     drop_duplicates: bool = True
@@ -31,36 +34,46 @@ class CleanParams(Section):
         return self
 
 
-def _numeric(df: pl.DataFrame, schema: TableSchema) -> list[str]:
-    return [c for c in schema.features if c in df.columns and df[c].dtype.is_numeric()]
+def _columns(df: pl.DataFrame, schema: TableSchema) -> tuple[list[str], list[str]]:
+    """Numeric and text feature columns (images have neither: their pixels are never null)."""
+    present = [c for c in schema.features if c in df.columns and not schema.image_shape]
+    numeric = [c for c in present if df[c].dtype.is_numeric()]
+    return numeric, [c for c in present if c not in numeric]
 
 
-def fit(df: pl.DataFrame, schema: TableSchema, params: CleanParams,
-        seed: int = 0) -> State:
-    columns = _numeric(df, schema)
-    if params.missing in ("drop", "keep") or not columns:
+def fit(df: pl.DataFrame, schema: TableSchema, params: CleanParams, seed: int = 0) -> State:
+    numeric, text = _columns(df, schema)
+    if params.missing in ("drop", "keep"):
         return {"fill": {}}
-    if params.missing == "constant":
-        return {"fill": {c: params.fill_value for c in columns}}
     # Statistics describe the rows that stay: labelled (if so declared) and de-duplicated.
     kept = apply(df, schema, params.model_copy(update={"missing": "keep"}), {"fill": {}})[0]
-    nan_free = kept.select(columns)
-    stat = {"mean": lambda s: s.mean(), "median": lambda s: s.median(),
-            "mode": lambda s: s.drop_nulls().mode().sort().first()}[params.missing]
-    fill = {c: stat(nan_free[c]) for c in columns}
-    return {"fill": {c: (0.0 if v is None else float(v)) for c, v in fill.items()}}
+    fill: dict = {c: _mode(kept[c]) for c in text}  # text columns: the most frequent value
+    if params.missing == "constant":
+        fill.update({c: params.fill_value for c in numeric})
+    else:
+        stat = {"mean": lambda s: s.mean(), "median": lambda s: s.median(),
+                "mode": _mode}[params.missing]
+        fill.update({c: stat(kept[c]) for c in numeric})
+    return {"fill": {c: v if isinstance(v, str) else (0.0 if v is None else float(v))
+                     for c, v in fill.items()}}
+
+
+def _mode(series: pl.Series):
+    values = series.drop_nulls()
+    return values.mode().sort().first() if len(values) else None
 
 
 def apply(df: pl.DataFrame, schema: TableSchema, params: CleanParams,
           state: State) -> tuple[pl.DataFrame, TableSchema]:
-    columns = _numeric(df, schema)
-    df = df.with_columns(pl.col(c).fill_nan(None) for c in columns if df[c].dtype.is_float())
+    numeric, text = _columns(df, schema)
+    df = df.with_columns(pl.col(c).fill_nan(None) for c in numeric if df[c].dtype.is_float())
     if params.drop_missing_label:
         df = df.filter(pl.col(schema.target).is_not_null())
-    if params.missing == "drop" and columns:
-        df = df.drop_nulls(subset=columns)
+    if params.missing == "drop" and numeric + text:
+        df = df.drop_nulls(subset=numeric + text)
     elif state["fill"]:
-        df = df.with_columns(pl.col(c).fill_null(v) for c, v in state["fill"].items())
+        df = df.with_columns(pl.col(c).fill_null(v) for c, v in state["fill"].items()
+                             if v is not None)
     if params.drop_duplicates:
         df = df.unique(maintain_order=True)
     return df, schema

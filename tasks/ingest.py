@@ -89,11 +89,9 @@ def _load_file(source: FileSource) -> tuple[pl.DataFrame, TableSchema]:
     missing = [c for c in features if c not in df.columns]
     if missing:
         raise DataError(f"data.source.features: columns {missing} not in {path}")
-    text = [c for c in features if not df[c].dtype.is_numeric()]
-    if text:
-        raise DataError(f"data.source.features: non-numeric columns {text} in {path}; "
-                        "list numeric feature columns in `features`")
-    df = df.select(*features, pl.col(source.target).cast(pl.Utf8))
+    # Text columns stay text (categories); an `encode` step turns them into numbers.
+    df = df.select(*(pl.col(c) if df[c].dtype.is_numeric() else pl.col(c).cast(pl.Utf8)
+                     for c in features), pl.col(source.target).cast(pl.Utf8))
     classes = _natural_sorted(df[source.target].drop_nulls().unique().to_list())
     return df, TableSchema(target=source.target, features=features, classes=classes)
 

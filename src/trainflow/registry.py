@@ -19,7 +19,7 @@ from trainflow.models.mlp import mlp
 from trainflow.spec import evaluate as ev
 from trainflow.spec.model import CNNParams, MLPParams
 from trainflow.spec.train import AdamParams, SGDParams
-from trainflow.tasks import clean, ingest, normalize, split
+from trainflow.tasks import clean, encode, ingest, normalize, resample, split
 
 
 def soft_vote(probs: list) -> Any:
@@ -46,6 +46,8 @@ STEPS = {
     "split": Entry(split.SplitParams, split.split),
     "normalize": Entry(normalize.NormalizeParams, normalize.normalize, normalize.fit,
                        normalize.apply),
+    "encode": Entry(encode.EncodeParams, encode.encode, encode.fit, encode.apply),
+    "resample": Entry(resample.ResampleParams, resample.resample, resample.fit, resample.apply),
 }
 MODELS = {"mlp": Entry(MLPParams, mlp), "cnn": Entry(CNNParams, cnn)}
 OPTIMIZERS = {

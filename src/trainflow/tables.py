@@ -58,6 +58,10 @@ def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.nda
         flat = np.asarray(df[IMAGE_COLUMN].to_list(), dtype=np.float32)
         x = flat.reshape(len(df), *schema.image_shape)
     else:
+        text = [c for c in schema.features if not df[c].dtype.is_numeric()]
+        if text:
+            raise DataError(f"feature columns {text} hold text, which training cannot use: add "
+                            "an `encode` step (one_hot or ordinal) after `split`")
         x = df.select(schema.features).cast(pl.Float32).to_numpy().astype(np.float32, copy=False)
     bad = ~np.isfinite(x.reshape(len(df), -1))
     if bad.any():

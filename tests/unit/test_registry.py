@@ -1,5 +1,6 @@
 """Contract tests over every registry entry: a new entry is tested the day it is added."""
 
+import json
 import typing
 
 import polars as pl
@@ -25,18 +26,34 @@ def test_entry_name_is_the_yaml_type(kind, name):
 
 FRAME = pl.DataFrame({"a": [1.0, None, 3.0, 4.0, 4.0], "b": [0.5, 0.1, None, 2.0, 2.0],
                       "y": ["p", "q", "p", "q", "q"]})
+# complete and imbalanced, for the training-only steps (samplers need both)
+IMBALANCED = pl.DataFrame({"a": [float(i % 7) for i in range(30)],
+                           "b": [float(i * i % 11) for i in range(30)],
+                           "y": ["p"] * 8 + ["q"] * 22})
 SCHEMA = TableSchema(target="y", features=["a", "b"], classes=["p", "q"])
 
 
-@pytest.mark.parametrize("name", [n for n, e in registry.STEPS.items() if e.fit])
-def test_fit_apply_steps_keep_schema_and_never_add_rows(name):
+def params_for(name):
     entry = registry.STEPS[name]
-    params = entry.params(type=name)
-    state = entry.fit(FRAME, SCHEMA, params, 0)
-    out, schema = entry.apply(FRAME, SCHEMA, params, state)
-    assert schema == SCHEMA and set(out.columns) == set(FRAME.columns)
-    assert len(out) <= len(FRAME)
-    again, _ = entry.apply(FRAME, SCHEMA, params, state)
+    fields = entry.params.model_fields
+    required = {k: f.annotation for k, f in fields.items() if f.is_required() and k != "type"}
+    extra = {"method": typing.get_args(required["method"])[0]} if "method" in required else {}
+    return entry.params(type=name, **extra)
+
+
+@pytest.mark.parametrize("name", [n for n, e in registry.STEPS.items() if e.fit])
+def test_fit_apply_steps_contract(name):
+    entry = registry.STEPS[name]
+    params = params_for(name)
+    frame = IMBALANCED if getattr(params, "train_only", False) else FRAME
+    state = entry.fit(frame, SCHEMA, params, 0)
+    json.dumps(state)  # state is stored as JSON beside the artifact
+    out, schema = entry.apply(frame, SCHEMA, params, state)
+    assert schema.target == "y" and set(schema.features) <= set(out.columns)
+    assert out["y"].dtype == pl.Utf8 and set(out["y"].drop_nulls()) <= {"p", "q"}
+    if not getattr(params, "train_only", False):
+        assert len(out) <= len(frame)  # only training-only steps may add rows
+    again, _ = entry.apply(frame, SCHEMA, params, state)
     assert again.equals(out)  # apply is a pure function of (data, params, state)
 
 

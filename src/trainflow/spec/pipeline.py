@@ -37,6 +37,11 @@ class DataSpec(Section):
         splits = [i for i, step in enumerate(self.steps) if step.type == "split"]
         if len(splits) != 1:
             raise ValueError(f"steps must contain exactly one `split` step (found {len(splits)})")
+        early = [f"steps.{i} ({step.type})" for i, step in enumerate(self.steps[:splits[0]])
+                 if getattr(step, "train_only", False)]
+        if early:
+            raise ValueError(f"{', '.join(early)} change(s) the training part only and must "
+                             "come after `split`")
         return self
 
     @property

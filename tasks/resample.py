@@ -1,0 +1,104 @@
+"""Resample: imbalanced-learn's over- and under-samplers, on the training part only."""
+
+from __future__ import annotations
+
+import inspect
+from typing import ClassVar, Literal
+
+import numpy as np
+import polars as pl
+from imblearn import combine, over_sampling, under_sampling
+from prefect import task
+from pydantic import Field, model_validator
+
+from trainflow.artifacts import ArtifactRef
+from trainflow.caching import CACHED
+from trainflow.errors import DataError
+from trainflow.spec.base import Section
+from trainflow.steps import State, transform
+from trainflow.tables import TableSchema
+
+SAMPLERS = {
+    "smote": over_sampling.SMOTE,
+    "smotenc": over_sampling.SMOTENC,
+    "borderline_smote": over_sampling.BorderlineSMOTE,
+    "adasyn": over_sampling.ADASYN,
+    "random_over": over_sampling.RandomOverSampler,
+    "random_under": under_sampling.RandomUnderSampler,
+    "near_miss": under_sampling.NearMiss,
+    "tomek_links": under_sampling.TomekLinks,
+    "edited_nearest_neighbours": under_sampling.EditedNearestNeighbours,
+    "smote_tomek": combine.SMOTETomek,
+    "smote_enn": combine.SMOTEENN,
+}
+Strategy = Literal["auto", "minority", "not minority", "not majority", "all", "majority"]
+Scalar = bool | int | float | str | list[int] | list[str] | None
+
+
+class ResampleParams(Section):
+    """One imbalanced-learn sampler by name; `options` are its other keyword arguments.
+
+    Runs after `split`, on the training part only (inside each CV fold too); the sampler's
+    `random_state` is the pipeline seed. Features must be numeric and complete by then
+    (`clean` and `encode` first), except SMOTENC's `categorical_features`.
+    """
+
+    train_only: ClassVar[bool] = True
+
+    type: Literal["resample"]
+    method: Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
+    sampling_strategy: Strategy | float | dict[str, int] = "auto"
+    options: dict[str, Scalar] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _options_exist(self):
+        accepted = set(inspect.signature(SAMPLERS[self.method]).parameters)
+        unknown = sorted(set(self.options) - accepted)
+        reserved = sorted({"sampling_strategy", "random_state"} & set(self.options))
+        if unknown:
+            raise ValueError(f"{self.method} has no option(s) {unknown}; it takes "
+                             f"{sorted(accepted - {'sampling_strategy', 'random_state'})}")
+        if reserved:
+            raise ValueError(f"options {reserved}: set sampling_strategy above; random_state "
+                             "is the pipeline seed")
+        return self
+
+
+def sampler(params: ResampleParams, classes: list[str], seed: int):
+    """The configured imbalanced-learn sampler (class names map to their label strings)."""
+    cls = SAMPLERS[params.method]
+    kwargs = dict(params.options)
+    kwargs["sampling_strategy"] = params.sampling_strategy
+    if "random_state" in inspect.signature(cls).parameters:
+        kwargs["random_state"] = seed
+    return cls(**kwargs)
+
+
+def fit(df: pl.DataFrame, schema: TableSchema, params: ResampleParams, seed: int = 0) -> State:
+    return {"seed": seed}
+
+
+def apply(df: pl.DataFrame, schema: TableSchema, params: ResampleParams,
+          state: State) -> tuple[pl.DataFrame, TableSchema]:
+    if schema.image_shape:
+        raise DataError("resample works on tabular features; for images use augmentation")
+    text = [c for c in schema.features if not df[c].dtype.is_numeric()]
+    if text and params.method != "smotenc":
+        raise DataError(f"resample ({params.method}) needs numeric features, but {text} hold "
+                        "text: add an `encode` step before it")
+    x = df.select(schema.features).to_numpy()
+    y = df[schema.target].to_numpy()
+    try:
+        x_res, y_res = sampler(params, schema.classes, state["seed"]).fit_resample(x, y)
+    except ValueError as exc:
+        raise DataError(f"resample ({params.method}) failed on the training part: {exc}") from None
+    columns = {c: pl.Series(c, np.asarray(x_res[:, i]), dtype=df[c].dtype, strict=False)
+               for i, c in enumerate(schema.features)}
+    out = pl.DataFrame({**columns, schema.target: pl.Series(y_res, dtype=pl.Utf8)})
+    return out.select(df.columns), schema
+
+
+@task(name="resample", **CACHED)
+def resample(data: ArtifactRef, params: ResampleParams, seed: int, store: str) -> ArtifactRef:
+    """Over- or under-sample the training part; validation and test rows are never touched."""
+    return transform(data, params, fit, apply, seed, store)
