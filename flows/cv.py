@@ -15,5 +15,6 @@ def cross_validate(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> l
     futures = train_fold.map(
         splits=unmapped(raw_splits), fold=list(range(folds)), folds=unmapped(folds),
         steps=unmapped(spec.data.post_split), model=unmapped(spec.model),
-        train=unmapped(spec.train), seed=unmapped(spec.seed), store=unmapped(store))
+        train=unmapped(spec.train), seed=unmapped(spec.seed), store=unmapped(store),
+        group_column=unmapped(spec.data.split.group_column))
     return [future.result() for future in futures]

@@ -20,8 +20,8 @@ from trainflow.tables import to_arrays
 from trainflow.tasks.split import fold_frames
 
 
-def fold_data(splits: ArtifactRef, fold: int, folds: int, steps: list[Any],
-              seed: int) -> tuple[dict[str, Split], Any]:
+def fold_data(splits: ArtifactRef, fold: int, folds: int, steps: list[Any], seed: int,
+              group_column: str | None = None) -> tuple[dict[str, Split], Any]:
     """Fold train/val from the train+val pool and the test part, each step fitted on fold train.
 
     Nothing learned from the fold's held-out rows or from the test part reaches training.
@@ -29,7 +29,7 @@ def fold_data(splits: ArtifactRef, fold: int, folds: int, steps: list[Any],
     parts = read_parts(splits)
     schema = parts["train"][1]
     pool = pl.concat([parts["train"][0], parts["val"][0]])
-    train, val = fold_frames(pool, schema, folds, fold, seed)
+    train, val = fold_frames(pool, schema, folds, fold, seed, group_column)
     frames = {"train": (train, schema), "val": (val, schema), "test": parts["test"]}
     for step in steps:
         entry = registry.STEPS[step.type]
@@ -40,9 +40,10 @@ def fold_data(splits: ArtifactRef, fold: int, folds: int, steps: list[Any],
 
 @task(name="train_fold", **CACHED)
 def train_fold(splits: ArtifactRef, fold: int, folds: int, steps: list[Any], model: Any,
-               train: TrainSpec, seed: int, store: str) -> ArtifactRef:
+               train: TrainSpec, seed: int, store: str,
+               group_column: str | None = None) -> ArtifactRef:
     """Train and score one fold; keeps its test-set probabilities for ensembling."""
-    data, schema = fold_data(splits, fold, folds, steps, seed)
+    data, schema = fold_data(splits, fold, folds, steps, seed, group_column)
     target = Store(store)
     with target.writer("model") as staging:
         net, result = train_into(staging, model, train, seed, data, schema.input_shape,

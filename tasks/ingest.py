@@ -30,6 +30,9 @@ class FileSource(Section):
     path: str
     target: str
     features: list[str] | None = Field(None, description="Feature columns; default all but target")
+    keep_columns: list[str] = Field(
+        default_factory=list, description="Columns carried along but not used as features "
+        "(group ids or timestamps for `split`)")
 
     def content_fingerprint(self) -> str:
         """The file's sha256, so that an edited file is never served from the cache."""
@@ -85,13 +88,14 @@ def _load_file(source: FileSource) -> tuple[pl.DataFrame, TableSchema]:
     if source.target not in df.columns:
         raise DataError(f"data.source.target: column {source.target!r} not in {path}; "
                         f"columns are {df.columns}")
-    features = source.features or [c for c in df.columns if c != source.target]
-    missing = [c for c in features if c not in df.columns]
+    kept = source.keep_columns
+    features = source.features or [c for c in df.columns if c not in (source.target, *kept)]
+    missing = [c for c in features + kept if c not in df.columns]
     if missing:
         raise DataError(f"data.source.features: columns {missing} not in {path}")
     # Text columns stay text (categories); an `encode` step turns them into numbers.
     df = df.select(*(pl.col(c) if df[c].dtype.is_numeric() else pl.col(c).cast(pl.Utf8)
-                     for c in features), pl.col(source.target).cast(pl.Utf8))
+                     for c in features), *kept, pl.col(source.target).cast(pl.Utf8))
     classes = _natural_sorted(df[source.target].drop_nulls().unique().to_list())
     return df, TableSchema(target=source.target, features=features, classes=classes)
 

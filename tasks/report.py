@@ -27,7 +27,7 @@ def cv_summary(folds: list[ArtifactRef]) -> dict:
             "std": spread}
 
 
-def collect(name: str, spec_fingerprint: str, data: dict[str, ArtifactRef], model: ArtifactRef,
+def collect(name: str, spec_fingerprint: str, data: dict, model: ArtifactRef,
             test: ArtifactRef, folds: list[ArtifactRef], ensemble: ArtifactRef | None,
             compressed: dict[str, ArtifactRef]) -> dict:
     """Everything the run measured, as one JSON-ready dict (metrics.json)."""
@@ -36,8 +36,12 @@ def collect(name: str, spec_fingerprint: str, data: dict[str, ArtifactRef], mode
         "pipeline": name,
         "spec_fingerprint": spec_fingerprint,
         "data": {"rows": {k: v["rows"] for k, v in parts.items()},
+                 "train_before_post_split_steps": data["raw_splits"].meta["parts"]["train"],
                  "classes": {k: v["classes"] for k, v in parts.items()},
                  "ingested_rows": data["table"].count},
+        "profile": data["profile"].meta["profile"],
+        "anomalies": [json.loads((ref.path / "state.json").read_text())["found"]
+                      for ref in data["steps"] if ref.meta.get("step") == "anomalies"],
         "train": dict(model.meta),
         "test": dict(test.meta),
         "cv": cv_summary(folds) if folds else None,
@@ -61,8 +65,29 @@ def render(summary: dict) -> str:
            f"spec fingerprint `{summary['spec_fingerprint'][:16]}`", "", "## Data"]
     data = summary["data"]
     classes = list(next(iter(data["classes"].values())))
+    raw = data["train_before_post_split_steps"]
     out.append(_table(["split", "rows", *classes],
-                      [[s, n, *data["classes"][s].values()] for s, n in data["rows"].items()]))
+                      [[s, n, *data["classes"][s].values()] for s, n in data["rows"].items()]
+                      + [["train, before post-split steps", raw["rows"],
+                          *(raw["classes"][c] for c in classes)]]))
+    numbers = [r for r in summary["profile"] if "mean" in r]
+    others = [r for r in summary["profile"] if "mean" not in r]
+    out += ["", "## Data profile (ingested table)"]
+    if numbers:
+        out += ["", _table(["column", "type", "missing", "min", "mean", "max"],
+                           [[r["column"], r["dtype"], r["missing"], r["min"], r["mean"], r["max"]]
+                            for r in numbers])]
+    if others:
+        out += ["", _table(["column", "type", "missing", "distinct"],
+                           [[r["column"], r["dtype"], r["missing"], r.get("distinct", "")]
+                            for r in others])]
+    for found in summary["anomalies"]:
+        out += ["", "## Anomalies",
+                f"{found['anomalies']} of {found['rows']} rows flagged where the detector was "
+                f"fitted; a sample:"]
+        if found["sample"]:
+            keys = list(found["sample"][0])
+            out += ["", _table(keys, [[row[k] for k in keys] for row in found["sample"]])]
     t = summary["train"]
     out += ["", "## Training",
             f"best epoch {t['best_epoch']} of {t['epochs_run']} run"
@@ -102,7 +127,7 @@ def render(summary: dict) -> str:
 
 
 @task(name="report", **CACHED)
-def write_report(name: str, spec_fingerprint: str, data: dict[str, ArtifactRef],
+def write_report(name: str, spec_fingerprint: str, data: dict,
                  model: ArtifactRef, test: ArtifactRef, folds: list[ArtifactRef],
                  ensemble: ArtifactRef | None, compressed: dict[str, ArtifactRef],
                  store: str) -> ArtifactRef:

@@ -44,6 +44,7 @@ class ResampleParams(Section):
     """
 
     train_only: ClassVar[bool] = True
+    requires_split: ClassVar[bool] = True
 
     type: Literal["resample"]
     method: Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]

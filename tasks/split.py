@@ -8,7 +8,8 @@ import numpy as np
 import polars as pl
 from prefect import task
 from pydantic import Field, model_validator
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import (GroupShuffleSplit, StratifiedGroupKFold, StratifiedKFold,
+                                     train_test_split)
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
@@ -19,18 +20,29 @@ from trainflow.tables import TableSchema, class_counts
 
 
 class SplitParams(Section):
-    """Steps before `split` run once on the whole table; steps after it are fitted on train."""
+    """Steps before `split` run once on the whole table; steps after it are fitted on train.
+
+    stratified: class proportions kept in every part; random: shuffled by the seed; group: all
+    rows of a `group_column` value land in one part (shares are of groups); time: ordered by
+    `time_column`, the latest rows are test and the ones before them validation.
+    """
 
     type: Literal["split"]
+    strategy: Literal["stratified", "random", "group", "time"] = "stratified"
     validation: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
-    stratify: bool = True
+    group_column: str | None = None
+    time_column: str | None = None
 
     @model_validator(mode="after")
-    def _fractions_leave_training_data(self):
+    def _consistent(self):
         if self.validation + self.test >= 0.9:
             raise ValueError(f"validation + test = {self.validation + self.test:g} leaves "
                              "less than 10% for training; lower them")
+        if (self.strategy == "group") != (self.group_column is not None):
+            raise ValueError("group_column is required by strategy: group, and only by it")
+        if (self.strategy == "time") != (self.time_column is not None):
+            raise ValueError("time_column is required by strategy: time, and only by it")
         return self
 
 
@@ -46,26 +58,58 @@ def check_stratifiable(df: pl.DataFrame, schema: TableSchema, need: int, purpose
                         f"too few in {scarce}")
 
 
+def _column(df: pl.DataFrame, name: str, field: str) -> pl.Series:
+    if name not in df.columns:
+        raise DataError(f"split.{field}: column {name!r} is not in the table; columns are "
+                        f"{df.columns} (keep it with data.source.keep_columns)")
+    return df[name]
+
+
 def split_frame(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
                 seed: int) -> dict[str, pl.DataFrame]:
-    if params.stratify:
-        check_stratifiable(df, schema, 3, "a stratified train/validation/test split")
     index = np.arange(len(df))
-    labels = df[schema.target].to_numpy() if params.stratify else None
-    rest, test = train_test_split(index, test_size=params.test, random_state=seed, stratify=labels)
     val_share = params.validation / (1 - params.test)
-    rest_labels = labels[rest] if labels is not None else None
-    train, val = train_test_split(rest, test_size=val_share, random_state=seed,
-                                  stratify=rest_labels)
+    if params.strategy == "time":
+        order = _column(df, params.time_column, "time_column").arg_sort(nulls_last=True)
+        n_test, n_val = round(len(df) * params.test), round(len(df) * params.validation)
+        cut = len(df) - n_test - n_val
+        ordered = order.to_numpy()
+        parts = {"train": ordered[:cut], "val": ordered[cut:cut + n_val],
+                 "test": ordered[cut + n_val:]}
+        return {k: df[np.sort(v)] for k, v in parts.items()}
+    if params.strategy == "group":
+        groups = _column(df, params.group_column, "group_column").to_numpy()
+        outer = GroupShuffleSplit(1, test_size=params.test, random_state=seed)
+        rest, test = next(outer.split(index, groups=groups))
+        inner = GroupShuffleSplit(1, test_size=val_share, random_state=seed)
+        train, val = next(inner.split(rest, groups=groups[rest]))
+        train, val = rest[train], rest[val]
+    else:
+        labels = None
+        if params.strategy == "stratified":
+            check_stratifiable(df, schema, 3, "a stratified train/validation/test split")
+            labels = df[schema.target].to_numpy()
+        rest, test = train_test_split(index, test_size=params.test, random_state=seed,
+                                      stratify=labels)
+        train, val = train_test_split(rest, test_size=val_share, random_state=seed,
+                                      stratify=labels[rest] if labels is not None else None)
     return {"train": df[np.sort(train)], "val": df[np.sort(val)], "test": df[np.sort(test)]}
 
 
-def fold_frames(pool: pl.DataFrame, schema: TableSchema, folds: int, fold: int,
-                seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Training and held-out rows of one stratified k-fold split of `pool`."""
+def fold_frames(pool: pl.DataFrame, schema: TableSchema, folds: int, fold: int, seed: int,
+                group_column: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Training and held-out rows of one stratified k-fold split of `pool`; with a group
+    column, no group is on both sides (StratifiedGroupKFold)."""
     check_stratifiable(pool, schema, folds, f"{folds}-fold stratified cross-validation")
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    train, held = list(splitter.split(np.zeros(len(pool)), pool[schema.target].to_numpy()))[fold]
+    labels = pool[schema.target].to_numpy()
+    if group_column:
+        groups = _column(pool, group_column, "group_column").to_numpy()
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        chosen = list(splitter.split(np.zeros(len(pool)), labels, groups))[fold]
+    else:
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        chosen = list(splitter.split(np.zeros(len(pool)), labels))[fold]
+    train, held = chosen
     return pool[train], pool[held]
 
 

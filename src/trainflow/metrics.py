@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix,
+                             precision_recall_fscore_support)
 
-METRICS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro")
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, num_classes: int) -> dict:
@@ -14,6 +15,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, num_classes: i
         y_true, y_pred, labels=list(range(num_classes)), average="macro", zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
         "precision_macro": float(precision),
         "recall_macro": float(recall),
         "f1_macro": float(f1),

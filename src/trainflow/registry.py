@@ -19,7 +19,8 @@ from trainflow.models.mlp import mlp
 from trainflow.spec import evaluate as ev
 from trainflow.spec.model import CNNParams, MLPParams
 from trainflow.spec.train import AdamParams, SGDParams
-from trainflow.tasks import clean, encode, ingest, normalize, resample, split
+from trainflow.tasks import (anomalies, clean, encode, ingest, normalize, outliers, resample,
+                             split, subsample)
 
 
 def soft_vote(probs: list) -> Any:
@@ -48,6 +49,11 @@ STEPS = {
                        normalize.apply),
     "encode": Entry(encode.EncodeParams, encode.encode, encode.fit, encode.apply),
     "resample": Entry(resample.ResampleParams, resample.resample, resample.fit, resample.apply),
+    "outliers": Entry(outliers.OutliersParams, outliers.outliers, outliers.fit, outliers.apply),
+    "anomalies": Entry(anomalies.AnomaliesParams, anomalies.anomalies, anomalies.fit,
+                       anomalies.apply),
+    "subsample": Entry(subsample.SubsampleParams, subsample.subsample, subsample.fit,
+                       subsample.apply),
 }
 MODELS = {"mlp": Entry(MLPParams, mlp), "cnn": Entry(CNNParams, cnn)}
 OPTIMIZERS = {

@@ -24,19 +24,29 @@ def read_parts(ref: ArtifactRef) -> dict[str, tuple[pl.DataFrame, TableSchema]]:
     return {name: read_table(ref.path / f"{name}.parquet") for name in names}
 
 
+def json_state(state: Any) -> Any:
+    """A step's state without its in-memory-only entries (keys starting with `_`, such as a
+    fitted scikit-learn detector), which are used while the step runs and never stored."""
+    if isinstance(state, dict):
+        return {k: json_state(v) for k, v in state.items() if not str(k).startswith("_")}
+    return state
+
+
 def write_parts(store: Store, kind: str, parts: dict[str, tuple[pl.DataFrame, TableSchema]],
-                extra: dict[str, Any] | None = None) -> ArtifactRef:
+                extra: dict[str, Any] | None = None, step: str | None = None) -> ArtifactRef:
     """Write parts (and JSON extras such as fitted state) as one artifact; return its ref."""
     with store.writer(kind) as staging:
         for name, (df, schema) in parts.items():
             write_table(df, staging / f"{name}.parquet", schema)
         for name, value in (extra or {}).items():
-            (staging / f"{name}.json").write_text(json.dumps(value, indent=1, sort_keys=True))
+            (staging / f"{name}.json").write_text(json.dumps(json_state(value), indent=1,
+                                                             sort_keys=True))
         schema = next(iter(parts.values()))[1]
         summary = {name: {"rows": len(df), "classes": class_counts(df, schema)}
                    for name, (df, _) in parts.items()}
         return store.commit(staging, kind, count=sum(len(df) for df, _ in parts.values()),
-                            schema=schema.model_dump(), meta={"parts": summary})
+                            schema=schema.model_dump(),
+                            meta={"parts": summary, **({"step": step} if step else {})})
 
 
 def fit_apply(parts: dict[str, tuple[pl.DataFrame, TableSchema]], params: BaseModel, fit: Fit,
@@ -58,4 +68,5 @@ def transform(ref: ArtifactRef, params: BaseModel, fit: Fit, apply: Apply, seed:
               store: str | Path) -> ArtifactRef:
     """Run one fit/apply step over a table or splits artifact; write the result and its state."""
     out, state = fit_apply(read_parts(ref), params, fit, apply, seed)
-    return write_parts(Store(store), ref.kind, out, {"state": state})
+    return write_parts(Store(store), ref.kind, out, {"state": state},
+                       step=getattr(params, "type", None))

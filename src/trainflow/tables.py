@@ -76,7 +76,8 @@ def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.nda
         )
     index = {name: i for i, name in enumerate(schema.classes)}
     y = np.asarray([index[str(v)] for v in df[schema.target].to_list()], dtype=np.int64)
-    return np.ascontiguousarray(x), y
+    x = np.ascontiguousarray(x)
+    return (x if x.flags.writeable else x.copy()), y  # polars may hand out read-only views
 
 
 def class_counts(df: pl.DataFrame, schema: TableSchema) -> dict[str, int]:

@@ -7,7 +7,7 @@ from tests.flows.helpers import run
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
 SMALL = ("train.epochs=4", "evaluate.cv.folds=2", "compress.prune.finetune_epochs=1")
-DATA_TASKS = ("ingest", "clean", "split", "normalize", "shard")
+DATA_TASKS = ("ingest", "expect", "clean", "split", "normalize", "shard")
 MODEL_TASKS = ("train", "evaluate", "train_fold", "ensemble", "quantize", "prune", "report")
 
 
@@ -34,12 +34,13 @@ def test_unchanged_changed_and_damaged_reruns(tmp_path):
     (normalized.path / "train.parquet").unlink()
     again, states = run("breast_cancer_mlp", tmp_path, *SMALL)
     assert states["normalize"] == ["Completed"]
-    for task in ("ingest", "clean", "split", "shard") + MODEL_TASKS:
+    for task in ("ingest", "expect", "clean", "split", "shard") + MODEL_TASKS:
         assert set(states[task]) == {"Cached"}, task
     assert again["data"]["splits"] == normalized and normalized.is_valid()
 
     # 4. an altered artifact (a tampered checkpoint) is never served: train recomputes
     (first["model"].path / "best.pt").write_bytes(b"tampered")
-    _, states = run("breast_cancer_mlp", tmp_path, *SMALL)
+    retrained, states = run("breast_cancer_mlp", tmp_path, *SMALL)
     assert states["train"] == ["Completed"]
-    assert first["model"].is_valid()
+    assert retrained["model"].is_valid()
+    assert retrained["test"]["accuracy"] == pytest.approx(first["test"]["accuracy"], abs=0.01)

@@ -15,16 +15,21 @@ CASES = {
     "digits_cnn": (["train.epochs=8", "evaluate.cv.folds=2",
                     "compress.prune.finetune_epochs=2"], 0.95),
     "breast_cancer_mlp": (["train.epochs=30", "evaluate.cv.folds=2"], 0.93),
+    "credit_smote_mlp": (["train.epochs=15", "evaluate.cv.folds=2"], 0.70),
 }
+STEPS = {"digits_cnn": {"clean", "split", "normalize"},
+         "breast_cancer_mlp": {"clean", "split", "normalize"},
+         "credit_smote_mlp": {"clean", "split", "normalize", "encode", "anomalies", "resample"}}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_shipped_pipeline_end_to_end(name, tmp_path):
     overrides, floor = CASES[name]
     result, states = run(name, tmp_path, *overrides)
-    assert set(states) == {"ingest", "clean", "split", "normalize", "shard", "train", "evaluate",
-                           "train_fold", "ensemble", "quantize", "prune", "report",
-                           "publish_report"}
+    assert set(states) == STEPS[name] | {"ingest", "expect", "shard", "train", "evaluate",
+                                         "train_fold",
+                                         "ensemble", "quantize", "prune", "report",
+                                         "publish_report"}
     assert all(s == "Completed" for names in states.values() for s in names)
     assert len(states["train_fold"]) == 2
     assert result["test"]["accuracy"] >= floor
@@ -33,13 +38,18 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
     assert run_dir.parent == tmp_path / "runs" / name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     report = (run_dir / "report.md").read_text()
-    for section in ("## Data", "## Test metrics", "Confusion matrix", "## Cross-validation",
+    for section in ("## Data", "## Data profile", "## Test metrics", "Confusion matrix", "## Cross-validation",
                     "## Ensemble", "## Compression: quantize", "## Compression: prune",
                     "## Models written"):
         assert section in report
     assert metrics["test"]["accuracy"] == result["test"]["accuracy"]
     assert len(metrics["cv"]["folds"]) == 2 and set(metrics["cv"]["std"]) == set(metrics["cv"]["mean"])
-    assert sum(metrics["data"]["rows"].values()) == metrics["data"]["ingested_rows"]
+    if "resample" not in STEPS[name]:
+        assert sum(metrics["data"]["rows"].values()) == metrics["data"]["ingested_rows"]
+    else:  # SMOTE balanced the training part, and only it; anomalies were reported
+        assert "## Anomalies" in report and metrics["anomalies"][0]["anomalies"] > 0
+        assert len(set(metrics["data"]["classes"]["train"].values())) == 1
+        assert metrics["data"]["train_before_post_split_steps"]["rows"] < metrics["data"]["rows"]["train"]
     assert all(Path(path).exists() for path in metrics["models"].values())
 
     quantized, pruned = metrics["compress"]["quantize"], metrics["compress"]["prune"]

@@ -160,3 +160,30 @@ def test_polars_frame_shapes_survive_parquet(store):
     ref = ingest.fn(SklearnSource(type="sklearn", dataset="digits"), store)
     df, _ = read_table(ref.path / "all.parquet")
     assert df.schema["image"] == pl.List(pl.Float32) and len(df["image"][0]) == 64
+
+
+@pytest.mark.parametrize("method,check", [
+    ("robust", lambda col: abs(np.median(col)) < 1e-9),
+    ("max_abs", lambda col: np.isclose(np.abs(col).max(), 1.0)),
+    ("quantile", lambda col: col.min() >= 0 and col.max() <= 1 and abs(np.median(col) - 0.5) < 0.02),
+])
+def test_more_normalizers_are_fitted_on_train(splits, store, method, check):
+    scaled = read_parts(normalize.fn(splits, NormalizeParams(type="normalize", method=method),
+                                     0, store))
+    raw = read_parts(splits)
+    column = raw["train"][1].features[3]
+    assert check(scaled["train"][0][column].to_numpy())
+    # validation rows are mapped with the training part's statistics, not their own
+    assert not check(scaled["val"][0][column].to_numpy()) or method == "quantile"
+
+
+def test_log1p_and_normal_quantiles(splits, store):
+    raw = read_parts(splits)["test"][0]
+    column = read_parts(splits)["train"][1].features[0]
+    logged = read_parts(normalize.fn(splits, NormalizeParams(type="normalize", method="log1p"),
+                                     0, store))["test"][0]
+    assert np.allclose(logged[column].to_numpy(), np.log1p(raw[column].to_numpy()))
+    normal = read_parts(normalize.fn(
+        splits, NormalizeParams(type="normalize", method="quantile", output="normal"), 0,
+        store))["train"][0][column].to_numpy()
+    assert abs(normal.mean()) < 0.1 and 0.8 < normal.std() < 1.3 and np.isfinite(normal).all()

@@ -8,7 +8,7 @@ from pydantic import Field, PositiveInt
 
 from trainflow.spec.base import Section
 
-Metric = Literal["accuracy", "precision_macro", "recall_macro", "f1_macro"]
+Metric = Literal["accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro"]
 
 
 class CVSpec(Section):
@@ -17,7 +17,8 @@ class CVSpec(Section):
 
 class EvaluateSpec(Section):
     metrics: list[Metric] = Field(
-        default_factory=lambda: ["accuracy", "precision_macro", "recall_macro", "f1_macro"],
+        default_factory=lambda: ["accuracy", "balanced_accuracy", "precision_macro",
+                                 "recall_macro", "f1_macro"],
         min_length=1)
     cv: CVSpec | None = None
 

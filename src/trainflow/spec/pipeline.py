@@ -17,6 +17,7 @@ from trainflow.errors import SpecError
 from trainflow.spec.base import Section
 from trainflow.spec.evaluate import EvaluateSpec, OutputsSpec
 from trainflow.spec.train import TrainSpec
+from trainflow.tasks.expect import ExpectSpec
 from trainflow.tasks.shard import ShardParams
 
 Source = registry.union(registry.SOURCES)
@@ -29,6 +30,7 @@ Pruner = registry.union(registry.PRUNERS)
 
 class DataSpec(Section):
     source: Source
+    expect: ExpectSpec = ExpectSpec()
     steps: list[Step] = Field(..., min_length=1)
     shard: ShardParams = ShardParams()
 
@@ -38,7 +40,7 @@ class DataSpec(Section):
         if len(splits) != 1:
             raise ValueError(f"steps must contain exactly one `split` step (found {len(splits)})")
         early = [f"steps.{i} ({step.type})" for i, step in enumerate(self.steps[:splits[0]])
-                 if getattr(step, "train_only", False)]
+                 if getattr(step, "requires_split", False)]
         if early:
             raise ValueError(f"{', '.join(early)} change(s) the training part only and must "
                              "come after `split`")
@@ -199,9 +201,18 @@ def load_raw(path: str | Path) -> dict:
     return raw if raw is not None else {}
 
 
+def resolve_data_paths(raw: dict, base: Path) -> None:
+    """A relative `data.source.path` in a spec file is relative to that file's folder."""
+    source = raw.get("data", {}).get("source") if isinstance(raw.get("data"), dict) else None
+    if isinstance(source, dict) and isinstance(source.get("path"), str):
+        if not Path(source["path"]).is_absolute():
+            source["path"] = str(base / source["path"])
+
+
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineSpec:
     """Read YAML, apply `key.path=value` overrides, validate the whole spec at once."""
     raw = load_raw(path)
+    resolve_data_paths(raw, Path(path).resolve().parent)
     for assignment in overrides:
         apply_override(raw, assignment)
     return validate_spec(raw, str(path))

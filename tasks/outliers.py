@@ -1,0 +1,70 @@
+"""Outliers: clip or drop values beyond z-score or IQR bounds learned from the training part."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import polars as pl
+from prefect import task
+from pydantic import Field
+
+from trainflow.artifacts import ArtifactRef
+from trainflow.caching import CACHED
+from trainflow.spec.base import Section
+from trainflow.steps import State, transform
+from trainflow.tables import TableSchema
+
+DEFAULT_THRESHOLD = {"zscore": 3.0, "iqr": 1.5}
+
+
+class OutliersParams(Section):
+    """Bounds per numeric column: mean +- t*std (zscore, t=3) or [Q1 - t*IQR, Q3 + t*IQR] (iqr,
+    t=1.5). `clip` moves values to the bounds in every part; `drop` removes rows with a value
+    outside them: from the whole table before `split`, from the training part only after it."""
+
+    type: Literal["outliers"]
+    method: Literal["zscore", "iqr"] = "iqr"
+    threshold: float | None = Field(None, gt=0)
+    action: Literal["clip", "drop"] = "clip"
+    columns: list[str] | None = None
+
+    @property
+    def train_only(self) -> bool:
+        return self.action == "drop"
+
+
+def numeric_columns(df: pl.DataFrame, schema: TableSchema, columns: list[str] | None) -> list[str]:
+    chosen = columns if columns is not None else schema.features
+    return [c for c in chosen if c in df.columns and df[c].dtype.is_numeric()]
+
+
+def fit(df: pl.DataFrame, schema: TableSchema, params: OutliersParams, seed: int = 0) -> State:
+    t = params.threshold or DEFAULT_THRESHOLD[params.method]
+    bounds = {}
+    for c in numeric_columns(df, schema, params.columns):
+        values = df[c].cast(pl.Float64).fill_nan(None).drop_nulls()
+        if not len(values):
+            continue
+        if params.method == "zscore":
+            centre, spread = values.mean(), values.std(ddof=0)
+            bounds[c] = [centre - t * spread, centre + t * spread]
+        else:
+            q1, q3 = values.quantile(0.25, "linear"), values.quantile(0.75, "linear")
+            bounds[c] = [q1 - t * (q3 - q1), q3 + t * (q3 - q1)]
+    return {"bounds": bounds}
+
+
+def apply(df: pl.DataFrame, schema: TableSchema, params: OutliersParams,
+          state: State) -> tuple[pl.DataFrame, TableSchema]:
+    bounds = state["bounds"]
+    if params.action == "clip":
+        return df.with_columns(pl.col(c).clip(lo, hi).cast(df[c].dtype)
+                               for c, (lo, hi) in bounds.items()), schema
+    inside = [pl.col(c).is_null() | pl.col(c).is_between(lo, hi) for c, (lo, hi) in bounds.items()]
+    return (df.filter(pl.all_horizontal(inside)) if inside else df), schema
+
+
+@task(name="outliers", **CACHED)
+def outliers(data: ArtifactRef, params: OutliersParams, seed: int, store: str) -> ArtifactRef:
+    """Clip or drop outlying values, with bounds learned where the step is fitted."""
+    return transform(data, params, fit, apply, seed, store)
