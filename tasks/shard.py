@@ -18,6 +18,7 @@ from trainflow.tables import to_arrays
 class ShardParams(Section):
     max_samples: int = Field(10_000, ge=1, description="Samples per tar shard")
     per_record: int = Field(256, ge=1, description="Samples packed into one tar record")
+    max_bytes: int | None = Field(None, ge=1024, description="Bytes per tar shard (about)")
 
 
 @task(name="shard", **CACHED)
@@ -31,7 +32,8 @@ def shard(splits: ArtifactRef, params: ShardParams, store: str) -> ArtifactRef:
         for name in SPLITS:
             x, y = to_arrays(*parts[name])
             manifest["splits"][name] = write_split(staging, name, x, y, schema.classes,
-                                                   params.max_samples, params.per_record)
+                                                   params.max_samples, params.per_record,
+                                                   params.max_bytes)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         counts = {k: v["samples"] for k, v in manifest["splits"].items()}
         return target.commit(staging, "shards", count=sum(counts.values()),

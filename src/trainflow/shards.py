@@ -29,26 +29,51 @@ def _encode_array(x: np.ndarray) -> bytes:
 
 
 def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, classes: list[str],
-                max_samples: int, per_record: int) -> dict:
-    """Write one split as `<split>-NNNNNN.tar` shards of at most `max_samples` samples.
+                max_samples: int, per_record: int, max_bytes: int | None = None) -> dict:
+    """Write one split as `<split>-NNNNNN.tar` shards; return its manifest entry.
 
-    Each tar record packs up to `per_record` consecutive samples (`x.npy` of shape
-    (n, *input_shape) and `y.npy` of n class indices), so that reading is not dominated by
-    per-member overhead. Returns the split's manifest entry.
+    A shard holds at most `max_samples` samples and, where it has more than one record, at
+    most `max_bytes` bytes. Each tar record packs up to `per_record` consecutive samples
+    (`x.npy` of shape (n, *input_shape) and `y.npy` of n class indices), so that reading is not
+    dominated by per-member overhead.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for number, start in enumerate(range(0, len(x), max_samples)):
-        path = folder / f"{split}-{number:06d}.tar"
-        stop = min(start + max_samples, len(x))
-        # mtime=0 and a fixed owner make the tar bytes identical on every rerun.
-        with open(path, "wb") as stream, wds.TarWriter(stream, encoder=False, mtime=0,
-                                                       user="trainflow", group="trainflow") as sink:
-            for first in range(start, stop, per_record):
-                last = min(first + per_record, stop)
-                sink.write({"__key__": f"{split}{first:08d}", "x.npy": _encode_array(x[first:last]),
-                            "y.npy": _encode_array(y[first:last])})
-        shards.append({"name": path.name, "samples": stop - start, "sha256": sha256_file(path)})
+    shards: list[dict] = []
+    sink, stream, in_shard, bytes_in_shard = None, None, 0, 0
+
+    def close() -> None:
+        if sink is not None:
+            sink.close()
+            stream.close()
+            path = folder / shards[-1]["name"]
+            shards[-1].update(samples=in_shard, sha256=sha256_file(path))
+
+    start = 0
+    while start < len(x):
+        room = max_samples - in_shard if sink is not None else max_samples
+        stop = min(start + per_record, start + room, len(x))
+        record = {"__key__": f"{split}{start:08d}", "x.npy": _encode_array(x[start:stop]),
+                  "y.npy": _encode_array(y[start:stop])}
+        size = len(record["x.npy"]) + len(record["y.npy"]) + 2048  # + tar headers
+        full = sink is not None and (in_shard >= max_samples or (
+            max_bytes is not None and bytes_in_shard + size > max_bytes))
+        if sink is None or full:
+            close()
+            shards.append({"name": f"{split}-{len(shards):06d}.tar"})
+            stream = open(folder / shards[-1]["name"], "wb")
+            # mtime=0 and a fixed owner make the tar bytes identical on every rerun.
+            sink = wds.TarWriter(stream, encoder=False, mtime=0, user="trainflow",
+                                 group="trainflow")
+            in_shard, bytes_in_shard = 0, 0
+            stop = min(start + per_record, start + max_samples, len(x))
+            record = {"__key__": f"{split}{start:08d}", "x.npy": _encode_array(x[start:stop]),
+                      "y.npy": _encode_array(y[start:stop])}
+            size = len(record["x.npy"]) + len(record["y.npy"]) + 2048
+        sink.write(record)
+        in_shard += stop - start
+        bytes_in_shard += size
+        start = stop
+    close()
     histogram = np.bincount(y, minlength=len(classes))
     return {"samples": int(len(x)), "shards": shards,
             "classes": {c: int(n) for c, n in zip(classes, histogram)}}

@@ -187,3 +187,14 @@ def test_log1p_and_normal_quantiles(splits, store):
         splits, NormalizeParams(type="normalize", method="quantile", output="normal"), 0,
         store))["train"][0][column].to_numpy()
     assert abs(normal.mean()) < 0.1 and 0.8 < normal.std() < 1.3 and np.isfinite(normal).all()
+
+
+def test_shards_rotate_on_max_bytes(splits, store):
+    ref = shard.fn(splits, ShardParams(max_samples=10_000, per_record=16, max_bytes=20_000), store)
+    tars = sorted(ref.path.glob("train-*.tar"))
+    assert len(tars) > 1
+    assert all(p.stat().st_size <= 20_000 + 4096 for p in tars[:-1])
+    manifest = json.loads((ref.path / "manifest.json").read_text())["splits"]["train"]
+    assert sum(s["samples"] for s in manifest["shards"]) == 341
+    x, _ = read_split(ref.path, "train")
+    assert len(x) == 341

@@ -136,3 +136,33 @@ def test_pruned_model_reaches_target_sparsity_and_keeps_accuracy(prepared):
     assert ref.meta["after"]["accuracy"] >= ref.meta["before"]["accuracy"] - 0.01
     weights = checkpoint.load(ref.path / "best.pt")["model"]
     assert not any(key.endswith("_mask") or key.endswith("_orig") for key in weights)
+
+
+def test_balanced_class_weights_match_scikit_learn():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from trainflow.engine.loop import balanced_weights
+
+    y = torch.tensor([0] * 30 + [1] * 10 + [2] * 5)
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=y.numpy())
+    assert torch.allclose(balanced_weights(y, 3), torch.tensor(expected, dtype=torch.float32))
+
+
+def test_weighted_sampler_balances_classes_and_class_weights_change_the_loss():
+    from trainflow.engine.loop import balanced_weights, batches
+
+    y = torch.tensor([0] * 90 + [1] * 10)
+    data = Split(torch.randn(100, 3), y)
+    weights = balanced_weights(y, 2)[y]
+    drawn = torch.cat([b for _, b in batches(data, 25, torch.Generator().manual_seed(0), weights)
+                       for _ in range(1)])
+    many = torch.cat([torch.cat([b for _, b in batches(data, 25, torch.Generator().manual_seed(s),
+                                                       weights)]) for s in range(20)])
+    assert len(drawn) == 100 and abs(many.float().mean().item() - 0.5) < 0.05
+    plain = TrainSpec(epochs=1, lr=0.01)
+    runs = {}
+    for name, spec in {"plain": plain,
+                       "balanced": plain.model_copy(update={"class_weights": "balanced"})}.items():
+        result = fit(mlp([3], 2, [4]), data, data, spec, 0, optimizer_factory(spec))
+        runs[name] = result.history[0]["train_loss"]
+    assert runs["plain"] != runs["balanced"]

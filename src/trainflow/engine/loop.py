@@ -65,11 +65,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def batches(data: Split, batch_size: int,
-            generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches in a random order drawn from `generator`, or in order without one."""
+def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """n / (classes * count) per class, as scikit-learn's compute_class_weight("balanced")."""
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    present = int((counts > 0).sum())
+    return torch.where(counts > 0, len(labels) / (present * counts.clamp(min=1)), 0.0)
+
+
+def batches(data: Split, batch_size: int, generator: torch.Generator | None = None,
+            sample_weights: torch.Tensor | None = None
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches in a random order drawn from `generator`, or in order without one.
+
+    With `sample_weights`, an epoch is len(data) draws with replacement, each row drawn with
+    probability proportional to its weight (a weighted random sampler).
+    """
     n = len(data)
-    order = torch.randperm(n, generator=generator) if generator is not None else None
+    if sample_weights is not None:
+        order = torch.multinomial(sample_weights, n, replacement=True, generator=generator)
+    else:
+        order = torch.randperm(n, generator=generator) if generator is not None else None
     for start in range(0, n, batch_size):
         if order is None:
             yield data.x[start:start + batch_size], data.y[start:start + batch_size]
@@ -79,13 +94,15 @@ def batches(data: Split, batch_size: int,
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, batch_size: int,
-                generator: torch.Generator, device: torch.device) -> float:
+                generator: torch.Generator, device: torch.device,
+                class_weights: torch.Tensor | None = None,
+                sample_weights: torch.Tensor | None = None) -> float:
     """One pass over `data`; raises before any checkpoint of a non-finite epoch is written."""
     model.train()
     total, seen = torch.zeros((), device=device), 0
-    for x, y in batches(data, batch_size, generator):
+    for x, y in batches(data, batch_size, generator, sample_weights):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = nn.functional.cross_entropy(model(x), y)
+        loss = nn.functional.cross_entropy(model(x), y, weight=class_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -125,13 +142,18 @@ def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
     sign = 1.0 if monitor == "val_loss" else -1.0  # compare as "lower is better"
     min_delta = stopping.min_delta if stopping else 0.0
     result, best, waited = FitResult(), math.inf, 0
+    num_classes = int(max(train.y.max().item(), val.y.max().item() if len(val) else 0)) + 1
+    balanced = balanced_weights(train.y, num_classes)
+    class_weights = balanced.to(device) if spec.class_weights == "balanced" else None
+    sample_weights = balanced[train.y] if spec.sampler == "weighted" else None
     log = open(out_dir / "metrics.jsonl", "w") if out_dir else None
     writer = checkpoint.BackgroundWriter()
     saved_at, saved_epoch = time.monotonic(), 0
     try:
         for epoch in tqdm(range(1, spec.epochs + 1), desc="epochs", leave=False, disable=None):
             start = time.perf_counter()
-            train_loss = train_epoch(model, optimizer, train, spec.batch_size, generator, device)
+            train_loss = train_epoch(model, optimizer, train, spec.batch_size, generator, device,
+                                     class_weights, sample_weights)
             val_loss, probs = predict(model, val, spec.batch_size, device)
             val_acc = (probs.argmax(1) == val.y).float().mean().item() if len(val) else 0.0
             # metrics.jsonl holds only what the seed determines, so a rerun writes equal bytes

@@ -40,6 +40,10 @@ class TrainSpec(Section):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: PositiveInt = 64
     epochs: PositiveInt = 20
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: weight each class's loss by n / (classes * count)")
+    sampler: Literal["shuffle", "weighted"] = Field(
+        "shuffle", description="weighted: draw rows with replacement, classes equally likely")
     early_stopping: EarlyStopping | None = None
     checkpoint_every: int = Field(1, ge=0, description="Write last.pt every N epochs (0: at end)")
     checkpoint_interval_s: float = Field(
