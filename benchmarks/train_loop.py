@@ -89,7 +89,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
     spec = load_spec(ROOT / "pipelines" / "digits_cnn.yaml",
-                     [f"train.epochs={args.epochs}", "train.early_stopping=null"])
+                     [f"train.epochs={args.epochs}", "train.early_stopping=null",
+                      "train.augment=null"])  # the hand-written loop does not augment
     results = {"hand_written": [], "trainflow": []}
     with tempfile.TemporaryDirectory() as tmp:
         shards = prepare(spec, tmp)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from prefect import flow, unmapped
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.tasks.cv import train_fold
 
 
-@flow(name="cross-validate")
+# One worker: each fold seeds torch's process-wide RNG, so folds must not interleave in threads
+# (subflows do not inherit the parent's task runner). Parallel folds belong on separate
+# processes (a Dask cluster).
+@flow(name="cross-validate", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def cross_validate(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> list[ArtifactRef]:
     folds = spec.evaluate.cv.folds
     futures = train_fold.map(

@@ -38,7 +38,12 @@ def test_unchanged_changed_and_damaged_reruns(tmp_path):
         assert set(states[task]) == {"Cached"}, task
     assert again["data"]["splits"] == normalized and normalized.is_valid()
 
-    # 4. an altered artifact (a tampered checkpoint) is never served: train recomputes
+    # 4. the same spec and data in a fresh store give the same metrics (CV folds included)
+    fresh, _ = run("breast_cancer_mlp", tmp_path / "fresh", *SMALL)
+    assert fresh["test"] == first["test"]
+    assert [f.meta["val"] for f in fresh["folds"]] == [f.meta["val"] for f in first["folds"]]
+
+    # 5. an altered artifact (a tampered checkpoint) is never served: train recomputes
     (first["model"].path / "best.pt").write_bytes(b"tampered")
     retrained, states = run("breast_cancer_mlp", tmp_path, *SMALL)
     assert states["train"] == ["Completed"]

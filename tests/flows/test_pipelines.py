@@ -58,6 +58,9 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
     assert pruned["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert pruned["after"]["accuracy"] >= pruned["before"]["accuracy"] - 0.01
     assert metrics["ensemble"]["members"] == 2
+    if name == "digits_cnn":  # random erasing: a preview of augmented samples beside the model
+        preview = Path(metrics["models"]["model"]) / "augment_preview.png"
+        assert preview.read_bytes()[:4] == b"\x89PNG"
 
     # the same report is a markdown artifact of the flow run in the Prefect UI
     key = name.replace("_", "-") + "-report"

@@ -13,6 +13,7 @@ from torch import nn
 from trainflow import registry
 from trainflow.artifacts import ArtifactRef
 from trainflow.engine import checkpoint
+from trainflow.engine.augment import Augmenter, preview_png
 from trainflow.engine.loop import FitResult, Split, fit, predict, resolve_device
 from trainflow.metrics import classification_metrics
 from trainflow.spec.train import TrainSpec
@@ -39,6 +40,9 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int, data: dict
     result = fit(net, data["train"], data["val"], train, seed, optimizer_factory(train),
                  folder, on_epoch)
     net.load_state_dict(result.best_state)
+    if train.augment and data["train"].x.dim() == 4 and train.augment.transforms:
+        preview = preview_png(Augmenter(train.augment, seed, True), data["train"].x[:8])
+        (folder / "augment_preview.png").write_bytes(preview)
     describe(folder, model.model_dump(mode="json"), input_shape, classes,
              best_epoch=result.best_epoch, epochs_run=len(result.history),
              stopped_early=result.stopped_early)

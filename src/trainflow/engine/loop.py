@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from trainflow.engine import checkpoint
+from trainflow.engine.augment import Augmenter
 from trainflow.errors import TrainflowError
 from trainflow.spec.train import TrainSpec
 
@@ -96,11 +97,14 @@ def batches(data: Split, batch_size: int, generator: torch.Generator | None = No
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, batch_size: int,
                 generator: torch.Generator, device: torch.device,
                 class_weights: torch.Tensor | None = None,
-                sample_weights: torch.Tensor | None = None) -> float:
+                sample_weights: torch.Tensor | None = None,
+                augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """One pass over `data`; raises before any checkpoint of a non-finite epoch is written."""
     model.train()
     total, seen = torch.zeros((), device=device), 0
     for x, y in batches(data, batch_size, generator, sample_weights):
+        if augment is not None:
+            x = augment(x)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = nn.functional.cross_entropy(model(x), y, weight=class_weights)
         optimizer.zero_grad(set_to_none=True)
@@ -146,6 +150,7 @@ def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
     balanced = balanced_weights(train.y, num_classes)
     class_weights = balanced.to(device) if spec.class_weights == "balanced" else None
     sample_weights = balanced[train.y] if spec.sampler == "weighted" else None
+    augmenter = Augmenter(spec.augment, seed, train.x.dim() == 4) if spec.augment else None
     log = open(out_dir / "metrics.jsonl", "w") if out_dir else None
     writer = checkpoint.BackgroundWriter()
     saved_at, saved_epoch = time.monotonic(), 0
@@ -153,7 +158,8 @@ def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
         for epoch in tqdm(range(1, spec.epochs + 1), desc="epochs", leave=False, disable=None):
             start = time.perf_counter()
             train_loss = train_epoch(model, optimizer, train, spec.batch_size, generator, device,
-                                     class_weights, sample_weights)
+                                     class_weights, sample_weights,
+                                     augmenter.for_epoch(epoch) if augmenter else None)
             val_loss, probs = predict(model, val, spec.batch_size, device)
             val_acc = (probs.argmax(1) == val.y).float().mean().item() if len(val) else 0.0
             # metrics.jsonl holds only what the seed determines, so a rerun writes equal bytes

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt
 
+from trainflow.spec.augment import AugmentSpec
 from trainflow.spec.base import Section
 
 
@@ -44,6 +45,7 @@ class TrainSpec(Section):
         "none", description="balanced: weight each class's loss by n / (classes * count)")
     sampler: Literal["shuffle", "weighted"] = Field(
         "shuffle", description="weighted: draw rows with replacement, classes equally likely")
+    augment: AugmentSpec | None = None
     early_stopping: EarlyStopping | None = None
     checkpoint_every: int = Field(1, ge=0, description="Write last.pt every N epochs (0: at end)")
     checkpoint_interval_s: float = Field(
