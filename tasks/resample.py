@@ -89,6 +89,16 @@ def apply(df: pl.DataFrame, schema: TableSchema, params: ResampleParams,
                         "text: add an `encode` step before it")
     x = df.select(schema.features).to_numpy()
     y = df[schema.target].to_numpy()
+    neighbours = params.options.get("k_neighbors", 5 if "smote" in params.method
+                                    or params.method == "adasyn" else None)
+    if isinstance(neighbours, int):
+        labels, counts = np.unique(y, return_counts=True)
+        scarce = [(str(c), int(n)) for c, n in zip(labels, counts) if 1 < n <= neighbours or n == 1]
+        if scarce and params.sampling_strategy != "majority":
+            label, count = min(scarce, key=lambda item: item[1])
+            raise DataError(f"resample ({params.method}): k_neighbors={neighbours} must be below "
+                            f"the smallest class's row count, but class {label!r} has {count} "
+                            f"row(s) in the training part; lower options.k_neighbors")
     try:
         x_res, y_res = sampler(params, schema.classes, state["seed"]).fit_resample(x, y)
     except ValueError as exc:

@@ -10,6 +10,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from trainflow.artifacts import ArtifactRef, Store
+from trainflow.errors import DataError
 from trainflow.tables import TableSchema, class_counts, read_table, write_table
 
 SPLITS = ("train", "val", "test")
@@ -61,6 +62,11 @@ def fit_apply(parts: dict[str, tuple[pl.DataFrame, TableSchema]], params: BaseMo
     train_only = getattr(params, "train_only", False)
     out = {name: apply(df, schema, params, state) if name in ("all", "train") or not train_only
            else (df, schema) for name, (df, schema) in parts.items()}
+    emptied = [name for name, (df, _) in out.items() if len(df) == 0 and len(parts[name][0])]
+    if emptied:
+        step = getattr(params, "type", type(params).__name__)
+        raise DataError(f"step {step!r} left no rows in {', '.join(emptied)}: check its "
+                        f"settings ({params.model_dump(exclude={'type'})})")
     return out, state
 
 

@@ -111,3 +111,27 @@ def test_spec_rejects_resampling_before_split_and_unknown_options():
     with pytest.raises(SpecError, match=r"smote has no option\(s\) \['k'\].*k_neighbors"):
         validate_spec({**base, "data": {**base["data"], "steps": [
             {"type": "split"}, {"type": "resample", "method": "smote", "options": {"k": 3}}]}})
+
+
+def test_k_neighbors_not_below_the_smallest_class_is_named(tmp_path):
+    from trainflow.errors import DataError
+
+    rows = ["a,label"] + [f"{i},{'rare' if i < 8 else 'common'}" for i in range(60)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    store = str(tmp_path / "store")
+    table = ingest.fn(FileSource(type="csv", path=str(tmp_path / "d.csv"), target="label"), store)
+    parts = split.fn(table, SplitParams(type="split", validation=0.2, test=0.2), 0, store)
+    params = ResampleParams(type="resample", method="smote", options={"k_neighbors": 6})
+    with pytest.raises(DataError, match=r"smote\): k_neighbors=6 .* class 'rare' has 5 row"):
+        resample.fn(parts, params, 0, store)
+
+
+def test_a_step_that_empties_a_part_is_a_clear_error(tmp_path):
+    from trainflow.errors import DataError
+    from trainflow.tasks.clean import CleanParams, clean
+
+    (tmp_path / "d.csv").write_text("a,label\n" + "".join(f",{'xy'[i % 2]}\n" for i in range(10)))
+    store = str(tmp_path / "store")
+    table = ingest.fn(FileSource(type="csv", path=str(tmp_path / "d.csv"), target="label"), store)
+    with pytest.raises(DataError, match="step 'clean' left no rows in all"):
+        clean.fn(table, CleanParams(type="clean", missing="drop"), 0, store)
