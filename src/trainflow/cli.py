@@ -14,8 +14,9 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 
-STEPS = ("ingest", "clean", "split", "normalize", "shard", "train", "evaluate", "train_fold",
-         "ensemble", "quantize", "prune")
+# Besides these, every data step in the registry (clean, split, normalize, encode, ...).
+TASKS = ("ingest", "expect", "shard", "train", "evaluate", "train_fold", "ensemble", "quantize",
+         "prune")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", parents=[overrides], help="run a pipeline on Prefect")
     run.add_argument("spec")
     step = commands.add_parser("task", parents=[overrides], help="run one step locally")
-    step.add_argument("step", choices=STEPS)
+    step.add_argument("step", help=f"a data step of the spec (clean, split, normalize, ...) "
+                                   f"or one of: {', '.join(TASKS)}")
     step.add_argument("--spec", required=True)
     step.add_argument("--input", dest="inputs", action="append", default=[], metavar="REF",
                       help="an input ref: JSON text or a file holding it (repeat for several)")
@@ -55,18 +57,21 @@ def _read_ref(text: str):
 def _run_step(args, spec) -> object:
     from trainflow import registry
     from trainflow.errors import TrainflowError
-    from trainflow.tasks import (cv, ensemble, evaluate, ingest, prune, quantize, shard,
+    from trainflow.tasks import (cv, ensemble, evaluate, expect, ingest, prune, quantize, shard,
                                  train)
 
     refs = [_read_ref(text) for text in args.inputs]
     store = str(Path(spec.outputs.store).resolve())
-    needs = {"ingest": 0, "clean": 1, "split": 1, "normalize": 1, "shard": 1, "train": 1,
-             "evaluate": 2, "train_fold": 1, "quantize": 2, "prune": 2}
+    if args.step not in TASKS and args.step not in registry.STEPS:
+        raise TrainflowError(f"unknown step {args.step!r}; steps: "
+                             f"{', '.join([*TASKS, *registry.STEPS])}")
+    needs = {"ingest": 0, "expect": 1, "shard": 1, "train": 1, "evaluate": 2, "train_fold": 1,
+             "quantize": 2, "prune": 2, **dict.fromkeys(registry.STEPS, 1)}
     wanted = needs.get(args.step)
     if (wanted is not None and len(refs) != wanted) or (args.step == "ensemble" and not refs):
         raise TrainflowError(f"task {args.step} takes {wanted or 'one or more'} --input ref(s), "
                              f"got {len(refs)}")
-    if args.step in ("clean", "split", "normalize"):
+    if args.step in registry.STEPS:
         chosen = [(i, s) for i, s in enumerate(spec.data.steps) if s.type == args.step]
         if args.index is not None:
             chosen = [(i, s) for i, s in chosen if i == args.index]
@@ -80,6 +85,7 @@ def _run_step(args, spec) -> object:
     folds = spec.evaluate.cv.folds if spec.evaluate.cv else 5
     run = {
         "ingest": lambda: ingest.ingest.fn(spec.data.source, store),
+        "expect": lambda: expect.check_expectations.fn(refs[0], spec.data.expect, store),
         "shard": lambda: shard.shard.fn(refs[0], spec.data.shard, store),
         "train": lambda: train.train_model.fn(refs[0], spec.model, spec.train, spec.seed, store),
         "evaluate": lambda: evaluate.evaluate_model.fn(refs[0], refs[1], store),

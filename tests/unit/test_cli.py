@@ -88,3 +88,19 @@ def test_task_command_rejects_a_wrong_input(tmp_path, capsys):
     assert "is not an artifact ref" in err
     err = run_error(capsys, ["task", "evaluate", "--spec", str(spec)])
     assert "takes 2 --input ref(s), got 0" in err
+
+
+def test_task_command_runs_any_registered_step_and_names_unknown_ones(tmp_path, capsys):
+    spec = ROOT / "pipelines" / "credit_smote_mlp.yaml"
+    store = ["--set", f"outputs.store={tmp_path / 'store'}"]
+    assert main(["task", "ingest", "--spec", str(spec), *store]) == 0
+    (tmp_path / "table.json").write_text(capsys.readouterr().out)
+    assert main(["task", "split", "--spec", str(spec), *store,
+                 "--input", str(tmp_path / "table.json")]) == 0
+    (tmp_path / "splits.json").write_text(capsys.readouterr().out)
+    assert main(["task", "encode", "--spec", str(spec), *store,
+                 "--input", str(tmp_path / "splits.json")]) == 0
+    encoded = json.loads(capsys.readouterr().out)
+    assert "Home=owner" in encoded["data_schema"]["features"]
+    err = run_error(capsys, ["task", "smote", "--spec", str(spec)])
+    assert "unknown step 'smote'" in err and "resample" in err
