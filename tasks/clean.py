@@ -6,10 +6,11 @@ from typing import Literal
 
 import polars as pl
 from prefect import task
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.caching import CACHED
+from trainflow.errors import DataError
 from trainflow.spec.base import Section
 from trainflow.steps import State, transform
 from trainflow.tables import TableSchema
@@ -22,8 +23,10 @@ class CleanParams(Section):
     """
 
     type: Literal["clean"]
-    drop_duplicates: bool = True
-    missing: Literal["drop", "mean", "median", "mode", "constant", "keep"] = "drop"
+    drop_duplicates: bool | list[str] = Field(
+        True, description="true: identical rows; a list: rows sharing these key columns")
+    missing: Literal["drop", "mean", "median", "mode", "constant", "forward_fill",
+                     "backward_fill", "keep"] = "drop"
     fill_value: float | None = None
     drop_missing_label: bool = True
 
@@ -43,7 +46,7 @@ def _columns(df: pl.DataFrame, schema: TableSchema) -> tuple[list[str], list[str
 
 def fit(df: pl.DataFrame, schema: TableSchema, params: CleanParams, seed: int = 0) -> State:
     numeric, text = _columns(df, schema)
-    if params.missing in ("drop", "keep"):
+    if params.missing in ("drop", "keep", "forward_fill", "backward_fill"):
         return {"fill": {}}
     # Statistics describe the rows that stay: labelled (if so declared) and de-duplicated.
     kept = apply(df, schema, params.model_copy(update={"missing": "keep"}), {"fill": {}})[0]
@@ -71,11 +74,19 @@ def apply(df: pl.DataFrame, schema: TableSchema, params: CleanParams,
         df = df.filter(pl.col(schema.target).is_not_null())
     if params.missing == "drop" and numeric + text:
         df = df.drop_nulls(subset=numeric + text)
+    elif params.missing in ("forward_fill", "backward_fill"):  # along the row order
+        strategy = params.missing.removesuffix("_fill")
+        df = df.with_columns(pl.col(c).fill_null(strategy=strategy) for c in numeric + text)
     elif state["fill"]:
         df = df.with_columns(pl.col(c).fill_null(v) for c, v in state["fill"].items()
                              if v is not None)
     if params.drop_duplicates:
-        df = df.unique(maintain_order=True)
+        keys = params.drop_duplicates if isinstance(params.drop_duplicates, list) else None
+        missing_keys = [k for k in keys or [] if k not in df.columns]
+        if missing_keys:
+            raise DataError(f"clean.drop_duplicates: key columns {missing_keys} are not in the "
+                            f"table; columns are {df.columns}")
+        df = df.unique(subset=keys, keep="first", maintain_order=True)
     return df, schema
 
 

@@ -6,6 +6,7 @@ from typing import Literal
 
 import polars as pl
 from prefect import task
+from pydantic import Field
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.caching import CACHED
@@ -24,6 +25,8 @@ class EncodeParams(Section):
     type: Literal["encode"]
     method: Literal["one_hot", "ordinal"] = "one_hot"
     columns: list[str] | None = None
+    unknown: Literal["ignore", "error"] = Field(
+        "ignore", description="a category not seen when fitting: encode as unknown, or fail")
 
 
 def _targets(df: pl.DataFrame, schema: TableSchema, params: EncodeParams) -> list[str]:
@@ -53,6 +56,13 @@ def apply(df: pl.DataFrame, schema: TableSchema, params: EncodeParams,
             features.append(column)
             continue
         values = pl.col(column).cast(pl.Utf8)
+        if params.unknown == "error":
+            unseen = sorted(set(df[column].cast(pl.Utf8).drop_nulls().unique()) - set(categories))
+            if unseen:
+                from trainflow.errors import DataError
+                raise DataError(f"encode: column {column!r} has categories {unseen[:10]} not "
+                                f"seen when fitting (known: {categories[:20]}); set "
+                                "unknown: ignore to encode them as unknown")
         if params.method == "ordinal":
             mapping = {c: i for i, c in enumerate(categories)}
             df = df.with_columns(values.replace_strict(mapping, default=-1,

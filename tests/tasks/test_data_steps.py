@@ -198,3 +198,17 @@ def test_shards_rotate_on_max_bytes(splits, store):
     assert sum(s["samples"] for s in manifest["shards"]) == 341
     x, _ = read_split(ref.path, "train")
     assert len(x) == 341
+
+
+def test_forward_fill_and_duplicates_by_key(store, tmp_path):
+    path = tmp_path / "series.csv"
+    path.write_text("id,t,v,label\n1,1,10,x\n1,2,,x\n2,3,30,y\n2,4,,y\n2,4,99,y\n")
+    table = ingest.fn(FileSource(type="csv", path=str(path), target="label"), store)
+    params = CleanParams(type="clean", missing="forward_fill", drop_duplicates=["id", "t"])
+    df = read_table(clean.fn(table, params, 0, store).path / "all.parquet")[0]
+    assert df["v"].to_list() == [10, 10, 30, 30]  # (2, 4) kept once: the first row
+    back = CleanParams(type="clean", missing="backward_fill", drop_duplicates=False)
+    assert read_table(clean.fn(table, back, 0, store).path / "all.parquet")[0]["v"].to_list() \
+        == [10, 30, 30, 99, 99]
+    with pytest.raises(DataError, match=r"key columns \['nope'\] are not in the table"):
+        clean.fn(table, CleanParams(type="clean", drop_duplicates=["nope"]), 0, store)

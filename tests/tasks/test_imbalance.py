@@ -135,3 +135,19 @@ def test_a_step_that_empties_a_part_is_a_clear_error(tmp_path):
     table = ingest.fn(FileSource(type="csv", path=str(tmp_path / "d.csv"), target="label"), store)
     with pytest.raises(DataError, match="step 'clean' left no rows in all"):
         clean.fn(table, CleanParams(type="clean", missing="drop"), 0, store)
+
+
+def test_unseen_category_policy(tmp_path):
+    from trainflow.errors import DataError
+    from trainflow.tables import TableSchema
+    from trainflow.tasks.encode import apply, fit
+
+    schema = TableSchema(target="y", features=["c"], classes=["a", "b"])
+    train = pl.DataFrame({"c": ["red", "blue"], "y": ["a", "b"]})
+    test = pl.DataFrame({"c": ["green"], "y": ["a"]})
+    lenient = EncodeParams(type="encode")
+    out, _ = apply(test, schema, lenient, fit(train, schema, lenient))
+    assert out.select("c=blue", "c=red").row(0) == (0.0, 0.0)
+    strict = EncodeParams(type="encode", unknown="error")
+    with pytest.raises(DataError, match=r"column 'c' has categories \['green'\] not seen"):
+        apply(test, schema, strict, fit(train, schema, strict))
