@@ -92,7 +92,9 @@ def render(summary: dict) -> str:
     out += ["", "## Training",
             f"best epoch {t['best_epoch']} of {t['epochs_run']} run"
             f"{' (stopped early)' if t['stopped_early'] else ''}; "
-            f"validation accuracy {t['val_accuracy']:.4f}, loss {t['val_loss']:.4f}",
+            f"validation accuracy {t['val_accuracy']:.4f}, loss {t['val_loss']:.4f}"
+            + (f"; **{t['samples_lost']} samples lost to corrupt shards (skipped)**"
+               if t.get("samples_lost") else ""),
             "", "## Test metrics",
             _table(["metric", "value"], [[m, summary["test"][m]] for m in METRICS]),
             "", "Confusion matrix (rows: true class, columns: predicted):", "",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -95,17 +96,34 @@ def check_url(url: str) -> str:
 
 
 def read_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Every sample of one split, in shard order, after checking each shard's sha256."""
+    """Every sample of one split, in shard order; a corrupt shard is an error naming it."""
+    x, y, _ = read_split_checked(folder, split, "error")
+    return x, y
+
+
+def read_split_checked(folder: Path, split: str,
+                       on_corrupt: str = "error") -> tuple[np.ndarray, np.ndarray, int]:
+    """Samples of one split after checking each shard's sha256 against the manifest.
+
+    on_corrupt="skip" leaves out a missing, truncated or altered shard with a warning and
+    counts its samples as lost (the third value); "error" raises an ArtifactError naming it.
+    """
     manifest = read_manifest(folder)
     entry = manifest["splits"][split]
-    urls = []
+    urls, lost = [], 0
     for shard in entry["shards"]:
         path = folder / shard["name"]
+        problem = None
         if not path.is_file():
-            raise ArtifactError(f"shard {path} listed in the manifest is missing")
-        if sha256_file(path) != shard["sha256"]:
-            raise ArtifactError(f"shard {path} is corrupt or truncated: its sha256 does not "
-                                "match the manifest")
+            problem = f"shard {path} listed in the manifest is missing"
+        elif sha256_file(path) != shard["sha256"]:
+            problem = f"shard {path} is corrupt or truncated: its sha256 does not match the manifest"
+        if problem and on_corrupt == "skip":
+            warnings.warn(f"{problem}; skipping its {shard['samples']} samples", stacklevel=2)
+            lost += shard["samples"]
+            continue
+        if problem:
+            raise ArtifactError(problem)
         urls.append(check_url(str(path)))
     xs, ys = [], []
     if urls:
@@ -115,7 +133,7 @@ def read_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
             ys.append(np.load(io.BytesIO(record["y.npy"]), allow_pickle=False))
     x = np.concatenate(xs) if xs else np.zeros((0, *manifest["input_shape"]), np.float32)
     y = np.concatenate(ys).astype(np.int64) if ys else np.zeros(0, np.int64)
-    if len(x) != entry["samples"] or len(y) != len(x):
+    if len(x) != entry["samples"] - lost or len(y) != len(x):
         raise ArtifactError(f"split {split!r} in {folder}: read {len(x)} samples, "
-                            f"the manifest lists {entry['samples']}")
-    return x, y
+                            f"the manifest lists {entry['samples'] - lost}")
+    return x, y, lost

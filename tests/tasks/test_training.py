@@ -166,3 +166,29 @@ def test_weighted_sampler_balances_classes_and_class_weights_change_the_loss():
         result = fit(mlp([3], 2, [4]), data, data, spec, 0, optimizer_factory(spec))
         runs[name] = result.history[0]["train_loss"]
     assert runs["plain"] != runs["balanced"]
+
+
+def test_corrupt_training_shard_errors_by_default_and_is_skipped_on_request(tmp_path):
+    import shutil
+
+    from trainflow.errors import ArtifactError
+
+    store = str(tmp_path / "store")
+    table = ingest.fn(SklearnSource(type="sklearn", dataset="breast_cancer"), store)
+    raw = split.fn(table, SplitParams(type="split"), 0, store)
+    good = shard.fn(raw, ShardParams(max_samples=100, per_record=50), store)
+    # a damaged copy of the artifact (the store's own copy stays intact)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(good.path, damaged)
+    tar = damaged / "train-000001.tar"
+    tar.write_bytes(tar.read_bytes()[:3000])
+    ref = good.model_copy(update={"uri": str(damaged)})
+    spec = TRAIN.model_copy(update={"epochs": 2})
+    with pytest.raises(ArtifactError, match="train-000001.tar is corrupt or truncated"):
+        train_model.fn(ref, MODEL, spec, 0, store)
+    with pytest.warns(UserWarning, match="skipping its 100 samples"):
+        model = train_model.fn(ref, MODEL, spec.model_copy(update={"on_corrupt": "skip"}), 0,
+                               store)
+    assert model.meta["samples_lost"] == 100
+    assert model.count == good.meta["samples"]["train"] - 100
+    good.verify()

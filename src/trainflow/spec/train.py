@@ -51,3 +51,6 @@ class TrainSpec(Section):
     checkpoint_interval_s: float = Field(
         30.0, ge=0, description="...but at most once per this many seconds (0: no limit)")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    on_corrupt: Literal["error", "skip"] = Field(
+        "error", description="a training shard that fails its sha256: stop, or skip it and "
+        "report the samples lost")
