@@ -212,3 +212,26 @@ def test_forward_fill_and_duplicates_by_key(store, tmp_path):
         == [10, 30, 30, 99, 99]
     with pytest.raises(DataError, match=r"key columns \['nope'\] are not in the table"):
         clean.fn(table, CleanParams(type="clean", drop_duplicates=["nope"]), 0, store)
+
+
+def test_smoothing_methods_follow_order_and_groups(store, tmp_path):
+    from trainflow.tasks.smooth import SmoothParams, smooth
+
+    path = tmp_path / "s.csv"
+    path.write_text("g,t,v,label\n" + "".join(
+        f"{'ab'[i // 4]},{3 - i % 4},{[0, 10, 0, 10][i % 4]},{'xy'[i % 2]}\n" for i in range(8)))
+    table = ingest.fn(FileSource(type="csv", path=str(path), target="label",
+                                 keep_columns=["g", "t"], features=["v"]), store)
+    rolled = read_table(smooth.fn(table, SmoothParams(
+        type="smooth", columns=["v"], window=2, order_by="t", group_by="g"), 0,
+        store).path / "all.parquet")[0]
+    # per group, in t order (3, 2, 1, 0 -> rows reversed): v = 10, 0, 10, 0 -> 10, 5, 5, 5
+    assert rolled["v"].to_list() == [5.0, 5.0, 5.0, 10.0] * 2
+    ewm = read_table(smooth.fn(table, SmoothParams(type="smooth", columns=["v"],
+                                                   method="exponential", alpha=0.5), 0,
+                               store).path / "all.parquet")[0]
+    assert ewm["v"].to_list()[:3] == [0.0, 5.0, 2.5]
+    gauss = read_table(smooth.fn(table, SmoothParams(type="smooth", columns=["v"],
+                                                     method="gaussian", window=3), 0,
+                                 store).path / "all.parquet")[0]
+    assert 0 < gauss["v"][1] < 10 and gauss["v"].std() < 5

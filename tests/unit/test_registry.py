@@ -35,7 +35,7 @@ SCHEMA = TableSchema(target="y", features=["a", "b"], classes=["p", "q"])
 
 
 # values for the fields a step requires (all others keep their defaults)
-REQUIRED_EXAMPLES = {"method": "smote", "fraction": 0.5}
+REQUIRED_EXAMPLES = {"method": "smote", "fraction": 0.5, "columns": ["a"]}
 
 
 def params_for(name):

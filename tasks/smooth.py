@@ -1,0 +1,77 @@
+"""Smooth: rolling mean, exponential or Gaussian smoothing of numeric series columns."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import polars as pl
+from prefect import task
+from pydantic import Field, model_validator
+
+from trainflow.artifacts import ArtifactRef
+from trainflow.caching import CACHED
+from trainflow.errors import DataError
+from trainflow.spec.base import Section
+from trainflow.steps import State, transform
+from trainflow.tables import TableSchema
+
+
+class SmoothParams(Section):
+    """Smooths each listed column along the row order (or `order_by`), within `group_by`
+    series if given. Learns nothing: every part is smoothed on its own rows, so no value
+    crosses from one part to another."""
+
+    type: Literal["smooth"]
+    columns: list[str] = Field(..., min_length=1)
+    method: Literal["rolling_mean", "exponential", "gaussian"] = "rolling_mean"
+    window: int = Field(3, ge=1, description="rolling_mean and gaussian window, in rows")
+    alpha: float = Field(0.3, gt=0, le=1, description="exponential: weight of the newest row")
+    order_by: str | None = None
+    group_by: str | None = None
+
+    @model_validator(mode="after")
+    def _odd_gaussian_window(self):
+        if self.method == "gaussian" and self.window % 2 == 0:
+            raise ValueError(f"a gaussian window must be odd (got {self.window})")
+        return self
+
+
+def fit(df: pl.DataFrame, schema: TableSchema, params: SmoothParams, seed: int = 0) -> State:
+    return {}
+
+
+def _smoothed(column: str, params: SmoothParams) -> pl.Expr:
+    col = pl.col(column).cast(pl.Float64)
+    if params.method == "rolling_mean":
+        expr = col.rolling_mean(params.window, min_samples=1)
+    elif params.method == "exponential":
+        expr = col.ewm_mean(alpha=params.alpha, adjust=False)
+    else:  # centred Gaussian weights, sigma = window / 4
+        half, sigma = params.window // 2, params.window / 4
+        weights = [pow(2.718281828459045, -((i - half) ** 2) / (2 * sigma ** 2))
+                   for i in range(params.window)]
+        expr = col.rolling_mean(params.window, weights=weights, center=True, min_samples=1)
+    return (expr.over(params.group_by) if params.group_by else expr).alias(column)
+
+
+def apply(df: pl.DataFrame, schema: TableSchema, params: SmoothParams,
+          state: State) -> tuple[pl.DataFrame, TableSchema]:
+    named = [*params.columns, *filter(None, (params.order_by, params.group_by))]
+    missing = [c for c in named if c not in df.columns]
+    if missing:
+        raise DataError(f"smooth: columns {missing} are not in the table; columns are "
+                        f"{df.columns}")
+    if not len(df):
+        return df, schema
+    index = "__trainflow_row__"
+    ordered = df.with_row_index(index)
+    if params.order_by:
+        ordered = ordered.sort(params.order_by, maintain_order=True)
+    smoothed = ordered.with_columns(_smoothed(c, params) for c in params.columns)
+    return smoothed.sort(index).drop(index), schema
+
+
+@task(name="smooth", **CACHED)
+def smooth(data: ArtifactRef, params: SmoothParams, seed: int, store: str) -> ArtifactRef:
+    """Smooth noisy numeric series columns."""
+    return transform(data, params, fit, apply, seed, store)
