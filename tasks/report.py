@@ -36,6 +36,7 @@ def collect(name: str, spec_fingerprint: str, data: dict, model: ArtifactRef,
         "pipeline": name,
         "spec_fingerprint": spec_fingerprint,
         "data": {"rows": {k: v["rows"] for k, v in parts.items()},
+                 "synthetic_rows": {k: v.get("synthetic", 0) for k, v in parts.items()},
                  "train_before_post_split_steps": data["raw_splits"].meta["parts"]["train"],
                  "classes": {k: v["classes"] for k, v in parts.items()},
                  "ingested_rows": data["table"].count},
@@ -70,6 +71,9 @@ def render(summary: dict) -> str:
                       [[s, n, *data["classes"][s].values()] for s, n in data["rows"].items()]
                       + [["train, before post-split steps", raw["rows"],
                           *(raw["classes"][c] for c in classes)]]))
+    if any(data["synthetic_rows"].values()):
+        out.append(f"\nsynthetic rows (marked `synthetic` = 1): "
+                   + ", ".join(f"{k} {v}" for k, v in data["synthetic_rows"].items()))
     numbers = [r for r in summary["profile"] if "mean" in r]
     others = [r for r in summary["profile"] if "mean" not in r]
     out += ["", "## Data profile (ingested table)"]

@@ -20,7 +20,7 @@ from trainflow.spec import evaluate as ev
 from trainflow.spec.model import CNNParams, MLPParams
 from trainflow.spec.train import AdamParams, SGDParams
 from trainflow.tasks import (anomalies, clean, encode, ingest, normalize, outliers, resample,
-                             smooth, split, subsample)
+                             smooth, split, subsample, synthesize)
 
 
 def soft_vote(probs: list) -> Any:
@@ -55,6 +55,8 @@ STEPS = {
     "subsample": Entry(subsample.SubsampleParams, subsample.subsample, subsample.fit,
                        subsample.apply),
     "smooth": Entry(smooth.SmoothParams, smooth.smooth, smooth.fit, smooth.apply),
+    "synthesize": Entry(synthesize.SynthesizeParams, synthesize.synthesize, synthesize.fit,
+                        synthesize.apply),
 }
 MODELS = {"mlp": Entry(MLPParams, mlp), "cnn": Entry(CNNParams, cnn)}
 OPTIMIZERS = {

@@ -11,7 +11,8 @@ from pydantic import BaseModel
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.errors import DataError
-from trainflow.tables import TableSchema, class_counts, read_table, write_table
+from trainflow.tables import (SYNTHETIC_COLUMN, TableSchema, class_counts, read_table,
+                              write_table)
 
 SPLITS = ("train", "val", "test")
 State = dict[str, Any]
@@ -43,7 +44,9 @@ def write_parts(store: Store, kind: str, parts: dict[str, tuple[pl.DataFrame, Ta
             (staging / f"{name}.json").write_text(json.dumps(json_state(value), indent=1,
                                                              sort_keys=True))
         schema = next(iter(parts.values()))[1]
-        summary = {name: {"rows": len(df), "classes": class_counts(df, schema)}
+        summary = {name: {"rows": len(df), "classes": class_counts(df, schema),
+                          "synthetic": int(df[SYNTHETIC_COLUMN].sum())
+                          if SYNTHETIC_COLUMN in df.columns else 0}
                    for name, (df, _) in parts.items()}
         return store.commit(staging, kind, count=sum(len(df) for df, _ in parts.values()),
                             schema=schema.model_dump(),

@@ -15,6 +15,7 @@ from trainflow.errors import DataError
 
 META_KEY = b"trainflow"
 IMAGE_COLUMN = "image"
+SYNTHETIC_COLUMN = "synthetic"  # 1 marks rows made by a synthesis step (never a feature)
 
 
 class TableSchema(BaseModel):

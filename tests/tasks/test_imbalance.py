@@ -151,3 +151,27 @@ def test_unseen_category_policy(tmp_path):
     strict = EncodeParams(type="encode", unknown="error")
     with pytest.raises(DataError, match=r"column 'c' has categories \['green'\] not seen"):
         apply(test, schema, strict, fit(train, schema, strict))
+
+
+@pytest.mark.parametrize("method", ["gaussian_mixture", "interpolate"])
+def test_synthesis_fills_scarce_classes_in_train_only_and_marks_rows(cancer_splits, method):
+    from trainflow.tasks.synthesize import SynthesizeParams, synthesize
+
+    store, splits = cancer_splits
+    out = synthesize.fn(splits, SynthesizeParams(type="synthesize", method=method), 0, store)
+    before, after = read_parts(splits), read_parts(out)
+    train = after["train"][0]
+    counts = train["target"].value_counts()
+    assert len(set(counts["count"])) == 1  # classes balanced
+    real = train.filter(pl.col("synthetic") == 0).drop("synthetic")
+    assert real.equals(before["train"][0])  # real rows untouched, marked 0
+    fake = train.filter(pl.col("synthetic") == 1)
+    assert set(fake["target"]) == {"malignant"} and len(fake) > 0
+    column = before["train"][1].features[0]
+    lo, hi = before["train"][0][column].min(), before["train"][0][column].max()
+    assert fake[column].min() > lo - (hi - lo) and fake[column].max() < hi + (hi - lo)
+    for part in ("val", "test"):  # never synthesized
+        assert after[part][0].equals(before[part][0])
+    again = read_parts(synthesize.fn(splits, SynthesizeParams(type="synthesize", method=method),
+                                     0, store + "2"))["train"][0]
+    assert again.equals(train)  # seeded

@@ -60,3 +60,21 @@ def test_training_with_augmentation_differs_and_preview_is_a_png():
     assert losses[0] != losses[1]
     png = preview_png(Augmenter(ERASING, 0, True), IMAGES)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mixup_blends_pairs_reproducibly_and_changes_training():
+    spec = AugmentSpec(mixup=0.4)
+    augmenter = Augmenter(spec, 3, True)
+    x, y = IMAGES, torch.arange(16) % 2
+    mixed, ya, yb, lam = augmenter.mixer(1)(x, y)
+    again = Augmenter(spec, 3, True).mixer(1)(x, y)
+    assert torch.equal(mixed, again[0]) and lam == again[3] and 0 <= lam <= 1
+    assert torch.equal(ya, y) and len(yb) == 16
+    assert not torch.equal(Augmenter(spec, 3, True).mixer(2)(x, y)[0], mixed)
+    assert Augmenter(AugmentSpec(), 3, True).mixer(1) is None
+    data = Split(IMAGES, y)
+    from trainflow.models.cnn import cnn
+    plain = TrainSpec(epochs=1, lr=0.01)
+    losses = [fit(cnn([1, 8, 8], 2, [4]), data, data, s, 0, optimizer_factory(s)).history[0][
+        "train_loss"] for s in (plain, plain.model_copy(update={"augment": spec}))]
+    assert losses[0] != losses[1]

@@ -27,6 +27,18 @@ class Augmenter:
         self.spec, self.seed = spec, seed
         self.compose = spec.build()
 
+    def mixer(self, epoch: int, worker: int = 0) -> Callable | None:
+        """mixup for this epoch: (x, y) -> (mixed x, y, partner y, lambda), or None when off."""
+        if not self.spec.mixup:
+            return None
+        rng = np.random.default_rng([self.seed, epoch, worker, 1])
+
+        def mix(x: torch.Tensor, y: torch.Tensor):
+            lam = float(rng.beta(self.spec.mixup, self.spec.mixup))
+            partner = torch.from_numpy(rng.permutation(len(y)))
+            return lam * x + (1 - lam) * x[partner], y, y[partner], lam
+        return mix
+
     def for_epoch(self, epoch: int, worker: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
         seed = augmentation_seed(self.seed, epoch, worker)
         if self.compose is not None:

@@ -98,15 +98,23 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
                 generator: torch.Generator, device: torch.device,
                 class_weights: torch.Tensor | None = None,
                 sample_weights: torch.Tensor | None = None,
-                augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+                augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                mix: Callable | None = None) -> float:
     """One pass over `data`; raises before any checkpoint of a non-finite epoch is written."""
     model.train()
     total, seen = torch.zeros((), device=device), 0
     for x, y in batches(data, batch_size, generator, sample_weights):
         if augment is not None:
             x = augment(x)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = nn.functional.cross_entropy(model(x), y, weight=class_weights)
+        if mix is not None:  # mixup: a convex blend of pairs, and of their losses
+            x, y, partner, lam = mix(x, y)
+            x, y, partner = x.to(device), y.to(device), partner.to(device)
+            out = model(x)
+            loss = (lam * nn.functional.cross_entropy(out, y, weight=class_weights)
+                    + (1 - lam) * nn.functional.cross_entropy(out, partner, weight=class_weights))
+        else:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = nn.functional.cross_entropy(model(x), y, weight=class_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -159,7 +167,8 @@ def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
             start = time.perf_counter()
             train_loss = train_epoch(model, optimizer, train, spec.batch_size, generator, device,
                                      class_weights, sample_weights,
-                                     augmenter.for_epoch(epoch) if augmenter else None)
+                                     augmenter.for_epoch(epoch) if augmenter else None,
+                                     augmenter.mixer(epoch) if augmenter else None)
             val_loss, probs = predict(model, val, spec.batch_size, device)
             val_acc = (probs.argmax(1) == val.y).float().mean().item() if len(val) else 0.0
             # metrics.jsonl holds only what the seed determines, so a rerun writes equal bytes

@@ -48,6 +48,7 @@ class AugmentSpec(Section):
     transforms: list[TransformSpec] = Field(default_factory=list,
                                             description="albumentations, for image inputs")
     gaussian_noise: float = Field(0.0, ge=0, description="std of noise added to tabular inputs")
+    mixup: float = Field(0.0, ge=0, description="alpha of mixup's Beta(alpha, alpha); 0: off")
 
     def build(self) -> Any:
         """The albumentations Compose of `transforms` (None when there are none)."""
