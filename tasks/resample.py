@@ -92,20 +92,31 @@ def apply(df: pl.DataFrame, schema: TableSchema, params: ResampleParams,
     neighbours = params.options.get("k_neighbors", 5 if "smote" in params.method
                                     or params.method == "adasyn" else None)
     if isinstance(neighbours, int):
-        labels, counts = np.unique(y, return_counts=True)
-        scarce = [(str(c), int(n)) for c, n in zip(labels, counts) if 1 < n <= neighbours or n == 1]
+        counts = df[schema.target].value_counts()
+        scarce = [(str(c), int(n)) for c, n in zip(counts[schema.target], counts["count"])
+                  if n <= neighbours]
         if scarce and params.sampling_strategy != "majority":
             label, count = min(scarce, key=lambda item: item[1])
             raise DataError(f"resample ({params.method}): k_neighbors={neighbours} must be below "
                             f"the smallest class's row count, but class {label!r} has {count} "
                             f"row(s) in the training part; lower options.k_neighbors")
+    # Integer codes in sorted label order: imbalanced-learn sees the same class order as with
+    # the strings (so the same draws and output), without sorting strings again and again.
+    names = np.array(sorted(set(y.tolist())), dtype=object)
+    codes = np.searchsorted(names, y).astype(np.int64)
+    strategy = params.sampling_strategy
+    if isinstance(strategy, dict):
+        strategy = {int(np.searchsorted(names, k)): v for k, v in strategy.items() if k in names}
     try:
-        x_res, y_res = sampler(params, schema.classes, state["seed"]).fit_resample(x, y)
+        x_res, codes_res = sampler(params.model_copy(update={"sampling_strategy": strategy}),
+                                   schema.classes, state["seed"]).fit_resample(x, codes)
+        y_res = names[codes_res]
     except ValueError as exc:
         raise DataError(f"resample ({params.method}) failed on the training part: {exc}") from None
-    columns = {c: pl.Series(c, np.asarray(x_res[:, i]), dtype=df[c].dtype, strict=False)
-               for i, c in enumerate(schema.features)}
-    out = pl.DataFrame({**columns, schema.target: pl.Series(y_res, dtype=pl.Utf8)})
+    out = pl.from_numpy(x_res, schema=schema.features)
+    out = out.with_columns(pl.col(c).cast(df[c].dtype, strict=False) for c in schema.features
+                           if out[c].dtype != df[c].dtype)
+    out = out.with_columns(pl.Series(schema.target, y_res, dtype=pl.Utf8))
     return out.select(df.columns), schema
 
 
