@@ -27,4 +27,4 @@ def prepare_data(spec: PipelineSpec, store: str) -> dict:
         steps.append(splits)
     return {"table": table, "profile": profile, "raw_splits": raw_splits, "splits": splits,
             "steps": steps,
-            "shards": shard(splits, spec.data.shard, store)}
+            "shards": shard(splits, spec.data.shard, store, spec.seed)}

@@ -4,25 +4,52 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import torch
+
 from prefect import task
 from pydantic import Field
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
+from trainflow.engine.augment import Augmenter
 from trainflow.shards import MANIFEST, write_split
+from trainflow.spec.augment import AugmentSpec
 from trainflow.spec.base import Section
 from trainflow.steps import SPLITS, read_parts
 from trainflow.tables import to_arrays
+
+
+OFFLINE_WORKER = 1_000_000
+
+
+class ExpandSpec(Section):
+    """Offline training-data expansion: `copies` augmented copies of every training sample
+    are written into the training shards next to the originals (validation and test never)."""
+
+    copies: int = Field(1, ge=1, le=100)
+    augment: AugmentSpec
 
 
 class ShardParams(Section):
     max_samples: int = Field(10_000, ge=1, description="Samples per tar shard")
     per_record: int = Field(256, ge=1, description="Samples packed into one tar record")
     max_bytes: int | None = Field(None, ge=1024, description="Bytes per tar shard (about)")
+    expand: ExpandSpec | None = None
+
+
+def expand(x: np.ndarray, y: np.ndarray, spec: ExpandSpec, seed: int,
+           image_input: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The originals followed by `copies` augmented copies; copy k draws its randomness as epoch
+    k of a reserved worker id, so it never repeats an on-the-fly training stream."""
+    augmenter = Augmenter(spec.augment, seed, image_input)
+    copies = [augmenter.for_epoch(k, worker=OFFLINE_WORKER)(torch.from_numpy(x)).numpy()
+              for k in range(spec.copies)]
+    return np.concatenate([x, *copies]), np.concatenate([y] * (spec.copies + 1))
 
 
 @task(name="shard", **CACHED)
-def shard(splits: ArtifactRef, params: ShardParams, store: str) -> ArtifactRef:
+def shard(splits: ArtifactRef, params: ShardParams, store: str, seed: int = 0) -> ArtifactRef:
     """Turn train/val/test tables into tar shards that training streams from."""
     parts = read_parts(splits)
     schema = parts["train"][1]
@@ -31,6 +58,8 @@ def shard(splits: ArtifactRef, params: ShardParams, store: str) -> ArtifactRef:
     with target.writer("shards") as staging:
         for name in SPLITS:
             x, y = to_arrays(*parts[name])
+            if name == "train" and params.expand:
+                x, y = expand(x, y, params.expand, seed, bool(schema.image_shape))
             manifest["splits"][name] = write_split(staging, name, x, y, schema.classes,
                                                    params.max_samples, params.per_record,
                                                    params.max_bytes)

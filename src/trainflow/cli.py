@@ -86,7 +86,7 @@ def _run_step(args, spec) -> object:
     run = {
         "ingest": lambda: ingest.ingest.fn(spec.data.source, store),
         "expect": lambda: expect.check_expectations.fn(refs[0], spec.data.expect, store),
-        "shard": lambda: shard.shard.fn(refs[0], spec.data.shard, store),
+        "shard": lambda: shard.shard.fn(refs[0], spec.data.shard, store, spec.seed),
         "train": lambda: train.train_model.fn(refs[0], spec.model, spec.train, spec.seed, store),
         "evaluate": lambda: evaluate.evaluate_model.fn(refs[0], refs[1], store),
         "train_fold": lambda: cv.train_fold.fn(refs[0], args.fold, folds, spec.data.post_split,

@@ -235,3 +235,26 @@ def test_smoothing_methods_follow_order_and_groups(store, tmp_path):
                                                      method="gaussian", window=3), 0,
                                  store).path / "all.parquet")[0]
     assert 0 < gauss["v"][1] < 10 and gauss["v"].std() < 5
+
+
+def test_offline_expansion_writes_augmented_copies_of_train_only(tmp_path):
+    from trainflow.spec.augment import AugmentSpec, TransformSpec
+    from trainflow.tasks.shard import ExpandSpec
+
+    store = str(tmp_path / "store")
+    table = ingest.fn(SklearnSource(type="sklearn", dataset="digits"), store)
+    parts = split.fn(table, SplitParams(type="split"), 0, store)
+    erasing = AugmentSpec(transforms=[TransformSpec(name="Erasing", params={"p": 1.0})])
+    params = ShardParams(expand=ExpandSpec(copies=2, augment=erasing))
+    ref = shard.fn(parts, params, store, 0)
+    plain = shard.fn(parts, ShardParams(), store, 0)
+    x, y = read_split(ref.path, "train")
+    x0, y0 = read_split(plain.path, "train")
+    n = len(x0)
+    assert len(x) == 3 * n and np.array_equal(y, np.concatenate([y0] * 3))
+    assert np.array_equal(x[:n], x0)  # originals first, unchanged
+    assert not np.array_equal(x[n:2 * n], x0) and not np.array_equal(x[n:2 * n], x[2 * n:])
+    for name in ("val", "test"):  # never expanded
+        assert np.array_equal(read_split(ref.path, name)[0], read_split(plain.path, name)[0])
+    again = shard.fn(parts, params, str(tmp_path / "again"), 0)
+    assert again.fingerprint == ref.fingerprint  # seeded: identical bytes
