@@ -192,3 +192,12 @@ def test_corrupt_training_shard_errors_by_default_and_is_skipped_on_request(tmp_
     assert model.meta["samples_lost"] == 100
     assert model.count == good.meta["samples"]["train"] - 100
     good.verify()
+
+
+def test_without_validation_rows_the_last_epoch_is_kept():
+    x = torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
+    spec = TrainSpec(epochs=3)
+    empty = Split(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    result = fit(mlp([3], 2, [4]), Split(x, (x[:, 0] > 0).long()), empty, spec, 0,
+                 optimizer_factory(spec))
+    assert result.best_epoch == 3 and result.best_state is not None

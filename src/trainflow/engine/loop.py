@@ -198,6 +198,9 @@ def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
         writer.close()
         if log:
             log.close()
+    if result.best_state is None:  # no finite validation score (e.g. no validation rows)
+        result.best_epoch = len(result.history)
+        result.best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
     if out_dir:
         epochs_run = len(result.history)
         if saved_epoch != epochs_run:
