@@ -81,3 +81,25 @@ def test_trainflow_run_command_prints_metrics_and_run_folder(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert (Path(printed["run_dir"]) / "report.md").is_file()
     assert 0.5 < printed["test"]["accuracy"] <= 1.0
+
+
+def test_minimal_spec_without_optional_sections(tmp_path):
+    from prefect import tags
+
+    from trainflow.flows.pipeline import pipeline
+    from trainflow.spec.pipeline import validate_spec
+    from tests.flows.helpers import task_states
+
+    spec = validate_spec({
+        "name": "iris_minimal",
+        "data": {"source": {"type": "sklearn", "dataset": "iris"}, "steps": [{"type": "split"}]},
+        "model": {"type": "mlp"}, "train": {"epochs": 3},
+        "outputs": {"store": str(tmp_path / "store"), "runs": str(tmp_path / "runs")}})
+    with tags("iris-minimal-" + tmp_path.name):
+        result = pipeline(spec)
+    states = task_states("iris-minimal-" + tmp_path.name)
+    assert set(states) == {"ingest", "expect", "split", "shard", "train", "evaluate", "report",
+                           "publish_report"}
+    report = (Path(result["run_dir"]) / "report.md").read_text()
+    assert "## Test metrics" in report and "Cross-validation" not in report
+    assert result["folds"] == [] and result["ensemble"] is None and result["compressed"] == {}
