@@ -92,7 +92,8 @@ def _load_file(source: FileSource) -> tuple[pl.DataFrame, TableSchema]:
     features = source.features or [c for c in df.columns if c not in (source.target, *kept)]
     missing = [c for c in features + kept if c not in df.columns]
     if missing:
-        raise DataError(f"data.source.features: columns {missing} not in {path}")
+        raise DataError(f"data.source: columns {missing} not in {path}; columns are "
+                        f"{df.columns}")
     # Text columns stay text (categories); an `encode` step turns them into numbers.
     df = df.select(*(pl.col(c) if df[c].dtype.is_numeric() else pl.col(c).cast(pl.Utf8)
                      for c in features), *kept, pl.col(source.target).cast(pl.Utf8))

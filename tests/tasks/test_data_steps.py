@@ -258,3 +258,14 @@ def test_offline_expansion_writes_augmented_copies_of_train_only(tmp_path):
         assert np.array_equal(read_split(ref.path, name)[0], read_split(plain.path, name)[0])
     again = shard.fn(parts, params, str(tmp_path / "again"), 0)
     assert again.fingerprint == ref.fingerprint  # seeded: identical bytes
+
+
+def test_missing_feature_column_and_mixed_image_sizes_are_named(store, messy_csv, tmp_path):
+    source = FileSource(type="csv", path=str(messy_csv), target="label", features=["a", "z"])
+    with pytest.raises(DataError, match=r"columns \['z'\] not in .*columns are \['a', 'b', 'label'\]"):
+        ingest.fn(source, store)
+    for name, shape in (("cat", (6, 5)), ("dog", (7, 5))):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "imgs" / name / "0.png"), np.zeros(shape, np.uint8))
+    with pytest.raises(DataError, match=r"has shape \(1, 7, 5\), the first image has \(1, 6, 5\)"):
+        ingest.fn(ImageFolderSource(type="image_folder", path=str(tmp_path / "imgs")), store)
