@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import shutil
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,9 +15,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from trainflow.artifacts import ArtifactRef, Store, atomic_write_text
+from trainflow.artifacts import ArtifactRef, Store, atomic_write_bytes, atomic_write_text
 from trainflow.caching import CACHED
 from trainflow.metrics import METRICS
+
+PREVIEW = "augment_preview.png"
 
 
 def cv_summary(folds: list[ArtifactRef]) -> dict:
@@ -48,6 +52,7 @@ def collect(name: str, spec_fingerprint: str, data: dict, model: ArtifactRef,
         "cv": cv_summary(folds) if folds else None,
         "ensemble": dict(ensemble.meta) if ensemble else None,
         "compress": {kind: dict(ref.meta) for kind, ref in compressed.items()},
+        "augment_preview": (model.path / PREVIEW).is_file(),
         "models": {"model": model.uri, **{kind: ref.uri for kind, ref in compressed.items()},
                    **{f"fold_{ref.meta['fold']}": ref.uri for ref in folds}},
     }
@@ -127,6 +132,9 @@ def render(summary: dict) -> str:
         else:
             out.append(f"\nsparsity {c['sparsity']:.4f} (target {c['target_sparsity']}), "
                        f"fine-tuned {c['finetune_epochs']} epoch(s)")
+    if summary.get("augment_preview"):
+        out += ["", "## Augmentation preview", "originals above, augmented below", "",
+                f"![augmentation preview]({PREVIEW})"]
     out += ["", "## Models written", _table(["model", "path"],
                                             [[k, v] for k, v in summary["models"].items()])]
     return "\n".join(out) + "\n"
@@ -143,6 +151,8 @@ def write_report(name: str, spec_fingerprint: str, data: dict,
     with target.writer("report") as staging:
         (staging / "metrics.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         (staging / "report.md").write_text(render(summary))
+        if summary["augment_preview"]:
+            shutil.copyfile(model.path / PREVIEW, staging / PREVIEW)
         return target.commit(staging, "report")
 
 
@@ -156,6 +166,12 @@ def publish_report(report: ArtifactRef, name: str, runs_dir: str) -> str:
     for file in ("report.md", "metrics.json"):
         atomic_write_text(run / file, (report.path / file).read_text())
     markdown = (report.path / "report.md").read_text()
+    if (report.path / PREVIEW).is_file():
+        png = (report.path / PREVIEW).read_bytes()
+        atomic_write_bytes(run / PREVIEW, png)
+        # the UI artifact has no folder beside it: embed the image
+        inline = "data:image/png;base64," + base64.b64encode(png).decode()
+        markdown = markdown.replace(f"]({PREVIEW})", f"]({inline})")
     create_markdown_artifact(markdown, key=re.sub(r"[^a-z0-9-]+", "-", name.lower()) + "-report",
                              description=f"trainflow report for {name}")
     return str(run.resolve())

@@ -1,5 +1,6 @@
 """Every shipped pipeline runs end to end, CI-sized, through the real Prefect engine."""
 
+import base64
 import json
 from pathlib import Path
 
@@ -61,13 +62,19 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
     if name == "digits_cnn":  # random erasing: a preview of augmented samples beside the model
         preview = Path(metrics["models"]["model"]) / "augment_preview.png"
         assert preview.read_bytes()[:4] == b"\x89PNG"
+        assert (run_dir / "augment_preview.png").read_bytes() == preview.read_bytes()
+        assert "![augmentation preview](augment_preview.png)" in report
 
     # the same report is a markdown artifact of the flow run in the Prefect UI
     key = name.replace("_", "-") + "-report"
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    assert any(a.type == "markdown" and a.data == report for a in artifacts)
+    expected = report
+    if (run_dir / "augment_preview.png").exists():  # the UI copy carries the preview inline
+        inline = base64.b64encode((run_dir / "augment_preview.png").read_bytes()).decode()
+        expected = report.replace("](augment_preview.png)", f"](data:image/png;base64,{inline})")
+    assert any(a.type == "markdown" and a.data == expected for a in artifacts)
 
 
 def test_trainflow_run_command_prints_metrics_and_run_folder(tmp_path, capsys):
