@@ -5,7 +5,6 @@ from __future__ import annotations
 from prefect import flow
 
 from trainflow import registry
-from trainflow.artifacts import ArtifactRef
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.tasks.expect import check_expectations
 from trainflow.tasks.ingest import ingest

@@ -76,18 +76,28 @@ def _load_sklearn(source: SklearnSource) -> tuple[pl.DataFrame, TableSchema]:
     return df, TableSchema(target="target", features=features, classes=names)
 
 
-def _load_file(source: FileSource) -> tuple[pl.DataFrame, TableSchema]:
+def _read_file(source: FileSource, columns: list[str] | None = None) -> pl.DataFrame:
+    """The file's rows (only `columns` if given), after checking that it exists, is readable
+    and has the target column."""
     path = Path(source.path)
     if not path.is_file():
         raise DataError(f"data.source.path: file not found: {path}")
     try:
-        df = pl.read_csv(path, infer_schema_length=10_000) if source.type == "csv" \
-            else pl.read_parquet(path)
+        names = (pl.scan_csv(path, infer_schema_length=10_000) if source.type == "csv"
+                 else pl.scan_parquet(path)).collect_schema().names()
+        if source.target in names:
+            return (pl.read_csv(path, infer_schema_length=10_000, columns=columns)
+                    if source.type == "csv" else pl.read_parquet(path, columns=columns))
     except Exception as exc:  # polars raises several types for unreadable files
-        raise DataError(f"data.source.path: cannot read {source.type} file {path}: {exc}") from None
-    if source.target not in df.columns:
-        raise DataError(f"data.source.target: column {source.target!r} not in {path}; "
-                        f"columns are {df.columns}")
+        raise DataError(f"data.source.path: cannot read {source.type} file {path}: "
+                        f"{exc}") from None
+    raise DataError(f"data.source.target: column {source.target!r} not in {path}; "
+                    f"columns are {names}")
+
+
+def _load_file(source: FileSource) -> tuple[pl.DataFrame, TableSchema]:
+    path = Path(source.path)
+    df = _read_file(source)
     kept = source.keep_columns
     features = source.features or [c for c in df.columns if c not in (source.target, *kept)]
     missing = [c for c in features + kept if c not in df.columns]
@@ -151,20 +161,7 @@ def ingest(source: Source, store: str) -> ArtifactRef:
 def read_labels(source: SklearnSource | FileSource | ImageFolderSource) -> tuple[str, list]:
     """The target column's name and values, read cheaply (for checks before any task runs)."""
     if isinstance(source, FileSource):
-        path = Path(source.path)
-        if not path.is_file():
-            raise DataError(f"data.source.path: file not found: {path}")
-        try:
-            columns = (pl.scan_csv(path) if source.type == "csv" else pl.scan_parquet(path)
-                       ).collect_schema().names()
-        except Exception as exc:  # polars raises several types for unreadable files
-            raise DataError(f"data.source.path: cannot read {source.type} file {path}: "
-                            f"{exc}") from None
-        if source.target not in columns:
-            raise DataError(f"data.source.target: column {source.target!r} not in {path}; "
-                            f"columns are {columns}")
-        frame = (pl.read_csv(path, columns=[source.target]) if source.type == "csv"
-                 else pl.read_parquet(path, columns=[source.target]))
+        frame = _read_file(source, [source.target])
         return source.target, frame[source.target].cast(pl.Utf8).to_list()
     if isinstance(source, ImageFolderSource):
         root = Path(source.path)

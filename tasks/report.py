@@ -77,7 +77,7 @@ def render(summary: dict) -> str:
                       + [["train, before post-split steps", raw["rows"],
                           *(raw["classes"][c] for c in classes)]]))
     if any(data["synthetic_rows"].values()):
-        out.append(f"\nsynthetic rows (marked `synthetic` = 1): "
+        out.append("\nsynthetic rows (marked `synthetic` = 1): "
                    + ", ".join(f"{k} {v}" for k, v in data["synthetic_rows"].items()))
     numbers = [r for r in summary["profile"] if "mean" in r]
     others = [r for r in summary["profile"] if "mean" not in r]
@@ -119,7 +119,7 @@ def render(summary: dict) -> str:
         e = summary["ensemble"]
         out += ["", f"## Ensemble ({e['type']}, {e['members']} fold models, test part)",
                 _table(["metric", "value"], [[m, e[m]] for m in METRICS]),
-                f"", f"members' test accuracy: {', '.join(f'{a:.4f}' for a in e['members_accuracy'])}"]
+                "", f"members' test accuracy: {', '.join(f'{a:.4f}' for a in e['members_accuracy'])}"]
     for kind, c in summary["compress"].items():
         rows = [[label, c[when]["size_bytes"], c[when]["linear_weight_bytes"],
                  c[when]["latency_ms_per_batch"], c[when]["accuracy"]]

@@ -122,7 +122,10 @@ def sweep_temporaries(folder: Path) -> int:
             continue
         if pid == os.getpid() or _pid_alive(pid):
             continue
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         removed += 1
     return removed
 

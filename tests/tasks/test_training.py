@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from trainflow.engine import checkpoint
-from trainflow.engine.bundle import load_model
+from trainflow.engine.bundle import load_model, score
+from trainflow.tasks.train import load_splits
 from trainflow.engine.loop import Split, fit
 from trainflow.engine.bundle import optimizer_factory
 from trainflow.models.mlp import mlp
@@ -126,6 +127,9 @@ def test_quantized_linear_weights_are_smaller_and_as_accurate(prepared):
     assert after["size_bytes"] < before["size_bytes"]
     reloaded = checkpoint.load(ref.path / "best.pt")["model"]
     assert any("_packed_params" in key for key in reloaded)
+    net, _ = load_model(ref)  # the int8 artifact loads back and scores as measured
+    test = load_splits(prepared["shards"], ("test",))["test"]
+    assert score(net, test, 2)[0]["accuracy"] == after["accuracy"]
 
 
 def test_pruned_model_reaches_target_sparsity_and_keeps_accuracy(prepared):

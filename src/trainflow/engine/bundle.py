@@ -61,6 +61,9 @@ def load_model(ref: ArtifactRef) -> tuple[nn.Module, dict]:
     info = json.loads((ref.path / "model.json").read_text())
     params = registry.MODELS[info["model"]["type"]].params(**info["model"])
     net = build_model(params, info["input_shape"], len(info["classes"]))
+    if "quantized" in info:  # int8 weights load into the quantized form of the network
+        kind = info["quantized"]
+        net = registry.QUANTIZERS[kind].impl(net, registry.QUANTIZERS[kind].params(type=kind))
     net.load_state_dict(checkpoint.load(ref.path / WEIGHTS)["model"])
     return net.eval(), info
 
