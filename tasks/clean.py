@@ -12,7 +12,7 @@ from trainflow.artifacts import ArtifactRef
 from trainflow.caching import CACHED
 from trainflow.errors import DataError
 from trainflow.spec.base import Section
-from trainflow.steps import State, transform
+from trainflow.steps import Frame, State, like, transform
 from trainflow.tables import TableSchema
 
 
@@ -37,61 +37,66 @@ class CleanParams(Section):
         return self
 
 
-def _columns(df: pl.DataFrame, schema: TableSchema) -> tuple[list[str], list[str]]:
-    """Numeric and text feature columns (images have neither: their pixels are never null)."""
-    present = [c for c in schema.features if c in df.columns and not schema.image_shape]
-    numeric = [c for c in present if df[c].dtype.is_numeric()]
-    return numeric, [c for c in present if c not in numeric]
+def _columns(frame: Frame, schema: TableSchema) -> tuple[list[str], list[str], list[str]]:
+    """Numeric, text and float feature columns (images have none: their pixels are never null)."""
+    dtypes = frame.lazy().collect_schema()
+    present = [c for c in schema.features if c in dtypes and not schema.image_shape]
+    numeric = [c for c in present if dtypes[c].is_numeric()]
+    return (numeric, [c for c in present if c not in numeric],
+            [c for c in numeric if dtypes[c].is_float()])
 
 
-def fit(df: pl.DataFrame, schema: TableSchema, params: CleanParams, seed: int = 0) -> State:
-    numeric, text = _columns(df, schema)
+def fit(frame: Frame, schema: TableSchema, params: CleanParams, seed: int = 0) -> State:
+    numeric, text, _ = _columns(frame, schema)
     if params.missing in ("drop", "keep", "forward_fill", "backward_fill"):
         return {"fill": {}}
     # Statistics describe the rows that stay: labelled (if so declared) and de-duplicated.
-    kept = apply(df, schema, params.model_copy(update={"missing": "keep"}), {"fill": {}})[0]
-    fill: dict = {c: _mode(kept[c]) for c in text}  # text columns: the most frequent value
+    kept = apply(frame.lazy(), schema, params.model_copy(update={"missing": "keep"}),
+                 {"fill": {}})[0]
+    modes = [_mode(c) for c in text]  # text columns: the most frequent value
     if params.missing == "constant":
-        fill.update({c: params.fill_value for c in numeric})
+        stats = [pl.lit(params.fill_value).alias(c) for c in numeric]
     else:
-        stat = {"mean": lambda s: s.mean(), "median": lambda s: s.median(),
+        stat = {"mean": lambda c: pl.col(c).mean(), "median": lambda c: pl.col(c).median(),
                 "mode": _mode}[params.missing]
-        fill.update({c: stat(kept[c]) for c in numeric})
+        stats = [stat(c) for c in numeric]
+    fill = kept.select(*modes, *stats).collect(engine="streaming").row(0, named=True)
     return {"fill": {c: v if isinstance(v, str) else (0.0 if v is None else float(v))
                      for c, v in fill.items()}}
 
 
-def _mode(series: pl.Series):
-    values = series.drop_nulls()
-    return values.mode().sort().first() if len(values) else None
+def _mode(column: str) -> pl.Expr:
+    """The most frequent non-null value; the smallest of tied ones, so the result is stable."""
+    return pl.col(column).drop_nulls().mode().sort().first().alias(column)
 
 
-def apply(df: pl.DataFrame, schema: TableSchema, params: CleanParams,
-          state: State) -> tuple[pl.DataFrame, TableSchema]:
-    numeric, text = _columns(df, schema)
-    df = df.with_columns(pl.col(c).fill_nan(None) for c in numeric if df[c].dtype.is_float())
+def apply(frame: Frame, schema: TableSchema, params: CleanParams,
+          state: State) -> tuple[Frame, TableSchema]:
+    numeric, text, floats = _columns(frame, schema)
+    lf = frame.lazy().with_columns(pl.col(c).fill_nan(None) for c in floats)
     if params.drop_missing_label:
-        df = df.filter(pl.col(schema.target).is_not_null())
+        lf = lf.filter(pl.col(schema.target).is_not_null())
     if params.missing == "drop" and numeric + text:
-        df = df.drop_nulls(subset=numeric + text)
+        lf = lf.drop_nulls(subset=numeric + text)
     elif params.missing in ("forward_fill", "backward_fill"):  # along the row order
         strategy = params.missing.removesuffix("_fill")
-        df = df.with_columns(pl.col(c).fill_null(strategy=strategy) for c in numeric + text)
+        lf = lf.with_columns(pl.col(c).fill_null(strategy=strategy) for c in numeric + text)
     elif state["fill"]:
-        df = df.with_columns(pl.col(c).fill_null(v) for c, v in state["fill"].items()
+        lf = lf.with_columns(pl.col(c).fill_null(v) for c, v in state["fill"].items()
                              if v is not None)
     if params.drop_duplicates:
         keys = params.drop_duplicates if isinstance(params.drop_duplicates, list) else None
-        missing_keys = [k for k in keys or [] if k not in df.columns]
+        columns = lf.collect_schema().names()
+        missing_keys = [k for k in keys or [] if k not in columns]
         if missing_keys:
             raise DataError(f"clean.drop_duplicates: key columns {missing_keys} are not in the "
-                            f"table; columns are {df.columns}")
-        df = df.unique(subset=keys, keep="first", maintain_order=True)
-    return df, schema
+                            f"table; columns are {columns}")
+        lf = lf.unique(subset=keys, keep="first", maintain_order=True)
+    return like(frame, lf), schema
 
 
 @task(name="clean", **CACHED)
 def clean(data: ArtifactRef, params: CleanParams, seed: int,
           store: str) -> ArtifactRef:
     """Clean a table (before split) or every part of the splits, fitted on train (after split)."""
-    return transform(data, params, fit, apply, seed, store)
+    return transform(data, params, fit, apply, seed, store, lazy=True)

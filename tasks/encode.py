@@ -11,7 +11,8 @@ from pydantic import Field
 from trainflow.artifacts import ArtifactRef
 from trainflow.caching import CACHED
 from trainflow.spec.base import Section
-from trainflow.steps import State, transform
+from trainflow.errors import DataError
+from trainflow.steps import Frame, State, like, transform
 from trainflow.tables import TableSchema
 
 
@@ -29,55 +30,89 @@ class EncodeParams(Section):
         "ignore", description="a category not seen when fitting: encode as unknown, or fail")
 
 
-def _targets(df: pl.DataFrame, schema: TableSchema, params: EncodeParams) -> list[str]:
+def _targets(frame: Frame, schema: TableSchema, params: EncodeParams) -> list[str]:
     if params.columns is not None:
         return params.columns
-    return [c for c in schema.features if c in df.columns and not df[c].dtype.is_numeric()]
+    dtypes = frame.lazy().collect_schema()
+    return [c for c in schema.features if c in dtypes and not dtypes[c].is_numeric()]
 
 
-def fit(df: pl.DataFrame, schema: TableSchema, params: EncodeParams, seed: int = 0) -> State:
-    from trainflow.errors import DataError
-
-    columns = _targets(df, schema, params)
+def fit(frame: Frame, schema: TableSchema, params: EncodeParams, seed: int = 0) -> State:
+    columns = _targets(frame, schema, params)
     unknown = [c for c in columns if c not in schema.features]
     if unknown:
         raise DataError(f"encode.columns: {unknown} are not feature columns; "
                         f"features are {schema.features}")
-    return {"categories": {c: sorted(df[c].cast(pl.Utf8).drop_nulls().unique().to_list())
-                           for c in columns}}
+    found = frame.lazy().select(
+        pl.col(c).cast(pl.Utf8).drop_nulls().unique().sort().implode() for c in columns
+    ).collect(engine="streaming")
+    return {"categories": {c: found[c][0].to_list() for c in columns}}
 
 
-def apply(df: pl.DataFrame, schema: TableSchema, params: EncodeParams,
-          state: State) -> tuple[pl.DataFrame, TableSchema]:
-    features: list[str] = []
+def _check_seen(frame: Frame, column: str, categories: list[str]) -> None:
+    values = pl.col(column).cast(pl.Utf8)
+    unseen = (frame.lazy().filter(values.is_not_null() & ~values.is_in(categories))
+              .select(values.unique().sort().head(10)).collect(engine="streaming")[column])
+    if len(unseen):
+        raise DataError(f"encode: column {column!r} has categories {unseen.to_list()} not "
+                        f"seen when fitting (known: {categories[:20]}); set unknown: ignore to "
+                        "encode them as unknown")
+
+
+def apply(frame: Frame, schema: TableSchema, params: EncodeParams,
+          state: State) -> tuple[Frame, TableSchema]:
+    lf, features = frame.lazy(), []
     for column in schema.features:
         categories = state["categories"].get(column)
         if categories is None:
             features.append(column)
             continue
-        values = pl.col(column).cast(pl.Utf8)
         if params.unknown == "error":
-            unseen = sorted(set(df[column].cast(pl.Utf8).drop_nulls().unique()) - set(categories))
-            if unseen:
-                from trainflow.errors import DataError
-                raise DataError(f"encode: column {column!r} has categories {unseen[:10]} not "
-                                f"seen when fitting (known: {categories[:20]}); set "
-                                "unknown: ignore to encode them as unknown")
+            _check_seen(frame, column, categories)
+        values = pl.col(column).cast(pl.Utf8)
         if params.method == "ordinal":
             mapping = {c: i for i, c in enumerate(categories)}
-            df = df.with_columns(values.replace_strict(mapping, default=-1,
+            lf = lf.with_columns(values.replace_strict(mapping, default=-1,
                                                        return_dtype=pl.Int32).alias(column))
             features.append(column)
         else:
-            names = [f"{column}={c}" for c in categories]
-            df = df.with_columns((values == c).fill_null(False).cast(pl.Float32).alias(name)
+            names = [one_hot_name(column, c) for c in categories]
+            lf = lf.with_columns((values == c).fill_null(False).cast(pl.Float32).alias(name)
                                  for c, name in zip(categories, names)).drop(column)
             features += names
-    order = features + [c for c in df.columns if c not in features]
-    return df.select(order), schema.model_copy(update={"features": features})
+    rest = [c for c in lf.collect_schema().names() if c not in features]
+    return like(frame, lf.select(features + rest)), schema.model_copy(update={"features": features})
+
+
+def one_hot_name(column: str, category: str) -> str:
+    return f"{column}={category}"
+
+
+def decode(df: pl.DataFrame, state: State, method: str) -> pl.DataFrame:
+    """The inverse of `apply` for reports: encoded columns back to their category names.
+
+    One-hot columns become one text column again (null where every indicator is 0, i.e. the
+    value was missing or unseen); ordinal codes map back to names (-1 to null).
+    """
+    for column, categories in state["categories"].items():
+        if method == "ordinal":
+            if column in df.columns:
+                df = df.with_columns(pl.col(column).replace_strict(
+                    dict(enumerate(categories)), default=None, return_dtype=pl.Utf8))
+            continue
+        names = [one_hot_name(column, c) for c in categories]
+        if not all(n in df.columns for n in names):
+            continue
+        decoded = pl.coalesce(pl.when(pl.col(n) > 0.5).then(pl.lit(c))
+                              for n, c in zip(names, categories))
+        position = df.columns.index(names[0])
+        df = df.with_columns(decoded.alias(column)).drop(names)
+        order = [c for c in df.columns if c != column]
+        df = df.select(order[:position] + [column] + order[position:])
+    return df
 
 
 @task(name="encode", **CACHED)
 def encode(data: ArtifactRef, params: EncodeParams, seed: int, store: str) -> ArtifactRef:
     """Turn text feature columns into numbers, with categories learned on the training part."""
-    return transform(data, params, fit, apply, seed, store)
+    return transform(data, params, fit, apply, seed, store, lazy=True)

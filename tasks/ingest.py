@@ -25,10 +25,26 @@ class SklearnSource(Section):
     dataset: Literal["digits", "breast_cancer", "wine", "iris"]
 
 
+DTYPES = {"float32": pl.Float32, "float64": pl.Float64, "int8": pl.Int8, "int16": pl.Int16,
+          "int32": pl.Int32, "int64": pl.Int64, "bool": pl.Boolean, "str": pl.Utf8,
+          "category": pl.Utf8, "date": pl.Date, "datetime": pl.Datetime}
+DType = Literal["float32", "float64", "int8", "int16", "int32", "int64", "bool", "str",
+                "category", "date", "datetime"]
+
+
 class FileSource(Section):
+    """A CSV or Parquet file, read lazily and written with the streaming engine.
+
+    `columns` declares the schema: only these columns are read, each converted to its type
+    (a value that does not convert is an error listing the column and examples); without it,
+    types are inferred. `category` columns are text that an `encode` step turns into numbers.
+    """
+
     type: Literal["csv", "parquet"]
     path: str
     target: str
+    columns: dict[str, DType] | None = Field(
+        None, description="Declared schema: column -> type; only these columns are read")
     features: list[str] | None = Field(None, description="Feature columns; default all but target")
     keep_columns: list[str] = Field(
         default_factory=list, description="Columns carried along but not used as features "
@@ -76,39 +92,83 @@ def _load_sklearn(source: SklearnSource) -> tuple[pl.DataFrame, TableSchema]:
     return df, TableSchema(target="target", features=features, classes=names)
 
 
-def _read_file(source: FileSource, columns: list[str] | None = None) -> pl.DataFrame:
-    """The file's rows (only `columns` if given), after checking that it exists, is readable
-    and has the target column."""
+def _scan_file(source: FileSource) -> pl.LazyFrame:
+    """A lazy scan of the file, after checking that it exists, is readable and has the target
+    (and declared) columns; declared columns are read as text from CSV and converted later."""
     path = Path(source.path)
     if not path.is_file():
         raise DataError(f"data.source.path: file not found: {path}")
     try:
-        names = (pl.scan_csv(path, infer_schema_length=10_000) if source.type == "csv"
-                 else pl.scan_parquet(path)).collect_schema().names()
-        if source.target in names:
-            return (pl.read_csv(path, infer_schema_length=10_000, columns=columns)
-                    if source.type == "csv" else pl.read_parquet(path, columns=columns))
+        if source.type == "csv":
+            lf = pl.scan_csv(path, infer_schema_length=10_000,
+                             schema_overrides={c: pl.Utf8 for c in source.columns or {}})
+        else:
+            lf = pl.scan_parquet(path)
+        names = lf.collect_schema().names()
     except Exception as exc:  # polars raises several types for unreadable files
         raise DataError(f"data.source.path: cannot read {source.type} file {path}: "
                         f"{exc}") from None
-    raise DataError(f"data.source.target: column {source.target!r} not in {path}; "
-                    f"columns are {names}")
+    if source.target not in names:
+        raise DataError(f"data.source.target: column {source.target!r} not in {path}; "
+                        f"columns are {names}")
+    missing = [c for c in source.columns or {} if c not in names]
+    if missing:
+        raise DataError(f"data.source.columns: {missing} not in {path}; columns are {names}")
+    return lf
 
 
-def _load_file(source: FileSource) -> tuple[pl.DataFrame, TableSchema]:
+def _coerce(lf: pl.LazyFrame, declared: dict[str, str], path: Path) -> pl.LazyFrame:
+    """Cast each declared column to its type; every value that does not convert is listed
+    (per column, with examples) in one error before anything is written."""
+    def lost(c: str) -> pl.Expr:
+        converted = pl.col(c).cast(DTYPES[declared[c]], strict=False)
+        return pl.col(c).is_not_null() & converted.is_null()
+
+    counts = lf.select(lost(c).sum().alias(c) for c in declared).collect(engine="streaming")
+    bad = {c: n for c, n in counts.row(0, named=True).items() if n}
+    if bad:
+        problems = [f"{c!r} to {declared[c]}: {n} value(s) such as "
+                    f"{lf.filter(lost(c)).select(c).head(3).collect()[c].to_list()}"
+                    for c, n in bad.items()]
+        raise DataError(f"data.source.columns: cannot convert in {path}: "
+                        + "; ".join(problems))
+    return lf.with_columns(pl.col(c).cast(DTYPES[t]) for c, t in declared.items())
+
+
+def _blank_as_missing(lf: pl.LazyFrame, declared: dict[str, str]) -> pl.LazyFrame:
+    """An empty or blank text cell declared as a non-text type is a missing value."""
+    dtypes = lf.collect_schema()
+    return lf.with_columns(
+        pl.when(pl.col(c).str.strip_chars() != "").then(pl.col(c)).alias(c)
+        for c, t in declared.items() if dtypes[c] == pl.Utf8 and DTYPES[t] != pl.Utf8)
+
+
+def check_declared_types(source: FileSource) -> None:
+    """Raise a DataError listing every declared column whose values do not convert."""
+    if source.columns:
+        lf = _blank_as_missing(_scan_file(source).select(list(source.columns)), source.columns)
+        _coerce(lf, source.columns, Path(source.path))
+
+
+def _load_file(source: FileSource) -> tuple[pl.LazyFrame, TableSchema]:
     path = Path(source.path)
-    df = _read_file(source)
+    lf = _scan_file(source)
+    if source.columns:
+        lf = _coerce(_blank_as_missing(lf.select(list(source.columns)), source.columns),
+                     source.columns, path)
+    dtypes = lf.collect_schema()
     kept = source.keep_columns
-    features = source.features or [c for c in df.columns if c not in (source.target, *kept)]
-    missing = [c for c in features + kept if c not in df.columns]
+    features = source.features or [c for c in dtypes if c not in (source.target, *kept)]
+    missing = [c for c in features + kept if c not in dtypes]
     if missing:
         raise DataError(f"data.source: columns {missing} not in {path}; columns are "
-                        f"{df.columns}")
+                        f"{dtypes.names()}")
     # Text columns stay text (categories); an `encode` step turns them into numbers.
-    df = df.select(*(pl.col(c) if df[c].dtype.is_numeric() else pl.col(c).cast(pl.Utf8)
+    lf = lf.select(*(pl.col(c) if dtypes[c].is_numeric() else pl.col(c).cast(pl.Utf8)
                      for c in features), *kept, pl.col(source.target).cast(pl.Utf8))
-    classes = _natural_sorted(df[source.target].drop_nulls().unique().to_list())
-    return df, TableSchema(target=source.target, features=features, classes=classes)
+    labels = lf.select(pl.col(source.target).drop_nulls().unique()).collect(engine="streaming")
+    classes = _natural_sorted(labels[source.target].to_list())
+    return lf, TableSchema(target=source.target, features=features, classes=classes)
 
 
 def _load_image_folder(source: ImageFolderSource) -> tuple[pl.DataFrame, TableSchema]:
@@ -153,7 +213,8 @@ def load_source(source: SklearnSource | FileSource | ImageFolderSource):
 
 @task(name="ingest", **CACHED)
 def ingest(source: Source, store: str) -> ArtifactRef:
-    """Read the declared source into a Parquet table artifact (images as flat arrays + shape)."""
+    """Read the declared source into a Parquet table artifact (images as flat arrays + shape);
+    files are streamed, so a file larger than memory passes through."""
     df, schema = load_source(source)
     return write_parts(Store(store), "table", {"all": (df, schema)})
 
@@ -161,8 +222,8 @@ def ingest(source: Source, store: str) -> ArtifactRef:
 def read_labels(source: SklearnSource | FileSource | ImageFolderSource) -> tuple[str, list]:
     """The target column's name and values, read cheaply (for checks before any task runs)."""
     if isinstance(source, FileSource):
-        frame = _read_file(source, [source.target])
-        return source.target, frame[source.target].cast(pl.Utf8).to_list()
+        frame = _scan_file(source).select(pl.col(source.target).cast(pl.Utf8)).collect()
+        return source.target, frame[source.target].to_list()
     if isinstance(source, ImageFolderSource):
         root = Path(source.path)
         if not root.is_dir():

@@ -15,7 +15,7 @@ from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.errors import DataError
 from trainflow.spec.base import Section
-from trainflow.steps import read_parts, write_parts
+from trainflow.steps import scan_parts, write_parts
 from trainflow.tables import TableSchema, class_counts
 
 
@@ -65,8 +65,14 @@ def _column(df: pl.DataFrame, name: str, field: str) -> pl.Series:
     return df[name]
 
 
-def split_frame(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
-                seed: int) -> dict[str, pl.DataFrame]:
+def key_columns(schema: TableSchema, params: SplitParams) -> list[str]:
+    """The columns a split decision reads (the rest of the row never matters)."""
+    return [c for c in (schema.target, params.group_column, params.time_column) if c]
+
+
+def split_rows(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
+               seed: int) -> dict[str, np.ndarray]:
+    """Sorted row numbers of each part; `df` needs only the `key_columns`."""
     index = np.arange(len(df))
     val_share = params.validation / (1 - params.test)
     if params.strategy == "time":
@@ -74,9 +80,8 @@ def split_frame(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
         n_test, n_val = round(len(df) * params.test), round(len(df) * params.validation)
         cut = len(df) - n_test - n_val
         ordered = order.to_numpy()
-        parts = {"train": ordered[:cut], "val": ordered[cut:cut + n_val],
-                 "test": ordered[cut + n_val:]}
-        return {k: df[np.sort(v)] for k, v in parts.items()}
+        return {"train": np.sort(ordered[:cut]), "val": np.sort(ordered[cut:cut + n_val]),
+                "test": np.sort(ordered[cut + n_val:])}
     if params.strategy == "group":
         groups = _column(df, params.group_column, "group_column").to_numpy()
         outer = GroupShuffleSplit(1, test_size=params.test, random_state=seed)
@@ -93,7 +98,12 @@ def split_frame(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
                                       stratify=labels)
         train, val = train_test_split(rest, test_size=val_share, random_state=seed,
                                       stratify=labels[rest] if labels is not None else None)
-    return {"train": df[np.sort(train)], "val": df[np.sort(val)], "test": df[np.sort(test)]}
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def split_frame(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
+                seed: int) -> dict[str, pl.DataFrame]:
+    return {name: df[rows] for name, rows in split_rows(df, schema, params, seed).items()}
 
 
 def fold_frames(pool: pl.DataFrame, schema: TableSchema, folds: int, fold: int, seed: int,
@@ -116,6 +126,15 @@ def fold_frames(pool: pl.DataFrame, schema: TableSchema, folds: int, fold: int, 
 @task(name="split", **CACHED)
 def split(data: ArtifactRef, params: SplitParams, seed: int, store: str) -> ArtifactRef:
     """Split a table into stratified train/val/test parts."""
-    (df, schema), = read_parts(data).values()
-    parts = split_frame(df, schema, params, seed)
-    return write_parts(Store(store), "splits", {k: (v, schema) for k, v in parts.items()})
+    (lf, schema), = scan_parts(data).values()
+    names = lf.collect_schema().names()
+    for field in ("group_column", "time_column"):
+        if getattr(params, field) and getattr(params, field) not in names:
+            _column(pl.DataFrame(schema=names), getattr(params, field), field)
+    keys = lf.select(key_columns(schema, params)).collect()
+    rows = split_rows(keys, schema, params, seed)
+    # Streamed: each part is the table filtered to its row numbers, never all of it in memory.
+    numbered = lf.with_row_index("__row")
+    parts = {name: (numbered.filter(pl.col("__row").is_in(pl.Series(index, dtype=pl.UInt32).implode()))
+                    .drop("__row"), schema) for name, index in rows.items()}
+    return write_parts(Store(store), "splits", parts)

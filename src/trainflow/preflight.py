@@ -6,11 +6,13 @@ from collections import Counter
 
 from trainflow.errors import DataError
 from trainflow.spec.pipeline import PipelineSpec
-from trainflow.tasks.ingest import read_labels
+from trainflow.tasks.ingest import FileSource, check_declared_types, read_labels
 
 
 def check_data(spec: PipelineSpec) -> None:
     """Raise DataError when the source, its target or its class counts cannot work."""
+    if isinstance(spec.data.source, FileSource):
+        check_declared_types(spec.data.source)
     target, labels = read_labels(spec.data.source)
     counts = Counter(v for v in labels if v is not None)
     if len(counts) < 2:

@@ -12,18 +12,27 @@ from pydantic import BaseModel
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.errors import DataError
 from trainflow.tables import (SYNTHETIC_COLUMN, TableSchema, class_counts, read_table,
-                              write_table)
+                              scan_table, sink_table, write_table)
 
 SPLITS = ("train", "val", "test")
 State = dict[str, Any]
-Fit = Callable[[pl.DataFrame, TableSchema, Any, int], State]
-Apply = Callable[[pl.DataFrame, TableSchema, Any, State], tuple[pl.DataFrame, TableSchema]]
+Frame = pl.DataFrame | pl.LazyFrame
+Fit = Callable[[Frame, TableSchema, Any, int], State]
+Apply = Callable[[Frame, TableSchema, Any, State], tuple[Frame, TableSchema]]
+
+
+def part_names(ref: ArtifactRef) -> tuple[str, ...]:
+    return ("all",) if ref.kind == "table" else SPLITS
 
 
 def read_parts(ref: ArtifactRef) -> dict[str, tuple[pl.DataFrame, TableSchema]]:
     """The parts of a table artifact ({'all': ...}) or of a splits artifact (train/val/test)."""
-    names = ("all",) if ref.kind == "table" else SPLITS
-    return {name: read_table(ref.path / f"{name}.parquet") for name in names}
+    return {name: read_table(ref.path / f"{name}.parquet") for name in part_names(ref)}
+
+
+def scan_parts(ref: ArtifactRef) -> dict[str, tuple[pl.LazyFrame, TableSchema]]:
+    """The parts as lazy scans, for steps that stream data larger than memory."""
+    return {name: scan_table(ref.path / f"{name}.parquet") for name in part_names(ref)}
 
 
 def json_state(state: Any) -> Any:
@@ -34,48 +43,93 @@ def json_state(state: Any) -> Any:
     return state
 
 
-def write_parts(store: Store, kind: str, parts: dict[str, tuple[pl.DataFrame, TableSchema]],
-                extra: dict[str, Any] | None = None, step: str | None = None) -> ArtifactRef:
-    """Write parts (and JSON extras such as fitted state) as one artifact; return its ref."""
+def _summary(frame: Frame, schema: TableSchema) -> dict:
+    synthetic = (pl.col(SYNTHETIC_COLUMN).sum() if SYNTHETIC_COLUMN in
+                 frame.lazy().collect_schema().names() else pl.lit(0))
+    rows, synth = frame.lazy().select(pl.len(), synthetic).collect().row(0)
+    return {"rows": int(rows), "classes": class_counts(frame, schema), "synthetic": int(synth)}
+
+
+def write_parts(store: Store, kind: str, parts: dict[str, tuple[Frame, TableSchema]],
+                extra: dict[str, Any] | None = None, step: str | None = None,
+                check: Callable[[dict[str, dict]], None] | None = None) -> ArtifactRef:
+    """Write parts (and JSON extras such as fitted state) as one artifact; return its ref.
+
+    Lazy parts are streamed to disk, so a step over a LazyFrame never holds the table in memory.
+    `check` sees the per-part summary before the artifact is committed and may raise.
+    """
     with store.writer(kind) as staging:
-        for name, (df, schema) in parts.items():
-            write_table(df, staging / f"{name}.parquet", schema)
+        summary = {}
+        for name, (frame, schema) in parts.items():
+            path = staging / f"{name}.parquet"
+            if isinstance(frame, pl.LazyFrame):
+                sink_table(frame, path, schema)
+                frame = pl.scan_parquet(path)
+            else:
+                write_table(frame, path, schema)
+            summary[name] = _summary(frame, schema)
+        if check:
+            check(summary)
         for name, value in (extra or {}).items():
             (staging / f"{name}.json").write_text(json.dumps(json_state(value), indent=1,
                                                              sort_keys=True))
         schema = next(iter(parts.values()))[1]
-        summary = {name: {"rows": len(df), "classes": class_counts(df, schema),
-                          "synthetic": int(df[SYNTHETIC_COLUMN].sum())
-                          if SYNTHETIC_COLUMN in df.columns else 0}
-                   for name, (df, _) in parts.items()}
-        return store.commit(staging, kind, count=sum(len(df) for df, _ in parts.values()),
+        return store.commit(staging, kind, count=sum(p["rows"] for p in summary.values()),
                             schema=schema.model_dump(),
                             meta={"parts": summary, **({"step": step} if step else {})})
 
 
-def fit_apply(parts: dict[str, tuple[pl.DataFrame, TableSchema]], params: BaseModel, fit: Fit,
-              apply: Apply, seed: int) -> tuple[dict[str, tuple[pl.DataFrame, TableSchema]], State]:
+def like(original: Frame, result: pl.LazyFrame) -> Frame:
+    """A lazy step's result in the kind it was given: collected for a DataFrame."""
+    return result.collect() if isinstance(original, pl.DataFrame) else result
+
+
+def _collected(frame: Frame) -> pl.DataFrame:
+    return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
+
+
+def _check_not_emptied(step: BaseModel, before: dict[str, int], after: dict[str, int]) -> None:
+    emptied = [name for name, rows in after.items() if rows == 0 and before.get(name)]
+    if emptied:
+        name = getattr(step, "type", type(step).__name__)
+        raise DataError(f"step {name!r} left no rows in {', '.join(emptied)}: check its "
+                        f"settings ({step.model_dump(exclude={'type'})})")
+
+
+def fit_apply(parts: dict[str, tuple[Frame, TableSchema]], params: BaseModel, fit: Fit,
+              apply: Apply, seed: int, lazy: bool = False
+              ) -> tuple[dict[str, tuple[Frame, TableSchema]], State]:
     """Fit on the whole table (before split) or on `train` (after), then apply.
 
     A step whose params say `train_only` (resampling, synthesis) changes the training part
-    alone: validation and test rows pass through untouched.
+    alone: validation and test rows pass through untouched. With `lazy`, parts stay LazyFrames
+    (the step builds a query; the caller streams it); otherwise they come back collected.
     """
     fitted_on = parts["all"] if "all" in parts else parts["train"]
     state = fit(fitted_on[0], fitted_on[1], params, seed)
     train_only = getattr(params, "train_only", False)
     out = {name: apply(df, schema, params, state) if name in ("all", "train") or not train_only
            else (df, schema) for name, (df, schema) in parts.items()}
-    emptied = [name for name, (df, _) in out.items() if len(df) == 0 and len(parts[name][0])]
-    if emptied:
-        step = getattr(params, "type", type(params).__name__)
-        raise DataError(f"step {step!r} left no rows in {', '.join(emptied)}: check its "
-                        f"settings ({params.model_dump(exclude={'type'})})")
+    if not lazy:
+        out = {name: (_collected(df), schema) for name, (df, schema) in out.items()}
+        _check_not_emptied(params, {n: len(_collected(df)) for n, (df, _) in parts.items()},
+                           {n: len(df) for n, (df, _) in out.items()})
     return out, state
 
 
 def transform(ref: ArtifactRef, params: BaseModel, fit: Fit, apply: Apply, seed: int,
-              store: str | Path) -> ArtifactRef:
-    """Run one fit/apply step over a table or splits artifact; write the result and its state."""
-    out, state = fit_apply(read_parts(ref), params, fit, apply, seed)
+              store: str | Path, lazy: bool = False) -> ArtifactRef:
+    """Run one fit/apply step over a table or splits artifact; write the result and its state.
+
+    `lazy` steps (written as polars queries) read, fit and write with the streaming engine, so
+    tables larger than memory pass through them.
+    """
+    if lazy:
+        out, state = fit_apply(scan_parts(ref), params, fit, apply, seed, lazy=True)
+    else:
+        out, state = fit_apply(read_parts(ref), params, fit, apply, seed)
+    before = {name: part["rows"] for name, part in ref.meta.get("parts", {}).items()}
     return write_parts(Store(store), ref.kind, out, {"state": state},
-                       step=getattr(params, "type", None))
+                       step=getattr(params, "type", None),
+                       check=lambda summary: _check_not_emptied(
+                           params, before, {n: p["rows"] for n, p in summary.items()}))

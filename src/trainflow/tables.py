@@ -7,13 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from trainflow.errors import DataError
 
-META_KEY = b"trainflow"
+META_KEY = "trainflow"
 IMAGE_COLUMN = "image"
 SYNTHETIC_COLUMN = "synthetic"  # 1 marks rows made by a synthesis step (never a feature)
 
@@ -33,24 +31,37 @@ class TableSchema(BaseModel):
         return self.image_shape if self.image_shape else [len(self.features)]
 
 
+# Fixed writer settings keep the bytes identical from run to run (content addressing); lz4
+# because every step writes its output and zstd's extra ratio costs twice the write time.
+WRITE_OPTIONS = {"compression": "lz4", "statistics": True}
+
+
 def write_table(df: pl.DataFrame, path: Path, schema: TableSchema) -> None:
-    table = df.to_arrow()
-    metadata = dict(table.schema.metadata or {})
-    metadata[META_KEY] = schema.model_dump_json().encode()
-    # Fixed writer settings keep the bytes identical from run to run (content addressing).
-    pq.write_table(table.replace_schema_metadata(metadata), path, compression="zstd",
-                   write_statistics=True, store_schema=True)
+    df.write_parquet(path, metadata={META_KEY: schema.model_dump_json()}, **WRITE_OPTIONS)
+
+
+def sink_table(frame: pl.LazyFrame, path: Path, schema: TableSchema) -> None:
+    """Write a lazy query's result with the streaming engine (bounded memory)."""
+    frame.sink_parquet(path, metadata={META_KEY: schema.model_dump_json()}, **WRITE_OPTIONS)
+
+
+def table_schema(path: Path) -> TableSchema:
+    try:
+        raw = pl.read_parquet_metadata(path).get(META_KEY)
+    except Exception as exc:  # polars raises several types for unreadable files
+        raise DataError(f"cannot read Parquet file {path}: {exc}") from None
+    if raw is None:
+        raise DataError(f"{path} is not a trainflow table (no '{META_KEY}' metadata)")
+    return TableSchema(**json.loads(raw))
+
+
+def scan_table(path: Path) -> tuple[pl.LazyFrame, TableSchema]:
+    return pl.scan_parquet(path), table_schema(path)
 
 
 def read_table(path: Path) -> tuple[pl.DataFrame, TableSchema]:
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"cannot read Parquet file {path}: {exc}") from None
-    raw = (table.schema.metadata or {}).get(META_KEY)
-    if raw is None:
-        raise DataError(f"{path} is not a trainflow table (no '{META_KEY.decode()}' metadata)")
-    return pl.from_arrow(table.replace_schema_metadata(None)), TableSchema(**json.loads(raw))
+    schema = table_schema(path)
+    return pl.read_parquet(path), schema
 
 
 def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +92,8 @@ def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.nda
     return (x if x.flags.writeable else x.copy()), y  # polars may hand out read-only views
 
 
-def class_counts(df: pl.DataFrame, schema: TableSchema) -> dict[str, int]:
-    counts = df[schema.target].cast(pl.Utf8).value_counts()
+def class_counts(df: pl.DataFrame | pl.LazyFrame, schema: TableSchema) -> dict[str, int]:
+    counts = df.lazy().select(pl.col(schema.target).cast(pl.Utf8).value_counts()).unnest(
+        schema.target).collect()
     found = {str(k): int(v) for k, v in zip(counts[schema.target], counts["count"])}
     return {c: found.get(c, 0) for c in schema.classes}

@@ -1,0 +1,110 @@
+"""Tabular steps as streamed polars queries: declared schema, lazy = eager results, decoding."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from trainflow.errors import DataError
+from trainflow.preflight import check_declared_types
+from trainflow.steps import fit_apply, read_parts
+from trainflow.tables import read_table
+from trainflow.tasks import clean, encode, normalize
+from trainflow.tasks.ingest import FileSource, ingest
+from trainflow.tasks.split import SplitParams, split, split_frame
+
+
+@pytest.fixture
+def mixed_csv(tmp_path):
+    """Numbers with gaps, a categorical column and a label, as a user's CSV looks."""
+    rng = np.random.default_rng(0)
+    n = 400
+    a = rng.normal(size=n).round(3).astype(str).astype(object)
+    a[::17] = None
+    frame = pl.DataFrame({"id": np.arange(n), "a": a.tolist(), "b": rng.integers(0, 9, n),
+                          "colour": rng.choice(["red", "green", "blue"], n),
+                          "label": rng.choice(["yes", "no"], n, p=[0.3, 0.7])})
+    path = tmp_path / "mixed.csv"
+    frame.write_csv(path)
+    return path
+
+
+def test_declared_schema_selects_and_converts_columns(store, mixed_csv):
+    source = FileSource(type="csv", path=str(mixed_csv), target="label",
+                        columns={"a": "float32", "b": "int16", "colour": "category",
+                                 "label": "str"})
+    df, schema = read_table(ingest.fn(source, store).path / "all.parquet")
+    assert df.columns == ["a", "b", "colour", "label"]  # `id` was not declared: not read
+    assert (df["a"].dtype, df["b"].dtype, df["colour"].dtype) == (pl.Float32, pl.Int16, pl.Utf8)
+    assert df["a"].null_count() == len(range(0, 400, 17))  # empty cells are missing values
+    assert schema.features == ["a", "b", "colour"] and schema.classes == ["no", "yes"]
+
+
+def test_values_that_do_not_convert_are_listed_before_any_work(tmp_path, store):
+    path = tmp_path / "bad.csv"
+    path.write_text("a,b,label\n1.5,2,x\nabc,3,y\n2.5,oops,x\n4,4.5,y\n")
+    source = FileSource(type="csv", path=str(path), target="label",
+                        columns={"a": "float64", "b": "int64", "label": "str"})
+    with pytest.raises(DataError) as err:
+        check_declared_types(source)
+    message = str(err.value)
+    assert "'a' to float64: 1 value(s) such as ['abc']" in message
+    assert "'b' to int64: 2 value(s) such as ['oops', '4.5']" in message
+    with pytest.raises(DataError, match="'gone'"):
+        check_declared_types(source.model_copy(update={"columns": {"gone": "float64",
+                                                                   "label": "str"}}))
+
+
+def _prepared(store, mixed_csv):
+    source = FileSource(type="csv", path=str(mixed_csv), target="label", keep_columns=["id"],
+                        features=["a", "b", "colour"])
+    table = ingest.fn(source, store)
+    table = clean.clean.fn(table, clean.CleanParams(type="clean", missing="median"), 0, store)
+    return split.fn(table, SplitParams(type="split"), 0, store)
+
+
+@pytest.mark.parametrize("module,params", [
+    (clean, clean.CleanParams(type="clean", missing="mode")),
+    (encode, encode.EncodeParams(type="encode", method="one_hot")),
+    (encode, encode.EncodeParams(type="encode", method="ordinal")),
+    (normalize, normalize.NormalizeParams(type="normalize", method="robust")),
+    (normalize, normalize.NormalizeParams(type="normalize", method="quantile")),
+])
+def test_streamed_step_equals_the_in_memory_step(store, mixed_csv, module, params):
+    splits = _prepared(store, mixed_csv)
+    parts = read_parts(splits)
+    if module is normalize:  # numbers only
+        parts = {k: encode.apply(df, s, encode.EncodeParams(type="encode"),
+                                 encode.fit(parts["train"][0], s, encode.EncodeParams(
+                                     type="encode")))
+                 for k, (df, s) in parts.items()}
+    eager, eager_state = fit_apply(parts, params, module.fit, module.apply, 0)
+    lazy, lazy_state = fit_apply({k: (df.lazy(), s) for k, (df, s) in parts.items()}, params,
+                                 module.fit, module.apply, 0, lazy=True)
+    assert isinstance(lazy["train"][0], pl.LazyFrame)
+    assert lazy_state == eager_state
+    for name in ("train", "val", "test"):
+        assert lazy[name][0].collect().equals(eager[name][0])
+
+
+def test_split_task_streams_the_same_rows_as_the_in_memory_split(store, mixed_csv):
+    splits = _prepared(store, mixed_csv)
+    parts = read_parts(splits)
+    whole, schema = read_table(clean.clean.fn(
+        ingest.fn(FileSource(type="csv", path=str(mixed_csv), target="label",
+                             keep_columns=["id"], features=["a", "b", "colour"]), store),
+        clean.CleanParams(type="clean", missing="median"), 0, store).path / "all.parquet")
+    expected = split_frame(whole, schema, SplitParams(type="split"), 0)
+    for name in ("train", "val", "test"):
+        assert parts[name][0].equals(expected[name])
+    assert splits.meta["parts"]["train"]["rows"] == len(expected["train"])
+
+
+@pytest.mark.parametrize("method", ["one_hot", "ordinal"])
+def test_decode_inverts_encode_for_reports(store, mixed_csv, method):
+    parts = read_parts(_prepared(store, mixed_csv))
+    train, schema = parts["train"]
+    params = encode.EncodeParams(type="encode", method=method)
+    state = encode.fit(train, schema, params)
+    encoded, _ = encode.apply(parts["test"][0], schema, params, state)
+    assert "colour" not in encoded.columns or method == "ordinal"
+    assert encode.decode(encoded, state, method).equals(parts["test"][0])
