@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,9 +34,19 @@ class ExpandSpec(Section):
 
 class ShardParams(Section):
     max_samples: int = Field(10_000, ge=1, description="Samples per tar shard")
-    per_record: int = Field(256, ge=1, description="Samples packed into one tar record")
+    per_record: int | Literal["auto"] = Field(
+        "auto", description="Samples packed into one tar record; auto: about 1 MiB each")
     max_bytes: int | None = Field(None, ge=1024, description="Bytes per tar shard (about)")
     expand: ExpandSpec | None = None
+
+
+RECORD_BYTES = 1024 * 1024
+
+
+def record_samples(x: np.ndarray) -> int:
+    """Samples per record for about RECORD_BYTES per record: big enough that reading is not
+    dominated by per-member overhead, small enough to shuffle well across records."""
+    return max(1, RECORD_BYTES // max(1, x[:1].nbytes))
 
 
 def expand(x: np.ndarray, y: np.ndarray, spec: ExpandSpec, seed: int,
@@ -61,7 +72,9 @@ def shard(splits: ArtifactRef, params: ShardParams, store: str, seed: int = 0) -
             if name == "train" and params.expand:
                 x, y = expand(x, y, params.expand, seed, bool(schema.image_shape))
             manifest["splits"][name] = write_split(staging, name, x, y, schema.classes,
-                                                   params.max_samples, params.per_record,
+                                                   params.max_samples,
+                                                   params.per_record if params.per_record != "auto"
+                                                   else record_samples(x),
                                                    params.max_bytes)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         counts = {k: v["samples"] for k, v in manifest["splits"].items()}

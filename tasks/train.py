@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -11,8 +13,10 @@ from trainflow.caching import CACHED
 from trainflow.engine.bundle import train_into
 from trainflow.engine.loop import Split
 from trainflow.logs import run_logger
-from trainflow.shards import read_split, read_split_checked
-from trainflow.spec.train import TrainSpec
+from trainflow.loader import DEFAULT_CACHE, Stream
+from trainflow.shards import (read_manifest, read_paths, read_split, read_split_checked,
+                              shard_paths)
+from trainflow.spec.train import LoaderSpec, TrainSpec
 
 
 def load_splits(shards: ArtifactRef, names=("train", "val", "test")) -> dict[str, Split]:
@@ -21,13 +25,36 @@ def load_splits(shards: ArtifactRef, names=("train", "val", "test")) -> dict[str
     return {name: Split.from_arrays(*read_split(shards.path, name)) for name in names}
 
 
-def load_training_splits(shards: ArtifactRef, on_corrupt: str) -> tuple[dict[str, Split], int]:
-    """train and val, skipping corrupt shards when told to; also the count of samples lost."""
-    data, lost = {}, 0
-    for name in ("train", "val"):
-        x, y, missing = read_split_checked(shards.path, name, on_corrupt)
-        data[name], lost = Split.from_arrays(x, y), lost + missing
-    return data, lost
+def training_stream(base: str | Path, spec: LoaderSpec, on_corrupt: str,
+                    cache_dir: Path) -> tuple[Stream, int]:
+    """The training split as a Stream over its verified shards, and the samples lost.
+
+    The rank and world size come from torch's launcher variables (RANK, WORLD_SIZE)."""
+    paths, lost, manifest = shard_paths(base, "train", on_corrupt, cache_dir)
+    counts = manifest["splits"]["train"]["classes"]
+    return Stream(paths, manifest["splits"]["train"]["samples"] - lost,
+                  [counts[c] for c in manifest["classes"]], len(manifest["input_shape"]) == 3,
+                  spec.workers, spec.prefetch, spec.shuffle_buffer, spec.resampled,
+                  int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))), lost
+
+
+def load_training_splits(shards: ArtifactRef | str, on_corrupt: str,
+                         loader: LoaderSpec | None = None
+                         ) -> tuple[dict[str, Split | Stream], int]:
+    """train (in memory or streamed, as the loader spec says) and val (in memory), skipping
+    corrupt shards when told to; also the count of samples lost."""
+    loader = loader or LoaderSpec(mode="memory")
+    base = shards.path if isinstance(shards, ArtifactRef) else shards
+    cache_dir = Path(loader.cache_dir) if loader.cache_dir else DEFAULT_CACHE
+    stream, lost = training_stream(base, loader, on_corrupt, cache_dir)
+    in_memory = loader.mode == "memory" or (loader.mode == "auto" and sum(
+        Path(p).stat().st_size for p in stream.paths) <= loader.memory_limit_mb * 2**20)
+    x, y, missing = read_split_checked(base, "val", on_corrupt, cache_dir)
+    val = Split.from_arrays(x, y)
+    if in_memory:
+        x, y = read_paths(stream.paths, read_manifest(base, cache_dir)["input_shape"])
+        return {"train": Split.from_arrays(x, y), "val": val}, lost + missing
+    return {"train": stream, "val": val}, lost + missing
 
 
 @task(name="train", **CACHED)
@@ -35,7 +62,7 @@ def train_model(shards: ArtifactRef, model: Any, train: TrainSpec, seed: int,
                 store: str) -> ArtifactRef:
     """Train a model; the artifact holds best.pt, last.pt, metrics.jsonl and model.json."""
     logger = run_logger()
-    data, lost = load_training_splits(shards, train.on_corrupt)
+    data, lost = load_training_splits(shards, train.on_corrupt, train.loader)
     if lost:
         logger.warning("%d training/validation samples lost to corrupt shards (on_corrupt: "
                        "skip)", lost)

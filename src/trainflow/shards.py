@@ -1,8 +1,8 @@
 """webdataset tar shards: deterministic writing, a manifest per artifact, verified reading.
 
 Each record holds a run of consecutive samples: `<key>.x.npy` (features) and `<key>.y.npy` (class
-indices), saved without pickle. Readers never decode pickle: `.npy` is loaded with
-`allow_pickle=False`, every other member is ignored, and only `file:` (or plain) paths are opened here: no `pipe:` URLs.
+indices), saved without pickle. Readers never decode pickle (see trainflow.loader): `.npy` is
+loaded with `allow_pickle=False`, other members are ignored, and URLs are allowlisted by scheme.
 """
 
 from __future__ import annotations
@@ -11,16 +11,15 @@ import io
 import json
 import warnings
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import webdataset as wds
 
 from trainflow.artifacts import sha256_file
 from trainflow.errors import ArtifactError
+from trainflow.loader import DEFAULT_CACHE, decode_record, fetch, is_remote
 
 MANIFEST = "manifest.json"
-ALLOWED_SCHEMES = ("", "file")
 
 
 def _encode_array(x: np.ndarray) -> bytes:
@@ -80,60 +79,64 @@ def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, classes:
             "classes": {c: int(n) for c, n in zip(classes, histogram)}}
 
 
-def read_manifest(folder: Path) -> dict:
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"shard folder {folder} has no {MANIFEST}")
-    return json.loads(path.read_text())
+def _join(base: str | Path, name: str) -> str:
+    return f"{str(base).rstrip('/')}/{name}"
 
 
-def check_url(url: str) -> str:
-    scheme = urlparse(url).scheme
-    if scheme not in ALLOWED_SCHEMES:
-        raise ArtifactError(f"shard URL {url!r} uses scheme {scheme!r}; allowed here: "
-                            f"{[s or 'plain path' for s in ALLOWED_SCHEMES]}")
-    return url
+def read_manifest(base: str | Path, cache_dir: Path = DEFAULT_CACHE) -> dict:
+    """The manifest of a shard folder or URL (a remote one is downloaded into `cache_dir`)."""
+    url = _join(base, MANIFEST)
+    if not is_remote(url) and not Path(url).is_file():
+        raise ArtifactError(f"shard folder {base} has no {MANIFEST}")
+    return json.loads(fetch(url, cache_dir).read_text())
 
 
-def read_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+def shard_paths(base: str | Path, split: str, on_corrupt: str = "error",
+                cache_dir: Path = DEFAULT_CACHE) -> tuple[list[str], int, dict]:
+    """Local, verified paths of one split's shards, the samples lost and the manifest.
+
+    Each shard's sha256 is checked against the manifest (remote shards after download).
+    on_corrupt="skip" leaves out a missing, truncated or altered shard with a warning and counts
+    its samples as lost; "error" raises an ArtifactError naming it.
+    """
+    manifest = read_manifest(base, cache_dir)
+    paths, lost = [], 0
+    for shard in manifest["splits"][split]["shards"]:
+        try:
+            paths.append(str(fetch(_join(base, shard["name"]), cache_dir, shard["sha256"])))
+        except ArtifactError as problem:
+            if on_corrupt != "skip":
+                raise
+            warnings.warn(f"{problem}; skipping its {shard['samples']} samples", stacklevel=2)
+            lost += shard["samples"]
+    return paths, lost, manifest
+
+
+def read_split(folder: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Every sample of one split, in shard order; a corrupt shard is an error naming it."""
     x, y, _ = read_split_checked(folder, split, "error")
     return x, y
 
 
-def read_split_checked(folder: Path, split: str,
-                       on_corrupt: str = "error") -> tuple[np.ndarray, np.ndarray, int]:
-    """Samples of one split after checking each shard's sha256 against the manifest.
-
-    on_corrupt="skip" leaves out a missing, truncated or altered shard with a warning and
-    counts its samples as lost (the third value); "error" raises an ArtifactError naming it.
-    """
-    manifest = read_manifest(folder)
-    entry = manifest["splits"][split]
-    urls, lost = [], 0
-    for shard in entry["shards"]:
-        path = folder / shard["name"]
-        problem = None
-        if not path.is_file():
-            problem = f"shard {path} listed in the manifest is missing"
-        elif sha256_file(path) != shard["sha256"]:
-            problem = f"shard {path} is corrupt or truncated: its sha256 does not match the manifest"
-        if problem and on_corrupt == "skip":
-            warnings.warn(f"{problem}; skipping its {shard['samples']} samples", stacklevel=2)
-            lost += shard["samples"]
-            continue
-        if problem:
-            raise ArtifactError(problem)
-        urls.append(check_url(str(path)))
+def read_paths(paths: list[str], input_shape: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Every sample of the given (already verified) shards, in order."""
     xs, ys = [], []
-    if urls:
-        dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
-        for record in dataset:
-            xs.append(np.load(io.BytesIO(record["x.npy"]), allow_pickle=False))
-            ys.append(np.load(io.BytesIO(record["y.npy"]), allow_pickle=False))
-    x = np.concatenate(xs) if xs else np.zeros((0, *manifest["input_shape"]), np.float32)
-    y = np.concatenate(ys).astype(np.int64) if ys else np.zeros(0, np.int64)
-    if len(x) != entry["samples"] - lost or len(y) != len(x):
-        raise ArtifactError(f"split {split!r} in {folder}: read {len(x)} samples, "
-                            f"the manifest lists {entry['samples'] - lost}")
+    if paths:
+        for record in wds.WebDataset(paths, shardshuffle=False, empty_check=False):
+            x, y = decode_record(record)
+            xs.append(x)
+            ys.append(y)
+    x = np.concatenate(xs) if xs else np.zeros((0, *input_shape), np.float32)
+    return x, np.concatenate(ys) if ys else np.zeros(0, np.int64)
+
+
+def read_split_checked(base: str | Path, split: str, on_corrupt: str = "error",
+                       cache_dir: Path = DEFAULT_CACHE) -> tuple[np.ndarray, np.ndarray, int]:
+    """Samples of one split in memory after checking each shard (see `shard_paths`)."""
+    paths, lost, manifest = shard_paths(base, split, on_corrupt, cache_dir)
+    x, y = read_paths(paths, manifest["input_shape"])
+    expected = manifest["splits"][split]["samples"] - lost
+    if len(x) != expected or len(y) != len(x):
+        raise ArtifactError(f"split {split!r} in {base}: read {len(x)} samples, "
+                            f"the manifest lists {expected}")
     return x, y, lost

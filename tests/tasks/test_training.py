@@ -205,3 +205,16 @@ def test_without_validation_rows_the_last_epoch_is_kept():
     result = fit(mlp([3], 2, [4]), Split(x, (x[:, 0] > 0).long()), empty, spec, 0,
                  optimizer_factory(spec))
     assert result.best_epoch == 3 and result.best_state is not None
+
+
+def test_training_from_the_streamed_loader_scores_like_in_memory(prepared):
+    from trainflow.spec.train import LoaderSpec
+
+    spec = TRAIN.model_copy(update={"loader": LoaderSpec(mode="stream", workers=2,
+                                                         shuffle_buffer=200)})
+    streamed = train_model.fn(prepared["shards"], MODEL, spec, 0, prepared["store"])
+    test = evaluate_model.fn(streamed, prepared["shards"], prepared["store"])
+    assert test.meta["accuracy"] >= 0.93
+    again = train_model.fn(prepared["shards"], MODEL, spec, 0,
+                           prepared["store"] + "-again")
+    assert again.fingerprint == streamed.fingerprint  # same seed and workers: same weights

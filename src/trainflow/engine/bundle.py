@@ -15,6 +15,7 @@ from trainflow.artifacts import ArtifactRef
 from trainflow.engine import checkpoint
 from trainflow.engine.augment import Augmenter, preview_png
 from trainflow.engine.loop import FitResult, Split, fit, predict, resolve_device
+from trainflow.loader import Stream
 from trainflow.metrics import classification_metrics
 from trainflow.spec.train import TrainSpec
 
@@ -31,7 +32,8 @@ def optimizer_factory(train: TrainSpec, lr: float | None = None) -> Callable:
                                   train.weight_decay)
 
 
-def train_into(folder: Path, model: Any, train: TrainSpec, seed: int, data: dict[str, Split],
+def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
+               data: dict[str, Split | Stream],
                input_shape: list[int], classes: list[str],
                on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, FitResult]:
     """Build, train and save a model (best weights restored) into `folder`."""
@@ -40,13 +42,19 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int, data: dict
     result = fit(net, data["train"], data["val"], train, seed, optimizer_factory(train),
                  folder, on_epoch)
     net.load_state_dict(result.best_state)
-    if train.augment and data["train"].x.dim() == 4 and train.augment.transforms:
-        preview = preview_png(Augmenter(train.augment, seed, True), data["train"].x[:8])
+    if train.augment and len(input_shape) == 3 and train.augment.transforms:
+        preview = preview_png(Augmenter(train.augment, seed, True), preview_images(data["train"]))
         (folder / "augment_preview.png").write_bytes(preview)
     describe(folder, model.model_dump(mode="json"), input_shape, classes,
              best_epoch=result.best_epoch, epochs_run=len(result.history),
              stopped_early=result.stopped_early)
     return net, result
+
+
+def preview_images(train: Split | Stream, count: int = 8) -> torch.Tensor:
+    if isinstance(train, Split):
+        return train.x[:count]
+    return next(iter(train.epoch(0, count, seed=0)))[0]
 
 
 def describe(folder: Path, model: dict, input_shape: list[int], classes: list[str],

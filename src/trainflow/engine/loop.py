@@ -6,7 +6,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from trainflow.engine import checkpoint
 from trainflow.engine.augment import Augmenter
 from trainflow.errors import TrainflowError
+from trainflow.loader import Stream
 from trainflow.spec.train import TrainSpec
 
 
@@ -68,9 +69,13 @@ def resolve_device(name: str) -> torch.device:
 
 def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """n / (classes * count) per class, as scikit-learn's compute_class_weight("balanced")."""
-    counts = torch.bincount(labels, minlength=num_classes).float()
+    return weights_from_counts(torch.bincount(labels, minlength=num_classes))
+
+
+def weights_from_counts(counts: torch.Tensor) -> torch.Tensor:
+    counts = counts.float()
     present = int((counts > 0).sum())
-    return torch.where(counts > 0, len(labels) / (present * counts.clamp(min=1)), 0.0)
+    return torch.where(counts > 0, counts.sum() / (present * counts.clamp(min=1)), 0.0)
 
 
 def batches(data: Split, batch_size: int, generator: torch.Generator | None = None,
@@ -99,11 +104,13 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
                 class_weights: torch.Tensor | None = None,
                 sample_weights: torch.Tensor | None = None,
                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                mix: Callable | None = None) -> float:
-    """One pass over `data`; raises before any checkpoint of a non-finite epoch is written."""
+                mix: Callable | None = None, stream: Iterable | None = None) -> float:
+    """One pass over `data` (or over `stream`'s batches, already augmented in its workers);
+    raises before any checkpoint of a non-finite epoch is written."""
     model.train()
     total, seen = torch.zeros((), device=device), 0
-    for x, y in batches(data, batch_size, generator, sample_weights):
+    for x, y in stream if stream is not None else batches(data, batch_size, generator,
+                                                          sample_weights):
         if augment is not None:
             x = augment(x)
         if mix is not None:  # mixup: a convex blend of pairs, and of their losses
@@ -141,7 +148,7 @@ def predict(model: nn.Module, data: Split, batch_size: int,
     return loss, torch.cat(probs) if probs else torch.zeros(0)
 
 
-def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
+def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, seed: int,
         build_optimizer: Callable[[nn.Module], torch.optim.Optimizer], out_dir: Path | None = None,
         on_epoch: Callable[[dict], None] | None = None) -> FitResult:
     """Train with early stopping on a validation metric; write metrics.jsonl and checkpoints."""
@@ -154,21 +161,34 @@ def fit(model: nn.Module, train: Split, val: Split, spec: TrainSpec, seed: int,
     sign = 1.0 if monitor == "val_loss" else -1.0  # compare as "lower is better"
     min_delta = stopping.min_delta if stopping else 0.0
     result, best, waited = FitResult(), math.inf, 0
-    num_classes = int(max(train.y.max().item(), val.y.max().item() if len(val) else 0)) + 1
-    balanced = balanced_weights(train.y, num_classes)
+    streamed = isinstance(train, Stream)
+    if streamed:
+        balanced = weights_from_counts(torch.tensor(train.class_counts))
+        if spec.sampler == "weighted":
+            raise TrainflowError("train.sampler: weighted draws rows from the whole training "
+                                 "set in memory; with a streamed loader use class_weights: "
+                                 "balanced, or set train.loader.mode: memory")
+    else:
+        num_classes = int(max(train.y.max().item(), val.y.max().item() if len(val) else 0)) + 1
+        balanced = balanced_weights(train.y, num_classes)
     class_weights = balanced.to(device) if spec.class_weights == "balanced" else None
     sample_weights = balanced[train.y] if spec.sampler == "weighted" else None
-    augmenter = Augmenter(spec.augment, seed, train.x.dim() == 4) if spec.augment else None
+    image_input = train.image_input if streamed else train.x.dim() == 4
+    augmenter = Augmenter(spec.augment, seed, image_input) if spec.augment else None
+    pin = spec.loader.pin_memory if spec.loader.pin_memory != "auto" else device.type == "cuda"
     log = open(out_dir / "metrics.jsonl", "w") if out_dir else None
     writer = checkpoint.BackgroundWriter()
     saved_at, saved_epoch = time.monotonic(), 0
     try:
         for epoch in tqdm(range(1, spec.epochs + 1), desc="epochs", leave=False, disable=None):
             start = time.perf_counter()
+            stream = train.epoch(epoch, spec.batch_size, seed, pin,
+                                 augmenter.for_epoch if augmenter else None) if streamed else None
             train_loss = train_epoch(model, optimizer, train, spec.batch_size, generator, device,
                                      class_weights, sample_weights,
-                                     augmenter.for_epoch(epoch) if augmenter else None,
-                                     augmenter.mixer(epoch) if augmenter else None)
+                                     augmenter.for_epoch(epoch) if augmenter and not streamed
+                                     else None,
+                                     augmenter.mixer(epoch) if augmenter else None, stream)
             val_loss, probs = predict(model, val, spec.batch_size, device)
             val_acc = (probs.argmax(1) == val.y).float().mean().item() if len(val) else 0.0
             # metrics.jsonl holds only what the seed determines, so a rerun writes equal bytes
