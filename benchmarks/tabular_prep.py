@@ -219,6 +219,7 @@ def measure(side: str, source: Path, cap_gib: float | None = None) -> dict:
         try:
             CGROUP.mkdir(exist_ok=True)
             (CGROUP / "memory.limit_in_bytes").write_text(str(int(cap_gib * 2**30)))
+            (CGROUP / "memory.max_usage_in_bytes").write_text("0")  # reset the peak
         except OSError as exc:
             return {"skipped": f"a memory cap needs a writable cgroup v1 memory controller "
                                f"(run as root): {exc}"}
@@ -227,7 +228,11 @@ def measure(side: str, source: Path, cap_gib: float | None = None) -> dict:
     if done.returncode:
         reason = "killed: over the memory cap" if done.returncode == -9 else "failed"
         return {reason: done.stderr.strip().splitlines()[-1:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if cap_gib:  # RSS counts mapped file pages the kernel may drop; the cgroup's peak is the cap's
+        peak = int((CGROUP / "memory.max_usage_in_bytes").read_text())
+        result["cgroup_peak_gib"] = peak / 2**30
+    return result
 
 
 def main() -> None:

@@ -53,21 +53,26 @@ def fit(frame: Frame, schema: TableSchema, params: CleanParams, seed: int = 0) -
     # Statistics describe the rows that stay: labelled (if so declared) and de-duplicated.
     kept = apply(frame.lazy(), schema, params.model_copy(update={"missing": "keep"}),
                  {"fill": {}})[0]
-    modes = [_mode(c) for c in text]  # text columns: the most frequent value
+    fill = {c: _mode(kept, c) for c in text}  # text columns: the most frequent value
     if params.missing == "constant":
-        stats = [pl.lit(params.fill_value).alias(c) for c in numeric]
-    else:
+        fill.update({c: params.fill_value for c in numeric})
+    elif numeric:
         stat = {"mean": lambda c: pl.col(c).mean(), "median": lambda c: pl.col(c).median(),
-                "mode": _mode}[params.missing]
-        stats = [stat(c) for c in numeric]
-    fill = kept.select(*modes, *stats).collect(engine="streaming").row(0, named=True)
+                "mode": lambda c: pl.col(c).drop_nulls().mode().sort().first()}[params.missing]
+        # one aggregation per query kind: a mean streams, a median or mode holds its column
+        fill.update(kept.select(stat(c).alias(c) for c in numeric)
+                    .collect(engine="streaming").row(0, named=True))
     return {"fill": {c: v if isinstance(v, str) else (0.0 if v is None else float(v))
                      for c, v in fill.items()}}
 
 
-def _mode(column: str) -> pl.Expr:
-    """The most frequent non-null value; the smallest of tied ones, so the result is stable."""
-    return pl.col(column).drop_nulls().mode().sort().first().alias(column)
+def _mode(frame: pl.LazyFrame, column: str):
+    """The most frequent non-null value (the smallest of tied ones, so the result is stable),
+    counted by a streaming group-by rather than by holding the column."""
+    counts = (frame.select(column).drop_nulls().group_by(column).len()
+              .sort(["len", column], descending=[True, False]).head(1)
+              .collect(engine="streaming"))
+    return counts[column][0] if len(counts) else None
 
 
 def apply(frame: Frame, schema: TableSchema, params: CleanParams,

@@ -43,10 +43,9 @@ def fit(frame: Frame, schema: TableSchema, params: EncodeParams, seed: int = 0) 
     if unknown:
         raise DataError(f"encode.columns: {unknown} are not feature columns; "
                         f"features are {schema.features}")
-    found = frame.lazy().select(
-        pl.col(c).cast(pl.Utf8).drop_nulls().unique().sort().implode() for c in columns
-    ).collect(engine="streaming")
-    return {"categories": {c: found[c][0].to_list() for c in columns}}
+    lf = frame.lazy()
+    return {"categories": {c: lf.select(pl.col(c).cast(pl.Utf8)).drop_nulls().unique()
+                           .collect(engine="streaming")[c].sort().to_list() for c in columns}}
 
 
 def _check_seen(frame: Frame, column: str, categories: list[str]) -> None:

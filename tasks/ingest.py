@@ -166,7 +166,7 @@ def _load_file(source: FileSource) -> tuple[pl.LazyFrame, TableSchema]:
     # Text columns stay text (categories); an `encode` step turns them into numbers.
     lf = lf.select(*(pl.col(c) if dtypes[c].is_numeric() else pl.col(c).cast(pl.Utf8)
                      for c in features), *kept, pl.col(source.target).cast(pl.Utf8))
-    labels = lf.select(pl.col(source.target).drop_nulls().unique()).collect(engine="streaming")
+    labels = lf.select(source.target).drop_nulls().unique().collect(engine="streaming")
     classes = _natural_sorted(labels[source.target].to_list())
     return lf, TableSchema(target=source.target, features=features, classes=classes)
 

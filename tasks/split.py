@@ -14,7 +14,7 @@ from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.errors import DataError
 from trainflow.spec.base import Section
-from trainflow.steps import scan_parts, write_parts
+from trainflow.steps import SPLITS, scan_parts, write_parts
 from trainflow.tables import TableSchema, class_counts
 
 
@@ -88,15 +88,14 @@ def split_rows(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
         inner = GroupShuffleSplit(1, test_size=val_share, random_state=seed)
         train, val = next(inner.split(rest, groups=groups[rest]))
         return {"train": np.sort(rest[train]), "val": np.sort(rest[val]), "test": np.sort(test)}
-    codes = np.zeros(len(df), np.int64)
+    codes = np.zeros(len(df), np.uint32)
     if params.strategy == "stratified":
         check_stratifiable(df, schema, 3, "a stratified train/validation/test split")
-        labels = df[schema.target].cast(pl.Utf8)
+        labels = df[schema.target].cast(pl.Utf8).cast(pl.Enum(schema.classes))
         if labels.null_count():
             raise DataError(f"target {schema.target!r} has {labels.null_count()} missing "
                             "value(s): add a `clean` step (drop_missing_label) before `split`")
-        codes = labels.replace_strict({c: i for i, c in enumerate(schema.classes)},
-                                      return_dtype=pl.Int64).to_numpy()
+        codes = labels.to_physical().to_numpy()
     return stratified_parts(codes, params.validation, params.test, seed)
 
 
@@ -119,16 +118,22 @@ def stratified_parts(codes: np.ndarray, validation: float, test: float,
     vectorized sort, fast at millions of rows where train_test_split spends seconds per call.
     """
     n = len(codes)
-    order = np.argsort(codes + np.random.default_rng(seed).random(n), kind="stable")
-    sorted_codes = codes[order]
-    counts = np.bincount(sorted_codes)
+    key = np.random.default_rng(seed).random(n)
+    key += codes
+    order = np.argsort(key, kind="stable")  # by class, randomly within a class
+    del key
+    counts = np.bincount(codes)
     n_test = _allocate(counts, int(np.ceil(n * test)))
-    rest = n - n_test.sum()
-    n_val = _allocate(counts - n_test, int(np.ceil(rest * validation / (1 - test))))
-    rank = np.arange(n) - np.concatenate([[0], np.cumsum(counts)[:-1]])[sorted_codes]
-    part = np.where(rank < n_test[sorted_codes], 2,
-                    np.where(rank < (n_test + n_val)[sorted_codes], 1, 0))
-    return {name: np.sort(order[part == k]) for k, name in enumerate(("train", "val", "test"))}
+    n_val = _allocate(counts - n_test, int(np.ceil((n - n_test.sum()) * validation / (1 - test))))
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    start = 0
+    for count, k_test, k_val in zip(counts, n_test, n_val):  # each class is one block of `order`
+        block = order[start:start + count]
+        parts["test"].append(block[:k_test])
+        parts["val"].append(block[k_test:k_test + k_val])
+        parts["train"].append(block[k_test + k_val:])
+        start += count
+    return {name: np.sort(np.concatenate(blocks)) for name, blocks in parts.items()}
 
 
 def split_frame(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
@@ -161,10 +166,17 @@ def split(data: ArtifactRef, params: SplitParams, seed: int, store: str) -> Arti
     for field in ("group_column", "time_column"):
         if getattr(params, field) and getattr(params, field) not in names:
             _column(pl.DataFrame(schema=names), getattr(params, field), field)
-    keys = lf.select(key_columns(schema, params)).collect()
+    # The labels as an Enum (4-byte codes, not strings): millions of rows stay small in memory.
+    keys = lf.select(key_columns(schema, params)).with_columns(
+        pl.col(schema.target).cast(pl.Utf8).cast(pl.Enum(schema.classes))).collect()
     rows = split_rows(keys, schema, params, seed)
-    # Streamed: each part is the table filtered to its row numbers, never all of it in memory.
+    # Streamed: each part is the table filtered by a one-byte part number per row (looked up by
+    # row number), never all of the table in memory.
+    part = np.zeros(len(keys), np.uint8)
+    for number, name in enumerate(SPLITS):
+        part[rows[name]] = number
+    part_of = pl.lit(pl.Series("part", part)).gather(pl.col("__row"))
     numbered = lf.with_row_index("__row")
-    parts = {name: (numbered.filter(pl.col("__row").is_in(pl.Series(index, dtype=pl.UInt32).implode()))
-                    .drop("__row"), schema) for name, index in rows.items()}
+    parts = {name: (numbered.filter(part_of == number).drop("__row"), schema)
+             for number, name in enumerate(SPLITS)}
     return write_parts(Store(store), "splits", parts)
