@@ -16,7 +16,7 @@ from trainflow.engine.bundle import score, train_into
 from trainflow.engine.loop import Split
 from trainflow.spec.train import TrainSpec
 from trainflow.steps import fit_apply, read_parts
-from trainflow.tables import to_arrays
+from trainflow.tables import sample_weights, to_arrays
 from trainflow.tasks.split import fold_frames
 
 
@@ -34,7 +34,9 @@ def fold_data(splits: ArtifactRef, fold: int, folds: int, steps: list[Any], seed
     for step in steps:
         entry = registry.STEPS[step.type]
         frames, _ = fit_apply(frames, step, entry.fit, entry.apply, seed)
-    data = {name: Split.from_arrays(*to_arrays(*frames[name])) for name in frames}
+    data = {name: Split.from_arrays(*to_arrays(*frames[name]),
+                                    sample_weights(*frames[name]) if name == "train" else None)
+            for name in frames}
     return data, frames["train"][1]
 
 

@@ -87,20 +87,19 @@ def one_hot_name(column: str, category: str) -> str:
     return f"{column}={category}"
 
 
-def decode(df: pl.DataFrame, state: State, method: str) -> pl.DataFrame:
+def decode(df: pl.DataFrame, state: State) -> pl.DataFrame:
     """The inverse of `apply` for reports: encoded columns back to their category names.
 
     One-hot columns become one text column again (null where every indicator is 0, i.e. the
     value was missing or unseen); ordinal codes map back to names (-1 to null).
     """
     for column, categories in state["categories"].items():
-        if method == "ordinal":
-            if column in df.columns:
-                df = df.with_columns(pl.col(column).replace_strict(
-                    dict(enumerate(categories)), default=None, return_dtype=pl.Utf8))
-            continue
         names = [one_hot_name(column, c) for c in categories]
-        if not all(n in df.columns for n in names):
+        if column in df.columns and df[column].dtype.is_integer():  # ordinal
+            df = df.with_columns(pl.col(column).replace_strict(
+                dict(enumerate(categories)), default=None, return_dtype=pl.Utf8))
+            continue
+        if not names or not all(n in df.columns for n in names):
             continue
         decoded = pl.coalesce(pl.when(pl.col(n) > 0.5).then(pl.lit(c))
                               for n, c in zip(names, categories))

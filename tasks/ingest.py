@@ -49,6 +49,9 @@ class FileSource(Section):
     keep_columns: list[str] = Field(
         default_factory=list, description="Columns carried along but not used as features "
         "(group ids or timestamps for `split`)")
+    weight_column: str | None = Field(
+        None, description="A column of per-row loss weights (numbers >= 0), carried through to "
+        "the training loss; not a feature")
 
     def content_fingerprint(self) -> str:
         """The file's sha256, so that an edited file is never served from the cache."""
@@ -157,7 +160,7 @@ def _load_file(source: FileSource) -> tuple[pl.LazyFrame, TableSchema]:
         lf = _coerce(_blank_as_missing(lf.select(list(source.columns)), source.columns),
                      source.columns, path)
     dtypes = lf.collect_schema()
-    kept = source.keep_columns
+    kept = source.keep_columns + ([source.weight_column] if source.weight_column else [])
     features = source.features or [c for c in dtypes if c not in (source.target, *kept)]
     missing = [c for c in features + kept if c not in dtypes]
     if missing:
@@ -168,7 +171,27 @@ def _load_file(source: FileSource) -> tuple[pl.LazyFrame, TableSchema]:
                      for c in features), *kept, pl.col(source.target).cast(pl.Utf8))
     labels = lf.select(source.target).drop_nulls().unique().collect(engine="streaming")
     classes = _natural_sorted(labels[source.target].to_list())
-    return lf, TableSchema(target=source.target, features=features, classes=classes)
+    if source.weight_column:
+        lf = lf.with_columns(_checked_weights(lf, source.weight_column, dtypes, path))
+    return lf, TableSchema(target=source.target, features=features, classes=classes,
+                           weight=source.weight_column)
+
+
+def _checked_weights(lf: pl.LazyFrame, column: str, dtypes, path: Path) -> pl.Expr:
+    """The weight column as float64, after checking every value is a finite number >= 0."""
+    if not dtypes[column].is_numeric():
+        raise DataError(f"data.source.weight_column: {column!r} in {path} holds "
+                        f"{dtypes[column]}, not numbers")
+    value = pl.col(column).cast(pl.Float64)
+    bad = lf.select((value.is_null() | ~value.is_finite() | (value < 0)).sum()).collect(
+        engine="streaming").item()
+    if bad:
+        examples = lf.filter(value.is_null() | ~value.is_finite() | (value < 0)).select(
+            column).head(3).collect()[column].to_list()
+        raise DataError(f"data.source.weight_column: {bad} value(s) of {column!r} in {path} are "
+                        f"missing, infinite or negative, such as {examples}; weights must be "
+                        "finite numbers >= 0")
+    return value
 
 
 def _load_image_folder(source: ImageFolderSource) -> tuple[pl.DataFrame, TableSchema]:

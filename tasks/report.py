@@ -18,6 +18,8 @@ from prefect.runtime import flow_run
 from trainflow.artifacts import ArtifactRef, Store, atomic_write_bytes, atomic_write_text
 from trainflow.caching import CACHED
 from trainflow.metrics import METRICS
+from trainflow.tables import IMAGE_COLUMN, scan_table
+from trainflow.tasks.encode import decode
 
 PREVIEW = "augment_preview.png"
 
@@ -29,6 +31,18 @@ def cv_summary(folds: list[ArtifactRef]) -> dict:
     spread = {m: statistics.stdev(r[m] for r in rows) if len(rows) > 1 else 0.0 for m in METRICS}
     return {"folds": rows, "mean": {m: statistics.fmean(r[m] for r in rows) for m in METRICS},
             "std": spread}
+
+
+def training_sample(splits: ArtifactRef, steps: list[ArtifactRef], rows: int = 5) -> list[dict]:
+    """The first training rows as the model gets them, with encoded categories shown by name
+    again (encode's inverse), so that a reader can check what the steps did."""
+    frame = scan_table(splits.path / "train.parquet")[0].head(rows).collect()
+    for ref in steps:
+        if ref.meta.get("step") == "encode":
+            frame = decode(frame, json.loads((ref.path / "state.json").read_text()))
+    if IMAGE_COLUMN in frame.columns:
+        frame = frame.drop(IMAGE_COLUMN)
+    return frame.to_dicts()
 
 
 def collect(name: str, spec_fingerprint: str, data: dict, model: ArtifactRef,
@@ -45,6 +59,7 @@ def collect(name: str, spec_fingerprint: str, data: dict, model: ArtifactRef,
                  "classes": {k: v["classes"] for k, v in parts.items()},
                  "ingested_rows": data["table"].count},
         "profile": data["profile"].meta["profile"],
+        "training_sample": training_sample(data["splits"], data["steps"]),
         "anomalies": [json.loads((ref.path / "state.json").read_text())["found"]
                       for ref in data["steps"] if ref.meta.get("step") == "anomalies"],
         "train": dict(model.meta),
@@ -90,6 +105,11 @@ def render(summary: dict) -> str:
         out += ["", _table(["column", "type", "missing", "distinct"],
                            [[r["column"], r["dtype"], r["missing"], r.get("distinct", "")]
                             for r in others])]
+    sample = summary.get("training_sample")
+    if sample and len(sample[0]) > 1:
+        keys = list(sample[0])[:12]
+        out += ["", f"## Training rows as prepared (first {len(sample)}; encoded categories "
+                "shown by name)", "", _table(keys, [[row[k] for k in keys] for row in sample])]
     for found in summary["anomalies"]:
         out += ["", "## Anomalies",
                 f"{found['anomalies']} of {found['rows']} rows flagged where the detector was "

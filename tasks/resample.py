@@ -16,7 +16,7 @@ from trainflow.caching import CACHED
 from trainflow.errors import DataError
 from trainflow.spec.base import Section
 from trainflow.steps import State, transform
-from trainflow.tables import TableSchema
+from trainflow.tables import SYNTHETIC_COLUMN, TableSchema
 
 SAMPLERS = {
     "smote": over_sampling.SMOTE,
@@ -107,9 +107,15 @@ def apply(df: pl.DataFrame, schema: TableSchema, params: ResampleParams,
     strategy = params.sampling_strategy
     if isinstance(strategy, dict):
         strategy = {int(np.searchsorted(names, k)): v for k, v in strategy.items() if k in names}
+    extras = [c for c in df.columns if c not in (*schema.features, schema.target)]
+    if extras and params.method in ("smote_tomek", "smote_enn"):
+        raise DataError(f"resample ({params.method}) cannot carry the columns {extras} along: "
+                        "its cleaning pass does not report which rows it kept; use smote (or "
+                        "another sampler) or leave those columns out")
     try:
-        x_res, codes_res = sampler(params.model_copy(update={"sampling_strategy": strategy}),
-                                   schema.classes, state["seed"]).fit_resample(x, codes)
+        chosen = sampler(params.model_copy(update={"sampling_strategy": strategy}),
+                         schema.classes, state["seed"])
+        x_res, codes_res = chosen.fit_resample(x, codes)
         y_res = names[codes_res]
     except ValueError as exc:
         raise DataError(f"resample ({params.method}) failed on the training part: {exc}") from None
@@ -117,7 +123,21 @@ def apply(df: pl.DataFrame, schema: TableSchema, params: ResampleParams,
     out = out.with_columns(pl.col(c).cast(df[c].dtype, strict=False) for c in schema.features
                            if out[c].dtype != df[c].dtype)
     out = out.with_columns(pl.Series(schema.target, y_res, dtype=pl.Utf8))
+    if extras:
+        out = out.with_columns(_carried(df.select(extras), chosen, len(out), schema))
     return out.select(df.columns), schema
+
+
+def _carried(extras: pl.DataFrame, chosen, rows: int, schema: TableSchema) -> list[pl.Series]:
+    """The non-feature columns of the resampled rows: a kept row keeps its values (samplers
+    that choose rows report them in `sample_indices_`; SMOTE-style samplers keep every original
+    row first); a new row gets weight 1, `synthetic` = 1 and nulls elsewhere."""
+    index = getattr(chosen, "sample_indices_", None)
+    kept = extras[np.asarray(index)] if index is not None else extras
+    new = rows - len(kept)
+    fill = {schema.weight: 1.0, SYNTHETIC_COLUMN: 1}
+    return [pl.concat([kept[c], pl.Series(c, [fill.get(c)] * new).cast(kept[c].dtype)])
+            for c in extras.columns]
 
 
 @task(name="resample", **CACHED)

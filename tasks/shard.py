@@ -18,7 +18,7 @@ from trainflow.shards import MANIFEST, write_split
 from trainflow.spec.augment import AugmentSpec
 from trainflow.spec.base import Section
 from trainflow.steps import SPLITS, read_parts
-from trainflow.tables import to_arrays
+from trainflow.tables import sample_weights, to_arrays
 
 
 OFFLINE_WORKER = 1_000_000
@@ -69,13 +69,15 @@ def shard(splits: ArtifactRef, params: ShardParams, store: str, seed: int = 0) -
     with target.writer("shards") as staging:
         for name in SPLITS:
             x, y = to_arrays(*parts[name])
+            w = sample_weights(*parts[name]) if name == "train" else None
             if name == "train" and params.expand:
                 x, y = expand(x, y, params.expand, seed, bool(schema.image_shape))
+                w = np.concatenate([w] * (params.expand.copies + 1)) if w is not None else None
             manifest["splits"][name] = write_split(staging, name, x, y, schema.classes,
                                                    params.max_samples,
                                                    params.per_record if params.per_record != "auto"
                                                    else record_samples(x),
-                                                   params.max_bytes)
+                                                   params.max_bytes, w)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         counts = {k: v["samples"] for k, v in manifest["splits"].items()}
         return target.commit(staging, "shards", count=sum(counts.values()),

@@ -74,8 +74,9 @@ def apply(df: pl.DataFrame, schema: TableSchema, params: SynthesizeParams,
                      for i, c in enumerate(schema.features)}
         block = pl.DataFrame({**synthetic, schema.target: [label] * missing,
                               MARKER: pl.Series([1] * missing, dtype=pl.Int8)})
-        for other in (c for c in real.columns if c not in block.columns):
-            block = block.with_columns(pl.lit(None, real[other].dtype).alias(other))
+        for other in (c for c in real.columns if c not in block.columns):  # weight 1, else null
+            block = block.with_columns(pl.lit(1.0 if other == schema.weight else None,
+                                              real[other].dtype).alias(other))
         parts.append(block.select(real.columns))
     return pl.concat(parts), schema
 

@@ -52,8 +52,8 @@ def load_training_splits(shards: ArtifactRef | str, on_corrupt: str,
     x, y, missing = read_split_checked(base, "val", on_corrupt, cache_dir)
     val = Split.from_arrays(x, y)
     if in_memory:
-        x, y = read_paths(stream.paths, read_manifest(base, cache_dir)["input_shape"])
-        return {"train": Split.from_arrays(x, y), "val": val}, lost + missing
+        x, y, w = read_paths(stream.paths, read_manifest(base, cache_dir)["input_shape"])
+        return {"train": Split.from_arrays(x, y, w), "val": val}, lost + missing
     return {"train": stream, "val": val}, lost + missing
 
 

@@ -98,15 +98,18 @@ def fetch(url: str, cache_dir: Path, sha256: str | None = None) -> Path:
     return target
 
 
-def decode_record(record: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) of one tar record, without pickle; other members are ignored."""
+def decode_record(record: dict) -> tuple[np.ndarray, ...]:
+    """(x, y) of one tar record, or (x, y, w) when it carries loss weights; without pickle, and
+    other members are ignored."""
     try:
         x = np.load(io.BytesIO(record["x.npy"]), allow_pickle=False)
-        y = np.load(io.BytesIO(record["y.npy"]), allow_pickle=False)
+        y = np.load(io.BytesIO(record["y.npy"]), allow_pickle=False).astype(np.int64)
+        if "w.npy" in record:
+            return x, y, np.load(io.BytesIO(record["w.npy"]), allow_pickle=False)
     except (KeyError, ValueError) as exc:
         raise ArtifactError(f"shard record {record.get('__key__')!r} in "
                             f"{record.get('__url__')!r} is not a trainflow record: {exc}") from None
-    return x, y.astype(np.int64)
+    return x, y
 
 
 @dataclass(frozen=True)
@@ -130,10 +133,11 @@ def _worker_seed(rank: int) -> int:
     return rank * 1000 + (info.id if info else 0)
 
 
-def _shuffled_batches(records: Iterator[tuple[np.ndarray, np.ndarray]], config: StreamConfig,
+def _shuffled_batches(records: Iterator[tuple[np.ndarray, ...]], config: StreamConfig,
                       epoch: int, augment: Callable | None
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches drawn from a pool of at least `shuffle_buffer` samples, permuted as a whole.
+                      ) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Batches (x, y) or (x, y, w) drawn from a pool of at least `shuffle_buffer` samples,
+    permuted as a whole.
 
     Records are whole runs of samples; pooling them and permuting the pool (one vectorized
     step) shuffles sample by sample without per-sample Python work. The randomness comes from
@@ -144,25 +148,26 @@ def _shuffled_batches(records: Iterator[tuple[np.ndarray, np.ndarray]], config: 
     worker = info.id if info else 0
     generator = torch.Generator().manual_seed(_stream_seed(config, epoch, worker))
     augment = augment(epoch, worker) if augment else None
-    xs, ys, pooled = [], [], 0
+    pool: list[list[np.ndarray]] = []  # per record: x, y (and w)
+    pooled = 0
 
-    def drain(final: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        nonlocal xs, ys, pooled
-        x, y = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+    def drain(final: bool) -> Iterator[tuple[torch.Tensor, ...]]:
+        nonlocal pool, pooled
+        columns = [torch.from_numpy(np.concatenate(parts)) for parts in zip(*pool)]
         if config.shuffle_buffer > 1:
-            order = torch.randperm(len(y), generator=generator)
-            x, y = x[order], y[order]
+            order = torch.randperm(len(columns[1]), generator=generator)
+            columns = [c[order] for c in columns]
         # Keep the tail in the pool so that batches stay full and mixed with what comes next.
-        stop = len(y) if final else len(y) - len(y) % config.batch_size
+        n = len(columns[1])
+        stop = n if final else n - n % config.batch_size
         for start in range(0, stop, config.batch_size):
-            xb = x[start:start + config.batch_size]
-            yield (augment(xb) if augment else xb), y[start:start + config.batch_size]
-        xs, ys, pooled = ([x[stop:].numpy()], [y[stop:].numpy()], len(y) - stop)
+            x, *rest = (c[start:start + config.batch_size] for c in columns)
+            yield (augment(x) if augment else x), *rest
+        pool, pooled = [[c[stop:].numpy() for c in columns]], n - stop
 
-    for x, y in records:
-        xs.append(x)
-        ys.append(y)
-        pooled += len(y)
+    for record in records:
+        pool.append(list(record))
+        pooled += len(record[1])
         if pooled >= max(config.shuffle_buffer, config.batch_size):
             yield from drain(final=False)
     if pooled:

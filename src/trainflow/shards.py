@@ -29,13 +29,15 @@ def _encode_array(x: np.ndarray) -> bytes:
 
 
 def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, classes: list[str],
-                max_samples: int, per_record: int, max_bytes: int | None = None) -> dict:
+                max_samples: int, per_record: int, max_bytes: int | None = None,
+                w: np.ndarray | None = None) -> dict:
     """Write one split as `<split>-NNNNNN.tar` shards; return its manifest entry.
 
     A shard holds at most `max_samples` samples and, where it has more than one record, at
     most `max_bytes` bytes. Each tar record packs up to `per_record` consecutive samples
-    (`x.npy` of shape (n, *input_shape) and `y.npy` of n class indices), so that reading is not
-    dominated by per-member overhead.
+    (`x.npy` of shape (n, *input_shape) and `y.npy` of n class indices, and `w.npy` of n loss
+    weights when the table has a weight column), so that reading is not dominated by per-member
+    overhead.
     """
     folder.mkdir(parents=True, exist_ok=True)
     shards: list[dict] = []
@@ -52,9 +54,8 @@ def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, classes:
     while start < len(x):
         room = max_samples - in_shard if sink is not None else max_samples
         stop = min(start + per_record, start + room, len(x))
-        record = {"__key__": f"{split}{start:08d}", "x.npy": _encode_array(x[start:stop]),
-                  "y.npy": _encode_array(y[start:stop])}
-        size = len(record["x.npy"]) + len(record["y.npy"]) + 2048  # + tar headers
+        record = _record(split, start, stop, x, y, w)
+        size = sum(len(v) for k, v in record.items() if k != "__key__") + 3072  # + tar headers
         full = sink is not None and (in_shard >= max_samples or (
             max_bytes is not None and bytes_in_shard + size > max_bytes))
         if sink is None or full:
@@ -66,17 +67,25 @@ def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, classes:
                                  group="trainflow")
             in_shard, bytes_in_shard = 0, 0
             stop = min(start + per_record, start + max_samples, len(x))
-            record = {"__key__": f"{split}{start:08d}", "x.npy": _encode_array(x[start:stop]),
-                      "y.npy": _encode_array(y[start:stop])}
-            size = len(record["x.npy"]) + len(record["y.npy"]) + 2048
+            record = _record(split, start, stop, x, y, w)
+            size = sum(len(v) for k, v in record.items() if k != "__key__") + 3072
         sink.write(record)
         in_shard += stop - start
         bytes_in_shard += size
         start = stop
     close()
     histogram = np.bincount(y, minlength=len(classes))
-    return {"samples": int(len(x)), "shards": shards,
+    return {"samples": int(len(x)), "shards": shards, "weighted": w is not None,
             "classes": {c: int(n) for c, n in zip(classes, histogram)}}
+
+
+def _record(split: str, start: int, stop: int, x: np.ndarray, y: np.ndarray,
+            w: np.ndarray | None) -> dict:
+    record = {"__key__": f"{split}{start:08d}", "x.npy": _encode_array(x[start:stop]),
+              "y.npy": _encode_array(y[start:stop])}
+    if w is not None:
+        record["w.npy"] = _encode_array(w[start:stop])
+    return record
 
 
 def _join(base: str | Path, name: str) -> str:
@@ -118,25 +127,37 @@ def read_split(folder: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def read_paths(paths: list[str], input_shape: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Every sample of the given (already verified) shards, in order."""
-    xs, ys = [], []
+def read_paths(paths: list[str], input_shape: list[int]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Every sample of the given (already verified) shards, in order: features, labels and the
+    loss weights (None when the shards carry none)."""
+    xs, ys, ws = [], [], []
     if paths:
         for record in wds.WebDataset(paths, shardshuffle=False, empty_check=False):
-            x, y = decode_record(record)
+            x, y, *w = decode_record(record)
             xs.append(x)
             ys.append(y)
+            ws += w
     x = np.concatenate(xs) if xs else np.zeros((0, *input_shape), np.float32)
-    return x, np.concatenate(ys) if ys else np.zeros(0, np.int64)
+    return (x, np.concatenate(ys) if ys else np.zeros(0, np.int64),
+            np.concatenate(ws) if ws else None)
 
 
 def read_split_checked(base: str | Path, split: str, on_corrupt: str = "error",
                        cache_dir: Path = DEFAULT_CACHE) -> tuple[np.ndarray, np.ndarray, int]:
     """Samples of one split in memory after checking each shard (see `shard_paths`)."""
+    x, y, _, lost = read_split_weighted(base, split, on_corrupt, cache_dir)
+    return x, y, lost
+
+
+def read_split_weighted(base: str | Path, split: str, on_corrupt: str = "error",
+                        cache_dir: Path = DEFAULT_CACHE
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """Features, labels, loss weights (or None) and samples lost of one checked split."""
     paths, lost, manifest = shard_paths(base, split, on_corrupt, cache_dir)
-    x, y = read_paths(paths, manifest["input_shape"])
+    x, y, w = read_paths(paths, manifest["input_shape"])
     expected = manifest["splits"][split]["samples"] - lost
     if len(x) != expected or len(y) != len(x):
         raise ArtifactError(f"split {split!r} in {base}: read {len(x)} samples, "
                             f"the manifest lists {expected}")
-    return x, y, lost
+    return x, y, w, lost

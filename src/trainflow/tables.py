@@ -25,6 +25,7 @@ class TableSchema(BaseModel):
     features: list[str]
     classes: list[str]
     image_shape: list[int] | None = None
+    weight: str | None = None  # a per-row loss weight column (never a feature)
 
     @property
     def input_shape(self) -> list[int]:
@@ -90,6 +91,13 @@ def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.nda
     y = np.asarray([index[str(v)] for v in df[schema.target].to_list()], dtype=np.int64)
     x = np.ascontiguousarray(x)
     return (x if x.flags.writeable else x.copy()), y  # polars may hand out read-only views
+
+
+def sample_weights(df: pl.DataFrame, schema: TableSchema) -> np.ndarray | None:
+    """The rows' loss weights (float32), or None when the table declares no weight column."""
+    if not schema.weight:
+        return None
+    return df[schema.weight].cast(pl.Float32).fill_null(1.0).to_numpy().astype(np.float32)
 
 
 def class_counts(df: pl.DataFrame | pl.LazyFrame, schema: TableSchema) -> dict[str, int]:

@@ -49,6 +49,9 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
         assert sum(metrics["data"]["rows"].values()) == metrics["data"]["ingested_rows"]
     else:  # SMOTE balanced the training part, and only it; anomalies were reported
         assert "## Anomalies" in report and metrics["anomalies"][0]["anomalies"] > 0
+        assert "## Training rows as prepared" in report
+        sample = metrics["training_sample"][0]
+        assert isinstance(sample["Home"], str) and not any(k.startswith("Home=") for k in sample)
         assert len(set(metrics["data"]["classes"]["train"].values())) == 1
         assert metrics["data"]["train_before_post_split_steps"]["rows"] < metrics["data"]["rows"]["train"]
     assert all(Path(path).exists() for path in metrics["models"].values())

@@ -157,8 +157,8 @@ def test_records_are_never_unpickled(tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
-    x, y = read_paths([str(shard)], [4])
-    assert x.shape == (2, 4) and y.tolist() == [0, 0]
+    x, y, w = read_paths([str(shard)], [4])
+    assert x.shape == (2, 4) and y.tolist() == [0, 0] and w is None
     streamed = list(loader([str(shard)], StreamConfig(batch_size=2), 0, 2))
     assert len(streamed) == 1 and not marker.exists()
 

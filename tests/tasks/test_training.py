@@ -217,4 +217,7 @@ def test_training_from_the_streamed_loader_scores_like_in_memory(prepared):
     assert test.meta["accuracy"] >= 0.93
     again = train_model.fn(prepared["shards"], MODEL, spec, 0,
                            prepared["store"] + "-again")
-    assert again.fingerprint == streamed.fingerprint  # same seed and workers: same weights
+    # same seed and workers: the same batches, so the same weights (up to the float drift that
+    # concurrent load can cause in CPU kernels)
+    first, second = (checkpoint.load(ref.path / "best.pt")["model"] for ref in (streamed, again))
+    assert all(torch.allclose(first[k], second[k], atol=1e-5) for k in first)

@@ -24,14 +24,17 @@ from trainflow.spec.train import TrainSpec
 
 @dataclass
 class Split:
-    """One in-memory split: features (N, *shape) float32 and labels (N,) int64."""
+    """One in-memory split: features (N, *shape) float32, labels (N,) int64 and, when the data
+    has a weight column, per-sample loss weights (N,) float32."""
 
     x: torch.Tensor
     y: torch.Tensor
+    w: torch.Tensor | None = None
 
     @classmethod
-    def from_arrays(cls, x: np.ndarray, y: np.ndarray) -> Split:
-        return cls(torch.from_numpy(x), torch.from_numpy(y))
+    def from_arrays(cls, x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> Split:
+        return cls(torch.from_numpy(x), torch.from_numpy(y),
+                   torch.from_numpy(w) if w is not None else None)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -80,8 +83,9 @@ def weights_from_counts(counts: torch.Tensor) -> torch.Tensor:
 
 def batches(data: Split, batch_size: int, generator: torch.Generator | None = None,
             sample_weights: torch.Tensor | None = None
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches in a random order drawn from `generator`, or in order without one.
+            ) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Mini-batches (x, y), or (x, y, w) with loss weights, in a random order drawn from
+    `generator`, or in order without one.
 
     With `sample_weights`, an epoch is len(data) draws with replacement, each row drawn with
     probability proportional to its weight (a weighted random sampler).
@@ -91,12 +95,24 @@ def batches(data: Split, batch_size: int, generator: torch.Generator | None = No
         order = torch.multinomial(sample_weights, n, replacement=True, generator=generator)
     else:
         order = torch.randperm(n, generator=generator) if generator is not None else None
+    columns = (data.x, data.y) if data.w is None else (data.x, data.y, data.w)
     for start in range(0, n, batch_size):
         if order is None:
-            yield data.x[start:start + batch_size], data.y[start:start + batch_size]
+            yield tuple(c[start:start + batch_size] for c in columns)
         else:
             index = order[start:start + batch_size]
-            yield data.x[index], data.y[index]
+            yield tuple(c[index] for c in columns)
+
+
+def weighted_loss(logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None,
+                  w: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy, weighted per class and per sample and normalized by the total weight (with
+    all sample weights 1 it equals cross_entropy's weighted mean)."""
+    if w is None:
+        return nn.functional.cross_entropy(logits, y, weight=class_weights)
+    per_sample = nn.functional.cross_entropy(logits, y, weight=class_weights, reduction="none")
+    total = w * class_weights[y] if class_weights is not None else w
+    return (per_sample * w).sum() / total.sum().clamp_min(1e-12)
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, batch_size: int,
@@ -109,19 +125,20 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
     raises before any checkpoint of a non-finite epoch is written."""
     model.train()
     total, seen = torch.zeros((), device=device), 0
-    for x, y in stream if stream is not None else batches(data, batch_size, generator,
-                                                          sample_weights):
+    for x, y, *w in stream if stream is not None else batches(data, batch_size, generator,
+                                                              sample_weights):
+        w = w[0].to(device, non_blocking=True) if w else None
         if augment is not None:
             x = augment(x)
         if mix is not None:  # mixup: a convex blend of pairs, and of their losses
             x, y, partner, lam = mix(x, y)
             x, y, partner = x.to(device), y.to(device), partner.to(device)
             out = model(x)
-            loss = (lam * nn.functional.cross_entropy(out, y, weight=class_weights)
-                    + (1 - lam) * nn.functional.cross_entropy(out, partner, weight=class_weights))
+            loss = (lam * weighted_loss(out, y, class_weights, w)
+                    + (1 - lam) * weighted_loss(out, partner, class_weights, w))
         else:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = nn.functional.cross_entropy(model(x), y, weight=class_weights)
+            loss = weighted_loss(model(x), y, class_weights, w)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -140,7 +157,7 @@ def predict(model: nn.Module, data: Split, batch_size: int,
     """Mean cross-entropy and class probabilities (N, classes) on CPU."""
     model.eval()
     losses, probs = [], []
-    for x, y in batches(data, batch_size):
+    for x, y, *_ in batches(data, batch_size):
         logits = model(x.to(device))
         losses.append(nn.functional.cross_entropy(logits, y.to(device), reduction="sum"))
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
