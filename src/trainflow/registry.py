@@ -18,7 +18,8 @@ from trainflow.models.cnn import cnn
 from trainflow.models.mlp import mlp
 from trainflow.spec import evaluate as ev
 from trainflow.spec.model import CNNParams, MLPParams
-from trainflow.spec.train import AdamParams, SGDParams
+from trainflow.spec.train import (AdadeltaParams, AdagradParams, AdamParams, RMSpropParams,
+                                  SGDParams)
 from trainflow.tasks import (anomalies, clean, encode, ingest, normalize, outliers, resample,
                              smooth, split, subsample, synthesize)
 
@@ -63,6 +64,9 @@ OPTIMIZERS = {
     "sgd": Entry(SGDParams, optim.sgd),
     "adam": Entry(AdamParams, optim.adam),
     "adamw": Entry(AdamParams, optim.adam),
+    "rmsprop": Entry(RMSpropParams, optim.rmsprop),
+    "adagrad": Entry(AdagradParams, optim.adagrad),
+    "adadelta": Entry(AdadeltaParams, optim.adadelta),
 }
 ENSEMBLES = {"soft_vote": Entry(ev.SoftVoteParams, soft_vote)}
 QUANTIZERS = {"dynamic_int8": Entry(ev.DynamicInt8Params, compress.quantize_dynamic_int8)}

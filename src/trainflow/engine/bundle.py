@@ -12,7 +12,7 @@ from torch import nn
 
 from trainflow import registry
 from trainflow.artifacts import ArtifactRef
-from trainflow.engine import checkpoint
+from trainflow.engine import checkpoint, optim
 from trainflow.engine.augment import Augmenter, preview_png
 from trainflow.engine.loop import FitResult, Split, fit, predict, resolve_device
 from trainflow.loader import Stream
@@ -28,8 +28,10 @@ def build_model(model: Any, input_shape: list[int], num_classes: int) -> nn.Modu
 
 def optimizer_factory(train: TrainSpec, lr: float | None = None) -> Callable:
     entry = registry.OPTIMIZERS[train.optimizer.type]
-    return lambda net: entry.impl(net.parameters(), train.optimizer, lr or train.lr,
-                                  train.weight_decay)
+    rate = lr or train.lr
+    return lambda net: entry.impl(
+        optim.param_groups(net, rate, train.weight_decay, train.no_decay, train.lr_multipliers),
+        train.optimizer, rate)
 
 
 def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,

@@ -16,7 +16,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from trainflow.engine import checkpoint
+from trainflow.engine import schedule
 from trainflow.engine.augment import Augmenter
+from trainflow.engine.update import Update
 from trainflow.errors import TrainflowError
 from trainflow.loader import Stream
 from trainflow.spec.train import TrainSpec
@@ -105,12 +107,15 @@ def batches(data: Split, batch_size: int, generator: torch.Generator | None = No
 
 
 def weighted_loss(logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None,
-                  w: torch.Tensor | None) -> torch.Tensor:
+                  w: torch.Tensor | None, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy, weighted per class and per sample and normalized by the total weight (with
     all sample weights 1 it equals cross_entropy's weighted mean)."""
+    logits = logits.float()  # the loss in fp32 also under autocast
     if w is None:
-        return nn.functional.cross_entropy(logits, y, weight=class_weights)
-    per_sample = nn.functional.cross_entropy(logits, y, weight=class_weights, reduction="none")
+        return nn.functional.cross_entropy(logits, y, weight=class_weights,
+                                           label_smoothing=label_smoothing)
+    per_sample = nn.functional.cross_entropy(logits, y, weight=class_weights, reduction="none",
+                                             label_smoothing=label_smoothing)
     total = w * class_weights[y] if class_weights is not None else w
     return (per_sample * w).sum() / total.sum().clamp_min(1e-12)
 
@@ -120,30 +125,42 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
                 class_weights: torch.Tensor | None = None,
                 sample_weights: torch.Tensor | None = None,
                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                mix: Callable | None = None, stream: Iterable | None = None) -> float:
+                mix: Callable | None = None, stream: Iterable | None = None,
+                update: Update | None = None) -> float:
     """One pass over `data` (or over `stream`'s batches, already augmented in its workers);
-    raises before any checkpoint of a non-finite epoch is written."""
+    raises before any checkpoint of a non-finite epoch is written. `update` holds the knobs of
+    the optimizer step (accumulation, clipping, precision, schedule, step budget)."""
+    update = update or Update()
     model.train()
-    total, seen = torch.zeros((), device=device), 0
+    optimizer.zero_grad(set_to_none=True)
+    total, seen, pending = torch.zeros((), device=device), 0, 0
+    smoothing = update.label_smoothing
     for x, y, *w in stream if stream is not None else batches(data, batch_size, generator,
                                                               sample_weights):
+        if update.done:
+            break
         w = w[0].to(device, non_blocking=True) if w else None
         if augment is not None:
             x = augment(x)
-        if mix is not None:  # mixup: a convex blend of pairs, and of their losses
-            x, y, partner, lam = mix(x, y)
-            x, y, partner = x.to(device), y.to(device), partner.to(device)
-            out = model(x)
-            loss = (lam * weighted_loss(out, y, class_weights, w)
-                    + (1 - lam) * weighted_loss(out, partner, class_weights, w))
-        else:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = weighted_loss(model(x), y, class_weights, w)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with update.autocast(device):
+            if mix is not None:  # mixup: a convex blend of pairs, and of their losses
+                x, y, partner, lam = mix(x, y)
+                x, y, partner = x.to(device), y.to(device), partner.to(device)
+                out = model(x)
+                loss = (lam * weighted_loss(out, y, class_weights, w, smoothing)
+                        + (1 - lam) * weighted_loss(out, partner, class_weights, w, smoothing))
+            else:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                loss = weighted_loss(model(x), y, class_weights, w, smoothing)
+        update.backward(loss + update.penalty(model))
+        pending += 1
+        if pending == update.accumulate:
+            update.step(model, optimizer)
+            pending = 0
         total += loss.detach() * len(y)
         seen += len(y)
+    if pending:  # the epoch's last, smaller group of batches
+        update.step(model, optimizer)
     mean = total.item() / max(seen, 1)
     if not math.isfinite(mean):
         raise TrainflowError(f"training loss became non-finite ({mean}): lower train.lr, add "
@@ -193,6 +210,10 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     image_input = train.image_input if streamed else train.x.dim() == 4
     augmenter = Augmenter(spec.augment, seed, image_input) if spec.augment else None
     pin = spec.loader.pin_memory if spec.loader.pin_memory != "auto" else device.type == "cuda"
+    per_epoch = schedule.steps_per_epoch(len(train), spec.batch_size, spec.accumulate)
+    total_steps = min(per_epoch * spec.epochs, spec.max_steps or per_epoch * spec.epochs)
+    scheduler, plateau = schedule.build(spec.schedule, optimizer, spec.lr, per_epoch, total_steps)
+    update = Update.from_spec(spec, device, scheduler)
     log = open(out_dir / "metrics.jsonl", "w") if out_dir else None
     writer = checkpoint.BackgroundWriter()
     saved_at, saved_epoch = time.monotonic(), 0
@@ -205,12 +226,19 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
                                      class_weights, sample_weights,
                                      augmenter.for_epoch(epoch) if augmenter and not streamed
                                      else None,
-                                     augmenter.mixer(epoch) if augmenter else None, stream)
+                                     augmenter.mixer(epoch) if augmenter else None, stream,
+                                     update)
             val_loss, probs = predict(model, val, spec.batch_size, device)
             val_acc = (probs.argmax(1) == val.y).float().mean().item() if len(val) else 0.0
             # metrics.jsonl holds only what the seed determines, so a rerun writes equal bytes
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                   "val_accuracy": val_acc}
+                   "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
+                   "steps": update.steps}
+            if update.grad_norms:  # clipping by norm measures it: the epoch's mean, pre-clip
+                row["grad_norm"] = sum(update.grad_norms) / len(update.grad_norms)
+                update.grad_norms.clear()
+            if plateau:
+                plateau.step(row[spec.schedule.monitor])
             result.history.append(row)
             score = sign * row[monitor]
             if score < best - min_delta:
@@ -230,6 +258,8 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
                 saved_at, saved_epoch = time.monotonic(), epoch
             if stopping and waited >= stopping.patience:
                 result.stopped_early = True
+                break
+            if update.done:  # train.max_steps reached
                 break
     finally:
         writer.close()

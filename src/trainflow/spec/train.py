@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
 from trainflow.spec.augment import AugmentSpec
 from trainflow.spec.base import Section
+from trainflow.spec.schedule import Schedule
 
 
 class SGDParams(Section):
@@ -22,6 +23,43 @@ class AdamParams(Section):
     type: Literal["adam", "adamw"]
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
+
+
+class RMSpropParams(Section):
+    type: Literal["rmsprop"]
+    alpha: float = Field(0.99, gt=0, lt=1)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    centered: bool = False
+
+
+class AdagradParams(Section):
+    type: Literal["adagrad"]
+    lr_decay: float = Field(0.0, ge=0)
+    eps: float = Field(1e-10, gt=0)
+
+
+class AdadeltaParams(Section):
+    type: Literal["adadelta"]
+    rho: float = Field(0.9, gt=0, lt=1)
+    eps: float = Field(1e-6, gt=0)
+
+
+Optimizer = Annotated[Union[SGDParams, AdamParams, RMSpropParams, AdagradParams, AdadeltaParams],
+                      Field(discriminator="type")]
+
+
+class GradClip(Section):
+    """Clip gradients before each optimizer step: by their global L2 norm, or each value."""
+
+    max_norm: float | None = Field(None, gt=0)
+    value: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.max_norm is None) == (self.value is None):
+            raise ValueError("give grad_clip either max_norm or value")
+        return self
 
 
 class EarlyStopping(Section):
@@ -57,12 +95,26 @@ class LoaderSpec(Section):
 
 
 class TrainSpec(Section):
-    optimizer: SGDParams | AdamParams = Field(
-        default_factory=lambda: AdamParams(type="adamw"), discriminator="type")
+    optimizer: Optimizer = Field(default_factory=lambda: AdamParams(type="adamw"))
     lr: float = Field(1e-3, gt=0, le=10)
+    schedule: Schedule | None = None
     weight_decay: float = Field(0.0, ge=0)
+    no_decay: list[Literal["bias", "norm"]] = Field(
+        default_factory=list, description="parameters without weight decay: biases, norm layers")
+    lr_multipliers: dict[str, float] = Field(
+        default_factory=dict, description="parameter-name glob -> factor on lr (e.g. a lower "
+        "lr for a pretrained backbone: {'0.*': 0.1})")
+    l1: float = Field(0.0, ge=0, description="L1 penalty on weights (not biases) in the loss")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
     batch_size: PositiveInt = 64
+    accumulate: PositiveInt = Field(1, description="batches per optimizer step")
+    grad_clip: GradClip | None = None
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="mixed precision: bf16 autocast (CPU or CUDA), fp16 with a grad "
+        "scaler (CUDA only)")
     epochs: PositiveInt = 20
+    max_steps: PositiveInt | None = Field(None, description="stop after this many optimizer "
+                                          "steps (epochs is then an upper bound)")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="balanced: weight each class's loss by n / (classes * count)")
     sampler: Literal["shuffle", "weighted"] = Field(
@@ -74,6 +126,13 @@ class TrainSpec(Section):
         30.0, ge=0, description="...but at most once per this many seconds (0: no limit)")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     loader: LoaderSpec = Field(default_factory=LoaderSpec)
+
+    @model_validator(mode="after")
+    def _precision_on_device(self):
+        if self.precision == "fp16" and self.device in ("cpu", "mps"):
+            raise ValueError(f"precision fp16 needs a CUDA device (device is {self.device}); "
+                             "use bf16 on CPU")
+        return self
     on_corrupt: Literal["error", "skip"] = Field(
         "error", description="a training shard that fails its sha256: stop, or skip it and "
         "report the samples lost")

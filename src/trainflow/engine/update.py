@@ -1,0 +1,81 @@
+"""The optimizer update and the knobs around it: accumulation, clipping, L1, label smoothing,
+mixed precision, the per-step schedule and a step budget."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from trainflow.errors import TrainflowError
+from trainflow.spec.train import GradClip, TrainSpec
+
+PRECISION = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Update:
+    """How batches turn into optimizer steps. `steps` counts optimizer steps over the run."""
+
+    accumulate: int = 1
+    clip: GradClip | None = None
+    l1: float = 0.0
+    label_smoothing: float = 0.0
+    precision: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    max_steps: int | None = None
+    steps: int = 0
+    grad_norms: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_spec(cls, spec: TrainSpec, device: torch.device,
+                  scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> Update:
+        dtype = PRECISION[spec.precision]
+        if spec.precision == "fp16" and device.type != "cuda":
+            raise TrainflowError(f"train.precision: fp16 needs a CUDA device, training runs on "
+                                 f"{device.type}; use bf16 (autocast) on CPU")
+        scaler = torch.amp.GradScaler("cuda") if spec.precision == "fp16" else None
+        return cls(spec.accumulate, spec.grad_clip, spec.l1, spec.label_smoothing, dtype,
+                   scaler, scheduler, spec.max_steps)
+
+    @property
+    def done(self) -> bool:
+        return self.max_steps is not None and self.steps >= self.max_steps
+
+    def autocast(self, device: torch.device):
+        if self.precision is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=self.precision)
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | float:
+        """The L1 term: l1 x the sum of |w| over weight matrices and kernels (not biases)."""
+        if not self.l1:
+            return 0.0
+        return self.l1 * sum(p.abs().sum() for p in model.parameters() if p.dim() > 1)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate this batch's share of the gradient of one optimizer step."""
+        scaled = loss / self.accumulate
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+
+    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Clip, step (through the grad scaler under fp16), clear, advance the schedule."""
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
+        if self.clip and self.clip.max_norm:
+            norm = nn.utils.clip_grad_norm_(model.parameters(), self.clip.max_norm)
+            self.grad_norms.append(float(norm))
+        elif self.clip:
+            nn.utils.clip_grad_value_(model.parameters(), self.clip.value)
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if self.scheduler:
+            self.scheduler.step()
+        self.steps += 1

@@ -1,0 +1,205 @@
+"""Training knobs (issue 4): each family changes what it should, and bad values are named."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from trainflow.engine import optim, schedule
+from trainflow.engine.bundle import optimizer_factory
+from trainflow.engine.loop import Split, fit, train_epoch, weighted_loss
+from trainflow.engine.update import Update
+from trainflow.errors import SpecError, TrainflowError
+from trainflow.models.mlp import mlp
+from trainflow.spec.pipeline import validate_spec
+from trainflow.spec.schedule import Warmup
+from trainflow.spec.train import GradClip, TrainSpec
+
+SCHEDULE_TYPES = ["step", "multi_step", "exponential", "cosine", "cosine_restarts", "cyclic",
+                  "one_cycle", "polynomial", "plateau"]
+
+
+def lrs(spec: dict, steps: int = 40, per_epoch: int = 4, lr: float = 0.1) -> list[float]:
+    """The learning rate before each of `steps` optimizer steps under a schedule spec."""
+    train = TrainSpec(lr=lr, schedule=spec)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler, _ = schedule.build(train.schedule, opt, lr, per_epoch, steps)
+    seen = []
+    for _ in range(steps):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if scheduler:
+            scheduler.step()
+    return seen
+
+
+def test_linear_and_exponential_warmup_rise_as_declared():
+    linear = lrs({"type": "cosine", "warmup": {"steps": 5, "start_factor": 0.1}})
+    assert linear[:6] == pytest.approx([0.01, 0.028, 0.046, 0.064, 0.082, 0.1])
+    assert max(linear) == pytest.approx(0.1) and linear[-1] < 0.01  # then cosine down
+    geometric = lrs({"type": "polynomial", "warmup": {"steps": 4, "start_factor": 0.01,
+                                                       "mode": "exponential"}})
+    assert geometric[:5] == pytest.approx([0.1 * 0.01 ** (1 - k / 4) for k in range(5)])
+    fraction = lrs({"type": "cosine", "warmup": {"fraction": 0.25}}, steps=40)
+    assert np.argmax(fraction) == 10  # a quarter of 40 steps
+
+
+@pytest.mark.parametrize("kind", SCHEDULE_TYPES)
+def test_every_schedule_moves_the_learning_rate_as_declared(kind):
+    extra = {"milestones": [3, 6]} if kind == "multi_step" else {}
+    if kind == "step":
+        extra = {"step_epochs": 2, "gamma": 0.5}
+    seen = lrs({"type": kind, **extra})
+    if kind == "step":  # 4 steps per epoch: halved every 8 steps
+        assert seen[7] == pytest.approx(0.1) and seen[8] == pytest.approx(0.05)
+        assert seen[16] == pytest.approx(0.025)
+    elif kind == "multi_step":
+        assert seen[11] == pytest.approx(0.1) and seen[12] == pytest.approx(0.01)
+        assert seen[24] == pytest.approx(0.001)
+    elif kind == "exponential":  # gamma 0.95 per epoch, spread over its 4 steps
+        assert seen[4] == pytest.approx(0.1 * 0.95)
+    elif kind in ("cosine", "polynomial"):
+        assert seen[0] == pytest.approx(0.1) and seen[-1] < 0.01
+        assert all(a >= b for a, b in zip(seen, seen[1:]))
+    elif kind == "cosine_restarts":  # period 10 epochs = 40 steps: one full period
+        assert seen[0] == pytest.approx(0.1) and seen[39] < 0.001
+    elif kind == "cyclic":
+        assert seen[0] == pytest.approx(1e-4) and max(seen) > seen[0]
+    elif kind == "one_cycle":  # up to lr at 30 % of training, then far below the start
+        assert np.argmax(seen) == pytest.approx(12, abs=1) and seen[-1] < seen[0]
+    else:  # plateau: per epoch, on the monitored metric; steps leave it alone
+        assert seen == [0.1] * 40
+
+
+def test_plateau_lowers_the_rate_when_validation_stops_improving():
+    x = torch.randn(64, 4)
+    data = Split(x, (x[:, 0] > 0).long())
+    spec = TrainSpec(lr=0.05, epochs=8, device="cpu", checkpoint_every=0,
+                     schedule={"type": "plateau", "patience": 0, "factor": 0.5,
+                               "monitor": "val_accuracy"})
+    # each input twice, once per class: validation accuracy is 0.5 whatever the model does
+    flat = Split(torch.cat([x, x]), torch.cat([torch.zeros(64), torch.ones(64)]).long())
+    result = fit(mlp([4], 2, [8]), data, flat, spec, 0, optimizer_factory(spec))
+    rates = [row["lr"] for row in result.history]
+    assert rates[0] == pytest.approx(0.05) and rates[-1] < rates[0] / 4
+
+
+def test_warmup_longer_than_training_is_a_clear_error():
+    with pytest.raises(TrainflowError, match=r"warmup lasts 100 optimizer steps but training "
+                                             r"has only 40 \(4 per epoch\)"):
+        lrs({"type": "cosine", "warmup": {"steps": 100}})
+
+
+def _sgd_step(update: Update, grad_scale: float = 100.0):
+    torch.manual_seed(0)
+    net = nn.Linear(8, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    before = [p.detach().clone() for p in net.parameters()]
+    (net(torch.randn(16, 8)).sum() * grad_scale).backward()
+    update.step(net, opt)
+    return [b - p.detach() for b, p in zip(before, net.parameters())]  # = the applied gradient
+
+
+def test_clipping_bounds_the_gradient_norm_or_each_value():
+    free = _sgd_step(Update())
+    assert torch.cat([g.flatten() for g in free]).norm() > 10
+    by_norm = _sgd_step(Update(clip=GradClip(max_norm=0.5)))
+    assert torch.cat([g.flatten() for g in by_norm]).norm() == pytest.approx(0.5, rel=1e-4)
+    by_value = _sgd_step(Update(clip=GradClip(value=0.2)))
+    assert max(g.abs().max() for g in by_value) <= 0.2 + 1e-6
+
+
+def test_accumulating_k_batches_of_n_equals_one_batch_of_k_times_n():
+    x = torch.randn(32, 6)
+    data = Split(x, (x.sum(1) > 0).long())
+    results = []
+    for batch, k in ((32, 1), (8, 4)):
+        torch.manual_seed(0)
+        net = mlp([6], 2, [5])
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        update = Update(accumulate=k)
+        train_epoch(net, opt, data, batch, None, torch.device("cpu"), update=update)
+        results.append((update.steps, [p.detach() for p in net.parameters()]))
+    assert results[0][0] == results[1][0] == 1
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_label_smoothing_l1_and_max_steps():
+    logits, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0])
+    smoothed = weighted_loss(logits, y, None, None, 0.2)
+    assert smoothed == pytest.approx(float(nn.functional.cross_entropy(
+        logits, y, label_smoothing=0.2)))
+    net = mlp([4], 2, [3])
+    with torch.no_grad():
+        expected = 0.01 * sum(p.abs().sum() for p in net.parameters() if p.dim() > 1)
+        assert float(Update(l1=0.01).penalty(net)) == pytest.approx(float(expected))
+    x = torch.randn(200, 4)
+    data = Split(x, (x[:, 0] > 0).long())
+    norms = []
+    for l1 in (0.0, 0.05):
+        spec = TrainSpec(lr=0.01, epochs=5, l1=l1, device="cpu", checkpoint_every=0)
+        torch.manual_seed(0)
+        model = mlp([4], 2, [16])
+        fit(model, data, data, spec, 0, optimizer_factory(spec))
+        norms.append(sum(float(p.detach().abs().sum()) for p in model.parameters()
+                         if p.dim() > 1))
+    assert norms[1] < 0.7 * norms[0]  # the penalty shrinks the weights
+    spec = TrainSpec(epochs=50, batch_size=16, max_steps=30, device="cpu", checkpoint_every=0)
+    result = fit(mlp([4], 2, [8]), data, data, spec, 0, optimizer_factory(spec))
+    assert result.history[-1]["steps"] == 30 and len(result.history) == 3  # 13 steps per epoch
+
+
+def test_bf16_autocast_on_cpu_runs_the_layers_in_bfloat16_and_learns():
+    x = torch.randn(256, 4)
+    data = Split(x, (x[:, 0] + x[:, 1] > 0).long())
+    model = mlp([4], 2, [32])
+    dtypes = set()
+    model[1].register_forward_hook(lambda m, i, out: dtypes.add(out.dtype) if m.training
+                                   else None)
+    spec = TrainSpec(lr=0.01, epochs=15, precision="bf16", device="cpu", checkpoint_every=0)
+    result = fit(model, data, data, spec, 0, optimizer_factory(spec))
+    assert dtypes == {torch.bfloat16}
+    assert result.history[-1]["val_accuracy"] > 0.9
+
+
+def test_fp16_needs_cuda():
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        TrainSpec(precision="fp16", device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainflowError, match="fp16 needs a CUDA device, training runs on "
+                                                 "cpu; use bf16"):
+            Update.from_spec(TrainSpec(precision="fp16"), torch.device("cpu"))
+
+
+def test_parameter_groups_skip_decay_on_biases_and_norms_and_scale_lr_by_name():
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    groups = optim.param_groups(net, 0.1, 0.01, ["bias", "norm"], {"2.*": 0.5})
+    by_params = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert by_params[id(net[0].weight)] == (0.1, 0.01)
+    assert by_params[id(net[0].bias)] == (0.1, 0.0)
+    assert by_params[id(net[1].weight)] == (0.1, 0.0)  # norm layer
+    assert by_params[id(net[2].weight)] == (0.05, 0.01)  # lower lr by name
+    spec = TrainSpec(optimizer={"type": "rmsprop", "momentum": 0.5}, weight_decay=0.01,
+                     no_decay=["bias"])
+    opt = optimizer_factory(spec)(net)
+    assert isinstance(opt, torch.optim.RMSprop) and opt.defaults["momentum"] == 0.5
+    assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 0.01]
+
+
+def test_bad_knob_values_name_their_path():
+    base = {"name": "t", "model": {"type": "mlp"},
+            "data": {"source": {"type": "sklearn", "dataset": "iris"}}}
+    with pytest.raises(SpecError) as err:
+        validate_spec({**base, "train": {
+            "optimizer": {"type": "adagrad", "momentum": 0.9},
+            "schedule": {"type": "one_cycle", "warmup": {"steps": 10}},
+            "grad_clip": {"max_norm": 1.0, "value": 0.5}}})
+    message = str(err.value)
+    assert "train.optimizer.momentum" in message  # adagrad has no momentum
+    assert "one_cycle ramps up by itself" in message
+    assert "give grad_clip either max_norm or value" in message
+    with pytest.raises(ValueError, match="either steps or fraction"):
+        Warmup(steps=3, fraction=0.1)
+    assert math.isfinite(lrs({"type": "cosine"})[-1])
