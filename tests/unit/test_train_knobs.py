@@ -203,3 +203,31 @@ def test_bad_knob_values_name_their_path():
     with pytest.raises(ValueError, match="either steps or fraction"):
         Warmup(steps=3, fraction=0.1)
     assert math.isfinite(lrs({"type": "cosine"})[-1])
+
+
+@pytest.mark.parametrize("scheme,expected_std", [
+    ("xavier_normal", math.sqrt(2 / (400 + 300))), ("kaiming_normal", math.sqrt(2 / 400)),
+    ("xavier_uniform", math.sqrt(2 / (400 + 300))), ("kaiming_uniform", math.sqrt(2 / 400))])
+def test_weight_initialization_schemes_have_their_spread_and_zero_biases(scheme, expected_std):
+    torch.manual_seed(0)
+    net = mlp([400], 2, [300], init=scheme)
+    weight, bias = net[1].weight, net[1].bias
+    assert float(weight.std()) == pytest.approx(expected_std, rel=0.03)
+    assert torch.count_nonzero(bias) == 0
+
+
+def test_orthogonal_init_norm_layers_and_spectral_norm():
+    net = mlp([16], 2, [16, 16], init="orthogonal", norm="layer")
+    w = net[1].weight.detach()
+    assert torch.allclose(w @ w.T, torch.eye(16), atol=1e-5)
+    assert sum(isinstance(m, nn.LayerNorm) for m in net) == 2
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in mlp([4], 2, [8, 8], norm="batch")) == 2
+    spectral = mlp([32], 2, [64], spectral_norm=True)
+    spectral.train()
+    for _ in range(20):  # power iterations run in training-mode forward passes
+        spectral(torch.randn(8, 32))
+    top = torch.linalg.matrix_norm(spectral[1].weight.detach(), ord=2)
+    assert float(top) == pytest.approx(1.0, abs=0.05)
+    from trainflow.models.cnn import cnn
+    plain = cnn([1, 8, 8], 3, [4], norm="none", init="kaiming_normal")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain)

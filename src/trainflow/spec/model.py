@@ -9,6 +9,10 @@ from pydantic import Field, PositiveInt, model_validator
 from trainflow.spec.base import Section
 
 Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "elu"]
+Init = Literal["default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
+               "orthogonal"]
+INIT_HELP = ("weights of Linear/Conv layers (biases start at zero); default: PyTorch's own "
+             "(kaiming uniform with a = sqrt(5))")
 
 
 class MLPParams(Section):
@@ -19,6 +23,10 @@ class MLPParams(Section):
     units: PositiveInt | list[PositiveInt] = 64
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    norm: Literal["none", "batch", "layer"] = "none"
+    spectral_norm: bool = Field(False, description="spectral normalization of hidden Linear "
+                                "weights (largest singular value 1)")
+    init: Init = Field("default", description=INIT_HELP)
 
     @model_validator(mode="after")
     def _units_per_layer(self):
@@ -29,7 +37,8 @@ class MLPParams(Section):
 
     def builder_kwargs(self) -> dict:
         units = self.units if isinstance(self.units, list) else [self.units] * self.hidden_layers
-        return {"hidden": units, "activation": self.activation, "dropout": self.dropout}
+        return {"hidden": units, "activation": self.activation, "dropout": self.dropout,
+                "norm": self.norm, "spectral_norm": self.spectral_norm, "init": self.init}
 
 
 class CNNParams(Section):
@@ -41,6 +50,8 @@ class CNNParams(Section):
     hidden: PositiveInt = 128
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    norm: Literal["batch", "none"] = "batch"
+    init: Init = Field("default", description=INIT_HELP)
 
     @model_validator(mode="after")
     def _odd_kernel(self):
