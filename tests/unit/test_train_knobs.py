@@ -211,7 +211,7 @@ def test_bad_knob_values_name_their_path():
 def test_weight_initialization_schemes_have_their_spread_and_zero_biases(scheme, expected_std):
     torch.manual_seed(0)
     net = mlp([400], 2, [300], init=scheme)
-    weight, bias = net[1].weight, net[1].bias
+    weight, bias = net[1].weight.detach(), net[1].bias.detach()
     assert float(weight.std()) == pytest.approx(expected_std, rel=0.03)
     assert torch.count_nonzero(bias) == 0
 
