@@ -12,7 +12,7 @@ from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine.bundle import train_into
 from trainflow.engine.loop import Split
-from trainflow.logs import run_logger
+from trainflow.logs import Progress, run_logger
 from trainflow.loader import DEFAULT_CACHE, Stream
 from trainflow.shards import (read_manifest, read_paths, read_split, read_split_checked,
                               shard_paths)
@@ -67,7 +67,10 @@ def train_model(shards: ArtifactRef, model: Any, train: TrainSpec, seed: int,
         logger.warning("%d training/validation samples lost to corrupt shards (on_corrupt: "
                        "skip)", lost)
 
+    progress = Progress("train-progress", f"training: up to {train.epochs} epochs")
+
     def log_epoch(row: dict) -> None:
+        progress.update(row["epoch"] / train.epochs)
         logger.info("epoch %(epoch)d  train_loss %(train_loss).4f  val_loss %(val_loss).4f  "
                     "val_accuracy %(val_accuracy).4f  (%(seconds).2fs)", row)
 
@@ -75,6 +78,7 @@ def train_model(shards: ArtifactRef, model: Any, train: TrainSpec, seed: int,
     with target.writer("model") as staging:
         _, result = train_into(staging, model, train, seed, data, shards.data_schema["input_shape"],
                                shards.data_schema["classes"], log_epoch)
+        progress.update(1.0)  # early stopping ends before the last epoch
         best = result.history[result.best_epoch - 1]
         return target.commit(staging, "model", count=len(data["train"]),
                              schema=shards.data_schema,

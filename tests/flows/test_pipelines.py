@@ -78,6 +78,12 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
         inline = base64.b64encode((run_dir / "augment_preview.png").read_bytes()).decode()
         expected = report.replace("](augment_preview.png)", f"](data:image/png;base64,{inline})")
     assert any(a.type == "markdown" and a.data == expected for a in artifacts)
+    # training moved a progress artifact of its task run to 100 %
+    with get_client(sync_client=True) as client:
+        progress = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-progress"])))
+    assert progress and all(a.type == "progress" for a in progress)
+    assert any(a.data == 100.0 for a in progress)
 
 
 def test_trainflow_run_command_prints_metrics_and_run_folder(tmp_path, capsys):

@@ -231,3 +231,20 @@ def test_orthogonal_init_norm_layers_and_spectral_norm():
     from trainflow.models.cnn import cnn
     plain = cnn([1, 8, 8], 3, [4], norm="none", init="kaiming_normal")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in plain)
+
+
+def test_deterministic_option_holds_during_training_and_is_restored():
+    x = torch.randn(96, 4)
+    data = Split(x, (x[:, 0] > 0).long())
+    spec = TrainSpec(epochs=2, deterministic=True, device="cpu", checkpoint_every=0)
+    runs, seen = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = mlp([4], 2, [8])
+        model[1].register_forward_hook(
+            lambda *_: seen.append(torch.are_deterministic_algorithms_enabled()))
+        runs.append(fit(model, data, data, spec, 0, optimizer_factory(spec)))
+    assert seen and all(seen) and not torch.are_deterministic_algorithms_enabled()
+    assert runs[0].history == runs[1].history
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].best_state.values(),
+                                                 runs[1].best_state.values()))

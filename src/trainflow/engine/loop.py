@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -217,6 +218,10 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     log = open(out_dir / "metrics.jsonl", "w") if out_dir else None
     writer = checkpoint.BackgroundWriter()
     saved_at, saved_epoch = time.monotonic(), 0
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if spec.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
+        torch.use_deterministic_algorithms(True)
     try:
         for epoch in tqdm(range(1, spec.epochs + 1), desc="epochs", leave=False, disable=None):
             start = time.perf_counter()
@@ -262,6 +267,7 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
             if update.done:  # train.max_steps reached
                 break
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)
         writer.close()
         if log:
             log.close()

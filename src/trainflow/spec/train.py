@@ -125,6 +125,8 @@ class TrainSpec(Section):
     checkpoint_interval_s: float = Field(
         30.0, ge=0, description="...but at most once per this many seconds (0: no limit)")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    deterministic: bool = Field(False, description="torch deterministic algorithms only (an "
+                                "error where an op has none; slower on CUDA)")
     loader: LoaderSpec = Field(default_factory=LoaderSpec)
 
     @model_validator(mode="after")
