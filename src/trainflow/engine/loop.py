@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from trainflow.engine import checkpoint
 from trainflow.engine import schedule
 from trainflow.engine.augment import Augmenter
+from trainflow.engine.resume import restore_rng, rng_state
 from trainflow.engine.update import Update
 from trainflow.errors import TrainflowError
 from trainflow.loader import Stream
@@ -185,8 +186,13 @@ def predict(model: nn.Module, data: Split, batch_size: int,
 
 def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, seed: int,
         build_optimizer: Callable[[nn.Module], torch.optim.Optimizer], out_dir: Path | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
-    """Train with early stopping on a validation metric; write metrics.jsonl and checkpoints."""
+        on_epoch: Callable[[dict], None] | None = None, resume: Path | None = None) -> FitResult:
+    """Train with early stopping on a validation metric; write metrics.jsonl and checkpoints.
+
+    `resume` continues from a last.pt of the same spec and data: weights, optimizer, schedule,
+    grad scaler, every RNG state and the early-stopping bookkeeping are restored, so the run ends
+    with the weights an uninterrupted run would have (checkpoints are taken at epoch ends).
+    """
     generator = seed_everything(seed)
     device = resolve_device(spec.device)
     model.to(device)
@@ -215,7 +221,24 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     total_steps = min(per_epoch * spec.epochs, spec.max_steps or per_epoch * spec.epochs)
     scheduler, plateau = schedule.build(spec.schedule, optimizer, spec.lr, per_epoch, total_steps)
     update = Update.from_spec(spec, device, scheduler)
+    first_epoch = 1
+    if resume is not None:
+        saved = checkpoint.load(resume)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        for part, state in ((update.scheduler, saved["scheduler"]), (plateau, saved["plateau"]),
+                            (update.scaler, saved["scaler"])):
+            if part is not None and state:
+                part.load_state_dict(state)
+        update.steps = saved["steps"]
+        restore_rng(saved["rng"], generator)
+        run = saved["run"]
+        best, waited, result.best_epoch = run["best"], run["waited"], run["best_epoch"]
+        result.history, result.best_state = run["history"], run["best_state"]
+        first_epoch = saved["epoch"] + 1
     log = open(out_dir / "metrics.jsonl", "w") if out_dir else None
+    for row in result.history if log else ():  # a resumed run's log holds the earlier epochs
+        log.write(json.dumps(row) + "\n")
     writer = checkpoint.BackgroundWriter()
     saved_at, saved_epoch = time.monotonic(), 0
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -223,7 +246,8 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
         torch.use_deterministic_algorithms(True)
     try:
-        for epoch in tqdm(range(1, spec.epochs + 1), desc="epochs", leave=False, disable=None):
+        for epoch in tqdm(range(first_epoch, spec.epochs + 1), desc="epochs", leave=False,
+                          disable=None):
             start = time.perf_counter()
             stream = train.epoch(epoch, spec.batch_size, seed, pin,
                                  augmenter.for_epoch if augmenter else None) if streamed else None
@@ -258,8 +282,10 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
                 on_epoch({**row, "seconds": time.perf_counter() - start})
             if (out_dir and spec.checkpoint_every and epoch % spec.checkpoint_every == 0
                     and time.monotonic() - saved_at >= spec.checkpoint_interval_s):
-                writer.save(out_dir / "last.pt",
-                            training_state(model, optimizer, epoch, generator))
+                writer.save(out_dir / "last.pt", training_state(
+                    model, optimizer, epoch, generator, update, plateau,
+                    {"best": best, "waited": waited, "best_epoch": result.best_epoch,
+                     "history": result.history, "best_state": result.best_state}))
                 saved_at, saved_epoch = time.monotonic(), epoch
             if stopping and waited >= stopping.patience:
                 result.stopped_early = True
@@ -276,20 +302,27 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
         result.best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
     if out_dir:
         epochs_run = len(result.history)
-        if saved_epoch != epochs_run:
-            checkpoint.save(out_dir / "last.pt",
-                            training_state(model, optimizer, epochs_run, generator))
+        if saved_epoch != epochs_run and result.history:
+            checkpoint.save(out_dir / "last.pt", training_state(
+                model, optimizer, result.history[-1]["epoch"], generator, update, plateau,
+                {"best": best, "waited": waited, "best_epoch": result.best_epoch,
+                 "history": result.history, "best_state": result.best_state}))
         checkpoint.save(out_dir / "best.pt", {"model": result.best_state,
                                               "epoch": result.best_epoch})
     return result
 
 
 def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                   generator: torch.Generator) -> dict:
-    """What last.pt holds: weights, optimizer, position and every RNG state."""
+                   generator: torch.Generator, update: Update,
+                   plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None,
+                   run: dict) -> dict:
+    """What last.pt holds: weights, optimizer, schedule, scaler, position, every RNG state and
+    the early-stopping bookkeeping (`run`): all that an exact resume needs."""
     return {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-        "rng": {"torch": torch.get_rng_state(), "batches": generator.get_state(),
-                "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-                "python": list(random.getstate()[1])},
+        "steps": update.steps,
+        "scheduler": update.scheduler.state_dict() if update.scheduler else {},
+        "plateau": plateau.state_dict() if plateau else {},
+        "scaler": update.scaler.state_dict() if update.scaler else {},
+        "rng": rng_state(generator), "run": run,
     }
