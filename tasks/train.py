@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,14 @@ def load_training_splits(shards: ArtifactRef | str, on_corrupt: str,
     return {"train": stream, "val": val}, lost + missing
 
 
+def resume_folder(store: Store, shards: ArtifactRef, model: Any, train: TrainSpec,
+                  seed: int) -> Path:
+    """Where an interrupted training of exactly these inputs left its checkpoints."""
+    inputs = json.dumps({"shards": shards.fingerprint, "model": model.model_dump(mode="json"),
+                         "train": train.model_dump(mode="json"), "seed": seed}, sort_keys=True)
+    return store.root / "resume" / hashlib.sha256(inputs.encode()).hexdigest()[:24]
+
+
 @task(name="train", **CACHED)
 def train_model(shards: ArtifactRef, model: Any, train: TrainSpec, seed: int,
                 store: str) -> ArtifactRef:
@@ -75,9 +85,13 @@ def train_model(shards: ArtifactRef, model: Any, train: TrainSpec, seed: int,
                     "val_accuracy %(val_accuracy).4f  (%(seconds).2fs)", row)
 
     target = Store(store)
+    resume_dir = resume_folder(target, shards, model, train, seed)
+    if (resume_dir / "last.pt").is_file():
+        logger.warning("resuming training from %s (left by an interrupted run)",
+                       resume_dir / "last.pt")
     with target.writer("model") as staging:
         _, result = train_into(staging, model, train, seed, data, shards.data_schema["input_shape"],
-                               shards.data_schema["classes"], log_epoch)
+                               shards.data_schema["classes"], log_epoch, resume_dir)
         progress.update(1.0)  # early stopping ends before the last epoch
         best = result.history[result.best_epoch - 1]
         return target.commit(staging, "model", count=len(data["train"]),

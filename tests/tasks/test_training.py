@@ -221,3 +221,29 @@ def test_training_from_the_streamed_loader_scores_like_in_memory(prepared):
     # concurrent load can cause in CPU kernels)
     first, second = (checkpoint.load(ref.path / "best.pt")["model"] for ref in (streamed, again))
     assert all(torch.allclose(first[k], second[k], atol=1e-5) for k in first)
+
+
+def test_the_train_task_resumes_what_an_interrupted_run_left(prepared, tmp_path):
+    from trainflow.artifacts import Store
+    from trainflow.engine.bundle import train_into
+    from trainflow.tasks.train import load_training_splits, resume_folder
+
+    spec = TRAIN.model_copy(update={"checkpoint_interval_s": 0, "epochs": 8})
+    whole = train_model.fn(prepared["shards"], MODEL, spec, 0, str(tmp_path / "a"))
+    store = str(tmp_path / "b")
+    folder = resume_folder(Store(store), prepared["shards"], MODEL, spec, 0)
+
+    def crash(row):
+        if row["epoch"] == 4:
+            raise KeyboardInterrupt  # as a cancelled run
+    data, _ = load_training_splits(prepared["shards"], "error")
+    (tmp_path / "lost").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        train_into(tmp_path / "lost", MODEL, spec, 0, data, [30], ["malignant", "benign"],
+                   crash, folder)
+    assert checkpoint.load(folder / "last.pt")["epoch"] == 3
+    resumed = train_model.fn(prepared["shards"], MODEL, spec, 0, store)
+    assert not folder.exists()  # consumed
+    a, b = (checkpoint.load(ref.path / "best.pt")["model"] for ref in (whole, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.meta == whole.meta

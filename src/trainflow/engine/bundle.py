@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,12 +38,25 @@ def optimizer_factory(train: TrainSpec, lr: float | None = None) -> Callable:
 def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
                data: dict[str, Split | Stream],
                input_shape: list[int], classes: list[str],
-               on_epoch: Callable[[dict], None] | None = None) -> tuple[nn.Module, FitResult]:
-    """Build, train and save a model (best weights restored) into `folder`."""
+               on_epoch: Callable[[dict], None] | None = None,
+               resume_dir: Path | None = None) -> tuple[nn.Module, FitResult]:
+    """Build, train and save a model (best weights restored) into `folder`.
+
+    With `resume_dir`, training writes its checkpoints there (a folder that outlives a crash)
+    and continues from the last.pt it finds; on success the files move into `folder` and the
+    resume folder is removed.
+    """
     torch.manual_seed(seed)
     net = build_model(model, input_shape, len(classes))
+    work = resume_dir or folder
+    work.mkdir(parents=True, exist_ok=True)
+    last = work / "last.pt"
     result = fit(net, data["train"], data["val"], train, seed, optimizer_factory(train),
-                 folder, on_epoch)
+                 work, on_epoch, resume=last if resume_dir and last.is_file() else None)
+    if resume_dir:
+        for name in ("metrics.jsonl", "last.pt", "best.pt"):
+            shutil.copy2(work / name, folder / name)
+        shutil.rmtree(work)
     net.load_state_dict(result.best_state)
     if train.augment and len(input_shape) == 3 and train.augment.transforms:
         preview = preview_png(Augmenter(train.augment, seed, True), preview_images(data["train"]))
