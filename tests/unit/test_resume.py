@@ -79,7 +79,34 @@ def test_each_piece_of_saved_state_is_needed(tmp_path, piece):
     full, _ = run(tmp_path / "full")
     saved = crashed_checkpoint(tmp_path)
     _fresh(piece, saved)
-    checkpoint.save(tmp_path / "partial.pt", saved)
+    checkpoint.save_rotating(tmp_path / "partial.pt", saved)
     resumed, _ = run(tmp_path / "resumed", resume=tmp_path / "partial.pt")
     assert not all(torch.equal(a, b) for a, b in zip(full.state_dict().values(),
                                                      resumed.state_dict().values()))
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    full, _ = run(tmp_path / "full")
+    crashed_checkpoint(tmp_path)
+    last = tmp_path / "crashed" / "last.pt"
+    assert (tmp_path / "crashed" / "last.prev.pt").is_file()
+    last.write_bytes(last.read_bytes()[:-50])  # torn write
+    with caplog.at_level("WARNING", logger="trainflow"):
+        resumed, _ = run(tmp_path / "resumed", resume=last)
+    assert "damaged (sha256 differs); resuming from the previous one" in caplog.text
+    # resuming from the epoch before is just as exact
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(),
+                                                 resumed.state_dict().values()))
+    assert not (tmp_path / "resumed" / "last.prev.pt").exists()  # a finished run keeps one
+
+
+def test_a_file_that_is_not_a_trainflow_checkpoint_is_named(tmp_path):
+    from trainflow.errors import ArtifactError
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ArtifactError, match="cannot load checkpoint .*junk.pt"):
+        checkpoint.load(junk)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ArtifactError, match="other.pt is not a trainflow checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")

@@ -1,16 +1,22 @@
-"""Checkpoints: atomic torch.save, loaded with weights_only=True only."""
+"""Checkpoints: atomic torch.save, loaded with weights_only=True only; resumable training
+state rotates through last.pt and last.prev.pt, each with a sha256 beside it."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from trainflow.artifacts import atomic_write_bytes
+from trainflow.artifacts import atomic_write_bytes, atomic_write_text, sha256_file
 from trainflow.errors import ArtifactError
+
+log = logging.getLogger("trainflow")
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
@@ -23,9 +29,55 @@ def load(path: Path) -> dict[str, Any]:
     if not Path(path).is_file():
         raise ArtifactError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for damaged or unsafe files
         raise ArtifactError(f"cannot load checkpoint {path}: {exc}") from None
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise ArtifactError(f"{path} is not a trainflow checkpoint (no 'model' state)")
+    return payload
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def _digest(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_rotating(path: Path, payload: dict[str, Any]) -> None:
+    """Write `path` with its sha256, keeping the checkpoint it replaces as `<name>.prev.pt`."""
+    path = Path(path)
+    if path.is_file() and _digest(path).is_file():
+        os.replace(_digest(path), _digest(_previous(path)))
+        os.replace(path, _previous(path))
+    save(path, payload)
+    atomic_write_text(_digest(path), sha256_file(path))
+
+
+def load_latest_good(path: Path) -> dict[str, Any]:
+    """The newest intact checkpoint of a rotation: `path` if its sha256 matches, else the
+    previous one, with a warning; an ArtifactError when neither is usable."""
+    path, problems = Path(path), []
+    for candidate in (path, _previous(path)):
+        digest = _digest(candidate)
+        if not candidate.is_file() or not digest.is_file():
+            problems.append(f"{candidate}: missing")
+        elif sha256_file(candidate) != digest.read_text().strip():
+            problems.append(f"{candidate}: damaged (sha256 differs)")
+        else:
+            if problems:
+                log.warning("checkpoint %s; resuming from the previous one, %s",
+                            problems[0], candidate)
+            return load(candidate)
+    raise ArtifactError("no intact checkpoint to resume from: " + "; ".join(problems))
+
+
+def drop_rotation(path: Path) -> None:
+    """After a finished run: only `path` stays (the previous copy and digests were for
+    recovering from a crash)."""
+    for extra in (_previous(path), _digest(path), _digest(_previous(path))):
+        Path(extra).unlink(missing_ok=True)
 
 
 def snapshot(value: Any) -> Any:
@@ -52,7 +104,7 @@ class BackgroundWriter:
 
     def save(self, path: Path, payload: dict[str, Any]) -> None:
         self.wait()
-        self._pending = self._pool.submit(save, path, snapshot(payload))
+        self._pending = self._pool.submit(save_rotating, path, snapshot(payload))
 
     def wait(self) -> None:
         if self._pending is not None:

@@ -223,7 +223,7 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     update = Update.from_spec(spec, device, scheduler)
     first_epoch = 1
     if resume is not None:
-        saved = checkpoint.load(resume)
+        saved = checkpoint.load_latest_good(resume)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         for part, state in ((update.scheduler, saved["scheduler"]), (plateau, saved["plateau"]),
@@ -303,12 +303,13 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     if out_dir:
         epochs_run = len(result.history)
         if saved_epoch != epochs_run and result.history:
-            checkpoint.save(out_dir / "last.pt", training_state(
+            checkpoint.save_rotating(out_dir / "last.pt", training_state(
                 model, optimizer, result.history[-1]["epoch"], generator, update, plateau,
                 {"best": best, "waited": waited, "best_epoch": result.best_epoch,
                  "history": result.history, "best_state": result.best_state}))
         checkpoint.save(out_dir / "best.pt", {"model": result.best_state,
                                               "epoch": result.best_epoch})
+        checkpoint.drop_rotation(out_dir / "last.pt")
     return result
 
 
