@@ -22,6 +22,8 @@ from trainflow.tables import IMAGE_COLUMN, scan_table
 from trainflow.tasks.encode import decode
 
 PREVIEW = "augment_preview.png"
+CURVES = "curves.png"
+IMAGES = (PREVIEW, CURVES)  # copied beside the report and embedded in the UI artifact
 
 
 def cv_summary(folds: list[ArtifactRef]) -> dict:
@@ -68,6 +70,7 @@ def collect(name: str, spec_fingerprint: str, data: dict, model: ArtifactRef,
         "ensemble": dict(ensemble.meta) if ensemble else None,
         "compress": {kind: dict(ref.meta) for kind, ref in compressed.items()},
         "augment_preview": (model.path / PREVIEW).is_file(),
+        "curves": (model.path / CURVES).is_file(),
         "models": {"model": model.uri, **{kind: ref.uri for kind, ref in compressed.items()},
                    **{f"fold_{ref.meta['fold']}": ref.uri for ref in folds}},
     }
@@ -152,6 +155,8 @@ def render(summary: dict) -> str:
         else:
             out.append(f"\nsparsity {c['sparsity']:.4f} (target {c['target_sparsity']}), "
                        f"fine-tuned {c['finetune_epochs']} epoch(s)")
+    if summary.get("curves"):
+        out += ["", "## Training curves", "", f"![training curves]({CURVES})"]
     if summary.get("augment_preview"):
         out += ["", "## Augmentation preview", "originals above, augmented below", "",
                 f"![augmentation preview]({PREVIEW})"]
@@ -171,8 +176,9 @@ def write_report(name: str, spec_fingerprint: str, data: dict,
     with target.writer("report") as staging:
         (staging / "metrics.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         (staging / "report.md").write_text(render(summary))
-        if summary["augment_preview"]:
-            shutil.copyfile(model.path / PREVIEW, staging / PREVIEW)
+        for image in IMAGES:
+            if (model.path / image).is_file():
+                shutil.copyfile(model.path / image, staging / image)
         return target.commit(staging, "report")
 
 
@@ -186,12 +192,13 @@ def publish_report(report: ArtifactRef, name: str, runs_dir: str) -> str:
     for file in ("report.md", "metrics.json"):
         atomic_write_text(run / file, (report.path / file).read_text())
     markdown = (report.path / "report.md").read_text()
-    if (report.path / PREVIEW).is_file():
-        png = (report.path / PREVIEW).read_bytes()
-        atomic_write_bytes(run / PREVIEW, png)
-        # the UI artifact has no folder beside it: embed the image
-        inline = "data:image/png;base64," + base64.b64encode(png).decode()
-        markdown = markdown.replace(f"]({PREVIEW})", f"]({inline})")
+    for image in IMAGES:
+        if (report.path / image).is_file():
+            png = (report.path / image).read_bytes()
+            atomic_write_bytes(run / image, png)
+            # the UI artifact has no folder beside it: embed the image
+            inline = "data:image/png;base64," + base64.b64encode(png).decode()
+            markdown = markdown.replace(f"]({image})", f"]({inline})")
     create_markdown_artifact(markdown, key=re.sub(r"[^a-z0-9-]+", "-", name.lower()) + "-report",
                              description=f"trainflow report for {name}")
     return str(run.resolve())

@@ -62,6 +62,8 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
     assert pruned["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert pruned["after"]["accuracy"] >= pruned["before"]["accuracy"] - 0.01
     assert metrics["ensemble"]["members"] == 2
+    assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"  # loss and lr per epoch
+    assert "![training curves](curves.png)" in report
     if name == "digits_cnn":  # random erasing: a preview of augmented samples beside the model
         preview = Path(metrics["models"]["model"]) / "augment_preview.png"
         assert preview.read_bytes()[:4] == b"\x89PNG"
@@ -74,9 +76,10 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
     expected = report
-    if (run_dir / "augment_preview.png").exists():  # the UI copy carries the preview inline
-        inline = base64.b64encode((run_dir / "augment_preview.png").read_bytes()).decode()
-        expected = report.replace("](augment_preview.png)", f"](data:image/png;base64,{inline})")
+    for image in ("augment_preview.png", "curves.png"):  # the UI copy carries images inline
+        if (run_dir / image).exists():
+            inline = base64.b64encode((run_dir / image).read_bytes()).decode()
+            expected = expected.replace(f"]({image})", f"](data:image/png;base64,{inline})")
     assert any(a.type == "markdown" and a.data == expected for a in artifacts)
     # training moved a progress artifact of its task run to 100 %
     with get_client(sync_client=True) as client:
