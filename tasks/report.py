@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 from trainflow.artifacts import ArtifactRef, Store, atomic_write_bytes, atomic_write_text
 from trainflow.caching import CACHED
 from trainflow.metrics import METRICS
+from trainflow.plots import curves_png
 from trainflow.tables import IMAGE_COLUMN, scan_table
 from trainflow.tasks.encode import decode
 
@@ -70,7 +71,7 @@ def collect(name: str, spec_fingerprint: str, data: dict, model: ArtifactRef,
         "ensemble": dict(ensemble.meta) if ensemble else None,
         "compress": {kind: dict(ref.meta) for kind, ref in compressed.items()},
         "augment_preview": (model.path / PREVIEW).is_file(),
-        "curves": (model.path / CURVES).is_file(),
+        "curves": (model.path / "metrics.jsonl").is_file(),
         "models": {"model": model.uri, **{kind: ref.uri for kind, ref in compressed.items()},
                    **{f"fold_{ref.meta['fold']}": ref.uri for ref in folds}},
     }
@@ -176,9 +177,12 @@ def write_report(name: str, spec_fingerprint: str, data: dict,
     with target.writer("report") as staging:
         (staging / "metrics.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         (staging / "report.md").write_text(render(summary))
-        for image in IMAGES:
-            if (model.path / image).is_file():
-                shutil.copyfile(model.path / image, staging / image)
+        if summary["curves"]:
+            history = [json.loads(line) for line in
+                       (model.path / "metrics.jsonl").read_text().splitlines()]
+            (staging / CURVES).write_bytes(curves_png(history))
+        if summary["augment_preview"]:
+            shutil.copyfile(model.path / PREVIEW, staging / PREVIEW)
         return target.commit(staging, "report")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -22,7 +21,6 @@ from trainflow.metrics import classification_metrics
 from trainflow.spec.train import TrainSpec
 
 WEIGHTS = "best.pt"
-CURVES = "curves.png"
 
 
 def build_model(model: Any, input_shape: list[int], num_classes: int) -> nn.Module:
@@ -60,7 +58,6 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
             shutil.copy2(work / name, folder / name)
         shutil.rmtree(work)
     net.load_state_dict(result.best_state)
-    (folder / CURVES).write_bytes(curves_png(result.history))
     if train.augment and len(input_shape) == 3 and train.augment.transforms:
         preview = preview_png(Augmenter(train.augment, seed, True), preview_images(data["train"]))
         (folder / "augment_preview.png").write_bytes(preview)
@@ -68,27 +65,6 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
              best_epoch=result.best_epoch, epochs_run=len(result.history),
              stopped_early=result.stopped_early)
     return net, result
-
-
-def curves_png(history: list[dict]) -> bytes:
-    """Loss (train, validation) and learning rate per epoch, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    from matplotlib.figure import Figure
-
-    epochs = [row["epoch"] for row in history]
-    figure = Figure(figsize=(8, 3), dpi=100, layout="constrained")
-    loss, rate = figure.subplots(1, 2)
-    loss.plot(epochs, [r["train_loss"] for r in history], label="train")
-    loss.plot(epochs, [r["val_loss"] for r in history], label="validation")
-    loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    loss.legend()
-    rate.plot(epochs, [r.get("lr", float("nan")) for r in history])
-    rate.set(xlabel="epoch", ylabel="learning rate", title="learning rate (end of epoch)")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})  # no version stamp
-    return buffer.getvalue()
 
 
 def preview_images(train: Split | Stream, count: int = 8) -> torch.Tensor:

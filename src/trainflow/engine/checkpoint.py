@@ -3,7 +3,6 @@ state rotates through last.pt and last.prev.pt, each with a sha256 beside it."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
