@@ -16,8 +16,7 @@ from trainflow.engine.bundle import train_into
 from trainflow.engine.loop import Split
 from trainflow.logs import Progress, run_logger
 from trainflow.loader import DEFAULT_CACHE, Stream
-from trainflow.shards import (read_manifest, read_paths, read_split, read_split_checked,
-                              shard_paths)
+from trainflow.shards import read_paths, read_split, read_split_checked, shard_paths
 from trainflow.spec.train import LoaderSpec, TrainSpec
 
 
@@ -35,7 +34,7 @@ def training_stream(base: str | Path, spec: LoaderSpec, on_corrupt: str,
     paths, lost, manifest = shard_paths(base, "train", on_corrupt, cache_dir)
     counts = manifest["splits"]["train"]["classes"]
     return Stream(paths, manifest["splits"]["train"]["samples"] - lost,
-                  [counts[c] for c in manifest["classes"]], len(manifest["input_shape"]) == 3,
+                  [counts[c] for c in manifest["classes"]], manifest["input_shape"],
                   spec.workers, spec.prefetch, spec.shuffle_buffer, spec.resampled,
                   int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))), lost
 
@@ -54,7 +53,7 @@ def load_training_splits(shards: ArtifactRef | str, on_corrupt: str,
     x, y, missing = read_split_checked(base, "val", on_corrupt, cache_dir)
     val = Split.from_arrays(x, y)
     if in_memory:
-        x, y, w = read_paths(stream.paths, read_manifest(base, cache_dir)["input_shape"])
+        x, y, w = read_paths(stream.paths, stream.input_shape)
         return {"train": Split.from_arrays(x, y, w), "val": val}, lost + missing
     return {"train": stream, "val": val}, lost + missing
 

@@ -186,7 +186,6 @@ def pipeline(urls: list[str], config: StreamConfig, epoch: int,
         check_url(url)
     # Records (about 1 MiB each) are first drawn from a small buffer so that consecutive
     # batches mix shards; the sample pool of `shuffle_buffer` then mixes samples.
-    record_buffer = RECORD_BUFFER
     if config.resampled:
         shards = wds.ResampledShards(urls, seed=_stream_seed(config, epoch, -1),
                                      worker_seed=partial(_worker_seed, config.rank),
@@ -197,7 +196,7 @@ def pipeline(urls: list[str], config: StreamConfig, epoch: int,
                   wds.split_by_worker]
     stages += [wds.tarfile_to_samples(), wds.map(decode_record)]
     if config.shuffle_buffer > 1:
-        stages.append(partial(_shuffle_records, config, epoch, record_buffer))
+        stages.append(partial(_shuffle_records, config, epoch, RECORD_BUFFER))
     stages.append(partial(_shuffled_batches, config=config, epoch=epoch, augment=augment))
     return wds.DataPipeline(*stages)
 
@@ -243,7 +242,7 @@ class Stream:
     paths: list[str]
     samples: int
     class_counts: list[int]
-    image_input: bool
+    input_shape: list[int]
     workers: int = 0
     prefetch: int = 2
     shuffle_buffer: int = 10_000
@@ -253,6 +252,10 @@ class Stream:
 
     def __len__(self) -> int:
         return self.samples
+
+    @property
+    def image_input(self) -> bool:
+        return len(self.input_shape) == 3
 
     def epoch(self, epoch: int, batch_size: int, seed: int, pin_memory: bool = False,
               augment: Callable | None = None) -> wds.DataPipeline | wds.WebLoader:

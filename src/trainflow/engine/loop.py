@@ -236,6 +236,12 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
         best, waited, result.best_epoch = run["best"], run["waited"], run["best_epoch"]
         result.history, result.best_state = run["history"], run["best_state"]
         first_epoch = saved["epoch"] + 1
+
+    def last_state(epoch: int) -> dict:
+        return training_state(model, optimizer, epoch, generator, update, plateau,
+                              {"best": best, "waited": waited, "best_epoch": result.best_epoch,
+                               "history": result.history, "best_state": result.best_state})
+
     log = open(out_dir / "metrics.jsonl", "w") if out_dir else None
     for row in result.history if log else ():  # a resumed run's log holds the earlier epochs
         log.write(json.dumps(row) + "\n")
@@ -282,10 +288,7 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
                 on_epoch({**row, "seconds": time.perf_counter() - start})
             if (out_dir and spec.checkpoint_every and epoch % spec.checkpoint_every == 0
                     and time.monotonic() - saved_at >= spec.checkpoint_interval_s):
-                writer.save(out_dir / "last.pt", training_state(
-                    model, optimizer, epoch, generator, update, plateau,
-                    {"best": best, "waited": waited, "best_epoch": result.best_epoch,
-                     "history": result.history, "best_state": result.best_state}))
+                writer.save(out_dir / "last.pt", last_state(epoch))
                 saved_at, saved_epoch = time.monotonic(), epoch
             if stopping and waited >= stopping.patience:
                 result.stopped_early = True
@@ -303,10 +306,7 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     if out_dir:
         epochs_run = len(result.history)
         if saved_epoch != epochs_run and result.history:
-            checkpoint.save_rotating(out_dir / "last.pt", training_state(
-                model, optimizer, result.history[-1]["epoch"], generator, update, plateau,
-                {"best": best, "waited": waited, "best_epoch": result.best_epoch,
-                 "history": result.history, "best_state": result.best_state}))
+            checkpoint.save_rotating(out_dir / "last.pt", last_state(result.history[-1]["epoch"]))
         checkpoint.save(out_dir / "best.pt", {"model": result.best_state,
                                               "epoch": result.best_epoch})
         checkpoint.drop_rotation(out_dir / "last.pt")
