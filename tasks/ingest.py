@@ -69,7 +69,22 @@ class ImageFolderSource(Section):
         return fingerprint_path(path) if path.is_dir() else "missing"
 
 
-Source = Annotated[Union[SklearnSource, FileSource, ImageFolderSource],
+class SequenceSource(Section):
+    """A generated sequence-classification dataset (nothing to download): each sample is
+    `length` steps of `channels` signals; the class is the frequency of a sine wave with a
+    random phase and amplitude in channel 0, under Gaussian noise, while the other channels
+    are noise around a random walk. Reproducible from `seed`."""
+
+    type: Literal["sequences"]
+    samples: int = Field(2000, ge=20, le=1_000_000)
+    length: int = Field(48, ge=4, le=4096)
+    channels: int = Field(2, ge=1, le=64)
+    classes: int = Field(3, ge=2, le=16)
+    noise: float = Field(0.5, ge=0)
+    seed: int = 0
+
+
+Source = Annotated[Union[SklearnSource, FileSource, ImageFolderSource, SequenceSource],
                    Field(discriminator="type")]
 
 
@@ -226,11 +241,31 @@ def _load_image_folder(source: ImageFolderSource) -> tuple[pl.DataFrame, TableSc
                            image_shape=list(shape))
 
 
-LOADERS = {"sklearn": _load_sklearn, "csv": _load_file, "parquet": _load_file,
+def _generate_sequences(source: SequenceSource) -> tuple[pl.DataFrame, TableSchema]:
+    rng = np.random.default_rng(source.seed)
+    n, t, c = source.samples, source.length, source.channels
+    labels = np.arange(n) % source.classes
+    rng.shuffle(labels)
+    time = np.linspace(0.0, 1.0, t, endpoint=False)
+    phase = rng.uniform(0, 2 * np.pi, (n, 1))
+    amplitude = rng.uniform(0.5, 1.5, (n, 1))
+    x = rng.normal(0.0, source.noise, (n, t, c))
+    x[:, :, 0] += amplitude * np.sin(2 * np.pi * (labels[:, None] + 1) * time + phase)
+    if c > 1:
+        x[:, :, 1:] += np.cumsum(rng.normal(0.0, 0.1, (n, t, c - 1)), axis=1)
+    features = [f"t{step:04d}_c{channel}" for step in range(t) for channel in range(c)]
+    df = pl.DataFrame(x.reshape(n, t * c).astype(np.float32), schema=features).with_columns(
+        pl.Series("target", [f"freq{k + 1}" for k in labels]))
+    return df, TableSchema(target="target", features=features,
+                           classes=[f"freq{k + 1}" for k in range(source.classes)],
+                           feature_shape=[t, c])
+
+
+LOADERS = {"sequences": _generate_sequences, "sklearn": _load_sklearn, "csv": _load_file, "parquet": _load_file,
            "image_folder": _load_image_folder}
 
 
-def load_source(source: SklearnSource | FileSource | ImageFolderSource):
+def load_source(source: SklearnSource | FileSource | ImageFolderSource | SequenceSource):
     return LOADERS[source.type](source)
 
 
@@ -242,7 +277,8 @@ def ingest(source: Source, store: str) -> ArtifactRef:
     return write_parts(Store(store), "table", {"all": (df, schema)})
 
 
-def read_labels(source: SklearnSource | FileSource | ImageFolderSource) -> tuple[str, list]:
+def read_labels(source: SklearnSource | FileSource | ImageFolderSource | SequenceSource
+                ) -> tuple[str, list]:
     """The target column's name and values, read cheaply (for checks before any task runs)."""
     if isinstance(source, FileSource):
         frame = _scan_file(source).select(pl.col(source.target).cast(pl.Utf8)).collect()

@@ -6,11 +6,16 @@ from collections import Counter
 
 from trainflow.errors import DataError
 from trainflow.spec.pipeline import PipelineSpec
-from trainflow.tasks.ingest import FileSource, check_declared_types, read_labels
+from trainflow.engine.checks import check_model_and_training
+from trainflow.tasks.ingest import FileSource, SequenceSource, check_declared_types, read_labels
 
 
 def check_data(spec: PipelineSpec) -> None:
-    """Raise DataError when the source, its target or its class counts cannot work."""
+    """Raise DataError when the source, its target or its class counts cannot work, and
+    TrainflowError when the model and training knobs cannot work together."""
+    source = spec.data.source
+    shape = [source.length, source.channels] if isinstance(source, SequenceSource) else None
+    check_model_and_training(spec.model, spec.train, shape)
     if isinstance(spec.data.source, FileSource):
         check_declared_types(spec.data.source)
     target, labels = read_labels(spec.data.source)

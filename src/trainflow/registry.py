@@ -17,7 +17,9 @@ from trainflow.engine import optim
 from trainflow.models.cnn import cnn
 from trainflow.models.mlp import mlp
 from trainflow.spec import evaluate as ev
-from trainflow.spec.model import CNNParams, MLPParams
+from trainflow.models.recurrent import gru, lstm, rnn
+from trainflow.models.transformer import transformer
+from trainflow.spec.model import CNNParams, MLPParams, RecurrentParams, TransformerParams
 from trainflow.spec.train import (AdadeltaParams, AdagradParams, AdamParams, RMSpropParams,
                                   SGDParams)
 from trainflow.tasks import (anomalies, clean, encode, ingest, normalize, outliers, resample,
@@ -42,6 +44,7 @@ SOURCES = {
     "csv": Entry(ingest.FileSource, ingest.load_source),
     "parquet": Entry(ingest.FileSource, ingest.load_source),
     "image_folder": Entry(ingest.ImageFolderSource, ingest.load_source),
+    "sequences": Entry(ingest.SequenceSource, ingest.load_source),
 }
 STEPS = {
     "clean": Entry(clean.CleanParams, clean.clean, clean.fit, clean.apply),
@@ -59,7 +62,9 @@ STEPS = {
     "synthesize": Entry(synthesize.SynthesizeParams, synthesize.synthesize, synthesize.fit,
                         synthesize.apply),
 }
-MODELS = {"mlp": Entry(MLPParams, mlp), "cnn": Entry(CNNParams, cnn)}
+MODELS = {"mlp": Entry(MLPParams, mlp), "cnn": Entry(CNNParams, cnn),
+          "rnn": Entry(RecurrentParams, rnn), "lstm": Entry(RecurrentParams, lstm),
+          "gru": Entry(RecurrentParams, gru), "transformer": Entry(TransformerParams, transformer)}
 OPTIMIZERS = {
     "sgd": Entry(SGDParams, optim.sgd),
     "adam": Entry(AdamParams, optim.adam),

@@ -26,10 +26,14 @@ class TableSchema(BaseModel):
     classes: list[str]
     image_shape: list[int] | None = None
     weight: str | None = None  # a per-row loss weight column (never a feature)
+    # Sequences: the numeric feature columns, in order, reshaped to (steps, channels).
+    feature_shape: list[int] | None = None
 
     @property
     def input_shape(self) -> list[int]:
-        return self.image_shape if self.image_shape else [len(self.features)]
+        if self.image_shape:
+            return self.image_shape
+        return self.feature_shape if self.feature_shape else [len(self.features)]
 
 
 # Fixed writer settings keep the bytes identical from run to run (content addressing); lz4
@@ -76,6 +80,13 @@ def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.nda
             raise DataError(f"feature columns {text} hold text, which training cannot use: add "
                             "an `encode` step (one_hot or ordinal) after `split`")
         x = df.select(schema.features).cast(pl.Float32).to_numpy().astype(np.float32, copy=False)
+        if schema.feature_shape:
+            if int(np.prod(schema.feature_shape)) != len(schema.features):
+                raise DataError(f"the sequence shape {schema.feature_shape} needs "
+                                f"{int(np.prod(schema.feature_shape))} feature columns, the "
+                                f"table has {len(schema.features)}: a step before training "
+                                "added or removed feature columns")
+            x = x.reshape(len(df), *schema.feature_shape)
     bad = ~np.isfinite(x.reshape(len(df), -1))
     if bad.any():
         if schema.image_shape:

@@ -61,11 +61,22 @@ def test_fit_apply_steps_contract(name):
     assert again.equals(out)  # apply is a pure function of (data, params, state)
 
 
+# The input shapes each architecture takes: images (C, H, W), sequences (steps, channels),
+# tabular rows (features,).
+SHAPES = {"mlp": ([1, 8, 8], [12, 3], [10]), "cnn": ([1, 8, 8],),
+          **dict.fromkeys(("rnn", "lstm", "gru", "transformer"), ([12, 3], [10]))}
+
+
 @pytest.mark.parametrize("name", registry.MODELS)
 def test_models_map_inputs_to_class_logits(name):
     params = registry.MODELS[name].params(type=name)
-    net = build_model(params, [1, 8, 8], 3)
-    assert net(torch.randn(5, 1, 8, 8)).shape == (5, 3)
+    for shape in SHAPES[name]:
+        net = build_model(params, shape, 3)
+        x = torch.randn(5, *shape, requires_grad=True)
+        out = net(x)
+        assert out.shape == (5, 3)
+        out.sum().backward()
+        assert x.grad.abs().sum() > 0  # every input reaches the logits
 
 
 @pytest.mark.parametrize("name", registry.OPTIMIZERS)

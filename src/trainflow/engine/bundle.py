@@ -14,6 +14,7 @@ from torch import nn
 from trainflow import registry
 from trainflow.artifacts import ArtifactRef
 from trainflow.engine import checkpoint, optim
+from trainflow.engine.checks import check_model_and_training
 from trainflow.engine.augment import Augmenter, preview_png
 from trainflow.engine.loop import FitResult, Split, fit, predict, resolve_device
 from trainflow.loader import Stream
@@ -46,6 +47,7 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
     and continues from the last.pt it finds; on success the files move into `folder` and the
     resume folder is removed.
     """
+    check_model_and_training(model, train, input_shape)
     torch.manual_seed(seed)
     net = build_model(model, input_shape, len(classes))
     work = resume_dir or folder

@@ -148,12 +148,12 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
             if mix is not None:  # mixup: a convex blend of pairs, and of their losses
                 x, y, partner, lam = mix(x, y)
                 x, y, partner = x.to(device), y.to(device), partner.to(device)
-                out = model(x)
+                out = update.forward(model, x)
                 loss = (lam * weighted_loss(out, y, class_weights, w, smoothing)
                         + (1 - lam) * weighted_loss(out, partner, class_weights, w, smoothing))
             else:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                loss = weighted_loss(model(x), y, class_weights, w, smoothing)
+                loss = weighted_loss(update.forward(model, x), y, class_weights, w, smoothing)
         update.backward(loss + update.penalty(model))
         pending += 1
         if pending == update.accumulate:

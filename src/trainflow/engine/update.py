@@ -27,6 +27,7 @@ class Update:
     scaler: torch.amp.GradScaler | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     max_steps: int | None = None
+    tbptt: int | None = None
     steps: int = 0
     grad_norms: list[float] = field(default_factory=list)
 
@@ -39,7 +40,7 @@ class Update:
                                  f"{device.type}; use bf16 (autocast) on CPU")
         scaler = torch.amp.GradScaler("cuda") if spec.precision == "fp16" else None
         return cls(spec.accumulate, spec.grad_clip, spec.l1, spec.label_smoothing, dtype,
-                   scaler, scheduler, spec.max_steps)
+                   scaler, scheduler, spec.max_steps, spec.tbptt)
 
     @property
     def done(self) -> bool:
@@ -49,6 +50,17 @@ class Update:
         if self.precision is None:
             return nullcontext()
         return torch.autocast(device.type, dtype=self.precision)
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The model's output; with truncated BPTT, the recurrent state over all but the last
+        `tbptt` steps is computed without a graph and detached, so backpropagation through
+        time stops `tbptt` steps from the end (memory and time bounded by the window)."""
+        if not self.tbptt or x.shape[1] <= self.tbptt:
+            return model(x)
+        with torch.no_grad():
+            _, state = model(x[:, :-self.tbptt], return_state=True)
+        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        return model(x[:, -self.tbptt:], state=state)
 
     def penalty(self, model: nn.Module) -> torch.Tensor | float:
         """The L1 term: l1 x the sum of |w| over weight matrices and kernels (not biases)."""

@@ -15,27 +15,48 @@ def activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-def initialize(model: nn.Module, scheme: str, activation: str = "relu") -> nn.Module:
-    """Re-initialize Linear and Conv weights by `scheme` (biases to zero); `default` keeps
-    PyTorch's initialization. Kaiming uses the activation's gain where torch knows it."""
-    if scheme == "default":
-        return model
+LAYER_TYPES = {"linear": (nn.Linear,), "conv": (nn.Conv1d, nn.Conv2d),
+               "recurrent": (nn.RNNBase,)}
+
+
+def _init_weight(weight, scheme: str, gain_of: str) -> None:
+    if scheme == "xavier_uniform":
+        nn.init.xavier_uniform_(weight)
+    elif scheme == "xavier_normal":
+        nn.init.xavier_normal_(weight)
+    elif scheme == "kaiming_uniform":
+        nn.init.kaiming_uniform_(weight, nonlinearity=gain_of)
+    elif scheme == "kaiming_normal":
+        nn.init.kaiming_normal_(weight, nonlinearity=gain_of)
+    elif scheme == "orthogonal":
+        nn.init.orthogonal_(weight)
+
+
+def initialize(model: nn.Module, scheme: str | dict[str, str],
+               activation: str = "relu") -> nn.Module:
+    """Re-initialize weights by `scheme`, one name for every layer type or one per type
+    (`{linear: kaiming_normal, recurrent: orthogonal}`); biases of re-initialized layers start
+    at zero; `default` keeps PyTorch's initialization. Kaiming uses the activation's gain
+    where torch knows it. Recurrent layers get the scheme on each weight matrix (input and
+    hidden), per gate block."""
+    schemes = scheme if isinstance(scheme, dict) else dict.fromkeys(LAYER_TYPES, scheme)
     gain_of = NONLINEARITY.get(activation, "relu")
     for module in model.modules():
-        if not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        kind = next((k for k, types in LAYER_TYPES.items() if isinstance(module, types)), None)
+        chosen = schemes.get(kind, "default") if kind else "default"
+        if chosen == "default":
+            continue
+        if kind == "recurrent":
+            for name, param in module.named_parameters():
+                if name.startswith("weight"):
+                    for block in param.data.chunk(param.shape[0] // module.hidden_size):
+                        _init_weight(block, chosen, gain_of)
+                else:
+                    nn.init.zeros_(param)
             continue
         weight = (module.parametrizations.weight.original  # under spectral norm
                   if nn.utils.parametrize.is_parametrized(module, "weight") else module.weight)
-        if scheme == "xavier_uniform":
-            nn.init.xavier_uniform_(weight)
-        elif scheme == "xavier_normal":
-            nn.init.xavier_normal_(weight)
-        elif scheme == "kaiming_uniform":
-            nn.init.kaiming_uniform_(weight, nonlinearity=gain_of)
-        elif scheme == "kaiming_normal":
-            nn.init.kaiming_normal_(weight, nonlinearity=gain_of)
-        elif scheme == "orthogonal":
-            nn.init.orthogonal_(weight)
+        _init_weight(weight, chosen, gain_of)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     return model

@@ -9,10 +9,12 @@ from pydantic import Field, PositiveInt, model_validator
 from trainflow.spec.base import Section
 
 Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "elu"]
-Init = Literal["default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
-               "orthogonal"]
-INIT_HELP = ("weights of Linear/Conv layers (biases start at zero); default: PyTorch's own "
-             "(kaiming uniform with a = sqrt(5))")
+Scheme = Literal["default", "xavier_uniform", "xavier_normal", "kaiming_uniform",
+                 "kaiming_normal", "orthogonal"]
+Init = Scheme | dict[Literal["linear", "conv", "recurrent"], Scheme]
+INIT_HELP = ("weight initialization, one scheme for every layer or one per layer type "
+             "({linear: kaiming_normal, recurrent: orthogonal}); biases of re-initialized "
+             "layers start at zero; default: PyTorch's own")
 
 
 class MLPParams(Section):
@@ -57,6 +59,55 @@ class CNNParams(Section):
     def _odd_kernel(self):
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (got {self.kernel_size}) to keep the size")
+        return self
+
+    def builder_kwargs(self) -> dict:
+        return self.model_dump(exclude={"type"})
+
+
+class RecurrentParams(Section):
+    """A recurrent stack (`rnn`, `lstm` or `gru`) over (steps, channels) sequences, classified
+    from the last step; tabular rows are read as one-channel sequences."""
+
+    type: Literal["rnn", "lstm", "gru"]
+    hidden: PositiveInt = 64
+    layers: int = Field(1, ge=1, le=16)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="between stacked layers and "
+                           "before the head")
+    bidirectional: bool = False
+    nonlinearity: Literal["tanh", "relu"] = Field("tanh", description="rnn only")
+    init: Init = Field("default", description=INIT_HELP)
+
+    @model_validator(mode="after")
+    def _nonlinearity_for_rnn(self):
+        if self.type != "rnn" and self.nonlinearity != "tanh":
+            raise ValueError(f"nonlinearity applies to type rnn only ({self.type} has fixed "
+                             "gate activations)")
+        return self
+
+    def builder_kwargs(self) -> dict:
+        return self.model_dump(exclude={"type"})
+
+
+class TransformerParams(Section):
+    """A Transformer encoder: a token per sequence step, or per feature of a tabular row."""
+
+    type: Literal["transformer"]
+    d_model: PositiveInt = 64
+    heads: PositiveInt = 4
+    layers: int = Field(2, ge=1, le=48)
+    ff: PositiveInt = Field(128, description="feed-forward width in each layer")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    activation: Literal["relu", "gelu"] = "gelu"
+    norm_first: bool = Field(True, description="pre-norm layers (LayerNorm before attention)")
+    pooling: Literal["cls", "mean"] = "cls"
+    init: Init = Field("default", description=INIT_HELP)
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads "
+                             f"({self.heads})")
         return self
 
     def builder_kwargs(self) -> dict:

@@ -108,6 +108,10 @@ class TrainSpec(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     batch_size: PositiveInt = 64
     accumulate: PositiveInt = Field(1, description="batches per optimizer step")
+    tbptt: PositiveInt | None = Field(
+        None, description="truncated backpropagation through time (recurrent models): the "
+        "gradient flows through the last `tbptt` steps of each sequence; the state over the "
+        "steps before them is computed without a graph and detached")
     grad_clip: GradClip | None = None
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="mixed precision: bf16 autocast (CPU or CUDA), fp16 with a grad "
