@@ -6,19 +6,25 @@ from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.artifacts import ArtifactRef
+from trainflow.orchestration import cv_task_runner, step
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.tasks.cv import train_fold
 
 
 # One worker: each fold seeds torch's process-wide RNG, so folds must not interleave in threads
 # (subflows do not inherit the parent's task runner). Parallel folds belong on separate
-# processes (a Dask cluster).
+# processes: `runner: {type: dask}` swaps in a Dask task runner (see `run_folds`).
 @flow(name="cross-validate", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def cross_validate(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> list[ArtifactRef]:
     folds = spec.evaluate.cv.folds
-    futures = train_fold.map(
+    futures = step(train_fold, spec).map(
         splits=unmapped(raw_splits), fold=list(range(folds)), folds=unmapped(folds),
         steps=unmapped(spec.data.post_split), model=unmapped(spec.model),
         train=unmapped(spec.train), seed=unmapped(spec.seed), store=unmapped(store),
         group_column=unmapped(spec.data.split.group_column))
     return [future.result() for future in futures]
+
+
+def run_folds(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> list[ArtifactRef]:
+    """The cross-validation subflow on the spec's runner (thread pool or Dask)."""
+    return cross_validate.with_options(task_runner=cv_task_runner(spec))(spec, raw_splits, store)

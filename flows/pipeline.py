@@ -8,8 +8,9 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.artifacts import Store
-from trainflow.flows.cv import cross_validate
+from trainflow.flows.cv import run_folds
 from trainflow.flows.data import prepare_data
+from trainflow.orchestration import step
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.tasks.ensemble import ensemble_folds
 from trainflow.tasks.evaluate import evaluate_model
@@ -20,25 +21,26 @@ from trainflow.tasks.train import train_model
 
 
 # One worker: training steps seed torch's global RNG, so they must not interleave in threads.
-# Parallel folds run on a Dask cluster in separate processes instead.
+# Parallel folds run on a Dask cluster in separate processes instead (spec `runner`).
+# `step(task, spec)` adds the spec's timeouts and retries (spec `orchestration`).
 @flow(name="trainflow-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def pipeline(spec: PipelineSpec) -> dict:
     store = str(Path(spec.outputs.store).resolve())
     Store(store).sweep()
     data = prepare_data(spec, store)
-    model = train_model(data["shards"], spec.model, spec.train, spec.seed, store)
-    test = evaluate_model(model, data["shards"], store)
-    folds = cross_validate(spec, data["raw_splits"], store) if spec.evaluate.cv else []
-    ensemble = ensemble_folds(folds, spec.ensemble, store) if spec.ensemble else None
+    model = step(train_model, spec)(data["shards"], spec.model, spec.train, spec.seed, store)
+    test = step(evaluate_model, spec)(model, data["shards"], store)
+    folds = run_folds(spec, data["raw_splits"], store) if spec.evaluate.cv else []
+    ensemble = step(ensemble_folds, spec)(folds, spec.ensemble, store) if spec.ensemble else None
     compressed = {}
     if spec.compress.quantize:
-        compressed["quantize"] = quantize_model(model, data["shards"], spec.compress.quantize,
-                                                spec.train.batch_size, store)
+        compressed["quantize"] = step(quantize_model, spec)(
+            model, data["shards"], spec.compress.quantize, spec.train.batch_size, store)
     if spec.compress.prune:
-        compressed["prune"] = prune_model(model, data["shards"], spec.compress.prune, spec.train,
-                                          spec.seed, store)
-    report = write_report(spec.name, spec.fingerprint(), data, model, test, folds, ensemble,
-                          compressed, store)
-    run_dir = publish_report(report, spec.name, spec.outputs.runs)
+        compressed["prune"] = step(prune_model, spec)(model, data["shards"], spec.compress.prune,
+                                                      spec.train, spec.seed, store)
+    report = step(write_report, spec)(spec.name, spec.fingerprint(), data, model, test, folds,
+                                      ensemble, compressed, store)
+    run_dir = step(publish_report, spec)(report, spec.name, spec.outputs.runs)
     return {"run_dir": run_dir, "report": report, "model": model, "test": test.meta,
             "data": data, "folds": folds, "ensemble": ensemble, "compressed": compressed}

@@ -1,4 +1,4 @@
-"""The `trainflow` command: validate, schema, run, task."""
+"""The `trainflow` command: validate, schema, run, task; server, serve, deploy, notify-data."""
 
 from __future__ import annotations
 
@@ -39,6 +39,25 @@ def _parser() -> argparse.ArgumentParser:
     step.add_argument("--index", type=int, default=None,
                       help="which data.steps entry to run when the spec has several of a type")
     step.add_argument("--fold", type=int, default=0, help="fold number for train_fold")
+    server = commands.add_parser("server", help="start a local Prefect server and UI")
+    server.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only)")
+    server.add_argument("--port", type=int, default=4200)
+    deployments = argparse.ArgumentParser(add_help=False)
+    deployments.add_argument("--file", default=None, metavar="PREFECT_YAML",
+                             help="deployments file (default: deploy/prefect.yaml)")
+    deployments.add_argument("--max-trainings", type=int, default=None, metavar="N",
+                             help="at most N training tasks at once on the server (tag limit)")
+    serve = commands.add_parser("serve", parents=[deployments],
+                                help="serve every shipped deployment from this process")
+    serve.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
+    deploy = commands.add_parser("deploy", parents=[deployments],
+                                 help="register the deployments for a process work pool")
+    deploy.add_argument("--pool", default=None, help="work pool (default: from prefect.yaml)")
+    notify = commands.add_parser("notify-data", help="announce new data for a pipeline: its "
+                                                     "deployment retrains")
+    notify.add_argument("pipeline")
+    notify.add_argument("--note", default=None, help="text carried in the event's payload")
     return parser
 
 
@@ -106,6 +125,49 @@ def _run_step(args, spec) -> object:
     return run[args.step]()
 
 
+def _start_server(args) -> int:
+    """`prefect server start` in the foreground (the UI and API on one port)."""
+    import shutil
+    import subprocess
+
+    prefect = Path(sys.executable).with_name("prefect")
+    command = [str(prefect) if prefect.is_file() else shutil.which("prefect") or "prefect",
+               "server", "start", "--host", args.host, "--port", str(args.port)]
+    print(f"Prefect UI on http://{args.host}:{args.port}; in another shell:\n"
+          f"  export PREFECT_API_URL=http://{args.host}:{args.port}/api\n"
+          f"  trainflow serve", flush=True)
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _orchestrate(args) -> int:
+    """serve, deploy and notify-data: all need a reachable server in PREFECT_API_URL."""
+    from trainflow import deployments
+
+    deployments.require_server()
+    if args.command == "notify-data":
+        event = deployments.notify_data(args.pipeline, args.note)
+        print(f"emitted {deployments.NEW_DATA_EVENT} for {args.pipeline} (event {event})")
+        return 0
+    path = Path(args.file) if args.file else deployments.PREFECT_YAML
+    entries = deployments.read_deployments(path)
+    if args.max_trainings is not None:
+        from trainflow.spec.orchestration import OrchestrationSpec
+        if args.max_trainings < 1:
+            from trainflow.errors import TrainflowError
+            raise TrainflowError(f"--max-trainings must be >= 1, got {args.max_trainings}")
+        deployments.limit_trainings(OrchestrationSpec().device_tag, args.max_trainings)
+    if args.command == "deploy":
+        for name in deployments.deploy_all(path, args.pool):
+            print(f"registered {name}")
+        return 0
+    print(f"serving {len(entries)} deployment(s) from {path}", flush=True)
+    deployments.serve_all(path, args.limit)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -113,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainflow.errors import TrainflowError
 
     try:
+        if args.command == "server":
+            return _start_server(args)
+        if args.command in ("serve", "deploy", "notify-data"):
+            return _orchestrate(args)
         if args.command == "schema":
             from trainflow.spec.pipeline import schema_json
             print(schema_json())
@@ -128,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from trainflow.runtime import run_pipeline
 
+        if os.environ.get("PREFECT_API_URL"):
+            from trainflow.deployments import require_server
+            require_server()
         result = run_pipeline(spec)
         print(json.dumps({"run_dir": result["run_dir"],
                           "test": {k: v for k, v in result["test"].items()

@@ -16,6 +16,7 @@ from trainflow import registry
 from trainflow.errors import SpecError
 from trainflow.spec.base import Section
 from trainflow.spec.evaluate import EvaluateSpec, OutputsSpec
+from trainflow.spec.orchestration import OrchestrationSpec, RunnerSpec
 from trainflow.spec.train import TrainSpec
 from trainflow.tasks.expect import ExpectSpec
 from trainflow.tasks.shard import ShardParams
@@ -78,6 +79,8 @@ class PipelineSpec(Section):
     ensemble: Ensemble | None = None
     compress: CompressSpec = CompressSpec()
     outputs: OutputsSpec = OutputsSpec()
+    runner: RunnerSpec = RunnerSpec()
+    orchestration: OrchestrationSpec = OrchestrationSpec()
 
     @model_validator(mode="after")
     def _ensemble_needs_folds(self):

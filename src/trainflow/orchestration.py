@@ -1,0 +1,69 @@
+"""Prefect options of a pipeline's tasks from its spec: retries, timeouts, device tag, runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import Task
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import ValidationError
+
+from trainflow.errors import TrainflowError
+from trainflow.spec.orchestration import TRAINING_TASKS
+
+# Steps that read or write files (a remote source, shards on a network store): a transient
+# I/O error there deserves another try after a pause.
+IO_RETRIES = {"ingest": (2, [2.0, 10.0]), "shard": (2, [2.0, 10.0])}
+
+
+def retry_unless_deterministic(task: Task, task_run: Any, state: Any) -> bool:
+    """Prefect's retry condition: a TrainflowError or a validation error would fail again
+    with the same input, so it is never retried; anything else (I/O, network) may be."""
+    try:
+        state.result()
+    except (TrainflowError, ValidationError, ValueError, TypeError, KeyError):
+        return False
+    except BaseException:  # noqa: BLE001 - every other failure is worth another try
+        return True
+    return True
+
+
+def step(task: Task, spec: Any) -> Task:
+    """The task with the options the spec declares for it (orchestration.steps.<name>), the
+    default retries of I/O-bound steps, and the device tag on training tasks."""
+    declared = spec.orchestration.steps.get(task.name)
+    retries, delays = IO_RETRIES.get(task.name, (0, [0.0]))
+    options: dict[str, Any] = {}
+    if declared is not None and declared.retries is not None:
+        retries = declared.retries
+    if declared is not None and declared.retry_delay_s is not None:
+        delays = declared.retry_delay_s
+    if retries:
+        options.update(retries=retries, retry_delay_seconds=delays,
+                       retry_condition_fn=retry_unless_deterministic)
+    if declared is not None and declared.timeout_s is not None:
+        options["timeout_seconds"] = declared.timeout_s
+    if task.name in TRAINING_TASKS:
+        options["tags"] = {*task.tags, spec.orchestration.device_tag}
+    return task.with_options(**options) if options else task
+
+
+def cv_task_runner(spec: Any):
+    """The task runner of the cross-validation subflow.
+
+    The thread pool has one worker: each fold seeds torch's process-wide RNG, so folds must not
+    interleave in threads. On Dask every worker is its own single-threaded process, so folds run
+    in parallel and each still sees only its own seed.
+    """
+    if spec.runner.type == "thread":
+        return ThreadPoolTaskRunner(max_workers=1)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:  # pragma: no cover - a dependency of trainflow
+        raise TrainflowError("runner.type: dask needs the prefect-dask package "
+                             "(pip install prefect-dask)") from None
+    if spec.runner.address:
+        return DaskTaskRunner(address=spec.runner.address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": spec.runner.workers,
+                                          "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})

@@ -1,0 +1,72 @@
+"""The runner and orchestration sections: where CV folds run, per-step timeouts and retries."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from trainflow import registry
+from trainflow.spec.base import Section
+
+# Every Prefect task of a pipeline run, by task name (the data steps come from the registry).
+TASK_NAMES = ("ingest", "expect", *registry.STEPS, "shard", "train", "evaluate", "train_fold",
+              "ensemble", "quantize", "prune", "report", "publish_report")
+# The tasks that train a model (and so occupy a device): they carry the device tag.
+TRAINING_TASKS = ("train", "train_fold", "prune")
+
+
+class RunnerSpec(Section):
+    """Where the cross-validation folds run: a one-worker thread pool in the flow's process
+    (`thread`), or a Dask cluster (`dask`: the scheduler at `address`, or a LocalCluster of
+    `workers` single-threaded processes when no address is given)."""
+
+    type: Literal["thread", "dask"] = "thread"
+    address: str | None = Field(None, description="Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    workers: int = Field(2, ge=1, le=256, description="LocalCluster worker processes")
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self):
+        if self.address is not None and self.type != "dask":
+            raise ValueError("address is a Dask scheduler address: set type: dask or remove it")
+        if self.address is not None and not self.address.startswith(("tcp://", "tls://",
+                                                                      "ucx://", "inproc://")):
+            raise ValueError(f"address must be a Dask scheduler URL (tcp://host:port, tls://...),"
+                             f" got {self.address!r}")
+        return self
+
+
+class StepOrchestration(Section):
+    """Prefect options of one step: a timeout, and retries (only I/O errors are retried)."""
+
+    timeout_s: float | None = Field(None, gt=0, description="Fail the step after this long")
+    retries: int | None = Field(None, ge=0, le=20, description="Default: 2 for ingest and "
+                                "shard (reading and writing files), 0 for the others")
+    retry_delay_s: list[float] | None = Field(None, min_length=1,
+                                              description="Seconds before each retry")
+
+    @field_validator("retry_delay_s")
+    @classmethod
+    def _non_negative(cls, value):
+        if value is not None and any(v < 0 for v in value):
+            raise ValueError("retry delays are seconds >= 0")
+        return value
+
+
+class OrchestrationSpec(Section):
+    steps: dict[str, StepOrchestration] = Field(
+        default_factory=dict, description="Task name -> timeout/retries, e.g. {train: "
+        "{timeout_s: 3600}}")
+    device_tag: str = Field(
+        "trainflow-device", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+        description="Tag on the training tasks; `trainflow serve --max-trainings N` limits how "
+        "many tasks with this tag run at once")
+
+    @field_validator("steps")
+    @classmethod
+    def _known_steps(cls, value):
+        unknown = [name for name in value if name not in TASK_NAMES]
+        if unknown:
+            raise ValueError(f"unknown step(s) {', '.join(map(repr, unknown))}; steps: "
+                             f"{', '.join(TASK_NAMES)}")
+        return value
