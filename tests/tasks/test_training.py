@@ -247,3 +247,38 @@ def test_the_train_task_resumes_what_an_interrupted_run_left(prepared, tmp_path)
     a, b = (checkpoint.load(ref.path / "best.pt")["model"] for ref in (whole, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.meta == whole.meta
+
+
+def test_a_streamed_run_killed_mid_epoch_resumes_bit_identical(prepared, tmp_path):
+    """The streamed loader's epoch is replayed up to the saved batch position (its shuffle
+    and augmentation are seeded per epoch), then training continues as if never stopped."""
+    from trainflow.spec.train import LoaderSpec
+    from trainflow.tasks.train import load_training_splits
+
+    spec = TrainSpec.model_validate({
+        **TRAIN.model_dump(), "epochs": 3, "checkpoint_every_steps": 4,
+        "checkpoint_interval_s": 0, "augment": {"gaussian_noise": 0.05},
+        "loader": {"mode": "stream", "workers": 0, "shuffle_buffer": 100}})
+    data, _ = load_training_splits(prepared["shards"], "error", spec.loader)
+    assert not isinstance(data["train"], Split)
+
+    def train(out, **kwargs):
+        torch.manual_seed(0)
+        net = mlp([30], 2, [32], dropout=0.2)
+        out.mkdir()
+        return net, fit(net, data["train"], data["val"], spec, 0, optimizer_factory(spec), out,
+                        **kwargs)
+
+    full, full_result = train(tmp_path / "full")
+    per_epoch = full_result.history[0]["steps"]
+
+    def kill(steps):
+        if steps == per_epoch + 8:  # in the second epoch, 8 steps in
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "killed", on_step=kill)
+    assert checkpoint.load(tmp_path / "killed" / "last.pt")["position"]["batch"] == 8
+    resumed, result = train(tmp_path / "resumed", resume=tmp_path / "killed" / "last.pt")
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(),
+                                                 resumed.state_dict().values()))
+    assert result.history == full_result.history

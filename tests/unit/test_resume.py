@@ -110,3 +110,130 @@ def test_a_file_that_is_not_a_trainflow_checkpoint_is_named(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ArtifactError, match="other.pt is not a trainflow checkpoint"):
         checkpoint.load(tmp_path / "other.pt")
+
+
+STEPPED = TrainSpec.model_validate({**SPEC.model_dump(), "checkpoint_every_steps": 1,
+                                    "keep_last": 3})
+MIXED = TrainSpec.model_validate({**STEPPED.model_dump(), "accumulate": 3,
+                                  "augment": {"gaussian_noise": 0.1, "mixup": 0.4}})
+
+
+def run_spec(spec, out, **kwargs):
+    train, val = data()
+    net = model()
+    out.mkdir()
+    result = fit(net, train, val, spec, 0, optimizer_factory(spec), out, **kwargs)
+    return net, result
+
+
+def killed_at(spec, out, step):
+    """Run until optimizer step `step`, then stop as abruptly as an exception can."""
+    def kill(steps):
+        if steps == step:
+            raise Crash
+    with pytest.raises(Crash):
+        run_spec(spec, out, on_step=kill)
+    return out / "last.pt"
+
+
+def same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                  b.state_dict().values()))
+
+
+# 10 batches per epoch: step 7 and 23 are mid-epoch, 10 the last step of an epoch (before its
+# validation); with accumulate 3 an epoch has 4 steps, the last over one batch.
+@pytest.mark.parametrize("spec,step", [(STEPPED, 7), (STEPPED, 10), (STEPPED, 23),
+                                       (MIXED, 5), (MIXED, 8)],
+                         ids=["mid-epoch", "epoch-end", "later-epoch", "accumulate+mixup",
+                              "after-short-group"])
+def test_a_run_killed_at_any_step_resumes_bit_identical(tmp_path, spec, step):
+    full, full_result = run_spec(spec, tmp_path / "full")
+    last = killed_at(spec, tmp_path / "killed", step)
+    saved = checkpoint.load(last)
+    assert saved["steps"] == step and saved["position"] is not None
+    resumed, result = run_spec(spec, tmp_path / "resumed", resume=last)
+    assert same_weights(full, resumed)
+    assert result.history == full_result.history  # the losses of the resumed epoch too
+
+
+def test_keep_last_k_checkpoints_while_training(tmp_path):
+    last = killed_at(STEPPED, tmp_path / "killed", 7)
+    kept = sorted(p.name for p in last.parent.glob("last*.pt"))
+    assert kept == ["last.prev.pt", "last.prev2.pt", "last.pt"]
+    assert [checkpoint.load(p)["steps"] for p in checkpoint.rotation(last)] == [7, 6, 5]
+
+
+@pytest.mark.parametrize("piece", ["position", "position.order_rng", "position.loss_sum",
+                                   "rng.torch"])
+def test_each_piece_of_mid_epoch_state_is_needed(tmp_path, piece):
+    full, full_result = run_spec(STEPPED, tmp_path / "full")
+    saved = checkpoint.load(killed_at(STEPPED, tmp_path / "killed", 7))
+    if piece == "position":
+        saved["position"] = None
+    elif piece == "position.order_rng":
+        saved["position"]["order_rng"] = torch.Generator().manual_seed(1).get_state()
+    elif piece == "position.loss_sum":
+        saved["position"]["loss_sum"] = torch.zeros(())
+    else:
+        saved["rng"]["torch"] = torch.Generator().manual_seed(1).get_state()
+    checkpoint.save_rotating(tmp_path / "partial.pt", saved)
+    resumed, result = run_spec(STEPPED, tmp_path / "resumed", resume=tmp_path / "partial.pt")
+    if piece == "position.loss_sum":  # the weights are right, the epoch's reported loss not
+        assert result.history[0]["train_loss"] != full_result.history[0]["train_loss"]
+    else:
+        assert not same_weights(full, resumed)
+
+
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from tests.unit.test_resume import STEPPED, run_spec
+
+def kill(steps):
+    if steps == 17:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally, a write may be torn
+
+run_spec(STEPPED, Path({out!r}), on_step=kill)
+"""
+
+
+def test_a_process_killed_with_sigkill_resumes_bit_identical(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    script = KILLER.format(root=root, out=str(tmp_path / "killed"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                          timeout=300)
+    assert done.returncode == -9, done.stderr.decode()[-2000:]
+    full, full_result = run_spec(STEPPED, tmp_path / "full")
+    saved = checkpoint.load_latest_good(tmp_path / "killed" / "last.pt")
+    assert 14 <= saved["steps"] <= 17  # the newest write may not have landed
+    resumed, result = run_spec(STEPPED, tmp_path / "resumed",
+                               resume=tmp_path / "killed" / "last.pt")
+    assert same_weights(full, resumed) and result.history == full_result.history
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    from trainflow.errors import TrainflowError
+
+    net_holder = {}
+
+    def diverge(steps):
+        if steps == 12:  # the weights blow up after step 12 was checkpointed
+            with torch.no_grad():
+                for p in net_holder["net"].parameters():
+                    p.fill_(float("nan"))
+
+    train, val = data()
+    net_holder["net"] = net = model()
+    (tmp_path / "run").mkdir()
+    with pytest.raises(TrainflowError, match="training loss became non-finite"):
+        fit(net, train, val, STEPPED, 0, optimizer_factory(STEPPED), tmp_path / "run",
+            on_step=diverge)
+    saved = checkpoint.load_latest_good(tmp_path / "run" / "last.pt")
+    assert saved["steps"] == 12
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())

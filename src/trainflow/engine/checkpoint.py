@@ -1,5 +1,6 @@
 """Checkpoints: atomic torch.save, loaded with weights_only=True only; resumable training
-state rotates through last.pt and last.prev.pt, each with a sha256 beside it."""
+state rotates through last.pt, last.prev.pt, last.prev2.pt, ... (the K most recent), each with
+a sha256 beside it."""
 
 from __future__ import annotations
 
@@ -36,29 +37,50 @@ def load(path: Path) -> dict[str, Any]:
     return payload
 
 
-def _previous(path: Path) -> Path:
-    return path.with_name(path.stem + ".prev" + path.suffix)
+def older(path: Path, age: int) -> Path:
+    """The rotation's file `age` checkpoints back: last.pt, last.prev.pt, last.prev2.pt, ..."""
+    if age == 0:
+        return path
+    return path.with_name(f"{path.stem}.prev{age if age > 1 else ''}{path.suffix}")
 
 
 def _digest(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def save_rotating(path: Path, payload: dict[str, Any]) -> None:
-    """Write `path` with its sha256, keeping the checkpoint it replaces as `<name>.prev.pt`."""
+def rotation(path: Path) -> list[Path]:
+    """The rotation's files (or their digests) that exist, newest first."""
+    ages = {0} if path.is_file() or _digest(path).is_file() else set()
+    prefix = f"{path.stem}.prev"
+    for found in path.parent.glob(f"{prefix}*{path.suffix}*"):
+        tag = found.name[len(prefix):].split(".")[0]
+        if tag == "" or tag.isdigit():
+            ages.add(int(tag or 1))
+    return [older(path, age) for age in sorted(ages)]
+
+
+def save_rotating(path: Path, payload: dict[str, Any], keep: int = 2) -> None:
+    """Write `path` with its sha256, keeping the `keep - 1` checkpoints before it as
+    `<name>.prev.pt`, `<name>.prev2.pt`, ... (older ones are deleted)."""
     path = Path(path)
-    if path.is_file() and _digest(path).is_file():
-        os.replace(_digest(path), _digest(_previous(path)))
-        os.replace(path, _previous(path))
+    for stale in rotation(path):
+        if stale != path and int(stale.stem.rsplit("prev", 1)[1] or 1) >= keep - 1:
+            stale.unlink(missing_ok=True)  # it would be shifted beyond `keep`
+            _digest(stale).unlink(missing_ok=True)
+    for age in range(keep - 1, 0, -1):  # shift each one back, oldest first
+        source, target = older(path, age - 1), older(path, age)
+        if source.is_file() and _digest(source).is_file():
+            os.replace(_digest(source), _digest(target))
+            os.replace(source, target)
     save(path, payload)
     atomic_write_text(_digest(path), sha256_file(path))
 
 
 def load_latest_good(path: Path) -> dict[str, Any]:
     """The newest intact checkpoint of a rotation: `path` if its sha256 matches, else the
-    previous one, with a warning; an ArtifactError when neither is usable."""
+    next older intact one, with a warning; an ArtifactError when none is usable."""
     path, problems = Path(path), []
-    for candidate in (path, _previous(path)):
+    for candidate in rotation(path) or [path]:
         digest = _digest(candidate)
         if not candidate.is_file() or not digest.is_file():
             problems.append(f"{candidate}: missing")
@@ -67,16 +89,18 @@ def load_latest_good(path: Path) -> dict[str, Any]:
         else:
             if problems:
                 log.warning("checkpoint %s; resuming from the previous one, %s",
-                            problems[0], candidate)
+                            "; ".join(problems), candidate)
             return load(candidate)
     raise ArtifactError("no intact checkpoint to resume from: " + "; ".join(problems))
 
 
 def drop_rotation(path: Path) -> None:
-    """After a finished run: only `path` stays (the previous copy and digests were for
+    """After a finished run: only `path` stays (the older copies and digests were for
     recovering from a crash)."""
-    for extra in (_previous(path), _digest(path), _digest(_previous(path))):
-        Path(extra).unlink(missing_ok=True)
+    for extra in rotation(path):
+        if extra != path:
+            extra.unlink(missing_ok=True)
+        _digest(extra).unlink(missing_ok=True)
 
 
 def snapshot(value: Any) -> Any:
@@ -101,9 +125,9 @@ class BackgroundWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: Future | None = None
 
-    def save(self, path: Path, payload: dict[str, Any]) -> None:
+    def save(self, path: Path, payload: dict[str, Any], keep: int = 2) -> None:
         self.wait()
-        self._pending = self._pool.submit(save_rotating, path, snapshot(payload))
+        self._pending = self._pool.submit(save_rotating, path, snapshot(payload), keep)
 
     def wait(self) -> None:
         if self._pending is not None:

@@ -122,23 +122,53 @@ def weighted_loss(logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Te
     return (per_sample * w).sum() / total.sum().clamp_min(1e-12)
 
 
+@dataclass
+class Position:
+    """How far an epoch has got: batches consumed, the running loss sum and sample count, and
+    (when resuming mid-epoch) the RNG states to restore once the consumed batches are passed."""
+
+    batch: int = 0
+    loss_sum: torch.Tensor | float = 0.0
+    seen: int = 0
+    rng: dict | None = None
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split, batch_size: int,
                 generator: torch.Generator, device: torch.device,
                 class_weights: torch.Tensor | None = None,
                 sample_weights: torch.Tensor | None = None,
                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 mix: Callable | None = None, stream: Iterable | None = None,
-                update: Update | None = None) -> float:
+                update: Update | None = None, start: Position | None = None,
+                on_step: Callable[[Position], None] | None = None) -> float:
     """One pass over `data` (or over `stream`'s batches, already augmented in its workers);
     raises before any checkpoint of a non-finite epoch is written. `update` holds the knobs of
-    the optimizer step (accumulation, clipping, precision, schedule, step budget)."""
+    the optimizer step (accumulation, clipping, precision, schedule, step budget).
+
+    `start` resumes mid-epoch: its batches are passed over (their augmentation replayed, so
+    the augmentation streams continue where they were), then the saved RNG states are
+    restored. `on_step` sees the position after each optimizer step.
+    """
     update = update or Update()
     model.train()
     optimizer.zero_grad(set_to_none=True)
     total, seen, pending = torch.zeros((), device=device), 0, 0
+    skip = start.batch if start else 0
+    if start:
+        total, seen = total + start.loss_sum.to(device), start.seen
     smoothing = update.label_smoothing
-    for x, y, *w in stream if stream is not None else batches(data, batch_size, generator,
-                                                              sample_weights):
+    for index, (x, y, *w) in enumerate(
+            stream if stream is not None else batches(data, batch_size, generator,
+                                                      sample_weights)):
+        if index < skip:  # resuming: consumed before the checkpoint
+            if augment is not None:
+                augment(x)
+            if mix is not None:
+                mix(x, y)
+            continue
+        if index == skip and start and start.rng:
+            restore_rng(start.rng, generator)
+            start.rng = None
         if update.done:
             break
         w = w[0].to(device, non_blocking=True) if w else None
@@ -156,13 +186,23 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
                 loss = weighted_loss(update.forward(model, x), y, class_weights, w, smoothing)
         update.backward(loss + update.penalty(model))
         pending += 1
+        total += loss.detach() * len(y)
+        seen += len(y)
         if pending == update.accumulate:
             update.step(model, optimizer)
             pending = 0
-        total += loss.detach() * len(y)
-        seen += len(y)
+            if on_step:
+                on_step(Position(index + 1, total, seen))
+    if start and start.rng:  # the checkpoint was taken after the epoch's last step
+        restore_rng(start.rng, generator)
     if pending:  # the epoch's last, smaller group of batches
         update.step(model, optimizer)
+        if on_step:
+            on_step(Position(index + 1, total, seen))
+    return finite_mean(total, seen)
+
+
+def finite_mean(total: torch.Tensor, seen: int) -> float:
     mean = total.item() / max(seen, 1)
     if not math.isfinite(mean):
         raise TrainflowError(f"training loss became non-finite ({mean}): lower train.lr, add "
@@ -186,12 +226,14 @@ def predict(model: nn.Module, data: Split, batch_size: int,
 
 def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, seed: int,
         build_optimizer: Callable[[nn.Module], torch.optim.Optimizer], out_dir: Path | None = None,
-        on_epoch: Callable[[dict], None] | None = None, resume: Path | None = None) -> FitResult:
+        on_epoch: Callable[[dict], None] | None = None, resume: Path | None = None,
+        on_step: Callable[[int], None] | None = None) -> FitResult:
     """Train with early stopping on a validation metric; write metrics.jsonl and checkpoints.
 
     `resume` continues from a last.pt of the same spec and data: weights, optimizer, schedule,
-    grad scaler, every RNG state and the early-stopping bookkeeping are restored, so the run ends
-    with the weights an uninterrupted run would have (checkpoints are taken at epoch ends).
+    grad scaler, the batch position inside the epoch, every RNG state and the early-stopping
+    bookkeeping are restored, so the run ends with the weights an uninterrupted run would have.
+    `on_step` sees the optimizer step count after each step.
     """
     generator = seed_everything(seed)
     device = resolve_device(spec.device)
@@ -221,7 +263,7 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     total_steps = min(per_epoch * spec.epochs, spec.max_steps or per_epoch * spec.epochs)
     scheduler, plateau = schedule.build(spec.schedule, optimizer, spec.lr, per_epoch, total_steps)
     update = Update.from_spec(spec, device, scheduler)
-    first_epoch = 1
+    first_epoch, start = 1, None
     if resume is not None:
         saved = checkpoint.load_latest_good(resume)
         model.load_state_dict(saved["model"])
@@ -236,11 +278,17 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
         best, waited, result.best_epoch = run["best"], run["waited"], run["best_epoch"]
         result.history, result.best_state = run["history"], run["best_state"]
         first_epoch = saved["epoch"] + 1
+        if saved.get("position"):  # taken mid-epoch: that epoch continues from its batch
+            mid = saved["position"]
+            first_epoch, update.grad_norms = saved["epoch"], list(mid["grad_norms"])
+            start = Position(mid["batch"], mid["loss_sum"], mid["seen"], saved["rng"])
+            generator.set_state(mid["order_rng"])  # the epoch's batch order, drawn again
 
-    def last_state(epoch: int) -> dict:
+    def last_state(epoch: int, position: dict | None = None) -> dict:
         return training_state(model, optimizer, epoch, generator, update, plateau,
                               {"best": best, "waited": waited, "best_epoch": result.best_epoch,
-                               "history": result.history, "best_state": result.best_state})
+                               "history": result.history, "best_state": result.best_state},
+                              position)
 
     log = open(out_dir / "metrics.jsonl", "w") if out_dir else None
     for row in result.history if log else ():  # a resumed run's log holds the earlier epochs
@@ -254,7 +302,23 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     try:
         for epoch in tqdm(range(first_epoch, spec.epochs + 1), desc="epochs", leave=False,
                           disable=None):
-            start = time.perf_counter()
+            began = time.perf_counter()
+            order_rng = generator.get_state()  # draws this epoch's batch order
+
+            def step_done(position: Position) -> None:
+                nonlocal saved_at
+                if (out_dir and spec.checkpoint_every_steps
+                        and update.steps % spec.checkpoint_every_steps == 0
+                        and time.monotonic() - saved_at >= spec.checkpoint_interval_s):
+                    finite_mean(position.loss_sum, position.seen)  # never save a diverged run
+                    writer.save(out_dir / "last.pt", last_state(epoch, {
+                        "batch": position.batch, "loss_sum": position.loss_sum.detach().cpu(),
+                        "seen": position.seen, "order_rng": order_rng,
+                        "grad_norms": list(update.grad_norms)}), spec.keep_last)
+                    saved_at = time.monotonic()
+                if on_step:
+                    on_step(update.steps)
+
             stream = train.epoch(epoch, spec.batch_size, seed, pin,
                                  augmenter.for_epoch if augmenter else None) if streamed else None
             train_loss = train_epoch(model, optimizer, train, spec.batch_size, generator, device,
@@ -262,7 +326,8 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
                                      augmenter.for_epoch(epoch) if augmenter and not streamed
                                      else None,
                                      augmenter.mixer(epoch) if augmenter else None, stream,
-                                     update)
+                                     update, start, step_done)
+            start = None
             val_loss, probs = predict(model, val, spec.batch_size, device)
             val_acc = (probs.argmax(1) == val.y).float().mean().item() if len(val) else 0.0
             # metrics.jsonl holds only what the seed determines, so a rerun writes equal bytes
@@ -285,10 +350,10 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
             if log:
                 log.write(json.dumps(row) + "\n")
             if on_epoch:
-                on_epoch({**row, "seconds": time.perf_counter() - start})
+                on_epoch({**row, "seconds": time.perf_counter() - began})
             if (out_dir and spec.checkpoint_every and epoch % spec.checkpoint_every == 0
                     and time.monotonic() - saved_at >= spec.checkpoint_interval_s):
-                writer.save(out_dir / "last.pt", last_state(epoch))
+                writer.save(out_dir / "last.pt", last_state(epoch), spec.keep_last)
                 saved_at, saved_epoch = time.monotonic(), epoch
             if stopping and waited >= stopping.patience:
                 result.stopped_early = True
@@ -306,7 +371,8 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     if out_dir:
         epochs_run = len(result.history)
         if saved_epoch != epochs_run and result.history:
-            checkpoint.save_rotating(out_dir / "last.pt", last_state(result.history[-1]["epoch"]))
+            checkpoint.save_rotating(out_dir / "last.pt", last_state(result.history[-1]["epoch"]),
+                                     spec.keep_last)
         checkpoint.save(out_dir / "best.pt", {"model": result.best_state,
                                               "epoch": result.best_epoch})
         checkpoint.drop_rotation(out_dir / "last.pt")
@@ -316,14 +382,15 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
 def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
                    generator: torch.Generator, update: Update,
                    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None,
-                   run: dict) -> dict:
-    """What last.pt holds: weights, optimizer, schedule, scaler, position, every RNG state and
-    the early-stopping bookkeeping (`run`): all that an exact resume needs."""
+                   run: dict, position: dict | None = None) -> dict:
+    """What last.pt holds: weights, optimizer, schedule, scaler, epoch and (mid-epoch) the
+    batch position with the epoch's order RNG, every RNG state and the early-stopping
+    bookkeeping (`run`): all that an exact resume needs."""
     return {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
         "steps": update.steps,
         "scheduler": update.scheduler.state_dict() if update.scheduler else {},
         "plateau": plateau.state_dict() if plateau else {},
         "scaler": update.scaler.state_dict() if update.scaler else {},
-        "rng": rng_state(generator), "run": run,
+        "rng": rng_state(generator), "run": run, "position": position,
     }

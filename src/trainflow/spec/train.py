@@ -126,6 +126,12 @@ class TrainSpec(Section):
     augment: AugmentSpec | None = None
     early_stopping: EarlyStopping | None = None
     checkpoint_every: int = Field(1, ge=0, description="Write last.pt every N epochs (0: at end)")
+    checkpoint_every_steps: int = Field(
+        0, ge=0, description="also write last.pt every N optimizer steps, mid-epoch (0: off); "
+        "a resume continues from the batch position, bit-identical to an uninterrupted run")
+    keep_last: int = Field(2, ge=1, le=100, description="resumable checkpoints kept while "
+                           "training (last.pt, last.prev.pt, last.prev2.pt, ...); a damaged "
+                           "one falls back to the next older")
     checkpoint_interval_s: float = Field(
         30.0, ge=0, description="...but at most once per this many seconds (0: no limit)")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
