@@ -13,7 +13,7 @@ from torch import nn
 
 from trainflow import registry
 from trainflow.artifacts import ArtifactRef
-from trainflow.engine import checkpoint, optim
+from trainflow.engine import checkpoint, optim, transfer
 from trainflow.engine.checks import check_model_and_training
 from trainflow.engine.augment import Augmenter, preview_png
 from trainflow.engine.loop import FitResult, Split, fit, predict, resolve_device
@@ -50,6 +50,11 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
     check_model_and_training(model, train, input_shape)
     torch.manual_seed(seed)
     net = build_model(model, input_shape, len(classes))
+    if train.pretrained:
+        transfer.warm_start(net, transfer.read_state_dict(train.pretrained.path,
+                                                          "train.pretrained.path"),
+                            train.pretrained.replace_head, "train.pretrained")
+    transfer.check_globs(net, train.freeze, train.unfreeze)
     work = resume_dir or folder
     work.mkdir(parents=True, exist_ok=True)
     last = work / "last.pt"

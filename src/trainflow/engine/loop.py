@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from trainflow.engine import checkpoint
-from trainflow.engine import schedule
+from trainflow.engine import schedule, transfer
 from trainflow.engine.augment import Augmenter
 from trainflow.engine.resume import restore_rng, rng_state
 from trainflow.engine.update import Update
@@ -151,6 +151,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
     """
     update = update or Update()
     model.train()
+    transfer.hold_frozen_norms(model)
     optimizer.zero_grad(set_to_none=True)
     total, seen, pending = torch.zeros((), device=device), 0, 0
     skip = start.batch if start else 0
@@ -303,6 +304,9 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
         for epoch in tqdm(range(first_epoch, spec.epochs + 1), desc="epochs", leave=False,
                           disable=None):
             began = time.perf_counter()
+            if spec.freeze:
+                transfer.apply_freeze(model, transfer.frozen_at(epoch, spec.freeze,
+                                                                spec.unfreeze))
             order_rng = generator.get_state()  # draws this epoch's batch order
 
             def step_done(position: Position) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal, Union
 
 from pydantic import Field, PositiveInt, model_validator
@@ -94,6 +95,15 @@ class LoaderSpec(Section):
                                   "(default ~/.cache/trainflow/shards)")
 
 
+class Pretrained(Section):
+    """Weights to start from: a trainflow model folder (e.g. a run's model artifact), a
+    trainflow checkpoint or a plain PyTorch state dict, loaded with weights_only=True."""
+
+    path: str
+    replace_head: bool = Field(False, description="keep the output layer fresh (a new number "
+                               "of classes); every other key must match")
+
+
 class TrainSpec(Section):
     optimizer: Optimizer = Field(default_factory=lambda: AdamParams(type="adamw"))
     lr: float = Field(1e-3, gt=0, le=10)
@@ -138,6 +148,32 @@ class TrainSpec(Section):
     deterministic: bool = Field(False, description="torch deterministic algorithms only (an "
                                 "error where an op has none; slower on CUDA)")
     loader: LoaderSpec = Field(default_factory=LoaderSpec)
+    start: Literal["cold", "warm"] = Field(
+        "cold", description="cold: fresh initialization; warm: from `pretrained`")
+    pretrained: Pretrained | None = None
+    freeze: list[str] = Field(default_factory=list, description="parameter-name globs "
+                              "(e.g. '0.*') that do not train")
+    unfreeze: dict[PositiveInt, list[str]] = Field(
+        default_factory=dict, description="epoch -> globs of `freeze` that train from that "
+        "epoch on (gradual unfreezing)")
+
+    @model_validator(mode="after")
+    def _warm_needs_weights(self):
+        if self.start == "warm" and self.pretrained is None:
+            raise ValueError("start: warm needs pretrained: {path: ...}")
+        if self.start == "cold" and self.pretrained is not None:
+            raise ValueError("pretrained weights are given but start is cold; set start: warm")
+        return self
+
+    def content_fingerprint(self) -> str:
+        """The bytes of the files training reads besides the data (pretrained weights), so
+        that a changed file is never served from the cache."""
+        from trainflow.artifacts import fingerprint_path
+
+        if self.pretrained is None:
+            return "none"
+        path = Path(self.pretrained.path)
+        return fingerprint_path(path) if path.exists() else "missing"
 
     @model_validator(mode="after")
     def _precision_on_device(self):
