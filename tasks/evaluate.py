@@ -1,4 +1,5 @@
-"""Evaluate: test-set accuracy, macro precision/recall/F1 and the confusion matrix."""
+"""Evaluate: test-set accuracy, macro precision/recall/F1, the confusion matrix and, for a
+model trained adversarially, its accuracy under the same attack (robust accuracy)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from prefect import task
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
+from trainflow.engine.adversarial import robust_accuracy
 from trainflow.engine.bundle import load_model, score
 from trainflow.tasks.train import load_splits
 
@@ -19,6 +21,10 @@ def evaluate_model(model: ArtifactRef, shards: ArtifactRef, store: str) -> Artif
     net, info = load_model(model)
     test = load_splits(shards, ("test",))["test"]
     metrics, probs = score(net, test, len(info["classes"]))
+    if "adversarial" in info:  # trained against an attack: accuracy under the same attack
+        a = info["adversarial"]
+        metrics["robust_accuracy"] = robust_accuracy(net, test.x, test.y, a["method"],
+                                                     a["epsilon"], a["steps"], a["step_size"])
     target = Store(store)
     with target.writer("metrics") as staging:
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))

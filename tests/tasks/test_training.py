@@ -252,7 +252,6 @@ def test_the_train_task_resumes_what_an_interrupted_run_left(prepared, tmp_path)
 def test_a_streamed_run_killed_mid_epoch_resumes_bit_identical(prepared, tmp_path):
     """The streamed loader's epoch is replayed up to the saved batch position (its shuffle
     and augmentation are seeded per epoch), then training continues as if never stopped."""
-    from trainflow.spec.train import LoaderSpec
     from trainflow.tasks.train import load_training_splits
 
     spec = TrainSpec.model_validate({
@@ -282,3 +281,15 @@ def test_a_streamed_run_killed_mid_epoch_resumes_bit_identical(prepared, tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(),
                                                  resumed.state_dict().values()))
     assert result.history == full_result.history
+
+
+def test_evaluation_reports_robust_accuracy_next_to_clean_accuracy(prepared, tmp_path):
+    spec = TrainSpec.model_validate({**TRAIN.model_dump(), "epochs": 8, "adversarial": {
+        "method": "fgsm", "epsilon": 0.5}})
+    store = str(tmp_path / "store")
+    model = train_model.fn(prepared["shards"], MODEL, spec, 0, store)
+    test = evaluate_model.fn(model, prepared["shards"], store)
+    assert test.meta["accuracy"] >= 0.9
+    assert 0.0 < test.meta["robust_accuracy"] < test.meta["accuracy"]
+    plain = evaluate_model.fn(prepared["model"], prepared["shards"], store)
+    assert "robust_accuracy" not in plain.meta  # only models trained against an attack

@@ -15,6 +15,8 @@ from trainflow import registry
 from trainflow.artifacts import ArtifactRef
 from trainflow.engine import checkpoint, optim, transfer
 from trainflow.engine.checks import check_model_and_training
+from trainflow.engine.distill import load_teacher
+from trainflow.errors import TrainflowError
 from trainflow.engine.augment import Augmenter, preview_png
 from trainflow.engine.loop import FitResult, Split, fit, predict, resolve_device
 from trainflow.loader import Stream
@@ -55,11 +57,13 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
                                                           "train.pretrained.path"),
                             train.pretrained.replace_head, "train.pretrained")
     transfer.check_globs(net, train.freeze, train.unfreeze)
+    teacher = load_teacher(train.distill.teacher, input_shape, classes) if train.distill else None
     work = resume_dir or folder
     work.mkdir(parents=True, exist_ok=True)
     last = work / "last.pt"
     result = fit(net, data["train"], data["val"], train, seed, optimizer_factory(train),
-                 work, on_epoch, resume=last if resume_dir and last.is_file() else None)
+                 work, on_epoch, resume=last if resume_dir and last.is_file() else None,
+                 teacher=teacher)
     if resume_dir:
         for name in ("metrics.jsonl", "last.pt", "best.pt"):
             shutil.copy2(work / name, folder / name)
@@ -70,7 +74,8 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
         (folder / "augment_preview.png").write_bytes(preview)
     describe(folder, model.model_dump(mode="json"), input_shape, classes,
              best_epoch=result.best_epoch, epochs_run=len(result.history),
-             stopped_early=result.stopped_early)
+             stopped_early=result.stopped_early,
+             **({"adversarial": train.adversarial.model_dump()} if train.adversarial else {}))
     return net, result
 
 
@@ -89,14 +94,24 @@ def describe(folder: Path, model: dict, input_shape: list[int], classes: list[st
 def load_model(ref: ArtifactRef) -> tuple[nn.Module, dict]:
     """Rebuild a model artifact's network and load its weights (weights_only)."""
     ref.verify()
-    info = json.loads((ref.path / "model.json").read_text())
-    params = registry.MODELS[info["model"]["type"]].params(**info["model"])
+    return build_from_folder(ref.path, "model"), json.loads((ref.path / "model.json").read_text())
+
+
+def build_from_folder(folder: Path, where: str) -> nn.Module:
+    """The network a model folder describes (model.json), with its best.pt weights, in eval
+    mode; `where` names the spec field that pointed at it, for errors."""
+    info = json.loads((Path(folder) / "model.json").read_text())
+    try:
+        params = registry.MODELS[info["model"]["type"]].params(**info["model"])
+    except (KeyError, ValueError) as exc:
+        raise TrainflowError(f"{where}: {folder}/model.json does not describe a model this "
+                             f"version can build: {exc}") from None
     net = build_model(params, info["input_shape"], len(info["classes"]))
     if "quantized" in info:  # int8 weights load into the quantized form of the network
         kind = info["quantized"]
         net = registry.QUANTIZERS[kind].impl(net, registry.QUANTIZERS[kind].params(type=kind))
-    net.load_state_dict(checkpoint.load(ref.path / WEIGHTS)["model"])
-    return net.eval(), info
+    net.load_state_dict(checkpoint.load(Path(folder) / WEIGHTS)["model"])
+    return net.eval()
 
 
 def score(net: nn.Module, data: Split, num_classes: int, batch_size: int = 256,

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from trainflow.engine import checkpoint
 from trainflow.engine import schedule, transfer
 from trainflow.engine.augment import Augmenter
+from trainflow.engine.distill import Distiller
 from trainflow.engine.resume import restore_rng, rng_state
 from trainflow.engine.update import Update
 from trainflow.errors import TrainflowError
@@ -175,16 +176,18 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
         w = w[0].to(device, non_blocking=True) if w else None
         if augment is not None:
             x = augment(x)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with update.autocast(device):
+            x = update.perturb(model, x, y)  # adversarial examples, when declared
             if mix is not None:  # mixup: a convex blend of pairs, and of their losses
                 x, y, partner, lam = mix(x, y)
-                x, y, partner = x.to(device), y.to(device), partner.to(device)
                 out = update.forward(model, x)
                 loss = (lam * weighted_loss(out, y, class_weights, w, smoothing)
                         + (1 - lam) * weighted_loss(out, partner, class_weights, w, smoothing))
             else:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                loss = weighted_loss(update.forward(model, x), y, class_weights, w, smoothing)
+                out = update.forward(model, x)
+                loss = weighted_loss(out, y, class_weights, w, smoothing)
+            loss = update.distill(loss, out, x)  # soft targets, when a teacher is declared
         update.backward(loss + update.penalty(model))
         pending += 1
         total += loss.detach() * len(y)
@@ -228,13 +231,15 @@ def predict(model: nn.Module, data: Split, batch_size: int,
 def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, seed: int,
         build_optimizer: Callable[[nn.Module], torch.optim.Optimizer], out_dir: Path | None = None,
         on_epoch: Callable[[dict], None] | None = None, resume: Path | None = None,
-        on_step: Callable[[int], None] | None = None) -> FitResult:
+        on_step: Callable[[int], None] | None = None,
+        teacher: nn.Module | None = None) -> FitResult:
     """Train with early stopping on a validation metric; write metrics.jsonl and checkpoints.
 
     `resume` continues from a last.pt of the same spec and data: weights, optimizer, schedule,
     grad scaler, the batch position inside the epoch, every RNG state and the early-stopping
     bookkeeping are restored, so the run ends with the weights an uninterrupted run would have.
-    `on_step` sees the optimizer step count after each step.
+    `on_step` sees the optimizer step count after each step; `teacher` is the model to
+    distill from (train.distill).
     """
     generator = seed_everything(seed)
     device = resolve_device(spec.device)
@@ -264,6 +269,9 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     total_steps = min(per_epoch * spec.epochs, spec.max_steps or per_epoch * spec.epochs)
     scheduler, plateau = schedule.build(spec.schedule, optimizer, spec.lr, per_epoch, total_steps)
     update = Update.from_spec(spec, device, scheduler)
+    if teacher is not None:
+        update.distiller = Distiller(teacher, spec.distill.temperature,
+                                     spec.distill.alpha).to(device)
     first_epoch, start = 1, None
     if resume is not None:
         saved = checkpoint.load_latest_good(resume)

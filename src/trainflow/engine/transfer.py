@@ -4,16 +4,13 @@ of unfreezing (fine-tuning)."""
 from __future__ import annotations
 
 import fnmatch
-import logging
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from trainflow.engine import checkpoint
 from trainflow.errors import TrainflowError
 
-log = logging.getLogger("trainflow")
 
 
 def read_state_dict(path: str | Path, where: str) -> dict[str, torch.Tensor]:

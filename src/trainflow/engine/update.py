@@ -3,6 +3,7 @@ mixed precision, the per-step schedule and a step budget."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from trainflow.errors import TrainflowError
-from trainflow.spec.train import GradClip, TrainSpec
+from trainflow.engine.adversarial import attack
+from trainflow.spec.train import Adversarial, GradClip, TrainSpec
 
 PRECISION = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -28,6 +30,8 @@ class Update:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     max_steps: int | None = None
     tbptt: int | None = None
+    adversarial: Adversarial | None = None
+    distiller: Callable | None = None  # (hard loss, student logits, x) -> loss
     steps: int = 0
     grad_norms: list[float] = field(default_factory=list)
 
@@ -40,7 +44,7 @@ class Update:
                                  f"{device.type}; use bf16 (autocast) on CPU")
         scaler = torch.amp.GradScaler("cuda") if spec.precision == "fp16" else None
         return cls(spec.accumulate, spec.grad_clip, spec.l1, spec.label_smoothing, dtype,
-                   scaler, scheduler, spec.max_steps, spec.tbptt)
+                   scaler, scheduler, spec.max_steps, spec.tbptt, spec.adversarial)
 
     @property
     def done(self) -> bool:
@@ -61,6 +65,18 @@ class Update:
             _, state = model(x[:, :-self.tbptt], return_state=True)
         state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
         return model(x[:, -self.tbptt:], state=state)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Adversarial training: the first `ratio` of the batch replaced by attacks on it."""
+        if self.adversarial is None:
+            return x
+        a = self.adversarial
+        k = max(1, round(a.ratio * len(y)))
+        adv = attack(model, x[:k], y[:k], a.method, a.epsilon, a.steps, a.step_size)
+        return torch.cat([adv, x[k:]]) if k < len(y) else adv
+
+    def distill(self, hard: torch.Tensor, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.distiller(hard, out, x) if self.distiller else hard
 
     def penalty(self, model: nn.Module) -> torch.Tensor | float:
         """The L1 term: l1 x the sum of |w| over weight matrices and kernels (not biases)."""

@@ -104,6 +104,35 @@ class Pretrained(Section):
                                "of classes); every other key must match")
 
 
+class Distill(Section):
+    """Train against a teacher's soft targets: loss = alpha * T^2 * KL(teacher || student at
+    temperature T) + (1 - alpha) * the hard-label loss."""
+
+    teacher: str = Field(..., description="a trained model folder (model.json + best.pt)")
+    temperature: float = Field(4.0, gt=0, le=100)
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft (teacher) loss")
+
+
+class Adversarial(Section):
+    """Adversarial training: a `ratio` of each batch is replaced by FGSM or PGD examples
+    within `epsilon` (max-norm, in the units of the normalized inputs)."""
+
+    method: Literal["fgsm", "pgd"] = "pgd"
+    epsilon: float = Field(..., gt=0)
+    steps: PositiveInt | None = Field(None, description="PGD steps (default 7; FGSM takes "
+                                      "one)")
+    step_size: float | None = Field(None, gt=0, description="PGD step (default 2.5 * "
+                                    "epsilon / steps)")
+    ratio: float = Field(0.5, gt=0, le=1, description="fraction of each batch attacked")
+
+    @model_validator(mode="after")
+    def _fgsm_one_step(self):
+        if self.method == "fgsm" and (self.steps is not None or self.step_size is not None):
+            raise ValueError("fgsm takes one step of size epsilon: drop steps and step_size "
+                             "(or use method: pgd)")
+        return self
+
+
 class TrainSpec(Section):
     optimizer: Optimizer = Field(default_factory=lambda: AdamParams(type="adamw"))
     lr: float = Field(1e-3, gt=0, le=10)
@@ -157,6 +186,9 @@ class TrainSpec(Section):
         default_factory=dict, description="epoch -> globs of `freeze` that train from that "
         "epoch on (gradual unfreezing)")
 
+    distill: Distill | None = None
+    adversarial: Adversarial | None = None
+
     @model_validator(mode="after")
     def _warm_needs_weights(self):
         if self.start == "warm" and self.pretrained is None:
@@ -166,14 +198,13 @@ class TrainSpec(Section):
         return self
 
     def content_fingerprint(self) -> str:
-        """The bytes of the files training reads besides the data (pretrained weights), so
-        that a changed file is never served from the cache."""
+        """The bytes of the files training reads besides the data (pretrained weights, a
+        teacher), so that a changed file is never served from the cache."""
         from trainflow.artifacts import fingerprint_path
 
-        if self.pretrained is None:
-            return "none"
-        path = Path(self.pretrained.path)
-        return fingerprint_path(path) if path.exists() else "missing"
+        paths = [Path(self.pretrained.path)] if self.pretrained else []
+        paths += [Path(self.distill.teacher)] if self.distill else []
+        return "|".join(fingerprint_path(p) if p.exists() else "missing" for p in paths)
 
     @model_validator(mode="after")
     def _precision_on_device(self):
