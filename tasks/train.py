@@ -81,7 +81,8 @@ def train_model(shards: ArtifactRef, model: Any, train: TrainSpec, seed: int,
     def log_epoch(row: dict) -> None:
         progress.update(row["epoch"] / train.epochs)
         logger.info("epoch %(epoch)d  train_loss %(train_loss).4f  val_loss %(val_loss).4f  "
-                    "val_accuracy %(val_accuracy).4f  (%(seconds).2fs)", row)
+                    "val_accuracy %(val_accuracy).4f  (%(seconds).2fs, %(samples_per_s).0f "
+                    "samples/s)", row)
 
     target = Store(store)
     resume_dir = resume_folder(target, shards, model, train, seed)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from trainflow.engine import schedule, transfer
 from trainflow.engine.augment import Augmenter
 from trainflow.engine.distill import Distiller
 from trainflow.engine.resume import restore_rng, rng_state
+from trainflow.engine.tracking import Tracker, dead_units, layer_report
 from trainflow.engine.update import Update
 from trainflow.errors import TrainflowError
 from trainflow.loader import Stream
@@ -188,6 +189,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
                 out = update.forward(model, x)
                 loss = weighted_loss(out, y, class_weights, w, smoothing)
             loss = update.distill(loss, out, x)  # soft targets, when a teacher is declared
+        update.last_loss = loss.detach()
         update.backward(loss + update.penalty(model))
         pending += 1
         total += loss.detach() * len(y)
@@ -272,7 +274,7 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     if teacher is not None:
         update.distiller = Distiller(teacher, spec.distill.temperature,
                                      spec.distill.alpha).to(device)
-    first_epoch, start = 1, None
+    first_epoch, start, step_rows = 1, None, []
     if resume is not None:
         saved = checkpoint.load_latest_good(resume)
         model.load_state_dict(saved["model"])
@@ -286,22 +288,28 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
         run = saved["run"]
         best, waited, result.best_epoch = run["best"], run["waited"], run["best_epoch"]
         result.history, result.best_state = run["history"], run["best_state"]
+        step_rows = run.get("step_rows", [])
         first_epoch = saved["epoch"] + 1
         if saved.get("position"):  # taken mid-epoch: that epoch continues from its batch
             mid = saved["position"]
             first_epoch, update.grad_norms = saved["epoch"], list(mid["grad_norms"])
             start = Position(mid["batch"], mid["loss_sum"], mid["seen"], saved["rng"])
+            if update.layer_grads is not None and mid.get("layer_grads"):
+                update.layer_grads.sums = dict(mid["layer_grads"]["sums"])
+                update.layer_grads.count = mid["layer_grads"]["count"]
             generator.set_state(mid["order_rng"])  # the epoch's batch order, drawn again
 
     def last_state(epoch: int, position: dict | None = None) -> dict:
         return training_state(model, optimizer, epoch, generator, update, plateau,
                               {"best": best, "waited": waited, "best_epoch": result.best_epoch,
-                               "history": result.history, "best_state": result.best_state},
+                               "history": result.history, "best_state": result.best_state,
+                               "step_rows": step_rows},
                               position)
 
-    log = open(out_dir / "metrics.jsonl", "w") if out_dir else None
-    for row in result.history if log else ():  # a resumed run's log holds the earlier epochs
-        log.write(json.dumps(row) + "\n")
+    tracker = Tracker(out_dir, spec.log.tensorboard, spec.log.every_steps, result.history,
+                      step_rows)
+    anomaly = (torch.autograd.detect_anomaly(check_nan=True) if spec.debug.detect_anomaly
+               else nullcontext())
     writer = checkpoint.BackgroundWriter()
     saved_at, saved_epoch = time.monotonic(), 0
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -323,22 +331,40 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
                         and update.steps % spec.checkpoint_every_steps == 0
                         and time.monotonic() - saved_at >= spec.checkpoint_interval_s):
                     finite_mean(position.loss_sum, position.seen)  # never save a diverged run
+                    grads = update.layer_grads
                     writer.save(out_dir / "last.pt", last_state(epoch, {
                         "batch": position.batch, "loss_sum": position.loss_sum.detach().cpu(),
                         "seen": position.seen, "order_rng": order_rng,
-                        "grad_norms": list(update.grad_norms)}), spec.keep_last)
+                        "grad_norms": list(update.grad_norms),
+                        "layer_grads": {"sums": dict(grads.sums), "count": grads.count}
+                        if grads else None}), spec.keep_last)
                     saved_at = time.monotonic()
+                if tracker.wants_step(update.steps):
+                    tracker.step({"step": update.steps, "epoch": epoch,
+                                  "loss": float(update.last_loss),
+                                  "lr": optimizer.param_groups[0]["lr"],
+                                  **({"grad_norm": update.last_grad_norm}
+                                     if update.last_grad_norm is not None else {})})
                 if on_step:
                     on_step(update.steps)
 
             stream = train.epoch(epoch, spec.batch_size, seed, pin,
                                  augmenter.for_epoch if augmenter else None) if streamed else None
-            train_loss = train_epoch(model, optimizer, train, spec.batch_size, generator, device,
-                                     class_weights, sample_weights,
-                                     augmenter.for_epoch(epoch) if augmenter and not streamed
-                                     else None,
-                                     augmenter.mixer(epoch) if augmenter else None, stream,
-                                     update, start, step_done)
+            try:
+                with anomaly:
+                    train_loss = train_epoch(
+                        model, optimizer, train, spec.batch_size, generator, device,
+                        class_weights, sample_weights,
+                        augmenter.for_epoch(epoch) if augmenter and not streamed else None,
+                        augmenter.mixer(epoch) if augmenter else None, stream, update, start,
+                        step_done)
+            except RuntimeError as exc:
+                if spec.debug.detect_anomaly and "nan values" in str(exc):
+                    raise TrainflowError(f"train.debug.detect_anomaly: the backward pass made "
+                                         f"NaN values in epoch {epoch}: {exc} (the warning "
+                                         "above shows the forward operation that caused "
+                                         "it)") from None
+                raise
             start = None
             val_loss, probs = predict(model, val, spec.batch_size, device)
             val_acc = (probs.argmax(1) == val.y).float().mean().item() if len(val) else 0.0
@@ -359,10 +385,13 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
                                      model.state_dict().items()}
             else:
                 waited += 1
-            if log:
-                log.write(json.dumps(row) + "\n")
+            seconds = time.perf_counter() - began
+            tracker.epoch(row, seconds, len(train))
+            if spec.debug.layer_norms or spec.debug.dead_units:
+                tracker.debug_row(out_dir, {"epoch": epoch, **debug_report(
+                    model, update, val if spec.debug.dead_units else None, device)})
             if on_epoch:
-                on_epoch({**row, "seconds": time.perf_counter() - began})
+                on_epoch({**row, "seconds": seconds, "samples_per_s": len(train) / seconds})
             if (out_dir and spec.checkpoint_every and epoch % spec.checkpoint_every == 0
                     and time.monotonic() - saved_at >= spec.checkpoint_interval_s):
                 writer.save(out_dir / "last.pt", last_state(epoch), spec.keep_last)
@@ -375,8 +404,7 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         writer.close()
-        if log:
-            log.close()
+        tracker.close()
     if result.best_state is None:  # no finite validation score (e.g. no validation rows)
         result.best_epoch = len(result.history)
         result.best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
@@ -389,6 +417,18 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
                                               "epoch": result.best_epoch})
         checkpoint.drop_rotation(out_dir / "last.pt")
     return result
+
+
+def debug_report(model: nn.Module, update: Update, val: Split | None,
+                 device: torch.device) -> dict:
+    """debug.jsonl's row for an epoch: per-parameter weight and gradient norms (when
+    measured), and the fraction of dead ReLU units on the validation set."""
+    out = {}
+    if update.layer_grads is not None:
+        out["layers"] = layer_report(model, update.layer_grads.take())
+    if val is not None and len(val):
+        out["dead_units"] = dead_units(model, val.x, device)
+    return out
 
 
 def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,

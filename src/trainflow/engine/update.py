@@ -12,6 +12,7 @@ from torch import nn
 
 from trainflow.errors import TrainflowError
 from trainflow.engine.adversarial import attack
+from trainflow.engine.tracking import GradientNorms
 from trainflow.spec.train import Adversarial, GradClip, TrainSpec
 
 PRECISION = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,8 +33,12 @@ class Update:
     tbptt: int | None = None
     adversarial: Adversarial | None = None
     distiller: Callable | None = None  # (hard loss, student logits, x) -> loss
+    log_every: int = 0  # measure the gradient norm on these steps (per-step rows)
     steps: int = 0
     grad_norms: list[float] = field(default_factory=list)
+    last_loss: torch.Tensor | None = None  # the latest batch's loss, for per-step rows
+    last_grad_norm: float | None = None  # the latest step's gradient norm, when measured
+    layer_grads: GradientNorms | None = None  # per-parameter norms, when debugging
 
     @classmethod
     def from_spec(cls, spec: TrainSpec, device: torch.device,
@@ -44,7 +49,9 @@ class Update:
                                  f"{device.type}; use bf16 (autocast) on CPU")
         scaler = torch.amp.GradScaler("cuda") if spec.precision == "fp16" else None
         return cls(spec.accumulate, spec.grad_clip, spec.l1, spec.label_smoothing, dtype,
-                   scaler, scheduler, spec.max_steps, spec.tbptt, spec.adversarial)
+                   scaler, scheduler, spec.max_steps, spec.tbptt, spec.adversarial,
+                   log_every=spec.log.every_steps,
+                   layer_grads=GradientNorms() if spec.debug.layer_norms else None)
 
     @property
     def done(self) -> bool:
@@ -93,10 +100,17 @@ class Update:
         """Clip, step (through the grad scaler under fp16), clear, advance the schedule."""
         if self.scaler:
             self.scaler.unscale_(optimizer)
+        self.last_grad_norm = None
         if self.clip and self.clip.max_norm:
             norm = nn.utils.clip_grad_norm_(model.parameters(), self.clip.max_norm)
             self.grad_norms.append(float(norm))
-        elif self.clip:
+            self.last_grad_norm = self.grad_norms[-1]
+        elif self.log_every and (self.steps + 1) % self.log_every == 0:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            self.last_grad_norm = float(nn.utils.get_total_norm(grads)) if grads else 0.0
+        if self.layer_grads is not None:
+            self.layer_grads.add(model)
+        if self.clip and self.clip.value:
             nn.utils.clip_grad_value_(model.parameters(), self.clip.value)
         if self.scaler:
             self.scaler.step(optimizer)

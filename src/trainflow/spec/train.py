@@ -133,6 +133,27 @@ class Adversarial(Section):
         return self
 
 
+class LogSpec(Section):
+    """What training records besides the per-epoch rows of metrics.jsonl."""
+
+    every_steps: int = Field(0, ge=0, description="also a metrics.jsonl row (step, epoch, "
+                             "loss, lr, grad_norm) every N optimizer steps (0: per epoch only)")
+    tensorboard: str | None = Field(None, description="a folder for TensorBoard event files "
+                                    "(a subfolder per run); needs trainflow[tensorboard]")
+
+
+class DebugSpec(Section):
+    """Model debugging output, per epoch, in debug.jsonl (and TensorBoard when on)."""
+
+    layer_norms: bool = Field(False, description="each parameter's weight norm and its mean "
+                              "gradient norm over the epoch")
+    dead_units: bool = Field(False, description="per ReLU layer, the fraction of units that "
+                             "never fire on the validation set")
+    detect_anomaly: bool = Field(False, description="autograd anomaly detection: a NaN in "
+                                 "the backward pass stops training naming the operation "
+                                 "(slow: debugging only)")
+
+
 class TrainSpec(Section):
     optimizer: Optimizer = Field(default_factory=lambda: AdamParams(type="adamw"))
     lr: float = Field(1e-3, gt=0, le=10)
@@ -188,6 +209,8 @@ class TrainSpec(Section):
 
     distill: Distill | None = None
     adversarial: Adversarial | None = None
+    log: LogSpec = Field(default_factory=LogSpec)
+    debug: DebugSpec = Field(default_factory=DebugSpec)
 
     @model_validator(mode="after")
     def _warm_needs_weights(self):
