@@ -99,6 +99,7 @@ def train_model(shards: ArtifactRef, model: Any, train: TrainSpec, seed: int,
                              meta={"best_epoch": result.best_epoch,
                                    "epochs_run": len(result.history),
                                    "samples_lost": lost,
+                                   "batch_size": result.batch_size,
                                    "stopped_early": result.stopped_early,
                                    "val_accuracy": best["val_accuracy"],
                                    "val_loss": best["val_loss"]})

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainflow.engine import optim, schedule
+from trainflow.engine import checkpoint, optim, schedule
 from trainflow.engine.bundle import optimizer_factory
 from trainflow.engine.loop import Split, fit, train_epoch, weighted_loss
 from trainflow.engine.update import Update
@@ -248,3 +248,81 @@ def test_deterministic_option_holds_during_training_and_is_restored():
     assert runs[0].history == runs[1].history
     assert all(torch.equal(a, b) for a, b in zip(runs[0].best_state.values(),
                                                  runs[1].best_state.values()))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit inside inductor
+def test_torch_compile_trains_like_eager_and_saves_plain_state_dicts(tmp_path):
+    import json
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 6, generator=g)
+    train, val = Split(x, (x[:, 0] > 0).long()), Split(x[:32], (x[:32, 0] > 0).long())
+    results = {}
+    for compiled in (False, True):
+        spec = TrainSpec(lr=0.01, epochs=2, batch_size=32, device="cpu", compile=compiled,
+                         checkpoint_every=0)
+        torch.manual_seed(0)
+        net = mlp([6], 2, [16])
+        out = tmp_path / str(compiled)
+        out.mkdir()
+        results[compiled] = fit(net, train, val, spec, 0, optimizer_factory(spec), out)
+        assert "_orig_mod" not in json.dumps(list(checkpoint.load(out / "best.pt")["model"]))
+    eager, compiled = (r.history for r in (results[False], results[True]))
+    for a, b in zip(eager, compiled):  # fused kernels may round differently
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+def small_data(n=160):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 6, generator=g)
+    return Split(x, (x[:, 0] > 0).long()), Split(x[:32], (x[:32, 0] > 0).long())
+
+
+def test_batch_ramp_grows_the_batch_and_the_schedule_spans_every_step():
+    train, val = small_data()
+    spec = TrainSpec(lr=0.1, epochs=5, batch_size=32, batch_ramp={"start": 8, "epochs": 3},
+                     schedule={"type": "cosine", "min_lr": 0.001}, device="cpu",
+                     checkpoint_every=0)
+    torch.manual_seed(0)
+    result = fit(mlp([6], 2, [8]), train, val, spec, 0, optimizer_factory(spec))
+    assert [r["batch_size"] for r in result.history] == [8, 16, 24, 32, 32]
+    steps = [r["steps"] for r in result.history]
+    assert [b - a for a, b in zip([0, *steps], steps)] == [20, 10, 7, 5, 5]
+    assert result.history[-1]["lr"] == pytest.approx(0.001)  # cosine ends on the last step
+    with pytest.raises(ValueError, match=r"batch_ramp.start \(32\) must be below"):
+        TrainSpec(batch_size=32, batch_ramp={"start": 32, "epochs": 2})
+
+
+def test_auto_batch_finds_the_largest_batch_within_the_budget():
+    from trainflow.engine.batchsize import largest_batch
+
+    train, _ = small_data(4096)
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    wide = mlp([6], 2, [1024, 1024])
+    before = {k: v.clone() for k, v in wide.state_dict().items()}
+    sizes = [largest_batch(wide, train.x, 8, 4096, mb, device) for mb in (30, 60, 120)]
+    assert sizes[0] < sizes[1] < sizes[2]  # more memory, a larger batch
+    assert all(s % 8 == 0 and (s // 8) & (s // 8 - 1) == 0 for s in sizes)  # 8 x 2^k
+    assert all(torch.equal(before[k], v) for k, v in wide.state_dict().items())
+    narrow = mlp([6], 2, [16])
+    assert largest_batch(narrow, train.x, 8, 4096, 120, device) == 4096  # capped by the data
+    assert largest_batch(narrow, train.x, 8, 256, 120, device) == 256  # and by max
+    with pytest.raises(TrainflowError, match="even batch_size 8 needs about"):
+        largest_batch(wide, train.x, 8, 4096, 1, device)
+
+
+def test_auto_batch_trains_exactly_like_the_batch_size_it_chose():
+    train, val = small_data(512)
+    runs = {}
+    for name, knobs in (("auto", {"auto_batch": {"memory_mb": 64, "max": 128}}),
+                        ("fixed", {"batch_size": 128})):
+        spec = TrainSpec.model_validate({"lr": 0.01, "epochs": 2, "batch_size": 16,
+                                         "device": "cpu", "checkpoint_every": 0, **knobs})
+        torch.manual_seed(0)
+        net = mlp([6], 2, [32], dropout=0.2)
+        runs[name] = (net, fit(net, train, val, spec, 0, optimizer_factory(spec)))
+    assert runs["auto"][1].batch_size == 128
+    assert runs["auto"][1].history == runs["fixed"][1].history
+    assert all(torch.equal(a, b) for a, b in zip(runs["auto"][0].state_dict().values(),
+                                                 runs["fixed"][0].state_dict().values()))

@@ -74,7 +74,7 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
         (folder / "augment_preview.png").write_bytes(preview)
     describe(folder, model.model_dump(mode="json"), input_shape, classes,
              best_epoch=result.best_epoch, epochs_run=len(result.history),
-             stopped_early=result.stopped_early,
+             stopped_early=result.stopped_early, batch_size=result.batch_size,
              **({"adversarial": train.adversarial.model_dump()} if train.adversarial else {}))
     return net, result
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from trainflow.engine import checkpoint
 from trainflow.engine import schedule, transfer
 from trainflow.engine.augment import Augmenter
+from trainflow.engine.batchsize import largest_batch, ramped
 from trainflow.engine.distill import Distiller
 from trainflow.engine.resume import restore_rng, rng_state
 from trainflow.engine.tracking import Tracker, dead_units, layer_report
@@ -52,6 +53,7 @@ class FitResult:
     best_epoch: int = 0
     best_state: dict | None = None
     stopped_early: bool = False
+    batch_size: int = 0  # as trained (train.auto_batch may have chosen it)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -267,8 +269,23 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     image_input = train.image_input if streamed else train.x.dim() == 4
     augmenter = Augmenter(spec.augment, seed, image_input) if spec.augment else None
     pin = spec.loader.pin_memory if spec.loader.pin_memory != "auto" else device.type == "cuda"
-    per_epoch = schedule.steps_per_epoch(len(train), spec.batch_size, spec.accumulate)
-    total_steps = min(per_epoch * spec.epochs, spec.max_steps or per_epoch * spec.epochs)
+    batch_size = spec.batch_size
+    if spec.auto_batch:
+        if streamed:
+            raise TrainflowError("train.auto_batch measures a training step on rows in "
+                                 "memory; set train.loader.mode: memory or a batch_size")
+        batch_size = largest_batch(model, train.x, spec.batch_size, spec.auto_batch.max,
+                                   spec.auto_batch.memory_mb, device)
+    result.batch_size = batch_size
+
+    def size_at(epoch: int) -> int:
+        ramp = spec.batch_ramp
+        return ramped(epoch, ramp.start, batch_size, ramp.epochs) if ramp else batch_size
+
+    per_epoch = schedule.steps_per_epoch(len(train), batch_size, spec.accumulate)
+    planned = sum(schedule.steps_per_epoch(len(train), size_at(e), spec.accumulate)
+                  for e in range(1, spec.epochs + 1))
+    total_steps = min(planned, spec.max_steps or planned)
     scheduler, plateau = schedule.build(spec.schedule, optimizer, spec.lr, per_epoch, total_steps)
     update = Update.from_spec(spec, device, scheduler)
     if teacher is not None:
@@ -306,6 +323,8 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
                                "step_rows": step_rows},
                               position)
 
+    # torch.compile: the compiled module runs the batches; `model` keeps the state dicts.
+    runner = torch.compile(model, mode=spec.compile_mode) if spec.compile else model
     tracker = Tracker(out_dir, spec.log.tensorboard, spec.log.every_steps, result.history,
                       step_rows)
     anomaly = (torch.autograd.detect_anomaly(check_nan=True) if spec.debug.detect_anomaly
@@ -348,12 +367,13 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
                 if on_step:
                     on_step(update.steps)
 
-            stream = train.epoch(epoch, spec.batch_size, seed, pin,
+            size = size_at(epoch)
+            stream = train.epoch(epoch, size, seed, pin,
                                  augmenter.for_epoch if augmenter else None) if streamed else None
             try:
                 with anomaly:
                     train_loss = train_epoch(
-                        model, optimizer, train, spec.batch_size, generator, device,
+                        runner, optimizer, train, size, generator, device,
                         class_weights, sample_weights,
                         augmenter.for_epoch(epoch) if augmenter and not streamed else None,
                         augmenter.mixer(epoch) if augmenter else None, stream, update, start,
@@ -366,12 +386,12 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
                                          "it)") from None
                 raise
             start = None
-            val_loss, probs = predict(model, val, spec.batch_size, device)
+            val_loss, probs = predict(runner, val, batch_size, device)
             val_acc = (probs.argmax(1) == val.y).float().mean().item() if len(val) else 0.0
             # metrics.jsonl holds only what the seed determines, so a rerun writes equal bytes
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
-                   "steps": update.steps}
+                   "steps": update.steps, "batch_size": size}
             if update.grad_norms:  # clipping by norm measures it: the epoch's mean, pre-clip
                 row["grad_norm"] = sum(update.grad_norms) / len(update.grad_norms)
                 update.grad_norms.clear()

@@ -154,6 +154,20 @@ class DebugSpec(Section):
                                  "(slow: debugging only)")
 
 
+class BatchRamp(Section):
+    """Start with a small batch and grow it linearly to batch_size over the first epochs."""
+
+    start: PositiveInt
+    epochs: PositiveInt
+
+
+class AutoBatch(Section):
+    """Find the largest batch (batch_size x 2^k) whose training step fits in memory_mb."""
+
+    memory_mb: float = Field(..., gt=0, description="memory budget of a training step")
+    max: PositiveInt = Field(8192, description="upper bound of the search")
+
+
 class TrainSpec(Section):
     optimizer: Optimizer = Field(default_factory=lambda: AdamParams(type="adamw"))
     lr: float = Field(1e-3, gt=0, le=10)
@@ -167,6 +181,9 @@ class TrainSpec(Section):
     l1: float = Field(0.0, ge=0, description="L1 penalty on weights (not biases) in the loss")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     batch_size: PositiveInt = 64
+    batch_ramp: BatchRamp | None = None
+    auto_batch: AutoBatch | None = Field(None, description="search the largest batch that "
+                                         "fits, starting from batch_size")
     accumulate: PositiveInt = Field(1, description="batches per optimizer step")
     tbptt: PositiveInt | None = Field(
         None, description="truncated backpropagation through time (recurrent models): the "
@@ -195,6 +212,9 @@ class TrainSpec(Section):
     checkpoint_interval_s: float = Field(
         30.0, ge=0, description="...but at most once per this many seconds (0: no limit)")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    compile: bool = Field(False, description="run the model through torch.compile (the "
+                          "first steps pay for compilation; needs a C++ compiler on CPU)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     deterministic: bool = Field(False, description="torch deterministic algorithms only (an "
                                 "error where an op has none; slower on CUDA)")
     loader: LoaderSpec = Field(default_factory=LoaderSpec)
@@ -211,6 +231,15 @@ class TrainSpec(Section):
     adversarial: Adversarial | None = None
     log: LogSpec = Field(default_factory=LogSpec)
     debug: DebugSpec = Field(default_factory=DebugSpec)
+
+    @model_validator(mode="after")
+    def _ramp_below_batch_size(self):
+        if self.batch_ramp and self.batch_ramp.start >= self.batch_size:
+            raise ValueError(f"batch_ramp.start ({self.batch_ramp.start}) must be below "
+                             f"batch_size ({self.batch_size})")
+        if self.batch_ramp and self.auto_batch:
+            raise ValueError("batch_ramp and auto_batch both set the batch size: choose one")
+        return self
 
     @model_validator(mode="after")
     def _warm_needs_weights(self):
