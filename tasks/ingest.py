@@ -13,6 +13,7 @@ from pydantic import Field
 from trainflow.artifacts import ArtifactRef, Store, fingerprint_path
 from trainflow.caching import CACHED
 from trainflow.errors import DataError
+from trainflow.logs import Progress
 from trainflow.spec.base import Section
 from trainflow.steps import write_parts
 from trainflow.tables import IMAGE_COLUMN, TableSchema
@@ -273,8 +274,12 @@ def load_source(source: SklearnSource | FileSource | ImageFolderSource | Sequenc
 def ingest(source: Source, store: str) -> ArtifactRef:
     """Read the declared source into a Parquet table artifact (images as flat arrays + shape);
     files are streamed, so a file larger than memory passes through."""
+    progress = Progress("ingest-progress", "source read (50 %), table written (100 %)")
     df, schema = load_source(source)
-    return write_parts(Store(store), "table", {"all": (df, schema)})
+    progress.update(0.5)
+    table = write_parts(Store(store), "table", {"all": (df, schema)})
+    progress.update(1.0)
+    return table
 
 
 def read_labels(source: SklearnSource | FileSource | ImageFolderSource | SequenceSource

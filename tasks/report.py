@@ -11,20 +11,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
+                                create_table_artifact)
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from trainflow.artifacts import ArtifactRef, Store, atomic_write_bytes, atomic_write_text
 from trainflow.caching import CACHED
 from trainflow.metrics import METRICS
-from trainflow.plots import curves_png
+from trainflow.plots import confusion_png, curves_png
 from trainflow.tables import IMAGE_COLUMN, scan_table
 from trainflow.tasks.encode import decode
 
 PREVIEW = "augment_preview.png"
 CURVES = "curves.png"
-IMAGES = (PREVIEW, CURVES)  # copied beside the report and embedded in the UI artifact
+CONFUSION = "confusion.png"
+IMAGES = (PREVIEW, CURVES, CONFUSION)  # copied beside the report and embedded in the UI artifact
 
 
 def cv_summary(folds: list[ArtifactRef]) -> dict:
@@ -132,7 +134,8 @@ def render(summary: dict) -> str:
             _table(["metric", "value"], [[m, summary["test"][m]] for m in METRICS]),
             "", "Confusion matrix (rows: true class, columns: predicted):", "",
             _table(["", *classes], [[c, *row] for c, row in
-                                    zip(classes, summary["test"]["confusion_matrix"])])]
+                                    zip(classes, summary["test"]["confusion_matrix"])]),
+            "", f"![confusion matrix]({CONFUSION})"]
     if summary["cv"]:
         cv = summary["cv"]
         out += ["", f"## Cross-validation ({len(cv['folds'])} folds, validation metrics)",
@@ -177,6 +180,9 @@ def write_report(name: str, spec_fingerprint: str, data: dict,
     with target.writer("report") as staging:
         (staging / "metrics.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         (staging / "report.md").write_text(render(summary))
+        classes = list(next(iter(summary["data"]["classes"].values())))
+        (staging / CONFUSION).write_bytes(confusion_png(summary["test"]["confusion_matrix"],
+                                                        classes))
         if summary["curves"]:
             history = [json.loads(line) for line in
                        (model.path / "metrics.jsonl").read_text().splitlines()]
@@ -203,8 +209,36 @@ def publish_report(report: ArtifactRef, name: str, runs_dir: str) -> str:
             # the UI artifact has no folder beside it: embed the image
             inline = "data:image/png;base64," + base64.b64encode(png).decode()
             markdown = markdown.replace(f"]({image})", f"]({inline})")
-    create_markdown_artifact(markdown, key=re.sub(r"[^a-z0-9-]+", "-", name.lower()) + "-report",
+    key = artifact_key(name)
+    create_markdown_artifact(markdown, key=f"{key}-report",
                              description=f"trainflow report for {name}")
+    publish_tables_and_links(json.loads((report.path / "metrics.json").read_text()), key, run)
     return str(run.resolve())
+
+
+def artifact_key(name: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) for a pipeline name."""
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower())
+
+
+def publish_tables_and_links(summary: dict, key: str, run: Path) -> None:
+    """The per-fold CV metrics as a table artifact, and a link artifact per model file and to
+    the run folder, so that the UI leads to the files on the machine that ran the flow."""
+    if summary["cv"]:
+        cv = summary["cv"]
+        rows = [{"fold": str(r["fold"]), **{m: r[m] for m in METRICS}} for r in cv["folds"]]
+        rows += [{"fold": label, **cv[label]} for label in ("mean", "std")]
+        create_table_artifact(rows, key=f"{key}-cv-folds",
+                              description=f"{summary['pipeline']}: validation metrics per "
+                                          f"cross-validation fold, with mean and std")
+    for model, uri in summary["models"].items():
+        link = (f"{uri.rstrip('/')}/best.pt" if "://" in uri
+                else (Path(uri) / "best.pt").resolve().as_uri())
+        create_link_artifact(link, link_text=f"{model}: {link}",
+                             key=f"{key}-{artifact_key(model)}-file",
+                             description=f"{summary['pipeline']}: {model} weights (best.pt)")
+    create_link_artifact(run.resolve().as_uri(), link_text=str(run.resolve()),
+                         key=f"{key}-run-folder",
+                         description=f"{summary['pipeline']}: report.md, metrics.json, plots")
 
 

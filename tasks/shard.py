@@ -14,6 +14,7 @@ from pydantic import Field
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine.augment import Augmenter
+from trainflow.logs import Progress
 from trainflow.shards import MANIFEST, write_split
 from trainflow.spec.augment import AugmentSpec
 from trainflow.spec.base import Section
@@ -66,6 +67,9 @@ def shard(splits: ArtifactRef, params: ShardParams, store: str, seed: int = 0) -
     schema = parts["train"][1]
     manifest = {"classes": schema.classes, "input_shape": schema.input_shape, "splits": {}}
     target = Store(store)
+    rows = {name: parts[name][0].height for name in SPLITS}
+    progress = Progress("shard-progress", "samples written to shards (train, val, test)")
+    done = 0
     with target.writer("shards") as staging:
         for name in SPLITS:
             x, y = to_arrays(*parts[name])
@@ -78,6 +82,8 @@ def shard(splits: ArtifactRef, params: ShardParams, store: str, seed: int = 0) -
                                                    params.per_record if params.per_record != "auto"
                                                    else record_samples(x),
                                                    params.max_bytes, w)
+            done += rows[name]
+            progress.update(done / max(sum(rows.values()), 1))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         counts = {k: v["samples"] for k, v in manifest["splits"].items()}
         return target.commit(staging, "shards", count=sum(counts.values()),

@@ -145,19 +145,21 @@ def _start_server(args) -> int:
 def _orchestrate(args) -> int:
     """serve, deploy and notify-data: all need a reachable server in PREFECT_API_URL."""
     from trainflow import deployments
+    from trainflow.errors import TrainflowError
+    from trainflow.spec.orchestration import OrchestrationSpec
 
-    deployments.require_server()
     if args.command == "notify-data":
+        deployments.spec_file(args.pipeline)  # a pipeline that exists, before the server
+        deployments.require_server()
         event = deployments.notify_data(args.pipeline, args.note)
         print(f"emitted {deployments.NEW_DATA_EVENT} for {args.pipeline} (event {event})")
         return 0
     path = Path(args.file) if args.file else deployments.PREFECT_YAML
-    entries = deployments.read_deployments(path)
+    entries = deployments.read_deployments(path)  # bad schedules are named before the server
+    if args.max_trainings is not None and args.max_trainings < 1:
+        raise TrainflowError(f"--max-trainings must be >= 1, got {args.max_trainings}")
+    deployments.require_server()
     if args.max_trainings is not None:
-        from trainflow.spec.orchestration import OrchestrationSpec
-        if args.max_trainings < 1:
-            from trainflow.errors import TrainflowError
-            raise TrainflowError(f"--max-trainings must be >= 1, got {args.max_trainings}")
         deployments.limit_trainings(OrchestrationSpec().device_tag, args.max_trainings)
     if args.command == "deploy":
         for name in deployments.deploy_all(path, args.pool):

@@ -154,7 +154,8 @@ def require_server() -> str:
     start = ("start one with `trainflow server` (UI and API on http://127.0.0.1:4200) and "
              "export PREFECT_API_URL=http://127.0.0.1:4200/api")
     if not url:
-        raise TrainflowError(f"PREFECT_API_URL is not set: {start}")
+        raise TrainflowError(f"PREFECT_API_URL is not set, so there is no server to talk to: "
+                             f"{start}")
     with get_client(sync_client=True) as client:
         error = client.api_healthcheck()
     if error is not None:
@@ -208,7 +209,6 @@ def notify_data(pipeline: str, note: str | None = None) -> str:
     from prefect.events import Event
     from prefect.events.clients import get_events_client
 
-    spec_file(pipeline)
     event = Event(event=NEW_DATA_EVENT,
                   resource={"prefect.resource.id": pipeline_resource(pipeline),
                             "prefect.resource.name": pipeline},

@@ -62,8 +62,27 @@ def cv_task_runner(spec: Any):
     except ImportError:  # pragma: no cover - a dependency of trainflow
         raise TrainflowError("runner.type: dask needs the prefect-dask package "
                              "(pip install prefect-dask)") from None
-    if spec.runner.address:
+    if spec.runner.address:  # its workers need PREFECT_API_URL set where they run
         return DaskTaskRunner(address=spec.runner.address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": spec.runner.workers,
                                           "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+                                          "dashboard_address": None,
+                                          "env": {"PREFECT_API_URL": api_url()}})
+
+
+def api_url() -> str:
+    """The API this process reports to: PREFECT_API_URL, or the embedded server's address.
+
+    Without it every Dask worker process would start an embedded server of its own (half a
+    minute each) and record its task runs there, out of the UI's sight.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if url:
+        return url
+    server = SubprocessASGIServer()  # the embedded server of this process (one per process)
+    if not server.running:
+        server.start()
+    return server.api_url

@@ -12,6 +12,7 @@ def curves_png(history: list[dict]) -> bytes:
     matplotlib.use("Agg")  # files only, no display
     from matplotlib.figure import Figure
 
+    history = [row for row in history if "train_loss" in row]  # epoch rows, not step rows
     epochs = [row["epoch"] for row in history]
     figure = Figure(figsize=(8, 3), dpi=100, layout="constrained")
     loss, rate = figure.subplots(1, 2)
@@ -23,4 +24,29 @@ def curves_png(history: list[dict]) -> bytes:
     rate.set(xlabel="epoch", ylabel="learning rate", title="learning rate (end of epoch)")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})  # no version stamp
+    return buffer.getvalue()
+
+
+def confusion_png(matrix: list[list[int]], classes: list[str]) -> bytes:
+    """The test confusion matrix as a heat map with counts (rows true, columns predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    size = min(2.5 + 0.45 * len(classes), 12)
+    figure = Figure(figsize=(size, size), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    image = axes.imshow(matrix, cmap="Blues")
+    top = max((max(row) for row in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            axes.text(j, i, str(count), ha="center", va="center",
+                      color="white" if count > top / 2 else "black", fontsize=8)
+    axes.set_xticks(range(len(classes)), [str(c) for c in classes], rotation=45)
+    axes.set_yticks(range(len(classes)), [str(c) for c in classes])
+    axes.set(xlabel="predicted", ylabel="true", title="confusion matrix (test)")
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()

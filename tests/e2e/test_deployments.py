@@ -1,0 +1,181 @@
+"""Deployments against a real `prefect server` on 127.0.0.1: register, run from the API as the UI
+does, read the artifacts, reject bad parameters, retrain on a "new data" event."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+from tests.conftest import ROOT
+from tests.e2e.conftest import BIN, child_env, wait_for
+
+PIPELINES = sorted(p.stem for p in (ROOT / "pipelines").glob("*.yaml"))
+
+
+def trainflow(server, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "trainflow"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120,
+                          env=child_env(cwd / "home", server.api_url,
+                                        TRAINFLOW_PIPELINES_DIR=str(ROOT / "pipelines")))
+
+
+def test_every_shipped_pipeline_has_a_deployment():
+    config = yaml.safe_load((ROOT / "deploy" / "prefect.yaml").read_text())
+    names = [d["name"] for d in config["deployments"]]
+    missing = set(PIPELINES) - set(names)
+    assert not missing, f"add a deployment to deploy/prefect.yaml for: {sorted(missing)}"
+    assert sorted(names) == PIPELINES
+    for deployment in config["deployments"]:  # shared settings come from `definitions:`
+        assert deployment["entrypoint"] == "trainflow.flows.deployments:train"
+        assert deployment["work_pool"]["name"] == "trainflow-process"
+        assert deployment["parameters"] == {"pipeline": deployment["name"]}
+
+
+def test_deploy_registers_deployments_with_schedules_for_the_process_pool(prefect_server,
+                                                                          tmp_path):
+    # the shipped file under other deployment names, so that the served ones stay as they are
+    config = yaml.safe_load((ROOT / "deploy" / "prefect.yaml").read_text())
+    for deployment in config["deployments"]:
+        deployment["name"] = "pool-" + deployment["name"]
+    file = tmp_path / "prefect.yaml"
+    file.write_text(yaml.safe_dump(config))
+    done = trainflow(prefect_server, "deploy", "--file", str(file), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "registered trainflow/pool-digits_cnn" in done.stdout
+
+    pool = prefect_server.get("/work_pools/trainflow-process")
+    assert pool["type"] == "process"
+    digits = prefect_server.deployment("pool-digits_cnn")
+    assert digits["work_pool_name"] == "trainflow-process"
+    assert digits["entrypoint"] in ("trainflow.flows.deployments:train",
+                                    "trainflow.flows.deployments.train")
+    assert [s["schedule"] for s in digits["schedules"]] == [
+        {"cron": "0 3 * * 1", "timezone": "Europe/Berlin", "day_or": True}]
+    assert digits["parameters"] == {"pipeline": "digits_cnn"}
+    assert set(digits["parameter_openapi_schema"]["properties"]) == {
+        "pipeline", "epochs", "lr", "batch_size", "cv_folds", "overrides"}
+    # the scheduler has put the next Monday-03:00-Berlin runs on the calendar
+    scheduled = wait_for(lambda: prefect_server.post("/flow_runs/filter", {"deployments": {
+        "id": {"any_": [digits["id"]]}}}), 60, "scheduled runs of the digits deployment")
+    assert all(run["state"]["type"] == "SCHEDULED" for run in scheduled)
+    # each deployment's "new data" trigger is an automation that runs it
+    automations = {a["name"]: a for a in prefect_server.post("/automations/filter")}
+    for name in PIPELINES:
+        automation = automations[f"pool-{name}__automation_1"]
+        assert automation["trigger"]["expect"] == ["trainflow.data.new"]
+        assert automation["trigger"]["match"] == {
+            "prefect.resource.id": f"trainflow.pipeline.{name}"}
+        assert automation["actions"][0]["type"] == "run-deployment"
+
+
+def test_run_from_the_api_with_changed_parameters_completes_with_artifacts(served,
+                                                                           prefect_server):
+    run = prefect_server.run("breast_cancer_mlp", {"pipeline": "breast_cancer_mlp",
+                                                   "epochs": 4, "cv_folds": 2, "lr": 0.002,
+                                                   "overrides": ["compress.prune.finetune_epochs=1"]})
+    run = prefect_server.wait_final(run["id"])
+    assert run["state"]["type"] == "COMPLETED", run["state"]["message"]
+    tree = prefect_server.run_tree(run["id"])
+    tasks = prefect_server.task_runs(tree)
+    assert {t["name"].rsplit("-", 1)[0] for t in tasks} >= {
+        "ingest", "shard", "train", "train_fold", "report", "publish_report"}
+    assert all(t["state"]["type"] == "COMPLETED" for t in tasks)
+
+    artifacts = prefect_server.artifacts(tree)
+    by_key = {a["key"]: a for a in artifacts if a["key"]}
+    report = by_key["breast-cancer-mlp-report"]
+    assert report["type"] == "markdown" and "## Cross-validation (2 folds" in report["data"]
+    assert "](data:image/png;base64," in report["data"]  # curves and confusion matrix inline
+    table = by_key["breast-cancer-mlp-cv-folds"]
+    assert table["type"] == "table"
+    rows = json.loads(table["data"])
+    assert [r["fold"] for r in rows] == ["0", "1", "mean", "std"]
+    assert 0.5 < rows[2]["accuracy"] <= 1.0
+    assert by_key["train-progress"]["type"] == "progress"
+    assert by_key["train-progress"]["data"] == 100.0
+    assert by_key["shard-progress"]["data"] == 100.0
+    # link artifacts (stored by Prefect as markdown links) lead to the model files
+    links = {k: re.fullmatch(r"\[.*\]\((file://[^)]+)\)", a["data"]) for k, a in by_key.items()
+             if k.endswith(("-file", "-run-folder"))}
+    assert {"breast-cancer-mlp-model-file", "breast-cancer-mlp-quantize-file",
+            "breast-cancer-mlp-prune-file", "breast-cancer-mlp-fold-0-file",
+            "breast-cancer-mlp-fold-1-file", "breast-cancer-mlp-run-folder"} <= set(links)
+    paths = {k: Path(urlparse(m.group(1)).path) for k, m in links.items()}
+    assert all(path.exists() for path in paths.values())
+    assert paths["breast-cancer-mlp-model-file"].name == "best.pt"
+    run_dir = paths["breast-cancer-mlp-run-folder"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # the run used the form's values: 4 epochs at most, 2 folds, one fine-tuning epoch
+    assert metrics["train"]["epochs_run"] <= 4 and len(metrics["cv"]["folds"]) == 2
+    assert metrics["compress"]["prune"]["finetune_epochs"] == 1
+    assert run_dir.is_relative_to(served)
+
+
+def test_invalid_parameters_are_rejected_naming_the_field(served, prefect_server):
+    # a value of the wrong type never becomes a run: the API refuses it (the UI form too)
+    deployment = prefect_server.deployment("breast_cancer_mlp")
+    response = prefect_server.request(
+        "POST", f"/deployments/{deployment['id']}/create_flow_run",
+        {"parameters": {"pipeline": "breast_cancer_mlp", "epochs": "many"}})
+    assert response.status_code in (409, 422) and "'epochs'" in response.text
+
+    # values of the right type that the spec forbids fail the run before any task runs
+    # (more cases, run in-process: tests/unit/test_deployment_parameters.py)
+    cases = {
+        "train.epochs (parameter epochs)": {"pipeline": "breast_cancer_mlp", "epochs": 0},
+        "no pipeline '../pipelines/digits_cnn'": {"pipeline": "../pipelines/digits_cnn"},
+        "overrides.0: outputs.store cannot be set": {"pipeline": "breast_cancer_mlp",
+                                                     "overrides": ["outputs.store=/tmp/x"]},
+    }
+    runs = {needle: prefect_server.run("breast_cancer_mlp", parameters)["id"]
+            for needle, parameters in cases.items()}
+    for needle, run_id in runs.items():
+        run = prefect_server.wait_final(run_id)
+        assert run["state"]["type"] == "FAILED"
+        assert needle in run["state"]["message"], run["state"]["message"]
+        assert prefect_server.task_runs(prefect_server.run_tree(run_id)) == []
+
+
+def test_new_data_event_retrains_and_a_cancelled_run_reruns_from_the_cache(served,
+                                                                           prefect_server):
+    deployment = prefect_server.deployment("digits_cnn")
+    before = {r["id"] for r in prefect_server.post("/flow_runs/filter", {"deployments": {
+        "id": {"any_": [deployment["id"]]}}})}
+    done = trainflow(prefect_server, "notify-data", "digits_cnn", "--note", "test",
+                     cwd=served)
+    assert done.returncode == 0, done.stderr
+
+    def triggered():
+        runs = prefect_server.post("/flow_runs/filter", {"deployments": {
+            "id": {"any_": [deployment["id"]]}}})
+        return [r for r in runs if r["id"] not in before
+                and (r["created_by"] or {}).get("type") == "AUTOMATION"]
+    first = wait_for(triggered, 90, "the new-data trigger to start a digits run")[0]
+    assert first["parameters"] == {"pipeline": "digits_cnn"}
+
+    # cancel it during training (as the UI's Cancel button does), then run it again
+    def training(run_id: str):
+        tasks = prefect_server.task_runs(prefect_server.run_tree(run_id))
+        return [t for t in tasks if t["name"].startswith("train-")
+                and t["state"]["type"] == "RUNNING"]
+    wait_for(lambda: training(first["id"]), 120, "the triggered run to start training")
+    data_steps = {"ingest", "expect", "clean", "split", "normalize", "shard"}
+    assert data_steps <= {t["name"].rsplit("-", 1)[0] for t in prefect_server.task_runs(
+        prefect_server.run_tree(first["id"])) if t["state"]["type"] == "COMPLETED"}
+    prefect_server.post(f"/flow_runs/{first['id']}/set_state",
+                        {"state": {"type": "CANCELLING"}, "force": True})
+    assert prefect_server.wait_final(first["id"], 60)["state"]["type"] == "CANCELLED"
+
+    again = prefect_server.run("digits_cnn", {"pipeline": "digits_cnn"})
+    wait_for(lambda: training(again["id"]), 120, "the re-run to reach training")
+    states = {t["name"].rsplit("-", 1)[0]: t["state"]["name"] for t in prefect_server.task_runs(
+        prefect_server.run_tree(again["id"])) if t["name"].rsplit("-", 1)[0] in data_steps}
+    assert states == dict.fromkeys(data_steps, "Cached")
+    prefect_server.post(f"/flow_runs/{again['id']}/set_state",
+                        {"state": {"type": "CANCELLING"}, "force": True})
+    assert prefect_server.wait_final(again["id"], 60)["state"]["type"] == "CANCELLED"
