@@ -49,7 +49,7 @@ def train_fold(splits: ArtifactRef, fold: int, folds: int, steps: list[Any], mod
     target = Store(store)
     with target.writer("model") as staging:
         net, result = train_into(staging, model, train, seed, data, schema.input_shape,
-                                 schema.classes)
+                                 schema.classes, aux_targets=schema.aux_targets)
         val, _ = score(net, data["val"], len(schema.classes))
         test, probs = score(net, data["test"], len(schema.classes))
         np.save(staging / "test_probs.npy", probs.astype(np.float32), allow_pickle=False)

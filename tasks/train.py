@@ -91,7 +91,8 @@ def train_model(shards: ArtifactRef, model: Any, train: TrainSpec, seed: int,
                        resume_dir / "last.pt")
     with target.writer("model") as staging:
         _, result = train_into(staging, model, train, seed, data, shards.data_schema["input_shape"],
-                               shards.data_schema["classes"], log_epoch, resume_dir)
+                               shards.data_schema["classes"], log_epoch, resume_dir,
+                               shards.data_schema.get("aux_targets"))
         progress.update(1.0)  # early stopping ends before the last epoch
         best = result.history[result.best_epoch - 1]
         return target.commit(staging, "model", count=len(data["train"]),

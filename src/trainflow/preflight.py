@@ -15,7 +15,9 @@ def check_data(spec: PipelineSpec) -> None:
     TrainflowError when the model and training knobs cannot work together."""
     source = spec.data.source
     shape = [source.length, source.channels] if isinstance(source, SequenceSource) else None
-    check_model_and_training(spec.model, spec.train, shape)
+    aux = (source.aux_targets if isinstance(source, FileSource)
+           else ["amplitude"] if isinstance(source, SequenceSource) and source.aux else [])
+    check_model_and_training(spec.model, spec.train, shape, dict.fromkeys(aux, []))
     if isinstance(spec.data.source, FileSource):
         check_declared_types(spec.data.source)
     target, labels = read_labels(spec.data.source)

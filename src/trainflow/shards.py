@@ -74,7 +74,7 @@ def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, classes:
         bytes_in_shard += size
         start = stop
     close()
-    histogram = np.bincount(y, minlength=len(classes))
+    histogram = np.bincount(y if y.ndim == 1 else y[:, 0], minlength=len(classes))
     return {"samples": int(len(x)), "shards": shards, "weighted": w is not None,
             "classes": {c: int(n) for c, n in zip(classes, histogram)}}
 

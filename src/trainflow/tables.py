@@ -28,6 +28,8 @@ class TableSchema(BaseModel):
     weight: str | None = None  # a per-row loss weight column (never a feature)
     # Sequences: the numeric feature columns, in order, reshaped to (steps, channels).
     feature_shape: list[int] | None = None
+    # Multi-task: auxiliary target columns (never features) -> their classes.
+    aux_targets: dict[str, list[str]] | None = None
 
     @property
     def input_shape(self) -> list[int]:
@@ -100,8 +102,23 @@ def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.nda
         )
     index = {name: i for i, name in enumerate(schema.classes)}
     y = np.asarray([index[str(v)] for v in df[schema.target].to_list()], dtype=np.int64)
+    if schema.aux_targets:  # labels (n, 1 + tasks): the main target first
+        y = np.stack([y, *(_codes(df, name, classes)
+                           for name, classes in schema.aux_targets.items())], axis=1)
     x = np.ascontiguousarray(x)
     return (x if x.flags.writeable else x.copy()), y  # polars may hand out read-only views
+
+
+def _codes(df: pl.DataFrame, column: str, classes: list[str]) -> np.ndarray:
+    """Class indices of an auxiliary target column; a missing or unknown label is an error."""
+    index = {name: i for i, name in enumerate(classes)}
+    values = df[column].cast(pl.Utf8).to_list()
+    bad = [v for v in values if v is None or v not in index]
+    if bad:
+        raise DataError(f"aux target {column!r}: {len(bad)} row(s) without a known label (such "
+                        f"as {bad[:3]}); rows made by resample or synthesize have none, so "
+                        "multi-task data cannot use SMOTE-style or synthesis steps")
+    return np.asarray([index[v] for v in values], dtype=np.int64)
 
 
 def sample_weights(df: pl.DataFrame, schema: TableSchema) -> np.ndarray | None:

@@ -30,3 +30,14 @@ def test_tbptt_on_a_non_recurrent_model_fails_before_any_task(tmp_path, capsys):
     assert code == 2
     assert "train.tbptt" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()  # nothing ran, nothing written
+
+
+def test_multitask_pipeline_trains_both_heads(tmp_path):
+    result, states = run("sequences_multitask", tmp_path, "train.epochs=14")
+    assert all(s == "Completed" for names in states.values() for s in names)
+    rows = [json.loads(line) for line in
+            (Path(result["model"].path) / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_accuracy"] >= 0.8 and rows[-1]["val_amplitude_accuracy"] >= 0.7
+    info = json.loads((Path(result["model"].path) / "model.json").read_text())
+    assert info["aux_targets"] == {"amplitude": ["high", "low"]}
+    assert result["test"]["accuracy"] >= 0.8  # the test metrics are the main target's

@@ -293,3 +293,38 @@ def test_evaluation_reports_robust_accuracy_next_to_clean_accuracy(prepared, tmp
     assert 0.0 < test.meta["robust_accuracy"] < test.meta["accuracy"]
     plain = evaluate_model.fn(prepared["model"], prepared["shards"], store)
     assert "robust_accuracy" not in plain.meta  # only models trained against an attack
+
+
+def test_multi_task_csv_through_shards_training_folds_and_quantization(tmp_path):
+    """An auxiliary target column travels from the CSV through the steps and shards into a
+    second head; evaluation, CV folds and quantization use the main head."""
+    import polars as pl
+
+    from trainflow.tasks.ingest import FileSource
+
+    g = np.random.default_rng(0)
+    x = g.normal(size=(400, 5))
+    pl.DataFrame({**{f"f{i}": x[:, i] for i in range(5)},
+                  "label": np.where(x[:, 0] + x[:, 1] > 0, "yes", "no"),
+                  "segment": np.where(x[:, 2] > 0, "north", "south")}).write_csv(
+        tmp_path / "data.csv")
+    store = str(tmp_path / "store")
+    source = FileSource(type="csv", path=str(tmp_path / "data.csv"), target="label",
+                        aux_targets=["segment"])
+    table = ingest.fn(source, store)
+    assert "segment" not in table.data_schema.get("features", [])
+    raw = split.fn(table, SplitParams(type="split"), 0, store)
+    shards = shard.fn(normalize.fn(raw, NormalizeParams(type="normalize"), 0, store),
+                      ShardParams(max_samples=128), store)
+    assert shards.data_schema["aux_targets"] == {"segment": ["north", "south"]}
+    spec = TrainSpec(lr=0.01, batch_size=32, epochs=15, task_weights={"segment": 0.5})
+    model = train_model.fn(shards, MODEL, spec, 0, store)
+    rows = [json.loads(line) for line in (model.path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_segment_accuracy"] > 0.85
+    assert evaluate_model.fn(model, shards, store).meta["accuracy"] > 0.85
+    fold = train_fold.fn(raw, 0, 2, [NormalizeParams(type="normalize")], MODEL, spec, 0, store)
+    fold_rows = (fold.path / "metrics.jsonl").read_text().splitlines()
+    assert "val_segment_accuracy" in json.loads(fold_rows[-1])
+    quantized = quantize_model.fn(model, shards, DynamicInt8Params(type="dynamic_int8"), 32,
+                                  store)
+    assert quantized.meta["after"]["accuracy"] > 0.85

@@ -21,13 +21,25 @@ from trainflow.engine.augment import Augmenter, preview_png
 from trainflow.engine.loop import FitResult, Split, fit, predict, resolve_device
 from trainflow.loader import Stream
 from trainflow.metrics import classification_metrics
+from trainflow.models.multitask import MultiTask, share_parameters
 from trainflow.spec.train import TrainSpec
 
 WEIGHTS = "best.pt"
 
 
-def build_model(model: Any, input_shape: list[int], num_classes: int) -> nn.Module:
-    return registry.MODELS[model.type].impl(input_shape, num_classes, **model.builder_kwargs())
+def build_model(model: Any, input_shape: list[int], num_classes: int,
+                aux_targets: dict[str, list[str]] | None = None) -> nn.Module:
+    """The declared architecture, its shared parameters tied, and one more head per
+    auxiliary target (multi-task) when the data has them."""
+    net = registry.MODELS[model.type].impl(input_shape, num_classes, **model.builder_kwargs())
+    if model.share:
+        try:
+            share_parameters(net, model.share)
+        except ValueError as exc:
+            raise TrainflowError(f"model.{exc}") from None
+    if aux_targets:
+        net = MultiTask(net, {task: len(classes) for task, classes in aux_targets.items()})
+    return net
 
 
 def optimizer_factory(train: TrainSpec, lr: float | None = None) -> Callable:
@@ -42,16 +54,17 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
                data: dict[str, Split | Stream],
                input_shape: list[int], classes: list[str],
                on_epoch: Callable[[dict], None] | None = None,
-               resume_dir: Path | None = None) -> tuple[nn.Module, FitResult]:
+               resume_dir: Path | None = None,
+               aux_targets: dict[str, list[str]] | None = None) -> tuple[nn.Module, FitResult]:
     """Build, train and save a model (best weights restored) into `folder`.
 
     With `resume_dir`, training writes its checkpoints there (a folder that outlives a crash)
     and continues from the last.pt it finds; on success the files move into `folder` and the
     resume folder is removed.
     """
-    check_model_and_training(model, train, input_shape)
+    check_model_and_training(model, train, input_shape, aux_targets)
     torch.manual_seed(seed)
-    net = build_model(model, input_shape, len(classes))
+    net = build_model(model, input_shape, len(classes), aux_targets)
     if train.pretrained:
         transfer.warm_start(net, transfer.read_state_dict(train.pretrained.path,
                                                           "train.pretrained.path"),
@@ -75,6 +88,7 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
     describe(folder, model.model_dump(mode="json"), input_shape, classes,
              best_epoch=result.best_epoch, epochs_run=len(result.history),
              stopped_early=result.stopped_early, batch_size=result.batch_size,
+             **({"aux_targets": aux_targets} if aux_targets else {}),
              **({"adversarial": train.adversarial.model_dump()} if train.adversarial else {}))
     return net, result
 
@@ -106,7 +120,7 @@ def build_from_folder(folder: Path, where: str) -> nn.Module:
     except (KeyError, ValueError) as exc:
         raise TrainflowError(f"{where}: {folder}/model.json does not describe a model this "
                              f"version can build: {exc}") from None
-    net = build_model(params, info["input_shape"], len(info["classes"]))
+    net = build_model(params, info["input_shape"], len(info["classes"]), info.get("aux_targets"))
     if "quantized" in info:  # int8 weights load into the quantized form of the network
         kind = info["quantized"]
         net = registry.QUANTIZERS[kind].impl(net, registry.QUANTIZERS[kind].params(type=kind))

@@ -26,22 +26,30 @@ from trainflow.engine.tracking import Tracker, dead_units, layer_report
 from trainflow.engine.update import Update
 from trainflow.errors import TrainflowError
 from trainflow.loader import Stream
+from trainflow.models.multitask import MultiTask
 from trainflow.spec.train import TrainSpec
 
 
 @dataclass
 class Split:
-    """One in-memory split: features (N, *shape) float32, labels (N,) int64 and, when the data
-    has a weight column, per-sample loss weights (N,) float32."""
+    """One in-memory split: features (N, *shape) float32, labels (N,) int64, when the data
+    has a weight column per-sample loss weights (N,) float32, and for multi-task data the
+    auxiliary targets' labels (N, tasks) int64."""
 
     x: torch.Tensor
     y: torch.Tensor
     w: torch.Tensor | None = None
+    aux: torch.Tensor | None = None
 
     @classmethod
     def from_arrays(cls, x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> Split:
-        return cls(torch.from_numpy(x), torch.from_numpy(y),
-                   torch.from_numpy(w) if w is not None else None)
+        """From arrays as the shards hold them: labels (N,), or (N, 1 + tasks) with the main
+        target first."""
+        labels = torch.from_numpy(y)
+        aux = labels[:, 1:].contiguous() if labels.dim() == 2 else None
+        main = labels[:, 0].contiguous() if labels.dim() == 2 else labels
+        return cls(torch.from_numpy(x), main, torch.from_numpy(w) if w is not None else None,
+                   aux)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -103,7 +111,8 @@ def batches(data: Split, batch_size: int, generator: torch.Generator | None = No
         order = torch.multinomial(sample_weights, n, replacement=True, generator=generator)
     else:
         order = torch.randperm(n, generator=generator) if generator is not None else None
-    columns = (data.x, data.y) if data.w is None else (data.x, data.y, data.w)
+    labels = data.y if data.aux is None else torch.cat([data.y[:, None], data.aux], dim=1)
+    columns = (data.x, labels) if data.w is None else (data.x, labels, data.w)
     for start in range(0, n, batch_size):
         if order is None:
             yield tuple(c[start:start + batch_size] for c in columns)
@@ -180,6 +189,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
         if augment is not None:
             x = augment(x)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        aux = None
+        if y.dim() == 2:  # multi-task labels: the main target, then the auxiliary ones
+            y, aux = y[:, 0], y[:, 1:]
         with update.autocast(device):
             x = update.perturb(model, x, y)  # adversarial examples, when declared
             if mix is not None:  # mixup: a convex blend of pairs, and of their losses
@@ -187,6 +199,11 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Split,
                 out = update.forward(model, x)
                 loss = (lam * weighted_loss(out, y, class_weights, w, smoothing)
                         + (1 - lam) * weighted_loss(out, partner, class_weights, w, smoothing))
+            elif aux is not None and update.task_weights is not None:
+                out, heads = model(x, heads=True)
+                loss = weighted_loss(out, y, class_weights, w, smoothing) + sum(
+                    weight * nn.functional.cross_entropy(heads[task].float(), aux[:, i])
+                    for i, (task, weight) in enumerate(update.task_weights.items()))
             else:
                 out = update.forward(model, x)
                 loss = weighted_loss(out, y, class_weights, w, smoothing)
@@ -224,7 +241,8 @@ def predict(model: nn.Module, data: Split, batch_size: int,
     """Mean cross-entropy and class probabilities (N, classes) on CPU."""
     model.eval()
     losses, probs = [], []
-    for x, y, *_ in batches(data, batch_size):
+    for start in range(0, len(data), batch_size):
+        x, y = data.x[start:start + batch_size], data.y[start:start + batch_size]
         logits = model(x.to(device))
         losses.append(nn.functional.cross_entropy(logits, y.to(device), reduction="sum"))
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
@@ -288,6 +306,8 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     total_steps = min(planned, spec.max_steps or planned)
     scheduler, plateau = schedule.build(spec.schedule, optimizer, spec.lr, per_epoch, total_steps)
     update = Update.from_spec(spec, device, scheduler)
+    if isinstance(model, MultiTask):  # a loss weight per auxiliary head, 1 unless declared
+        update.task_weights = {t: spec.task_weights.get(t, 1.0) for t in model.aux}
     if teacher is not None:
         update.distiller = Distiller(teacher, spec.distill.temperature,
                                      spec.distill.alpha).to(device)
@@ -388,10 +408,13 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
             start = None
             val_loss, probs = predict(runner, val, batch_size, device)
             val_acc = (probs.argmax(1) == val.y).float().mean().item() if len(val) else 0.0
+            aux_acc = (aux_accuracy(runner, val, batch_size, device, update.task_weights)
+                       if update.task_weights and val.aux is not None and len(val) else {})
             # metrics.jsonl holds only what the seed determines, so a rerun writes equal bytes
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                    "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
-                   "steps": update.steps, "batch_size": size}
+                   "steps": update.steps, "batch_size": size,
+                   **{f"val_{task}_accuracy": acc for task, acc in aux_acc.items()}}
             if update.grad_norms:  # clipping by norm measures it: the epoch's mean, pre-clip
                 row["grad_norm"] = sum(update.grad_norms) / len(update.grad_norms)
                 update.grad_norms.clear()
@@ -437,6 +460,20 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
                                               "epoch": result.best_epoch})
         checkpoint.drop_rotation(out_dir / "last.pt")
     return result
+
+
+@torch.no_grad()
+def aux_accuracy(model: nn.Module, data: Split, batch_size: int, device: torch.device,
+                 tasks: dict[str, float]) -> dict[str, float]:
+    """Accuracy of each auxiliary head on `data`."""
+    model.eval()
+    correct = torch.zeros(len(tasks))
+    for start in range(0, len(data), batch_size):
+        _, heads = model(data.x[start:start + batch_size].to(device), heads=True)
+        truth = data.aux[start:start + batch_size]
+        correct += torch.stack([(heads[t].argmax(1).cpu() == truth[:, i]).sum()
+                                for i, t in enumerate(tasks)])
+    return {t: (correct[i] / len(data)).item() for i, t in enumerate(tasks)}
 
 
 def debug_report(model: nn.Module, update: Update, val: Split | None,

@@ -33,6 +33,7 @@ class Update:
     tbptt: int | None = None
     adversarial: Adversarial | None = None
     distiller: Callable | None = None  # (hard loss, student logits, x) -> loss
+    task_weights: dict[str, float] | None = None  # multi-task: auxiliary head -> loss weight
     log_every: int = 0  # measure the gradient norm on these steps (per-step rows)
     steps: int = 0
     grad_norms: list[float] = field(default_factory=list)

@@ -17,7 +17,25 @@ INIT_HELP = ("weight initialization, one scheme for every layer or one per layer
              "layers start at zero; default: PyTorch's own")
 
 
-class MLPParams(Section):
+class ModelParams(Section):
+    """What every architecture takes besides its own parameters."""
+
+    share: list[list[str]] = Field(
+        default_factory=list, description="groups of module names (as in the state dict, "
+        "e.g. ['3', '5']) whose parameters are one and the same tensors (parameter sharing)")
+
+    @model_validator(mode="after")
+    def _groups_of_two(self):
+        short = [g for g in self.share if len(g) < 2]
+        if short:
+            raise ValueError(f"each share group names at least two modules, got {short}")
+        return self
+
+    def builder_kwargs(self) -> dict:
+        return self.model_dump(exclude={"type", "share"})
+
+
+class MLPParams(ModelParams):
     """A multilayer perceptron: `hidden_layers` layers of `units` (one number or one per layer)."""
 
     type: Literal["mlp"]
@@ -43,7 +61,7 @@ class MLPParams(Section):
                 "norm": self.norm, "spectral_norm": self.spectral_norm, "init": self.init}
 
 
-class CNNParams(Section):
+class CNNParams(ModelParams):
     """Conv blocks (conv, activation, 2x2 max-pool while the map is larger than 1x1), then a head."""
 
     type: Literal["cnn"]
@@ -61,11 +79,9 @@ class CNNParams(Section):
             raise ValueError(f"kernel_size must be odd (got {self.kernel_size}) to keep the size")
         return self
 
-    def builder_kwargs(self) -> dict:
-        return self.model_dump(exclude={"type"})
 
 
-class RecurrentParams(Section):
+class RecurrentParams(ModelParams):
     """A recurrent stack (`rnn`, `lstm` or `gru`) over (steps, channels) sequences, classified
     from the last step; tabular rows are read as one-channel sequences."""
 
@@ -85,11 +101,9 @@ class RecurrentParams(Section):
                              "gate activations)")
         return self
 
-    def builder_kwargs(self) -> dict:
-        return self.model_dump(exclude={"type"})
 
 
-class TransformerParams(Section):
+class TransformerParams(ModelParams):
     """A Transformer encoder: a token per sequence step, or per feature of a tabular row."""
 
     type: Literal["transformer"]
@@ -110,5 +124,3 @@ class TransformerParams(Section):
                              f"({self.heads})")
         return self
 
-    def builder_kwargs(self) -> dict:
-        return self.model_dump(exclude={"type"})

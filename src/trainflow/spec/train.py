@@ -229,6 +229,9 @@ class TrainSpec(Section):
 
     distill: Distill | None = None
     adversarial: Adversarial | None = None
+    task_weights: dict[str, float] = Field(
+        default_factory=dict, description="multi-task: loss weight of each auxiliary target's "
+        "head (data.source.aux_targets), 1 when not given; the main target weighs 1")
     log: LogSpec = Field(default_factory=LogSpec)
     debug: DebugSpec = Field(default_factory=DebugSpec)
 
