@@ -53,6 +53,9 @@ class FileSource(Section):
     weight_column: str | None = Field(
         None, description="A column of per-row loss weights (numbers >= 0), carried through to "
         "the training loss; not a feature")
+    aux_targets: list[str] = Field(
+        default_factory=list, description="Further target columns, each learned by its own "
+        "head over the shared model (multi-task learning); not features")
 
     def content_fingerprint(self) -> str:
         """The file's sha256, so that an edited file is never served from the cache."""
@@ -83,6 +86,8 @@ class SequenceSource(Section):
     classes: int = Field(3, ge=2, le=16)
     noise: float = Field(0.5, ge=0)
     seed: int = 0
+    aux: bool = Field(False, description="add an auxiliary target `amplitude` (low/high: "
+                      "the sine's amplitude below or above 1), for multi-task learning")
 
 
 Source = Annotated[Union[SklearnSource, FileSource, ImageFolderSource, SequenceSource],
@@ -176,7 +181,8 @@ def _load_file(source: FileSource) -> tuple[pl.LazyFrame, TableSchema]:
         lf = _coerce(_blank_as_missing(lf.select(list(source.columns)), source.columns),
                      source.columns, path)
     dtypes = lf.collect_schema()
-    kept = source.keep_columns + ([source.weight_column] if source.weight_column else [])
+    kept = (source.keep_columns + ([source.weight_column] if source.weight_column else [])
+            + source.aux_targets)
     features = source.features or [c for c in dtypes if c not in (source.target, *kept)]
     missing = [c for c in features + kept if c not in dtypes]
     if missing:
@@ -189,8 +195,13 @@ def _load_file(source: FileSource) -> tuple[pl.LazyFrame, TableSchema]:
     classes = _natural_sorted(labels[source.target].to_list())
     if source.weight_column:
         lf = lf.with_columns(_checked_weights(lf, source.weight_column, dtypes, path))
+    aux = {}
+    for column in source.aux_targets:
+        lf = lf.with_columns(pl.col(column).cast(pl.Utf8))
+        values = lf.select(column).drop_nulls().unique().collect(engine="streaming")
+        aux[column] = _natural_sorted(values[column].to_list())
     return lf, TableSchema(target=source.target, features=features, classes=classes,
-                           weight=source.weight_column)
+                           weight=source.weight_column, aux_targets=aux or None)
 
 
 def _checked_weights(lf: pl.LazyFrame, column: str, dtypes, path: Path) -> pl.Expr:
@@ -257,9 +268,14 @@ def _generate_sequences(source: SequenceSource) -> tuple[pl.DataFrame, TableSche
     features = [f"t{step:04d}_c{channel}" for step in range(t) for channel in range(c)]
     df = pl.DataFrame(x.reshape(n, t * c).astype(np.float32), schema=features).with_columns(
         pl.Series("target", [f"freq{k + 1}" for k in labels]))
+    aux = None
+    if source.aux:
+        df = df.with_columns(pl.Series("amplitude", np.where(amplitude[:, 0] > 1.0, "high",
+                                                             "low")))
+        aux = {"amplitude": ["high", "low"]}
     return df, TableSchema(target="target", features=features,
                            classes=[f"freq{k + 1}" for k in range(source.classes)],
-                           feature_shape=[t, c])
+                           feature_shape=[t, c], aux_targets=aux)
 
 
 LOADERS = {"sequences": _generate_sequences, "sklearn": _load_sklearn, "csv": _load_file, "parquet": _load_file,

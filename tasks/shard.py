@@ -65,7 +65,8 @@ def shard(splits: ArtifactRef, params: ShardParams, store: str, seed: int = 0) -
     """Turn train/val/test tables into tar shards that training streams from."""
     parts = read_parts(splits)
     schema = parts["train"][1]
-    manifest = {"classes": schema.classes, "input_shape": schema.input_shape, "splits": {}}
+    manifest = {"classes": schema.classes, "input_shape": schema.input_shape, "splits": {},
+                **({"aux_targets": schema.aux_targets} if schema.aux_targets else {})}
     target = Store(store)
     rows = {name: parts[name][0].height for name in SPLITS}
     progress = Progress("shard-progress", "samples written to shards (train, val, test)")
@@ -88,7 +89,9 @@ def shard(splits: ArtifactRef, params: ShardParams, store: str, seed: int = 0) -
         counts = {k: v["samples"] for k, v in manifest["splits"].items()}
         return target.commit(staging, "shards", count=sum(counts.values()),
                              schema={"classes": schema.classes,
-                                     "input_shape": schema.input_shape},
+                                     "input_shape": schema.input_shape,
+                                     **({"aux_targets": schema.aux_targets}
+                                        if schema.aux_targets else {})},
                              meta={"samples": counts,
                                    "classes": {k: v["classes"]
                                                for k, v in manifest["splits"].items()}})
