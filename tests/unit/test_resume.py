@@ -237,3 +237,12 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
     saved = checkpoint.load_latest_good(tmp_path / "run" / "last.pt")
     assert saved["steps"] == 12
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_a_checkpoint_of_another_train_spec_is_refused(tmp_path):
+    from trainflow.errors import TrainflowError
+
+    last = killed_at(STEPPED, tmp_path / "killed", 7)
+    other = TrainSpec.model_validate({**STEPPED.model_dump(), "lr": 0.02})
+    with pytest.raises(TrainflowError, match="written by a different train spec"):
+        run_spec(other, tmp_path / "resumed", resume=last)

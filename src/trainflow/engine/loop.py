@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import os
 import random
@@ -28,6 +30,8 @@ from trainflow.errors import TrainflowError
 from trainflow.loader import Stream
 from trainflow.models.multitask import MultiTask
 from trainflow.spec.train import TrainSpec
+
+log = logging.getLogger("trainflow")
 
 
 @dataclass
@@ -312,8 +316,18 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
         update.distiller = Distiller(teacher, spec.distill.temperature,
                                      spec.distill.alpha).to(device)
     first_epoch, start, step_rows = 1, None, []
+    digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
     if resume is not None:
         saved = checkpoint.load_latest_good(resume)
+        if saved.get("spec", digest) != digest:
+            raise TrainflowError(f"cannot resume from {resume}: it was written by a different "
+                                 "train spec (resuming needs the same knobs to reach the same "
+                                 "weights); start afresh or restore the spec")
+        written = saved.get("versions", {}).get("torch", str(torch.__version__))
+        if written != str(torch.__version__):
+            log.warning("resuming a checkpoint written by torch %s with torch %s: the run "
+                        "continues, but may not be bit-identical to an uninterrupted one",
+                        written, torch.__version__)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         for part, state in ((update.scheduler, saved["scheduler"]), (plateau, saved["plateau"]),
@@ -341,7 +355,7 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
                               {"best": best, "waited": waited, "best_epoch": result.best_epoch,
                                "history": result.history, "best_state": result.best_state,
                                "step_rows": step_rows},
-                              position)
+                              position, digest)
 
     # torch.compile: the compiled module runs the batches; `model` keeps the state dicts.
     runner = torch.compile(model, mode=spec.compile_mode) if spec.compile else model
@@ -491,10 +505,11 @@ def debug_report(model: nn.Module, update: Update, val: Split | None,
 def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
                    generator: torch.Generator, update: Update,
                    plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None,
-                   run: dict, position: dict | None = None) -> dict:
+                   run: dict, position: dict | None = None, spec_digest: str = "") -> dict:
     """What last.pt holds: weights, optimizer, schedule, scaler, epoch and (mid-epoch) the
     batch position with the epoch's order RNG, every RNG state and the early-stopping
-    bookkeeping (`run`): all that an exact resume needs."""
+    bookkeeping (`run`): all that an exact resume needs; and the digest of the train spec
+    that wrote it and the torch version, which a resume checks."""
     return {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
         "steps": update.steps,
@@ -502,4 +517,5 @@ def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: in
         "plateau": plateau.state_dict() if plateau else {},
         "scaler": update.scaler.state_dict() if update.scaler else {},
         "rng": rng_state(generator), "run": run, "position": position,
+        "spec": spec_digest, "versions": {"torch": str(torch.__version__)},
     }
