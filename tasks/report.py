@@ -131,7 +131,11 @@ def render(summary: dict) -> str:
             + (f"; **{t['samples_lost']} samples lost to corrupt shards (skipped)**"
                if t.get("samples_lost") else ""),
             "", "## Test metrics",
-            _table(["metric", "value"], [[m, summary["test"][m]] for m in METRICS]),
+            _table(["metric", "value"], [[m, summary["test"][m]] for m in METRICS
+                                         if m in summary["test"]]
+                   # adversarially trained: accuracy under the same attack, beside accuracy
+                   + [[m, summary["test"][m]] for m in ("robust_accuracy",)
+                      if m in summary["test"]]),
             "", "Confusion matrix (rows: true class, columns: predicted):", "",
             _table(["", *classes], [[c, *row] for c, row in
                                     zip(classes, summary["test"]["confusion_matrix"])]),

@@ -1,4 +1,4 @@
-"""The shipped sequence pipeline: generated sequences, a GRU, truncated BPTT."""
+"""Shipped sequence pipelines (GRU, truncated BPTT, multi-task) and robust accuracy in a run."""
 
 import json
 from pathlib import Path
@@ -41,3 +41,13 @@ def test_multitask_pipeline_trains_both_heads(tmp_path):
     info = json.loads((Path(result["model"].path) / "model.json").read_text())
     assert info["aux_targets"] == {"amplitude": ["high", "low"]}
     assert result["test"]["accuracy"] >= 0.8  # the test metrics are the main target's
+
+
+def test_report_shows_robust_accuracy_beside_accuracy(tmp_path):
+    result, _ = run("breast_cancer_mlp", tmp_path, "train.epochs=5", "evaluate.cv=null",
+                    "ensemble=null", "compress={}",
+                    "train.adversarial={method: fgsm, epsilon: 0.3}")
+    report = (Path(result["run_dir"]) / "report.md").read_text()
+    test_table = report.split("## Test metrics")[1].split("Confusion matrix")[0]
+    assert "| accuracy |" in test_table and "| robust_accuracy |" in test_table
+    assert result["test"]["robust_accuracy"] < result["test"]["accuracy"]
