@@ -326,3 +326,25 @@ def test_auto_batch_trains_exactly_like_the_batch_size_it_chose():
     assert runs["auto"][1].history == runs["fixed"][1].history
     assert all(torch.equal(a, b) for a, b in zip(runs["auto"][0].state_dict().values(),
                                                  runs["fixed"][0].state_dict().values()))
+
+
+def test_one_seed_drives_python_numpy_and_torch_and_devices_are_checked():
+    import random
+
+    from trainflow.engine.loop import resolve_device, seed_everything
+
+    def draws(seed):
+        order = seed_everything(seed)
+        return (random.random(), float(np.random.rand()), float(torch.rand(())),
+                torch.randperm(8, generator=order).tolist())
+    assert draws(3) == draws(3) and draws(3) != draws(4)
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else
+                                           "mps" if torch.backends.mps.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainflowError, match="train.device: 'cuda' was requested but no "
+                                                 "CUDA device is available"):
+            resolve_device("cuda")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(TrainflowError, match="train.device: 'mps' was requested"):
+            resolve_device("mps")
