@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.deployments import spec_from_parameters
 from trainflow.flows.pipeline import pipeline as pipeline_flow
 from trainflow.preflight import check_data
 
 
-@flow(name="trainflow", log_prints=True)
+# The pipeline's body runs inside this flow run (`pipeline_flow.fn`), so its task runs and
+# artifacts (report, CV table, links, training progress) are on the run page the UI opens.
+# One worker, as in the pipeline flow: training seeds torch's process-wide RNG.
+@flow(name="trainflow", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def train(pipeline: str, epochs: int | None = None, lr: float | None = None,
           batch_size: int | None = None, cv_folds: int | None = None,
           overrides: list[str] | None = None) -> dict:
     """Run a shipped pipeline; empty knobs keep the spec's values.
 
     Args:
-        pipeline: pipeline name: a spec file in the pipelines folder (digits_cnn,
-            breast_cancer_mlp, credit_smote_mlp)
+        pipeline: pipeline name: a spec file in the pipelines folder, e.g. digits_cnn
         epochs: train.epochs
         lr: train.lr (learning rate)
         batch_size: train.batch_size
@@ -29,6 +32,6 @@ def train(pipeline: str, epochs: int | None = None, lr: float | None = None,
     # Everything is validated here, before the first task: a bad value fails the run naming it.
     spec = spec_from_parameters(pipeline, knobs, overrides or [])
     check_data(spec)
-    result = pipeline_flow(spec)
+    result = pipeline_flow.fn(spec)
     return {"pipeline": spec.name, "run_dir": result["run_dir"],
             "test": {k: v for k, v in result["test"].items() if k != "confusion_matrix"}}

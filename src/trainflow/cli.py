@@ -136,8 +136,11 @@ def _start_server(args) -> int:
     print(f"Prefect UI on http://{args.host}:{args.port}; in another shell:\n"
           f"  export PREFECT_API_URL=http://{args.host}:{args.port}/api\n"
           f"  trainflow serve", flush=True)
+    # The UI calls the API at PREFECT_UI_API_URL, which does not follow --port by itself.
+    env = {**os.environ, "PREFECT_UI_API_URL": f"http://{args.host}:{args.port}/api",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     try:
-        return subprocess.call(command)
+        return subprocess.call(command, env=env)
     except KeyboardInterrupt:
         return 0
 

@@ -145,8 +145,9 @@ def prefect_server():
     port = free_port()
     server = Server(root, port)
     process = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                     "--port", str(port)], child_env(root / "server-home", None), root,
-                    root / "server.log")
+                     "--port", str(port)],
+                    child_env(root / "server-home", None, PREFECT_UI_API_URL=server.api_url),
+                    root, root / "server.log")
     try:
         wait_for(lambda: server.healthy() or process.poll() is not None, 180,
                  "the Prefect server to start")

@@ -64,6 +64,8 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
     assert metrics["ensemble"]["members"] == 2
     assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"  # loss and lr per epoch
     assert "![training curves](curves.png)" in report
+    assert (run_dir / "confusion.png").read_bytes()[:4] == b"\x89PNG"  # test confusion matrix
+    assert "![confusion matrix](confusion.png)" in report
     if name == "digits_cnn":  # random erasing: a preview of augmented samples beside the model
         preview = Path(metrics["models"]["model"]) / "augment_preview.png"
         assert preview.read_bytes()[:4] == b"\x89PNG"
@@ -76,7 +78,7 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
     expected = report
-    for image in ("augment_preview.png", "curves.png"):  # the UI copy carries images inline
+    for image in ("augment_preview.png", "curves.png", "confusion.png"):  # inline in the UI
         if (run_dir / image).exists():
             inline = base64.b64encode((run_dir / image).read_bytes()).decode()
             expected = expected.replace(f"]({image})", f"](data:image/png;base64,{inline})")

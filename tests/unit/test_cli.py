@@ -103,3 +103,46 @@ def test_task_command_runs_any_registered_step_and_names_unknown_ones(tmp_path, 
     assert "Home=owner" in encoded["data_schema"]["features"]
     err = run_error(capsys, ["task", "smote", "--spec", str(spec)])
     assert "unknown step 'smote'" in err and "resample" in err
+
+
+# ---- orchestration: runner, schedules, server ----------------------------------------------
+
+def test_unknown_runner_type_and_step_options_are_named(capsys):
+    spec = ROOT / "pipelines" / "breast_cancer_mlp.yaml"
+    err = run_error(capsys, ["validate", str(spec), "--set", "runner.type=ray",
+                             "--set", "orchestration.steps={trian: {timeout_s: 5}}"])
+    assert "runner.type: Input should be 'thread' or 'dask' (got 'ray')" in err
+    assert "orchestration.steps: unknown step(s) 'trian'" in err
+    err = run_error(capsys, ["validate", str(spec), "--set", "runner.address=tcp://h:8786"])
+    assert "runner: address is a Dask scheduler address: set type: dask" in err
+
+
+def test_invalid_cron_or_timezone_in_the_deployments_file_is_named(tmp_path, capsys):
+    config = yaml.safe_load((ROOT / "deploy" / "prefect.yaml").read_text())
+    config["deployments"][0]["schedules"] = [{"cron": "61 3 * * 1", "timezone": "UTC"},
+                                             {"cron": "0 3 * * 1", "timezone": "Mars/Base"}]
+    path = tmp_path / "prefect.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for command in ("deploy", "serve"):  # named before any server is contacted
+        err = run_error(capsys, [command, "--file", str(path)])
+        assert "deployments.0 (digits_cnn).schedules.0.cron: Invalid cron string: " \
+               "\"61 3 * * 1\"" in err
+        assert "deployments.0 (digits_cnn).schedules.1.timezone: Invalid timezone" in err
+
+
+def test_unreachable_server_names_prefect_api_url_and_how_to_start_one(capsys):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        err = run_error(capsys, ["serve"])
+    assert "cannot reach the Prefect server at PREFECT_API_URL=http://127.0.0.1:9/api" in err
+    assert "start one with `trainflow server`" in err
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        err = run_error(capsys, ["deploy"])
+    assert "PREFECT_API_URL is not set" in err and "trainflow server" in err
+
+
+def test_notify_data_names_an_unknown_pipeline(capsys, monkeypatch):
+    monkeypatch.setenv("TRAINFLOW_PIPELINES_DIR", str(ROOT / "pipelines"))
+    err = run_error(capsys, ["notify-data", "digits_cnm"])
+    assert "no pipeline 'digits_cnm'" in err and "digits_cnn" in err

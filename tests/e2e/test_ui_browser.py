@@ -1,0 +1,70 @@
+"""A real browser: headless Chromium opens the Prefect UI, starts a run from the deployment's
+form with changed parameters, and sees it complete with its report."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from uuid import uuid4
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"),
+                                   shutil.which("google-chrome")) if path), None)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no headless Chromium on this machine (Debian/Ubuntu: apt-get "
+    "install chromium); the browser test drives the system's Chromium")
+# TRAINFLOW_UI_SCREENSHOT=1 also writes the run page into the docs
+SCREENSHOT = ROOT / "docs" / "ui-run-page.png"
+
+
+def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    name = f"ui-run-{uuid4().hex[:8]}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"{prefect_server.ui}/deployments", wait_until="networkidle")
+            page.get_by_role("link", name="breast_cancer_mlp", exact=True).click()
+            page.get_by_role("button", name="Run", exact=True).click()
+            page.get_by_text("Custom run").click()
+            page.locator("input[type=text]").first.fill(name)  # the run's name
+            for knob, value in (("epochs", "3"), ("cv_folds", "2")):
+                field = page.locator(".schema-form-property-any-of-input").filter(
+                    has=page.get_by_text(f"{knob} (Optional)", exact=True))
+                field.get_by_role("button", name="int", exact=True).click()
+                field.locator("input").fill(value)
+            page.get_by_role("button", name="Submit").click()
+
+            page.get_by_role("link", name=name).click()  # in the deployment's list of runs
+            page.wait_for_url("**/runs/flow-run/*")
+            expect(page.get_by_text("Completed", exact=True).first).to_be_visible(
+                timeout=240_000)
+            page.get_by_text("Parameters", exact=True).click()
+            expect(page.get_by_text('"epochs": 3')).to_be_visible()
+            page.get_by_text("Artifacts", exact=True).click()
+            page.get_by_text("breast-cancer-mlp-report", exact=True).first.wait_for()
+            page.screenshot(path=tmp_path / "run-page.png")
+            if os.environ.get("TRAINFLOW_UI_SCREENSHOT"):
+                SCREENSHOT.parent.mkdir(exist_ok=True)
+                page.screenshot(path=SCREENSHOT)
+
+            # the report opens with its plots drawn (inline PNGs, decoded by the browser)
+            page.get_by_text("breast-cancer-mlp-report", exact=True).first.click()
+            page.get_by_text("Cross-validation (2 folds, validation metrics)").wait_for()
+            images = page.locator("img[src^='data:image/png']")
+            expect(images).to_have_count(2)  # loss curves, confusion matrix
+            widths = images.evaluate_all("all => all.map(i => i.naturalWidth)")
+            assert all(width > 100 for width in widths)
+        finally:
+            browser.close()
+    run = next(r for r in prefect_server.post("/flow_runs/filter", {"flow_runs": {
+        "name": {"any_": [name]}}}))
+    assert run["state"]["type"] == "COMPLETED"
+    assert {k: v for k, v in run["parameters"].items() if v is not None} == {
+        "pipeline": "breast_cancer_mlp", "epochs": 3, "cv_folds": 2}
