@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["train.epochs=4", "evaluate.cv.folds=2", "compress.prune.finetune_epochs=1"]
 _lock = threading.Lock()
 _inside = {"seconds": 0.0, "calls": 0}
+_spans: list[tuple[str, float, float]] = []  # (task, start, end) of every body
 
 
 def pipeline_tasks() -> list[Task]:
@@ -54,14 +55,16 @@ def time_bodies(tasks: list[Task]) -> None:
         body = item.fn
 
         @functools.wraps(body)
-        def timed(*args, __body=body, **kwargs):
+        def timed(*args, __body=body, __name=item.name, **kwargs):
             start = time.perf_counter()
             try:
                 return __body(*args, **kwargs)
             finally:
+                end = time.perf_counter()
                 with _lock:
-                    _inside["seconds"] += time.perf_counter() - start
+                    _inside["seconds"] += end - start
                     _inside["calls"] += 1
+                    _spans.append((__name, start, end))
 
         item.fn = timed
 
@@ -96,6 +99,11 @@ def main() -> None:
     result = pipeline(spec)
     wall = time.perf_counter() - start
     inside, calls = _inside["seconds"], _inside["calls"]
+    # where the overhead sits: the time before each task body since the previous one ended
+    spans = sorted(_spans, key=lambda span: span[1])
+    gaps = [(name, begin - previous) for (name, begin, _), previous in
+            zip(spans, [start] + [end for _, _, end in spans])]
+    gaps.append(("(after the last task)", start + wall - spans[-1][2]))
     bare_s = [timed_bare(calls), timed_bare(calls)]
     bare_per_task = sum(bare_s) / len(bare_s) / calls
     overhead = wall - inside
@@ -109,6 +117,8 @@ def main() -> None:
         "bare_prefect_runs_s": [round(s, 2) for s in bare_s],
         "bare_prefect_per_task_s": round(bare_per_task, 4),
         "per_task_ratio": round(overhead / calls / bare_per_task, 2),
+        "gaps_before_task_s": {f"{i:02d} {name}": round(gap, 3)
+                               for i, (name, gap) in enumerate(gaps)},
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
     }, indent=1))

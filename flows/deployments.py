@@ -6,6 +6,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.deployments import spec_from_parameters
+from trainflow.orchestration import check_runner
 from trainflow.flows.pipeline import pipeline as pipeline_flow
 from trainflow.preflight import check_data
 
@@ -32,6 +33,7 @@ def train(pipeline: str, epochs: int | None = None, lr: float | None = None,
     # Everything is validated here, before the first task: a bad value fails the run naming it.
     spec = spec_from_parameters(pipeline, knobs, overrides or [])
     check_data(spec)
+    check_runner(spec)
     result = pipeline_flow.fn(spec)
     return {"pipeline": spec.name, "run_dir": result["run_dir"],
             "test": {k: v for k, v in result["test"].items() if k != "confusion_matrix"}}

@@ -43,9 +43,18 @@ def step(task: Task, spec: Any) -> Task:
                        retry_condition_fn=retry_unless_deterministic)
     if declared is not None and declared.timeout_s is not None:
         options["timeout_seconds"] = declared.timeout_s
-    if task.name in TRAINING_TASKS:
+    if task.name in TRAINING_TASKS and reports_to_a_server():
         options["tags"] = {*task.tags, spec.orchestration.device_tag}
     return task.with_options(**options) if options else task
+
+
+def reports_to_a_server() -> bool:
+    """True when runs go to the server in PREFECT_API_URL, where a limit on the device tag can
+    be set. The embedded server of `trainflow run` has none, and a tagged task pays a slot
+    request there for nothing (at times a 2 s retry: see BENCHMARKS.md)."""
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
 
 
 def cv_task_runner(spec: Any):
@@ -68,6 +77,25 @@ def cv_task_runner(spec: Any):
                                           "threads_per_worker": 1, "processes": True,
                                           "dashboard_address": None,
                                           "env": {"PREFECT_API_URL": api_url()}})
+
+
+def check_runner(spec: Any, timeout: float = 5.0) -> None:
+    """A Dask scheduler named in the spec must answer before any task runs (else the run
+    would train first and fail at cross-validation)."""
+    import socket
+    from urllib.parse import urlparse
+
+    address = spec.runner.address if spec.runner.type == "dask" else None
+    if not address or not address.startswith(("tcp://", "tls://")):
+        return
+    parsed = urlparse(address)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 8786), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise TrainflowError(f"runner.address: no Dask scheduler answers at {address} "
+                             f"({exc.__class__.__name__}); start one (`dask scheduler`) or "
+                             f"remove runner.address to use a local cluster") from None
 
 
 def api_url() -> str:

@@ -12,6 +12,7 @@ from prefect.settings import (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_set
                               temporary_settings)
 
 from trainflow.flows.pipeline import pipeline
+from trainflow.orchestration import check_runner
 from trainflow.preflight import check_data
 from trainflow.spec.pipeline import PipelineSpec
 
@@ -19,6 +20,7 @@ from trainflow.spec.pipeline import PipelineSpec
 def run_pipeline(spec: PipelineSpec) -> dict:
     """Check the data, then run the pipeline flow (on the server in PREFECT_API_URL, if set)."""
     check_data(spec)
+    check_runner(spec)
     embedded = not get_current_settings().api.url
     updates = {}
     if embedded:

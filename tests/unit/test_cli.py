@@ -117,6 +117,15 @@ def test_unknown_runner_type_and_step_options_are_named(capsys):
     assert "runner: address is a Dask scheduler address: set type: dask" in err
 
 
+def test_an_unreachable_dask_scheduler_is_named_before_any_task(tmp_path, capsys):
+    spec = ROOT / "pipelines" / "breast_cancer_mlp.yaml"
+    err = run_error(capsys, ["run", str(spec), "--set", "runner.type=dask",
+                             "--set", "runner.address=tcp://127.0.0.1:9",
+                             "--set", f"outputs.store={tmp_path / 'store'}"])
+    assert "runner.address: no Dask scheduler answers at tcp://127.0.0.1:9" in err
+    assert not (tmp_path / "store").exists()
+
+
 def test_invalid_cron_or_timezone_in_the_deployments_file_is_named(tmp_path, capsys):
     config = yaml.safe_load((ROOT / "deploy" / "prefect.yaml").read_text())
     config["deployments"][0]["schedules"] = [{"cron": "61 3 * * 1", "timezone": "UTC"},
