@@ -75,7 +75,7 @@ def cv_task_runner(spec: Any):
         return DaskTaskRunner(address=spec.runner.address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": spec.runner.workers,
                                           "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None,
+                                          "host": "127.0.0.1", "dashboard_address": None,
                                           "env": {"PREFECT_API_URL": api_url()}})
 
 

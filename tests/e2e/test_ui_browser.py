@@ -4,6 +4,7 @@ form with changed parameters, and sees it complete with its report."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from uuid import uuid4
 
@@ -18,6 +19,22 @@ pytestmark = pytest.mark.skipif(
     "install chromium); the browser test drives the system's Chromium")
 # TRAINFLOW_UI_SCREENSHOT=1 also writes the run page into the docs
 SCREENSHOT = ROOT / "docs" / "ui-run-page.png"
+
+
+def submit(page, folder) -> None:
+    """Submit the run form. A busy server (SQLite under load) can refuse the request with a
+    toast and leave the form filled in; a user submits again, and so does this test."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(3):
+        page.get_by_role("button", name="Submit").click()
+        try:  # on success the UI moves to the deployment's list of runs
+            page.wait_for_url(re.compile(r".*/deployments/deployment/[^/?]+\?tab=Runs.*"),
+                              timeout=20_000)
+            return
+        except PlaywrightTimeout:
+            page.screenshot(path=folder / f"submit-{attempt}.png")
+    raise AssertionError(f"the run form was not accepted; screenshots in {folder}")
 
 
 def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_path):
@@ -39,9 +56,8 @@ def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_pa
                     has=page.get_by_text(f"{knob} (Optional)", exact=True))
                 field.get_by_role("button", name="int", exact=True).click()
                 field.locator("input").fill(value)
-            page.get_by_role("button", name="Submit").click()
-
-            page.get_by_role("link", name=name).click()  # in the deployment's list of runs
+            submit(page, tmp_path)
+            page.get_by_role("link", name=name).first.click()  # in the deployment's runs
             page.wait_for_url("**/runs/flow-run/*")
             expect(page.get_by_text("Completed", exact=True).first).to_be_visible(
                 timeout=240_000)
