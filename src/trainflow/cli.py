@@ -126,23 +126,21 @@ def _run_step(args, spec) -> object:
 
 
 def _start_server(args) -> int:
-    """`prefect server start` in the foreground (the UI and API on one port)."""
+    """`prefect server start` in this process's place (the UI and API on one port), so that
+    a Ctrl-C or a SIGTERM reaches the server itself."""
     import shutil
-    import subprocess
 
     prefect = Path(sys.executable).with_name("prefect")
-    command = [str(prefect) if prefect.is_file() else shutil.which("prefect") or "prefect",
-               "server", "start", "--host", args.host, "--port", str(args.port)]
+    program = str(prefect) if prefect.is_file() else shutil.which("prefect") or "prefect"
     print(f"Prefect UI on http://{args.host}:{args.port}; in another shell:\n"
           f"  export PREFECT_API_URL=http://{args.host}:{args.port}/api\n"
           f"  trainflow serve", flush=True)
     # The UI calls the API at PREFECT_UI_API_URL, which does not follow --port by itself.
     env = {**os.environ, "PREFECT_UI_API_URL": f"http://{args.host}:{args.port}/api",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    try:
-        return subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        return 0
+    os.execve(program, [program, "server", "start", "--host", args.host,
+                        "--port", str(args.port)], env)
+    return 0  # not reached: execve replaces this process
 
 
 def _orchestrate(args) -> int:
