@@ -146,8 +146,8 @@ def test_invalid_parameters_are_rejected_naming_the_field(served, prefect_server
         assert prefect_server.task_runs(prefect_server.run_tree(run_id)) == []
 
 
-def test_new_data_event_retrains_and_a_cancelled_run_reruns_from_the_cache(served,
-                                                                           prefect_server):
+def test_new_data_event_retrains_and_a_cancelled_run_retried_reuses_the_cache(served,
+                                                                             prefect_server):
     deployment = prefect_server.deployment("digits_cnn")
     before = {r["id"] for r in prefect_server.post("/flow_runs/filter", {"deployments": {
         "id": {"any_": [deployment["id"]]}}})}
@@ -163,7 +163,7 @@ def test_new_data_event_retrains_and_a_cancelled_run_reruns_from_the_cache(serve
     first = wait_for(triggered, 90, "the new-data trigger to start a digits run")[0]
     assert first["parameters"] == {"pipeline": "digits_cnn"}
 
-    # cancel it during training (as the UI's Cancel button does), then run it again
+    # cancel it during training (as the UI's Cancel button does)
     def training(run_id: str):
         tasks = prefect_server.task_runs(prefect_server.run_tree(run_id))
         return [t for t in tasks if t["name"].startswith("train-")
@@ -176,11 +176,18 @@ def test_new_data_event_retrains_and_a_cancelled_run_reruns_from_the_cache(serve
                         {"state": {"type": "CANCELLING"}, "force": True})
     assert prefect_server.wait_final(first["id"], 60)["state"]["type"] == "CANCELLED"
 
-    again = prefect_server.run("digits_cnn", {"pipeline": "digits_cnn"})
-    wait_for(lambda: training(again["id"]), 120, "the re-run to reach training")
-    states = {t["name"].rsplit("-", 1)[0]: t["state"]["name"] for t in prefect_server.task_runs(
-        prefect_server.run_tree(again["id"])) if t["name"].rsplit("-", 1)[0] in data_steps}
-    assert states == dict.fromkeys(data_steps, "Cached")
-    prefect_server.post(f"/flow_runs/{again['id']}/set_state",
+    # the UI's Retry button on the cancelled run: the served deployment runs it again, and
+    # every step that had finished comes from the cache (a Cached task run beside the first)
+    prefect_server.post(f"/flow_runs/{first['id']}/set_state", {"state": {
+        "type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"},
+        "force": False})
+
+    def cached_steps():
+        tasks = prefect_server.task_runs(prefect_server.run_tree(first["id"]))
+        return {t["name"].rsplit("-", 1)[0] for t in tasks if t["state"]["name"] == "Cached"}
+    wait_for(lambda: data_steps <= cached_steps(), 120, "the retried run's cached data steps")
+    wait_for(lambda: training(first["id"]), 120, "the retried run to reach training")
+    assert prefect_server.flow_run(first["id"])["run_count"] == 2
+    prefect_server.post(f"/flow_runs/{first['id']}/set_state",
                         {"state": {"type": "CANCELLING"}, "force": True})
-    assert prefect_server.wait_final(again["id"], 60)["state"]["type"] == "CANCELLED"
+    assert prefect_server.wait_final(first["id"], 60)["state"]["type"] == "CANCELLED"
