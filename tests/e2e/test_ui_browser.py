@@ -59,8 +59,13 @@ def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_pa
             submit(page, tmp_path)
             page.get_by_role("link", name=name).first.click()  # in the deployment's runs
             page.wait_for_url("**/runs/flow-run/*")
-            expect(page.get_by_text("Completed", exact=True).first).to_be_visible(
-                timeout=240_000)
+            run_id = page.url.split("/runs/flow-run/")[1].split("?")[0]
+            # the page polls the run's state every few seconds; read it once the run is over
+            prefect_server.wait_final(run_id)
+            page.reload(wait_until="networkidle")
+            (tmp_path / "run-page.html").write_text(page.content())
+            expect(page.get_by_text(name, exact=True).first).to_be_visible()
+            expect(page.locator("[class*=page-heading] .state-badge")).to_have_text("Completed")
             page.get_by_text("Parameters", exact=True).click()
             expect(page.get_by_text('"epochs": 3')).to_be_visible()
             page.get_by_text("Artifacts", exact=True).click()
