@@ -96,7 +96,11 @@ def test_runs_from_the_api_with_changed_parameters_complete_with_artifacts(serve
     assert 0.5 < rows[2]["accuracy"] <= 1.0
     assert by_key["train-progress"]["type"] == "progress"
     assert by_key["train-progress"]["data"] == 100.0
-    assert by_key["shard-progress"]["data"] == 100.0
+    # The two runs share their data steps: whichever ran them (the other one reads them from
+    # the cache) moved the shard progress to 100 %.
+    shard_progress = [a for a in artifacts + prefect_server.artifacts(
+        prefect_server.run_tree(other["id"])) if a["key"] == "shard-progress"]
+    assert shard_progress and all(a["data"] == 100.0 for a in shard_progress)
     # link artifacts (stored by Prefect as markdown links) lead to the model files
     links = {k: re.fullmatch(r"\[.*\]\((file://[^)]+)\)", a["data"]) for k, a in by_key.items()
              if k.endswith(("-file", "-run-folder"))}
