@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trainflow.engine.loop import Split, batches
+from trainflow.engine.data import Split, batches
 from trainflow.loader import StreamConfig, loader
 from trainflow.shards import write_split
 from trainflow.tasks.shard import record_samples

@@ -18,7 +18,9 @@ import time
 
 import torch
 
-from trainflow.engine.loop import Split, resolve_device, train_epoch
+from trainflow.engine.data import Split
+
+from trainflow.engine.loop import resolve_device, train_epoch
 from trainflow.engine.update import Update
 from trainflow.models.cnn import cnn
 from trainflow.spec.train import TrainSpec

@@ -13,7 +13,7 @@ from trainflow import registry
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine.bundle import score, train_into
-from trainflow.engine.loop import Split
+from trainflow.engine.data import Split
 from trainflow.spec.train import TrainSpec
 from trainflow.steps import fit_apply, read_parts
 from trainflow.tables import sample_weights, to_arrays

@@ -13,7 +13,7 @@ from prefect import task
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine.bundle import train_into
-from trainflow.engine.loop import Split
+from trainflow.engine.data import Split
 from trainflow.logs import Progress, run_logger
 from trainflow.loader import DEFAULT_CACHE, Stream
 from trainflow.shards import read_paths, read_split, read_split_checked, shard_paths

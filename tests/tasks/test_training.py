@@ -9,7 +9,8 @@ import torch
 from trainflow.engine import checkpoint
 from trainflow.engine.bundle import load_model, score
 from trainflow.tasks.train import load_splits
-from trainflow.engine.loop import Split, fit
+from trainflow.engine.data import Split
+from trainflow.engine.loop import fit
 from trainflow.engine.bundle import optimizer_factory
 from trainflow.models.mlp import mlp
 from trainflow.spec.evaluate import DynamicInt8Params, L1UnstructuredParams
@@ -145,7 +146,7 @@ def test_pruned_model_reaches_target_sparsity_and_keeps_accuracy(prepared):
 def test_balanced_class_weights_match_scikit_learn():
     from sklearn.utils.class_weight import compute_class_weight
 
-    from trainflow.engine.loop import balanced_weights
+    from trainflow.engine.data import balanced_weights
 
     y = torch.tensor([0] * 30 + [1] * 10 + [2] * 5)
     expected = compute_class_weight("balanced", classes=np.arange(3), y=y.numpy())
@@ -153,7 +154,7 @@ def test_balanced_class_weights_match_scikit_learn():
 
 
 def test_weighted_sampler_balances_classes_and_class_weights_change_the_loss():
-    from trainflow.engine.loop import balanced_weights, batches
+    from trainflow.engine.data import balanced_weights, batches
 
     y = torch.tensor([0] * 90 + [1] * 10)
     data = Split(torch.randn(100, 3), y)

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 import torch
 
-from trainflow.engine.loop import Split, balanced_weights, batches, weighted_loss
+from trainflow.engine.data import Split, balanced_weights, batches, weighted_loss
 from trainflow.errors import DataError
 from trainflow.models.mlp import mlp
 from trainflow.engine.bundle import optimizer_factory

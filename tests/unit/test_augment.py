@@ -5,7 +5,8 @@ import torch
 
 from trainflow.engine.augment import Augmenter, augmentation_seed, preview_png
 from trainflow.engine.bundle import optimizer_factory
-from trainflow.engine.loop import Split, fit
+from trainflow.engine.data import Split
+from trainflow.engine.loop import fit
 from trainflow.spec.augment import AugmentSpec, TransformSpec
 from trainflow.spec.train import TrainSpec
 

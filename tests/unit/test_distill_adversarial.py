@@ -9,7 +9,7 @@ from torch import nn
 from trainflow.engine.adversarial import attack, robust_accuracy
 from trainflow.engine.bundle import train_into
 from trainflow.engine.distill import Distiller
-from trainflow.engine.loop import Split
+from trainflow.engine.data import Split
 from trainflow.errors import TrainflowError
 from trainflow.spec.model import MLPParams
 from trainflow.spec.train import Adversarial, TrainSpec

@@ -6,7 +6,8 @@ import torch
 
 from trainflow.engine.bundle import build_model, optimizer_factory
 from trainflow.engine.checks import check_model_and_training
-from trainflow.engine.loop import Split, fit
+from trainflow.engine.data import Split
+from trainflow.engine.loop import fit
 from trainflow.errors import DataError, TrainflowError
 from trainflow.models.multitask import MultiTask
 from trainflow.spec.model import MLPParams, RecurrentParams

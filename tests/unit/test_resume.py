@@ -5,7 +5,8 @@ import torch
 
 from trainflow.engine import checkpoint
 from trainflow.engine.bundle import optimizer_factory
-from trainflow.engine.loop import Split, fit
+from trainflow.engine.data import Split
+from trainflow.engine.loop import fit
 from trainflow.models.mlp import mlp
 from trainflow.spec.train import TrainSpec
 

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from trainflow.engine.bundle import optimizer_factory
-from trainflow.engine.loop import Split, fit
+from trainflow.engine.data import Split
+from trainflow.engine.loop import fit
 from trainflow.errors import TrainflowError
 from trainflow.models.mlp import mlp
 from trainflow.plots import curves_png

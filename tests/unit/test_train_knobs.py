@@ -9,7 +9,8 @@ from torch import nn
 
 from trainflow.engine import checkpoint, optim, schedule
 from trainflow.engine.bundle import optimizer_factory
-from trainflow.engine.loop import Split, fit, train_epoch, weighted_loss
+from trainflow.engine.data import Split, weighted_loss
+from trainflow.engine.loop import fit, train_epoch
 from trainflow.engine.update import Update
 from trainflow.errors import SpecError, TrainflowError
 from trainflow.models.mlp import mlp

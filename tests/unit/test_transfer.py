@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from trainflow.engine.bundle import build_model, train_into
-from trainflow.engine.loop import Split
+from trainflow.engine.data import Split
 from trainflow.errors import TrainflowError
 from trainflow.spec.model import CNNParams, MLPParams
 from trainflow.spec.train import TrainSpec

@@ -8,7 +8,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,10 @@ from trainflow.engine import schedule, transfer
 from trainflow.engine.augment import Augmenter
 from trainflow.engine.batchsize import largest_batch, ramped
 from trainflow.engine.distill import Distiller
-from trainflow.engine.resume import restore_rng, rng_state
-from trainflow.engine.tracking import Tracker, dead_units, layer_report
+from trainflow.engine.resume import restore_rng, training_state
+from trainflow.engine.data import (Split, balanced_weights, batches, weighted_loss,
+                                   weights_from_counts)
+from trainflow.engine.tracking import Tracker, debug_report
 from trainflow.engine.update import Update
 from trainflow.errors import TrainflowError
 from trainflow.loader import Stream
@@ -32,31 +34,6 @@ from trainflow.models.multitask import MultiTask
 from trainflow.spec.train import TrainSpec
 
 log = logging.getLogger("trainflow")
-
-
-@dataclass
-class Split:
-    """One in-memory split: features (N, *shape) float32, labels (N,) int64, when the data
-    has a weight column per-sample loss weights (N,) float32, and for multi-task data the
-    auxiliary targets' labels (N, tasks) int64."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    w: torch.Tensor | None = None
-    aux: torch.Tensor | None = None
-
-    @classmethod
-    def from_arrays(cls, x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> Split:
-        """From arrays as the shards hold them: labels (N,), or (N, 1 + tasks) with the main
-        target first."""
-        labels = torch.from_numpy(y)
-        aux = labels[:, 1:].contiguous() if labels.dim() == 2 else None
-        main = labels[:, 0].contiguous() if labels.dim() == 2 else labels
-        return cls(torch.from_numpy(x), main, torch.from_numpy(w) if w is not None else None,
-                   aux)
-
-    def __len__(self) -> int:
-        return len(self.y)
 
 
 @dataclass
@@ -88,55 +65,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise TrainflowError("train.device: 'mps' was requested but MPS is not available")
     return torch.device(name)
-
-
-def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """n / (classes * count) per class, as scikit-learn's compute_class_weight("balanced")."""
-    return weights_from_counts(torch.bincount(labels, minlength=num_classes))
-
-
-def weights_from_counts(counts: torch.Tensor) -> torch.Tensor:
-    counts = counts.float()
-    present = int((counts > 0).sum())
-    return torch.where(counts > 0, counts.sum() / (present * counts.clamp(min=1)), 0.0)
-
-
-def batches(data: Split, batch_size: int, generator: torch.Generator | None = None,
-            sample_weights: torch.Tensor | None = None
-            ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Mini-batches (x, y), or (x, y, w) with loss weights, in a random order drawn from
-    `generator`, or in order without one.
-
-    With `sample_weights`, an epoch is len(data) draws with replacement, each row drawn with
-    probability proportional to its weight (a weighted random sampler).
-    """
-    n = len(data)
-    if sample_weights is not None:
-        order = torch.multinomial(sample_weights, n, replacement=True, generator=generator)
-    else:
-        order = torch.randperm(n, generator=generator) if generator is not None else None
-    labels = data.y if data.aux is None else torch.cat([data.y[:, None], data.aux], dim=1)
-    columns = (data.x, labels) if data.w is None else (data.x, labels, data.w)
-    for start in range(0, n, batch_size):
-        if order is None:
-            yield tuple(c[start:start + batch_size] for c in columns)
-        else:
-            index = order[start:start + batch_size]
-            yield tuple(c[index] for c in columns)
-
-
-def weighted_loss(logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None,
-                  w: torch.Tensor | None, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy, weighted per class and per sample and normalized by the total weight (with
-    all sample weights 1 it equals cross_entropy's weighted mean)."""
-    logits = logits.float()  # the loss in fp32 also under autocast
-    if w is None:
-        return nn.functional.cross_entropy(logits, y, weight=class_weights,
-                                           label_smoothing=label_smoothing)
-    per_sample = nn.functional.cross_entropy(logits, y, weight=class_weights, reduction="none",
-                                             label_smoothing=label_smoothing)
-    total = w * class_weights[y] if class_weights is not None else w
-    return (per_sample * w).sum() / total.sum().clamp_min(1e-12)
 
 
 @dataclass
@@ -446,7 +374,8 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
             tracker.epoch(row, seconds, len(train))
             if spec.debug.layer_norms or spec.debug.dead_units:
                 tracker.debug_row(out_dir, {"epoch": epoch, **debug_report(
-                    model, update, val if spec.debug.dead_units else None, device)})
+                    model, update.layer_grads, val.x if spec.debug.dead_units else None,
+                    device)})
             if on_epoch:
                 on_epoch({**row, "seconds": seconds, "samples_per_s": len(train) / seconds})
             if (out_dir and spec.checkpoint_every and epoch % spec.checkpoint_every == 0
@@ -488,34 +417,3 @@ def aux_accuracy(model: nn.Module, data: Split, batch_size: int, device: torch.d
         correct += torch.stack([(heads[t].argmax(1).cpu() == truth[:, i]).sum()
                                 for i, t in enumerate(tasks)])
     return {t: (correct[i] / len(data)).item() for i, t in enumerate(tasks)}
-
-
-def debug_report(model: nn.Module, update: Update, val: Split | None,
-                 device: torch.device) -> dict:
-    """debug.jsonl's row for an epoch: per-parameter weight and gradient norms (when
-    measured), and the fraction of dead ReLU units on the validation set."""
-    out = {}
-    if update.layer_grads is not None:
-        out["layers"] = layer_report(model, update.layer_grads.take())
-    if val is not None and len(val):
-        out["dead_units"] = dead_units(model, val.x, device)
-    return out
-
-
-def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
-                   generator: torch.Generator, update: Update,
-                   plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None,
-                   run: dict, position: dict | None = None, spec_digest: str = "") -> dict:
-    """What last.pt holds: weights, optimizer, schedule, scaler, epoch and (mid-epoch) the
-    batch position with the epoch's order RNG, every RNG state and the early-stopping
-    bookkeeping (`run`): all that an exact resume needs; and the digest of the train spec
-    that wrote it and the torch version, which a resume checks."""
-    return {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-        "steps": update.steps,
-        "scheduler": update.scheduler.state_dict() if update.scheduler else {},
-        "plateau": plateau.state_dict() if plateau else {},
-        "scaler": update.scaler.state_dict() if update.scaler else {},
-        "rng": rng_state(generator), "run": run, "position": position,
-        "spec": spec_digest, "versions": {"torch": str(torch.__version__)},
-    }

@@ -1,4 +1,5 @@
-"""Capture and restore every random-number state of a run, for resuming it exactly."""
+"""What an exact resume needs: every random-number state of a run, and the whole training
+state that last.pt holds."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import random
 
 import numpy as np
 import torch
+from torch import nn
+
+from trainflow.engine.update import Update
 
 
 def rng_state(batches: torch.Generator) -> dict:
@@ -30,3 +34,22 @@ def restore_rng(state: dict, batches: torch.Generator) -> None:
                          numpy["has_gauss"], numpy["gauss"]))
     python = state["python"]
     random.setstate((python["version"], tuple(python["words"]), python["gauss"]))
+
+
+def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+                   generator: torch.Generator, update: Update,
+                   plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None,
+                   run: dict, position: dict | None = None, spec_digest: str = "") -> dict:
+    """What last.pt holds: weights, optimizer, schedule, scaler, epoch and (mid-epoch) the
+    batch position with the epoch's order RNG, every RNG state and the early-stopping
+    bookkeeping (`run`): all that an exact resume needs; and the digest of the train spec
+    that wrote it and the torch version, which a resume checks."""
+    return {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+        "steps": update.steps,
+        "scheduler": update.scheduler.state_dict() if update.scheduler else {},
+        "plateau": plateau.state_dict() if plateau else {},
+        "scaler": update.scaler.state_dict() if update.scaler else {},
+        "rng": rng_state(generator), "run": run, "position": position,
+        "spec": spec_digest, "versions": {"torch": str(torch.__version__)},
+    }

@@ -154,3 +154,15 @@ def dead_units(model: nn.Module, x: torch.Tensor, device: torch.device,
         for hook in hooks:
             hook.remove()
     return {name: 1.0 - active.float().mean().item() for name, active in alive.items()}
+
+
+def debug_report(model: nn.Module, layer_grads: GradientNorms | None,
+                 val_x: torch.Tensor | None, device: torch.device) -> dict:
+    """debug.jsonl's row for an epoch: per-parameter weight and gradient norms (when
+    measured), and the fraction of dead ReLU units on the validation inputs `val_x`."""
+    out = {}
+    if layer_grads is not None:
+        out["layers"] = layer_report(model, layer_grads.take())
+    if val_x is not None and len(val_x):
+        out["dead_units"] = dead_units(model, val_x, device)
+    return out
