@@ -1,5 +1,6 @@
 """Training knobs (issue 4): each family changes what it should, and bad values are named."""
 
+import copy
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from trainflow.engine import checkpoint, optim, schedule
 from trainflow.engine.bundle import optimizer_factory
 from trainflow.engine.data import Split, weighted_loss
 from trainflow.engine.loop import fit, train_epoch
+from trainflow.engine.resume import training_state
 from trainflow.engine.update import Update
 from trainflow.errors import SpecError, TrainflowError
 from trainflow.models.mlp import mlp
@@ -172,6 +174,54 @@ def test_fp16_needs_cuda():
         with pytest.raises(TrainflowError, match="fp16 needs a CUDA device, training runs on "
                                                  "cpu; use bf16"):
             Update.from_spec(TrainSpec(precision="fp16"), torch.device("cpu"))
+
+
+def test_fp16_grad_scaler_path_unscales_before_clipping_and_skips_overflowing_steps(tmp_path):
+    """The fp16 update path is device-generic (torch.amp.GradScaler), so its logic runs here on
+    CPU (fp16 autocast works on CPU; only the spec refuses it there, for speed): clipping and
+    the recorded norm see the true gradient, an overflowing step leaves the weights alone and
+    halves the scale, and the scaler's state survives a checkpoint round trip."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    reference = copy.deepcopy(model)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+
+    def loss_of(net):
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = net(x)
+        assert out.dtype == torch.float16
+        return nn.functional.cross_entropy(out.float(), y)
+
+    loss_of(reference).backward()  # unscaled fp16-autocast gradients
+    true_norm = float(nn.utils.get_total_norm([p.grad for p in reference.parameters()]))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    update = Update(clip=GradClip(max_norm=true_norm / 2), precision=torch.float16,
+                    scaler=scaler)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    update.backward(loss_of(model))
+    assert math.isclose(float(nn.utils.get_total_norm([p.grad for p in model.parameters()])),
+                        true_norm * 2 ** 10, rel_tol=1e-3)  # scaled on the way back
+    update.step(model, opt)
+    assert math.isclose(update.grad_norms[0], true_norm, rel_tol=1e-3)
+    with torch.no_grad():
+        moved = torch.cat([(p - q).flatten() for p, q in zip(model.parameters(),
+                                                              reference.parameters())])
+    assert math.isclose(float(moved.norm()), 0.1 * true_norm / 2, rel_tol=1e-2)  # clipped step
+    assert scaler.get_scale() == 2.0 ** 10
+
+    before = [p.detach().clone() for p in model.parameters()]
+    handle = model[0].weight.register_hook(lambda g: g * float("inf"))
+    update.backward(loss_of(model))
+    update.step(model, opt)
+    handle.remove()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert scaler.get_scale() == 2.0 ** 9 and update.steps == 2
+
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, training_state(model, opt, 0, torch.Generator(), update, None, {}))
+    restored = torch.amp.GradScaler("cpu")
+    restored.load_state_dict(checkpoint.load(path)["scaler"])
+    assert restored.get_scale() == 2.0 ** 9
 
 
 def test_parameter_groups_skip_decay_on_biases_and_norms_and_scale_lr_by_name():
