@@ -112,5 +112,7 @@ def decode(df: pl.DataFrame, state: State) -> pl.DataFrame:
 
 @task(name="encode", **CACHED)
 def encode(data: ArtifactRef, params: EncodeParams, seed: int, store: str) -> ArtifactRef:
-    """Turn text feature columns into numbers, with categories learned on the training part."""
-    return transform(data, params, fit, apply, seed, store, lazy=True)
+    """Turn text feature columns into numbers, with categories learned on the training part.
+
+    The result is a view (the categories, applied by whoever reads the rows)."""
+    return transform(data, params, fit, apply, seed, store, view=True)

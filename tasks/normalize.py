@@ -142,5 +142,9 @@ def apply(frame: Frame, schema: TableSchema, params: NormalizeParams,
 @task(name="normalize", **CACHED)
 def normalize(data: ArtifactRef, params: NormalizeParams, seed: int,
               store: str) -> ArtifactRef:
-    """Scale features with statistics learned from the training part, applied to every part."""
-    return transform(data, params, fit, apply, seed, store, lazy=True)
+    """Scale features with statistics learned from the training part, applied to every part.
+
+    On tabular data the result is a view (the statistics, applied by whoever reads the rows);
+    images are scaled in NumPy and written."""
+    tabular = not data.data_schema.get("image_shape")
+    return transform(data, params, fit, apply, seed, store, lazy=True, view=tabular)

@@ -20,7 +20,8 @@ from trainflow.artifacts import ArtifactRef, Store, atomic_write_bytes, atomic_w
 from trainflow.caching import CACHED
 from trainflow.metrics import METRICS
 from trainflow.plots import confusion_png, curves_png
-from trainflow.tables import IMAGE_COLUMN, scan_table
+from trainflow.steps import scan_parts
+from trainflow.tables import IMAGE_COLUMN
 from trainflow.tasks.encode import decode
 
 PREVIEW = "augment_preview.png"
@@ -41,7 +42,7 @@ def cv_summary(folds: list[ArtifactRef]) -> dict:
 def training_sample(splits: ArtifactRef, steps: list[ArtifactRef], rows: int = 5) -> list[dict]:
     """The first training rows as the model gets them, with encoded categories shown by name
     again (encode's inverse), so that a reader can check what the steps did."""
-    frame = scan_table(splits.path / "train.parquet")[0].head(rows).collect()
+    frame = scan_parts(splits)["train"][0].head(rows).collect()
     for ref in steps:
         if ref.meta.get("step") == "encode":
             frame = decode(frame, json.loads((ref.path / "state.json").read_text()))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from trainflow.errors import ArtifactError
 
 Kind = Literal["table", "splits", "shards", "model", "folds", "report", "metrics"]
 TMP_PREFIX = ".tmp-"
+VIEW_FILE = "view.json"  # an artifact holding this is a view over another artifact of its store
 
 
 class ArtifactRef(BaseModel):
@@ -36,7 +39,8 @@ class ArtifactRef(BaseModel):
         return Path(self.uri.removeprefix("file://"))
 
     def verify(self) -> None:
-        """Raise ArtifactError unless the artifact is present with the recorded fingerprint."""
+        """Raise ArtifactError unless the artifact is present with the recorded fingerprint
+        (for a view: and the artifact it is a view over, recursively)."""
         if not self.path.exists():
             raise ArtifactError(f"{self.kind} artifact is missing: {self.path}")
         actual = fingerprint_path(self.path)
@@ -45,6 +49,28 @@ class ArtifactRef(BaseModel):
                 f"{self.kind} artifact {self.path} was altered: fingerprint {actual[:12]} "
                 f"does not match the recorded {self.fingerprint[:12]}"
             )
+        base = self.base()
+        if base is not None:
+            base.verify()
+
+    def base(self) -> ArtifactRef | None:
+        """The artifact this one is a view over (same store), or None for stored data.
+
+        A view holds a step's fitted state instead of its output rows; readers apply the step
+        to the base's rows. Its `view.json` names the base by kind and fingerprint only, so a
+        store can move without breaking its views."""
+        view = self.path / VIEW_FILE
+        if not view.is_file():
+            return None
+        try:
+            base = json.loads(view.read_text())["base"]
+            kind, fingerprint = base["kind"], base["fingerprint"]
+            if not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
+                raise ValueError(f"base fingerprint {fingerprint!r} is not a sha256")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ArtifactError(f"{view} is not a readable view ({exc})") from None
+        return ArtifactRef(uri=str(self.path.parent.parent / kind / fingerprint),
+                           fingerprint=fingerprint, kind=kind)
 
     def is_valid(self) -> bool:
         try:

@@ -9,8 +9,9 @@ from typing import Any, Callable
 import polars as pl
 from pydantic import BaseModel
 
-from trainflow.artifacts import ArtifactRef, Store
-from trainflow.errors import DataError
+from trainflow.artifacts import VIEW_FILE, ArtifactRef, Store
+from trainflow.caching import code_fingerprint
+from trainflow.errors import ArtifactError, DataError
 from trainflow.tables import (SYNTHETIC_COLUMN, TableSchema, class_counts, read_table,
                               scan_table, sink_table, write_table)
 
@@ -27,12 +28,36 @@ def part_names(ref: ArtifactRef) -> tuple[str, ...]:
 
 def read_parts(ref: ArtifactRef) -> dict[str, tuple[pl.DataFrame, TableSchema]]:
     """The parts of a table artifact ({'all': ...}) or of a splits artifact (train/val/test)."""
+    if ref.base() is not None:
+        return {name: (frame.collect(), schema)
+                for name, (frame, schema) in scan_parts(ref).items()}
     return {name: read_table(ref.path / f"{name}.parquet") for name in part_names(ref)}
 
 
 def scan_parts(ref: ArtifactRef) -> dict[str, tuple[pl.LazyFrame, TableSchema]]:
-    """The parts as lazy scans, for steps that stream data larger than memory."""
-    return {name: scan_table(ref.path / f"{name}.parquet") for name in part_names(ref)}
+    """The parts as lazy scans, for steps that stream data larger than memory; a view's parts
+    are its base's parts with the step applied (one query, nothing written in between)."""
+    base = ref.base()
+    if base is None:
+        return {name: scan_table(ref.path / f"{name}.parquet") for name in part_names(ref)}
+    if not base.path.exists():
+        raise ArtifactError(f"{ref.path} is a view over {base.kind} artifact {base.path}, "
+                            "which is missing: rerun the pipeline to rebuild it")
+    step, params, state = _view_step(ref)
+    return {name: step.apply(frame, schema, params, state)
+            for name, (frame, schema) in scan_parts(base).items()}
+
+
+def _view_step(ref: ArtifactRef) -> tuple[Any, BaseModel, State]:
+    """The registry entry, params and fitted state a view applies."""
+    from trainflow import registry  # the registry imports the tasks, which import this module
+
+    view = json.loads((ref.path / VIEW_FILE).read_text())
+    step = registry.STEPS.get(view.get("step"))
+    if step is None or step.apply is None:
+        raise ArtifactError(f"{ref.path}: a view of unknown step {view.get('step')!r}")
+    state = json.loads((ref.path / "state.json").read_text())
+    return step, step.params.model_validate(view["params"]), state
 
 
 def json_state(state: Any) -> Any:
@@ -118,12 +143,19 @@ def fit_apply(parts: dict[str, tuple[Frame, TableSchema]], params: BaseModel, fi
 
 
 def transform(ref: ArtifactRef, params: BaseModel, fit: Fit, apply: Apply, seed: int,
-              store: str | Path, lazy: bool = False) -> ArtifactRef:
+              store: str | Path, lazy: bool = False, view: bool = False) -> ArtifactRef:
     """Run one fit/apply step over a table or splits artifact; write the result and its state.
 
     `lazy` steps (written as polars queries) read, fit and write with the streaming engine, so
-    tables larger than memory pass through them.
+    tables larger than memory pass through them. A `view` step (a lazy column-wise map that
+    keeps every row, such as encode or normalize) writes only its fitted state: readers apply
+    it to the input's rows in their own query, so a chain of such steps costs one write (by
+    whoever needs the rows: shard, or `materialize`) instead of one per step.
     """
+    if view:
+        out, state = fit_apply(scan_parts(ref), params, fit, apply, seed, lazy=True)
+        return write_view(Store(store), ref, params, state, next(iter(out.values()))[1],
+                          fit.__module__)
     if lazy:
         out, state = fit_apply(scan_parts(ref), params, fit, apply, seed, lazy=True)
     else:
@@ -133,3 +165,29 @@ def transform(ref: ArtifactRef, params: BaseModel, fit: Fit, apply: Apply, seed:
                        step=getattr(params, "type", None),
                        check=lambda summary: _check_not_emptied(
                            params, before, {n: p["rows"] for n, p in summary.items()}))
+
+
+def write_view(store: Store, ref: ArtifactRef, params: BaseModel, state: State,
+               schema: TableSchema, module: str) -> ArtifactRef:
+    """Store a step's result as a view over `ref`: its params, fitted state and code
+    fingerprint (so that a change of the step's code is a new view, and a new cache key for
+    every step after it). Rows and classes are the input's: a view step keeps every row."""
+    with store.writer(ref.kind) as staging:
+        view = {"base": {"kind": ref.kind, "fingerprint": ref.fingerprint},
+                "step": params.type, "params": params.model_dump(mode="json"),
+                "code": code_fingerprint(module)}
+        (staging / VIEW_FILE).write_text(json.dumps(view, indent=1, sort_keys=True))
+        (staging / "state.json").write_text(json.dumps(json_state(state), indent=1,
+                                                       sort_keys=True))
+        return store.commit(staging, ref.kind, count=ref.count, schema=schema.model_dump(),
+                            meta={"parts": ref.meta.get("parts", {}), "step": params.type,
+                                  "view": True})
+
+
+def materialize(ref: ArtifactRef, store: str | Path) -> ArtifactRef:
+    """The artifact's rows written out as Parquet parts (a stored artifact is returned as is):
+    a view chain becomes one streamed query and one write per part."""
+    if ref.base() is None:
+        return ref
+    return write_parts(Store(store), ref.kind, scan_parts(ref),
+                       step=ref.meta.get("step"))

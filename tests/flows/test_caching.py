@@ -30,8 +30,8 @@ def test_unchanged_changed_and_damaged_reruns(tmp_path):
 
     # 3. one artifact file deleted: exactly that task recomputes; it writes identical bytes,
     #    so its dependents' inputs are unchanged and they stay cached (content addressing)
-    normalized = first["data"]["splits"]
-    (normalized.path / "train.parquet").unlink()
+    normalized = first["data"]["splits"]  # a view: normalize's fitted state over split's rows
+    (normalized.path / "state.json").unlink()
     again, states = run("breast_cancer_mlp", tmp_path, *SMALL)
     assert states["normalize"] == ["Completed"]
     for task in ("ingest", "expect", "clean", "split", "shard") + MODEL_TASKS:

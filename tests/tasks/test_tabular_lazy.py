@@ -1,12 +1,17 @@
-"""Tabular steps as streamed polars queries: declared schema, lazy = eager results, decoding."""
+"""Tabular steps as streamed polars queries: declared schema, lazy = eager results, views,
+decoding."""
+
+import json
+import shutil
 
 import numpy as np
 import polars as pl
 import pytest
 
-from trainflow.errors import DataError
+from trainflow.artifacts import ArtifactRef
+from trainflow.errors import ArtifactError, DataError
 from trainflow.preflight import check_declared_types
-from trainflow.steps import fit_apply, read_parts
+from trainflow.steps import fit_apply, materialize, read_parts
 from trainflow.tables import read_table
 from trainflow.tasks import clean, encode, normalize
 from trainflow.tasks.ingest import FileSource, ingest
@@ -108,3 +113,50 @@ def test_decode_inverts_encode_for_reports(store, mixed_csv, method):
     encoded, _ = encode.apply(parts["test"][0], schema, params, state)
     assert "colour" not in encoded.columns or method == "ordinal"
     assert encode.decode(encoded, state).equals(parts["test"][0])
+
+
+def test_encode_and_normalize_store_views_that_read_as_the_applied_steps(store, mixed_csv):
+    """encode and normalize write their fitted state only; reading the view gives exactly the
+    rows the eager steps give, and `materialize` writes those rows once as Parquet."""
+    splits = _prepared(store, mixed_csv)
+    enc_params = encode.EncodeParams(type="encode")
+    norm_params = normalize.NormalizeParams(type="normalize", method="standard")
+    encoded = encode.encode.fn(splits, enc_params, 0, store)
+    scaled = normalize.normalize.fn(encoded, norm_params, 0, store)
+    assert sorted(p.name for p in scaled.path.iterdir()) == ["state.json", "view.json"]
+    assert scaled.base() == ArtifactRef(uri=str(encoded.path), fingerprint=encoded.fingerprint,
+                                        kind="splits")
+    assert scaled.meta["parts"] == splits.meta["parts"] and scaled.count == splits.count
+
+    parts = read_parts(splits)
+    eager, _ = fit_apply(parts, enc_params, encode.fit, encode.apply, 0)
+    eager, _ = fit_apply(eager, norm_params, normalize.fit, normalize.apply, 0)
+    viewed = read_parts(scaled)
+    stored = materialize(scaled, store)
+    assert sorted(p.name for p in stored.path.iterdir()) == ["test.parquet", "train.parquet",
+                                                             "val.parquet"]
+    for name in ("train", "val", "test"):
+        assert viewed[name][0].equals(eager[name][0])
+        assert read_table(stored.path / f"{name}.parquet")[0].equals(eager[name][0])
+        assert viewed[name][1] == eager[name][1]  # the schema names the one-hot columns
+    assert materialize(stored, store) == stored
+
+
+def test_a_view_is_valid_only_while_its_base_is(store, mixed_csv):
+    splits = _prepared(store, mixed_csv)
+    scaled = normalize.normalize.fn(
+        encode.encode.fn(splits, encode.EncodeParams(type="encode"), 0, store),
+        normalize.NormalizeParams(type="normalize"), 0, store)
+    assert scaled.is_valid()
+    (splits.path / "val.parquet").write_bytes(b"tampered")  # two views down
+    with pytest.raises(ArtifactError, match="was altered"):
+        scaled.verify()
+    shutil.rmtree(splits.path)
+    with pytest.raises(ArtifactError, match="view over splits artifact .* which is missing"):
+        read_parts(scaled)
+
+    view = scaled.path / "view.json"  # a base outside the store is never followed
+    view.write_text(json.dumps({**json.loads(view.read_text()),
+                                "base": {"kind": "splits", "fingerprint": "../../etc"}}))
+    with pytest.raises(ArtifactError, match="not a readable view .*'../../etc' is not a sha256"):
+        scaled.base()
