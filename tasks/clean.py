@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import polars as pl
 from prefect import task
 from pydantic import Field, model_validator
@@ -53,17 +54,32 @@ def fit(frame: Frame, schema: TableSchema, params: CleanParams, seed: int = 0) -
     # Statistics describe the rows that stay: labelled (if so declared) and de-duplicated.
     kept = apply(frame.lazy(), schema, params.model_copy(update={"missing": "keep"}),
                  {"fill": {}})[0]
+    if params.drop_duplicates:  # the duplicate search holds the rows' keys anyway: run it once
+        kept = kept.select(numeric + text).collect(engine="streaming").lazy()
     fill = {c: _mode(kept, c) for c in text}  # text columns: the most frequent value
     if params.missing == "constant":
         fill.update({c: params.fill_value for c in numeric})
+    elif numeric and params.missing == "median":
+        fill.update(_medians(kept, numeric))
     elif numeric:
-        stat = {"mean": lambda c: pl.col(c).mean(), "median": lambda c: pl.col(c).median(),
+        stat = {"mean": lambda c: pl.col(c).mean(),
                 "mode": lambda c: pl.col(c).drop_nulls().mode().sort().first()}[params.missing]
         # one aggregation per query kind: a mean streams, a median or mode holds its column
         fill.update(kept.select(stat(c).alias(c) for c in numeric)
                     .collect(engine="streaming").row(0, named=True))
     return {"fill": {c: v if isinstance(v, str) else (0.0 if v is None else float(v))
                      for c, v in fill.items()}}
+
+
+def _medians(frame: pl.LazyFrame, columns: list[str]) -> dict[str, float | None]:
+    """Each column's median (None for an all-missing one), a column at a time: NumPy selects
+    the middle values (introselect) where a median query sorts the column, twice as fast."""
+    medians = {}
+    for c in columns:
+        values = frame.select(pl.col(c).drop_nulls().cast(pl.Float64)).collect(
+            engine="streaming")[c].to_numpy()
+        medians[c] = float(np.median(values)) if len(values) else None
+    return medians
 
 
 def _mode(frame: pl.LazyFrame, column: str):

@@ -49,6 +49,10 @@ def test_clean_strategies_on_a_csv_with_gaps(store, messy_csv):
     # the mean is taken over the rows that stay (labelled, de-duplicated): a = 1, 3, 7
     assert df["a"].to_list() == pytest.approx([1.0, 11 / 3, 3.0, 7.0])
     assert df["b"].null_count() == 0 and len(df) == 4
+    median = read_table(clean.fn(table, CleanParams(type="clean", missing="median"), 0,
+                                 store).path / "all.parquet")[0]
+    # median of the rows that stay: a = 1, 3, 7 -> 3; b = 10, 20, 70 -> 20
+    assert median.rows() == [(1, 10, "x"), (3, 20, "y"), (3, 20, "x"), (7, 70, "y")]
     const = clean.fn(table, CleanParams(type="clean", missing="constant", fill_value=-1), 0, store)
     assert -1 in read_table(const.path / "all.parquet")[0]["a"].to_list()
 
