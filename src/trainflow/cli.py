@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     step.add_argument("--index", type=int, default=None,
                       help="which data.steps entry to run when the spec has several of a type")
     step.add_argument("--fold", type=int, default=0, help="fold number for train_fold")
+    step.add_argument("--materialize", action="store_true",
+                      help="write a view's rows (encode, normalize) as Parquet parts and print "
+                           "that artifact's ref, to look at the data")
     server = commands.add_parser("server", help="start a local Prefect server and UI")
     server.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only)")
@@ -193,7 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.spec}: valid pipeline spec {spec.name!r}")
             return 0
         if args.command == "task":
-            print(_run_step(args, spec).model_dump_json(indent=1))
+            ref = _run_step(args, spec)
+            if args.materialize:
+                from trainflow.steps import materialize
+
+                ref = materialize(ref, Path(spec.outputs.store).resolve())
+            print(ref.model_dump_json(indent=1))
             return 0
         from trainflow.runtime import run_pipeline
 

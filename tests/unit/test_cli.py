@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import polars as pl
 import yaml
 
 from trainflow.cli import main
@@ -101,6 +102,12 @@ def test_task_command_runs_any_registered_step_and_names_unknown_ones(tmp_path, 
                  "--input", str(tmp_path / "splits.json")]) == 0
     encoded = json.loads(capsys.readouterr().out)
     assert "Home=owner" in encoded["data_schema"]["features"]
+    assert sorted(p.name for p in Path(encoded["uri"]).iterdir()) == ["state.json", "view.json"]
+    assert main(["task", "encode", "--spec", str(spec), *store, "--materialize",
+                 "--input", str(tmp_path / "splits.json")]) == 0
+    written = Path(json.loads(capsys.readouterr().out)["uri"])
+    train = pl.read_parquet(written / "train.parquet")
+    assert "Home=owner" in train.columns and "Home" not in train.columns
     err = run_error(capsys, ["task", "smote", "--spec", str(spec)])
     assert "unknown step 'smote'" in err and "resample" in err
 
