@@ -10,12 +10,14 @@ from prefect import task
 from pydantic import Field, model_validator
 from sklearn.model_selection import (GroupShuffleSplit, StratifiedGroupKFold, StratifiedKFold,
                                      train_test_split)
+from sklearn.model_selection._split import _validate_shuffle_split
+from sklearn.utils.extmath import _approximate_mode
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.errors import DataError
 from trainflow.spec.base import Section
-from trainflow.steps import SPLITS, scan_parts, write_parts
+from trainflow.steps import SPLITS, scan_parts, write_split_view
 from trainflow.tables import TableSchema, class_counts
 
 
@@ -73,7 +75,7 @@ def key_columns(schema: TableSchema, params: SplitParams) -> list[str]:
 def split_rows(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
                seed: int) -> dict[str, np.ndarray]:
     """Sorted row numbers of each part; `df` needs only the `key_columns`."""
-    index = np.arange(len(df))
+    index = np.arange(len(df), dtype=np.int32 if len(df) < 2**31 else np.int64)
     val_share = params.validation / (1 - params.test)
     if params.strategy == "time":
         order = _column(df, params.time_column, "time_column").arg_sort(nulls_last=True)
@@ -92,17 +94,48 @@ def split_rows(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
     codes = None
     if params.strategy == "stratified":
         check_stratifiable(df, schema, 3, "a stratified train/validation/test split")
-        labels = df[schema.target].cast(pl.Utf8).cast(pl.Enum(schema.classes))
+        labels = df[schema.target]
+        if labels.dtype != pl.Enum(schema.classes):  # the split task hands in Enum labels
+            labels = labels.cast(pl.Utf8).cast(pl.Enum(schema.classes))
         if labels.null_count():
             raise DataError(f"target {schema.target!r} has {labels.null_count()} missing "
                             "value(s): add a `clean` step (drop_missing_label) before `split`")
         # Integer class codes in the classes' order: scikit-learn sorts strings slowly.
         codes = labels.to_physical().to_numpy()
-    rest, test = train_test_split(index, test_size=params.test, random_state=seed,
-                                  stratify=codes)
-    train, val = train_test_split(rest, test_size=val_share, random_state=seed,
-                                  stratify=codes[rest] if codes is not None else None)
+        rest, test = stratified_shuffle_split(codes, params.test, seed)
+        train, val = stratified_shuffle_split(codes[rest], val_share, seed)
+        return {"train": np.sort(rest[train]), "val": np.sort(rest[val]), "test": np.sort(test)}
+    rest, test = train_test_split(index, test_size=params.test, random_state=seed)
+    train, val = train_test_split(rest, test_size=val_share, random_state=seed)
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def stratified_shuffle_split(codes: np.ndarray, test_size: float,
+                             seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows (0..n-1) of `train_test_split(rows, test_size=test_size, random_state=seed,
+    stratify=codes)`, the same random draws in the same order, so the same rows; kept in
+    NumPy arrays where scikit-learn (1.9) gathers them in Python lists, which costs about
+    40 bytes and 1 us a row (0.8 GB at 20M rows, most of the split's time). Its own
+    helpers size the parts; tests/tasks/test_split_strategies.py checks the result against
+    train_test_split's on many shapes and seeds."""
+    n_train, n_test = _validate_shuffle_split(len(codes), test_size, None)
+    present = np.flatnonzero(np.bincount(codes))
+    counts = np.bincount(codes)[present]
+    if counts.min() < 2 or min(n_train, n_test) < len(present):  # scikit-learn's own errors
+        return train_test_split(np.arange(len(codes)), test_size=test_size,
+                                random_state=seed, stratify=codes)
+    rank = np.zeros(int(codes.max()) + 1, np.uint8 if len(present) < 256 else np.int64)
+    rank[present] = np.arange(len(present))
+    by_class = np.split(np.argsort(rank[codes], kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)
+    n_i = _approximate_mode(counts, n_train, rng)
+    t_i = _approximate_mode(counts - n_i, n_test, rng)
+    train, test = [], []
+    for rows, count, n, t in zip(by_class, counts, n_i, t_i):
+        shuffled = rows.take(rng.permutation(count), mode="clip")
+        train.append(shuffled[:n])
+        test.append(shuffled[n:n + t])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
 
 
 def split_frame(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
@@ -129,7 +162,8 @@ def fold_frames(pool: pl.DataFrame, schema: TableSchema, folds: int, fold: int, 
 
 @task(name="split", **CACHED)
 def split(data: ArtifactRef, params: SplitParams, seed: int, store: str) -> ArtifactRef:
-    """Split a table into stratified train/val/test parts."""
+    """Split a table into stratified train/val/test parts, stored as a view: the part number
+    of each row of the table (readers filter the table's rows by it)."""
     (lf, schema), = scan_parts(data).values()
     names = lf.collect_schema().names()
     for field in ("group_column", "time_column"):
@@ -137,15 +171,10 @@ def split(data: ArtifactRef, params: SplitParams, seed: int, store: str) -> Arti
             _column(pl.DataFrame(schema=names), getattr(params, field), field)
     # The labels as an Enum (4-byte codes, not strings): millions of rows stay small in memory.
     keys = lf.select(key_columns(schema, params)).with_columns(
-        pl.col(schema.target).cast(pl.Utf8).cast(pl.Enum(schema.classes))).collect()
+        pl.col(schema.target).cast(pl.Utf8).cast(pl.Enum(schema.classes))).collect(
+        engine="streaming")
     rows = split_rows(keys, schema, params, seed)
-    # Streamed: each part is the table filtered by a one-byte part number per row (looked up by
-    # row number), never all of the table in memory.
     part = np.zeros(len(keys), np.uint8)
     for number, name in enumerate(SPLITS):
         part[rows[name]] = number
-    part_of = pl.lit(pl.Series("part", part)).gather(pl.col("__row"))
-    numbered = lf.with_row_index("__row")
-    parts = {name: (numbered.filter(part_of == number).drop("__row"), schema)
-             for number, name in enumerate(SPLITS)}
-    return write_parts(Store(store), "splits", parts)
+    return write_split_view(Store(store), data, part, params, __name__)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import polars as pl
 from pydantic import BaseModel
 
@@ -16,6 +17,7 @@ from trainflow.tables import (SYNTHETIC_COLUMN, TableSchema, class_counts, read_
                               scan_table, sink_table, write_table)
 
 SPLITS = ("train", "val", "test")
+PART_FILE = "part.npy"  # a split view: each base row's part number (0 train, 1 val, 2 test)
 State = dict[str, Any]
 Frame = pl.DataFrame | pl.LazyFrame
 Fit = Callable[[Frame, TableSchema, Any, int], State]
@@ -43,9 +45,33 @@ def scan_parts(ref: ArtifactRef) -> dict[str, tuple[pl.LazyFrame, TableSchema]]:
     if not base.path.exists():
         raise ArtifactError(f"{ref.path} is a view over {base.kind} artifact {base.path}, "
                             "which is missing: rerun the pipeline to rebuild it")
+    if (ref.path / PART_FILE).is_file():
+        return _split_parts(ref, base)
     step, params, state = _view_step(ref)
     return {name: step.apply(frame, schema, params, state)
             for name, (frame, schema) in scan_parts(base).items()}
+
+
+def _split_parts(ref: ArtifactRef, base: ArtifactRef) -> dict[str, tuple[pl.LazyFrame,
+                                                                          TableSchema]]:
+    """A split view's parts: the base table's rows filtered by their stored part number."""
+    (frame, schema), = scan_parts(base).values()
+    part = np.load(ref.path / PART_FILE, allow_pickle=False)
+    rows = frame.select(pl.len()).collect().item()
+    if part.dtype != np.uint8 or part.shape != (rows,):
+        raise ArtifactError(f"{ref.path / PART_FILE} holds {part.dtype} {part.shape}, not a "
+                            f"part number for each of the {rows} rows of {base.path}")
+    return split_by_part(frame, schema, part)
+
+
+def split_by_part(frame: pl.LazyFrame, schema: TableSchema,
+                  part: np.ndarray) -> dict[str, tuple[pl.LazyFrame, TableSchema]]:
+    """train/val/test as queries over `frame`: the rows whose one-byte part number (looked up
+    by row number) is 0, 1 or 2; streamed, never all of the table in memory."""
+    part_of = pl.lit(pl.Series("part", part, dtype=pl.UInt8)).gather(pl.col("__row"))
+    numbered = frame.with_row_index("__row")
+    return {name: (numbered.filter(part_of == number).drop("__row"), schema)
+            for number, name in enumerate(SPLITS)}
 
 
 def _view_step(ref: ArtifactRef) -> tuple[Any, BaseModel, State]:
@@ -152,10 +178,11 @@ def transform(ref: ArtifactRef, params: BaseModel, fit: Fit, apply: Apply, seed:
     it to the input's rows in their own query, so a chain of such steps costs one write (by
     whoever needs the rows: shard, or `materialize`) instead of one per step.
     """
-    if view:
+    if view and in_store(ref, Store(store)):
         out, state = fit_apply(scan_parts(ref), params, fit, apply, seed, lazy=True)
         return write_view(Store(store), ref, params, state, next(iter(out.values()))[1],
                           fit.__module__)
+    lazy = lazy or view
     if lazy:
         out, state = fit_apply(scan_parts(ref), params, fit, apply, seed, lazy=True)
     else:
@@ -191,3 +218,29 @@ def materialize(ref: ArtifactRef, store: str | Path) -> ArtifactRef:
         return ref
     return write_parts(Store(store), ref.kind, scan_parts(ref),
                        step=ref.meta.get("step"))
+
+
+def in_store(ref: ArtifactRef, store: Store) -> bool:
+    """Whether `ref` lives in `store`: a view can only name a base of its own store."""
+    return ref.path.parent.parent == store.root
+
+
+def write_split_view(store: Store, ref: ArtifactRef, part: np.ndarray, params: BaseModel,
+                     module: str) -> ArtifactRef:
+    """Store a split as a view over the table `ref`: the part number of each row (one byte a
+    row) instead of a copy of the table's rows in three files; the parts are written out
+    when `ref` is in another store."""
+    parts = split_by_part(*next(iter(scan_parts(ref).values())), part)
+    if not in_store(ref, store):
+        return write_parts(store, "splits", parts, step=params.type)
+    summary = {name: _summary(frame, schema) for name, (frame, schema) in parts.items()}
+    with store.writer("splits") as staging:
+        view = {"base": {"kind": ref.kind, "fingerprint": ref.fingerprint},
+                "step": params.type, "params": params.model_dump(mode="json"),
+                "code": code_fingerprint(module)}
+        (staging / VIEW_FILE).write_text(json.dumps(view, indent=1, sort_keys=True))
+        np.save(staging / PART_FILE, part.astype(np.uint8), allow_pickle=False)
+        schema = parts["train"][1]
+        return store.commit(staging, "splits", count=sum(p["rows"] for p in summary.values()),
+                            schema=schema.model_dump(),
+                            meta={"parts": summary, "step": params.type, "view": True})

@@ -129,7 +129,8 @@ def sample_weights(df: pl.DataFrame, schema: TableSchema) -> np.ndarray | None:
 
 
 def class_counts(df: pl.DataFrame | pl.LazyFrame, schema: TableSchema) -> dict[str, int]:
-    counts = df.lazy().select(pl.col(schema.target).cast(pl.Utf8).value_counts()).unnest(
-        schema.target).collect()
-    found = {str(k): int(v) for k, v in zip(counts[schema.target], counts["count"])}
+    # counted on the column as stored (Enum codes stay codes); only the counts become text
+    counts = df.lazy().group_by(schema.target).len().collect(engine="streaming")
+    found = {str(k): int(v) for k, v in zip(counts[schema.target].cast(pl.Utf8),
+                                            counts["len"])}
     return {c: found.get(c, 0) for c in schema.classes}

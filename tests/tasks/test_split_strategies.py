@@ -1,14 +1,16 @@
-"""Group-aware, time-ordered and random splits; subsampling; group-aware CV folds."""
+"""Group-aware, time-ordered and random splits; stratified = scikit-learn's rows; subsampling;
+group-aware CV folds."""
 
 import numpy as np
 import pytest
+from sklearn.model_selection import train_test_split
 
 from trainflow.errors import DataError, SpecError
 from trainflow.spec.pipeline import validate_spec
 from trainflow.steps import read_parts
 from trainflow.tasks.cv import fold_data
 from trainflow.tasks.ingest import FileSource, SklearnSource, ingest
-from trainflow.tasks.split import SplitParams, split
+from trainflow.tasks.split import SplitParams, split, stratified_shuffle_split
 from trainflow.tasks.subsample import SubsampleParams, subsample
 
 
@@ -101,3 +103,23 @@ def test_subsample_keeps_class_balance_and_is_seeded(tmp_path):
     before = read_parts(splits)
     assert len(after["train"][0]) == round(len(before["train"][0]) * 0.5)
     assert after["test"][0].equals(before["test"][0])  # training part only after split
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 123])
+def test_stratified_split_draws_exactly_the_rows_scikit_learn_draws(seed):
+    """split's NumPy form of train_test_split(stratify=...) gives the very same rows, for
+    class counts with ties, scarce classes and unused class codes."""
+    rng = np.random.default_rng(seed)
+    for n, k in [(12, 2), (97, 3), (1000, 5), (5003, 4), (20000, 7)]:
+        codes = rng.choice(k, n, p=rng.dirichlet(np.ones(k)))
+        codes[:2 * k] = np.repeat(np.arange(k), 2)  # every class at least twice
+        codes = np.array([0, 2, 3, 5, 6, 8, 9])[codes].astype(np.uint32)  # gaps in the codes
+        for test_size in (0.2, 0.15 / 0.8, 0.5):
+            expected = train_test_split(np.arange(n), test_size=test_size, random_state=seed,
+                                        stratify=codes)
+            got = stratified_shuffle_split(codes, test_size, seed)
+            assert all(np.array_equal(a, b) for a, b in zip(got, expected)), (n, k, test_size)
+    tied = np.repeat(np.arange(3, dtype=np.uint32), 5)  # equal counts: ties broken by the draws
+    assert all(np.array_equal(a, b) for a, b in zip(
+        stratified_shuffle_split(tied, 0.4, seed),
+        train_test_split(np.arange(15), test_size=0.4, random_state=seed, stratify=tied)))
