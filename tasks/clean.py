@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
-import numpy as np
 import polars as pl
 from prefect import task
 from pydantic import Field, model_validator
@@ -14,7 +14,7 @@ from trainflow.caching import CACHED
 from trainflow.errors import DataError
 from trainflow.spec.base import Section
 from trainflow.steps import Frame, State, like, transform
-from trainflow.tables import TableSchema
+from trainflow.tables import TableSchema, unique_rows
 
 
 class CleanParams(Section):
@@ -72,14 +72,22 @@ def fit(frame: Frame, schema: TableSchema, params: CleanParams, seed: int = 0) -
 
 
 def _medians(frame: pl.LazyFrame, columns: list[str]) -> dict[str, float | None]:
-    """Each column's median (None for an all-missing one), a column at a time: NumPy selects
-    the middle values (introselect) where a median query sorts the column, twice as fast."""
-    medians = {}
-    for c in columns:
-        values = frame.select(pl.col(c).drop_nulls().cast(pl.Float64)).collect(
-            engine="streaming")[c].to_numpy()
-        medians[c] = float(np.median(values)) if len(values) else None
-    return medians
+    """Each column's median (None for an all-missing one): NumPy selects the middle values
+    (introselect) where a median query sorts the column; two columns at a time."""
+    def median(column: str) -> float | None:
+        values = frame.select(pl.col(column).cast(pl.Float64)).collect()[column]
+        present = len(values) - values.null_count()
+        if not present:
+            return None
+        values = values.to_numpy()  # a copy, missing values as NaN (which sort last)
+        if not values.flags.writeable:
+            values = values.copy()
+        middle = [(present - 1) // 2, present // 2]
+        values.partition(middle)
+        return float((values[middle[0]] + values[middle[1]]) / 2)
+
+    with ThreadPoolExecutor(2) as pool:  # NumPy's selection runs without the GIL
+        return dict(zip(columns, pool.map(median, columns)))
 
 
 def _mode(frame: pl.LazyFrame, column: str):
@@ -112,7 +120,7 @@ def apply(frame: Frame, schema: TableSchema, params: CleanParams,
         if missing_keys:
             raise DataError(f"clean.drop_duplicates: key columns {missing_keys} are not in the "
                             f"table; columns are {columns}")
-        lf = lf.unique(subset=keys, keep="first", maintain_order=True)
+        lf = unique_rows(lf, keys)
     return like(frame, lf), schema
 
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -98,6 +99,13 @@ def fingerprint_path(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _fsync_files(folder: Path) -> None:
+    for file in folder.rglob("*"):
+        if file.is_file():
+            with open(file, "rb+") as handle:
+                os.fsync(handle.fileno())
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -178,11 +186,10 @@ class Store:
 
     def commit(self, staging: Path, kind: Kind, count: int = 0, schema: dict | None = None,
                meta: dict | None = None) -> ArtifactRef:
-        for file in staging.rglob("*"):
-            if file.is_file():
-                with open(file, "rb+") as handle:
-                    os.fsync(handle.fileno())
-        fingerprint = fingerprint_path(staging)
+        with ThreadPoolExecutor(1) as pool:  # flushing to disk and hashing overlap
+            synced = pool.submit(_fsync_files, staging)
+            fingerprint = fingerprint_path(staging)
+            synced.result()
         final = self.root / kind / fingerprint
         if final.exists() and fingerprint_path(final) == fingerprint:
             shutil.rmtree(staging)

@@ -273,3 +273,24 @@ def test_missing_feature_column_and_mixed_image_sizes_are_named(store, messy_csv
         cv2.imwrite(str(tmp_path / "imgs" / name / "0.png"), np.zeros(shape, np.uint8))
     with pytest.raises(DataError, match=r"has shape \(1, 7, 5\), the first image has \(1, 6, 5\)"):
         ingest.fn(ImageFolderSource(type="image_folder", path=str(tmp_path / "imgs")), store)
+
+
+@pytest.mark.parametrize("subset", [None, ["a", "b"], ["image"]])
+def test_duplicate_search_keeps_the_rows_polars_unique_keeps(subset):
+    """unique_rows hashes rows and compares in full only rows whose hashes repeat: the same
+    rows as polars' unique(keep='first', maintain_order=True), also when every hash collides
+    (a constant hash) or many do, with nulls, NaN, -0.0 and list (image) columns."""
+    from trainflow.tables import unique_rows
+
+    rng = np.random.default_rng(1)
+    n = 5000
+    a = rng.integers(0, 5, n).astype(float)
+    a[rng.random(n) < 0.1] = np.nan
+    a[rng.random(n) < 0.05] = -0.0
+    df = pl.DataFrame({"a": a, "b": rng.choice(["x", "y", ""], n), "c": rng.integers(0, 3, n),
+                       "image": [[float(v), 1.0] for v in rng.integers(0, 2, n)]}
+                      ).with_columns(pl.col("b").replace("", None))
+    expected = df.unique(subset=subset, keep="first", maintain_order=True)
+    assert 0 < len(expected) < n
+    for row_hash in (None, (pl.col("c") * 0).cast(pl.UInt64), pl.col("c").cast(pl.UInt64)):
+        assert unique_rows(df.lazy(), subset, row_hash).collect().equals(expected)
