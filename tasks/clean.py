@@ -9,12 +9,12 @@ import polars as pl
 from prefect import task
 from pydantic import Field, model_validator
 
-from trainflow.artifacts import ArtifactRef
+from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.errors import DataError
 from trainflow.spec.base import Section
-from trainflow.steps import Frame, State, like, transform
-from trainflow.tables import TableSchema, unique_rows
+from trainflow.steps import Frame, State, in_store, like, scan_parts, transform, write_view
+from trainflow.tables import TableSchema, first_rows, keep_rows, unique_rows
 
 
 class CleanParams(Section):
@@ -99,8 +99,9 @@ def _mode(frame: pl.LazyFrame, column: str):
     return counts[column][0] if len(counts) else None
 
 
-def apply(frame: Frame, schema: TableSchema, params: CleanParams,
-          state: State) -> tuple[Frame, TableSchema]:
+def _filled(frame: Frame, schema: TableSchema, params: CleanParams,
+            state: State) -> pl.LazyFrame:
+    """The rows before the duplicate search: labelled, missing values dropped or filled."""
     numeric, text, floats = _columns(frame, schema)
     lf = frame.lazy().with_columns(pl.col(c).fill_nan(None) for c in floats)
     if params.drop_missing_label:
@@ -113,19 +114,45 @@ def apply(frame: Frame, schema: TableSchema, params: CleanParams,
     elif state["fill"]:
         lf = lf.with_columns(pl.col(c).fill_null(v) for c, v in state["fill"].items()
                              if v is not None)
+    return lf
+
+
+def _keys(frame: pl.LazyFrame, params: CleanParams) -> list[str] | None:
+    keys = params.drop_duplicates if isinstance(params.drop_duplicates, list) else None
+    columns = frame.collect_schema().names()
+    missing_keys = [k for k in keys or [] if k not in columns]
+    if missing_keys:
+        raise DataError(f"clean.drop_duplicates: key columns {missing_keys} are not in the "
+                        f"table; columns are {columns}")
+    return keys
+
+
+def apply(frame: Frame, schema: TableSchema, params: CleanParams,
+          state: State) -> tuple[Frame, TableSchema]:
+    """Fill, then drop duplicates: by the stored `_keep` array when the state has one (a
+    clean view: one entry per row of `_filled`), else by searching for them."""
+    lf = _filled(frame, schema, params, state)
     if params.drop_duplicates:
-        keys = params.drop_duplicates if isinstance(params.drop_duplicates, list) else None
-        columns = lf.collect_schema().names()
-        missing_keys = [k for k in keys or [] if k not in columns]
-        if missing_keys:
-            raise DataError(f"clean.drop_duplicates: key columns {missing_keys} are not in the "
-                            f"table; columns are {columns}")
-        lf = unique_rows(lf, keys)
+        keep = state.get("_keep")
+        lf = keep_rows(lf, keep) if keep is not None else unique_rows(lf, _keys(lf, params))
     return like(frame, lf), schema
 
 
 @task(name="clean", **CACHED)
 def clean(data: ArtifactRef, params: CleanParams, seed: int,
           store: str) -> ArtifactRef:
-    """Clean a table (before split) or every part of the splits, fitted on train (after split)."""
-    return transform(data, params, fit, apply, seed, store, lazy=True)
+    """Clean a table (before split) or every part of the splits, fitted on train (after split).
+
+    A table of the store becomes a view: the fill values and, with `drop_duplicates`, one
+    byte a row saying which rows stay; readers apply them in their own query."""
+    if data.kind != "table" or not in_store(data, Store(store)):
+        return transform(data, params, fit, apply, seed, store, lazy=True)
+    (frame, schema), = scan_parts(data).values()
+    if params.drop_duplicates:  # the duplicate searches and statistics read the table four
+        frame = frame.collect(engine="streaming").lazy()  # times; it is held for them
+    state = fit(frame, schema, params, seed)
+    if params.drop_duplicates:
+        filled = _filled(frame, schema, params, state)
+        state["_keep"] = first_rows(filled, _keys(filled, params))
+    return write_view(Store(store), data, params, state, schema, __name__,
+                      rows_change=True)

@@ -7,6 +7,7 @@ from typing import Annotated, Literal, Union
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 from prefect import task
 from pydantic import Field
 
@@ -204,6 +205,24 @@ def _load_file(source: FileSource) -> tuple[pl.LazyFrame, TableSchema]:
                            weight=source.weight_column, aux_targets=aux or None)
 
 
+MAX_ROW_GROUP = 1 << 20  # rows: larger groups would be read whole by the streaming engine
+
+
+def _stored_as_is(source: Source, table: pl.DataFrame | pl.LazyFrame) -> bool:
+    """Whether a Parquet source already is the table ingest writes, so that its bytes are
+    stored instead of decoded and encoded again: ingest's query only selects and casts, so
+    when its result has the file's columns in the file's order with the file's types, it
+    reads the file unchanged. Row groups must be small enough to stream."""
+    if not isinstance(source, FileSource) or source.type != "parquet":
+        return False
+    path = Path(source.path)
+    if table.lazy().collect_schema() != pl.scan_parquet(path).collect_schema():
+        return False
+    footer = pq.read_metadata(path)
+    return all(footer.row_group(i).num_rows <= MAX_ROW_GROUP
+               for i in range(footer.num_row_groups))
+
+
 def _checked_weights(lf: pl.LazyFrame, column: str, dtypes, path: Path) -> pl.Expr:
     """The weight column as float64, after checking every value is a finite number >= 0."""
     if not dtypes[column].is_numeric():
@@ -293,7 +312,8 @@ def ingest(source: Source, store: str) -> ArtifactRef:
     progress = Progress("ingest-progress", "source read (50 %), table written (100 %)")
     df, schema = load_source(source)
     progress.update(0.5)
-    table = write_parts(Store(store), "table", {"all": (df, schema)})
+    stored = Path(source.path) if _stored_as_is(source, df) else df
+    table = write_parts(Store(store), "table", {"all": (stored, schema)})
     progress.update(1.0)
     return table
 

@@ -18,7 +18,7 @@ from trainflow.caching import CACHED
 from trainflow.errors import DataError
 from trainflow.spec.base import Section
 from trainflow.steps import SPLITS, scan_parts, write_split_view
-from trainflow.tables import TableSchema, class_counts
+from trainflow.tables import SYNTHETIC_COLUMN, TableSchema, class_counts
 
 
 class SplitParams(Section):
@@ -103,21 +103,22 @@ def split_rows(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
         # Integer class codes in the classes' order: scikit-learn sorts strings slowly.
         codes = labels.to_physical().to_numpy()
         rest, test = stratified_shuffle_split(codes, params.test, seed)
-        train, val = stratified_shuffle_split(codes[rest], val_share, seed)
+        train, val = stratified_shuffle_split(codes[rest], val_share, seed, in_order=True)
         return {"train": np.sort(rest[train]), "val": np.sort(rest[val]), "test": np.sort(test)}
     rest, test = train_test_split(index, test_size=params.test, random_state=seed)
     train, val = train_test_split(rest, test_size=val_share, random_state=seed)
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def stratified_shuffle_split(codes: np.ndarray, test_size: float,
-                             seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_shuffle_split(codes: np.ndarray, test_size: float, seed: int,
+                             in_order: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The rows (0..n-1) of `train_test_split(rows, test_size=test_size, random_state=seed,
     stratify=codes)`, the same random draws in the same order, so the same rows; kept in
     NumPy arrays where scikit-learn (1.9) gathers them in Python lists, which costs about
     40 bytes and 1 us a row (0.8 GB at 20M rows, most of the split's time). Its own
     helpers size the parts; tests/tasks/test_split_strategies.py checks the result against
-    train_test_split's on many shapes and seeds."""
+    train_test_split's on many shapes and seeds. `in_order` returns each part's rows sorted,
+    skipping the last two draws (which only order them)."""
     n_train, n_test = _validate_shuffle_split(len(codes), test_size, None)
     present = np.flatnonzero(np.bincount(codes))
     counts = np.bincount(codes)[present]
@@ -135,6 +136,8 @@ def stratified_shuffle_split(codes: np.ndarray, test_size: float,
         shuffled = rows.take(rng.permutation(count), mode="clip")
         train.append(shuffled[:n])
         test.append(shuffled[n:n + t])
+    if in_order:
+        return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
     return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
 
 
@@ -177,4 +180,19 @@ def split(data: ArtifactRef, params: SplitParams, seed: int, store: str) -> Arti
     part = np.zeros(len(keys), np.uint8)
     for number, name in enumerate(SPLITS):
         part[rows[name]] = number
-    return write_split_view(Store(store), data, part, params, __name__)
+    return write_split_view(Store(store), data, part, params, __name__,
+                            summary=_summary(keys[schema.target], part, schema, names))
+
+
+def _summary(labels: pl.Series, part: np.ndarray, schema: TableSchema,
+             columns: list[str]) -> dict[str, dict] | None:
+    """Rows and classes of each part, counted from the labels already in memory (None where
+    the table has synthetic rows or missing labels: then the parts' rows are counted)."""
+    if SYNTHETIC_COLUMN in columns or labels.null_count():
+        return None
+    k = len(schema.classes)
+    counts = np.bincount(part.astype(np.int64) * k + labels.to_physical().to_numpy(),
+                         minlength=len(SPLITS) * k).reshape(len(SPLITS), k)
+    return {name: {"rows": int(counts[i].sum()), "synthetic": 0,
+                   "classes": dict(zip(schema.classes, counts[i].tolist()))}
+            for i, name in enumerate(SPLITS)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +15,7 @@ from trainflow.artifacts import VIEW_FILE, ArtifactRef, Store
 from trainflow.caching import code_fingerprint
 from trainflow.errors import ArtifactError, DataError
 from trainflow.tables import (SYNTHETIC_COLUMN, TableSchema, class_counts, read_table,
-                              scan_table, sink_table, write_table)
+                              scan_table, schema_file, sink_table, write_table)
 
 SPLITS = ("train", "val", "test")
 PART_FILE = "part.npy"  # a split view: each base row's part number (0 train, 1 val, 2 test)
@@ -74,15 +75,26 @@ def split_by_part(frame: pl.LazyFrame, schema: TableSchema,
             for number, name in enumerate(SPLITS)}
 
 
-def _view_step(ref: ArtifactRef) -> tuple[Any, BaseModel, State]:
-    """The registry entry, params and fitted state a view applies."""
+def _registered(name: Any) -> Any:
     from trainflow import registry  # the registry imports the tasks, which import this module
 
-    view = json.loads((ref.path / VIEW_FILE).read_text())
-    step = registry.STEPS.get(view.get("step"))
+    step = registry.STEPS.get(name)
     if step is None or step.apply is None:
-        raise ArtifactError(f"{ref.path}: a view of unknown step {view.get('step')!r}")
+        raise ArtifactError(f"a view of unknown step {name!r}")
+    return step
+
+
+def _view_step(ref: ArtifactRef) -> tuple[Any, BaseModel, State]:
+    """The registry entry, params and fitted state (with its stored arrays) a view applies."""
+    view = json.loads((ref.path / VIEW_FILE).read_text())
+    try:
+        step = _registered(view.get("step"))
+    except ArtifactError as exc:
+        raise ArtifactError(f"{ref.path}: {exc}") from None
     state = json.loads((ref.path / "state.json").read_text())
+    for array in sorted(ref.path.glob("*.npy")):
+        if array.name != PART_FILE:
+            state[f"_{array.stem}"] = np.load(array, allow_pickle=False)
     return step, step.params.model_validate(view["params"]), state
 
 
@@ -101,24 +113,31 @@ def _summary(frame: Frame, schema: TableSchema) -> dict:
     return {"rows": int(rows), "classes": class_counts(frame, schema), "synthetic": int(synth)}
 
 
-def write_parts(store: Store, kind: str, parts: dict[str, tuple[Frame, TableSchema]],
+def write_parts(store: Store, kind: str,
+                parts: dict[str, tuple[Frame | Path, TableSchema]],
                 extra: dict[str, Any] | None = None, step: str | None = None,
                 check: Callable[[dict[str, dict]], None] | None = None) -> ArtifactRef:
     """Write parts (and JSON extras such as fitted state) as one artifact; return its ref.
 
     Lazy parts are streamed to disk, so a step over a LazyFrame never holds the table in memory.
+    A part given as a Path is a Parquet file that already holds the part's rows as they should
+    be stored: its bytes are copied, with the schema in a file beside it.
     `check` sees the per-part summary before the artifact is committed and may raise.
     """
     with store.writer(kind) as staging:
+        paths = {name: staging / f"{name}.parquet" for name in parts}
+        # lazy parts run as one streaming query: parts of one view share their reading
+        pl.collect_all([sink_table(frame, paths[name], schema, lazy=True)
+                        for name, (frame, schema) in parts.items()
+                        if isinstance(frame, pl.LazyFrame)])
         summary = {}
         for name, (frame, schema) in parts.items():
-            path = staging / f"{name}.parquet"
-            if isinstance(frame, pl.LazyFrame):
-                sink_table(frame, path, schema)
-                frame = pl.scan_parquet(path)
-            else:
-                write_table(frame, path, schema)
-            summary[name] = _summary(frame, schema)
+            if isinstance(frame, Path):
+                shutil.copyfile(frame, paths[name])
+                schema_file(paths[name]).write_text(schema.model_dump_json())
+            elif isinstance(frame, pl.DataFrame):
+                write_table(frame, paths[name], schema)
+            summary[name] = _summary(pl.scan_parquet(paths[name]), schema)
         if check:
             check(summary)
         for name, value in (extra or {}).items():
@@ -195,10 +214,20 @@ def transform(ref: ArtifactRef, params: BaseModel, fit: Fit, apply: Apply, seed:
 
 
 def write_view(store: Store, ref: ArtifactRef, params: BaseModel, state: State,
-               schema: TableSchema, module: str) -> ArtifactRef:
+               schema: TableSchema, module: str, rows_change: bool = False) -> ArtifactRef:
     """Store a step's result as a view over `ref`: its params, fitted state and code
     fingerprint (so that a change of the step's code is a new view, and a new cache key for
-    every step after it). Rows and classes are the input's: a view step keeps every row."""
+    every step after it). NumPy arrays in the state under `_name` (such as the rows a step
+    keeps) are stored as `name.npy`. Rows and classes are the input's, unless `rows_change`
+    (then they are counted through the view, and a step that empties a part is an error)."""
+    parts, count = ref.meta.get("parts", {}), ref.count
+    if rows_change:
+        step = _registered(params.type)
+        counted = {name: _summary(step.apply(frame, part_schema, params, state)[0], part_schema)
+                   for name, (frame, part_schema) in scan_parts(ref).items()}
+        _check_not_emptied(params, {n: p["rows"] for n, p in parts.items()},
+                           {n: p["rows"] for n, p in counted.items()})
+        parts, count = counted, sum(p["rows"] for p in counted.values())
     with store.writer(ref.kind) as staging:
         view = {"base": {"kind": ref.kind, "fingerprint": ref.fingerprint},
                 "step": params.type, "params": params.model_dump(mode="json"),
@@ -206,9 +235,11 @@ def write_view(store: Store, ref: ArtifactRef, params: BaseModel, state: State,
         (staging / VIEW_FILE).write_text(json.dumps(view, indent=1, sort_keys=True))
         (staging / "state.json").write_text(json.dumps(json_state(state), indent=1,
                                                        sort_keys=True))
-        return store.commit(staging, ref.kind, count=ref.count, schema=schema.model_dump(),
-                            meta={"parts": ref.meta.get("parts", {}), "step": params.type,
-                                  "view": True})
+        for key, value in state.items():
+            if key.startswith("_") and isinstance(value, np.ndarray):
+                np.save(staging / f"{key[1:]}.npy", value, allow_pickle=False)
+        return store.commit(staging, ref.kind, count=count, schema=schema.model_dump(),
+                            meta={"parts": parts, "step": params.type, "view": True})
 
 
 def materialize(ref: ArtifactRef, store: str | Path) -> ArtifactRef:
@@ -226,14 +257,16 @@ def in_store(ref: ArtifactRef, store: Store) -> bool:
 
 
 def write_split_view(store: Store, ref: ArtifactRef, part: np.ndarray, params: BaseModel,
-                     module: str) -> ArtifactRef:
+                     module: str, summary: dict[str, dict] | None = None) -> ArtifactRef:
     """Store a split as a view over the table `ref`: the part number of each row (one byte a
     row) instead of a copy of the table's rows in three files; the parts are written out
-    when `ref` is in another store."""
+    when `ref` is in another store. `summary`: the parts' rows and classes, where the caller
+    has counted them."""
     parts = split_by_part(*next(iter(scan_parts(ref).values())), part)
     if not in_store(ref, store):
         return write_parts(store, "splits", parts, step=params.type)
-    summary = {name: _summary(frame, schema) for name, (frame, schema) in parts.items()}
+    summary = summary or {name: _summary(frame, schema) for name, (frame, schema) in
+                          parts.items()}
     with store.writer("splits") as staging:
         view = {"base": {"kind": ref.kind, "fingerprint": ref.fingerprint},
                 "step": params.type, "params": params.model_dump(mode="json"),

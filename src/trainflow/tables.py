@@ -47,14 +47,26 @@ def write_table(df: pl.DataFrame, path: Path, schema: TableSchema) -> None:
     df.write_parquet(path, metadata={META_KEY: schema.model_dump_json()}, **WRITE_OPTIONS)
 
 
-def sink_table(frame: pl.LazyFrame, path: Path, schema: TableSchema) -> None:
-    """Write a lazy query's result with the streaming engine (bounded memory)."""
-    frame.sink_parquet(path, metadata={META_KEY: schema.model_dump_json()}, **WRITE_OPTIONS)
+def sink_table(frame: pl.LazyFrame, path: Path, schema: TableSchema,
+               lazy: bool = False) -> pl.LazyFrame | None:
+    """Write a lazy query's result with the streaming engine (bounded memory); with `lazy`,
+    return the sink as a query for `pl.collect_all` to run with others."""
+    return frame.sink_parquet(path, metadata={META_KEY: schema.model_dump_json()},
+                              lazy=lazy, **WRITE_OPTIONS)
+
+
+def schema_file(path: Path) -> Path:
+    """Where the schema of a table stored as the source's own bytes lives: beside it."""
+    return path.with_name(f"{path.stem}.schema.json")
 
 
 def table_schema(path: Path) -> TableSchema:
+    """The schema in the Parquet file's metadata, or in its `schema_file` (which comes first:
+    a file stored as is may carry metadata of its own)."""
+    beside = schema_file(path)
     try:
-        raw = pl.read_parquet_metadata(path).get(META_KEY)
+        raw = (beside.read_text() if beside.is_file()
+               else pl.read_parquet_metadata(path).get(META_KEY))
     except Exception as exc:  # polars raises several types for unreadable files
         raise DataError(f"cannot read Parquet file {path}: {exc}") from None
     if raw is None:
@@ -136,13 +148,27 @@ def class_counts(df: pl.DataFrame | pl.LazyFrame, schema: TableSchema) -> dict[s
     return {c: found.get(c, 0) for c in schema.classes}
 
 
-def unique_rows(frame: pl.LazyFrame, subset: list[str] | None = None,
-                row_hash: pl.Expr | None = None) -> pl.LazyFrame:
-    """The first row of each set of duplicates (over `subset`, default all columns), in order:
-    the rows `frame.unique(subset, keep="first", maintain_order=True)` keeps, found twice as
-    fast. Each row is hashed to one number; rows whose number is unique have no duplicate, and
-    only the rows whose numbers repeat are compared in full, so a hash collision never drops a
-    row. Runs `frame` to find them (twice when numbers repeat); returns a query over it.
+def unique_rows(frame: pl.LazyFrame, subset: list[str] | None = None) -> pl.LazyFrame:
+    """The rows `frame.unique(subset, keep="first", maintain_order=True)` keeps, found by
+    `first_rows` (runs `frame`; returns a query over it)."""
+    return keep_rows(frame, first_rows(frame, subset))
+
+
+def keep_rows(frame: pl.LazyFrame, keep: np.ndarray) -> pl.LazyFrame:
+    """The rows of `frame` whose entry in the boolean array `keep` (one per row) is true."""
+    if keep.all():
+        return frame
+    return (frame.with_row_index("__row")
+            .filter(pl.lit(pl.Series(keep)).gather(pl.col("__row"))).drop("__row"))
+
+
+def first_rows(frame: pl.LazyFrame, subset: list[str] | None = None,
+               row_hash: pl.Expr | None = None) -> np.ndarray:
+    """Whether each row is the first of its set of duplicates (over `subset`, default all
+    columns): true for the rows `frame.unique(subset, keep="first", maintain_order=True)`
+    keeps, found twice as fast. Each row is hashed to one number; rows whose number is unique
+    have no duplicate, and only the rows whose numbers repeat are compared in full, so a hash
+    collision never drops a row. Runs `frame` (twice when numbers repeat).
 
     `row_hash` replaces the hash (tests use a constant to make every row a candidate).
     """
@@ -159,12 +185,8 @@ def unique_rows(frame: pl.LazyFrame, subset: list[str] | None = None,
     if len(repeated):
         candidate = hashes.is_in(pl.Series(repeated, dtype=hashes.dtype).implode()).to_numpy()
         keep[candidate] = False
-        numbered = frame.with_row_index("__row")
-        first = (numbered.filter(pl.lit(pl.Series(candidate)).gather(pl.col("__row")))
+        first = (keep_rows(frame.with_row_index("__first"), candidate)
                  .unique(subset=columns, keep="first", maintain_order=True)
-                 .select("__row").collect().to_series().to_numpy())  # (streaming: no lists)
+                 .select("__first").collect().to_series().to_numpy())  # (streaming: no lists)
         keep[first] = True
-    if keep.all():
-        return frame
-    return (frame.with_row_index("__row")
-            .filter(pl.lit(pl.Series(keep)).gather(pl.col("__row"))).drop("__row"))
+    return keep

@@ -41,20 +41,20 @@ def test_clean_strategies_on_a_csv_with_gaps(store, messy_csv):
     source = FileSource(type="csv", path=str(messy_csv), target="label")
     table = ingest.fn(source, store)
     assert table.count == 6
-    dropped = read_table(clean.fn(table, CleanParams(type="clean"), 0, store).path / "all.parquet")[0]
+    dropped = read_parts(clean.fn(table, CleanParams(type="clean"), 0, store))["all"][0]
     # duplicate row, rows with a missing feature and the row without a label are gone
     assert dropped.rows() == [(1, 10, "x"), (7, 70, "y")]
     mean = clean.fn(table, CleanParams(type="clean", missing="mean"), 0, store)
-    df = read_table(mean.path / "all.parquet")[0]
+    df = read_parts(mean)["all"][0]
     # the mean is taken over the rows that stay (labelled, de-duplicated): a = 1, 3, 7
     assert df["a"].to_list() == pytest.approx([1.0, 11 / 3, 3.0, 7.0])
     assert df["b"].null_count() == 0 and len(df) == 4
-    median = read_table(clean.fn(table, CleanParams(type="clean", missing="median"), 0,
-                                 store).path / "all.parquet")[0]
+    median = read_parts(clean.fn(table, CleanParams(type="clean", missing="median"), 0,
+                                 store))["all"][0]
     # median of the rows that stay: a = 1, 3, 7 -> 3; b = 10, 20, 70 -> 20
     assert median.rows() == [(1, 10, "x"), (3, 20, "y"), (3, 20, "x"), (7, 70, "y")]
     const = clean.fn(table, CleanParams(type="clean", missing="constant", fill_value=-1), 0, store)
-    assert -1 in read_table(const.path / "all.parquet")[0]["a"].to_list()
+    assert -1 in read_parts(const)["all"][0]["a"].to_list()
 
 
 def test_missing_file_and_target_are_clear_errors(store, messy_csv, tmp_path):
@@ -209,10 +209,10 @@ def test_forward_fill_and_duplicates_by_key(store, tmp_path):
     path.write_text("id,t,v,label\n1,1,10,x\n1,2,,x\n2,3,30,y\n2,4,,y\n2,4,99,y\n")
     table = ingest.fn(FileSource(type="csv", path=str(path), target="label"), store)
     params = CleanParams(type="clean", missing="forward_fill", drop_duplicates=["id", "t"])
-    df = read_table(clean.fn(table, params, 0, store).path / "all.parquet")[0]
+    df = read_parts(clean.fn(table, params, 0, store))["all"][0]
     assert df["v"].to_list() == [10, 10, 30, 30]  # (2, 4) kept once: the first row
     back = CleanParams(type="clean", missing="backward_fill", drop_duplicates=False)
-    assert read_table(clean.fn(table, back, 0, store).path / "all.parquet")[0]["v"].to_list() \
+    assert read_parts(clean.fn(table, back, 0, store))["all"][0]["v"].to_list() \
         == [10, 30, 30, 99, 99]
     with pytest.raises(DataError, match=r"key columns \['nope'\] are not in the table"):
         clean.fn(table, CleanParams(type="clean", drop_duplicates=["nope"]), 0, store)
@@ -277,10 +277,10 @@ def test_missing_feature_column_and_mixed_image_sizes_are_named(store, messy_csv
 
 @pytest.mark.parametrize("subset", [None, ["a", "b"], ["image"]])
 def test_duplicate_search_keeps_the_rows_polars_unique_keeps(subset):
-    """unique_rows hashes rows and compares in full only rows whose hashes repeat: the same
+    """first_rows hashes rows and compares in full only rows whose hashes repeat: the same
     rows as polars' unique(keep='first', maintain_order=True), also when every hash collides
     (a constant hash) or many do, with nulls, NaN, -0.0 and list (image) columns."""
-    from trainflow.tables import unique_rows
+    from trainflow.tables import first_rows, keep_rows
 
     rng = np.random.default_rng(1)
     n = 5000
@@ -293,4 +293,32 @@ def test_duplicate_search_keeps_the_rows_polars_unique_keeps(subset):
     expected = df.unique(subset=subset, keep="first", maintain_order=True)
     assert 0 < len(expected) < n
     for row_hash in (None, (pl.col("c") * 0).cast(pl.UInt64), pl.col("c").cast(pl.UInt64)):
-        assert unique_rows(df.lazy(), subset, row_hash).collect().equals(expected)
+        keep = first_rows(df.lazy(), subset, row_hash)
+        assert keep_rows(df.lazy(), keep).collect().equals(expected)
+
+
+def test_a_parquet_source_that_already_is_the_table_is_stored_as_is(store, tmp_path):
+    """ingest copies the bytes of a Parquet file whose columns and types it would keep (the
+    schema goes in a file beside it) and rewrites any other; both read the same."""
+    rng = np.random.default_rng(0)
+    frame = pl.DataFrame({"x": rng.normal(size=300), "colour": rng.choice(["r", "g"], 300),
+                          "label": rng.choice(["a", "b"], 300)})
+    ready = tmp_path / "ready.parquet"
+    frame.write_parquet(ready, row_group_size=100)
+    table = ingest.fn(FileSource(type="parquet", path=str(ready), target="label"), store)
+    assert (table.path / "all.parquet").read_bytes() == ready.read_bytes()
+    assert sorted(p.name for p in table.path.iterdir()) == ["all.parquet", "all.schema.json"]
+    df, schema = read_parts(table)["all"]
+    assert df.equals(frame) and schema.classes == ["a", "b"] and table.count == 300
+    assert table.meta["parts"]["all"]["classes"] == {"a": int((frame["label"] == "a").sum()),
+                                                     "b": int((frame["label"] == "b").sum())}
+
+    numbered = tmp_path / "numbered.parquet"  # integer labels become text: rewritten
+    frame.with_columns(label=(pl.col("label") == "b").cast(pl.Int64)).write_parquet(numbered)
+    table = ingest.fn(FileSource(type="parquet", path=str(numbered), target="label"), store)
+    assert sorted(p.name for p in table.path.iterdir()) == ["all.parquet"]
+    assert read_parts(table)["all"][0]["label"].to_list() == \
+        frame["label"].replace({"a": "0", "b": "1"}).to_list()
+    picked = ingest.fn(FileSource(type="parquet", path=str(ready), target="label",
+                                  features=["x"]), store)  # a column left out: rewritten
+    assert read_parts(picked)["all"][0].columns == ["x", "label"]

@@ -119,6 +119,8 @@ def test_stratified_split_draws_exactly_the_rows_scikit_learn_draws(seed):
                                         stratify=codes)
             got = stratified_shuffle_split(codes, test_size, seed)
             assert all(np.array_equal(a, b) for a, b in zip(got, expected)), (n, k, test_size)
+            in_order = stratified_shuffle_split(codes, test_size, seed, in_order=True)
+            assert all(np.array_equal(a, np.sort(b)) for a, b in zip(in_order, expected))
     tied = np.repeat(np.arange(3, dtype=np.uint32), 5)  # equal counts: ties broken by the draws
     assert all(np.array_equal(a, b) for a, b in zip(
         stratified_shuffle_split(tied, 0.4, seed),

@@ -12,7 +12,7 @@ from trainflow.artifacts import ArtifactRef
 from trainflow.errors import ArtifactError, DataError
 from trainflow.preflight import check_declared_types
 from trainflow.steps import fit_apply, materialize, read_parts
-from trainflow.tables import read_table
+from trainflow.tables import class_counts, read_table
 from trainflow.tasks import clean, encode, normalize
 from trainflow.tasks.ingest import FileSource, ingest
 from trainflow.tasks.split import SplitParams, split, split_frame
@@ -94,14 +94,16 @@ def test_streamed_step_equals_the_in_memory_step(store, mixed_csv, module, param
 def test_split_task_streams_the_same_rows_as_the_in_memory_split(store, mixed_csv):
     splits = _prepared(store, mixed_csv)
     parts = read_parts(splits)
-    whole, schema = read_table(clean.clean.fn(
+    whole, schema = read_parts(clean.clean.fn(
         ingest.fn(FileSource(type="csv", path=str(mixed_csv), target="label",
                              keep_columns=["id"], features=["a", "b", "colour"]), store),
-        clean.CleanParams(type="clean", missing="median"), 0, store).path / "all.parquet")
+        clean.CleanParams(type="clean", missing="median"), 0, store))["all"]
     expected = split_frame(whole, schema, SplitParams(type="split"), 0)
     for name in ("train", "val", "test"):
         assert parts[name][0].equals(expected[name])
-    assert splits.meta["parts"]["train"]["rows"] == len(expected["train"])
+    for name in ("train", "val", "test"):  # counted from the labels in memory
+        assert splits.meta["parts"][name] == {"rows": len(expected[name]), "synthetic": 0,
+                                              "classes": class_counts(expected[name], schema)}
 
 
 @pytest.mark.parametrize("method", ["one_hot", "ordinal"])
@@ -140,6 +142,33 @@ def test_encode_and_normalize_store_views_that_read_as_the_applied_steps(store, 
         assert read_table(stored.path / f"{name}.parquet")[0].equals(eager[name][0])
         assert viewed[name][1] == eager[name][1]  # the schema names the one-hot columns
     assert materialize(stored, store) == stored
+
+
+@pytest.mark.parametrize("params", [
+    clean.CleanParams(type="clean", missing="median"),
+    clean.CleanParams(type="clean", missing="forward_fill", drop_duplicates=["id"]),
+    clean.CleanParams(type="clean", missing="drop", drop_duplicates=False),
+])
+def test_clean_stores_a_view_that_reads_as_the_applied_step(store, mixed_csv, params):
+    """clean on a table writes its fill values and which rows stay (one byte a row, when it
+    drops duplicates), not the rows: the view reads as the in-memory step does, counts its
+    rows and classes, and `split` and later steps read through it."""
+    rows = pl.read_csv(mixed_csv, infer_schema_length=0)
+    path = mixed_csv.with_name("repeated.csv")  # 20 repeated rows and one without a label
+    pl.concat([rows, rows.head(20), rows.tail(1).with_columns(label=None)]).write_csv(path)
+    table = ingest.fn(FileSource(type="csv", path=str(path), target="label",
+                                 keep_columns=["id"], features=["a", "b", "colour"]), store)
+    cleaned = clean.clean.fn(table, params, 0, store)
+    files = sorted(p.name for p in cleaned.path.iterdir())
+    assert files == (["keep.npy"] if params.drop_duplicates else []) + ["state.json",
+                                                                        "view.json"]
+    eager, _ = fit_apply(read_parts(table), params, clean.fit, clean.apply, 0)
+    viewed, schema = read_parts(cleaned)["all"]
+    assert viewed.equals(eager["all"][0]) and len(viewed) < table.count
+    assert cleaned.count == len(viewed)
+    assert cleaned.meta["parts"]["all"]["classes"] == class_counts(viewed, schema)
+    splits = split.fn(cleaned, SplitParams(type="split"), 0, store)
+    assert sum(len(df) for df, _ in read_parts(splits).values()) == len(viewed)
 
 
 def test_a_view_is_valid_only_while_its_base_is(store, mixed_csv):
