@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
+import numpy as np
 import polars as pl
 from prefect import task
 from pydantic import Field, model_validator
@@ -14,7 +15,7 @@ from trainflow.caching import CACHED
 from trainflow.errors import DataError
 from trainflow.spec.base import Section
 from trainflow.steps import Frame, State, in_store, like, scan_parts, transform, write_view
-from trainflow.tables import TableSchema, first_rows, keep_rows, unique_rows
+from trainflow.tables import TableSchema, first_rows, keep_rows, row_hashes, unique_rows
 
 
 class CleanParams(Section):
@@ -48,14 +49,24 @@ def _columns(frame: Frame, schema: TableSchema) -> tuple[list[str], list[str], l
 
 
 def fit(frame: Frame, schema: TableSchema, params: CleanParams, seed: int = 0) -> State:
+    return _fit(frame, schema, params)[0]
+
+
+def _fit(frame: Frame, schema: TableSchema,
+         params: CleanParams) -> tuple[State, np.ndarray | None]:
+    """The fill values, and (when duplicates were searched for them) the hashes of the
+    labelled rows before filling, from which the search after filling starts."""
     numeric, text, _ = _columns(frame, schema)
     if params.missing in ("drop", "keep", "forward_fill", "backward_fill"):
-        return {"fill": {}}
+        return {"fill": {}}, None
     # Statistics describe the rows that stay: labelled (if so declared) and de-duplicated.
-    kept = apply(frame.lazy(), schema, params.model_copy(update={"missing": "keep"}),
-                 {"fill": {}})[0]
+    kept = _filled(frame, schema, params.model_copy(update={"missing": "keep"}), {"fill": {}})
+    hashes = None
     if params.drop_duplicates:  # the duplicate search holds the rows' keys anyway: run it once
-        kept = kept.select(numeric + text).collect(engine="streaming").lazy()
+        keys = _keys(kept, params)
+        hashes = row_hashes(kept, keys)
+        kept = keep_rows(kept, first_rows(kept, keys, hashes)).select(numeric + text).collect(
+            engine="streaming").lazy()
     fill = {c: _mode(kept, c) for c in text}  # text columns: the most frequent value
     if params.missing == "constant":
         fill.update({c: params.fill_value for c in numeric})
@@ -68,7 +79,27 @@ def fit(frame: Frame, schema: TableSchema, params: CleanParams, seed: int = 0) -
         fill.update(kept.select(stat(c).alias(c) for c in numeric)
                     .collect(engine="streaming").row(0, named=True))
     return {"fill": {c: v if isinstance(v, str) else (0.0 if v is None else float(v))
-                     for c, v in fill.items()}}
+                     for c, v in fill.items()}}, hashes
+
+
+def _refilled_hashes(frame: pl.LazyFrame, schema: TableSchema, params: CleanParams,
+                     state: State, hashes: np.ndarray, keys: list[str] | None) -> np.ndarray:
+    """The filled rows' hashes: a row without missing values is unchanged by filling, so
+    only the rows with one are hashed again (all of them where filling changed a column's
+    type: an integer column filled with a median holds floats, which hash differently)."""
+    labelled = _filled(frame, schema, params.model_copy(update={"missing": "keep"}),
+                       {"fill": {}})
+    filled = _filled(frame, schema, params, state)
+    if labelled.collect_schema() != filled.collect_schema():
+        return row_hashes(filled, keys)
+    filled_columns = [c for c in state["fill"] if keys is None or c in keys]
+    if not filled_columns:
+        return hashes
+    changed = labelled.select(pl.any_horizontal(pl.col(c).is_null() for c in filled_columns)
+                              ).collect(engine="streaming").to_series().to_numpy()
+    hashes = hashes.copy()
+    hashes[changed] = row_hashes(keep_rows(filled, changed), keys)
+    return hashes
 
 
 def _medians(frame: pl.LazyFrame, columns: list[str]) -> dict[str, float | None]:
@@ -150,9 +181,12 @@ def clean(data: ArtifactRef, params: CleanParams, seed: int,
     (frame, schema), = scan_parts(data).values()
     if params.drop_duplicates:  # the duplicate searches and statistics read the table four
         frame = frame.collect(engine="streaming").lazy()  # times; it is held for them
-    state = fit(frame, schema, params, seed)
+    state, hashes = _fit(frame, schema, params)
     if params.drop_duplicates:
         filled = _filled(frame, schema, params, state)
-        state["_keep"] = first_rows(filled, _keys(filled, params))
+        keys = _keys(filled, params)
+        if hashes is not None:
+            hashes = _refilled_hashes(frame, schema, params, state, hashes, keys)
+        state["_keep"] = first_rows(filled, keys, hashes)
     return write_view(Store(store), data, params, state, schema, __name__,
                       rows_change=True)

@@ -162,28 +162,31 @@ def keep_rows(frame: pl.LazyFrame, keep: np.ndarray) -> pl.LazyFrame:
             .filter(pl.lit(pl.Series(keep)).gather(pl.col("__row"))).drop("__row"))
 
 
+def row_hashes(frame: pl.LazyFrame, subset: list[str] | None = None) -> np.ndarray:
+    """One 64-bit hash per row over `subset` (default all columns): equal rows (as polars'
+    `unique` compares them: nulls equal, -0.0 equal to 0.0) get equal numbers."""
+    columns = subset or frame.collect_schema().names()
+    # each column's hash, then the row's (polars 2.1's struct hash refuses a list column
+    # next to a float column holding -0.0)
+    row_hash = pl.struct(pl.col(c).hash(0).alias(f"__{i}") for i, c in enumerate(columns))
+    return frame.select(row_hash.hash(0)).collect(engine="streaming").to_series().to_numpy()
+
+
 def first_rows(frame: pl.LazyFrame, subset: list[str] | None = None,
-               row_hash: pl.Expr | None = None) -> np.ndarray:
+               hashes: np.ndarray | None = None) -> np.ndarray:
     """Whether each row is the first of its set of duplicates (over `subset`, default all
     columns): true for the rows `frame.unique(subset, keep="first", maintain_order=True)`
-    keeps, found twice as fast. Each row is hashed to one number; rows whose number is unique
-    have no duplicate, and only the rows whose numbers repeat are compared in full, so a hash
-    collision never drops a row. Runs `frame` (twice when numbers repeat).
-
-    `row_hash` replaces the hash (tests use a constant to make every row a candidate).
-    """
-    dtypes = frame.collect_schema()
-    columns = subset or dtypes.names()
-    if row_hash is None:  # each column's hash, then the row's (polars 2.1's struct hash
-        # refuses a list column next to a float column holding -0.0)
-        row_hash = pl.struct(pl.col(c).hash(0).alias(f"__{i}")
-                             for i, c in enumerate(columns)).hash(0)
-    hashes = frame.select(row_hash).collect(engine="streaming").to_series()
-    ordered = np.sort(hashes.to_numpy())
+    keeps, found twice as fast. Each row is hashed to one number (`row_hashes`, unless the
+    caller has them); rows whose number is unique have no duplicate, and only the rows whose
+    numbers repeat are compared in full, so a hash collision never drops a row."""
+    columns = subset or frame.collect_schema().names()
+    if hashes is None:
+        hashes = row_hashes(frame, subset)
+    ordered = np.sort(hashes)
     repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     keep = np.ones(len(hashes), dtype=bool)
     if len(repeated):
-        candidate = hashes.is_in(pl.Series(repeated, dtype=hashes.dtype).implode()).to_numpy()
+        candidate = pl.Series(hashes).is_in(pl.Series(repeated).implode()).to_numpy()
         keep[candidate] = False
         first = (keep_rows(frame.with_row_index("__first"), candidate)
                  .unique(subset=columns, keep="first", maintain_order=True)

@@ -292,8 +292,9 @@ def test_duplicate_search_keeps_the_rows_polars_unique_keeps(subset):
                       ).with_columns(pl.col("b").replace("", None))
     expected = df.unique(subset=subset, keep="first", maintain_order=True)
     assert 0 < len(expected) < n
-    for row_hash in (None, (pl.col("c") * 0).cast(pl.UInt64), pl.col("c").cast(pl.UInt64)):
-        keep = first_rows(df.lazy(), subset, row_hash)
+    colliding = [df["c"].to_numpy().astype(np.uint64) * 0, df["c"].to_numpy().astype(np.uint64)]
+    for hashes in [None] + colliding:
+        keep = first_rows(df.lazy(), subset, hashes)
         assert keep_rows(df.lazy(), keep).collect().equals(expected)
 
 
@@ -322,3 +323,23 @@ def test_a_parquet_source_that_already_is_the_table_is_stored_as_is(store, tmp_p
     picked = ingest.fn(FileSource(type="parquet", path=str(ready), target="label",
                                   features=["x"]), store)  # a column left out: rewritten
     assert read_parts(picked)["all"][0].columns == ["x", "label"]
+
+
+@pytest.mark.parametrize("keys", [True, ["a", "b"]])
+def test_a_row_that_filling_makes_a_duplicate_is_dropped(store, tmp_path, keys):
+    """Duplicates are searched again after filling (only the filled rows are hashed again):
+    (3, missing) filled with b's median 20 repeats the earlier (3, 20)."""
+    path = tmp_path / "gaps.csv"
+    path.write_text("a,b,label\n1,10,x\n3,20,x\n3,,x\n5,30,y\n1,10,x\n")
+    table = ingest.fn(FileSource(type="csv", path=str(path), target="label"), store)
+    params = CleanParams(type="clean", missing="median", drop_duplicates=keys)
+    cleaned = clean.fn(table, params, 0, store)
+    assert read_parts(cleaned)["all"][0].rows() == [(1, 10, "x"), (3, 20, "x"), (5, 30, "y")]
+    assert cleaned.count == 3
+    floats = tmp_path / "floats.csv"  # float columns keep their type: only filled rows rehashed
+    floats.write_text(path.read_text().replace("10,", "10.5,").replace("20,", "20.5,")
+                      .replace("30,", "30.5,"))
+    table = ingest.fn(FileSource(type="csv", path=str(floats), target="label"), store)
+    cleaned = clean.fn(table, params, 0, store)
+    assert read_parts(cleaned)["all"][0].rows() == [(1, 10.5, "x"), (3, 20.5, "x"),
+                                                   (5, 30.5, "y")]
