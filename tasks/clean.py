@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
-from trainflow.errors import DataError
+from trainflow.errors import ArtifactError, DataError
 from trainflow.spec.base import Section
 from trainflow.steps import Frame, State, in_store, like, scan_parts, transform, write_view
 from trainflow.tables import TableSchema, first_rows, keep_rows, row_hashes, unique_rows
@@ -165,6 +165,9 @@ def apply(frame: Frame, schema: TableSchema, params: CleanParams,
     lf = _filled(frame, schema, params, state)
     if params.drop_duplicates:
         keep = state.get("_keep")
+        if keep is not None and (keep.dtype != np.bool_ or keep.ndim != 1):
+            raise ArtifactError(f"a clean view's keep.npy holds {keep.dtype} {keep.shape}, "
+                                "not one true/false a row: rerun the pipeline to rebuild it")
         lf = keep_rows(lf, keep) if keep is not None else unique_rows(lf, _keys(lf, params))
     return like(frame, lf), schema
 
