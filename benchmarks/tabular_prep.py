@@ -3,13 +3,14 @@ operations in pandas + scikit-learn and in hand-written polars, plus a run under
 
 The file: ROWS rows x 20 columns (17 float features with 2 % missing, 2 text categories, a
 3-class label), 1 % duplicated rows. Every side does the same work and writes train/val/test
-Parquet files: drop unlabelled rows, fill numbers with the median and text with the mode (fitted
-on the whole table), drop duplicate rows, stratified split 65/15/20 (pandas: scikit-learn's
-train_test_split, as pandas users write it; polars: rows ranked at random within their class by
-a window expression; trainflow: its own vectorized equivalent), one-hot encode the text columns
-and standardize the numbers with statistics of the training part. trainflow runs its tasks' functions (`.fn`: the Prefect engine's
-fixed per-task cost is measured in benchmarks/rerun.py), each writing its artifact as trainflow
-always does. Each side runs in its own process, which reports its wall time and peak RSS.
+Parquet files: drop unlabelled rows, fill numbers with the median and text with the mode (over
+the labelled, de-duplicated rows), drop duplicate rows, stratified split 65/15/20 (pandas:
+scikit-learn's train_test_split, as pandas users write it; polars: rows ranked at random within
+their class by a window expression; trainflow: the same draws as scikit-learn's), one-hot encode
+the text columns and standardize the numbers with statistics of the training part; the outputs
+are checked to agree. trainflow runs its tasks' functions (`.fn`: the Prefect engine's fixed
+per-task cost is measured in benchmarks/rerun.py), each storing its artifact as trainflow always
+does. Each side runs in its own process, which reports its wall time and peak RSS.
 
     .venv/bin/python benchmarks/tabular_prep.py [--rows 5000000] [--runs 3] [--cap-gib 1.0]
 
