@@ -150,6 +150,11 @@ def test_invalid_parameters_are_rejected_naming_the_field(served, prefect_server
         assert prefect_server.task_runs(prefect_server.run_tree(run_id)) == []
 
 
+def _state(task_run: dict, field: str) -> str | None:
+    """A field of a task run's state; a run just created may have no state yet."""
+    return (task_run.get("state") or {}).get(field)
+
+
 def test_new_data_event_retrains_and_a_cancelled_run_retried_reuses_the_cache(served,
                                                                              prefect_server):
     deployment = prefect_server.deployment("digits_cnn")
@@ -171,11 +176,11 @@ def test_new_data_event_retrains_and_a_cancelled_run_retried_reuses_the_cache(se
     def training(run_id: str):
         tasks = prefect_server.task_runs(prefect_server.run_tree(run_id))
         return [t for t in tasks if t["name"].startswith("train-")
-                and t["state"]["type"] == "RUNNING"]
+                and _state(t, "type") == "RUNNING"]
     wait_for(lambda: training(first["id"]), 120, "the triggered run to start training")
     data_steps = {"ingest", "expect", "clean", "split", "normalize", "shard"}
     assert data_steps <= {t["name"].rsplit("-", 1)[0] for t in prefect_server.task_runs(
-        prefect_server.run_tree(first["id"])) if t["state"]["type"] == "COMPLETED"}
+        prefect_server.run_tree(first["id"])) if _state(t, "type") == "COMPLETED"}
     prefect_server.post(f"/flow_runs/{first['id']}/set_state",
                         {"state": {"type": "CANCELLING"}, "force": True})
     assert prefect_server.wait_final(first["id"], 60)["state"]["type"] == "CANCELLED"
@@ -188,7 +193,7 @@ def test_new_data_event_retrains_and_a_cancelled_run_retried_reuses_the_cache(se
 
     def cached_steps():
         tasks = prefect_server.task_runs(prefect_server.run_tree(first["id"]))
-        return {t["name"].rsplit("-", 1)[0] for t in tasks if t["state"]["name"] == "Cached"}
+        return {t["name"].rsplit("-", 1)[0] for t in tasks if _state(t, "name") == "Cached"}
     wait_for(lambda: data_steps <= cached_steps(), 120, "the retried run's cached data steps")
     wait_for(lambda: training(first["id"]), 120, "the retried run to reach training")
     assert prefect_server.flow_run(first["id"])["run_count"] == 2
