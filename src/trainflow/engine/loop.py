@@ -23,6 +23,7 @@ from trainflow.engine import schedule, transfer
 from trainflow.engine.augment import Augmenter
 from trainflow.engine.batchsize import largest_batch, ramped
 from trainflow.engine.distill import Distiller
+from trainflow.engine.evaluate import aux_accuracy, predict
 from trainflow.engine.resume import restore_rng, training_state
 from trainflow.engine.data import (Split, balanced_weights, batches, weighted_loss,
                                    weights_from_counts)
@@ -165,21 +166,6 @@ def finite_mean(total: torch.Tensor, seen: int) -> float:
         raise TrainflowError(f"training loss became non-finite ({mean}): lower train.lr, add "
                              "gradient clipping, or check the data for extreme values")
     return mean
-
-
-@torch.no_grad()
-def predict(model: nn.Module, data: Split, batch_size: int,
-            device: torch.device) -> tuple[float, torch.Tensor]:
-    """Mean cross-entropy and class probabilities (N, classes) on CPU."""
-    model.eval()
-    losses, probs = [], []
-    for start in range(0, len(data), batch_size):
-        x, y = data.x[start:start + batch_size], data.y[start:start + batch_size]
-        logits = model(x.to(device))
-        losses.append(nn.functional.cross_entropy(logits, y.to(device), reduction="sum"))
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-    loss = torch.stack(losses).sum().item() / max(len(data), 1) if losses else float("nan")
-    return loss, torch.cat(probs) if probs else torch.zeros(0)
 
 
 def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, seed: int,
@@ -403,17 +389,3 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
                                               "epoch": result.best_epoch})
         checkpoint.drop_rotation(out_dir / "last.pt")
     return result
-
-
-@torch.no_grad()
-def aux_accuracy(model: nn.Module, data: Split, batch_size: int, device: torch.device,
-                 tasks: dict[str, float]) -> dict[str, float]:
-    """Accuracy of each auxiliary head on `data`."""
-    model.eval()
-    correct = torch.zeros(len(tasks))
-    for start in range(0, len(data), batch_size):
-        _, heads = model(data.x[start:start + batch_size].to(device), heads=True)
-        truth = data.aux[start:start + batch_size]
-        correct += torch.stack([(heads[t].argmax(1).cpu() == truth[:, i]).sum()
-                                for i, t in enumerate(tasks)])
-    return {t: (correct[i] / len(data)).item() for i, t in enumerate(tasks)}
