@@ -1,0 +1,26 @@
+"""SIGKILL of `trainflow run` at random points, then a rerun: the same metrics and artifact bytes
+as a run that was never interrupted. (benchmarks/reliability.py runs the long version.)"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from benchmarks.reliability import artifacts, complete, environment, kill_after
+
+pytestmark = pytest.mark.faults
+
+
+def test_runs_killed_at_random_points_rerun_to_the_uninterrupted_bytes(tmp_path):
+    env = environment(tmp_path / "prefect")
+    started = time.monotonic()
+    reference = complete(tmp_path / "reference", env)
+    duration = time.monotonic() - started
+    rng = random.Random(13)
+    phases = [kill_after(tmp_path / "killed", env, rng.uniform(2.0, 0.8 * duration))
+              for _ in range(2)]
+    assert complete(tmp_path / "killed", env) == reference, phases
+    assert artifacts(tmp_path / "killed" / "store") == artifacts(
+        tmp_path / "reference" / "store"), phases
