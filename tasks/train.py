@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +16,10 @@ from prefect import task
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
+from trainflow.engine import checkpoint
 from trainflow.engine.bundle import train_into
 from trainflow.engine.data import Split
+from trainflow.errors import ArtifactError
 from trainflow.logs import Progress, run_logger
 from trainflow.loader import DEFAULT_CACHE, Stream
 from trainflow.shards import read_paths, read_split, read_split_checked, shard_paths
@@ -66,6 +72,47 @@ def resume_folder(store: Store, shards: ArtifactRef, model: Any, train: TrainSpe
     return store.root / "resume" / hashlib.sha256(inputs.encode()).hexdigest()[:24]
 
 
+@contextmanager
+def held_alone(folder: Path, logger: logging.Logger | logging.LoggerAdapter) -> Iterator[None]:
+    """Hold the resume folder's lock (`<folder>.lock` beside it) while the block runs, so that
+    two runs training the same inputs on one store never share its checkpoints: the second
+    waits for the first, then trains (or resumes a run that died) alone. The lock is flock's:
+    the kernel releases it when its holder dies, even by kill -9."""
+    lock = folder.with_name(folder.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:  # the file stays: unlinking it would let two hold it
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another run that is training the same model on the same "
+                        "data in this store (it holds %s)", lock)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            logger.info("the other run's training is over; training here")
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def resume_point(folder: Path, logger: logging.Logger | logging.LoggerAdapter) -> dict | None:
+    """The state an interrupted training left in `folder`: its newest intact checkpoint, or
+    None to train from the start. When no checkpoint there is usable, the folder is set aside
+    (renamed, named in a warning) so that no rerun dead-ends on it."""
+    last = folder / "last.pt"
+    if not checkpoint.rotation(last):
+        return None
+    try:
+        saved = checkpoint.load_latest_good(last)
+    except ArtifactError as exc:
+        aside = checkpoint.set_aside(folder)
+        logger.warning("%s. The folder is set aside as %s (its files are kept, to look at or "
+                       "delete) and training starts from the beginning", exc, aside)
+        return None
+    logger.warning("resuming training from %s (left by an interrupted run, at epoch %s)",
+                   folder, saved["epoch"])
+    return saved
+
+
 @task(name="train", **CACHED)
 def train_model(shards: ArtifactRef, model: Any, train: TrainSpec, seed: int,
                 store: str) -> ArtifactRef:
@@ -86,13 +133,11 @@ def train_model(shards: ArtifactRef, model: Any, train: TrainSpec, seed: int,
 
     target = Store(store)
     resume_dir = resume_folder(target, shards, model, train, seed)
-    if (resume_dir / "last.pt").is_file():
-        logger.warning("resuming training from %s (left by an interrupted run)",
-                       resume_dir / "last.pt")
-    with target.writer("model") as staging:
+    with held_alone(resume_dir, logger), target.writer("model") as staging:
         _, result = train_into(staging, model, train, seed, data, shards.data_schema["input_shape"],
                                shards.data_schema["classes"], log_epoch, resume_dir,
-                               shards.data_schema.get("aux_targets"))
+                               shards.data_schema.get("aux_targets"),
+                               resume_point(resume_dir, logger))
         progress.update(1.0)  # early stopping ends before the last epoch
         best = result.history[result.best_epoch - 1]
         return target.commit(staging, "model", count=len(data["train"]),

@@ -57,12 +57,13 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
                input_shape: list[int], classes: list[str],
                on_epoch: Callable[[dict], None] | None = None,
                resume_dir: Path | None = None,
-               aux_targets: dict[str, list[str]] | None = None) -> tuple[nn.Module, FitResult]:
+               aux_targets: dict[str, list[str]] | None = None,
+               resume: dict | None = None) -> tuple[nn.Module, FitResult]:
     """Build, train and save a model (best weights restored) into `folder`.
 
     With `resume_dir`, training writes its checkpoints there (a folder that outlives a crash)
-    and continues from the last.pt it finds; on success the files move into `folder` and the
-    resume folder is removed.
+    and continues from `resume`, a state loaded from it (checkpoint.load_latest_good); on
+    success the files move into `folder` and the resume folder is removed.
     """
     check_model_and_training(model, train, input_shape, aux_targets)
     torch.manual_seed(seed)
@@ -75,10 +76,8 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
     teacher = load_teacher(train.distill.teacher, input_shape, classes) if train.distill else None
     work = resume_dir or folder
     work.mkdir(parents=True, exist_ok=True)
-    last = work / "last.pt"
     result = fit(net, data["train"], data["val"], train, seed, optimizer_factory(train),
-                 work, on_epoch, resume=last if resume_dir and last.is_file() else None,
-                 teacher=teacher)
+                 work, on_epoch, resume=resume if resume_dir else None, teacher=teacher)
     if resume_dir:
         for name in ("metrics.jsonl", "last.pt", "best.pt"):
             shutil.copy2(work / name, folder / name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,22 @@ def load(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for damaged or unsafe files
-        raise ArtifactError(f"cannot load checkpoint {path}: {exc}") from None
+        raise ArtifactError(f"cannot load checkpoint {path}: {_why(exc)}") from None
     if not isinstance(payload, dict) or "model" not in payload:
         raise ArtifactError(f"{path} is not a trainflow checkpoint (no 'model' state)")
     return payload
+
+
+def _why(exc: Exception) -> str:
+    """torch's reason in one line; for a refused object, without its advice to load with
+    weights_only=False (that would run whatever the file holds)."""
+    text = str(exc).strip()
+    if "Weights only load failed" in text:
+        detail = text.partition("WeightsUnpickler error:")[2].strip().split(". ")[0]
+        return ("it holds an object that weights_only loading refuses"
+                + (f" ({detail.splitlines()[0]})" if detail else "")
+                + "; trainflow loads tensors and plain data only")
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def older(path: Path, age: int) -> Path:
@@ -76,22 +89,57 @@ def save_rotating(path: Path, payload: dict[str, Any], keep: int = 2) -> None:
     atomic_write_text(_digest(path), sha256_file(path))
 
 
+# What fit() reads from a checkpoint to continue a run (resume.training_state writes them).
+RESUMABLE = ("model", "optimizer", "epoch", "steps", "rng", "run")
+
+
 def load_latest_good(path: Path) -> dict[str, Any]:
-    """The newest intact checkpoint of a rotation: `path` if its sha256 matches, else the
-    next older intact one, with a warning; an ArtifactError when none is usable."""
+    """The newest intact checkpoint of a rotation: one whose sha256 matches and that loads
+    (weights_only) with the state a resume reads. Older ones stand in for damaged ones, with
+    a warning; an ArtifactError lists every file's problem when none is usable."""
     path, problems = Path(path), []
     for candidate in rotation(path) or [path]:
-        digest = _digest(candidate)
-        if not candidate.is_file() or not digest.is_file():
-            problems.append(f"{candidate}: missing")
-        elif sha256_file(candidate) != digest.read_text().strip():
-            problems.append(f"{candidate}: damaged (sha256 differs)")
-        else:
-            if problems:
-                log.warning("checkpoint %s; resuming from the previous one, %s",
-                            "; ".join(problems), candidate)
-            return load(candidate)
+        problem, payload = _check(candidate)
+        if problem:
+            problems.append(f"{candidate}: {problem}")
+            continue
+        if problems:
+            log.warning("checkpoint %s; resuming from the previous one, %s",
+                        "; ".join(problems), candidate)
+        return payload
     raise ArtifactError("no intact checkpoint to resume from: " + "; ".join(problems))
+
+
+def _check(candidate: Path) -> tuple[str | None, dict | None]:
+    """(what is wrong with a rotation file, None) or (None, its loaded state)."""
+    digest = _digest(candidate)
+    if not candidate.is_file() or not digest.is_file():
+        return "missing", None
+    if digest.read_bytes().strip() != sha256_file(candidate).encode():
+        return "damaged (sha256 differs)", None
+    try:
+        payload = load(candidate)
+    except ArtifactError as exc:
+        reason = str(exc).removeprefix(f"cannot load checkpoint {candidate}: ")
+        return f"unreadable ({reason})", None
+    absent = [key for key in RESUMABLE if key not in payload]
+    if absent:
+        return f"not a resumable training state (no {', '.join(absent)})", None
+    return None, payload
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename a resume folder that holds no usable checkpoint to a name beside it
+    (`<name>.broken-<UTC time>`), so that the next run starts afresh and nothing is lost for
+    a look at what went wrong."""
+    folder = Path(folder)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = folder.with_name(f"{folder.name}.broken-{stamp}")
+    suffix = 1
+    while aside.exists():
+        aside, suffix = folder.with_name(f"{folder.name}.broken-{stamp}-{suffix}"), suffix + 1
+    os.replace(folder, aside)
+    return aside
 
 
 def drop_rotation(path: Path) -> None:

@@ -170,14 +170,15 @@ def finite_mean(total: torch.Tensor, seen: int) -> float:
 
 def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, seed: int,
         build_optimizer: Callable[[nn.Module], torch.optim.Optimizer], out_dir: Path | None = None,
-        on_epoch: Callable[[dict], None] | None = None, resume: Path | None = None,
+        on_epoch: Callable[[dict], None] | None = None, resume: Path | dict | None = None,
         on_step: Callable[[int], None] | None = None,
         teacher: nn.Module | None = None) -> FitResult:
     """Train with early stopping on a validation metric; write metrics.jsonl and checkpoints.
 
-    `resume` continues from a last.pt of the same spec and data: weights, optimizer, schedule,
-    grad scaler, the batch position inside the epoch, every RNG state and the early-stopping
-    bookkeeping are restored, so the run ends with the weights an uninterrupted run would have.
+    `resume` continues from a last.pt (or its loaded state) of the same spec and data:
+    weights, optimizer, schedule, grad scaler, the batch position inside the epoch, every RNG
+    state and the early-stopping bookkeeping are restored, so the run ends with the weights an
+    uninterrupted run would have.
     `on_step` sees the optimizer step count after each step; `teacher` is the model to
     distill from (train.distill).
     """
@@ -232,9 +233,10 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
     first_epoch, start, step_rows = 1, None, []
     digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
     if resume is not None:
-        saved = checkpoint.load_latest_good(resume)
+        saved = resume if isinstance(resume, dict) else checkpoint.load_latest_good(resume)
         if saved.get("spec", digest) != digest:
-            raise TrainflowError(f"cannot resume from {resume}: it was written by a different "
+            where = "its checkpoint" if isinstance(resume, dict) else resume
+            raise TrainflowError(f"cannot resume from {where}: it was written by a different "
                                  "train spec (resuming needs the same knobs to reach the same "
                                  "weights); start afresh or restore the spec")
         written = saved.get("versions", {}).get("torch", str(torch.__version__))
