@@ -5,22 +5,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
 from trainflow.errors import ArtifactError
+# the store's folder and its writes live in trainflow.storage; named here for the callers
+from trainflow.storage import (MARKER, SHA256, TMP_PREFIX, StoreError,  # noqa: F401
+                               StoreFullError, atomic_write_bytes, atomic_write_text, fsync_dir,
+                               full_error, open_store, out_of_space, sweep_temporaries)
 
 Kind = Literal["table", "splits", "shards", "model", "folds", "report", "metrics"]
-TMP_PREFIX = ".tmp-"
 VIEW_FILE = "view.json"  # an artifact holding this is a view over another artifact of its store
+# The ref's numbers as the artifact itself holds them: covered by the fingerprint, so a ref whose
+# count, schema or meta differs from its artifact's (an edited result record) fails verify().
+REF_FILE = "ref.json"
+BACKED = ("kind", "count", "data_schema", "meta")
 
 
 class ArtifactRef(BaseModel):
@@ -40,8 +46,21 @@ class ArtifactRef(BaseModel):
         return Path(self.uri.removeprefix("file://"))
 
     def verify(self) -> None:
-        """Raise ArtifactError unless the artifact is present with the recorded fingerprint
-        (for a view: and the artifact it is a view over, recursively)."""
+        """Raise ArtifactError unless the artifact is present with the recorded fingerprint,
+        holds this ref's count, schema and meta in its ref.json, and (for a view) the artifact
+        it is a view over is intact too, recursively."""
+        self._verify_content()
+        differ = _differences(self.backed(), self._recorded())
+        if differ:
+            raise ArtifactError(
+                f"{self.kind} artifact {self.path}: the ref's {', '.join(differ)} differ from "
+                f"what the artifact holds in {REF_FILE} (an altered result record)")
+
+    def backed(self) -> dict[str, Any]:
+        """The fields ref.json holds, in their JSON form."""
+        return self.model_dump(mode="json", include=set(BACKED))
+
+    def _verify_content(self) -> None:
         if not self.path.exists():
             raise ArtifactError(f"{self.kind} artifact is missing: {self.path}")
         actual = fingerprint_path(self.path)
@@ -51,8 +70,21 @@ class ArtifactRef(BaseModel):
                 f"does not match the recorded {self.fingerprint[:12]}"
             )
         base = self.base()
-        if base is not None:
-            base.verify()
+        if base is not None:  # named by fingerprint only; its own ref.json is in that content
+            base._verify_content()
+
+    def _recorded(self) -> dict[str, Any]:
+        file = self.path / REF_FILE
+        try:
+            recorded = json.loads(file.read_text())
+        except FileNotFoundError:
+            raise ArtifactError(f"{self.kind} artifact {self.path} has no {REF_FILE} (written "
+                                "by an older trainflow)") from None
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{file} is not readable JSON ({exc})") from None
+        if not isinstance(recorded, dict):
+            raise ArtifactError(f"{file} holds no ref fields")
+        return recorded
 
     def base(self) -> ArtifactRef | None:
         """The artifact this one is a view over (same store), or None for stored data.
@@ -66,7 +98,7 @@ class ArtifactRef(BaseModel):
         try:
             base = json.loads(view.read_text())["base"]
             kind, fingerprint = base["kind"], base["fingerprint"]
-            if not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
+            if not SHA256.fullmatch(fingerprint):
                 raise ValueError(f"base fingerprint {fingerprint!r} is not a sha256")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ArtifactError(f"{view} is not a readable view ({exc})") from None
@@ -79,6 +111,25 @@ class ArtifactRef(BaseModel):
         except ArtifactError:
             return False
         return True
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _differences(claimed: dict[str, Any], recorded: dict[str, Any]) -> list[str]:
+    """The ref fields (meta entries one by one) whose values differ from the recorded ones."""
+    differ = []
+    for field in BACKED:
+        mine, theirs = claimed[field], recorded.get(field)
+        if _canon(mine) == _canon(theirs):
+            continue
+        if field == "meta" and isinstance(theirs, dict):
+            differ += [f"meta.{k}" for k in sorted(mine.keys() | theirs.keys())
+                       if k not in mine or k not in theirs or _canon(mine[k]) != _canon(theirs[k])]
+        else:
+            differ.append(field)
+    return differ
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -106,86 +157,45 @@ def _fsync_files(folder: Path) -> None:
                 os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, rename: old file or new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def sweep_temporaries(folder: Path) -> int:
-    """Remove temporaries left by processes that no longer run; returns how many were removed."""
-    removed = 0
-    if not folder.exists():
-        return 0
-    for tmp in folder.rglob(f"{TMP_PREFIX}*"):
-        try:
-            pid = int(tmp.name[len(TMP_PREFIX):].split("-", 1)[0])
-        except ValueError:
-            continue
-        if pid == os.getpid() or _pid_alive(pid):
-            continue
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        removed += 1
-    return removed
-
-
 class Store:
-    """A folder of immutable artifacts, each under `<kind>/<fingerprint>`, written atomically."""
+    """A folder of immutable artifacts, each under `<kind>/<fingerprint>`, written atomically.
+
+    Opening one creates (and marks) a missing or empty folder; the filesystem root, the home
+    folder and any folder of the user's own are refused with a StoreError."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
+        open_store(self.root, {*get_args(Kind), "resume"})
 
     @contextmanager
     def writer(self, kind: Kind) -> Iterator[Path]:
         """Yield an empty temporary folder; on success it is moved to its content address.
 
         Use `commit` inside the block to obtain the ref; anything left when the block raises
-        is removed, so a failed task leaves nothing half-written in the store.
+        is removed, so a failed task leaves nothing half-written in the store. A write that
+        runs out of space raises one StoreFullError naming the store (never retried).
         """
         staging = self.root / kind / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        staging.mkdir(parents=True)
         try:
+            staging.mkdir(parents=True)
             yield staging
+        except StoreFullError:
+            raise
+        except Exception as exc:
+            reason = out_of_space(exc)
+            if reason is None:
+                raise
+            raise full_error(reason, f"a {kind} artifact", self.root) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
     def commit(self, staging: Path, kind: Kind, count: int = 0, schema: dict | None = None,
                meta: dict | None = None) -> ArtifactRef:
+        draft = ArtifactRef(uri="", fingerprint="", kind=kind, count=count,
+                            data_schema=schema or {}, meta=meta or {})
+        if (staging / REF_FILE).exists():
+            raise ArtifactError(f"{staging / REF_FILE}: {REF_FILE} is the store's own file")
+        (staging / REF_FILE).write_text(json.dumps(draft.backed(), indent=1, sort_keys=True))
         with ThreadPoolExecutor(1) as pool:  # flushing to disk and hashing overlap
             synced = pool.submit(_fsync_files, staging)
             fingerprint = fingerprint_path(staging)
@@ -197,9 +207,8 @@ class Store:
             if final.exists():  # damaged copy of the same content: replace it
                 shutil.rmtree(final)
             os.replace(staging, final)
-            _fsync_dir(final.parent)
-        return ArtifactRef(uri=str(final), fingerprint=fingerprint, kind=kind, count=count,
-                           data_schema=schema or {}, meta=meta or {})
+            fsync_dir(final.parent)
+        return draft.model_copy(update={"uri": str(final), "fingerprint": fingerprint})
 
     def sweep(self) -> int:
         return sweep_temporaries(self.root)

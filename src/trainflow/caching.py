@@ -3,8 +3,9 @@
 A key is the hash of the task name, its canonical inputs (artifact refs by fingerprint, spec
 sections as canonical JSON), the fingerprint of the code that implements it and the versions of
 the libraries it calls. No run id: keys are stable across runs and machines. A recorded hit
-counts only while every artifact it refers to is present with its fingerprint; otherwise the
-stale record is dropped so that Prefect sees a miss and recomputes.
+counts only while its record is plain JSON of the task's declared result and every artifact it
+refers to is present with its fingerprint and backs the record's numbers; otherwise the record
+is dropped so that Prefect sees a miss and recomputes.
 """
 
 from __future__ import annotations
@@ -18,14 +19,22 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from prefect.serializers import JSONSerializer
 from prefect.settings import get_current_settings
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from trainflow.artifacts import ArtifactRef
+from trainflow.errors import ArtifactError
+from trainflow.logs import run_logger
+
+# What `result_serializer="json"` writes into a record's metadata: the only serializer a
+# record may name (any other, pickle above all, would run what the record holds).
+JSON = JSONSerializer()
+JSON_SERIALIZER = JSON.model_dump(mode="json")
 
 LIBRARIES = ("torch", "numpy", "polars", "pyarrow", "scikit-learn", "imbalanced-learn",
              "webdataset", "albumentations", "trainflow")
@@ -86,37 +95,103 @@ def canonical(value: Any) -> Any:
     raise TypeError(f"cannot build a cache key from a {type(value).__name__} input")
 
 
-def _refs_in(value: Any) -> list[dict]:
-    """Every serialized ArtifactRef (a dict with uri, fingerprint and kind) inside a record."""
-    if isinstance(value, dict):
-        if {"uri", "fingerprint", "kind"} <= value.keys():
-            return [value]
-        return [ref for v in value.values() for ref in _refs_in(v)]
-    if isinstance(value, list):
-        return [ref for v in value for ref in _refs_in(v)]
-    return []
-
-
 def record_path(key: str) -> Path:
     return Path(get_current_settings().results.local_storage_path).expanduser() / key
 
 
-def drop_stale_record(key: str) -> bool:
-    """Delete the result record for `key` if an artifact it names is missing or altered."""
+def result_type(fn: Any) -> Any:
+    """The result a task declares (its return annotation), or None when it declares none."""
+    try:
+        return get_type_hints(fn).get("return")
+    except (NameError, TypeError):  # an annotation that does not resolve: nothing declared
+        return None
+
+
+def drop_stale_record(key: str, declared: Any) -> bool:
+    """Delete the result record for `key` unless Prefect may serve it: its serializer is
+    trainflow's JSON, its payload is exactly a value of the task's declared result, and every
+    artifact that value names is intact and backs the numbers the record carries. Prefect
+    decodes a record with whatever serializer it names (pickle runs code), so anything else is
+    deleted before Prefect reads it; the task then recomputes and records the key afresh."""
     path = record_path(key)
     if not path.exists():
         return False
+    problem = record_problem(path, declared)
+    if problem is None:
+        return False
+    run_logger().warning("result record %s is not served, the task recomputes: %s", key, problem)
+    path.unlink(missing_ok=True)
+    return True
+
+
+def record_problem(path: Path, declared: Any) -> str | None:
+    """Why the record at `path` must not be served, or None when it may be."""
+    if declared is None:
+        return "the task declares no result type to check the record against"
     try:
         record = json.loads(path.read_bytes())
-        result = record.get("result")
-        payload = json.loads(result) if isinstance(result, str) else result
-        refs = _refs_in(payload)
-        valid = all(ArtifactRef.model_validate(ref).is_valid() for ref in refs)
-    except (ValueError, TypeError):
-        valid = False
-    if not valid:
-        path.unlink(missing_ok=True)
-    return not valid
+        serializer = record["metadata"]["serializer"]
+        payload = record["result"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        return f"not a readable result record ({exc.__class__.__name__})"
+    if serializer != JSON_SERIALIZER:
+        kind = serializer.get("type") if isinstance(serializer, dict) else serializer
+        return f"its serializer is {kind!r} with other settings than trainflow's JSON"
+    if not isinstance(payload, str):
+        return "its result is not JSON text"
+    try:
+        raw = json.loads(payload)
+        value = TypeAdapter(declared).validate_python(_plain(raw))
+        again = json.loads(JSON.dumps(value))
+    except (ValueError, TypeError, RecursionError) as exc:
+        return f"its result is not a {_name(declared)} ({exc.__class__.__name__})"
+    if _canon(again) != _canon(raw):
+        return f"its result is not exactly what a {_name(declared)} is stored as"
+    for ref in _refs_in(value):
+        try:
+            ref.verify()
+        except ArtifactError as exc:
+            return str(exc)
+        if ref.path.name != ref.fingerprint or ref.path.parent.name != ref.kind:
+            return f"its {ref.kind} artifact {ref.path} is not at its content address"
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """The JSON without Prefect's object wrappers ({"__class__": name, "data": ...}), read
+    without importing anything they name; the declared type rebuilds the objects, and the
+    comparison with their encoding then rejects any name but theirs. No result of a trainflow
+    task is an exception, so Prefect's exception form (which names a class) is refused."""
+    if isinstance(value, dict):
+        if value.keys() == {"__class__", "data"}:
+            return _plain(value["data"])
+        if "__class__" in value or "__exc_type__" in value:
+            raise ValueError("an object form Prefect would import a class for")
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _refs_in(value: Any) -> list[ArtifactRef]:
+    """Every ArtifactRef inside a validated result."""
+    if isinstance(value, ArtifactRef):
+        return [value]
+    if isinstance(value, BaseModel):
+        value = dict(value)
+    if isinstance(value, dict):
+        return [ref for v in value.values() for ref in _refs_in(v)]
+    if isinstance(value, (list, tuple)):
+        return [ref for v in value for ref in _refs_in(v)]
+    return []
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _name(declared: Any) -> str:
+    return getattr(declared, "__name__", None) or str(declared)
 
 
 @dataclass
@@ -134,7 +209,7 @@ class ContentCache(CachePolicy):
         }
         key = "trainflow-" + hashlib.sha256(
             json.dumps(material, sort_keys=True).encode()).hexdigest()
-        drop_stale_record(key)
+        drop_stale_record(key, result_type(task.fn))
         return key
 
 

@@ -308,7 +308,8 @@ def test_a_parquet_source_that_already_is_the_table_is_stored_as_is(store, tmp_p
     frame.write_parquet(ready, row_group_size=100)
     table = ingest.fn(FileSource(type="parquet", path=str(ready), target="label"), store)
     assert (table.path / "all.parquet").read_bytes() == ready.read_bytes()
-    assert sorted(p.name for p in table.path.iterdir()) == ["all.parquet", "all.schema.json"]
+    assert sorted(p.name for p in table.path.iterdir()) == ["all.parquet", "all.schema.json",
+                                                             "ref.json"]
     df, schema = read_parts(table)["all"]
     assert df.equals(frame) and schema.classes == ["a", "b"] and table.count == 300
     assert table.meta["parts"]["all"]["classes"] == {"a": int((frame["label"] == "a").sum()),
@@ -317,7 +318,7 @@ def test_a_parquet_source_that_already_is_the_table_is_stored_as_is(store, tmp_p
     numbered = tmp_path / "numbered.parquet"  # integer labels become text: rewritten
     frame.with_columns(label=(pl.col("label") == "b").cast(pl.Int64)).write_parquet(numbered)
     table = ingest.fn(FileSource(type="parquet", path=str(numbered), target="label"), store)
-    assert sorted(p.name for p in table.path.iterdir()) == ["all.parquet"]
+    assert sorted(p.name for p in table.path.iterdir()) == ["all.parquet", "ref.json"]
     assert read_parts(table)["all"][0]["label"].to_list() == \
         frame["label"].replace({"a": "0", "b": "1"}).to_list()
     picked = ingest.fn(FileSource(type="parquet", path=str(ready), target="label",

@@ -125,7 +125,8 @@ def test_encode_and_normalize_store_views_that_read_as_the_applied_steps(store, 
     norm_params = normalize.NormalizeParams(type="normalize", method="standard")
     encoded = encode.encode.fn(splits, enc_params, 0, store)
     scaled = normalize.normalize.fn(encoded, norm_params, 0, store)
-    assert sorted(p.name for p in scaled.path.iterdir()) == ["state.json", "view.json"]
+    assert sorted(p.name for p in scaled.path.iterdir()) == ["ref.json", "state.json",
+                                                              "view.json"]
     assert scaled.base() == ArtifactRef(uri=str(encoded.path), fingerprint=encoded.fingerprint,
                                         kind="splits")
     assert scaled.meta["parts"] == splits.meta["parts"] and scaled.count == splits.count
@@ -135,8 +136,8 @@ def test_encode_and_normalize_store_views_that_read_as_the_applied_steps(store, 
     eager, _ = fit_apply(eager, norm_params, normalize.fit, normalize.apply, 0)
     viewed = read_parts(scaled)
     stored = materialize(scaled, store)
-    assert sorted(p.name for p in stored.path.iterdir()) == ["test.parquet", "train.parquet",
-                                                             "val.parquet"]
+    assert sorted(p.name for p in stored.path.iterdir()) == ["ref.json", "test.parquet",
+                                                             "train.parquet", "val.parquet"]
     for name in ("train", "val", "test"):
         assert viewed[name][0].equals(eager[name][0])
         assert read_table(stored.path / f"{name}.parquet")[0].equals(eager[name][0])
@@ -160,7 +161,7 @@ def test_clean_stores_a_view_that_reads_as_the_applied_step(store, mixed_csv, pa
                                  keep_columns=["id"], features=["a", "b", "colour"]), store)
     cleaned = clean.clean.fn(table, params, 0, store)
     files = sorted(p.name for p in cleaned.path.iterdir())
-    assert files == (["keep.npy"] if params.drop_duplicates else []) + ["state.json",
+    assert files == (["keep.npy"] if params.drop_duplicates else []) + ["ref.json", "state.json",
                                                                         "view.json"]
     eager, _ = fit_apply(read_parts(table), params, clean.fit, clean.apply, 0)
     viewed, schema = read_parts(cleaned)["all"]

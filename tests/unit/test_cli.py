@@ -102,7 +102,8 @@ def test_task_command_runs_any_registered_step_and_names_unknown_ones(tmp_path, 
                  "--input", str(tmp_path / "splits.json")]) == 0
     encoded = json.loads(capsys.readouterr().out)
     assert "Home=owner" in encoded["data_schema"]["features"]
-    assert sorted(p.name for p in Path(encoded["uri"]).iterdir()) == ["state.json", "view.json"]
+    assert sorted(p.name for p in Path(encoded["uri"]).iterdir()) == ["ref.json", "state.json",
+                                                                      "view.json"]
     assert main(["task", "encode", "--spec", str(spec), *store, "--materialize",
                  "--input", str(tmp_path / "splits.json")]) == 0
     written = Path(json.loads(capsys.readouterr().out)["uri"])

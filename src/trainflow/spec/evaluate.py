@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 
 from trainflow.spec.base import Section
 
@@ -46,5 +47,22 @@ class L1UnstructuredParams(Section):
 
 
 class OutputsSpec(Section):
-    store: str = ".trainflow"
+    store: str = Field(".trainflow", description="A folder trainflow creates and marks as its "
+                       "store (an existing one must be empty or a trainflow store)")
     runs: str = "runs"
+
+    @field_validator("store")
+    @classmethod
+    def _a_folder_of_its_own(cls, store: str) -> str:
+        """The root and the home folder can never be a store (the start-of-run sweep walks the
+        store); an existing folder of the user's is refused when the run opens the store."""
+        if not store.strip():
+            raise ValueError("the store folder is empty: name a folder such as .trainflow")
+        expanded = os.path.normpath(os.path.expanduser(store))
+        root = expanded.strip("/") == ""
+        if root or expanded == os.path.normpath(os.path.expanduser("~")):
+            where = "the filesystem root" if root else "your home folder"
+            raise ValueError(f"{store!r} is {where};"
+                             " trainflow keeps its artifacts in a folder of its own: use a new "
+                             "folder such as .trainflow (the default)")
+        return store
