@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from uuid import UUID
+
+import prefect
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentFlowRunId,
@@ -24,6 +32,7 @@ def run_pipeline(spec: PipelineSpec) -> dict:
     embedded = not get_current_settings().api.url
     updates = {}
     if embedded:
+        start_embedded_server()
         # The embedded server lives and dies with this process, so nothing would ever read
         # crash-detection heartbeats; and joining the heartbeat thread costs up to 1 s per flow.
         updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
@@ -52,3 +61,46 @@ def wait_until_recorded(flow_run_id: UUID, timeout: float = 15.0) -> bool:
                 return True
             time.sleep(0.1)
     return False
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def start_embedded_server() -> None:
+    """Start Prefect's ephemeral server now, from this thread, so that it dies with this process.
+
+    Prefect starts it on first use as a plain child, which outlives a run killed with kill -9
+    (it kept answering for minutes). This is the same server, started the way Prefect starts it,
+    but its process asks the kernel for SIGKILL when this process dies (Linux). Prefect's own
+    calls for the ephemeral server get this instance: it is the one registered without a port.
+    The kernel signals when the *thread* that started the child ends, so call this from the
+    main thread (`trainflow run` does).
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class TiedServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            # Prefect's command and environment for its ephemeral server, plus the tie.
+            return subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
+                 "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                     "PREFECT__SERVER_FINAL": "1",
+                     **get_current_settings().to_environment_variables(exclude_unset=True)},
+                preexec_fn=die_with(os.getpid()))
+
+    TiedServer().start()  # a no-op when a default server of this process already runs
+
+
+def die_with(parent: int) -> Callable[[], None] | None:
+    """A preexec_fn asking the kernel to SIGKILL the child when `parent` dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child only calls
+
+    def tie() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the tie was made
+            os._exit(1)
+    return tie
