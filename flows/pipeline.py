@@ -14,6 +14,7 @@ from trainflow.orchestration import step
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.tasks.ensemble import ensemble_folds
 from trainflow.tasks.evaluate import evaluate_model
+from trainflow.tasks.latency import measure_latency
 from trainflow.tasks.prune import prune_model
 from trainflow.tasks.quantize import quantize_model
 from trainflow.tasks.report import publish_report, write_report
@@ -35,12 +36,17 @@ def pipeline(spec: PipelineSpec) -> dict:
     compressed = {}
     if spec.compress.quantize:
         compressed["quantize"] = step(quantize_model, spec)(
-            model, data["shards"], spec.compress.quantize, spec.train.batch_size, store)
+            model, data["shards"], spec.compress.quantize, store)
     if spec.compress.prune:
         compressed["prune"] = step(prune_model, spec)(model, data["shards"], spec.compress.prune,
                                                       spec.train, spec.seed, store)
+    latency = None
+    if compressed:  # timings: measured on every run, for the run folder and the UI only
+        repeats = spec.compress.quantize.latency_repeats if spec.compress.quantize else 30
+        latency = step(measure_latency, spec)({"model": model, **compressed}, data["shards"],
+                                              spec.train.batch_size, repeats)
     report = step(write_report, spec)(spec.name, spec.fingerprint(), data, model, test, folds,
                                       ensemble, compressed, store)
-    run_dir = step(publish_report, spec)(report, spec.name, spec.outputs.runs)
+    run_dir = step(publish_report, spec)(report, spec.name, spec.outputs.runs, latency)
     return {"run_dir": run_dir, "report": report, "model": model, "test": test.meta,
             "data": data, "folds": folds, "ensemble": ensemble, "compressed": compressed}

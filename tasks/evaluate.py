@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 from prefect import task
 
 from trainflow.artifacts import ArtifactRef, Store
@@ -13,6 +14,8 @@ from trainflow.caching import CACHED
 from trainflow.engine.adversarial import robust_accuracy
 from trainflow.engine.bundle import load_model, score
 from trainflow.tasks.train import load_splits
+
+ATTACK_SEED = 0
 
 
 @task(name="evaluate", **CACHED)
@@ -23,8 +26,13 @@ def evaluate_model(model: ArtifactRef, shards: ArtifactRef, store: str) -> Artif
     metrics, probs = score(net, test, len(info["classes"]))
     if "adversarial" in info:  # trained against an attack: accuracy under the same attack
         a = info["adversarial"]
-        metrics["robust_accuracy"] = robust_accuracy(net, test.x, test.y, a["method"],
-                                                     a["epsilon"], a["steps"], a["step_size"])
+        # PGD starts from random points drawn from torch's global generator: seeded here (and
+        # restored after), so the figure is a function of the model and data alone, not of
+        # whichever tasks this process happened to run before.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ATTACK_SEED)
+            metrics["robust_accuracy"] = robust_accuracy(
+                net, test.x, test.y, a["method"], a["epsilon"], a["steps"], a["step_size"])
     target = Store(store)
     with target.writer("metrics") as staging:
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))

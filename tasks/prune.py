@@ -1,4 +1,7 @@
-"""Prune: global L1 unstructured pruning to a target sparsity, fine-tuned, made permanent."""
+"""Prune: global L1 unstructured pruning to a target sparsity, fine-tuned, made permanent.
+
+Like quantize's, the table holds sizes and accuracies only (CPU latency is measured on every
+run by `measure_latency`, outside the content-addressed artifact)."""
 
 from __future__ import annotations
 
@@ -23,9 +26,8 @@ def prune_model(model: ArtifactRef, shards: ArtifactRef, params: Any, train: Tra
                 seed: int, store: str) -> ArtifactRef:
     net, info = load_model(model)
     data = load_splits(shards)
-    batch = data["test"].x[:train.batch_size]
     classes = len(info["classes"])
-    before = measure(net, data["test"], classes, batch, 30)
+    before = measure(net, data["test"], classes)
     targets = registry.PRUNERS[params.type].impl(net, params)
     if params.finetune_epochs:
         tune = train.model_copy(update={"epochs": params.finetune_epochs,
@@ -34,7 +36,7 @@ def prune_model(model: ArtifactRef, shards: ArtifactRef, params: Any, train: Tra
             optimizer_factory(tune, params.finetune_lr or train.lr / 10))
     compress.make_permanent(targets)
     net = net.cpu().eval()
-    after = measure(net, data["test"], classes, batch, 30)
+    after = measure(net, data["test"], classes)
     table = {"before": before, "after": after, "sparsity": compress.sparsity(net),
              "target_sparsity": params.sparsity, "finetune_epochs": params.finetune_epochs}
     target = Store(store)

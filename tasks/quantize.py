@@ -1,4 +1,8 @@
-"""Quantize: int8 weights for the Linear layers, with a before/after table."""
+"""Quantize: int8 weights for the Linear layers, with a before/after table.
+
+The table holds what the weights determine (sizes, test accuracy), so the artifact is the same
+bytes on every run; CPU latency is a property of the machine and the moment, measured on every
+run by the uncached `measure_latency` step (tasks/latency.py) for the run folder and report."""
 
 from __future__ import annotations
 
@@ -13,28 +17,27 @@ from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine import checkpoint
 from trainflow.engine.bundle import WEIGHTS, describe, load_model, score
+from trainflow.engine.data import Split
 from trainflow.tasks.train import load_splits
 
 
-def measure(net: torch.nn.Module, test, num_classes: int, batch: torch.Tensor,
-            repeats: int) -> dict:
+def measure(net: torch.nn.Module, test: Split, num_classes: int) -> dict:
+    """What compression changes and the weights alone determine: sizes and test accuracy."""
     metrics, _ = score(net, test, num_classes)
     return {"size_bytes": compress.size_on_disk(net),
             "linear_weight_bytes": compress.linear_weight_bytes(net),
-            "latency_ms_per_batch": 1000 * compress.latency_per_batch(net, batch, repeats),
             "accuracy": metrics["accuracy"]}
 
 
 @task(name="quantize", **CACHED)
-def quantize_model(model: ArtifactRef, shards: ArtifactRef, params: Any, batch_size: int,
+def quantize_model(model: ArtifactRef, shards: ArtifactRef, params: Any,
                    store: str) -> ArtifactRef:
     net, info = load_model(model)
     test = load_splits(shards, ("test",))["test"]
-    batch = test.x[:batch_size]
     classes = len(info["classes"])
-    before = measure(net, test, classes, batch, params.latency_repeats)
+    before = measure(net, test, classes)
     quantized = registry.QUANTIZERS[params.type].impl(net, params)
-    after = measure(quantized, test, classes, batch, params.latency_repeats)
+    after = measure(quantized, test, classes)
     table = {"before": before, "after": after,
              "linear_weights_smaller_x": before["linear_weight_bytes"]
              / max(after["linear_weight_bytes"], 1)}

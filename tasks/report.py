@@ -1,4 +1,9 @@
-"""Report: report.md and metrics.json for a run, in the store, the run folder and the Prefect UI."""
+"""Report: report.md and metrics.json for a run, in the store, the run folder and the Prefect UI.
+
+The store's report is content-addressed, so it holds only what the run's inputs determine: the
+models are named by their address in the store (`model/<fingerprint>`, as views name their
+base), and CPU latency, measured anew on every run, is absent. The run folder's copy and the
+UI's markdown artifact add the latency figures and name the models by their full paths."""
 
 from __future__ import annotations
 
@@ -75,9 +80,15 @@ def collect(name: str, spec_fingerprint: str, data: dict, model: ArtifactRef,
         "compress": {kind: dict(ref.meta) for kind, ref in compressed.items()},
         "augment_preview": (model.path / PREVIEW).is_file(),
         "curves": (model.path / "metrics.jsonl").is_file(),
-        "models": {"model": model.uri, **{kind: ref.uri for kind, ref in compressed.items()},
-                   **{f"fold_{ref.meta['fold']}": ref.uri for ref in folds}},
+        "models": {"model": address(model),
+                   **{kind: address(ref) for kind, ref in compressed.items()},
+                   **{f"fold_{ref.meta['fold']}": address(ref) for ref in folds}},
     }
+
+
+def address(ref: ArtifactRef) -> str:
+    """Where an artifact is inside its store, the same wherever the store lives."""
+    return f"{ref.kind}/{ref.fingerprint}"
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -152,18 +163,7 @@ def render(summary: dict) -> str:
         out += ["", f"## Ensemble ({e['type']}, {e['members']} fold models, test part)",
                 _table(["metric", "value"], [[m, e[m]] for m in METRICS]),
                 "", f"members' test accuracy: {', '.join(f'{a:.4f}' for a in e['members_accuracy'])}"]
-    for kind, c in summary["compress"].items():
-        rows = [[label, c[when]["size_bytes"], c[when]["linear_weight_bytes"],
-                 c[when]["latency_ms_per_batch"], c[when]["accuracy"]]
-                for label, when in (("before", "before"), ("after", "after"))]
-        out += ["", f"## Compression: {kind} ({c['type']})",
-                _table(["", "size on disk (bytes)", "linear weights (bytes)",
-                        "CPU latency per batch (ms)", "test accuracy"], rows)]
-        if kind == "quantize":
-            out.append(f"\nlinear weights {c['linear_weights_smaller_x']:.2f}x smaller")
-        else:
-            out.append(f"\nsparsity {c['sparsity']:.4f} (target {c['target_sparsity']}), "
-                       f"fine-tuned {c['finetune_epochs']} epoch(s)")
+    out += compression_sections(summary["compress"], summary.get("latency"))
     if summary.get("curves"):
         out += ["", "## Training curves", "", f"![training curves]({CURVES})"]
     if summary.get("augment_preview"):
@@ -172,6 +172,30 @@ def render(summary: dict) -> str:
     out += ["", "## Models written", _table(["model", "path"],
                                             [[k, v] for k, v in summary["models"].items()])]
     return "\n".join(out) + "\n"
+
+
+def compression_sections(compressed: dict, latency: dict | None) -> list[str]:
+    """A before/after table per compression; with `latency` (this run's timings), a column
+    of CPU milliseconds per batch (before: the trained model)."""
+    out = []
+    for kind, c in compressed.items():
+        header = ["", "size on disk (bytes)", "linear weights (bytes)", "test accuracy"]
+        rows = [[label, c[label]["size_bytes"], c[label]["linear_weight_bytes"],
+                 c[label]["accuracy"]] for label in ("before", "after")]
+        if latency:
+            header.insert(3, f"CPU latency per batch of {latency['batch_size']} (ms)")
+            for row, name in zip(rows, ("model", kind)):
+                row.insert(3, latency["ms_per_batch"][name])
+        out += ["", f"## Compression: {kind} ({c['type']})", _table(header, rows)]
+        if kind == "quantize":
+            out.append(f"\nlinear weights {c['linear_weights_smaller_x']:.2f}x smaller")
+        else:
+            out.append(f"\nsparsity {c['sparsity']:.4f} (target {c['target_sparsity']}), "
+                       f"fine-tuned {c['finetune_epochs']} epoch(s)")
+    if latency:
+        out.append(f"\nlatency: median of {latency['repeats']} forward passes on this "
+                   "machine's CPU, measured on this run")
+    return out
 
 
 @task(name="report", **CACHED)
@@ -197,16 +221,30 @@ def write_report(name: str, spec_fingerprint: str, data: dict,
         return target.commit(staging, "report")
 
 
+def run_summary(report: ArtifactRef, latency: dict | None) -> dict:
+    """The store's metrics.json as a run's: models by full path, this run's latency added."""
+    summary = json.loads((report.path / "metrics.json").read_text())
+    store = report.path.parent.parent
+    summary["models"] = {name: str((store / where).resolve())
+                         for name, where in summary["models"].items()}
+    if latency:
+        summary["latency"] = latency
+    return summary
+
+
 @task(name="publish_report", cache_policy=NO_CACHE)
-def publish_report(report: ArtifactRef, name: str, runs_dir: str) -> str:
-    """Copy the report into runs/<pipeline>/<run>/ and show it in the Prefect UI (every run)."""
+def publish_report(report: ArtifactRef, name: str, runs_dir: str,
+                   latency: dict | None = None) -> str:
+    """Write the report into runs/<pipeline>/<run>/ and show it in the Prefect UI (every run),
+    with this run's `latency` figures (measure_latency)."""
     report.verify()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run = Path(runs_dir) / name / f"{stamp}-{flow_run.get_name() or 'local'}"
     run.mkdir(parents=True, exist_ok=True)
-    for file in ("report.md", "metrics.json"):
-        atomic_write_text(run / file, (report.path / file).read_text())
-    markdown = (report.path / "report.md").read_text()
+    summary = run_summary(report, latency)
+    markdown = render(summary)
+    atomic_write_text(run / "report.md", markdown)
+    atomic_write_text(run / "metrics.json", json.dumps(summary, indent=1, sort_keys=True))
     for image in IMAGES:
         if (report.path / image).is_file():
             png = (report.path / image).read_bytes()
@@ -217,7 +255,7 @@ def publish_report(report: ArtifactRef, name: str, runs_dir: str) -> str:
     key = artifact_key(name)
     create_markdown_artifact(markdown, key=f"{key}-report",
                              description=f"trainflow report for {name}")
-    publish_tables_and_links(json.loads((report.path / "metrics.json").read_text()), key, run)
+    publish_tables_and_links(summary, key, run)
     return str(run.resolve())
 
 

@@ -118,8 +118,7 @@ def _run_step(args, spec) -> object:
             store),
         "quantize": lambda: quantize.quantize_model.fn(
             refs[0], refs[1], spec.compress.quantize
-            or registry.QUANTIZERS["dynamic_int8"].params(type="dynamic_int8"),
-            spec.train.batch_size, store),
+            or registry.QUANTIZERS["dynamic_int8"].params(type="dynamic_int8"), store),
         "prune": lambda: prune.prune_model.fn(
             refs[0], refs[1], spec.compress.prune
             or registry.PRUNERS["l1_unstructured"].params(type="l1_unstructured"),

@@ -1,4 +1,6 @@
-"""Model compression: dynamic int8 quantization and global L1 unstructured pruning, measured."""
+"""Model compression: dynamic int8 quantization and global L1 unstructured pruning; the sizes
+their artifacts record, and the CPU latency that only a run's report records (a timing is not a
+function of the model, so it never enters a content-addressed artifact)."""
 
 from __future__ import annotations
 

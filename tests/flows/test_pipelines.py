@@ -29,8 +29,8 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
     result, states = run(name, tmp_path, *overrides)
     assert set(states) == STEPS[name] | {"ingest", "expect", "shard", "train", "evaluate",
                                          "train_fold",
-                                         "ensemble", "quantize", "prune", "report",
-                                         "publish_report"}
+                                         "ensemble", "quantize", "prune", "measure_latency",
+                                         "report", "publish_report"}
     assert all(s == "Completed" for names in states.values() for s in names)
     assert len(states["train_fold"]) == 2
     assert result["test"]["accuracy"] >= floor

@@ -120,8 +120,7 @@ def test_fold_task_keeps_test_probabilities(prepared):
 
 def test_quantized_linear_weights_are_smaller_and_as_accurate(prepared):
     ref = quantize_model.fn(prepared["model"], prepared["shards"],
-                            DynamicInt8Params(type="dynamic_int8", latency_repeats=3), 32,
-                            prepared["store"])
+                            DynamicInt8Params(type="dynamic_int8"), prepared["store"])
     before, after = ref.meta["before"], ref.meta["after"]
     assert ref.meta["linear_weights_smaller_x"] >= 3.5
     assert abs(before["accuracy"] - after["accuracy"]) <= 0.01

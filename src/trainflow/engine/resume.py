@@ -1,39 +1,36 @@
-"""What an exact resume needs: every random-number state of a run, and the whole training
-state that last.pt holds."""
+"""What an exact resume needs: the random-number states training draws from, and the whole
+training state that last.pt holds."""
 
 from __future__ import annotations
 
-import random
-
-import numpy as np
 import torch
 from torch import nn
 
 from trainflow.engine.update import Update
 
+# Training draws only from torch's generators (dropout and friends from the global one, batch
+# order from its own, augmentation and mixup from generators seeded per epoch). Python's and
+# NumPy's global generators are seeded at the start (for any library that reads them) but not
+# saved: other threads of the process draw from Python's (Prefect's event loop jitters its
+# intervals with `random.uniform`, websockets pings with `random.getrandbits`), so saving it
+# would make two identical runs write different last.pt bytes while restoring it would change
+# nothing training computes. tests/faults/test_reproducible.py checks that training draws from
+# neither.
+
 
 def rng_state(batches: torch.Generator) -> dict:
-    """Python, NumPy (as tensors and numbers: weights_only loads them), torch, CUDA and the
-    generator that orders the training batches."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, words, next_gauss = random.getstate()
+    """torch's CPU and CUDA states and the generator that orders the training batches."""
     return {"torch": torch.get_rng_state(), "batches": batches.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
-            "python": {"version": version, "words": list(words), "gauss": next_gauss}}
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def restore_rng(state: dict, batches: torch.Generator) -> None:
+    """Restore what `rng_state` saved (a last.pt of an older version may hold Python's and
+    NumPy's states too: training never read them, so they are left alone)."""
     torch.set_rng_state(state["torch"])
     batches.set_state(state["batches"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    numpy = state["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["gauss"]))
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["words"]), python["gauss"]))
 
 
 def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
