@@ -7,6 +7,7 @@ loaded with `allow_pickle=False`, other members are ignored, and URLs are allowl
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import warnings
@@ -51,32 +52,45 @@ def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, classes:
             shards[-1].update(samples=in_shard, sha256=sha256_file(path))
 
     start = 0
-    while start < len(x):
-        room = max_samples - in_shard if sink is not None else max_samples
-        stop = min(start + per_record, start + room, len(x))
-        record = _record(split, start, stop, x, y, w)
-        size = sum(len(v) for k, v in record.items() if k != "__key__") + 3072  # + tar headers
-        full = sink is not None and (in_shard >= max_samples or (
-            max_bytes is not None and bytes_in_shard + size > max_bytes))
-        if sink is None or full:
-            close()
-            shards.append({"name": f"{split}-{len(shards):06d}.tar"})
-            stream = open(folder / shards[-1]["name"], "wb")
-            # mtime=0 and a fixed owner make the tar bytes identical on every rerun.
-            sink = wds.TarWriter(stream, encoder=False, mtime=0, user="trainflow",
-                                 group="trainflow")
-            in_shard, bytes_in_shard = 0, 0
-            stop = min(start + per_record, start + max_samples, len(x))
+    try:
+        while start < len(x):
+            room = max_samples - in_shard if sink is not None else max_samples
+            stop = min(start + per_record, start + room, len(x))
             record = _record(split, start, stop, x, y, w)
-            size = sum(len(v) for k, v in record.items() if k != "__key__") + 3072
-        sink.write(record)
-        in_shard += stop - start
-        bytes_in_shard += size
-        start = stop
-    close()
+            size = sum(len(v) for k, v in record.items() if k != "__key__") + 3072  # + tar headers
+            full = sink is not None and (in_shard >= max_samples or (
+                max_bytes is not None and bytes_in_shard + size > max_bytes))
+            if sink is None or full:
+                close()
+                shards.append({"name": f"{split}-{len(shards):06d}.tar"})
+                stream = open(folder / shards[-1]["name"], "wb")
+                # mtime=0 and a fixed owner make the tar bytes identical on every rerun.
+                sink = wds.TarWriter(stream, encoder=False, mtime=0, user="trainflow",
+                                     group="trainflow")
+                in_shard, bytes_in_shard = 0, 0
+                stop = min(start + per_record, start + max_samples, len(x))
+                record = _record(split, start, stop, x, y, w)
+                size = sum(len(v) for k, v in record.items() if k != "__key__") + 3072
+            sink.write(record)
+            in_shard += stop - start
+            bytes_in_shard += size
+            start = stop
+        close()
+    except BaseException:
+        _abandon(sink, stream)
+        raise
     histogram = np.bincount(y if y.ndim == 1 else y[:, 0], minlength=len(classes))
     return {"samples": int(len(x)), "shards": shards, "weighted": w is not None,
             "classes": {c: int(n) for c, n in zip(classes, histogram)}}
+
+
+def _abandon(sink, stream) -> None:
+    """Close a shard whose writing failed without a second write at garbage collection (a
+    full disk would otherwise report itself again there, as an ignored error's traceback)."""
+    for handle in (sink, stream):
+        if handle is not None:
+            with contextlib.suppress(OSError, ValueError):
+                handle.close()
 
 
 def _record(split: str, start: int, stop: int, x: np.ndarray, y: np.ndarray,
