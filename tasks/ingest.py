@@ -9,10 +9,12 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 from prefect import task
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from trainflow.artifacts import ArtifactRef, Store, fingerprint_path
 from trainflow.caching import CACHED
+from trainflow.csvscan import CsvLayout, scan_csv
+from trainflow.csvtypes import check_inferred_types, scan_csv_file
 from trainflow.errors import DataError
 from trainflow.logs import Progress
 from trainflow.spec.base import Section
@@ -32,6 +34,8 @@ DTYPES = {"float32": pl.Float32, "float64": pl.Float64, "int8": pl.Int8, "int16"
           "category": pl.Utf8, "date": pl.Date, "datetime": pl.Datetime}
 DType = Literal["float32", "float64", "int8", "int16", "int32", "int64", "bool", "str",
                 "category", "date", "datetime"]
+# Encodings whose newline, comma and quote are the ASCII bytes (the line scan reads bytes).
+Encoding = Literal["utf-8", "latin-1", "cp1252", "iso-8859-15"]
 
 
 class FileSource(Section):
@@ -57,6 +61,17 @@ class FileSource(Section):
     aux_targets: list[str] = Field(
         default_factory=list, description="Further target columns, each learned by its own "
         "head over the shared model (multi-task learning); not features")
+    encoding: Encoding = Field("utf-8", description="The CSV file's text encoding (others "
+                               "than UTF-8 are read through a UTF-8 copy)")
+    max_line_bytes: int = Field(
+        8 * 2**20, ge=1024, le=2**30, description="The longest line a CSV file may have: a "
+        "longer one (no newlines, an unclosed quote) is refused before the file is read")
+
+    @model_validator(mode="after")
+    def _csv_only(self):
+        if self.type != "csv" and {"encoding", "max_line_bytes"} & self.model_fields_set:
+            raise ValueError("encoding and max_line_bytes apply to csv files only")
+        return self
 
     def content_fingerprint(self) -> str:
         """The file's sha256, so that an edited file is never served from the cache."""
@@ -117,34 +132,40 @@ def _load_sklearn(source: SklearnSource) -> tuple[pl.DataFrame, TableSchema]:
     return df, TableSchema(target="target", features=features, classes=names)
 
 
-def _scan_file(source: FileSource) -> pl.LazyFrame:
+def _scan_file(source: FileSource) -> tuple[pl.LazyFrame, CsvLayout | None]:
     """A lazy scan of the file, after checking that it exists, is readable and has the target
-    (and declared) columns; declared columns are read as text from CSV and converted later."""
+    (and declared) columns; a CSV file's lines are checked first (see trainflow.csvscan), and
+    declared columns are read as text from CSV and converted later."""
     path = Path(source.path)
     if not path.is_file():
         raise DataError(f"data.source.path: file not found: {path}")
+    layout = scan_csv(path, source.max_line_bytes, source.encoding) if source.type == "csv" \
+        else None
     try:
-        if source.type == "csv":
-            lf = pl.scan_csv(path, infer_schema_length=10_000,
-                             schema_overrides={c: pl.Utf8 for c in source.columns or {}})
-        else:
-            lf = pl.scan_parquet(path)
+        lf = (scan_csv_file(layout, list(source.columns or {})) if layout
+              else pl.scan_parquet(path))
         names = lf.collect_schema().names()
     except Exception as exc:  # polars raises several types for unreadable files
         raise DataError(f"data.source.path: cannot read {source.type} file {path}: "
-                        f"{exc}") from None
+                        f"{_first_line(exc)}") from None
     if source.target not in names:
         raise DataError(f"data.source.target: column {source.target!r} not in {path}; "
                         f"columns are {names}")
     missing = [c for c in source.columns or {} if c not in names]
     if missing:
         raise DataError(f"data.source.columns: {missing} not in {path}; columns are {names}")
-    return lf
+    return lf, layout
 
 
-def _coerce(lf: pl.LazyFrame, declared: dict[str, str], path: Path) -> pl.LazyFrame:
-    """Cast each declared column to its type; every value that does not convert is listed
-    (per column, with examples) in one error before anything is written."""
+def _first_line(exc: Exception) -> str:
+    """polars' own first line (the rest of its message suggests polars arguments)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _check_conversions(lf: pl.LazyFrame, declared: dict[str, str], path: Path,
+                       layout: CsvLayout | None) -> None:
+    """Every declared column's value that does not convert to its type is listed (per column,
+    with examples and where the first is) in one error before anything is written."""
     def lost(c: str) -> pl.Expr:
         converted = pl.col(c).cast(DTYPES[declared[c]], strict=False)
         return pl.col(c).is_not_null() & converted.is_null()
@@ -152,12 +173,15 @@ def _coerce(lf: pl.LazyFrame, declared: dict[str, str], path: Path) -> pl.LazyFr
     counts = lf.select(lost(c).sum().alias(c) for c in declared).collect(engine="streaming")
     bad = {c: n for c, n in counts.row(0, named=True).items() if n}
     if bad:
-        problems = [f"{c!r} to {declared[c]}: {n} value(s) such as "
-                    f"{lf.filter(lost(c)).select(c).head(3).collect()[c].to_list()}"
-                    for c, n in bad.items()]
+        problems = []
+        for c, n in bad.items():
+            rows = lf.with_row_index("__row").filter(lost(c)).select("__row", c).head(3) \
+                .collect()
+            where = f" (the first on {layout.where(rows['__row'][0])})" if layout else ""
+            problems.append(f"{c!r} to {declared[c]}: {n} value(s) such as "
+                            f"{rows[c].to_list()}{where}")
         raise DataError(f"data.source.columns: cannot convert in {path}: "
                         + "; ".join(problems))
-    return lf.with_columns(pl.col(c).cast(DTYPES[t]) for c, t in declared.items())
 
 
 def _blank_as_missing(lf: pl.LazyFrame, declared: dict[str, str]) -> pl.LazyFrame:
@@ -168,20 +192,14 @@ def _blank_as_missing(lf: pl.LazyFrame, declared: dict[str, str]) -> pl.LazyFram
         for c, t in declared.items() if dtypes[c] == pl.Utf8 and DTYPES[t] != pl.Utf8)
 
 
-def check_declared_types(source: FileSource) -> None:
-    """Raise a DataError listing every declared column whose values do not convert."""
-    if source.columns:
-        lf = _blank_as_missing(_scan_file(source).select(list(source.columns)), source.columns)
-        _coerce(lf, source.columns, Path(source.path))
+def _declared(lf: pl.LazyFrame, declared: dict[str, str]) -> pl.LazyFrame:
+    """Only the declared columns, blank cells missing, each cast to its type."""
+    lf = _blank_as_missing(lf.select(list(declared)), declared)
+    return lf.with_columns(pl.col(c).cast(DTYPES[t]) for c, t in declared.items())
 
 
-def _load_file(source: FileSource) -> tuple[pl.LazyFrame, TableSchema]:
-    path = Path(source.path)
-    lf = _scan_file(source)
-    if source.columns:
-        lf = _coerce(_blank_as_missing(lf.select(list(source.columns)), source.columns),
-                     source.columns, path)
-    dtypes = lf.collect_schema()
+def _roles(source: FileSource, dtypes: pl.Schema, path: Path) -> tuple[list[str], list[str]]:
+    """The feature columns and the columns carried along (not features, not the target)."""
     kept = (source.keep_columns + ([source.weight_column] if source.weight_column else [])
             + source.aux_targets)
     features = source.features or [c for c in dtypes if c not in (source.target, *kept)]
@@ -189,6 +207,42 @@ def _load_file(source: FileSource) -> tuple[pl.LazyFrame, TableSchema]:
     if missing:
         raise DataError(f"data.source: columns {missing} not in {path}; columns are "
                         f"{dtypes.names()}")
+    return features, kept
+
+
+_CHECKED: set[tuple] = set()  # (source spec, file identity) already checked in this process
+
+
+def check_file(source: FileSource) -> None:
+    """Raise a DataError for the first problem found reading the whole file as declared: a
+    malformed CSV line, a declared column's value that does not convert, or (CSV without
+    declared columns) a value contradicting the type inferred from the first rows. The
+    checks run once per file and source spec in a process (preflight, then ingest)."""
+    path = Path(source.path)
+    stat = path.stat() if path.is_file() else None
+    key = (source.model_dump_json(), stat and (stat.st_size, stat.st_mtime_ns))
+    if key in _CHECKED:
+        return
+    lf, layout = _scan_file(source)
+    if source.columns:
+        _check_conversions(_blank_as_missing(lf.select(list(source.columns)), source.columns),
+                           source.columns, path, layout)
+    elif layout:
+        features, kept = _roles(source, lf.collect_schema(), path)
+        weight = [source.weight_column] if source.weight_column else []
+        check_inferred_types(lf, layout, path, features + weight,
+                             [*features, *kept, source.target])
+    _CHECKED.add(key)
+
+
+def _load_file(source: FileSource) -> tuple[pl.LazyFrame, TableSchema]:
+    path = Path(source.path)
+    check_file(source)
+    lf, _ = _scan_file(source)
+    if source.columns:
+        lf = _declared(lf, source.columns)
+    dtypes = lf.collect_schema()
+    features, kept = _roles(source, dtypes, path)
     # Text columns stay text (categories); an `encode` step turns them into numbers.
     lf = lf.select(*(pl.col(c) if dtypes[c].is_numeric() else pl.col(c).cast(pl.Utf8)
                      for c in features), *kept, pl.col(source.target).cast(pl.Utf8))
@@ -319,16 +373,20 @@ def ingest(source: Source, store: str) -> ArtifactRef:
 
 
 def read_labels(source: SklearnSource | FileSource | ImageFolderSource | SequenceSource
-                ) -> tuple[str, list]:
-    """The target column's name and values, read cheaply (for checks before any task runs)."""
+                ) -> pl.Series:
+    """The target column as read (named, with its type), cheaply, for checks before any
+    task runs."""
     if isinstance(source, FileSource):
-        frame = _scan_file(source).select(pl.col(source.target).cast(pl.Utf8)).collect()
-        return source.target, frame[source.target].to_list()
+        lf, _ = _scan_file(source)
+        if source.columns:
+            lf = _declared(lf, {source.target: source.columns.get(source.target, "str")})
+        return lf.select(source.target).collect().to_series()
     if isinstance(source, ImageFolderSource):
         root = Path(source.path)
         if not root.is_dir():
             raise DataError(f"data.source.path: image folder not found: {root}")
-        return "target", [d.name for d in sorted(root.iterdir()) if d.is_dir()
-                          for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES]
+        return pl.Series("target", [d.name for d in sorted(root.iterdir()) if d.is_dir()
+                                    for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES],
+                         pl.Utf8)
     df, schema = load_source(source)
-    return schema.target, df[schema.target].to_list()
+    return df[schema.target].cast(pl.Utf8)

@@ -56,8 +56,10 @@ def check_stratifiable(df: pl.DataFrame, schema: TableSchema, need: int, purpose
                         f"{purpose} needs at least two classes")
     scarce = {c: n for c, n in counts.items() if n < need}
     if scarce:
+        shown = dict(sorted(scarce.items(), key=lambda kv: kv[1])[:5])  # a message stays short
+        more = f" and {len(scarce) - len(shown)} more" if len(scarce) > len(shown) else ""
         raise DataError(f"{purpose} needs at least {need} rows per class of {schema.target!r}; "
-                        f"too few in {scarce}")
+                        f"too few in {shown}{more}: add rows of these classes or remove them")
 
 
 def _column(df: pl.DataFrame, name: str, field: str) -> pl.Series:

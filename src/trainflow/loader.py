@@ -27,7 +27,7 @@ import webdataset as wds
 from torch.utils.data import get_worker_info
 
 from trainflow.artifacts import atomic_write_bytes, sha256_file
-from trainflow.errors import ArtifactError
+from trainflow.errors import ArtifactError, DataError, TrainflowError
 
 ALLOWED_SCHEMES = ("", "file", "s3", "gs", "http", "https")
 RECORD_BUFFER = 8
@@ -98,18 +98,66 @@ def fetch(url: str, cache_dir: Path, sha256: str | None = None) -> Path:
     return target
 
 
+# What each member holds, and the NumPy dtype kinds that can hold it.
+MEMBERS = {"x.npy": ("features", "fiub"), "y.npy": ("class indices", "iub"),
+           "w.npy": ("loss weights", "fiu")}
+
+
 def decode_record(record: dict) -> tuple[np.ndarray, ...]:
     """(x, y) of one tar record, or (x, y, w) when it carries loss weights; without pickle, and
-    other members are ignored."""
+    other members are ignored. A member that is not a plain numeric array (an object array
+    would need pickle) is an ArtifactError naming the shard, the record and the member."""
+    x, y = _member(record, "x.npy"), _member(record, "y.npy").astype(np.int64)
+    arrays = (x, y, _member(record, "w.npy")) if "w.npy" in record else (x, y)
+    if any(len(a) != len(x) for a in arrays):
+        raise _not_ours(record, "x.npy", f"{len(x)} samples but {len(y)} labels")
+    return arrays
+
+
+def _member(record: dict, name: str) -> np.ndarray:
+    if name not in record:
+        raise _not_ours(record, name, "missing")
     try:
-        x = np.load(io.BytesIO(record["x.npy"]), allow_pickle=False)
-        y = np.load(io.BytesIO(record["y.npy"]), allow_pickle=False).astype(np.int64)
-        if "w.npy" in record:
-            return x, y, np.load(io.BytesIO(record["w.npy"]), allow_pickle=False)
-    except (KeyError, ValueError) as exc:
-        raise ArtifactError(f"shard record {record.get('__key__')!r} in "
-                            f"{record.get('__url__')!r} is not a trainflow record: {exc}") from None
-    return x, y
+        array = np.load(io.BytesIO(record[name]), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:  # an object array raises ValueError
+        raise _not_ours(record, name, f"not a plain .npy array ({exc})") from None
+    what, kinds = MEMBERS[name]
+    if array.dtype.kind not in kinds or array.ndim == 0:
+        shape = "a scalar" if array.ndim == 0 else "values"
+        raise _not_ours(record, name, f"holds {array.dtype} {shape}, not {what}")
+    return array
+
+
+def _not_ours(record: dict, member: str, problem: str) -> ArtifactError:
+    return ArtifactError(
+        f"shard {record.get('__url__')!r}, record {record.get('__key__')!r}, member {member}: "
+        f"{problem}; this is not a trainflow record (the shard task writes numeric arrays "
+        "only: this shard was made or altered outside it); delete the shards folder so that "
+        "the shard task writes it again")
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """A trainflow error raised in a loader worker, carried to the main process as an item:
+    torch would re-raise it there with the worker's traceback in its message."""
+
+    kind: str
+    message: str
+
+
+def _failures_as_items(src):
+    try:
+        yield from src
+    except TrainflowError as exc:
+        yield WorkerFailure(type(exc).__name__, str(exc))
+
+
+def _raise_failures(src):
+    for item in src:
+        if isinstance(item, WorkerFailure):
+            raise {"ArtifactError": ArtifactError, "DataError": DataError}.get(
+                item.kind, TrainflowError)(item.message)
+        yield item
 
 
 @dataclass(frozen=True)
@@ -175,7 +223,7 @@ def _shuffled_batches(records: Iterator[tuple[np.ndarray, ...]], config: StreamC
 
 
 def pipeline(urls: list[str], config: StreamConfig, epoch: int,
-             augment: Callable | None = None) -> wds.DataPipeline:
+             augment: Callable | None = None, in_worker: bool = False) -> wds.DataPipeline:
     """The webdataset pipeline of one epoch: shards -> records -> shuffled batches.
 
     Without `resampled`, each rank and worker reads its own share of the shards once (record
@@ -198,6 +246,8 @@ def pipeline(urls: list[str], config: StreamConfig, epoch: int,
     if config.shuffle_buffer > 1:
         stages.append(partial(_shuffle_records, config, epoch, RECORD_BUFFER))
     stages.append(partial(_shuffled_batches, config=config, epoch=epoch, augment=augment))
+    if in_worker:
+        stages.append(_failures_as_items)
     return wds.DataPipeline(*stages)
 
 
@@ -225,11 +275,13 @@ def loader(urls: list[str], config: StreamConfig, epoch: int, samples: int, work
     """The batches of one epoch: a torch DataLoader over the pipeline when it has workers or
     pins memory, else the pipeline itself (a DataLoader adds per-batch cost and nothing else).
     `resampled` streams stop at `batches_per_rank`."""
-    batches = pipeline(urls, config, epoch, augment)
+    batches = pipeline(urls, config, epoch, augment, in_worker=bool(workers))
     if workers or pin_memory:
         extra = {"prefetch_factor": prefetch} if workers else {}
         batches = wds.WebLoader(batches, batch_size=None, num_workers=workers,
                                 pin_memory=pin_memory, **extra)
+        if workers:
+            batches.append(_raise_failures)
     if config.resampled:
         batches = batches.with_epoch(batches_per_rank(samples, config))
     return batches

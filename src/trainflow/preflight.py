@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import math
+
+import polars as pl
 
 from trainflow.errors import DataError
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.engine.checks import check_model_and_training
-from trainflow.tasks.ingest import FileSource, SequenceSource, check_declared_types, read_labels
+from trainflow.tasks.ingest import FileSource, SequenceSource, check_file, read_labels
+
+# A target of decimal numbers with more distinct values than this is a regression target.
+MAX_DECIMAL_CLASSES = 20
+LISTED = 5  # classes or values named in a message; the rest are counted
 
 
 def check_data(spec: PipelineSpec) -> None:
@@ -18,19 +24,77 @@ def check_data(spec: PipelineSpec) -> None:
     aux = (source.aux_targets if isinstance(source, FileSource)
            else ["amplitude"] if isinstance(source, SequenceSource) and source.aux else [])
     check_model_and_training(spec.model, spec.train, shape, dict.fromkeys(aux, []))
-    if isinstance(spec.data.source, FileSource):
-        check_declared_types(spec.data.source)
-    target, labels = read_labels(spec.data.source)
-    counts = Counter(v for v in labels if v is not None)
+    if isinstance(source, FileSource):
+        check_file(source)
+    labels = read_labels(source)
+    target = labels.name
+    check_classification_target(labels)
+    counts = _class_counts(labels)
     if len(counts) < 2:
         raise DataError(f"target {target!r} has a single class {sorted(counts)} in "
                         f"{len(labels)} rows: a stratified split needs at least two classes")
+    split = spec.data.split
+    if split.strategy == "stratified":
+        _check_stratified_split(counts, target, split.validation, split.test)
     if spec.evaluate.cv:
         folds = spec.evaluate.cv.folds
-        keep = 1 - spec.data.split.test
+        keep = 1 - split.test
         scarce = {c: n for c, n in counts.items() if int(n * keep) < folds}
         if scarce:
             raise DataError(
-                f"evaluate.cv.folds is {folds} but class(es) {scarce} of {target!r} have too few "
-                f"rows: about {keep:.0%} of each class remains for cross-validation after the "
-                f"test split; lower evaluate.cv.folds or add data")
+                f"evaluate.cv.folds is {folds} but class(es) {_listed(scarce)} of {target!r} "
+                f"have too few rows: about {keep:.0%} of each class remains for "
+                f"cross-validation after the test split; lower evaluate.cv.folds or add data")
+
+
+def check_classification_target(labels: pl.Series) -> None:
+    """A target of many distinct decimal numbers is refused: every value would be a class of
+    its own (one row each), which no split or model can learn from."""
+    if not labels.dtype.is_float():
+        return
+    values = labels.drop_nulls().unique()
+    if len(values) > MAX_DECIMAL_CLASSES:
+        shown = ", ".join(f"{v:g}" for v in values.head(LISTED).sort().to_list())
+        raise DataError(
+            f"data.source.target: column {labels.name!r} holds {len(values)} distinct decimal "
+            f"numbers (such as {shown}): it looks like a regression target, and trainflow "
+            "trains classifiers, one class per value; name a column of class labels as "
+            "data.source.target, or turn the numbers into a few classes (bins) in a column "
+            f"of their own; if they are labels, declare it as text (data.source.columns: "
+            f"{{{labels.name}: str, ...}})")
+
+
+def _check_stratified_split(counts: dict[str, int], target: str, validation: float,
+                            test: float) -> None:
+    """Every class needs a row in each of the three parts, and each part at least one row
+    per class (scikit-learn's stratified split refuses otherwise)."""
+    scarce = {c: n for c, n in counts.items() if n < 3}
+    if scarce:
+        raise DataError(
+            f"class(es) {_listed(scarce)} of target {target!r} have fewer than 3 rows: a "
+            "stratified split puts rows of every class in train, validation and test; add "
+            "rows of these classes, remove them from the data, or split with strategy: "
+            "random")
+    rows = sum(counts.values())
+    n_test = math.ceil(test * rows)
+    n_val = math.ceil(validation / (1 - test) * (rows - n_test))
+    parts = {"test": n_test, "validation": n_val, "train": rows - n_test - n_val}
+    small = {name: n for name, n in parts.items() if n < len(counts)}
+    if small:
+        raise DataError(
+            f"a stratified split of {rows} rows gives the {' and '.join(small)} part(s) "
+            f"{' and '.join(str(n) for n in small.values())} row(s), fewer than the "
+            f"{len(counts)} classes of {target!r}: add rows, or raise data.steps' split "
+            "fractions (validation, test)")
+
+
+def _class_counts(labels: pl.Series) -> dict[str, int]:
+    counts = labels.drop_nulls().cast(pl.Utf8).value_counts(sort=True)
+    return dict(zip(counts[labels.name].to_list(), counts["count"].to_list()))
+
+
+def _listed(counts: dict[str, int]) -> str:
+    """{'a': 1, 'b': 2} for a few classes, then how many more (a message stays short)."""
+    shown = dict(sorted(counts.items(), key=lambda kv: kv[1])[:LISTED])
+    more = len(counts) - len(shown)
+    return f"{shown}" + (f" and {more} more" if more else "")

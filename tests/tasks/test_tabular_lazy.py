@@ -10,7 +10,7 @@ import pytest
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.errors import ArtifactError, DataError
-from trainflow.preflight import check_declared_types
+from trainflow.preflight import check_file as check_declared_types
 from trainflow.steps import fit_apply, materialize, read_parts
 from trainflow.tables import class_counts, read_table
 from trainflow.tasks import clean, encode, normalize

@@ -1,0 +1,104 @@
+"""The column types polars infers from a CSV file's first rows, checked against the whole file:
+a numeric column with a stray word in those rows is read as text, and one past them stops the
+read; either is one message naming the column, the line, the value and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from trainflow.csvscan import CsvLayout
+from trainflow.errors import DataError
+
+INFER_ROWS = 10_000  # rows polars reads to infer the column types
+SPEC_TYPES = {pl.Int64: "int64", pl.Float64: "float64", pl.Boolean: "bool", pl.Utf8: "str"}
+SUGGESTED_COLUMNS = 8  # the declaration to paste is spelled out for files this narrow
+
+
+def scan_csv_file(layout: CsvLayout, text: list[str]) -> pl.LazyFrame:
+    """The lazy scan of a checked CSV file (the columns in `text` read as text)."""
+    return pl.scan_csv(layout.path, infer_schema_length=INFER_ROWS,
+                       schema_overrides={c: pl.Utf8 for c in text})
+
+
+def check_inferred_types(lf: pl.LazyFrame, layout: CsvLayout, path: Path,
+                         columns: list[str], read: list[str]) -> None:
+    """Raise a DataError when the whole file contradicts the type inferred for one of
+    `columns` (numbers read as text, or text past the inferred rows); `read` are the columns
+    a declaration would list."""
+    schema = lf.collect_schema()
+    text = [c for c in columns if schema[c] == pl.Utf8]
+    counts = [e for c in text for e in (_number(c).is_not_null().sum().alias(f"n:{c}"),
+                                        pl.col(c).is_not_null().sum().alias(f"v:{c}"))]
+    parsed = [pl.col(c).is_null().sum().alias(f"p:{c}") for c in columns if c not in text]
+    try:
+        found = lf.select(counts + parsed).collect(engine="streaming").row(0, named=True)
+    except pl.exceptions.ComputeError as exc:
+        raise _past_inferred_rows(exc, layout, path, schema, columns, read) from None
+    for c in text:
+        numbers, values = found[f"n:{c}"], found[f"v:{c}"]
+        if numbers and numbers < values and 2 * numbers >= values:
+            bad = pl.col(c).is_not_null() & _number(c).is_null()
+            row, value = _first(lf, c, bad)
+            raise DataError(
+                f"data.source.path: column {c!r} of {path} mixes numbers and text: {numbers} of "
+                f"its {values} values are numbers, but {layout.where(row)} holds {value!r} "
+                f"({values - numbers} value(s) like it); {_fix(c, schema, read)}")
+
+
+def _past_inferred_rows(exc: Exception, layout: CsvLayout, path: Path, schema: pl.Schema,
+                        columns: list[str], read: list[str]) -> DataError:
+    """Which value past the inferred rows does not parse as its column's type, and where."""
+    typed = [c for c in columns if schema[c] != pl.Utf8]
+    raw = pl.scan_csv(layout.path, infer_schema=False).select(typed)
+    bad = {c: pl.col(c).is_not_null() & _parsed(c, schema[c]).is_null() for c in typed}
+    rows = raw.with_row_index("__row").select(
+        pl.col("__row").filter(bad[c]).first().alias(c) for c in typed).collect().row(
+        0, named=True) if typed else {}
+    rows = {c: r for c, r in rows.items() if r is not None}
+    if not rows:
+        first = str(exc).strip().splitlines()[0]
+        return DataError(f"data.source.path: cannot read csv file {path}: {first}; "
+                         f"{_fix(None, schema, read)}")
+    c = min(rows, key=rows.get)
+    count = raw.select(bad[c].sum()).collect().item()
+    value = raw.select(pl.col(c).gather(rows[c])).collect().item()
+    kind = SPEC_TYPES.get(schema[c], str(schema[c]))
+    return DataError(
+        f"data.source.path: column {c!r} of {path} holds {kind} values in its first "
+        f"{INFER_ROWS} rows, which set its type, but {layout.where(rows[c])} holds {value!r} "
+        f"({count} value(s) like it); {_fix(c, schema, read)}")
+
+
+def _first(lf: pl.LazyFrame, column: str, bad: pl.Expr) -> tuple[int, str]:
+    row, value = lf.with_row_index("__row").filter(bad).select("__row", column).head(1) \
+        .collect().row(0)
+    return int(row), str(value)[:40]
+
+
+def _number(column: str) -> pl.Expr:
+    return pl.col(column).str.strip_chars().cast(pl.Float64, strict=False)
+
+
+def _parsed(column: str, dtype: pl.DataType) -> pl.Expr:
+    """The text as polars' CSV reader would parse it for `dtype` (null where it would fail)."""
+    if dtype == pl.Boolean:
+        word = pl.col(column).str.to_lowercase()
+        return pl.when(word.is_in(["true", "false"])).then(word == "true")
+    return pl.col(column).cast(dtype, strict=False)
+
+
+def _fix(column: str | None, schema: pl.Schema, read: list[str]) -> str:
+    """What to do: fix the values, or declare the column's type (a declaration lists every
+    column to read, so the one to paste is spelled out where it is short)."""
+    types = {c: "str" if c == column else SPEC_TYPES.get(schema[c], "str") for c in read}
+    if len(read) <= SUGGESTED_COLUMNS:
+        declared = "{" + ", ".join(f"{c}: {t}" for c, t in types.items()) + "}"
+    else:
+        declared = "{" + f"{column}: str, " * bool(column) + "...every other column: its type}"
+    if column is None:
+        return f"fix the file, or declare the column types: data.source.columns: {declared}"
+    return (f"if {column!r} is numeric, fix those values (an empty cell is a missing value); "
+            f"if it is text, declare it so (data.source.columns lists every column to read "
+            f"and its type): columns: {declared}")
