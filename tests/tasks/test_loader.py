@@ -179,3 +179,37 @@ def test_loader_mode_streams_large_training_sets_and_keeps_small_ones_in_memory(
     big = make_shards(tmp_path / "big", n=80_000, max_samples=20_000, per_record=1000)
     tight, _ = load_training_splits(str(big), "error", LoaderSpec(memory_limit_mb=1))
     assert type(tight["train"]).__name__ == "Stream"  # 1.3 MB of shards over a 1 MB limit
+
+
+@pytest.mark.parametrize("member,value,problem", [
+    ("x.npy", np.array(["a", "b"]), "holds <U1 values, not features"),
+    ("y.npy", np.array([0.5, 1.5]), "holds float64 values, not class indices"),
+    ("y.npy", np.zeros(3, np.int64), "2 samples but 3 labels"),
+])
+def test_a_record_member_that_is_not_its_numeric_array_is_named(member, value, problem):
+    record = {"__key__": "train00000000", "__url__": "s/train-000000.tar",
+              "x.npy": _npy(np.ones((2, 4), np.float32)), "y.npy": _npy(np.zeros(2, np.int64))}
+    record[member] = _npy(value)
+    with pytest.raises(ArtifactError) as err:
+        decode_record(record)
+    named = "x.npy" if problem.startswith("2 samples") else member
+    assert f"'s/train-000000.tar', record 'train00000000', member {named}: {problem}" in str(
+        err.value)
+
+
+def test_a_bad_record_read_by_a_loader_worker_is_one_clean_error(tmp_path):
+    """torch re-raises a worker's error with the worker's traceback in its message; the
+    loader carries trainflow's message to the main process as it was."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"evil": 1}, None], dtype=object), allow_pickle=True)
+    shard = tmp_path / "train-000000.tar"
+    with tarfile.open(shard, mode="w") as archive:
+        for name, data in (("k.x.npy", buffer.getvalue()), ("k.y.npy", _npy(np.zeros(2, np.int64)))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with pytest.raises(ArtifactError) as err:
+        list(loader([str(shard)], StreamConfig(batch_size=2), 0, 2, workers=1))
+    message = str(err.value)
+    assert message.startswith(f"shard '{shard}', record 'k', member x.npy: not a plain .npy")
+    assert "Traceback" not in message and "worker process" not in message

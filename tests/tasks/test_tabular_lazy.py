@@ -190,3 +190,68 @@ def test_a_view_is_valid_only_while_its_base_is(store, mixed_csv):
                                 "base": {"kind": "splits", "fingerprint": "../../etc"}}))
     with pytest.raises(ArtifactError, match="not a readable view .*'../../etc' is not a sha256"):
         scaled.base()
+
+
+def _quoted_rows(n: int) -> list[str]:
+    """Rows with quoted values that hold commas, doubled quotes and newlines, CRLF endings
+    and a blank line: the CSV a spreadsheet writes."""
+    out = []
+    for i in range(n):
+        note = f'"note {i}, with ""quotes""\nand a second line"' if i % 3 == 0 else f"n{i}"
+        out.append(f"{i * 0.5},{note},{'yes' if i % 4 else 'no'}\r\n")
+        if i == 10:
+            out.append("\r\n")
+    return out
+
+
+def test_the_line_scan_reads_records_as_polars_does_across_its_blocks(tmp_path):
+    """The scan of a file spanning several blocks counts the rows polars reads, and names the
+    exact line of a ragged record found after the first block."""
+    from trainflow.csvscan import BLOCK, scan_csv
+
+    body = _quoted_rows(300_000)
+    path = tmp_path / "quoted.csv"
+    path.write_text("x,note,label\r\n" + "".join(body), newline="")
+    assert path.stat().st_size > 2 * BLOCK
+    layout = scan_csv(path, 1 << 20)
+    assert layout.columns == ["x", "note", "label"] and not layout.lines_are_rows
+    assert layout.rows == pl.read_csv(path).height == len(body)
+
+    ragged = tmp_path / "ragged.csv"
+    text = "x,note,label\r\n" + "".join(body[:250_000]) + "1.5,n,yes,extra\r\n"
+    ragged.write_text(text + "".join(body[250_000:]), newline="")
+    with pytest.raises(DataError, match=f"line {text.count(chr(10))} of .* has 4 fields"):
+        scan_csv(ragged, 1 << 20)
+
+
+def test_an_unclosed_quote_is_named_at_its_line_not_read_to_the_end(tmp_path):
+    from trainflow.csvscan import scan_csv
+
+    path = tmp_path / "unclosed.csv"
+    path.write_text("x,note,label\n1,ok,yes\n2,\"never closed,no\n" + "3,n,yes\n" * 300_000)
+    with pytest.raises(DataError, match="line 3 of .* longer than 1 MiB: a quoted field"):
+        scan_csv(path, 1 << 20)
+    path.write_text("x,note,label\n1,ok,yes\n2,\"never closed,no\n3,n,yes\n")
+    with pytest.raises(DataError, match="line 3 of .* never closed"):
+        scan_csv(path, 1 << 20)
+
+
+def test_a_declared_encoding_is_read_through_a_utf8_copy(tmp_path, store):
+    path = tmp_path / "cp1252.csv"
+    rows = [f"{i},{'Zürich' if i % 2 else 'Genève'}" for i in range(40)]
+    path.write_bytes(("a,city\n" + "\n".join(rows) + "\n").encode("cp1252"))
+    source = FileSource(type="csv", path=str(path), target="city")
+    with pytest.raises(DataError, match="line 2, column 'city' of .* is not UTF-8"):
+        ingest.fn(source, store)
+    table = ingest.fn(source.model_copy(update={"encoding": "cp1252"}), store)
+    df, schema = read_table(table.path / "all.parquet")
+    assert schema.classes == ["Genève", "Zürich"] and df["a"].to_list() == list(range(40))
+
+
+def test_declared_values_that_do_not_convert_name_the_first_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("a,label\n1.5,x\n2,y\nabc,x\n")
+    source = FileSource(type="csv", path=str(path), target="label",
+                        columns={"a": "float64", "label": "str"})
+    with pytest.raises(DataError, match=r"\['abc'\] \(the first on line 4\)"):
+        check_declared_types(source)
