@@ -189,7 +189,7 @@ class _Scan:
         column = (f", column {self.header[len(before)]!r}"
                   if self.header and len(before) < len(self.header) else "")
         begin = start + int(before[-1]) + 1 if len(before) else start
-        value = chunk[begin:begin + 60].split(b"\n")[0].split(b",")[0]
+        value = chunk[begin:begin + 24].split(b"\n")[0].split(b",")[0]
         fix = ("set data.source.encoding to the file's encoding (latin-1 or cp1252 for most "
                "Western European files), or save the file as UTF-8"
                if self.encoding == "utf-8" else

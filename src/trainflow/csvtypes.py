@@ -44,7 +44,7 @@ def check_inferred_types(lf: pl.LazyFrame, layout: CsvLayout, path: Path,
             raise DataError(
                 f"data.source.path: column {c!r} of {path} mixes numbers and text: {numbers} of "
                 f"its {values} values are numbers, but {layout.where(row)} holds {value!r} "
-                f"({values - numbers} value(s) like it); {_fix(c, schema, read)}")
+                f"({_such(values - numbers)}); {_fix(c, schema, read)}")
 
 
 def _past_inferred_rows(exc: Exception, layout: CsvLayout, path: Path, schema: pl.Schema,
@@ -68,7 +68,7 @@ def _past_inferred_rows(exc: Exception, layout: CsvLayout, path: Path, schema: p
     return DataError(
         f"data.source.path: column {c!r} of {path} holds {kind} values in its first "
         f"{INFER_ROWS} rows, which set its type, but {layout.where(rows[c])} holds {value!r} "
-        f"({count} value(s) like it); {_fix(c, schema, read)}")
+        f"({_such(count)}); {_fix(c, schema, read)}")
 
 
 def _first(lf: pl.LazyFrame, column: str, bad: pl.Expr) -> tuple[int, str]:
@@ -90,15 +90,20 @@ def _parsed(column: str, dtype: pl.DataType) -> pl.Expr:
 
 
 def _fix(column: str | None, schema: pl.Schema, read: list[str]) -> str:
-    """What to do: fix the values, or declare the column's type (a declaration lists every
+    """What to do: fix the values, or declare the column types (a declaration lists every
     column to read, so the one to paste is spelled out where it is short)."""
     types = {c: "str" if c == column else SPEC_TYPES.get(schema[c], "str") for c in read}
     if len(read) <= SUGGESTED_COLUMNS:
-        declared = "{" + ", ".join(f"{c}: {t}" for c, t in types.items()) + "}"
+        declare = ("declare every column's type: data.source.columns: {"
+                   + ", ".join(f"{c}: {t}" for c, t in types.items()) + "}")
     else:
-        declared = "{" + f"{column}: str, " * bool(column) + "...every other column: its type}"
+        declare = ("declare every column's type in data.source.columns"
+                   + (f", with {column}: str" if column else ""))
     if column is None:
-        return f"fix the file, or declare the column types: data.source.columns: {declared}"
+        return f"fix the file, or {declare}"
     return (f"if {column!r} is numeric, fix those values (an empty cell is a missing value); "
-            f"if it is text, declare it so (data.source.columns lists every column to read "
-            f"and its type): columns: {declared}")
+            f"if it is text, {declare}")
+
+
+def _such(count: int) -> str:
+    return "the only such value" if count == 1 else f"one of {count} such values"

@@ -30,6 +30,9 @@ def check_data(spec: PipelineSpec) -> None:
     target = labels.name
     check_classification_target(labels)
     counts = _class_counts(labels)
+    if not counts:
+        raise DataError(f"target {target!r} has no values: the data has {len(labels)} rows, "
+                        "none of them labelled")
     if len(counts) < 2:
         raise DataError(f"target {target!r} has a single class {sorted(counts)} in "
                         f"{len(labels)} rows: a stratified split needs at least two classes")

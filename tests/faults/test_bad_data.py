@@ -108,7 +108,7 @@ def test_text_in_a_numeric_column_within_the_inferred_rows(tmp_path):
     lines[10] = "hello,2,a"  # line 12
     err = run_refused(tmp_path, write_csv(tmp_path, lines))
     assert "column 'a' of" in err and "line 12 holds 'hello'" in err
-    assert "columns: {a: str, b: int64, y: str}" in err  # the declaration to paste
+    assert "data.source.columns: {a: str, b: int64, y: str}" in err  # the one to paste
 
 
 def test_text_in_a_numeric_column_past_the_inferred_rows(tmp_path):
@@ -116,7 +116,8 @@ def test_text_in_a_numeric_column_past_the_inferred_rows(tmp_path):
     lines[10_020] = "0.5,oops,b"  # line 10022, past the 10000 rows polars infers types from
     err = run_refused(tmp_path, write_csv(tmp_path, lines))
     assert "column 'b' of" in err and "first 10000 rows" in err
-    assert "line 10022 holds 'oops'" in err and "columns: {a: float64, b: str, y: str}" in err
+    assert "line 10022 holds 'oops' (the only such value)" in err
+    assert "data.source.columns: {a: float64, b: str, y: str}" in err
 
 
 def test_a_class_with_one_row_is_refused_before_any_task(tmp_path):
