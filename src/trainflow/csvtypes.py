@@ -24,18 +24,20 @@ def scan_csv_file(layout: CsvLayout, text: list[str]) -> pl.LazyFrame:
 
 def check_inferred_types(lf: pl.LazyFrame, layout: CsvLayout, path: Path,
                          columns: list[str], read: list[str]) -> None:
-    """Raise a DataError when the whole file contradicts the type inferred for one of
-    `columns` (numbers read as text, or text past the inferred rows); `read` are the columns
-    a declaration would list."""
+    """Raise a DataError when the whole file contradicts a type inferred for a column it
+    reads (`read`: text past the inferred rows of a numeric column), or when one of `columns`
+    (those meant to be numbers) is mostly numbers read as text; `read` are also the columns a
+    declaration would list."""
     schema = lf.collect_schema()
     text = [c for c in columns if schema[c] == pl.Utf8]
     counts = [e for c in text for e in (_number(c).is_not_null().sum().alias(f"n:{c}"),
                                         pl.col(c).is_not_null().sum().alias(f"v:{c}"))]
-    parsed = [pl.col(c).is_null().sum().alias(f"p:{c}") for c in columns if c not in text]
+    parsed = [pl.col(c).is_null().sum().alias(f"p:{c}") for c in read
+              if schema[c] != pl.Utf8]
     try:
         found = lf.select(counts + parsed).collect(engine="streaming").row(0, named=True)
     except pl.exceptions.ComputeError as exc:
-        raise _past_inferred_rows(exc, layout, path, schema, columns, read) from None
+        raise _past_inferred_rows(exc, layout, path, schema, read) from None
     for c in text:
         numbers, values = found[f"n:{c}"], found[f"v:{c}"]
         if numbers and numbers < values and 2 * numbers >= values:
@@ -48,9 +50,9 @@ def check_inferred_types(lf: pl.LazyFrame, layout: CsvLayout, path: Path,
 
 
 def _past_inferred_rows(exc: Exception, layout: CsvLayout, path: Path, schema: pl.Schema,
-                        columns: list[str], read: list[str]) -> DataError:
+                        read: list[str]) -> DataError:
     """Which value past the inferred rows does not parse as its column's type, and where."""
-    typed = [c for c in columns if schema[c] != pl.Utf8]
+    typed = [c for c in read if schema[c] != pl.Utf8]
     raw = pl.scan_csv(layout.path, infer_schema=False).select(typed)
     bad = {c: pl.col(c).is_not_null() & _parsed(c, schema[c]).is_null() for c in typed}
     rows = raw.with_row_index("__row").select(
