@@ -68,7 +68,10 @@ def _read_ref(text: str):
     from trainflow.artifacts import ArtifactRef
     from trainflow.errors import TrainflowError
 
-    raw = Path(text).read_text() if Path(text).is_file() else text
+    try:
+        raw = Path(text).read_bytes() if Path(text).is_file() else text
+    except OSError:  # JSON text too long to be a file name, or an unreadable file
+        raw = text
     try:
         return ArtifactRef.model_validate_json(raw)
     except ValueError as exc:
@@ -78,15 +81,16 @@ def _read_ref(text: str):
 
 def _run_step(args, spec) -> object:
     from trainflow import registry
-    from trainflow.errors import TrainflowError
+    from trainflow.errors import TrainflowError, did_you_mean
     from trainflow.tasks import (cv, ensemble, evaluate, expect, ingest, prune, quantize, shard,
                                  train)
 
     refs = [_read_ref(text) for text in args.inputs]
     store = str(Path(spec.outputs.store).resolve())
     if args.step not in TASKS and args.step not in registry.STEPS:
-        raise TrainflowError(f"unknown step {args.step!r}; steps: "
-                             f"{', '.join([*TASKS, *registry.STEPS])}")
+        steps = [*TASKS, *registry.STEPS]
+        raise TrainflowError(f"unknown step {args.step!r}{did_you_mean(args.step, steps)} "
+                             f"(steps: {', '.join(steps)})")
     needs = {"ingest": 0, "expect": 1, "shard": 1, "train": 1, "evaluate": 2, "train_fold": 1,
              "quantize": 2, "prune": 2, **dict.fromkeys(registry.STEPS, 1)}
     wanted = needs.get(args.step)
@@ -174,47 +178,83 @@ def _orchestrate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on success, 2 for a user's mistake (one `error:` message), 1 for a fault of
+    trainflow (one `internal error` line and where its traceback is)."""
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     args = _parser().parse_args(argv)
     from trainflow.errors import TrainflowError
 
     try:
-        if args.command == "server":
-            return _start_server(args)
-        if args.command in ("serve", "deploy", "notify-data"):
-            return _orchestrate(args)
-        if args.command == "schema":
-            from trainflow.spec.pipeline import schema_json
-            print(schema_json())
-            return 0
-        from trainflow.spec.pipeline import load_spec
+        from trainflow.logs import quiet_user_errors
 
-        spec = load_spec(args.spec, args.overrides)
-        if args.command == "validate":
-            print(f"{args.spec}: valid pipeline spec {spec.name!r}")
-            return 0
-        if args.command == "task":
-            ref = _run_step(args, spec)
-            if args.materialize:
-                from trainflow.steps import materialize
-
-                ref = materialize(ref, Path(spec.outputs.store).resolve())
-            print(ref.model_dump_json(indent=1))
-            return 0
-        from trainflow.runtime import run_pipeline
-
-        if os.environ.get("PREFECT_API_URL"):
-            from trainflow.deployments import require_server
-            require_server()
-        result = run_pipeline(spec)
-        print(json.dumps({"run_dir": result["run_dir"],
-                          "test": {k: v for k, v in result["test"].items()
-                                   if k != "confusion_matrix"}}, indent=1))
-        return 0
+        quiet_user_errors()
+        return _command(args)
     except TrainflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that reports trainflow's own faults
+        print(_internal_error(exc), file=sys.stderr)
+        return 1
+
+
+def _command(args) -> int:
+    if args.command == "server":
+        return _start_server(args)
+    if args.command in ("serve", "deploy", "notify-data"):
+        return _orchestrate(args)
+    if args.command == "schema":
+        from trainflow.spec.pipeline import schema_json
+        print(schema_json())
+        return 0
+    from trainflow.spec.pipeline import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    if args.command == "validate":
+        print(f"{args.spec}: valid pipeline spec {spec.name!r}")
+        return 0
+    if args.command == "task":
+        ref = _run_step(args, spec)
+        if args.materialize:
+            from trainflow.steps import materialize
+
+            ref = materialize(ref, Path(spec.outputs.store).resolve())
+        print(ref.model_dump_json(indent=1))
+        return 0
+    from trainflow.runtime import run_pipeline
+
+    if os.environ.get("PREFECT_API_URL"):
+        from trainflow.deployments import require_server
+        require_server()
+    result = run_pipeline(spec)
+    print(json.dumps({"run_dir": result["run_dir"],
+                      "test": {k: v for k, v in result["test"].items()
+                               if k != "confusion_matrix"}}, indent=1))
+    return 0
+
+
+def _internal_error(exc: BaseException) -> str:
+    """One line for a fault of trainflow: what failed, and the traceback (printed with
+    TRAINFLOW_DEBUG=1, else written to a file named here)."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    detail = " ".join(str(exc).split())[:300]
+    line = (f"internal error ({type(exc).__name__}: {detail}): trainflow did not expect this "
+            "failure; please report it with its traceback")
+    if os.environ.get("TRAINFLOW_DEBUG") == "1":
+        return f"{text}{line}"
+    try:
+        fd, path = tempfile.mkstemp(prefix="trainflow-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+    except OSError:  # a full or read-only disk: say how to see it instead
+        return f"{line} (set TRAINFLOW_DEBUG=1 to print the traceback)"
+    return f"{line}, written to {path} (TRAINFLOW_DEBUG=1 prints it)"
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from trainflow.errors import SpecError, TrainflowError
+from trainflow.errors import SpecError, TrainflowError, did_you_mean
 
 PIPELINES_ENV = "TRAINFLOW_PIPELINES_DIR"
 PREFECT_YAML = Path(__file__).resolve().parents[2] / "deploy" / "prefect.yaml"
@@ -25,9 +25,9 @@ NEW_DATA_EVENT = "trainflow.data.new"
 # The main knobs of the run form: parameter -> the spec value it sets.
 KNOBS = {"epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size",
          "cv_folds": "evaluate.cv.folds"}
-# Values a UI override may not set: where the worker reads and writes files, and the Dask
-# scheduler it would exchange pickles with. They stay as the spec file on the worker says.
-WORKER_ONLY = ("outputs", "data.source.path", "train.loader.cache_dir", "runner")
+# What a UI override may set is decided by the schema (trainflow.spec.settable): numbers,
+# switches and choices only; every path, address or other free text stays as the spec file on
+# the worker says (outputs, data sources, cache dirs, pretrained weights, the Dask scheduler).
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -45,33 +45,33 @@ def spec_file(pipeline: str) -> Path:
     """The spec file a `pipeline` parameter names: `<pipelines dir>/<pipeline>.yaml` only."""
     folder = pipelines_dir()
     shipped = sorted(p.stem for p in folder.glob("*.yaml"))
-    name = pipeline.removesuffix(".yaml")
-    path = (folder / f"{name}.yaml").resolve()
-    if not NAME.match(name) or path.parent != folder or not path.is_file():
+    name = str(pipeline).removesuffix(".yaml")
+    path = (folder / f"{name}.yaml").resolve() if NAME.match(name) else None
+    if path is None or path.parent != folder or not path.is_file():
         raise SpecError("parameters", [("pipeline", f"no pipeline {pipeline!r} in {folder} (set "
                                         f"{PIPELINES_ENV} to use another folder); pipelines: "
-                                        f"{', '.join(shipped) or '(none)'}")])
+                                        f"{', '.join(shipped) or '(none)'}"
+                                        f"{did_you_mean(name, shipped)}")])
     return path
 
 
-def _key(assignment: str) -> str:
-    return assignment.split("=", 1)[0].strip().strip(".")
-
-
 def parameter_overrides(knobs: dict[str, Any], overrides: list[str]) -> list[str]:
-    """The `key.path=value` overrides of a run's parameters, checked before the spec is read."""
-    problems = []
+    """The `key.path=value` overrides of a run's parameters, checked before the spec is read:
+    each key parsed as `--set` parses it, and allowed only where the schema holds no text."""
+    from trainflow.spec.pipeline import PipelineSpec, parse_assignment
+    from trainflow.spec.settable import refusal
+
+    problems, set_keys = [], set()
     for i, assignment in enumerate(overrides):
-        if not isinstance(assignment, str) or "=" not in assignment:
-            problems.append((f"overrides.{i}", f"expected key.path=value, got {assignment!r}"))
+        try:
+            keys, _ = parse_assignment(assignment)
+        except ValueError as exc:
+            problems.append((f"overrides.{i}", str(exc)))
             continue
-        key = _key(assignment)
-        refused = [w for w in WORKER_ONLY if key == w or key.startswith(w + ".")
-                   or w.startswith(key + ".")]
-        if refused:
-            problems.append((f"overrides.{i}", f"{key} cannot be set from a run's parameters "
-                             f"({refused[0]} stays as the spec file on the worker says)"))
-    set_keys = {_key(a) for a in overrides if isinstance(a, str)}
+        set_keys.add(".".join(keys))
+        why = refusal(keys, PipelineSpec)
+        if why:
+            problems.append((f"overrides.{i}", why))
     result = list(overrides)
     for knob, path in KNOBS.items():
         value = knobs.get(knob)

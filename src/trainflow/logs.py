@@ -1,12 +1,21 @@
 """The logger and progress artifacts of the current Prefect run (plain logging when a task runs
-bare with `.fn`)."""
+bare with `.fn`), and Prefect's logs of a user's mistake cut to one line."""
 
 import logging
+import re
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
+
+from trainflow.errors import TrainflowError
+
+# The loggers of Prefect's task and flow engines: they log a failed run with its traceback.
+PREFECT_RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
+MAX_LINE = 2000
+FAILED_STATE = re.compile(r"^Finished in state Failed\(.*encountered an exception:? (\w+):",
+                          re.DOTALL)
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -14,6 +23,53 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("trainflow")
+
+
+def _error_names() -> set[str]:
+    names, todo = set(), [TrainflowError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names
+
+
+class OneLineUserErrors(logging.Filter):
+    """A TrainflowError is the user's to fix, and its message says how: Prefect logs it once,
+    as one line without a traceback (where it was raised), not again for every flow it
+    passes through; the `Finished in state Failed(...)` lines name its type only. Every other
+    exception keeps Prefect's full logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, TrainflowError):
+            if getattr(exc, "_trainflow_logged", False):
+                return False  # a flow re-raising what a task has already logged
+            exc._trainflow_logged = True
+            text = " ".join(str(exc).split())
+            text = text if len(text) <= MAX_LINE else f"{text[:MAX_LINE]}..."
+            run = "Task run" if record.name.endswith("task_runs") else "Flow run"
+            record.msg, record.args = f"{run} failed: {type(exc).__name__}: {text}", ()
+            record.exc_info, record.exc_text = None, None
+            return True
+        if isinstance(record.msg, str) and record.msg.startswith("Finished in state Failed("):
+            found = FAILED_STATE.match(record.getMessage())
+            if found and found.group(1) in _error_names():
+                record.msg, record.args = f"Finished in state Failed ({found.group(1)})", ()
+        return True
+
+
+def quiet_user_errors() -> None:
+    """Install OneLineUserErrors on Prefect's run loggers (once per process)."""
+    for name in PREFECT_RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, OneLineUserErrors) for f in logger.filters):
+            logger.addFilter(OneLineUserErrors())
+
+
+# Installed on import as well: every process that runs trainflow's tasks imports this module
+# (Dask workers included), and not all of them start from the CLI.
+quiet_user_errors()
 
 
 class Progress:

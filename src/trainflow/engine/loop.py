@@ -220,8 +220,10 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
         return ramped(epoch, ramp.start, batch_size, ramp.epochs) if ramp else batch_size
 
     per_epoch = schedule.steps_per_epoch(len(train), batch_size, spec.accumulate)
-    planned = sum(schedule.steps_per_epoch(len(train), size_at(e), spec.accumulate)
-                  for e in range(1, spec.epochs + 1))
+    ramping = min(spec.batch_ramp.epochs, spec.epochs) if spec.batch_ramp else 0  # then full
+    planned = per_epoch * (spec.epochs - ramping) + sum(
+        schedule.steps_per_epoch(len(train), size_at(e), spec.accumulate)
+        for e in range(1, ramping + 1))
     total_steps = min(planned, spec.max_steps or planned)
     scheduler, plateau = schedule.build(spec.schedule, optimizer, spec.lr, per_epoch, total_steps)
     update = Update.from_spec(spec, device, scheduler)

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from trainflow.errors import did_you_mean
 from trainflow.spec.base import Section
 
 
@@ -24,13 +25,17 @@ class TransformSpec(Section):
         cls = getattr(A, self.name, None)
         if not (inspect.isclass(cls) and issubclass(cls, A.BasicTransform)) or \
                 issubclass(cls, A.BaseCompose if hasattr(A, "BaseCompose") else ()):
-            raise ValueError(f"{self.name!r} is not an albumentations transform (for example "
-                             "Erasing, CoarseDropout, HorizontalFlip, Affine, GaussNoise)")
+            names = [n for n, c in vars(A).items() if inspect.isclass(c)
+                     and issubclass(c, A.BasicTransform)]
+            raise ValueError(f"{self.name!r} is not an albumentations transform"
+                             f"{did_you_mean(self.name, names)} (for example Erasing, "
+                             "CoarseDropout, HorizontalFlip, Affine, GaussNoise)")
         accepted = [p for p in inspect.signature(cls.__init__).parameters
                     if p not in ("self", "args", "kwargs")]
         unknown = sorted(set(self.params) - set(accepted))
         if unknown:
-            raise ValueError(f"{self.name} has no parameter(s) {unknown}; it takes {accepted}")
+            raise ValueError(f"{self.name} has no parameter(s) {unknown}"
+                             f"{did_you_mean(unknown[0], accepted)}; it takes {accepted}")
         try:
             cls(**self.params)
         except Exception as exc:  # albumentations validates with pydantic and plain checks

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
 from trainflow.spec.base import Section
 
@@ -12,6 +12,10 @@ Activation = Literal["relu", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "e
 Scheme = Literal["default", "xavier_uniform", "xavier_normal", "kaiming_uniform",
                  "kaiming_normal", "orthogonal"]
 Init = Scheme | dict[Literal["linear", "conv", "recurrent"], Scheme]
+# A layer's width: wider than the widest published models' layers is a typo (the memory
+# estimate in engine/checks.py then judges the whole model against the machine).
+MAX_WIDTH = 2**17
+Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
 INIT_HELP = ("weight initialization, one scheme for every layer or one per layer type "
              "({linear: kaiming_normal, recurrent: orthogonal}); biases of re-initialized "
              "layers start at zero; default: PyTorch's own")
@@ -40,7 +44,7 @@ class MLPParams(ModelParams):
 
     type: Literal["mlp"]
     hidden_layers: int = Field(2, ge=0, le=64)
-    units: PositiveInt | list[PositiveInt] = 64
+    units: Width | list[Width] = 64
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     norm: Literal["none", "batch", "layer"] = "none"
@@ -65,9 +69,9 @@ class CNNParams(ModelParams):
     """Conv blocks (conv, activation, 2x2 max-pool while the map is larger than 1x1), then a head."""
 
     type: Literal["cnn"]
-    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64], min_length=1)
+    channels: list[Width] = Field(default_factory=lambda: [32, 64], min_length=1, max_length=64)
     kernel_size: int = Field(3, ge=1, le=11)
-    hidden: PositiveInt = 128
+    hidden: Width = 128
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     norm: Literal["batch", "none"] = "batch"
@@ -86,7 +90,7 @@ class RecurrentParams(ModelParams):
     from the last step; tabular rows are read as one-channel sequences."""
 
     type: Literal["rnn", "lstm", "gru"]
-    hidden: PositiveInt = 64
+    hidden: Width = 64
     layers: int = Field(1, ge=1, le=16)
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="between stacked layers and "
                            "before the head")
@@ -107,10 +111,10 @@ class TransformerParams(ModelParams):
     """A Transformer encoder: a token per sequence step, or per feature of a tabular row."""
 
     type: Literal["transformer"]
-    d_model: PositiveInt = 64
-    heads: PositiveInt = 4
+    d_model: Width = 64
+    heads: int = Field(4, gt=0, le=1024)
     layers: int = Field(2, ge=1, le=48)
-    ff: PositiveInt = Field(128, description="feed-forward width in each layer")
+    ff: Width = Field(128, description="feed-forward width in each layer")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     activation: Literal["relu", "gelu"] = "gelu"
     norm_first: bool = Field(True, description="pre-norm layers (LayerNorm before attention)")

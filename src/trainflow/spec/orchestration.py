@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from trainflow import registry
+from trainflow.errors import did_you_mean
 from trainflow.spec.base import Section
 
 # Every Prefect task of a pipeline run, by task name (the data steps come from the registry).
@@ -67,6 +68,7 @@ class OrchestrationSpec(Section):
     def _known_steps(cls, value):
         unknown = [name for name in value if name not in TASK_NAMES]
         if unknown:
-            raise ValueError(f"unknown step(s) {', '.join(map(repr, unknown))}; steps: "
-                             f"{', '.join(TASK_NAMES)}")
+            raise ValueError(f"unknown step(s) {', '.join(map(repr, unknown))}"
+                             f"{did_you_mean(unknown[0], TASK_NAMES)} (steps: "
+                             f"{', '.join(TASK_NAMES)})")
         return value

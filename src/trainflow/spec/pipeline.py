@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from trainflow import registry
-from trainflow.errors import SpecError
+from trainflow.errors import SpecError, did_you_mean
 from trainflow.spec.base import Section
+from trainflow.spec.loading import load_raw, parse_yaml
 from trainflow.spec.evaluate import EvaluateSpec, OutputsSpec
 from trainflow.spec.orchestration import OrchestrationSpec, RunnerSpec
 from trainflow.spec.train import TrainSpec
@@ -95,21 +96,47 @@ class PipelineSpec(Section):
 
 # ---- overrides -------------------------------------------------------------------------------
 
+def parse_key_path(text: str) -> list[str]:
+    """The keys of a `dotted.path` (ValueError for an empty one or an empty segment).
+
+    The one parser of override paths: `--set`, and the check of what a run's parameters may
+    set, read the same keys, so no spelling (`data..source.path`) means one thing to the
+    check and another to the override.
+    """
+    keys = [k.strip() for k in text.strip().split(".")]
+    if keys == [""]:
+        raise ValueError("empty key path: write key.path=value")
+    if "" in keys:
+        raise ValueError(f"empty segment in key path {text.strip()!r}: write keys with one dot "
+                         "between them, e.g. train.lr=3e-4")
+    return keys
+
+
+def parse_assignment(assignment: str) -> tuple[list[str], Any]:
+    """The keys and the (YAML) value of a `dotted.path=value` override; ValueError if bad."""
+    if not isinstance(assignment, str) or "=" not in assignment:
+        raise ValueError(f"expected key.path=value, got {_short(assignment)}")
+    path, value_text = assignment.split("=", 1)
+    keys = parse_key_path(path)
+    try:
+        value = parse_yaml(value_text) if value_text.strip() else None
+    except ValueError as exc:
+        raise ValueError(f"the value of {'.'.join(keys)}: {exc}") from None
+    return keys, value
+
+
 def apply_override(raw: dict, assignment: str) -> None:
     """Apply one `dotted.path=value` override (value parsed as YAML) to the raw spec dict."""
-    if "=" not in assignment:
-        raise SpecError("--set", [(assignment, "expected key.path=value")])
-    path, value_text = assignment.split("=", 1)
-    keys = [k for k in path.strip().split(".") if k]
-    if not keys:
-        raise SpecError("--set", [(assignment, "empty key path")])
-    value = yaml.safe_load(value_text) if value_text.strip() else None
+    try:
+        keys, value = parse_assignment(assignment)
+    except ValueError as exc:
+        raise SpecError("--set", [(str(assignment)[:80], str(exc))]) from None
     node: Any = raw
     for depth, key in enumerate(keys):
         last = depth == len(keys) - 1
         where = ".".join(keys[:depth + 1])
         if isinstance(node, list):
-            if not key.isdigit() or int(key) >= len(node):
+            if not key.isdecimal() or int(key) >= len(node):
                 raise SpecError("--set", [(where, f"no list item {key!r} (list has {len(node)})")])
             key = int(key)
         elif not isinstance(node, dict):
@@ -124,6 +151,13 @@ def apply_override(raw: dict, assignment: str) -> None:
 
 # ---- error messages that name the YAML path --------------------------------------------------
 
+MAX_PROBLEMS = 30  # a fuzzed list of 10,000 bad items is still one screen of problems
+
+
+BRANCH = re.compile(r"[\[\]'-]")  # pydantic's labels of union branches: list[int], ...
+SCALARS = ("int", "float", "str", "bool", "bytes", "none")
+
+
 def _unwrap(annotation: Any) -> list[Any]:
     """The model classes an annotation can hold (through Optional, list, Annotated, unions)."""
     origin = typing.get_origin(annotation)
@@ -136,22 +170,32 @@ def _unwrap(annotation: Any) -> list[Any]:
     return []
 
 
+def _tagged(models: list[type[BaseModel]], tag: Any) -> list[type[BaseModel]]:
+    """The models whose `type` literal admits `tag` (a discriminated union's member)."""
+    return [m for m in models if "type" in m.model_fields
+            and repr(str(tag)) in str(m.model_fields["type"].annotation)]
+
+
 def _yaml_path_and_model(raw: Any, loc: tuple) -> tuple[str, type[BaseModel] | None]:
     """Drop the union tags pydantic inserts into `loc`; find the model at the location."""
     parts: list[str] = []
     node, models = raw, [PipelineSpec]
-    for item in loc:
+    for i, item in enumerate(loc):
         if isinstance(node, dict) and item not in node and node.get("type") == item:
-            models = [m for m in models if item in str(m.model_fields.get("type").annotation)]
+            models = _tagged(models, item)
+            continue
+        # The branch of a plain union (`int | list[int]`): not a key, yet the error is inside.
+        if isinstance(item, str) and node is not None and (
+                not isinstance(node, dict) or (item not in node and (
+                    i < len(loc) - 1 or BRANCH.search(item) or item in SCALARS))):
             continue
         parts.append(str(item))
         if isinstance(item, str):
             fields = [m.model_fields[item] for m in models if item in m.model_fields]
             models = [m for f in fields for m in _unwrap(f.annotation)]
         node = node[item] if isinstance(node, (dict, list)) and _has(node, item) else None
-    if isinstance(node, dict) and "type" in node:
-        models = [m for m in models if str(node["type"]) in str(
-            m.model_fields["type"].annotation)] or models
+    if isinstance(node, dict) and isinstance(node.get("type"), str):
+        models = _tagged(models, node["type"]) or models
     return ".".join(parts) or "(top level)", (models[0] if len(models) == 1 else None)
 
 
@@ -161,21 +205,36 @@ def _has(node: Any, item: Any) -> bool:
     return isinstance(item, int) and 0 <= item < len(node)
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+def _quoted(text: Any) -> list[str]:
+    """The values pydantic lists in a message ("'relu', 'gelu' or 'tanh'")."""
+    return re.findall(r"'([^']*)'", str(text))
+
+
 def _describe(error: dict, raw: Any) -> tuple[str, str]:
     loc = error["loc"]
     kind = error["type"]
+    ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
         path, model = _yaml_path_and_model(raw, loc[:-1])
         key = loc[-1]
         full = f"{path}.{key}" if path != "(top level)" else str(key)
         allowed = sorted(model.model_fields) if model else []
-        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
-        return full, f"unknown key {key!r}{hint}"
+        listed = f" (allowed keys: {', '.join(allowed)})" if allowed else ""
+        return full, f"unknown key {_short(key)}{did_you_mean(key, allowed)}{listed}"
     path, _ = _yaml_path_and_model(raw, loc)
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
     if kind not in ("missing",) and not isinstance(value, (dict, list)):
-        message += f" (got {value!r})"
+        message += f" (got {_short(value)})"
+    if kind == "union_tag_invalid":
+        message += did_you_mean(ctx.get("tag"), _quoted(ctx.get("expected_tags")))
+    elif kind in ("literal_error", "enum") and isinstance(value, str):
+        message += did_you_mean(value, _quoted(ctx.get("expected")))
     return path, message
 
 
@@ -186,27 +245,17 @@ def validate_spec(raw: Any, source: str = "spec") -> PipelineSpec:
     try:
         return PipelineSpec.model_validate(raw)
     except ValidationError as exc:
-        problems = [_describe(e, raw) for e in exc.errors(include_url=False)]
+        errors = exc.errors(include_url=False)
+        problems = [_describe(e, raw) for e in errors[:MAX_PROBLEMS]]
+        if len(errors) > MAX_PROBLEMS:
+            problems.append(("...", f"and {len(errors) - MAX_PROBLEMS} more problem(s)"))
         raise SpecError(source, problems) from None
-
-
-def load_raw(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(str(path), [("(file)", "spec file not found")])
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        raise SpecError(str(path), [(where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]) \
-            from None
-    return raw if raw is not None else {}
 
 
 def resolve_data_paths(raw: dict, base: Path) -> None:
     """A relative `data.source.path` in a spec file is relative to that file's folder."""
-    source = raw.get("data", {}).get("source") if isinstance(raw.get("data"), dict) else None
+    data = raw.get("data")
+    source = data.get("source") if isinstance(data, dict) else None
     if isinstance(source, dict) and isinstance(source.get("path"), str):
         if not Path(source["path"]).is_absolute():
             source["path"] = str(base / source["path"])
@@ -223,5 +272,3 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 def schema_json() -> str:
     return json.dumps(PipelineSpec.model_json_schema(), indent=2)
-
-

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
 
-from trainflow.spec.base import Section
+from trainflow.spec.base import MAX_EPOCHS, MAX_STEPS, Section
 
 
 class Warmup(Section):
     """Ramp the learning rate up from `start_factor` x lr over `steps` optimizer steps, or over
     a `fraction` of all training steps; `linear` or `exponential` (geometric) ramp."""
 
-    steps: PositiveInt | None = None
+    steps: int | None = Field(None, gt=0, le=MAX_STEPS)
     fraction: float | None = Field(None, gt=0, lt=1)
     mode: Literal["linear", "exponential"] = "linear"
     start_factor: float = Field(0.01, gt=0, le=1)
@@ -36,13 +36,14 @@ class _Schedule(Section):
 
 class StepSchedule(_Schedule):
     type: Literal["step"]
-    step_epochs: PositiveInt = 10
+    step_epochs: int = Field(10, gt=0, le=MAX_EPOCHS)
     gamma: float = Field(0.1, gt=0, le=1)
 
 
 class MultiStepSchedule(_Schedule):
     type: Literal["multi_step"]
-    milestones: list[PositiveInt] = Field(min_length=1, description="epochs")
+    milestones: list[Annotated[int, Field(gt=0, le=MAX_EPOCHS)]] = Field(
+        min_length=1, max_length=1000, description="epochs")
     gamma: float = Field(0.1, gt=0, le=1)
 
 
@@ -58,8 +59,8 @@ class CosineSchedule(_Schedule):
 
 class CosineRestartsSchedule(_Schedule):
     type: Literal["cosine_restarts"]
-    period_epochs: PositiveInt = 10
-    period_mult: PositiveInt = 1
+    period_epochs: int = Field(10, gt=0, le=MAX_EPOCHS)
+    period_mult: int = Field(1, gt=0, le=100)
     min_lr: float = Field(0.0, ge=0)
 
 
@@ -68,7 +69,7 @@ class CyclicSchedule(_Schedule):
 
     type: Literal["cyclic"]
     base_lr: float = Field(1e-4, gt=0)
-    half_cycle_steps: PositiveInt = 200
+    half_cycle_steps: int = Field(200, gt=0, le=MAX_STEPS)
     mode: Literal["triangular", "triangular2", "exp_range"] = "triangular"
 
 

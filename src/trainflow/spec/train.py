@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, PositiveInt, model_validator
 
 from trainflow.spec.augment import AugmentSpec
-from trainflow.spec.base import Section
+from trainflow.spec.base import MAX_BATCH, MAX_EPOCHS, MAX_STEPS, Section
 from trainflow.spec.schedule import Schedule
 
 
@@ -84,9 +84,10 @@ class LoaderSpec(Section):
     workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes, started "
                          "each epoch: worth it when per-sample work (image augmentation) "
                          "outweighs their start-up")
-    prefetch: PositiveInt = Field(2, description="batches each worker prepares ahead")
-    shuffle_buffer: int = Field(10_000, ge=0, description="samples pooled and permuted "
-                                "(records are also drawn from a buffer of 8); 0: file order")
+    prefetch: int = Field(2, gt=0, le=64, description="batches each worker prepares ahead")
+    shuffle_buffer: int = Field(10_000, ge=0, le=10_000_000, description="samples pooled and "
+                                "permuted (records are also drawn from a buffer of 8); 0: file "
+                                "order")
     pin_memory: Literal["auto"] | bool = Field("auto", description="auto: on when on CUDA")
     resampled: bool = Field(
         False, description="draw shards with replacement so every rank gets the same number "
@@ -119,7 +120,7 @@ class Adversarial(Section):
 
     method: Literal["fgsm", "pgd"] = "pgd"
     epsilon: float = Field(..., gt=0)
-    steps: PositiveInt | None = Field(None, description="PGD steps (default 7; FGSM takes "
+    steps: int | None = Field(None, gt=0, le=1000, description="PGD steps (default 7; FGSM takes "
                                       "one)")
     step_size: float | None = Field(None, gt=0, description="PGD step (default 2.5 * "
                                     "epsilon / steps)")
@@ -158,14 +159,14 @@ class BatchRamp(Section):
     """Start with a small batch and grow it linearly to batch_size over the first epochs."""
 
     start: PositiveInt
-    epochs: PositiveInt
+    epochs: int = Field(..., gt=0, le=MAX_EPOCHS)
 
 
 class AutoBatch(Section):
     """Find the largest batch (batch_size x 2^k) whose training step fits in memory_mb."""
 
     memory_mb: float = Field(..., gt=0, description="memory budget of a training step")
-    max: PositiveInt = Field(8192, description="upper bound of the search")
+    max: int = Field(8192, gt=0, le=MAX_BATCH, description="upper bound of the search")
 
 
 class TrainSpec(Section):
@@ -180,11 +181,11 @@ class TrainSpec(Section):
         "lr for a pretrained backbone: {'0.*': 0.1})")
     l1: float = Field(0.0, ge=0, description="L1 penalty on weights (not biases) in the loss")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    batch_size: PositiveInt = 64
+    batch_size: int = Field(64, gt=0, le=MAX_BATCH)
     batch_ramp: BatchRamp | None = None
     auto_batch: AutoBatch | None = Field(None, description="search the largest batch that "
                                          "fits, starting from batch_size")
-    accumulate: PositiveInt = Field(1, description="batches per optimizer step")
+    accumulate: int = Field(1, gt=0, le=4096, description="batches per optimizer step")
     tbptt: PositiveInt | None = Field(
         None, description="truncated backpropagation through time (recurrent models): the "
         "gradient flows through the last `tbptt` steps of each sequence; the state over the "
@@ -193,9 +194,9 @@ class TrainSpec(Section):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="mixed precision: bf16 autocast (CPU or CUDA), fp16 with a grad "
         "scaler (CUDA only)")
-    epochs: PositiveInt = 20
-    max_steps: PositiveInt | None = Field(None, description="stop after this many optimizer "
-                                          "steps (epochs is then an upper bound)")
+    epochs: int = Field(20, gt=0, le=MAX_EPOCHS)
+    max_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="stop after this many "
+                                  "optimizer steps (epochs is then an upper bound)")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="balanced: weight each class's loss by n / (classes * count)")
     sampler: Literal["shuffle", "weighted"] = Field(

@@ -1,0 +1,138 @@
+"""A run started from the UI cannot point the worker at its files, however the key is spelled."""
+
+import typing
+
+import pytest
+import yaml
+
+from trainflow.deployments import spec_from_parameters
+from trainflow.errors import SpecError
+from trainflow.spec.base import Section
+from trainflow.spec.pipeline import PipelineSpec
+from trainflow.spec.settable import free_text, refusal
+
+pytestmark = pytest.mark.faults
+
+SECRET_LINE = "root:x:0:0:root:/root:/bin/bash"
+
+
+@pytest.fixture
+def worker(tmp_path, monkeypatch):
+    """A pipelines folder with a CSV pipeline, and a file of the worker's outside it."""
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    rows = "".join(f"{i},{i % 3},{'a' if i % 2 else 'b'}\n" for i in range(60))
+    (folder / "table.csv").write_text("x,z,label\n" + rows)
+    spec = {"name": "tabular", "data": {"source": {"type": "csv", "path": "table.csv",
+                                                   "target": "label"},
+                                        "steps": [{"type": "split"}]},
+            "model": {"type": "mlp", "units": 8}, "train": {"epochs": 1}}
+    (folder / "tabular.yaml").write_text(yaml.safe_dump(spec))
+    secret = tmp_path / "passwd"
+    secret.write_text(f"{SECRET_LINE}\nx,y\n1,2\n")
+    monkeypatch.setenv("TRAINFLOW_PIPELINES_DIR", str(folder))
+    return secret
+
+
+def refused(override: str) -> tuple[str, str]:
+    with pytest.raises(SpecError) as caught:
+        spec_from_parameters("tabular", {}, [override])
+    assert SECRET_LINE not in str(caught.value) and "root:x" not in str(caught.value)
+    return caught.value.problems[0]
+
+
+@pytest.mark.parametrize("key", [
+    "data..source.path", "data.source..path", ".data.source.path", "data.source.path.",
+    "data...source.path", "data.source.path..",
+])
+def test_empty_segments_are_refused_naming_the_parameter(worker, key):
+    where, why = refused(f"{key}={worker}")
+    assert where == "overrides.0" and "empty segment" in why
+
+
+@pytest.mark.parametrize("override", [
+    " data.source.path ={secret}", "data . source . path={secret}", "data.source.path={secret}",
+    "data.source={{type: csv, path: {secret}, target: x}}",
+    "data={{source: {{type: csv, path: {secret}, target: x}}, steps: [{{type: split}}]}}",
+    "train.loader.cache_dir=/tmp/cache", "train={{loader: {{cache_dir: /tmp/cache}}}}",
+    "train.pretrained.path={secret}", "train.pretrained={{path: {secret}}}",
+    "train.distill.teacher={secret}", "train.log.tensorboard=/tmp/tb",
+    "outputs.store=/tmp/elsewhere", "outputs.runs=/tmp/runs", "outputs={{runs: /x}}",
+    "runner.address=tcp://10.0.0.1:8786", "runner={{type: dask, address: tcp://10.0.0.1:1}}",
+    "data.steps.0.columns=[x]", "train.augment.transforms.0.params.x=1",
+])
+def test_paths_and_sections_holding_them_are_worker_only(worker, override):
+    where, why = refused(override.format(secret=worker))
+    assert where == "overrides.0" and "cannot be set from a run's parameters" in why
+
+
+@pytest.mark.parametrize("override", ["data.ѕource.path={secret}",  # a Cyrillic s
+                                      "data.sources.path={secret}"])
+def test_a_look_alike_key_is_an_unknown_key_not_a_path(worker, override):
+    where, why = refused(override.format(secret=worker))
+    assert where.startswith("data.") and "unknown key" in why
+
+
+def test_numbers_switches_and_choices_still_reach_the_spec(worker):
+    spec = spec_from_parameters("tabular", {"epochs": 2, "lr": 0.01}, [
+        "train.optimizer.type=sgd", "data.steps.0.test=0.3", "model.init.linear=orthogonal",
+        "train.early_stopping={patience: 3}", "train.loader.workers=0", "seed=7"])
+    assert spec.train.epochs == 2 and spec.train.optimizer.type == "sgd"
+    assert spec.data.split.test == 0.3 and spec.model.init == {"linear": "orthogonal"}
+    assert spec.train.early_stopping.patience == 3 and spec.seed == 7
+    assert spec.data.source.path.endswith("pipelines/table.csv")
+
+
+def _leaves(model, prefix=()):
+    """Every field path of a model, through nested models and union members."""
+    for name, field in model.model_fields.items():
+        yield (*prefix, name), field.annotation
+        for inner in _models(field.annotation):
+            yield from _leaves(inner, (*prefix, name, *(("0",) if _is_list(field) else ())))
+
+
+def _models(annotation):
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models(arg)] if origin else []
+
+
+def _is_list(field):
+    return "list[" in str(field.annotation)
+
+
+def test_every_text_field_of_the_schema_is_worker_only():
+    paths = {".".join(keys): (keys, ann) for keys, ann in _leaves(PipelineSpec)}
+    texts = [p for p, (keys, ann) in paths.items() if free_text(ann)]
+    for known in ("data.source.path", "outputs.store", "train.loader.cache_dir",
+                  "train.pretrained.path", "train.distill.teacher", "runner.address"):
+        assert known in texts
+    assert all(refusal(paths[p][0], PipelineSpec) for p in texts)
+    for knob in ("train.epochs", "train.lr", "train.batch_size", "evaluate.cv.folds"):
+        assert refusal(knob.split("."), PipelineSpec) is None
+
+
+def test_a_field_added_later_is_worker_only_by_default():
+    class Weights(Section):
+        location: str
+        scale: float = 1.0
+
+    class Root(Section):
+        weights: Weights | None = None
+        extra: dict[str, typing.Any] = {}
+
+    assert refusal(["weights", "location"], Root)
+    assert refusal(["weights"], Root) and refusal(["extra", "k"], Root)
+    assert refusal(["weights", "scale"], Root) is None
+
+
+def test_a_ui_run_never_reads_a_file_outside_the_pipelines_folder(worker, prefect_engine):
+    from trainflow.flows.deployments import train
+
+    state = train(pipeline="tabular", overrides=[f"data..source.path={worker}"],
+                  return_state=True)
+    assert state.is_failed()
+    message = str(state.message)
+    assert "overrides.0" in message and "empty segment" in message
+    assert SECRET_LINE not in message
