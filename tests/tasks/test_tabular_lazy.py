@@ -10,7 +10,7 @@ import pytest
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.errors import ArtifactError, DataError
-from trainflow.preflight import check_file as check_declared_types
+from trainflow.preflight import check_file
 from trainflow.steps import fit_apply, materialize, read_parts
 from trainflow.tables import class_counts, read_table
 from trainflow.tasks import clean, encode, normalize
@@ -50,12 +50,12 @@ def test_values_that_do_not_convert_are_listed_before_any_work(tmp_path, store):
     source = FileSource(type="csv", path=str(path), target="label",
                         columns={"a": "float64", "b": "int64", "label": "str"})
     with pytest.raises(DataError) as err:
-        check_declared_types(source)
+        check_file(source)
     message = str(err.value)
     assert "'a' to float64: 1 value(s) such as ['abc']" in message
     assert "'b' to int64: 2 value(s) such as ['oops', '4.5']" in message
     with pytest.raises(DataError, match="'gone'"):
-        check_declared_types(source.model_copy(update={"columns": {"gone": "float64",
+        check_file(source.model_copy(update={"columns": {"gone": "float64",
                                                                    "label": "str"}}))
 
 
@@ -254,4 +254,15 @@ def test_declared_values_that_do_not_convert_name_the_first_line(tmp_path):
     source = FileSource(type="csv", path=str(path), target="label",
                         columns={"a": "float64", "label": "str"})
     with pytest.raises(DataError, match=r"\['abc'\] \(the first on line 4\)"):
-        check_declared_types(source)
+        check_file(source)
+
+
+def test_a_label_past_the_inferred_rows_names_its_line(tmp_path):
+    """Labels read as numbers from the first rows, then a word: named before any task (the
+    target is checked like the features)."""
+    path = tmp_path / "labels.csv"
+    path.write_text("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(10_100))
+                    + "5,unknown\n")
+    with pytest.raises(DataError, match="column 'label' .* first 10000 rows, which set its "
+                                        "type, but line 10102 holds 'unknown'"):
+        check_file(FileSource(type="csv", path=str(path), target="label"))
