@@ -29,6 +29,7 @@ def check_data(spec: PipelineSpec) -> None:
     labels = read_labels(source)
     target = labels.name
     check_classification_target(labels)
+    _check_labelled(labels, spec)
     counts = _class_counts(labels)
     if not counts:
         raise DataError(f"target {target!r} has no values: the data has {len(labels)} rows, "
@@ -65,6 +66,19 @@ def check_classification_target(labels: pl.Series) -> None:
             "data.source.target, or turn the numbers into a few classes (bins) in a column "
             f"of their own; if they are labels, declare it as text (data.source.columns: "
             f"{{{labels.name}: str, ...}})")
+
+
+def _check_labelled(labels: pl.Series, spec: PipelineSpec) -> None:
+    """Rows without a label must be dropped by a `clean` step before the split: no split,
+    shard or loss can use them."""
+    missing = labels.null_count()
+    if missing and not any(step.type == "clean" and getattr(step, "drop_missing_label", False)
+                           for step in spec.data.pre_split):
+        first = int(labels.is_null().arg_true()[0])
+        where = f" (the first is data row {first + 1})"
+        raise DataError(f"target {labels.name!r} has {missing} row(s) without a label{where}; "
+                        "add a `clean` step before `split` (it drops them), or fill in the "
+                        "labels")
 
 
 def _check_stratified_split(counts: dict[str, int], target: str, validation: float,

@@ -112,8 +112,7 @@ def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.nda
             "Add a `clean` step (missing: drop/mean/median/mode/constant) before `split`, "
             "or fix the source data."
         )
-    index = {name: i for i, name in enumerate(schema.classes)}
-    y = np.asarray([index[str(v)] for v in df[schema.target].to_list()], dtype=np.int64)
+    y = _codes(df, schema.target, schema.classes, "target")
     if schema.aux_targets:  # labels (n, 1 + tasks): the main target first
         y = np.stack([y, *(_codes(df, name, classes)
                            for name, classes in schema.aux_targets.items())], axis=1)
@@ -121,11 +120,16 @@ def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.nda
     return (x if x.flags.writeable else x.copy()), y  # polars may hand out read-only views
 
 
-def _codes(df: pl.DataFrame, column: str, classes: list[str]) -> np.ndarray:
-    """Class indices of an auxiliary target column; a missing or unknown label is an error."""
+def _codes(df: pl.DataFrame, column: str, classes: list[str],
+           role: str = "aux target") -> np.ndarray:
+    """Class indices of a target column; a missing or unknown label is an error."""
     index = {name: i for i, name in enumerate(classes)}
     values = df[column].cast(pl.Utf8).to_list()
     bad = [v for v in values if v is None or v not in index]
+    if bad and role == "target":
+        raise DataError(f"target {column!r}: {len(bad)} row(s) without a known label (such as "
+                        f"{bad[:3]}) reach the shards; add a `clean` step before `split` (it "
+                        "drops rows without a label)")
     if bad:
         raise DataError(f"aux target {column!r}: {len(bad)} row(s) without a known label (such "
                         f"as {bad[:3]}); rows made by resample or synthesize have none, so "

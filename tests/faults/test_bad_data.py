@@ -167,3 +167,12 @@ def test_an_object_array_in_a_streamed_shard_names_the_shard_and_member(tmp_path
     err = refused(trainflow("task", "train", "--spec", str(spec), "--input", str(ref),
                             "--set", "train.loader={mode: stream, workers: 1}"))
     assert "train-000000.tar" in err and "member x.npy" in err and "not a trainflow record" in err
+
+
+def test_rows_without_a_label_and_no_clean_step_are_refused_before_any_task(tmp_path):
+    lines = rows(40)
+    lines[7] = "0.3,1,"  # data row 8 has no label; the spec splits at random, without `clean`
+    spec = write_spec(tmp_path, write_csv(tmp_path, lines))
+    err = refused(trainflow("run", str(spec), "--set", "data.steps.0.strategy=random"))
+    assert "1 row(s) without a label (the first is data row 8)" in err and "`clean`" in err
+    assert not (tmp_path / "store").exists()

@@ -204,7 +204,8 @@ def test_a_bad_record_read_by_a_loader_worker_is_one_clean_error(tmp_path):
     np.save(buffer, np.array([{"evil": 1}, None], dtype=object), allow_pickle=True)
     shard = tmp_path / "train-000000.tar"
     with tarfile.open(shard, mode="w") as archive:
-        for name, data in (("k.x.npy", buffer.getvalue()), ("k.y.npy", _npy(np.zeros(2, np.int64)))):
+        for name, data in (("k.x.npy", buffer.getvalue()),
+                           ("k.y.npy", _npy(np.zeros(2, np.int64)))):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
