@@ -27,7 +27,7 @@ from trainflow.tasks.train import train_model
 @flow(name="trainflow-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def pipeline(spec: PipelineSpec) -> dict:
     store = str(Path(spec.outputs.store).resolve())
-    Store(store).sweep()
+    Store(store).sweep()  # opening refuses a folder trainflow did not create and mark
     data = prepare_data(spec, store)
     model = step(train_model, spec)(data["shards"], spec.model, spec.train, spec.seed, store)
     test = step(evaluate_model, spec)(model, data["shards"], store)

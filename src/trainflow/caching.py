@@ -99,12 +99,19 @@ def record_path(key: str) -> Path:
     return Path(get_current_settings().results.local_storage_path).expanduser() / key
 
 
+@lru_cache(maxsize=None)
 def result_type(fn: Any) -> Any:
-    """The result a task declares (its return annotation), or None when it declares none."""
+    """The result a task declares (its return annotation), or None when it declares none
+    (then no record of it is ever served, and the warning says so)."""
     try:
         return get_type_hints(fn).get("return")
     except (NameError, TypeError):  # an annotation that does not resolve: nothing declared
         return None
+
+
+@lru_cache(maxsize=None)
+def _adapter(declared: Any) -> TypeAdapter:
+    return TypeAdapter(declared)
 
 
 def drop_stale_record(key: str, declared: Any) -> bool:
@@ -136,12 +143,14 @@ def record_problem(path: Path, declared: Any) -> str | None:
         return f"not a readable result record ({exc.__class__.__name__})"
     if serializer != JSON_SERIALIZER:
         kind = serializer.get("type") if isinstance(serializer, dict) else serializer
-        return f"its serializer is {kind!r} with other settings than trainflow's JSON"
+        if kind != JSON_SERIALIZER["type"]:
+            return f"its serializer is {kind!r}, not trainflow's JSON"
+        return "its serializer is JSON with other settings (library, decoder) than trainflow's"
     if not isinstance(payload, str):
         return "its result is not JSON text"
     try:
         raw = json.loads(payload)
-        value = TypeAdapter(declared).validate_python(_plain(raw))
+        value = _adapter(declared).validate_python(_plain(raw))
         again = json.loads(JSON.dumps(value))
     except (ValueError, TypeError, RecursionError) as exc:
         return f"its result is not a {_name(declared)} ({exc.__class__.__name__})"

@@ -181,12 +181,21 @@ def open_store(root: Path, folders: Collection[str]) -> None:
     other: the sweep and the writers then touch only what the store wrote."""
     refusal = _refusal(root, folders)
     if refusal is not None:
+        example = (root if root.is_dir() else root.parent) / ".trainflow"
         raise StoreError(f"outputs.store: {root} {refusal}; trainflow keeps its artifacts in a "
                          "folder of its own: set outputs.store to a new or empty folder (for "
-                         f"example {root / '.trainflow'})")
-    if not (root / MARKER).is_file():
+                         f"example {example})")
+    if (root / MARKER).is_file():
+        return
+    try:
         root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(root / MARKER, json.dumps({"trainflow_store": STORE_VERSION}) + "\n")
+    except OSError as exc:
+        reason = out_of_space(exc)
+        if reason is not None:
+            raise full_error(reason, f"the store folder {root}", root.parent) from None
+        raise StoreError(f"outputs.store: cannot create the store folder {root} "
+                         f"({exc.strerror or exc}): choose a folder you may write to") from None
+    atomic_write_text(root / MARKER, json.dumps({"trainflow_store": STORE_VERSION}) + "\n")
 
 
 def store_of(path: Path) -> Path | None:

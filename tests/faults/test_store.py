@@ -169,5 +169,6 @@ def test_a_full_disk_is_not_retried_by_prefect(prefect_engine, stored, tmp_path)
     result = json.loads(done.stdout.split("RESULT ", 1)[1])
     assert result["state"] == "Failed" and result["error"] == "StoreFullError", out
     assert f"free space on the disk that holds {store}" in result["message"]
+    assert "for flow 'shard-on-a-full-disk'" in out, out  # Prefect's log is shown: no retry in it
     assert "Retry 1/" not in out and "AwaitingRetry" not in out, out
     assert snapshot(store) == before
