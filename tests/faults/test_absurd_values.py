@@ -73,12 +73,14 @@ def test_a_model_too_big_for_the_machine_is_refused_before_any_task(refusals):
 
 
 @pytest.mark.parametrize("override, field", [
-    ("train.batch_size=1e9", "train.batch_size"), ("train.max_steps=1e15", "train.max_steps"),
-    ("train.accumulate=1e6", "train.accumulate"), ("train.weight_decay=.inf",
-                                                   "train.weight_decay"),
-    ("train.checkpoint_interval_s=.nan", "train.checkpoint_interval_s"),
+    ("train.batch_size=1.0e+9", "train.batch_size"),
+    ("train.max_steps=1.0e+15", "train.max_steps"),
+    ("train.accumulate=1000000", "train.accumulate"),
+    ("train.weight_decay=.inf", "train.weight_decay"),
+    ("train.checkpoint_interval_s=.inf", "train.checkpoint_interval_s"),
     ("train.adversarial={epsilon: 0.1, steps: 1000000}", "train.adversarial.steps"),
-    ("train.schedule={type: multi_step, milestones: [1e12]}", "train.schedule.milestones.0"),
+    ("train.schedule={type: multi_step, milestones: [1000000000000]}",
+     "train.schedule.milestones.0"),
 ])
 def test_other_unbounded_costs_are_refused(override, field):
     with pytest.raises(SpecError) as caught:

@@ -50,37 +50,31 @@ def test_empty_segments_are_refused_naming_the_parameter(worker, key):
     assert where == "overrides.0" and "empty segment" in why
 
 
-@pytest.mark.parametrize("override", [
-    " data.source.path ={secret}", "data . source . path={secret}", "data.source.path={secret}",
+# Spellings the old check let through (the first ones) and ones it already refused, kept here
+# so a change to the allowlist cannot reopen them.
+WORKER_ONLY = [
+    "data . source . path={secret}", "train.pretrained.path={secret}",
+    "train.pretrained={{path: {secret}}}", "train.distill.teacher={secret}",
+    "train.log.tensorboard=/tmp/tb", "data.steps.0.columns=[x]",
+    "train.augment.transforms.0.params.x=1",
+    " data.source.path ={secret}", "data.source.path={secret}",
     "data.source={{type: csv, path: {secret}, target: x}}",
     "data={{source: {{type: csv, path: {secret}, target: x}}, steps: [{{type: split}}]}}",
     "train.loader.cache_dir=/tmp/cache", "train={{loader: {{cache_dir: /tmp/cache}}}}",
-    "train.pretrained.path={secret}", "train.pretrained={{path: {secret}}}",
-    "train.distill.teacher={secret}", "train.log.tensorboard=/tmp/tb",
     "outputs.store=/tmp/elsewhere", "outputs.runs=/tmp/runs", "outputs={{runs: /x}}",
     "runner.address=tcp://10.0.0.1:8786", "runner={{type: dask, address: tcp://10.0.0.1:1}}",
-    "data.steps.0.columns=[x]", "train.augment.transforms.0.params.x=1",
-])
-def test_paths_and_sections_holding_them_are_worker_only(worker, override):
-    where, why = refused(override.format(secret=worker))
-    assert where == "overrides.0" and "cannot be set from a run's parameters" in why
+]
 
 
-@pytest.mark.parametrize("override", ["data.ѕource.path={secret}",  # a Cyrillic s
-                                      "data.sources.path={secret}"])
-def test_a_look_alike_key_is_an_unknown_key_not_a_path(worker, override):
-    where, why = refused(override.format(secret=worker))
-    assert where.startswith("data.") and "unknown key" in why
-
-
-def test_numbers_switches_and_choices_still_reach_the_spec(worker):
-    spec = spec_from_parameters("tabular", {"epochs": 2, "lr": 0.01}, [
-        "train.optimizer.type=sgd", "data.steps.0.test=0.3", "model.init.linear=orthogonal",
-        "train.early_stopping={patience: 3}", "train.loader.workers=0", "seed=7"])
-    assert spec.train.epochs == 2 and spec.train.optimizer.type == "sgd"
-    assert spec.data.split.test == 0.3 and spec.model.init == {"linear": "orthogonal"}
-    assert spec.train.early_stopping.patience == 3 and spec.seed == 7
-    assert spec.data.source.path.endswith("pipelines/table.csv")
+def test_paths_and_sections_holding_them_are_worker_only(worker):
+    for override in WORKER_ONLY:
+        where, why = refused(override.format(secret=worker))
+        assert where == "overrides.0", override
+        assert "cannot be set from a run's parameters" in why, override
+    # A look-alike key names no field: validation refuses it as unknown, nothing is read.
+    for override in ("data.ѕource.path={secret}", "data.sources.path={secret}"):  # Cyrillic s
+        where, why = refused(override.format(secret=worker))
+        assert where.startswith("data.") and "unknown key" in why
 
 
 def _leaves(model, prefix=()):
@@ -102,7 +96,7 @@ def _is_list(field):
     return "list[" in str(field.annotation)
 
 
-def test_every_text_field_of_the_schema_is_worker_only():
+def test_the_ui_sets_numbers_switches_and_choices_but_no_text(worker):
     paths = {".".join(keys): (keys, ann) for keys, ann in _leaves(PipelineSpec)}
     texts = [p for p, (keys, ann) in paths.items() if free_text(ann)]
     for known in ("data.source.path", "outputs.store", "train.loader.cache_dir",
@@ -111,6 +105,13 @@ def test_every_text_field_of_the_schema_is_worker_only():
     assert all(refusal(paths[p][0], PipelineSpec) for p in texts)
     for knob in ("train.epochs", "train.lr", "train.batch_size", "evaluate.cv.folds"):
         assert refusal(knob.split("."), PipelineSpec) is None
+    spec = spec_from_parameters("tabular", {"epochs": 2, "lr": 0.01}, [
+        "train.optimizer.type=sgd", "data.steps.0.test=0.3", "model.init.linear=orthogonal",
+        "train.early_stopping={patience: 3}", "train.loader.workers=0", "seed=7"])
+    assert spec.train.epochs == 2 and spec.train.optimizer.type == "sgd"
+    assert spec.data.split.test == 0.3 and spec.model.init == {"linear": "orthogonal"}
+    assert spec.train.early_stopping.patience == 3 and spec.seed == 7
+    assert spec.data.source.path.endswith("pipelines/table.csv")
 
 
 def test_a_field_added_later_is_worker_only_by_default():
