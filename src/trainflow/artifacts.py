@@ -21,7 +21,7 @@ from trainflow.storage import (MARKER, SHA256, TMP_PREFIX, StoreError,  # noqa: 
                                StoreFullError, atomic_write_bytes, atomic_write_text, fsync_dir,
                                full_error, open_store, out_of_space, sweep_temporaries)
 
-Kind = Literal["table", "splits", "shards", "model", "folds", "report", "metrics"]
+Kind = Literal["table", "splits", "shards", "model", "folds", "report", "metrics", "package"]
 VIEW_FILE = "view.json"  # an artifact holding this is a view over another artifact of its store
 # The ref's numbers as the artifact itself holds them: covered by the fingerprint, so a ref whose
 # count, schema or meta differs from its artifact's (an edited result record) fails verify().
@@ -201,13 +201,20 @@ class Store:
             fingerprint = fingerprint_path(staging)
             synced.result()
         final = self.root / kind / fingerprint
-        if final.exists() and fingerprint_path(final) == fingerprint:
+        present = final.exists()
+        if present and fingerprint_path(final) == fingerprint:
             shutil.rmtree(staging)
         else:
-            if final.exists():  # damaged copy of the same content: replace it
+            if present:  # damaged copy of the same content: replace it
                 shutil.rmtree(final)
-            os.replace(staging, final)
-            fsync_dir(final.parent)
+            try:
+                os.replace(staging, final)
+            except OSError:  # a concurrent run committed the same content since the check
+                if not (final.exists() and fingerprint_path(final) == fingerprint):
+                    raise
+                shutil.rmtree(staging)
+            else:
+                fsync_dir(final.parent)
         return draft.model_copy(update={"uri": str(final), "fingerprint": fingerprint})
 
     def sweep(self) -> int:
