@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from uuid import UUID
 
 import prefect
-
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentFlowRunId,
                                             TaskRunFilter, TaskRunFilterFlowRunId)
@@ -73,9 +73,11 @@ def start_embedded_server() -> None:
     (it kept answering for minutes). This is the same server, started the way Prefect starts it,
     but its process asks the kernel for SIGKILL when this process dies (Linux). Prefect's own
     calls for the ephemeral server get this instance: it is the one registered without a port.
-    The kernel signals when the *thread* that started the child ends, so call this from the
-    main thread (`trainflow run` does).
+    The kernel signals when the *thread* that started the child ends, so only the main thread
+    (`trainflow run`'s) ties it; from another thread Prefect starts it as before.
     """
+    if threading.current_thread() is not threading.main_thread():
+        return
     from prefect.server.api.server import SubprocessASGIServer
 
     class TiedServer(SubprocessASGIServer):

@@ -101,6 +101,27 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
     assert not (tmp_path / "resumed" / "last.prev.pt").exists()  # a finished run keeps one
 
 
+def test_a_last_checkpoint_weights_only_refuses_falls_back_to_the_previous_one(tmp_path,
+                                                                                caplog):
+    """A matching sha256 is not enough: the checkpoint must also load as a training state."""
+    import io
+
+    from trainflow.artifacts import sha256_file
+
+    full, _ = run(tmp_path / "full")
+    crashed_checkpoint(tmp_path)
+    last = tmp_path / "crashed" / "last.pt"
+    buffer = io.BytesIO()
+    torch.save({"model": {}, "hook": print}, buffer)  # an object weights_only refuses
+    last.write_bytes(buffer.getvalue())
+    (tmp_path / "crashed" / "last.pt.sha256").write_text(sha256_file(last))
+    with caplog.at_level("WARNING", logger="trainflow"):
+        resumed, _ = run(tmp_path / "resumed", resume=last)
+    assert "weights_only loading refuses" in caplog.text
+    assert "resuming from the previous one" in caplog.text
+    assert same_weights(full, resumed)
+
+
 def test_a_file_that_is_not_a_trainflow_checkpoint_is_named(tmp_path):
     from trainflow.errors import ArtifactError
 
