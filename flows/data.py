@@ -14,7 +14,7 @@ from trainflow.tasks.shard import shard
 
 @flow(name="prepare-data")
 def prepare_data(spec: PipelineSpec, store: str) -> dict:
-    table = step(ingest, spec)(spec.data.source, store)
+    table = ingested = step(ingest, spec)(spec.data.source, store)
     profile = step(check_expectations, spec)(table, spec.data.expect, store)
     steps = []
     for params in spec.data.pre_split:
@@ -26,6 +26,6 @@ def prepare_data(spec: PipelineSpec, store: str) -> dict:
     for params in spec.data.post_split:
         splits = step(registry.STEPS[params.type].impl, spec)(splits, params, spec.seed, store)
         steps.append(splits)
-    return {"table": table, "profile": profile, "raw_splits": raw_splits, "splits": splits,
-            "steps": steps,
+    return {"ingested": ingested, "table": table, "profile": profile, "raw_splits": raw_splits,
+            "splits": splits, "steps": steps,
             "shards": step(shard, spec)(splits, spec.data.shard, store, spec.seed)}

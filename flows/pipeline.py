@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from trainflow.artifacts import Store
+from trainflow.artifacts import ArtifactRef, Store
 from trainflow.flows.cv import run_folds
 from trainflow.flows.data import prepare_data
 from trainflow.orchestration import step
@@ -15,6 +15,7 @@ from trainflow.spec.pipeline import PipelineSpec
 from trainflow.tasks.ensemble import ensemble_folds
 from trainflow.tasks.evaluate import evaluate_model
 from trainflow.tasks.latency import measure_latency
+from trainflow.tasks.package import package_model
 from trainflow.tasks.prune import prune_model
 from trainflow.tasks.quantize import quantize_model
 from trainflow.tasks.report import publish_report, write_report
@@ -45,8 +46,29 @@ def pipeline(spec: PipelineSpec) -> dict:
         repeats = spec.compress.quantize.latency_repeats if spec.compress.quantize else 30
         latency = step(measure_latency, spec)({"model": model, **compressed}, data["shards"],
                                               spec.train.batch_size, repeats)
+    packages = package_all(spec, data, model, test, folds, ensemble, compressed, store)
     report = step(write_report, spec)(spec.name, spec.fingerprint(), data, model, test, folds,
                                       ensemble, compressed, store)
     run_dir = step(publish_report, spec)(report, spec.name, spec.outputs.runs, latency)
     return {"run_dir": run_dir, "report": report, "model": model, "test": test.meta,
-            "data": data, "folds": folds, "ensemble": ensemble, "compressed": compressed}
+            "evaluation": test, "data": data, "folds": folds, "ensemble": ensemble,
+            "compressed": compressed, "package": packages["model"], "packages": packages}
+
+
+def package_all(spec: PipelineSpec, data: dict, model: ArtifactRef, test: ArtifactRef,
+                folds: list[ArtifactRef], ensemble: ArtifactRef | None,
+                compressed: dict[str, ArtifactRef], store: str) -> dict:
+    """A model package for every model of the run (their paths; None where a step of the
+    spec cannot be packaged): the model, each fold, the ensemble, each compressed model."""
+    def package(kind: str, models: list[ArtifactRef], metrics: ArtifactRef | None):
+        ref = step(package_model, spec)(kind, models, metrics, spec, data["ingested"],
+                                        data["steps"], store)
+        return str(ref.path) if ref else None
+
+    packages = {"model": package("model", [model], test),
+                "folds": [package("fold", [fold], None) for fold in folds]}
+    if ensemble:
+        packages["ensemble"] = package("ensemble", folds, ensemble)
+    for kind, ref in compressed.items():
+        packages[kind] = package(kind, [ref], None)
+    return packages

@@ -107,6 +107,26 @@ def apply(df: pl.DataFrame, schema: TableSchema, params: AnomaliesParams,
             schema.model_copy(update={"features": features}))
 
 
+def apply_at_prediction(df: pl.DataFrame, schema: TableSchema, params: AnomaliesParams,
+                        state: State) -> tuple[pl.DataFrame, TableSchema]:
+    """`apply` for rows to score: `flag` adds the flag column as at training; `drop` and
+    `report` keep every row as it is (each input row gets a prediction)."""
+    return apply(df, schema, params, state) if params.action == "flag" else (df, schema)
+
+
+def prediction_refusal(params: AnomaliesParams) -> str | None:
+    """Why rows cannot pass this step at prediction, or None: a `flag` from a fitted
+    scikit-learn detector needs the detector, which trainflow never stores (scikit-learn
+    estimators are pickled objects; skops could hold them, but an arbitrary fitted
+    estimator is code-bearing state this package format refuses)."""
+    if params.action != "flag" or params.method not in ("isolation_forest", "lof"):
+        return None
+    return (f"the anomalies step (method {params.method}, action flag) feeds the model a "
+            f"flag computed by a fitted scikit-learn {params.method} detector, which a model "
+            "package does not hold (it would need pickle): use method zscore or iqr (their "
+            "bounds are stored), or action report or drop (rows then pass unchanged)")
+
+
 @task(name="anomalies", **CACHED)
 def anomalies(data: ArtifactRef, params: AnomaliesParams, seed: int, store: str) -> ArtifactRef:
     """Detect anomalous rows; drop, flag or report them."""

@@ -172,6 +172,16 @@ def apply(frame: Frame, schema: TableSchema, params: CleanParams,
     return like(frame, lf), schema
 
 
+def apply_at_prediction(frame: Frame, schema: TableSchema, params: CleanParams,
+                        state: State) -> tuple[Frame, TableSchema]:
+    """`apply` for rows to score: every row stays (no label filter, no duplicate search, no
+    row dropped for a missing value); missing values are filled as at training."""
+    keep_rows_too = params.model_copy(update={
+        "drop_missing_label": False, "drop_duplicates": False,
+        "missing": "keep" if params.missing == "drop" else params.missing})
+    return apply(frame, schema, keep_rows_too, state)
+
+
 @task(name="clean", **CACHED)
 def clean(data: ArtifactRef, params: CleanParams, seed: int,
           store: str) -> ArtifactRef:

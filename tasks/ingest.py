@@ -294,23 +294,27 @@ def _checked_weights(lf: pl.LazyFrame, column: str, dtypes, path: Path) -> pl.Ex
     return value
 
 
-def _load_image_folder(source: ImageFolderSource) -> tuple[pl.DataFrame, TableSchema]:
+def read_image(file: Path, channels: int, where: str = "data.source.path") -> np.ndarray:
+    """An image file as the model takes it: (C, H, W) pixels, grey (1) or RGB (3)."""
     import cv2
 
+    image = cv2.imread(str(file), cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"{where}: cannot decode image {file}")
+    return image[None] if image.ndim == 2 else image[:, :, ::-1].transpose(2, 0, 1)
+
+
+def _load_image_folder(source: ImageFolderSource) -> tuple[pl.DataFrame, TableSchema]:
     root = Path(source.path)
     if not root.is_dir():
         raise DataError(f"data.source.path: image folder not found: {root}")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"data.source.path: {root} has no class sub-folders (class_name/*.png)")
-    flag = cv2.IMREAD_GRAYSCALE if source.channels == 1 else cv2.IMREAD_COLOR
     images, labels, shape = [], [], None
     for name in classes:
         for file in sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):
-            image = cv2.imread(str(file), flag)
-            if image is None:
-                raise DataError(f"data.source.path: cannot decode image {file}")
-            chw = image[None] if image.ndim == 2 else image[:, :, ::-1].transpose(2, 0, 1)
+            chw = read_image(file, source.channels)
             if shape is None:
                 shape = chw.shape
             elif chw.shape != shape:

@@ -64,6 +64,13 @@ def apply(df: pl.DataFrame, schema: TableSchema, params: OutliersParams,
     return (df.filter(pl.all_horizontal(inside)) if inside else df), schema
 
 
+def apply_at_prediction(df: pl.DataFrame, schema: TableSchema, params: OutliersParams,
+                        state: State) -> tuple[pl.DataFrame, TableSchema]:
+    """`apply` for rows to score: `clip` clips as at training; `drop` keeps every row as it
+    is (each input row gets a prediction)."""
+    return apply(df, schema, params, state) if params.action == "clip" else (df, schema)
+
+
 @task(name="outliers", **CACHED)
 def outliers(data: ArtifactRef, params: OutliersParams, seed: int, store: str) -> ArtifactRef:
     """Clip or drop outlying values, with bounds learned where the step is fitted."""

@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
                                                      "deployment retrains")
     notify.add_argument("pipeline")
     notify.add_argument("--note", default=None, help="text carried in the event's payload")
+    predict = commands.add_parser("predict", help="score a CSV, Parquet file or image folder "
+                                                  "with a model package")
+    predict.add_argument("model", help="a model package folder (printed by `trainflow run`)")
+    predict.add_argument("data", help="a .csv or .parquet file, or a folder of images")
+    predict.add_argument("--output", default=None, metavar="FILE",
+                         help="write .csv or .parquet (default: CSV on stdout)")
+    predict.add_argument("--proba", action="store_true",
+                         help="add a proba_<class> column per class")
     return parser
 
 
@@ -202,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args) -> int:
+    if args.command == "predict":
+        from trainflow.predictor import predict_command
+        return predict_command(args.model, args.data, args.output, args.proba)
     if args.command == "server":
         return _start_server(args)
     if args.command in ("serve", "deploy", "notify-data"):
@@ -230,7 +241,7 @@ def _command(args) -> int:
         from trainflow.deployments import require_server
         require_server()
     result = run_pipeline(spec)
-    print(json.dumps({"run_dir": result["run_dir"],
+    print(json.dumps({"run_dir": result["run_dir"], "package": result["package"],
                       "test": {k: v for k, v in result["test"].items()
                                if k != "confusion_matrix"}}, indent=1))
     return 0

@@ -85,6 +85,28 @@ def read_table(path: Path) -> tuple[pl.DataFrame, TableSchema]:
 
 def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.ndarray]:
     """Features as float32 (N, *input_shape) and labels as int64 class indices."""
+    x = feature_array(df, schema)
+    bad = ~np.isfinite(x.reshape(len(df), -1))
+    if bad.any():
+        if schema.image_shape:
+            where = "image pixels"
+        else:
+            where = ", ".join(f"{c} ({int(n)})" for c, n in zip(schema.features, bad.sum(0)) if n)
+        raise DataError(
+            f"{int(bad.sum())} non-finite feature value(s) (NaN or inf) reach training in: {where}. "
+            "Add a `clean` step (missing: drop/mean/median/mode/constant) before `split`, "
+            "or fix the source data."
+        )
+    y = _codes(df, schema.target, schema.classes, "target")
+    if schema.aux_targets:  # labels (n, 1 + tasks): the main target first
+        y = np.stack([y, *(_codes(df, name, classes)
+                           for name, classes in schema.aux_targets.items())], axis=1)
+    return x, y
+
+
+def feature_array(df: pl.DataFrame, schema: TableSchema) -> np.ndarray:
+    """The features as the model takes them: float32 (N, *input_shape), writable and
+    contiguous (training's shards and a package's predictions both come from here)."""
     if schema.image_shape:
         flat = np.asarray(df[IMAGE_COLUMN].to_list(), dtype=np.float32)
         x = flat.reshape(len(df), *schema.image_shape)
@@ -101,23 +123,8 @@ def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.nda
                                 f"table has {len(schema.features)}: a step before training "
                                 "added or removed feature columns")
             x = x.reshape(len(df), *schema.feature_shape)
-    bad = ~np.isfinite(x.reshape(len(df), -1))
-    if bad.any():
-        if schema.image_shape:
-            where = "image pixels"
-        else:
-            where = ", ".join(f"{c} ({int(n)})" for c, n in zip(schema.features, bad.sum(0)) if n)
-        raise DataError(
-            f"{int(bad.sum())} non-finite feature value(s) (NaN or inf) reach training in: {where}. "
-            "Add a `clean` step (missing: drop/mean/median/mode/constant) before `split`, "
-            "or fix the source data."
-        )
-    y = _codes(df, schema.target, schema.classes, "target")
-    if schema.aux_targets:  # labels (n, 1 + tasks): the main target first
-        y = np.stack([y, *(_codes(df, name, classes)
-                           for name, classes in schema.aux_targets.items())], axis=1)
     x = np.ascontiguousarray(x)
-    return (x if x.flags.writeable else x.copy()), y  # polars may hand out read-only views
+    return x if x.flags.writeable else x.copy()  # polars may hand out read-only views
 
 
 def _codes(df: pl.DataFrame, column: str, classes: list[str],

@@ -30,7 +30,7 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
     assert set(states) == STEPS[name] | {"ingest", "expect", "shard", "train", "evaluate",
                                          "train_fold",
                                          "ensemble", "quantize", "prune", "measure_latency",
-                                         "report", "publish_report"}
+                                         "package", "report", "publish_report"}
     assert all(s == "Completed" for names in states.values() for s in names)
     assert len(states["train_fold"]) == 2
     assert result["test"]["accuracy"] >= floor
@@ -119,8 +119,8 @@ def test_minimal_spec_without_optional_sections(tmp_path):
     with tags("iris-minimal-" + tmp_path.name):
         result = pipeline(spec)
     states = task_states("iris-minimal-" + tmp_path.name)
-    assert set(states) == {"ingest", "expect", "split", "shard", "train", "evaluate", "report",
-                           "publish_report"}
+    assert set(states) == {"ingest", "expect", "split", "shard", "train", "evaluate", "package",
+                           "report", "publish_report"}
     report = (Path(result["run_dir"]) / "report.md").read_text()
     assert "## Test metrics" in report and "Cross-validation" not in report
     assert result["folds"] == [] and result["ensemble"] is None and result["compressed"] == {}
