@@ -18,6 +18,7 @@ from trainflow.spec.base import Section
 from trainflow.spec.loading import load_raw, parse_yaml
 from trainflow.spec.evaluate import EvaluateSpec, OutputsSpec
 from trainflow.spec.orchestration import OrchestrationSpec, RunnerSpec
+from trainflow.spec.promote import PromoteSpec
 from trainflow.spec.train import TrainSpec
 from trainflow.tasks.expect import ExpectSpec
 from trainflow.tasks.shard import ShardParams
@@ -80,6 +81,7 @@ class PipelineSpec(Section):
     ensemble: Ensemble | None = None
     compress: CompressSpec = CompressSpec()
     outputs: OutputsSpec = OutputsSpec()
+    promote: PromoteSpec = PromoteSpec()
     runner: RunnerSpec = RunnerSpec()
     orchestration: OrchestrationSpec = OrchestrationSpec()
 
