@@ -17,6 +17,7 @@ PREFECT_DEFAULTS = {
 # Besides these, every data step in the registry (clean, split, normalize, encode, ...).
 TASKS = ("ingest", "expect", "shard", "train", "evaluate", "train_fold", "ensemble", "quantize",
          "prune")
+EXPORT_FORMATS = ("onnx", "torchscript", "exported_program")  # trainflow.export.FORMATS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="write .csv or .parquet (default: CSV on stdout)")
     predict.add_argument("--proba", action="store_true",
                          help="add a proba_<class> column per class")
+    export = commands.add_parser("export", help="write a model package as one ONNX, "
+                                                "TorchScript or ExportedProgram file")
+    export.add_argument("model", help="a model package folder, or a pipeline (its champion)")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    export.add_argument("--output", required=True, metavar="FILE",
+                        help="the file to write; its sidecar goes to FILE.json")
     return parser
 
 
@@ -210,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args) -> int:
+    if args.command == "export":
+        from trainflow.export import export_model
+        print(json.dumps(export_model(args.model, args.format, args.output), indent=1))
+        return 0
     if args.command == "predict":
         from trainflow.predictor import predict_command
         return predict_command(args.model, args.data, args.output, args.proba)
