@@ -16,6 +16,7 @@ from trainflow.tasks.ensemble import ensemble_folds
 from trainflow.tasks.evaluate import evaluate_model
 from trainflow.tasks.latency import measure_latency
 from trainflow.tasks.package import package_model
+from trainflow.tasks.promote import promote_model
 from trainflow.tasks.prune import prune_model
 from trainflow.tasks.quantize import quantize_model
 from trainflow.tasks.report import publish_report, write_report
@@ -47,12 +48,16 @@ def pipeline(spec: PipelineSpec) -> dict:
         latency = step(measure_latency, spec)({"model": model, **compressed}, data["shards"],
                                               spec.train.batch_size, repeats)
     packages = package_all(spec, data, model, test, folds, ensemble, compressed, store)
+    # every run: the champion may have changed since (not cached), like the latency
+    champion = step(promote_model, spec)(packages["model"], data, spec, store)
     report = step(write_report, spec)(spec.name, spec.fingerprint(), data, model, test, folds,
-                                      ensemble, compressed, store)
-    run_dir = step(publish_report, spec)(report, spec.name, spec.outputs.runs, latency)
+                                      ensemble, compressed, store, packages["model"])
+    run_dir = step(publish_report, spec)(report, spec.name, spec.outputs.runs, latency,
+                                         champion)
     return {"run_dir": run_dir, "report": report, "model": model, "test": test.meta,
             "evaluation": test, "data": data, "folds": folds, "ensemble": ensemble,
-            "compressed": compressed, "package": packages["model"], "packages": packages}
+            "compressed": compressed, "package": packages["model"], "packages": packages,
+            "champion": champion}
 
 
 def package_all(spec: PipelineSpec, data: dict, model: ArtifactRef, test: ArtifactRef,

@@ -33,6 +33,8 @@ PREVIEW = "augment_preview.png"
 CURVES = "curves.png"
 CONFUSION = "confusion.png"
 IMAGES = (PREVIEW, CURVES, CONFUSION)  # copied beside the report and embedded in the UI artifact
+SHOWN = 10  # categories a column's row lists
+MAX_COLUMNS = 40  # input columns the Model section lists (sequences have hundreds)
 
 
 def cv_summary(folds: list[ArtifactRef]) -> dict:
@@ -58,10 +60,11 @@ def training_sample(splits: ArtifactRef, steps: list[ArtifactRef], rows: int = 5
 
 def collect(name: str, spec_fingerprint: str, data: dict, model: ArtifactRef,
             test: ArtifactRef, folds: list[ArtifactRef], ensemble: ArtifactRef | None,
-            compressed: dict[str, ArtifactRef]) -> dict:
+            compressed: dict[str, ArtifactRef], package: str | None = None) -> dict:
     """Everything the run measured, as one JSON-ready dict (metrics.json)."""
     parts = data["splits"].meta["parts"]
     return {
+        "package": package_summary(package),
         "pipeline": name,
         "spec_fingerprint": spec_fingerprint,
         "data": {"rows": {k: v["rows"] for k, v in parts.items()},
@@ -84,6 +87,18 @@ def collect(name: str, spec_fingerprint: str, data: dict, model: ArtifactRef,
                    **{kind: address(ref) for kind, ref in compressed.items()},
                    **{f"fold_{ref.meta['fold']}": address(ref) for ref in folds}},
     }
+
+
+def package_summary(package: str | None) -> dict | None:
+    """What the report says of the run's model package: where it is in the store and the
+    input it takes (read from the verified package)."""
+    if package is None:
+        return None
+    from trainflow.package import load_package
+
+    found = load_package(package)
+    return {"address": f"package/{found.path.name}", "kind": found.info.kind,
+            "input": found.info.input.model_dump(), "classes": found.info.classes}
 
 
 def address(ref: ArtifactRef) -> str:
@@ -171,7 +186,61 @@ def render(summary: dict) -> str:
                 f"![augmentation preview]({PREVIEW})"]
     out += ["", "## Models written", _table(["model", "path"],
                                             [[k, v] for k, v in summary["models"].items()])]
+    out += model_section(summary)
     return "\n".join(out) + "\n"
+
+
+def model_section(summary: dict) -> list[str]:
+    """The package (where, what input it takes, the command that scores new data with it)
+    and, in a run's report, the champion decision with both models' metrics side by side."""
+    package, champion = summary.get("package"), summary.get("champion")
+    if package is None:
+        return ["", "## Model", "no model package was made for this run (see the package "
+                "step's warning in the run's log)"]
+    schema = package["input"]
+    out = ["", "## Model", f"package: `{package['address']}` ({package['kind']}; classes "
+           f"{', '.join(package['classes'])})", "", "Score new data with it (CSV, Parquet or "
+           "an image folder; `--proba` adds a probability per class):", "",
+           f"    trainflow predict {package['address']} DATA --output preds.csv", "",
+           "or with the pipeline's current champion:", "",
+           f"    trainflow predict {summary['pipeline']} DATA --output preds.csv", "",
+           f"Input schema ({schema['source']} source; the model predicts "
+           f"`{schema['target']}`):", ""]
+    columns = list(schema["columns"].items())
+    out.append(_table(["column", "type", "categories seen in training (unseen: policy)"], [
+        [c, t, (f"{', '.join(schema['categories'][c][:SHOWN])}"
+                f"{' ...' if len(schema['categories'][c]) > SHOWN else ''} "
+                f"({schema['unknown'].get(c, 'ignore')})") if c in schema["categories"] else ""]
+        for c, t in columns[:MAX_COLUMNS]]))
+    if len(columns) > MAX_COLUMNS:
+        out.append(f"\nand {len(columns) - MAX_COLUMNS} more columns (package.json lists all)")
+    for label, key in (("image shape (C, H, W)", "image_shape"),
+                       ("sequence shape (steps, channels)", "sequence_shape")):
+        if schema.get(key):
+            out.append(f"\n{label}: {schema[key]}")
+    if schema["keep_columns"]:
+        out.append(f"\nid columns carried to the predictions: {', '.join(schema['keep_columns'])}")
+    return out + champion_section(champion)
+
+
+def champion_section(champion: dict | None) -> list[str]:
+    if champion is None:  # the store's report: the decision is a run's, in its run folder
+        return ["", "### Champion", "decided on each run: see the run folder's report"]
+    out = ["", "### Champion", f"decision: **{champion['decision']}**: {champion['reason']}"]
+    if champion["decision"] == "none":
+        return out
+    before = champion["champion_before"]
+    theirs = before["metrics"] or {}
+    rule = f"rule: {champion['metric']} must beat the champion by more than " \
+           f"{champion['min_delta']:g}"
+    out += ["", rule, f"both scored on this run's test split ({champion['rows']} raw rows)", "",
+            _table(["metric", "this run (challenger)", "champion before this run"],
+                   [[("**" + m + "**") if m == champion["metric"] else m, v,
+                     theirs.get(m, "-")] for m, v in champion["challenger"]["metrics"].items()]),
+            "", f"challenger: `{champion['challenger']['package']}`",
+            f"champion before: `{before['package'] or 'none (first run)'}`",
+            f"champion now: `{champion['champion']}`"]
+    return out
 
 
 def compression_sections(compressed: dict, latency: dict | None) -> list[str]:
@@ -202,9 +271,11 @@ def compression_sections(compressed: dict, latency: dict | None) -> list[str]:
 def write_report(name: str, spec_fingerprint: str, data: dict,
                  model: ArtifactRef, test: ArtifactRef, folds: list[ArtifactRef],
                  ensemble: ArtifactRef | None, compressed: dict[str, ArtifactRef],
-                 store: str) -> ArtifactRef:
-    """Render report.md and metrics.json into the store."""
-    summary = collect(name, spec_fingerprint, data, model, test, folds, ensemble, compressed)
+                 store: str, package: str | None = None) -> ArtifactRef:
+    """Render report.md and metrics.json into the store (`package`: the run's model
+    package, named by its store address)."""
+    summary = collect(name, spec_fingerprint, data, model, test, folds, ensemble, compressed,
+                      package)
     target = Store(store)
     with target.writer("report") as staging:
         (staging / "metrics.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
@@ -221,27 +292,33 @@ def write_report(name: str, spec_fingerprint: str, data: dict,
         return target.commit(staging, "report")
 
 
-def run_summary(report: ArtifactRef, latency: dict | None) -> dict:
-    """The store's metrics.json as a run's: models by full path, this run's latency added."""
+def run_summary(report: ArtifactRef, latency: dict | None,
+                champion: dict | None = None) -> dict:
+    """The store's metrics.json as a run's: models and package by full path, this run's
+    latency and champion decision added."""
     summary = json.loads((report.path / "metrics.json").read_text())
     store = report.path.parent.parent
     summary["models"] = {name: str((store / where).resolve())
                          for name, where in summary["models"].items()}
+    if summary.get("package"):
+        summary["package"]["address"] = str((store / summary["package"]["address"]).resolve())
     if latency:
         summary["latency"] = latency
+    if champion:
+        summary["champion"] = champion
     return summary
 
 
 @task(name="publish_report", cache_policy=NO_CACHE)
 def publish_report(report: ArtifactRef, name: str, runs_dir: str,
-                   latency: dict | None = None) -> str:
+                   latency: dict | None = None, champion: dict | None = None) -> str:
     """Write the report into runs/<pipeline>/<run>/ and show it in the Prefect UI (every run),
-    with this run's `latency` figures (measure_latency)."""
+    with this run's `latency` figures (measure_latency) and `champion` decision (promote)."""
     report.verify()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run = Path(runs_dir) / name / f"{stamp}-{flow_run.get_name() or 'local'}"
     run.mkdir(parents=True, exist_ok=True)
-    summary = run_summary(report, latency)
+    summary = run_summary(report, latency, champion)
     markdown = render(summary)
     atomic_write_text(run / "report.md", markdown)
     atomic_write_text(run / "metrics.json", json.dumps(summary, indent=1, sort_keys=True))

@@ -30,7 +30,7 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
     assert set(states) == STEPS[name] | {"ingest", "expect", "shard", "train", "evaluate",
                                          "train_fold",
                                          "ensemble", "quantize", "prune", "measure_latency",
-                                         "package", "report", "publish_report"}
+                                         "package", "promote", "report", "publish_report"}
     assert all(s == "Completed" for names in states.values() for s in names)
     assert len(states["train_fold"]) == 2
     assert result["test"]["accuracy"] >= floor
@@ -101,6 +101,8 @@ def test_trainflow_run_command_prints_metrics_and_run_folder(tmp_path, capsys):
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert (Path(printed["run_dir"]) / "report.md").is_file()
+    assert (Path(printed["package"]) / "manifest.json").is_file()  # the model's package
+    assert (Path(printed["package"]) / "manifest.json").is_file()  # the model's package
     assert 0.5 < printed["test"]["accuracy"] <= 1.0
 
 
@@ -120,7 +122,7 @@ def test_minimal_spec_without_optional_sections(tmp_path):
         result = pipeline(spec)
     states = task_states("iris-minimal-" + tmp_path.name)
     assert set(states) == {"ingest", "expect", "split", "shard", "train", "evaluate", "package",
-                           "report", "publish_report"}
+                           "promote", "report", "publish_report"}
     report = (Path(result["run_dir"]) / "report.md").read_text()
     assert "## Test metrics" in report and "Cross-validation" not in report
     assert result["folds"] == [] and result["ensemble"] is None and result["compressed"] == {}
