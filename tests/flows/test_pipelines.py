@@ -102,7 +102,6 @@ def test_trainflow_run_command_prints_metrics_and_run_folder(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert (Path(printed["run_dir"]) / "report.md").is_file()
     assert (Path(printed["package"]) / "manifest.json").is_file()  # the model's package
-    assert (Path(printed["package"]) / "manifest.json").is_file()  # the model's package
     assert 0.5 < printed["test"]["accuracy"] <= 1.0
 
 
