@@ -219,8 +219,8 @@ def rollback(pipeline: str, store: str | Path | None = None) -> Event:
         if len(pointer.lineage) < 2:
             raise TrainflowError(
                 f"pipeline {pipeline!r} has no previous champion to roll back to: "
-                f"{pointer.current or 'none'} is the only package that has been its champion "
-                f"(see `trainflow models list {pipeline}`)")
+                f"{pointer.current or 'none'} is the first champion it had, earlier "
+                f"rollbacks counted (see `trainflow models list {pipeline}`)")
         previous = pointer.lineage[-2]
         load_package(located(root, previous))  # intact before it serves again
         replaced = pointer.lineage.pop()

@@ -76,7 +76,38 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     export.add_argument("--output", required=True, metavar="FILE",
                         help="the file to write; its sidecar goes to FILE.json")
+    _models_parser(commands)
     return parser
+
+
+def _models_parser(commands) -> None:
+    """`trainflow models list|promote|rollback PIPELINE`: a pipeline's champion by hand."""
+    models = commands.add_parser("models", help="a pipeline's champion: its history, "
+                                                "promote a package, roll back")
+    actions = models.add_subparsers(dest="action", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("pipeline", help="the pipeline's name (its spec's `name`)")
+    where.add_argument("--store", default=None, help="the store holding the champion "
+                       "(default: outputs.store of pipelines/PIPELINE.yaml, else .trainflow)")
+    actions.add_parser("list", parents=[where], help="the champion and its history")
+    promote = actions.add_parser("promote", parents=[where],
+                                 help="make a package of the pipeline its champion")
+    promote.add_argument("model", help="a model package folder of this pipeline")
+    actions.add_parser("rollback", parents=[where], help="the previous champion again")
+
+
+def _models(args) -> int:
+    from trainflow import champion
+
+    if args.action == "list":
+        print("\n".join(champion.history_lines(args.pipeline, args.store)))
+        return 0
+    if args.action == "promote":
+        event = champion.promote_by_hand(args.pipeline, args.model, args.store)
+    else:
+        event = champion.rollback(args.pipeline, args.store)
+    print(f"{event.decision}: the champion of {args.pipeline} is now {event.champion}")
+    return 0
 
 
 def _read_ref(text: str):
@@ -217,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _command(args) -> int:
+    if args.command == "models":
+        return _models(args)
     if args.command == "export":
         from trainflow.export import export_model
         print(json.dumps(export_model(args.model, args.format, args.output), indent=1))
