@@ -116,9 +116,8 @@ def apply_at_prediction(df: pl.DataFrame, schema: TableSchema, params: Anomalies
 
 def prediction_refusal(params: AnomaliesParams) -> str | None:
     """Why rows cannot pass this step at prediction, or None: a `flag` from a fitted
-    scikit-learn detector needs the detector, which trainflow never stores (scikit-learn
-    estimators are pickled objects; skops could hold them, but an arbitrary fitted
-    estimator is code-bearing state this package format refuses)."""
+    scikit-learn detector needs the detector, which trainflow never stores (a fitted
+    estimator is stored by pickling it, and a model package loads without pickle)."""
     if params.action != "flag" or params.method not in ("isolation_forest", "lof"):
         return None
     return (f"the anomalies step (method {params.method}, action flag) feeds the model a "

@@ -12,7 +12,7 @@ A package is a folder (in the store: `package/<fingerprint>`) holding
 
 Loading checks the manifest first: a folder without one, a format newer than this trainflow
 reads, a file whose sha256 differs, each is an ArtifactError naming the file. Nothing is
-unpickled: JSON, `.npy`-free state, and weights through `torch.load(weights_only=True)`.
+unpickled: the state is JSON, the weights load through `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from trainflow import registry
 from trainflow.engine.bundle import build_from_folder
 from trainflow.errors import ArtifactError, DataError, TrainflowError
 from trainflow.package import Member, Package, PackageStep, dtype, load_package
-from trainflow.tables import IMAGE_COLUMN, TableSchema, feature_array
+from trainflow.tables import TableSchema, feature_array
 from trainflow.tasks.package import AT_PREDICTION
 
 BATCH_ROWS = 65_536  # rows per batch through the steps (bounded memory on any file size)
@@ -169,9 +169,10 @@ class Model:
         """One checked batch's output rows."""
         keep = [c for c in (*self.info.input.keep_columns, "path") if c in batch.columns]
         probs = self._probabilities(batch, where, first_row)
-        out = batch.select(keep).with_columns(pl.Series(
+        # as a selected literal, so a batch without id columns keeps its height
+        out = batch.select(*keep, pl.lit(pl.Series(
             "prediction", np.asarray(self.classes, dtype=object)[probs.argmax(axis=1)],
-            dtype=pl.String))
+            dtype=pl.String)))
         if proba:
             out = out.with_columns(pl.Series(f"proba_{c}", probs[:, i], dtype=pl.Float32)
                                    for i, c in enumerate(self.classes))

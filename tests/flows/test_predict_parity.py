@@ -14,7 +14,7 @@ import trainflow
 from tests.flows.helpers import ROOT, run
 from trainflow.cli import main
 from trainflow.spec.pipeline import load_spec
-from trainflow.steps import PART_FILE, _view_step, scan_parts, split_by_part
+from trainflow.testrows import raw_test_rows
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
@@ -26,24 +26,6 @@ CASES = {  # 2 epochs each: parity, not accuracy, is the point
     "sequences_gru": ALONE,  # sequences
     "sequences_multitask": ALONE,  # two heads: the package predicts the main target
 }
-
-
-def raw_test_rows(result: dict, pre_split: int) -> pl.DataFrame:
-    """The ingested rows the split put in test, as ingest stored them: the rows are numbered,
-    pass the pre-split steps' views (which keep or drop them as training did), and the
-    split view's part numbers pick the numbers of the test rows."""
-    data = result["data"]
-    (frame, schema), = scan_parts(data["ingested"]).values()
-    numbered = frame.with_row_index("__raw")
-    for ref in data["steps"][:pre_split]:
-        assert ref.base() is not None, "a pre-split step of a shipped pipeline is a view"
-        step, params, state = _view_step(ref)
-        numbered, schema = step.apply(numbered, schema, params, state)
-    part = np.load(data["raw_splits"].path / PART_FILE, allow_pickle=False)
-    test = split_by_part(numbered.lazy(), schema, part)["test"][0]
-    rows = test.select("__raw").collect()["__raw"].to_numpy()
-    assert len(rows) == data["splits"].meta["parts"]["test"]["rows"]
-    return frame.collect()[rows]
 
 
 def assert_scores_like(model_path: str, raw: pl.DataFrame, expected: np.ndarray) -> None:
@@ -60,8 +42,11 @@ def test_package_scores_the_raw_test_rows_as_evaluate_did(name, tmp_path):
     result, states = run(name, tmp_path, "train.epochs=2", *CASES[name])
     assert set(states["package"]) == {"Completed"}
     package = json.loads((Path(result["package"]) / "package.json").read_text())
-    pre_split = load_spec(ROOT / "pipelines" / f"{name}.yaml").data.pre_split
-    raw = raw_test_rows(result, len(pre_split))
+    # the ingested rows the split put in test, as ingest stored them (before any step)
+    data, spec = result["data"], load_spec(ROOT / "pipelines" / f"{name}.yaml")
+    raw = raw_test_rows(data["ingested"], data["steps"], spec.data.pre_split,
+                        data["raw_splits"], spec.seed)
+    assert len(raw) == data["splits"].meta["parts"]["test"]["rows"]
     expected = np.load(result["evaluation"].path / "test_probs.npy", allow_pickle=False)
     assert_scores_like(result["package"], raw, expected)
     if name == "credit_smote_mlp":  # raw rows indeed: missing values, text categories

@@ -49,7 +49,7 @@ def spec_of(tmp: Path, source: dict, steps: list[dict], model: dict):
                           "outputs": {"store": str(tmp / "store"), "runs": str(tmp / "runs")}})
 
 
-def build(spec) -> Path:
+def build(spec) -> Path | None:
     """The data steps, training, evaluation and packaging of `spec`, each task called bare
     (the same calls the pipeline flow makes, in its order)."""
     store = str(Path(spec.outputs.store).resolve())
@@ -65,16 +65,17 @@ def build(spec) -> Path:
     shards = shard.fn(splits, spec.data.shard, store, spec.seed)
     model = train_model.fn(shards, spec.model, spec.train, spec.seed, store)
     test = evaluate_model.fn(model, shards, store)
-    return package_model.fn("model", [model], test, spec, ingested, steps, store).path
+    package = package_model.fn("model", [model], test, spec, ingested, steps, store)
+    return package and package.path
 
 
-def tabular_spec(tmp: Path, unknown: str):
+def tabular_spec(tmp: Path, unknown: str, *more: dict):
     return spec_of(tmp, {"type": "csv", "path": str(credit_like(tmp / "credit.csv")),
                          "target": "status", "keep_columns": ["id"]},
                    [{"type": "clean", "missing": "keep"}, {"type": "split"},
                     {"type": "clean", "missing": "median"},
                     {"type": "encode", "unknown": unknown}, {"type": "normalize"},
-                    {"type": "resample", "method": "random_over"}],
+                    *more, {"type": "resample", "method": "random_over"}],
                    {"type": "mlp", "hidden_layers": 1, "units": [8]})
 
 
@@ -208,6 +209,38 @@ def test_an_unseen_category_under_unknown_ignore_is_scored(tmp_path):
     other = rows.with_columns(pl.col("home").replace("castle", "palace"))
     # an unseen category encodes as unknown (no one-hot column set), whichever it is
     assert np.array_equal(model.predict_proba(rows), model.predict_proba(other))
+
+
+def test_a_fitted_scikit_learn_detector_is_refused_in_a_package_with_a_warning(
+        tmp_path, caplog):
+    flag = {"type": "anomalies", "method": "isolation_forest", "action": "flag"}
+    with caplog.at_level("WARNING", logger="trainflow"):
+        assert build(tabular_spec(tmp_path, "ignore", flag)) is None
+    assert not (tmp_path / "store" / "package").exists()
+    assert "no model package" in caplog.text and "data.steps.5" in caplog.text
+    assert "isolation_forest" in caplog.text and "use method zscore or iqr" in caplog.text
+
+
+def test_zscore_anomaly_flags_and_dropped_outliers_are_packaged(tmp_path):
+    steps = ({"type": "anomalies", "method": "zscore", "action": "flag"},
+             {"type": "outliers", "action": "drop"})
+    model = trainflow.load_model(build(tabular_spec(tmp_path, "ignore", *steps)))
+    flagged = model.info.members[0].steps[-1]
+    assert flagged.type == "anomalies" and set(flagged.state) == {"bounds"}  # no rows in it
+    assert model.info.training_only == ["split", "outliers", "resample"]
+    extreme = rows_to_score().with_columns(pl.lit(10_000.0).alias("income"))
+    assert len(model.predict(extreme)) == 5  # outliers are scored, not dropped
+
+
+def test_rows_stream_through_in_batches_numbered_on(images):
+    model = trainflow.load_model(images)
+    model.batch_rows = 2
+    pixels = [[100.0] * 36 for _ in range(5)]
+    whole = model.predict_proba(pl.DataFrame({"image": pixels}))
+    assert whole.shape == (5, 2) and np.allclose(whole, whole[0])
+    pixels[3][7] = float("nan")  # in the second batch
+    with pytest.raises(DataError, match=r"row 4 .*missing or non-finite values in image pixels"):
+        model.predict(pl.DataFrame({"image": pixels}))
 
 
 def test_an_image_of_the_wrong_shape_is_refused_naming_it(images, tmp_path, capsys):
