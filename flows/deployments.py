@@ -34,6 +34,8 @@ def train(pipeline: str, epochs: int | None = None, lr: float | None = None,
     spec = spec_from_parameters(pipeline, knobs, overrides or [])
     check_data(spec)
     check_runner(spec)
-    result = pipeline_flow.fn(spec)
+    result = pipeline_flow.fn(spec)  # its promote step applies the spec's rule (`promote`)
+    decision = result["champion"]
     return {"pipeline": spec.name, "run_dir": result["run_dir"],
-            "test": {k: v for k, v in result["test"].items() if k != "confusion_matrix"}}
+            "test": {k: v for k, v in result["test"].items() if k != "confusion_matrix"},
+            "champion": {k: decision.get(k) for k in ("decision", "reason", "champion")}}
