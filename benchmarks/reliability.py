@@ -52,15 +52,20 @@ def complete(folder: Path, env: dict) -> dict:
     return json.loads(done.stdout[done.stdout.index("{\n"):done.stdout.rindex("}") + 1])["test"]
 
 
-def kill_after(folder: Path, env: dict, seconds: float) -> str:
-    """Start a run and SIGKILL its main process (no cleanup runs) after `seconds`; returns the
-    phase it was killed in: after which task (the last one the run logged as finished)."""
+def kill_after(folder: Path, env: dict, seconds: float, when: str | None = None) -> str:
+    """Start a run and SIGKILL its main process (no cleanup runs) `seconds` after it started,
+    or after its log first matches the regex `when`; returns the phase it was killed in:
+    after which task (the last one the run logged as finished)."""
     log = folder.parent / f"{folder.name}.kill.log"
     folder.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         process = subprocess.Popen(command(folder), env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         try:
+            deadline = time.monotonic() + 900
+            while when and process.poll() is None and time.monotonic() < deadline \
+                    and not re.search(when, log.read_text(errors="replace")):
+                time.sleep(0.05)
             process.wait(seconds)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
@@ -77,10 +82,9 @@ def kill_after(folder: Path, env: dict, seconds: float) -> str:
 
 
 def artifacts(store: Path) -> set[str]:
-    """Every committed artifact of a store, as kind/fingerprint."""
-    return {f"{kind.name}/{item.name}" for kind in store.iterdir()
-            if kind.is_dir() and kind.name != "resume"
-            for item in kind.iterdir() if not item.name.startswith(".")}
+    """Every committed (content-addressed) artifact of a store, as kind/fingerprint."""
+    return {f"{kind.name}/{item.name}" for kind in store.iterdir() if kind.is_dir()
+            for item in kind.iterdir() if re.fullmatch("[0-9a-f]{64}", item.name)}
 
 
 def kills(tries: int, seed: int) -> dict:
