@@ -338,6 +338,8 @@ def test_cli_scores_a_csv_file_in_order_and_names_bad_input(tabular, tmp_path, c
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.splitlines()[0] == "id,prediction"
     assert len(printed.stdout.splitlines()) == 6
+    one_error(cli_here(capsys, "predict", str(tabular), str(data), "--output",
+                       str(tmp_path / "o.txt")), "--output", ".csv or .parquet")
     rows_to_score().drop("income").write_csv(data)
     one_error(cli_here(capsys, "predict", str(tabular), str(data), "--output",
                        str(tmp_path / "o.csv")), str(data), "missing column(s) ['income']")
