@@ -325,6 +325,5 @@ def test_multi_task_csv_through_shards_training_folds_and_quantization(tmp_path)
     fold = train_fold.fn(raw, 0, 2, [NormalizeParams(type="normalize")], MODEL, spec, 0, store)
     fold_rows = (fold.path / "metrics.jsonl").read_text().splitlines()
     assert "val_segment_accuracy" in json.loads(fold_rows[-1])
-    quantized = quantize_model.fn(model, shards, DynamicInt8Params(type="dynamic_int8"), 32,
-                                  store)
+    quantized = quantize_model.fn(model, shards, DynamicInt8Params(type="dynamic_int8"), store)
     assert quantized.meta["after"]["accuracy"] > 0.85
