@@ -198,10 +198,13 @@ def model_section(summary: dict) -> list[str]:
         return ["", "## Model", "no model package was made for this run (see the package "
                 "step's warning in the run's log)"]
     schema = package["input"]
-    out = ["", "## Model", f"package: `{package['address']}` ({package['kind']}; classes "
+    # the store's copy names the package by its address in the store (the same anywhere)
+    where = package["address"] if Path(package["address"]).is_absolute() \
+        else f"<store>/{package['address']}"
+    out = ["", "## Model", f"package: `{where}` ({package['kind']}; classes "
            f"{', '.join(package['classes'])})", "", "Score new data with it (CSV, Parquet or "
            "an image folder; `--proba` adds a probability per class):", "",
-           f"    trainflow predict {package['address']} DATA --output preds.csv", "",
+           f"    trainflow predict {where} DATA --output preds.csv", "",
            "or with the pipeline's current champion:", "",
            f"    trainflow predict {summary['pipeline']} DATA --output preds.csv", "",
            f"Input schema ({schema['source']} source; the model predicts "
