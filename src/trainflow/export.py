@@ -160,7 +160,9 @@ def _write_torchscript(built: Built, staged: Path) -> float:
         traced = torch.jit.trace(built.module, (example(built, EXAMPLE_ROWS),),
                                  check_trace=False)
         traced.save(str(staged))
-    loaded = torch.jit.load(str(staged))  # the written file, as a runtime loads it
+    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript: said in the README
+        warnings.simplefilter("ignore", DeprecationWarning)
+        loaded = torch.jit.load(str(staged))  # the written file, as a runtime loads it
     return _checked(built, "torchscript", loaded)
 
 

@@ -286,8 +286,8 @@ def _module(kind: str, per_column: dict[str, Any], slots: list[str]) -> nn.Modul
         return torch.tensor([pick(per_column[s]) if s in per_column else default
                              for s in slots], dtype=torch.float64)
 
-    def mask(pick=bool) -> torch.Tensor:
-        return torch.tensor([s in per_column and pick(per_column[s]) for s in slots])
+    def mask(pick=lambda value: True) -> torch.Tensor:  # default: the columns named
+        return torch.tensor([s in per_column and bool(pick(per_column[s])) for s in slots])
 
     if kind == "fill":
         return _Fill(mask(), vector(float, 0.0))
