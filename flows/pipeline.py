@@ -15,6 +15,7 @@ from trainflow.spec.pipeline import PipelineSpec
 from trainflow.tasks.ensemble import ensemble_folds
 from trainflow.tasks.evaluate import evaluate_model
 from trainflow.tasks.latency import measure_latency
+from trainflow.tasks.mlflow_log import log_to_mlflow
 from trainflow.tasks.package import package_model
 from trainflow.tasks.promote import promote_model
 from trainflow.tasks.prune import prune_model
@@ -54,10 +55,14 @@ def pipeline(spec: PipelineSpec) -> dict:
                                       ensemble, compressed, store, packages["model"])
     run_dir = step(publish_report, spec)(report, spec.name, spec.outputs.runs, latency,
                                          champion)
+    logged = None
+    if spec.outputs.mlflow:  # a team's MLflow (the trainflow[mlflow] extra)
+        logged = step(log_to_mlflow, spec)(spec, model, test, folds, report, run_dir,
+                                           packages["model"], champion)
     return {"run_dir": run_dir, "report": report, "model": model, "test": test.meta,
             "evaluation": test, "data": data, "folds": folds, "ensemble": ensemble,
             "compressed": compressed, "package": packages["model"], "packages": packages,
-            "champion": champion}
+            "champion": champion, "mlflow": logged}
 
 
 def package_all(spec: PipelineSpec, data: dict, model: ArtifactRef, test: ArtifactRef,

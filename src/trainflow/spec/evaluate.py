@@ -46,10 +46,21 @@ class L1UnstructuredParams(Section):
     finetune_lr: float | None = Field(None, gt=0, description="Default: train.lr / 10")
 
 
+class MlflowSpec(Section):
+    """Log each run to MLflow (the `trainflow[mlflow]` extra): params, metrics, report,
+    plots, and the model package as a registered model (see trainflow.mlflow_log)."""
+
+    tracking_uri: str = Field(min_length=1, description="An MLflow tracking URI: "
+                              "http://host:5000, sqlite:///path/mlflow.db, databricks, ...")
+    experiment: str | None = Field(None, min_length=1,
+                                   description="Default: the pipeline's name")
+
+
 class OutputsSpec(Section):
     store: str = Field(".trainflow", description="A folder trainflow creates and marks as its "
                        "store (an existing one must be empty or a trainflow store)")
     runs: str = "runs"
+    mlflow: MlflowSpec | None = None
 
     @field_validator("store")
     @classmethod
