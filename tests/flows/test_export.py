@@ -126,7 +126,8 @@ def assert_compressed_and_ensemble_models_export(packages: dict, raw: pl.DataFra
 
 def test_a_transformer_is_refused_as_torchscript_and_exports_otherwise(tmp_path, capsys):
     """Tracing fixes a transformer's batch size (its forward reads len() of a tensor): the
-    TorchScript export is refused naming that; the ONNX export scores like the package."""
+    TorchScript export is refused naming that; ONNX and ExportedProgram score like the
+    package."""
     result, _ = run("breast_cancer_mlp", tmp_path, *ALONE, "train.epochs=1",
                     "model={type: transformer, d_model: 16, heads: 2, layers: 1, ff: 32}")
     output = tmp_path / "model.pt"
@@ -136,7 +137,8 @@ def test_a_transformer_is_refused_as_torchscript_and_exports_otherwise(tmp_path,
     assert "transformer" in message and "fixed the batch size" in message
     assert "--format onnx or exported_program" in message and not output.exists()
     raw = raw_rows(result, "breast_cancer_mlp")
-    assert_exports_score_like(result["package"], raw, tmp_path, capsys, ("onnx",))
+    assert_exports_score_like(result["package"], raw, tmp_path, capsys,
+                              ("onnx", "exported_program"))
 
 
 def test_an_unknown_format_is_refused_by_name(tmp_path, capsys):
