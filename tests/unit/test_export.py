@@ -152,3 +152,16 @@ def test_steps_that_cannot_be_folded_are_refused_by_name(kind, params, named):
     with pytest.raises(ExportError, match=named) as refused:
         plan(schema, {c: str(t) for c, t in train.schema.items()}, steps)
     assert f"{kind} step" in str(refused.value)
+
+
+def test_every_step_a_package_holds_is_folded_or_refused_by_export():
+    from trainflow.folding import _HANDLERS
+
+    assert set(AT_PREDICTION) <= set(_HANDLERS)
+
+
+def test_the_command_offers_the_formats_export_writes():
+    from trainflow.cli import EXPORT_FORMATS
+    from trainflow.export import FORMATS
+
+    assert EXPORT_FORMATS == FORMATS
