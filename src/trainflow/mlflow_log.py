@@ -59,7 +59,8 @@ def history(model_dir: Path) -> tuple[list[dict], list[dict]]:
 
 def _metrics(client: Any, run_id: str, model_dir: Path, final: dict[str, dict]) -> None:
     """Log the epochs (step = epoch), the steps (`step/<name>`, step = optimizer step) and
-    the final figures (`<prefix>_<metric>`, scalars only) in batches."""
+    the final figures (`<prefix>/<metric>`, scalars only: `test/f1_macro`, apart from the
+    epochs' own `val_loss`) in batches."""
     from mlflow.entities import Metric
 
     stamp = _now_ms()
@@ -68,7 +69,7 @@ def _metrics(client: Any, run_id: str, model_dir: Path, final: dict[str, dict]) 
                for k, v in row.items() if k != "epoch" and _number(v)]
     metrics += [Metric(f"step/{k}", float(v), stamp, int(row["step"])) for row in steps
                 for k, v in row.items() if k not in ("step", "epoch") and _number(v)]
-    metrics += [Metric(f"{prefix}_{k}", float(v), stamp, 0) for prefix, figures in final.items()
+    metrics += [Metric(f"{prefix}/{k}", float(v), stamp, 0) for prefix, figures in final.items()
                 for k, v in figures.items() if _number(v)]
     client.log_batch(run_id, metrics=metrics)
 
@@ -161,6 +162,7 @@ def _log_package(mlflow: Any, pipeline: str, package: str) -> str:
     info = mlflow.pyfunc.log_model(
         name="model", python_model=str(CODE), artifacts={"package": package},
         registered_model_name=pipeline,
+        model_config={"proba": False},  # the default; load_model(..., model_config=) sets it
         # stated, not inferred: inferring loads the model in a subprocess
         pip_requirements=[f"trainflow=={__version__}", f"mlflow-skinny=={mlflow.__version__}"])
     return str(info.registered_model_version)

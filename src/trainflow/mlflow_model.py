@@ -28,11 +28,11 @@ class TrainflowModel(mlflow.pyfunc.PythonModel):
         self.model = load_model(context.artifacts[PACKAGE])
         self.proba = bool((context.model_config or {}).get("proba", False))
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> Any:
-        """The predicted classes, or with `proba` (model_config or params) an array of
+    # no type hints: MLflow would read them as an input schema to enforce
+    def predict(self, context, model_input, params=None):
+        """The predicted classes, or with `model_config={"proba": True}` an array of
         probabilities, a column per class in `self.model.classes` order."""
-        proba = bool((params or {}).get("proba", self.proba))
-        if proba:
+        if self.proba:
             return self.model.predict_proba(model_input)
         return self.model.predict(model_input)
 
