@@ -10,6 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.flows.cv import run_folds
 from trainflow.flows.data import prepare_data
+from trainflow.mlflow_log import mlflow_module
 from trainflow.orchestration import step
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.tasks.ensemble import ensemble_folds
@@ -29,6 +30,8 @@ from trainflow.tasks.train import train_model
 # `step(task, spec)` adds the spec's timeouts and retries (spec `orchestration`).
 @flow(name="trainflow-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def pipeline(spec: PipelineSpec) -> dict:
+    if spec.outputs.mlflow:  # the extra missing is an error before any work, not after it
+        mlflow_module()
     store = str(Path(spec.outputs.store).resolve())
     Store(store).sweep()  # opening refuses a folder trainflow did not create and mark
     data = prepare_data(spec, store)

@@ -4,10 +4,13 @@ the epochs as metric history, folds as nested runs, the report and plots, the pa
 registered pyfunc model that scores as trainflow does, and the `champion` alias following
 the champion rule."""
 
+import sys
+
 import numpy as np
 import pytest
 
 from tests.flows.helpers import ROOT, run
+from trainflow.errors import SpecError, TrainflowError
 from trainflow.predictor import load_model
 from trainflow.spec.pipeline import load_spec
 from trainflow.testrows import raw_test_rows
@@ -75,3 +78,16 @@ def test_a_run_is_logged_to_mlflow_and_promotion_moves_the_alias(tmp_path, monke
     assert worse["mlflow"]["version"] == "2" and not worse["mlflow"]["champion_alias"]
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
     assert client.get_model_version(NAME, "2").tags["trainflow.decision"] == "kept"
+
+
+@pytest.mark.usefixtures("prefect_engine")
+def test_without_the_extra_a_run_stops_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if mlflow were not installed
+    with pytest.raises(TrainflowError, match=r"pip install 'trainflow\[mlflow\]'"):
+        run(NAME, tmp_path, *SMALL, f"outputs.mlflow.tracking_uri=sqlite:///{tmp_path}/m.db")
+    assert not (tmp_path / "store").exists()  # nothing trained, nothing written
+
+
+def test_a_tracking_uri_is_required():
+    with pytest.raises(SpecError, match=r"outputs\.mlflow\.tracking_uri"):
+        load_spec(ROOT / "pipelines" / f"{NAME}.yaml", ["outputs.mlflow.experiment=churn"])
