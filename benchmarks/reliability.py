@@ -30,8 +30,11 @@ SMALL = ["train.epochs=6", "evaluate.cv.folds=2", "compress.prune.finetune_epoch
 FINISHED = re.compile(r"Task run '([a-z_]+)-[0-9a-f]+' - Finished")
 
 
-def command(folder: Path) -> list[str]:
-    sets = [*SMALL, f"outputs.store={folder / 'store'}", f"outputs.runs={folder / 'runs'}"]
+def command() -> list[str]:
+    """The run, with its outputs relative to the folder it runs in: runs in two folders then
+    have the same spec, so their artifacts (packages hold the spec) can be compared byte for
+    byte."""
+    sets = [*SMALL, "outputs.store=store", "outputs.runs=runs"]
     return [str(TRAINFLOW), "run", str(SPEC), *(arg for s in sets for arg in ("--set", s))]
 
 
@@ -45,7 +48,9 @@ def environment(home: Path) -> dict[str, str]:
 
 def complete(folder: Path, env: dict) -> dict:
     """Run to the end; the test metrics it prints (an AssertionError with the output if not)."""
-    done = subprocess.run(command(folder), env=env, capture_output=True, text=True, timeout=900)
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(command(), env=env, cwd=folder, capture_output=True, text=True,
+                          timeout=900)
     if done.returncode != 0:
         raise AssertionError(f"exit {done.returncode}:\n{done.stdout[-3000:]}"
                              f"\n{done.stderr[-3000:]}")
@@ -59,8 +64,8 @@ def kill_after(folder: Path, env: dict, seconds: float, when: str | None = None)
     log = folder.parent / f"{folder.name}.kill.log"
     folder.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        process = subprocess.Popen(command(folder), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(command(), env=env, cwd=folder, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + 900
             while when and process.poll() is None and time.monotonic() < deadline \
