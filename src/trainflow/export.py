@@ -298,8 +298,9 @@ def describe(built: Built, fmt: str, path: Path, difference: float) -> dict[str,
                     "architectures": built.architectures, "members": len(info.members),
                     "combine": info.combine},
         "input": {"name": INPUT, "dtype": "float32", "shape": ["batch", *built.input_shape],
-                  "columns": ([f"image (C, H, W) = {tuple(p.image_shape)}: raw pixels as "
-                               "ingest read them"] if p.image_shape else p.inputs),
+                  "columns": p.inputs,  # an image: its one column, the pixels (C, H, W)
+                  **({"image": "the raw pixels as ingest read them, (C, H, W) per row"}
+                     if p.image_shape else {}),
                   "missing": "NaN", "filled_in_graph": filled,
                   "unfilled_missing": "a NaN in any other column gives NaN probabilities "
                                       "for its row: reject or fill such rows first "
