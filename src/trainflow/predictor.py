@@ -55,12 +55,20 @@ def resolve_model(name_or_path: str | Path, store: str | Path | None = None) -> 
 
 def predict_command(model: str, data: str, output: str | None, proba: bool) -> int:
     """`trainflow predict`: one output row per input row, in order, batch by batch."""
-    from trainflow.scorefiles import check_output, read_rows, write_predictions
+    from trainflow.scorefiles import NotTyped, check_output, read_rows, write_predictions
 
     check_output(output)
     loaded = load_model(model)
-    rows = read_rows(Path(data), loaded)
-    written = write_predictions(loaded.score_batches(rows.batches(), rows.where, proba), output)
+    # A file appears only once complete, so a first try that parses a CSV's numbers as
+    # numbers (one parse instead of text and a conversion) can start again reading text.
+    for typed in (True, False) if output is not None else (False,):
+        rows = read_rows(Path(data), loaded, typed)
+        try:
+            written = write_predictions(
+                loaded.score_batches(rows.batches(), rows.where, proba), output)
+            break
+        except NotTyped:
+            continue
     if output is not None:
         print(f"{written} prediction(s) written to {output}")
     return 0

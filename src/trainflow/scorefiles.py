@@ -37,23 +37,26 @@ class Rows:
     batches: Callable[[], Iterator[pl.DataFrame]]
 
 
-def read_rows(path: Path, model: Model) -> Rows:
+def read_rows(path: Path, model: Model, typed: bool = False) -> Rows:
     """The rows of a CSV or Parquet file or an image folder, checked against the model's
-    input schema before any is scored (a DataError names the first problem)."""
+    input schema before any is scored (a DataError names the first problem). `typed`: a
+    CSV's number columns parsed as their types, the check of their values left to the
+    parse, which raises NotTyped, while the rows are read, at a value it cannot take (for a
+    caller that can start again with typed=False: one writing a file only at the end)."""
     if path.is_dir():
         return _image_rows(path, model)
     if not path.is_file():
         raise DataError(f"DATA: {path} not found (a .csv or .parquet file, or a folder of "
                         "images)")
     suffix = path.suffix.lower()
-    if suffix == ".csv":  # all text: each column converts to its training type, as ingest's
-        lf = pl.scan_csv(path, infer_schema=False)
+    if suffix == ".csv":
+        lf = _scan_csv(path, model, typed)
     elif suffix in (".parquet", ".pq"):
         lf = pl.scan_parquet(path)
     else:
         raise DataError(f"DATA: {path} is neither a .csv nor a .parquet file nor a folder of "
                         "images")
-    with _reading(path):
+    with _reading(path, typed):
         model.check(lf, str(path))
         names = lf.collect_schema().names()
     wanted = [c for c in names if c in model.input_schema["columns"]
@@ -63,7 +66,7 @@ def read_rows(path: Path, model: Model) -> Rows:
         chunks = lf.select(wanted).collect_batches(chunk_size=model.batch_rows)
         some = False
         while True:
-            with _reading(path):
+            with _reading(path, typed):
                 chunk = next(chunks, None)
             if chunk is None:
                 break
@@ -75,13 +78,33 @@ def read_rows(path: Path, model: Model) -> Rows:
     return Rows(str(path), batches)
 
 
+def _scan_csv(path: Path, model: Model, typed: bool) -> pl.LazyFrame:
+    """The CSV as text: each column converts to its training type, as ingest's. With
+    `typed`, the number columns are parsed as their training types straight away (one parse,
+    not text and then a conversion); a value that does not parse raises NotTyped when read."""
+    text = pl.scan_csv(path, infer_schema=False)
+    if not typed:
+        return text
+    with _reading(path):
+        header = text.collect_schema().names()
+    numbers = {c: t for c, t in model.types.items() if c in header and t.is_numeric()}
+    return pl.scan_csv(path, infer_schema=False, schema_overrides=numbers) if numbers else text
+
+
+class NotTyped(Exception):
+    """A CSV read with its number columns typed (read_rows' `typed`) holds something polars
+    cannot read that way: read it again as text, where the input check names the value."""
+
+
 @contextmanager
-def _reading(path: Path) -> Iterator[None]:
+def _reading(path: Path, typed: bool = False) -> Iterator[None]:
     """polars' failure to read a file (a malformed line, bytes that are not UTF-8) as one
     DataError naming the file."""
     try:
         yield
     except (pl.exceptions.PolarsError, OSError) as exc:
+        if typed and isinstance(exc, pl.exceptions.PolarsError):
+            raise NotTyped(str(path)) from None
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(f"DATA: cannot read {path}: {first}") from None
 
