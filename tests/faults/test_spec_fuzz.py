@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from trainflow.engine.checks import check_model_and_training
 from trainflow.errors import TrainflowError
-from trainflow.spec.pipeline import apply_override, load_spec, validate_spec
+from trainflow.spec.pipeline import PipelineSpec, apply_override, load_spec, validate_spec
 from tests.conftest import PIPELINES
 
 pytestmark = pytest.mark.faults
@@ -62,10 +62,14 @@ def mutate(raw, data) -> object:
 
 
 def only_trainflow_errors(action) -> None:
+    """The action ends in a valid spec or in a trainflow error with a message; any other
+    exception propagates and fails the test."""
     try:
         spec = action()
-    except TrainflowError:
+    except TrainflowError as exc:
+        assert str(exc).strip() and "Traceback" not in str(exc)
         return
+    assert isinstance(spec, PipelineSpec)
     check_model_size_or_error(spec)
 
 
