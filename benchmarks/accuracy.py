@@ -23,7 +23,7 @@ from sklearn.svm import SVC  # noqa: E402
 
 from trainflow.flows.pipeline import pipeline  # noqa: E402
 from trainflow.spec.pipeline import load_spec  # noqa: E402
-from trainflow.tasks.cv import fold_data  # noqa: E402
+from trainflow.tasks.fold import fold_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ import torch
 
 from trainflow.compress import latency_per_batch, linear_weight_bytes, quantize_dynamic_int8
 from trainflow.models.mlp import mlp
-from trainflow.spec.evaluate import DynamicInt8Params
+from trainflow.spec.after_training import DynamicInt8Params
 
 
 def torchao_variants():

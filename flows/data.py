@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from trainflow import registry
-from trainflow.orchestration import step
+from trainflow.task_options import step
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.tasks.expect import check_expectations
 from trainflow.tasks.ingest import ingest

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from trainflow.deployments import spec_from_parameters
-from trainflow.orchestration import check_runner
+from trainflow.deploy import spec_from_parameters
+from trainflow.task_options import check_runner
 from trainflow.flows.pipeline import pipeline as pipeline_flow
 from trainflow.preflight import check_data
 

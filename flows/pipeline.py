@@ -8,10 +8,10 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.artifacts import ArtifactRef, Store
-from trainflow.flows.cv import run_folds
+from trainflow.flows.cross_validate import run_folds
 from trainflow.flows.data import prepare_data
 from trainflow.mlflow_log import mlflow_module
-from trainflow.orchestration import step
+from trainflow.task_options import step
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.tasks.ensemble import ensemble_folds
 from trainflow.tasks.evaluate import evaluate_model

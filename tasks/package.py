@@ -21,7 +21,7 @@ from trainflow.spec.pipeline import PipelineSpec
 from trainflow.steps import scan_parts
 from trainflow.tables import TableSchema
 from trainflow.tasks import anomalies, clean, encode, normalize, outliers, smooth
-from trainflow.tasks.cv import FOLD_STEPS
+from trainflow.tasks.fold import FOLD_STEPS
 
 # How rows pass each data step at prediction: the step's own `apply`, or its
 # `apply_at_prediction` (the same, keeping every row: each input row gets a prediction), and

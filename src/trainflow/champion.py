@@ -80,7 +80,7 @@ def store_for(pipeline: str, store: str | Path | None = None) -> Path:
     ./.trainflow, the default store."""
     if store is not None:
         return Path(store).resolve()
-    from trainflow.deployments import pipelines_dir  # light: no flow is imported
+    from trainflow.deploy import pipelines_dir  # light: no flow is imported
     from trainflow.spec.loading import load_raw
 
     spec = pipelines_dir() / f"{checked_name(pipeline)}.yaml"

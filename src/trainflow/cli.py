@@ -197,29 +197,29 @@ def _start_server(args) -> int:
 
 def _orchestrate(args) -> int:
     """serve, deploy and notify-data: all need a reachable server in PREFECT_API_URL."""
-    from trainflow import deployments
+    from trainflow import deploy
     from trainflow.errors import TrainflowError
     from trainflow.spec.orchestration import OrchestrationSpec
 
     if args.command == "notify-data":
-        deployments.spec_file(args.pipeline)  # a pipeline that exists, before the server
-        deployments.require_server()
-        event = deployments.notify_data(args.pipeline, args.note)
-        print(f"emitted {deployments.NEW_DATA_EVENT} for {args.pipeline} (event {event})")
+        deploy.spec_file(args.pipeline)  # a pipeline that exists, before the server
+        deploy.require_server()
+        event = deploy.notify_data(args.pipeline, args.note)
+        print(f"emitted {deploy.NEW_DATA_EVENT} for {args.pipeline} (event {event})")
         return 0
-    path = Path(args.file) if args.file else deployments.PREFECT_YAML
-    entries = deployments.read_deployments(path)  # bad schedules are named before the server
+    path = Path(args.file) if args.file else deploy.PREFECT_YAML
+    entries = deploy.read_deployments(path)  # bad schedules are named before the server
     if args.max_trainings is not None and args.max_trainings < 1:
         raise TrainflowError(f"--max-trainings must be >= 1, got {args.max_trainings}")
-    deployments.require_server()
+    deploy.require_server()
     if args.max_trainings is not None:
-        deployments.limit_trainings(OrchestrationSpec().device_tag, args.max_trainings)
+        deploy.limit_trainings(OrchestrationSpec().device_tag, args.max_trainings)
     if args.command == "deploy":
-        for name in deployments.deploy_all(path, args.pool):
+        for name in deploy.deploy_all(path, args.pool):
             print(f"registered {name}")
         return 0
     print(f"serving {len(entries)} deployment(s) from {path}", flush=True)
-    deployments.serve_all(path, args.limit)
+    deploy.serve_all(path, args.limit)
     return 0
 
 
@@ -282,7 +282,7 @@ def _command(args) -> int:
     from trainflow.runtime import run_pipeline
 
     if os.environ.get("PREFECT_API_URL"):
-        from trainflow.deployments import require_server
+        from trainflow.deploy import require_server
         require_server()
     result = run_pipeline(spec)
     print(json.dumps({"run_dir": result["run_dir"], "package": result["package"],

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from trainflow.spec.evaluate import DynamicInt8Params, L1UnstructuredParams
+from trainflow.spec.after_training import DynamicInt8Params, L1UnstructuredParams
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 

@@ -16,7 +16,7 @@ from trainflow import compress
 from trainflow.engine import optim
 from trainflow.models.cnn import cnn
 from trainflow.models.mlp import mlp
-from trainflow.spec import evaluate as ev
+from trainflow.spec import after_training as ev
 from trainflow.models.recurrent import gru, lstm, rnn
 from trainflow.models.transformer import transformer
 from trainflow.spec.model import CNNParams, MLPParams, RecurrentParams, TransformerParams

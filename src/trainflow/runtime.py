@@ -20,7 +20,7 @@ from prefect.settings import (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_set
                               temporary_settings)
 
 from trainflow.flows.pipeline import pipeline
-from trainflow.orchestration import check_runner
+from trainflow.task_options import check_runner
 from trainflow.preflight import check_data
 from trainflow.spec.pipeline import PipelineSpec
 

@@ -95,7 +95,7 @@ def locations(pipeline: str, data: str, output: str, package: str | None,
     """The pipeline's name and, from a score run's parameters, the model package, the data
     and the output; every parameter problem is reported at once, before any file is read."""
     from trainflow.champion import champion_package
-    from trainflow.deployments import spec_file
+    from trainflow.deploy import spec_file
     from trainflow.spec.pipeline import load_spec
 
     spec = load_spec(spec_file(pipeline))  # a SpecError naming the pipeline parameter

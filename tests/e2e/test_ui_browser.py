@@ -46,8 +46,12 @@ def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_pa
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
+            # two deployments share the pipeline's name (its training and its scoring): the
+            # list links each to its own page; open the training one's, as a user picks the
+            # row under the `trainflow` flow
+            deployment = prefect_server.deployment("breast_cancer_mlp")["id"]
             page.goto(f"{prefect_server.ui}/deployments", wait_until="networkidle")
-            page.get_by_role("link", name="breast_cancer_mlp", exact=True).click()
+            page.locator(f"a[href='/deployments/deployment/{deployment}']").first.click()
             page.get_by_role("button", name="Run", exact=True).click()
             page.get_by_text("Custom run").click()
             page.locator("input[type=text]").first.fill(name)  # the run's name

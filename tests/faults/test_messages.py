@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trainflow.cli import main
-from trainflow.deployments import spec_file
+from trainflow.deploy import spec_file
 from trainflow.errors import SpecError
 from trainflow.spec.pipeline import load_spec
 from tests.conftest import ROOT

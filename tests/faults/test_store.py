@@ -133,7 +133,7 @@ SHARD_FLOW = """
 import json, resource, signal, sys
 from prefect import flow
 from trainflow.artifacts import ArtifactRef
-from trainflow.orchestration import step
+from trainflow.task_options import step
 from trainflow.spec.pipeline import load_spec
 from trainflow.tasks.shard import shard
 

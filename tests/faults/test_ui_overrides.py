@@ -5,7 +5,7 @@ import typing
 import pytest
 import yaml
 
-from trainflow.deployments import spec_from_parameters
+from trainflow.deploy import spec_from_parameters
 from trainflow.errors import SpecError
 from trainflow.spec.base import Section
 from trainflow.spec.pipeline import PipelineSpec

@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 from tests.flows.helpers import run, task_states
 from trainflow.errors import DataError
 from trainflow.flows.pipeline import pipeline
-from trainflow.orchestration import step
+from trainflow.task_options import step
 from trainflow.spec.pipeline import load_spec
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")

@@ -7,7 +7,7 @@ import pytest
 from trainflow.errors import SpecError
 from trainflow.spec.pipeline import validate_spec
 from trainflow.steps import read_parts
-from trainflow.tasks.cv import fold_data
+from trainflow.tasks.fold import fold_data
 from trainflow.tasks.encode import EncodeParams, encode
 from trainflow.tasks.ingest import FileSource, SklearnSource, ingest
 from trainflow.tasks.resample import SAMPLERS, ResampleParams, resample

@@ -8,7 +8,7 @@ from sklearn.model_selection import train_test_split
 from trainflow.errors import DataError, SpecError
 from trainflow.spec.pipeline import validate_spec
 from trainflow.steps import read_parts
-from trainflow.tasks.cv import fold_data
+from trainflow.tasks.fold import fold_data
 from trainflow.tasks.ingest import FileSource, SklearnSource, ingest
 from trainflow.tasks.split import SplitParams, split, stratified_shuffle_split
 from trainflow.tasks.subsample import SubsampleParams, subsample

@@ -13,11 +13,11 @@ from trainflow.engine.data import Split
 from trainflow.engine.loop import fit
 from trainflow.engine.bundle import optimizer_factory
 from trainflow.models.mlp import mlp
-from trainflow.spec.evaluate import DynamicInt8Params, L1UnstructuredParams
+from trainflow.spec.after_training import DynamicInt8Params, L1UnstructuredParams
 from trainflow.spec.model import MLPParams
 from trainflow.spec.train import EarlyStopping, TrainSpec
 from trainflow.steps import read_parts
-from trainflow.tasks.cv import fold_data, train_fold
+from trainflow.tasks.fold import fold_data, train_fold
 from trainflow.tasks.evaluate import evaluate_model
 from trainflow.tasks.ingest import SklearnSource, ingest
 from trainflow.tasks.normalize import NormalizeParams, normalize

@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainflow.deployments import spec_from_parameters
+from trainflow.deploy import spec_from_parameters
 from trainflow.errors import SpecError
 from tests.conftest import ROOT
 

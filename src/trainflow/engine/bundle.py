@@ -19,7 +19,7 @@ from trainflow.engine.distill import load_teacher
 from trainflow.errors import TrainflowError
 from trainflow.engine.augment import Augmenter, preview_png
 from trainflow.engine.data import Split
-from trainflow.engine.evaluate import predict
+from trainflow.engine.inference import predict
 from trainflow.engine.loop import FitResult, fit, resolve_device
 from trainflow.loader import Stream
 from trainflow.metrics import classification_metrics

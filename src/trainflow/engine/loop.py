@@ -23,7 +23,7 @@ from trainflow.engine import schedule, transfer
 from trainflow.engine.augment import Augmenter
 from trainflow.engine.batchsize import largest_batch, ramped
 from trainflow.engine.distill import Distiller
-from trainflow.engine.evaluate import aux_accuracy, predict
+from trainflow.engine.inference import aux_accuracy, predict
 from trainflow.engine.resume import restore_rng, training_state
 from trainflow.engine.data import (Split, balanced_weights, batches, weighted_loss,
                                    weights_from_counts)

@@ -16,7 +16,7 @@ from trainflow import registry
 from trainflow.errors import SpecError, did_you_mean
 from trainflow.spec.base import Section
 from trainflow.spec.loading import load_raw, parse_yaml
-from trainflow.spec.evaluate import EvaluateSpec, OutputsSpec
+from trainflow.spec.after_training import EvaluateSpec, OutputsSpec
 from trainflow.spec.orchestration import OrchestrationSpec, RunnerSpec
 from trainflow.spec.promote import PromoteSpec
 from trainflow.spec.train import TrainSpec

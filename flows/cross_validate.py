@@ -6,9 +6,9 @@ from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.artifacts import ArtifactRef
-from trainflow.orchestration import cv_task_runner, step
+from trainflow.task_options import cv_task_runner, step
 from trainflow.spec.pipeline import PipelineSpec
-from trainflow.tasks.cv import train_fold
+from trainflow.tasks.fold import train_fold
 
 
 # One worker: each fold seeds torch's process-wide RNG, so folds must not interleave in threads
