@@ -35,7 +35,9 @@ from pathlib import Path
 # The flags that decide which kernels torch, oneDNN and ONNX Runtime pick on x86.
 FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
          "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "neon", "asimd", "sve")
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# POLARS_MAX_THREADS only takes effect in a process that has not imported polars yet.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "POLARS_MAX_THREADS")
 SEED = 0
 RESAMPLES = 2000
 

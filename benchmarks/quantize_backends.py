@@ -3,25 +3,33 @@
 Compares fp32 against torch.ao dynamic int8 (`quantize_dynamic`) and, when torchao is importable,
 torchao's int8 dynamic-activation and int8 weight-only configs (eager, no torch.compile, as a
 trainflow task runs them). Models: the breast-cancer MLP and a wide MLP where Linear layers
-dominate. Median seconds per batch of 256, several repeats, same inputs; also the largest
-absolute logit difference against fp32.
+dominate; batches of 256, the same inputs for every backend; also the largest absolute logit
+difference against fp32.
 
-    .venv/bin/python benchmarks/quantize_backends.py
+Method (benchmarks/harness.py): threads pinned (--threads, default 1); per model, every backend
+runs once per run (CALLS forward passes), interleaved in an order rotated each run, after one
+warm-up round; a fixed --runs; wall and CPU time per batch; each backend's median ratio to fp32
+over the paired runs with a 95 % bootstrap interval.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quantize_backends.py [--runs 15] [--threads 1]
     # optional, for the torchao columns (not a trainflow dependency):
     .venv/bin/pip install --no-deps torchao==0.18.0 && .venv/bin/python benchmarks/quantize_backends.py
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
-import json
 import warnings
 
+import harness
 import torch
 
-from trainflow.compress import latency_per_batch, linear_weight_bytes, quantize_dynamic_int8
+from trainflow.compress import linear_weight_bytes, quantize_dynamic_int8
 from trainflow.models.mlp import mlp
 from trainflow.spec.after_training import DynamicInt8Params
+
+CALLS = {"breast_cancer_mlp": 400, "wide_mlp_1024": 8}  # a run: tens of ms per backend
 
 
 def torchao_variants():
@@ -41,7 +49,22 @@ def torchao_variants():
             "torchao_int8_weight_only": apply(Int8WeightOnlyConfig)}, None
 
 
+def timed(model: torch.nn.Module, batch: torch.Tensor, calls: int):
+    """One run of one backend: `calls` forward passes, timed together."""
+    @torch.inference_mode()
+    def run():
+        for _ in range(calls):
+            model(batch)
+    return lambda: harness.measure(run)[0]
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    harness.pin_threads(args.threads)
+    before = harness.header("quantize_backends")
     torch.manual_seed(0)
     models = {"breast_cancer_mlp": (mlp([30], 2, [64, 32]), torch.randn(256, 30)),
               "wide_mlp_1024": (mlp([784], 10, [1024, 1024, 1024]), torch.randn(256, 784))}
@@ -49,26 +72,28 @@ def main() -> None:
     backends = {"torch_ao_dynamic_int8":
                 lambda m: quantize_dynamic_int8(m, DynamicInt8Params(type="dynamic_int8")),
                 **extra}
-    report = {"note": note, "threads": torch.get_num_threads(), "models": {}}
+    results = {}
     for name, (model, batch) in models.items():
         model.eval()
         with torch.inference_mode():
             reference = model(batch)
-        fp32 = latency_per_batch(model, batch, 50)
-        rows = {"fp32": {"ms_per_batch": round(1000 * fp32, 4),
-                         "linear_weight_bytes": linear_weight_bytes(model)}}
-        for backend, build in backends.items():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                quantized = build(model)
-                seconds = latency_per_batch(quantized, batch, 50)
+        built, errors = {"fp32": model}, {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for backend, build in backends.items():
+                built[backend] = build(model)
                 with torch.inference_mode():
-                    error = (quantized(batch) - reference).abs().max().item()
-            rows[backend] = {"ms_per_batch": round(1000 * seconds, 4),
-                             "speedup_vs_fp32": round(fp32 / seconds, 3),
-                             "max_abs_logit_error": round(error, 5)}
-        report["models"][name] = rows
-    print(json.dumps(report, indent=1))
+                    errors[backend] = round((built[backend](batch) - reference).abs().max().item(), 5)
+            samples = harness.interleave(
+                {k: timed(m, batch, CALLS[name]) for k, m in built.items()}, args.runs)
+        print(f"\n## {name}: ms per batch of 256 ({CALLS[name]} batches a run)")
+        summary = harness.summarize(samples, "fp32")
+        print(harness.table(summary, unit=CALLS[name] / 1000, unit_name="ms/batch"))
+        results[name] = {"calls_per_run": CALLS[name], "max_abs_logit_error": errors,
+                         "linear_weight_bytes_fp32": linear_weight_bytes(model),
+                         "summary": summary}
+    harness.finish("quantize_backends", before,
+                   {"runs": args.runs, "threads": args.threads, "note": note, "models": results})
 
 
 if __name__ == "__main__":
