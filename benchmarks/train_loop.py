@@ -1,42 +1,51 @@
-"""Benchmark (a): trainflow's training task against a plain hand-written PyTorch loop.
+"""Loop overhead: trainflow's training task against a plain hand-written PyTorch loop.
 
 Same model (the digits CNN of pipelines/digits_cnn.yaml), same seed, same data order and
-batches, same per-epoch validation pass. trainflow's side is the whole `train` task body: it
-reads and verifies the shards, trains with early-stopping bookkeeping, writes metrics.jsonl,
-last.pt every epoch and best.pt, and commits the model artifact. Several runs each, alternating,
-the first dropped; the result is the median (and best-of-runs) seconds per epoch and the final
-training losses, which must be equal. Default knobs: last.pt every epoch but at most once per
-`train.checkpoint_interval_s` (30 s), best.pt and last.pt at the end, metrics.jsonl every epoch.
+batches, same per-epoch validation pass, fp32. Contenders:
 
-    .venv/bin/python benchmarks/train_loop.py [--runs 5] [--epochs 10] [--instrumented]
+- hand-written: tensors in memory (read before the clock starts), shuffle, step, validate.
+- train task, defaults: the whole `train` task body: it reads and verifies the shards, trains
+  with early-stopping bookkeeping, writes metrics.jsonl, last.pt (every epoch but at most once
+  per `train.checkpoint_interval_s`, 30 s) and best.pt, and commits the model artifact.
+- train task, with logging and checkpointing (--instrumented): what a user watching a run turns
+  on: a metrics.jsonl row every 10 optimizer steps (loss, learning rate, gradient norm),
+  TensorBoard event files, and last.pt at every epoch end with no time throttle (keep_last 3,
+  each with its sha256).
 
---instrumented adds a third contender, interleaved with the other two: the train task with what
-a user watching a run turns on: a metrics.jsonl row every 10 optimizer steps (loss, learning
-rate, gradient norm), TensorBoard event files, and last.pt at every epoch end with no time
-throttle (keep_last 3, each with its sha256). Besides wall time, each contender's CPU time
-(process time, all threads: the background checkpoint writer and TensorBoard's flusher
-included) is reported: on a shared machine it moves far less with the neighbours' load.
+Method (benchmarks/harness.py): every contender runs on one pinned thread (torch and the spec's
+`train.threads`), so the baseline is the one-thread epoch of the hand-written loop; each run
+trains every contender once, interleaved in an order rotated each run, after one warm-up round;
+a fixed --runs; a fresh store each time. The figure is CPU time (process time over all threads,
+the background checkpoint writer and TensorBoard's flusher included), which moves far less with
+the neighbours' load than wall time; wall time is printed beside it. Overhead = the median of
+the per-run ratios task / hand-written minus 1, with a 95 % bootstrap interval. Targets: defaults
+<= 2 %, with logging and checkpointing <= 10 %. The final training losses must be equal.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_loop.py [--runs 11] [--epochs 10] \
+        [--instrumented]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
+import harness
 import torch
 from torch import nn
 
 from trainflow.engine.bundle import build_model
 from trainflow.shards import read_split
 from trainflow.spec.pipeline import load_spec
+from trainflow.spec.train import TrainSpec
 from trainflow.tasks.ingest import ingest
 from trainflow.tasks.train import train_model
 
 ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"train task, defaults": 2.0, "train task, logging + checkpoints": 10.0}
 
 
 def prepare(spec, store: str):
@@ -52,14 +61,11 @@ def prepare(spec, store: str):
     return shard.fn(ref, spec.data.shard, store)
 
 
-def hand_written(spec, shards, epochs: int) -> tuple[float, float]:
-    """What a user would write: tensors in memory, shuffle, step, validate each epoch."""
-    x, y = (torch.from_numpy(a) for a in read_split(shards.path, "train"))
-    vx, vy = (torch.from_numpy(a) for a in read_split(shards.path, "val"))
-    start, cpu = time.perf_counter(), time.process_time()
+def hand_written(spec, data, epochs: int) -> float:
+    """What a user would write; returns the last epoch's mean training loss."""
+    (x, y), (vx, vy) = data
     torch.manual_seed(spec.seed)
-    model = build_model(spec.model, shards.data_schema["input_shape"],
-                        len(shards.data_schema["classes"]))
+    model = build_model(spec.model, [*x.shape[1:]], int(y.max()) + 1)
     order = torch.Generator().manual_seed(spec.seed)
     torch.manual_seed(spec.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.train.lr,
@@ -79,63 +85,87 @@ def hand_written(spec, shards, epochs: int) -> tuple[float, float]:
         with torch.no_grad():
             for i in range(0, len(vy), bs):
                 nn.functional.cross_entropy(model(vx[i:i + bs]), vy[i:i + bs])
-    return ((time.perf_counter() - start) / epochs, (time.process_time() - cpu) / epochs,
-            total.item() / len(y))
+    return total.item() / len(y)
 
 
-def trainflow_task(spec, shards, store: str) -> tuple[float, float, float]:
-    start, cpu = time.perf_counter(), time.process_time()
-    ref = train_model.fn(shards, spec.model, spec.train, spec.seed, store)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-    rows = [json.loads(line) for line in (ref.path / "metrics.jsonl").read_text().splitlines()]
-    epochs = [row for row in rows if "train_loss" in row]  # not the per-step rows
-    return seconds / len(epochs), cpu_seconds / len(epochs), epochs[-1]["train_loss"]
+def specs(epochs: int, tmp: str) -> dict:
+    base = [f"train.epochs={epochs}", "train.early_stopping=null",
+            "train.augment=null",  # the hand-written loop does not augment
+            "train.precision=fp32"]
+    if "threads" in TrainSpec.model_fields:  # the spec's own thread choice, pinned to one
+        base.append("train.threads=1")
+    path = ROOT / "pipelines" / "digits_cnn.yaml"
+    return {"train task, defaults": load_spec(path, base),
+            "train task, logging + checkpoints": load_spec(path, [
+                *base, "train.log.every_steps=10", f"train.log.tensorboard={tmp}/tb",
+                "train.checkpoint_every=1", "train.checkpoint_interval_s=0",
+                "train.keep_last=3"])}
+
+
+def contenders(names: list[str], specs: dict, shards, tmp: str, epochs: int, losses: dict):
+    """One measured training per call; each call's final training loss lands in `losses`."""
+    spec = specs["train task, defaults"]
+    data = [tuple(torch.from_numpy(a) for a in read_split(shards.path, part))
+            for part in ("train", "val")]
+    stores = itertools.count()
+
+    def hand():
+        sample, loss = harness.measure(lambda: hand_written(spec, data, epochs))
+        losses["hand-written"].add(loss)
+        return sample
+
+    def task(name):
+        def run():
+            store, chosen = f"{tmp}/store{next(stores)}", specs[name]
+            sample, ref = harness.measure(lambda: train_model.fn(
+                shards, chosen.model, chosen.train, chosen.seed, store))
+            rows = [json.loads(line) for line in (ref.path / "metrics.jsonl").read_text()
+                    .splitlines()]
+            losses[name].add([r for r in rows if "train_loss" in r][-1]["train_loss"])
+            return sample
+        return run
+    return {name: hand if name == "hand-written" else task(name) for name in names}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=7)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=11)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--instrumented", action="store_true")
     args = parser.parse_args()
-    names = ["hand_written", "trainflow"] + (["instrumented"] if args.instrumented else [])
-    results = {name: [] for name in names}
+    harness.pin_threads(1)
+    before = harness.header("train_loop")
+    names = ["hand-written", "train task, defaults"]
+    names += ["train task, logging + checkpoints"] if args.instrumented else []
+    losses = {name: set() for name in names}
     with tempfile.TemporaryDirectory() as tmp:
-        base = [f"train.epochs={args.epochs}", "train.early_stopping=null",
-                "train.augment=null"]  # the hand-written loop does not augment
-        specs = {"trainflow": load_spec(ROOT / "pipelines" / "digits_cnn.yaml", base),
-                 "instrumented": load_spec(ROOT / "pipelines" / "digits_cnn.yaml", [
-                     *base, "train.log.every_steps=10", f"train.log.tensorboard={tmp}/tb",
-                     "train.checkpoint_every=1", "train.checkpoint_interval_s=0",
-                     "train.keep_last=3"])}
-        spec = specs["trainflow"]
-        shards = prepare(spec, tmp)
-        for run in range(args.runs):
-            # fresh store per run so that nothing is reused; rotate the order of contenders
-            for name in names[run % len(names):] + names[:run % len(names)]:
-                store = f"{tmp}/run{run}-{name}"
-                results[name].append(hand_written(spec, shards, args.epochs)
-                                     if name == "hand_written"
-                                     else trainflow_task(specs[name], shards, store))
-    kept = {k: v[1:] for k, v in results.items()}
-    wall = {k: statistics.median(r[0] for r in v) for k, v in kept.items()}
-    cpu = {k: statistics.median(r[1] for r in v) for k, v in kept.items()}
-    best = {k: min(r[0] for r in v) for k, v in kept.items()}
-    losses = {k: {r[2] for r in v} for k, v in results.items()}
-    report = {"epochs": args.epochs, "runs_kept": args.runs - 1,
-              "hand_written_s_per_epoch": round(wall["hand_written"], 4),
-              "hand_written_cpu_s_per_epoch": round(cpu["hand_written"], 4)}
+        chosen = specs(args.epochs, tmp)
+        shards = prepare(chosen["train task, defaults"], tmp)
+        samples = harness.interleave(
+            contenders(names, chosen, shards, tmp, args.epochs, losses), args.runs)
+    summary = harness.summarize(samples, "hand-written")
+    print(f"\n{args.epochs} epochs a training; seconds per epoch:")
+    print(harness.table(summary, unit=args.epochs, unit_name="s/epoch"))
+    overhead = {}
     for name in names[1:]:
-        report[name] = {
-            "s_per_epoch": round(wall[name], 4), "cpu_s_per_epoch": round(cpu[name], 4),
-            "overhead_pct": round(100 * (wall[name] / wall["hand_written"] - 1), 2),
-            "overhead_s_per_epoch": round(wall[name] - wall["hand_written"], 4),
-            "cpu_overhead_pct": round(100 * (cpu[name] / cpu["hand_written"] - 1), 2),
-            "best_of_runs_overhead_pct": round(100 * (best[name] / best["hand_written"] - 1), 2),
-            "final_loss_equal": losses[name] == losses["hand_written"] and len(losses[name]) == 1,
-        }
-    report["final_loss"] = sorted(losses["trainflow"])[0]
-    print(json.dumps(report, indent=1))
+        cpu = summary[name]["cpu_ratio"]
+        overhead[name] = {
+            "cpu_overhead_pct": round(100 * (cpu["median"] - 1), 2),
+            "cpu_overhead_pct_95": [round(100 * (cpu["low"] - 1), 2),
+                                    round(100 * (cpu["high"] - 1), 2)],
+            "wall_overhead_pct": round(100 * (summary[name]["wall_ratio"]["median"] - 1), 2),
+            "target_pct": TARGETS[name], "met": 100 * (cpu["median"] - 1) <= TARGETS[name],
+            "final_loss_equal": losses[name] == losses["hand-written"]
+                                and len(losses[name]) == 1}
+        print(f"{name}: CPU-time overhead {overhead[name]['cpu_overhead_pct']:+.2f} % "
+              f"(95 % {overhead[name]['cpu_overhead_pct_95'][0]:+.2f} to "
+              f"{overhead[name]['cpu_overhead_pct_95'][1]:+.2f}), target <= {TARGETS[name]} %: "
+              f"{'met' if overhead[name]['met'] else 'NOT met'}; final loss equal: "
+              f"{overhead[name]['final_loss_equal']}")
+    harness.finish("train_loop", before, {
+        "runs": args.runs, "epochs": args.epochs, "threads": 1, "baseline": "hand-written",
+        "overhead": overhead, "final_losses": {k: sorted(v) for k, v in losses.items()},
+        "summary": summary})
 
 
 if __name__ == "__main__":
