@@ -6,7 +6,8 @@
 - Threads are pinned (`pin_threads`): OMP/MKL/OpenBLAS variables for child processes, torch's
   intra-op pool and the BLAS pools of this process, so no contender gets a different pool size.
 - Contenders run interleaved, each once per run (`interleave`), the order rotated by one each
-  run (AB BA AB... for two), so each contender runs first equally often. A change in the neighbours' load then reaches every contender alike.
+  run (AB BA AB... for two), so each contender runs first equally often. A change in the
+  neighbours' load then reaches every contender alike.
 - The run count is fixed before the first run and there is no retry: a benchmark reports what
   its runs measured.
 - Each run measures wall time and CPU time: the process's CPU time (all its threads, plus the
@@ -33,11 +34,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # The flags that decide which kernels torch, oneDNN and ONNX Runtime pick on x86.
-FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
-         "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "neon", "asimd", "sve")
+FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "neon",
+    "asimd",
+    "sve",
+)
 # POLARS_MAX_THREADS only takes effect in a process that has not imported polars yet.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "POLARS_MAX_THREADS")
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "POLARS_MAX_THREADS",
+)
 SEED = 0
 RESAMPLES = 2000
 
@@ -45,14 +64,18 @@ RESAMPLES = 2000
 @dataclass(frozen=True)
 class Sample:
     """One contender's one run."""
+
     wall_s: float
     cpu_s: float
 
 
 def cpu() -> dict:
     """CPU model, core count and which of FLAGS /proc/cpuinfo lists (empty where it is absent)."""
-    info = {"model": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "flags": []}
+    info = {
+        "model": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "flags": [],
+    }
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -103,6 +126,7 @@ def pin_threads(count: int) -> int:
     if "numpy" in sys.modules:
         try:
             from threadpoolctl import threadpool_limits
+
             threadpool_limits(count)
         except ImportError:
             pass
@@ -111,8 +135,12 @@ def pin_threads(count: int) -> int:
 
 def machine() -> dict:
     """What `header` prints and the JSON result carries."""
-    return {"load_average": load_average(), "cpu": cpu(), "threads": threads(),
-            "python": platform.python_version()}
+    return {
+        "load_average": load_average(),
+        "cpu": cpu(),
+        "threads": threads(),
+        "python": platform.python_version(),
+    }
 
 
 def header(name: str) -> dict:
@@ -120,8 +148,10 @@ def header(name: str) -> dict:
     info = machine()
     print(f"# {name}", flush=True)
     print(f"# load average (1, 5, 15 min) before: {info['load_average']}")
-    print(f"# CPU: {info['cpu']['model']}, {info['cpu']['cpus']} logical CPUs, "
-          f"flags: {' '.join(info['cpu']['flags']) or 'none of ' + ' '.join(FLAGS)}")
+    print(
+        f"# CPU: {info['cpu']['model']}, {info['cpu']['cpus']} logical CPUs, "
+        f"flags: {' '.join(info['cpu']['flags']) or 'none of ' + ' '.join(FLAGS)}"
+    )
     print(f"# threads: {json.dumps(info['threads'])}", flush=True)
     return info
 
@@ -137,24 +167,28 @@ def measure(fn: Callable[[], object]) -> tuple[Sample, object]:
     return Sample(wall, cpu_s), value
 
 
-def run_process(argv: Sequence[str], env: dict | None = None,
-                cwd: str | Path | None = None) -> tuple[Sample, str]:
-    """A fresh process, as a user starts it: its wall time and its own rusage (user + system).
+def run_process(
+    argv: Sequence[str], env: dict | None = None, cwd: str | Path | None = None
+) -> tuple[Sample, str]:
+    """A fresh process, as a user starts it: its wall time, its own rusage (user + system, and
+    that of the children it waited for) and its standard output.
 
-    The output goes to a file, not a pipe, so a chatty command cannot block on a full pipe while
-    we wait for it. A failing command raises with the end of its output.
+    Output goes to files, not pipes, so a chatty command cannot block on a full pipe while we
+    wait for it. A failing command raises with the end of its output.
     """
-    with tempfile.TemporaryFile(mode="w+") as out:
+    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=out,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=out, stderr=err, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: Popen must not wait
         out.seek(0)
-        text = out.read()
+        err.seek(0)
+        text, errors = out.read(), err.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{text[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(map(str, argv))} exited {proc.returncode}:\n{(text + errors)[-3000:]}"
+        )
     return Sample(wall, usage.ru_utime + usage.ru_stime), text
 
 
@@ -165,8 +199,9 @@ def order(names: Sequence[str], run: int) -> list[str]:
     return names[shift:] + names[:shift]
 
 
-def interleave(contenders: dict[str, Callable[[], Sample]], runs: int,
-               warmup: int = 1) -> dict[str, list[Sample]]:
+def interleave(
+    contenders: dict[str, Callable[[], Sample]], runs: int, warmup: int = 1
+) -> dict[str, list[Sample]]:
     """Run every contender once per run, in `order`, for a fixed number of runs.
 
     Each callable does one run and returns its Sample (from `measure` or `run_process`), so a
@@ -190,8 +225,13 @@ def median(values: Sequence[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def paired_ratio(contender: Sequence[float], baseline: Sequence[float], level: float = 0.95,
-                 resamples: int = RESAMPLES, seed: int = SEED) -> dict:
+def paired_ratio(
+    contender: Sequence[float],
+    baseline: Sequence[float],
+    level: float = 0.95,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> dict:
     """Median of the per-run ratios contender/baseline and its bootstrap interval (pairs kept)."""
     if len(contender) != len(baseline) or len(contender) < 2:
         raise ValueError("paired_ratio needs two equally long lists of at least 2 runs")
@@ -201,21 +241,24 @@ def paired_ratio(contender: Sequence[float], baseline: Sequence[float], level: f
     tail = (1 - level) / 2
     low = stats[int(tail * (resamples - 1))]
     high = stats[round((1 - tail) * (resamples - 1))]
-    return {"median": median(ratios), "low": low, "high": high, "level": level,
-            "runs": len(ratios)}
+    return {"median": median(ratios), "low": low, "high": high, "level": level, "runs": len(ratios)}
 
 
 def summarize(samples: dict[str, list[Sample]], baseline: str) -> dict:
     """Per contender: median wall and CPU seconds; against the baseline, both paired ratios."""
     out = {}
     for name, runs in samples.items():
-        row = {"wall_s": median([s.wall_s for s in runs]), "cpu_s": median([s.cpu_s for s in runs]),
-               "runs": [asdict(s) for s in runs]}
+        row = {
+            "wall_s": median([s.wall_s for s in runs]),
+            "cpu_s": median([s.cpu_s for s in runs]),
+            "runs": [asdict(s) for s in runs],
+        }
         if name != baseline:
             for metric in ("wall_s", "cpu_s"):
                 row[f"{metric[:-2]}_ratio"] = paired_ratio(
                     [getattr(s, metric) for s in runs],
-                    [getattr(s, metric) for s in samples[baseline]])
+                    [getattr(s, metric) for s in samples[baseline]],
+                )
         out[name] = row
     return out
 
@@ -226,14 +269,18 @@ def _ratio_text(r: dict) -> str:
 
 def table(summary: dict, unit: float = 1.0, unit_name: str = "s") -> str:
     """Markdown table: medians and the paired ratios with their 95 % intervals."""
-    head = (f"| contender | wall {unit_name} (median) | CPU {unit_name} (median) | "
-            "wall / baseline (95 %) | CPU / baseline (95 %) |")
+    head = (
+        f"| contender | wall {unit_name} (median) | CPU {unit_name} (median) | "
+        "wall / baseline (95 %) | CPU / baseline (95 %) |"
+    )
     lines = [head, "|---|---|---|---|---|"]
     for name, row in summary.items():
         wall = _ratio_text(row["wall_ratio"]) if "wall_ratio" in row else "baseline"
         cpu_r = _ratio_text(row["cpu_ratio"]) if "cpu_ratio" in row else "baseline"
-        lines.append(f"| {name} | {row['wall_s'] / unit:.4g} | {row['cpu_s'] / unit:.4g} | "
-                     f"{wall} | {cpu_r} |")
+        lines.append(
+            f"| {name} | {row['wall_s'] / unit:.4g} | {row['cpu_s'] / unit:.4g} | "
+            f"{wall} | {cpu_r} |"
+        )
     return "\n".join(lines)
 
 
@@ -246,8 +293,15 @@ def finish(name: str, before: dict, result: dict) -> dict:
     return line
 
 
-def conclude(name: str, before: dict, samples: dict[str, list[Sample]], baseline: str,
-             unit: float = 1.0, unit_name: str = "s", **extra) -> dict:
+def conclude(
+    name: str,
+    before: dict,
+    samples: dict[str, list[Sample]],
+    baseline: str,
+    unit: float = 1.0,
+    unit_name: str = "s",
+    **extra,
+) -> dict:
     """The usual ending: the table, the load average after, the JSON line."""
     summary = summarize(samples, baseline)
     print(table(summary, unit, unit_name))

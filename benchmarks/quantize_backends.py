@@ -13,7 +13,8 @@ over the paired runs with a 95 % bootstrap interval.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/quantize_backends.py [--runs 15] [--threads 1]
     # optional, for the torchao columns (not a trainflow dependency):
-    .venv/bin/pip install --no-deps torchao==0.18.0 && .venv/bin/python benchmarks/quantize_backends.py
+    .venv/bin/pip install --no-deps torchao==0.18.0
+    .venv/bin/python benchmarks/quantize_backends.py
 """
 
 from __future__ import annotations
@@ -34,8 +35,11 @@ CALLS = {"breast_cancer_mlp": 400, "wide_mlp_1024": 8}  # a run: tens of ms per 
 
 def torchao_variants():
     try:
-        from torchao.quantization import (Int8DynamicActivationInt8WeightConfig,
-                                          Int8WeightOnlyConfig, quantize_)
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+            quantize_,
+        )
     except Exception as exc:  # not installed, or built for another torch
         return {}, f"torchao unavailable: {type(exc).__name__}: {str(exc)[:120]}"
 
@@ -44,17 +48,23 @@ def torchao_variants():
             model = copy.deepcopy(model)
             quantize_(model, config())
             return model
+
         return run
-    return {"torchao_int8_dynamic": apply(Int8DynamicActivationInt8WeightConfig),
-            "torchao_int8_weight_only": apply(Int8WeightOnlyConfig)}, None
+
+    return {
+        "torchao_int8_dynamic": apply(Int8DynamicActivationInt8WeightConfig),
+        "torchao_int8_weight_only": apply(Int8WeightOnlyConfig),
+    }, None
 
 
 def timed(model: torch.nn.Module, batch: torch.Tensor, calls: int):
     """One run of one backend: `calls` forward passes, timed together."""
+
     @torch.inference_mode()
     def run():
         for _ in range(calls):
             model(batch)
+
     return lambda: harness.measure(run)[0]
 
 
@@ -66,12 +76,17 @@ def main() -> None:
     harness.pin_threads(args.threads)
     before = harness.header("quantize_backends")
     torch.manual_seed(0)
-    models = {"breast_cancer_mlp": (mlp([30], 2, [64, 32]), torch.randn(256, 30)),
-              "wide_mlp_1024": (mlp([784], 10, [1024, 1024, 1024]), torch.randn(256, 784))}
+    models = {
+        "breast_cancer_mlp": (mlp([30], 2, [64, 32]), torch.randn(256, 30)),
+        "wide_mlp_1024": (mlp([784], 10, [1024, 1024, 1024]), torch.randn(256, 784)),
+    }
     extra, note = torchao_variants()
-    backends = {"torch_ao_dynamic_int8":
-                lambda m: quantize_dynamic_int8(m, DynamicInt8Params(type="dynamic_int8")),
-                **extra}
+    backends = {
+        "torch_ao_dynamic_int8": lambda m: quantize_dynamic_int8(
+            m, DynamicInt8Params(type="dynamic_int8")
+        ),
+        **extra,
+    }
     results = {}
     for name, (model, batch) in models.items():
         model.eval()
@@ -83,17 +98,26 @@ def main() -> None:
             for backend, build in backends.items():
                 built[backend] = build(model)
                 with torch.inference_mode():
-                    errors[backend] = round((built[backend](batch) - reference).abs().max().item(), 5)
+                    errors[backend] = round(
+                        (built[backend](batch) - reference).abs().max().item(), 5
+                    )
             samples = harness.interleave(
-                {k: timed(m, batch, CALLS[name]) for k, m in built.items()}, args.runs)
+                {k: timed(m, batch, CALLS[name]) for k, m in built.items()}, args.runs
+            )
         print(f"\n## {name}: ms per batch of 256 ({CALLS[name]} batches a run)")
         summary = harness.summarize(samples, "fp32")
         print(harness.table(summary, unit=CALLS[name] / 1000, unit_name="ms/batch"))
-        results[name] = {"calls_per_run": CALLS[name], "max_abs_logit_error": errors,
-                         "linear_weight_bytes_fp32": linear_weight_bytes(model),
-                         "summary": summary}
-    harness.finish("quantize_backends", before,
-                   {"runs": args.runs, "threads": args.threads, "note": note, "models": results})
+        results[name] = {
+            "calls_per_run": CALLS[name],
+            "max_abs_logit_error": errors,
+            "linear_weight_bytes_fp32": linear_weight_bytes(model),
+            "summary": summary,
+        }
+    harness.finish(
+        "quantize_backends",
+        before,
+        {"runs": args.runs, "threads": args.threads, "note": note, "models": results},
+    )
 
 
 if __name__ == "__main__":

@@ -40,10 +40,14 @@ def contenders(rows: int) -> dict:
     df, schema = frame(rows)
     x, y = df.select(schema.features).to_numpy(), df["y"].to_numpy()
     params = ResampleParams(type="resample", method="smote")
-    return {"direct fit_resample": lambda: harness.measure(
-                lambda: SMOTE(random_state=0).fit_resample(x, y))[0],
-            "trainflow resample": lambda: harness.measure(
-                lambda: apply(df, schema, params, {"seed": 0}))[0]}
+    return {
+        "direct fit_resample": lambda: harness.measure(
+            lambda: SMOTE(random_state=0).fit_resample(x, y)
+        )[0],
+        "trainflow resample": lambda: harness.measure(
+            lambda: apply(df, schema, params, {"seed": 0})
+        )[0],
+    }
 
 
 def main() -> None:
@@ -60,8 +64,9 @@ def main() -> None:
         print(f"\n## {rows:,} rows")
         results[rows] = harness.summarize(samples, "direct fit_resample")
         print(harness.table(results[rows]))
-    harness.finish("smote_overhead", before,
-                   {"runs": args.runs, "threads": args.threads, "rows": results})
+    harness.finish(
+        "smote_overhead", before, {"runs": args.runs, "threads": args.threads, "rows": results}
+    )
 
 
 if __name__ == "__main__":

@@ -68,14 +68,15 @@ def hand_written(spec, data, epochs: int) -> float:
     model = build_model(spec.model, [*x.shape[1:]], int(y.max()) + 1)
     order = torch.Generator().manual_seed(spec.seed)
     torch.manual_seed(spec.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.train.lr,
-                            weight_decay=spec.train.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay
+    )
     bs = spec.train.batch_size
     for _ in range(epochs):
         model.train()
         perm, total = torch.randperm(len(y), generator=order), torch.zeros(())
         for i in range(0, len(y), bs):
-            idx = perm[i:i + bs]
+            idx = perm[i : i + bs]
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -84,29 +85,43 @@ def hand_written(spec, data, epochs: int) -> float:
         model.eval()
         with torch.no_grad():
             for i in range(0, len(vy), bs):
-                nn.functional.cross_entropy(model(vx[i:i + bs]), vy[i:i + bs])
+                nn.functional.cross_entropy(model(vx[i : i + bs]), vy[i : i + bs])
     return total.item() / len(y)
 
 
 def specs(epochs: int, tmp: str) -> dict:
-    base = [f"train.epochs={epochs}", "train.early_stopping=null",
-            "train.augment=null",  # the hand-written loop does not augment
-            "train.precision=fp32"]
+    base = [
+        f"train.epochs={epochs}",
+        "train.early_stopping=null",
+        "train.augment=null",  # the hand-written loop does not augment
+        "train.precision=fp32",
+    ]
     if "threads" in TrainSpec.model_fields:  # the spec's own thread choice, pinned to one
         base.append("train.threads=1")
     path = ROOT / "pipelines" / "digits_cnn.yaml"
-    return {"train task, defaults": load_spec(path, base),
-            "train task, logging + checkpoints": load_spec(path, [
-                *base, "train.log.every_steps=10", f"train.log.tensorboard={tmp}/tb",
-                "train.checkpoint_every=1", "train.checkpoint_interval_s=0",
-                "train.keep_last=3"])}
+    return {
+        "train task, defaults": load_spec(path, base),
+        "train task, logging + checkpoints": load_spec(
+            path,
+            [
+                *base,
+                "train.log.every_steps=10",
+                f"train.log.tensorboard={tmp}/tb",
+                "train.checkpoint_every=1",
+                "train.checkpoint_interval_s=0",
+                "train.keep_last=3",
+            ],
+        ),
+    }
 
 
 def contenders(names: list[str], specs: dict, shards, tmp: str, epochs: int, losses: dict):
     """One measured training per call; each call's final training loss lands in `losses`."""
     spec = specs["train task, defaults"]
-    data = [tuple(torch.from_numpy(a) for a in read_split(shards.path, part))
-            for part in ("train", "val")]
+    data = [
+        tuple(torch.from_numpy(a) for a in read_split(shards.path, part))
+        for part in ("train", "val")
+    ]
     stores = itertools.count()
 
     def hand():
@@ -117,13 +132,17 @@ def contenders(names: list[str], specs: dict, shards, tmp: str, epochs: int, los
     def task(name):
         def run():
             store, chosen = f"{tmp}/store{next(stores)}", specs[name]
-            sample, ref = harness.measure(lambda: train_model.fn(
-                shards, chosen.model, chosen.train, chosen.seed, store))
-            rows = [json.loads(line) for line in (ref.path / "metrics.jsonl").read_text()
-                    .splitlines()]
+            sample, ref = harness.measure(
+                lambda: train_model.fn(shards, chosen.model, chosen.train, chosen.seed, store)
+            )
+            rows = [
+                json.loads(line) for line in (ref.path / "metrics.jsonl").read_text().splitlines()
+            ]
             losses[name].add([r for r in rows if "train_loss" in r][-1]["train_loss"])
             return sample
+
         return run
+
     return {name: hand if name == "hand-written" else task(name) for name in names}
 
 
@@ -142,7 +161,8 @@ def main() -> None:
         chosen = specs(args.epochs, tmp)
         shards = prepare(chosen["train task, defaults"], tmp)
         samples = harness.interleave(
-            contenders(names, chosen, shards, tmp, args.epochs, losses), args.runs)
+            contenders(names, chosen, shards, tmp, args.epochs, losses), args.runs
+        )
     summary = harness.summarize(samples, "hand-written")
     print(f"\n{args.epochs} epochs a training; seconds per epoch:")
     print(harness.table(summary, unit=args.epochs, unit_name="s/epoch"))
@@ -151,21 +171,35 @@ def main() -> None:
         cpu = summary[name]["cpu_ratio"]
         overhead[name] = {
             "cpu_overhead_pct": round(100 * (cpu["median"] - 1), 2),
-            "cpu_overhead_pct_95": [round(100 * (cpu["low"] - 1), 2),
-                                    round(100 * (cpu["high"] - 1), 2)],
+            "cpu_overhead_pct_95": [
+                round(100 * (cpu["low"] - 1), 2),
+                round(100 * (cpu["high"] - 1), 2),
+            ],
             "wall_overhead_pct": round(100 * (summary[name]["wall_ratio"]["median"] - 1), 2),
-            "target_pct": TARGETS[name], "met": 100 * (cpu["median"] - 1) <= TARGETS[name],
-            "final_loss_equal": losses[name] == losses["hand-written"]
-                                and len(losses[name]) == 1}
-        print(f"{name}: CPU-time overhead {overhead[name]['cpu_overhead_pct']:+.2f} % "
-              f"(95 % {overhead[name]['cpu_overhead_pct_95'][0]:+.2f} to "
-              f"{overhead[name]['cpu_overhead_pct_95'][1]:+.2f}), target <= {TARGETS[name]} %: "
-              f"{'met' if overhead[name]['met'] else 'NOT met'}; final loss equal: "
-              f"{overhead[name]['final_loss_equal']}")
-    harness.finish("train_loop", before, {
-        "runs": args.runs, "epochs": args.epochs, "threads": 1, "baseline": "hand-written",
-        "overhead": overhead, "final_losses": {k: sorted(v) for k, v in losses.items()},
-        "summary": summary})
+            "target_pct": TARGETS[name],
+            "met": 100 * (cpu["median"] - 1) <= TARGETS[name],
+            "final_loss_equal": losses[name] == losses["hand-written"] and len(losses[name]) == 1,
+        }
+        print(
+            f"{name}: CPU-time overhead {overhead[name]['cpu_overhead_pct']:+.2f} % "
+            f"(95 % {overhead[name]['cpu_overhead_pct_95'][0]:+.2f} to "
+            f"{overhead[name]['cpu_overhead_pct_95'][1]:+.2f}), target <= {TARGETS[name]} %: "
+            f"{'met' if overhead[name]['met'] else 'NOT met'}; final loss equal: "
+            f"{overhead[name]['final_loss_equal']}"
+        )
+    harness.finish(
+        "train_loop",
+        before,
+        {
+            "runs": args.runs,
+            "epochs": args.epochs,
+            "threads": 1,
+            "baseline": "hand-written",
+            "overhead": overhead,
+            "final_losses": {k: sorted(v) for k, v in losses.items()},
+            "summary": summary,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""The statistics and the run order of benchmarks/harness.py, on synthetic runs (no timing)."""
+"""The statistics and the run order of benchmarks/harness.py, on synthetic runs (no timing).
+
+Unit tests, fast (about a second): not marked `slow`, so `pytest -m "not slow"` runs them.
+"""
 
 import math
 import random
@@ -7,8 +10,6 @@ import sys
 import pytest
 
 from benchmarks.harness import Sample, interleave, median, order, paired_ratio, run_process
-
-pytestmark = [pytest.mark.unit, pytest.mark.fast]
 
 
 def synthetic_pairs(true_ratio: float, runs: int, seed: int) -> tuple[list[float], list[float]]:
@@ -23,8 +24,7 @@ def synthetic_pairs(true_ratio: float, runs: int, seed: int) -> tuple[list[float
 
 
 def test_the_interval_contains_the_true_ratio_in_nearly_every_trial():
-    trials = [paired_ratio(*synthetic_pairs(1.08, 15, seed), resamples=500)
-              for seed in range(40)]
+    trials = [paired_ratio(*synthetic_pairs(1.08, 15, seed), resamples=500) for seed in range(40)]
     covered = sum(r["low"] <= 1.08 <= r["high"] for r in trials)
     assert covered >= 34  # a 95 % interval: about 38 of 40; a broken one misses often
     assert all(r["low"] <= r["median"] <= r["high"] for r in trials)
@@ -62,6 +62,7 @@ def test_contenders_are_interleaved_not_run_in_blocks():
         def run():
             calls.append(name)
             return Sample(1.0, 1.0)
+
         return run
 
     samples = interleave({"A": contender("A"), "B": contender("B")}, runs=4, warmup=1)
