@@ -1,49 +1,116 @@
-"""Benchmark (b): a rerun of the unchanged digits pipeline against its cold run.
+"""A rerun of an unchanged pipeline against its cold run, each a fresh `trainflow run` process.
 
-Both runs go through the real Prefect engine in one process, as `trainflow run` runs them, after a warm-up flow has started
-the ephemeral server (its start-up is not part of either run). The cold run starts from an
-empty store and an empty Prefect result storage.
+What a user waits for: the whole command, interpreter start, imports, preflight, the embedded
+Prefect server's start and stop included. Each run takes a new folder with an empty store and
+an empty Prefect home (database and result storage): the cold run there, then the rerun of the
+same spec in the same folder, where every computing task should be `Cached`. The pair is always
+cold then rerun (the rerun needs the cold run's store), so the pairs, not the order, carry the
+interleaving: a change in the machine's load between runs reaches both sides of a pair alike.
 
-    .venv/bin/python benchmarks/rerun.py
+Method (benchmarks/harness.py): threads pinned (--threads, default 1, through OMP_NUM_THREADS
+and the other thread variables of the child processes); a fixed --runs, no warm-up (a cold run
+is the thing measured); wall time and the process's own CPU time (rusage of the command and the
+children it waited for, the embedded server included); the median ratio rerun / cold over the
+paired runs with a 95 % bootstrap interval. Both runs of a pair must report the same test
+metrics. Target (issue 2): rerun / cold <= 0.10 for the digits pipeline.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rerun.py [--pipeline digits_cnn] [--runs 3] \
+        [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import time
+import os
+import sys
+import tempfile
 from pathlib import Path
 
-from isolated_prefect import isolate  # noqa: E402  (before Prefect is imported)
-
-_HOME = isolate()
-
-from prefect import flow  # noqa: E402
-
-from trainflow.runtime import run_pipeline  # noqa: E402
-from trainflow.spec.pipeline import load_spec  # noqa: E402
+import harness
 
 ROOT = Path(__file__).resolve().parents[1]
+TRAINFLOW = Path(sys.executable).with_name("trainflow")  # the console script a user runs
 
 
-@flow
-def warm_up() -> None:
-    """Starts the ephemeral server."""
+def environment(folder: Path) -> dict:
+    env = dict(os.environ)
+    env.update(
+        {
+            "PREFECT_HOME": str(folder / "prefect"),
+            "PREFECT_LOCAL_STORAGE_PATH": str(folder / "prefect" / "storage"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
+    )
+    env.pop("PREFECT_API_URL", None)  # the embedded server, as a user without a server gets
+    return env
+
+
+def test_metrics(output: str) -> dict:
+    """The `test` figures of the JSON `trainflow run` prints last."""
+    return json.loads(output[output.index("{\n") :])["test"]
+
+
+def pair(spec: Path, sets: list[str], folder: Path) -> tuple[dict, dict]:
+    """One cold run and its rerun in `folder`; their samples and whether their metrics agree."""
+    folder.mkdir(parents=True)
+    argv = [
+        str(TRAINFLOW),
+        "run",
+        str(spec),
+        "--set",
+        f"outputs.store={folder / 'store'}",
+        "--set",
+        f"outputs.runs={folder / 'runs'}",
+        *(a for s in sets for a in ("--set", s)),
+    ]
+    env = environment(folder)
+    cold, cold_out = harness.run_process(argv, env=env, cwd=folder)
+    rerun, rerun_out = harness.run_process(argv, env=env, cwd=folder)
+    return {"cold run": cold, "rerun": rerun}, {
+        "same_test_metrics": test_metrics(cold_out) == test_metrics(rerun_out),
+        "test_accuracy": test_metrics(cold_out).get("accuracy"),
+    }
 
 
 def main() -> None:
-    warm_up()
-    spec = load_spec(ROOT / "pipelines" / "digits_cnn.yaml",
-                     [f"outputs.store={_HOME}/store", f"outputs.runs={_HOME}/runs"])
-    start = time.perf_counter()
-    cold = run_pipeline(spec)
-    cold_s = time.perf_counter() - start
-    start = time.perf_counter()
-    warm = run_pipeline(spec)
-    warm_s = time.perf_counter() - start
-    print(json.dumps({"cold_s": round(cold_s, 2), "rerun_s": round(warm_s, 2),
-                      "rerun_fraction": round(warm_s / cold_s, 4),
-                      "same_test_accuracy": cold["test"]["accuracy"] == warm["test"]["accuracy"]},
-                     indent=1))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", default="digits_cnn")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    args = parser.parse_args()
+    if args.runs < 2:
+        parser.error("--runs must be at least 2 (a paired comparison)")
+    harness.pin_threads(args.threads)
+    before = harness.header("rerun")
+    spec = ROOT / "pipelines" / f"{args.pipeline}.yaml"
+    samples: dict[str, list[harness.Sample]] = {"cold run": [], "rerun": []}
+    checks = []
+    with tempfile.TemporaryDirectory(prefix="trainflow-rerun-") as tmp:
+        for run in range(args.runs):
+            got, check = pair(spec, args.sets, Path(tmp) / f"run{run}")
+            for name, sample in got.items():
+                samples[name].append(sample)
+            checks.append(check)
+            print(
+                f"# run {run + 1}: cold {got['cold run'].wall_s:.2f} s, rerun "
+                f"{got['rerun'].wall_s:.2f} s, same test metrics: "
+                f"{check['same_test_metrics']}",
+                flush=True,
+            )
+    harness.conclude(
+        "rerun",
+        before,
+        samples,
+        "cold run",
+        pipeline=args.pipeline,
+        sets=args.sets,
+        runs=args.runs,
+        threads=args.threads,
+        checks=checks,
+    )
 
 
 if __name__ == "__main__":
