@@ -148,4 +148,6 @@ def train_model(shards: ArtifactRef, model: Any, train: TrainSpec, seed: int,
                                    "batch_size": result.batch_size,
                                    "stopped_early": result.stopped_early,
                                    "val_accuracy": best["val_accuracy"],
-                                   "val_loss": best["val_loss"]})
+                                   "val_loss": best["val_loss"],
+                                   "compute": json.loads((staging / "model.json").read_text())
+                                   ["compute"]})  # the threads and precision used

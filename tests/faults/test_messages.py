@@ -185,7 +185,7 @@ def test_an_error_inside_a_task_is_printed_once_without_tracebacks(tmp_path, cap
     missing = tmp_path / "weights.pt"
     argv = ["run", str(spec), "--set", f"outputs.store={tmp_path / 'store'}", "--set",
             f"outputs.runs={tmp_path / 'runs'}", "--set", "train.epochs=1", "--set",
-            "train.start=warm", "--set", f"train.pretrained.path={missing}",
+            f"train.pretrained.path={missing}",
             "--set", "evaluate.cv=null", "--set", "ensemble=null"]
     assert main(argv) == 2
     err = capfd.readouterr().err

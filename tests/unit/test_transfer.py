@@ -41,13 +41,13 @@ def test_warm_start_begins_where_the_pretrained_model_ended(pretrained, tmp_path
     for start in ("cold", "warm"):
         extra = {"pretrained": {"path": str(folder)}} if start == "warm" else {}
         seen = []
-        train(tmp_path / start, {"epochs": 1, "lr": 1e-5, "start": start, **extra},
+        train(tmp_path / start, {"epochs": 1, "lr": 1e-5, **extra},
               on_epoch=seen.append)
         rows[start] = seen[0]
     assert rows["warm"]["val_loss"] < rows["cold"]["val_loss"] * 0.6
     # a plain state dict file works the same as a trainflow model folder
     torch.save(base.state_dict(), tmp_path / "plain.pt")
-    net, _ = train(tmp_path / "plain", {"epochs": 1, "lr": 1e-9, "start": "warm", "optimizer":
+    net, _ = train(tmp_path / "plain", {"epochs": 1, "lr": 1e-9, "optimizer":
                                         {"type": "sgd", "momentum": 0.0},
                                         "pretrained": {"path": str(tmp_path / "plain.pt")}})
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(net.state_dict().values(),
@@ -57,7 +57,7 @@ def test_warm_start_begins_where_the_pretrained_model_ended(pretrained, tmp_path
 def test_a_new_head_for_a_new_number_of_classes(pretrained, tmp_path):
     folder, base = pretrained
     spec = {"epochs": 1, "lr": 1e-9, "optimizer": {"type": "sgd", "momentum": 0.0},
-            "start": "warm", "pretrained": {"path": str(folder)}}
+            "pretrained": {"path": str(folder)}}
     with pytest.raises(TrainflowError, match=r"shapes differ.*5\.weight \(3, 16\) vs \(2, 16\)"
                        r".*replace_head: true"):
         train(tmp_path / "a", spec, classes=2, splits=data(2))
@@ -71,7 +71,7 @@ def test_mismatched_keys_are_listed(tmp_path):
     other = build_model(MLPParams(type="mlp", hidden_layers=1, units=16, norm="layer"), [6], 3)
     torch.save(other.state_dict(), tmp_path / "other.pt")
     with pytest.raises(TrainflowError) as error:
-        train(tmp_path / "run", {"epochs": 1, "start": "warm",
+        train(tmp_path / "run", {"epochs": 1,
                                  "pretrained": {"path": str(tmp_path / "other.pt")}})
     message = str(error.value)
     assert "train.pretrained: the pretrained weights do not fit the model" in message
@@ -80,7 +80,7 @@ def test_mismatched_keys_are_listed(tmp_path):
     assert "unexpected keys (4): 2.bias, 2.weight, 4.bias, 4.weight" in message
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(TrainflowError, match="train.pretrained.path: cannot load .*junk.pt"):
-        train(tmp_path / "junk", {"epochs": 1, "start": "warm",
+        train(tmp_path / "junk", {"epochs": 1,
                                   "pretrained": {"path": str(tmp_path / "junk.pt")}})
 
 
@@ -127,16 +127,18 @@ def test_freeze_globs_must_match_and_warm_needs_weights(tmp_path):
         train(tmp_path / "a", {"epochs": 1, "freeze": ["encoder.*"]})
     with pytest.raises(TrainflowError, match=r"train.unfreeze: \['5.\*'\] are not in"):
         train(tmp_path / "b", {"epochs": 1, "freeze": ["1.*"], "unfreeze": {2: ["5.*"]}})
-    with pytest.raises(ValueError, match="start: warm needs pretrained"):
-        TrainSpec(start="warm")
-    with pytest.raises(ValueError, match="start is cold"):
-        TrainSpec(pretrained={"path": "x.pt"})
+    # `start` repeated what `pretrained` says and was removed: a spec that sets it is told so
+    for start in ("warm", "cold"):
+        with pytest.raises(ValueError, match=r"train.start .* was removed: `pretrained` alone "
+                                             r"says how training starts. Delete `start`"):
+            TrainSpec(start=start, pretrained={"path": "x.pt"})
+    assert TrainSpec(pretrained={"path": "x.pt"}).pretrained.path == "x.pt"
 
 
 def test_the_pretrained_file_is_part_of_the_cache_key(tmp_path):
     path = tmp_path / "w.pt"
     torch.save({"a": torch.zeros(2)}, path)
-    spec = TrainSpec(start="warm", pretrained={"path": str(path)})
+    spec = TrainSpec(pretrained={"path": str(path)})
     before = spec.content_fingerprint()
     torch.save({"a": torch.ones(2)}, path)
     assert spec.content_fingerprint() != before

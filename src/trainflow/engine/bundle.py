@@ -13,7 +13,7 @@ from torch import nn
 
 from trainflow import registry
 from trainflow.artifacts import ArtifactRef
-from trainflow.engine import checkpoint, optim, transfer
+from trainflow.engine import checkpoint, compute, optim, transfer
 from trainflow.engine.checks import check_model_and_training
 from trainflow.engine.distill import load_teacher
 from trainflow.errors import TrainflowError
@@ -76,8 +76,11 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
     teacher = load_teacher(train.distill.teacher, input_shape, classes) if train.distill else None
     work = resume_dir or folder
     work.mkdir(parents=True, exist_ok=True)
-    result = fit(net, data["train"], data["val"], train, seed, optimizer_factory(train),
-                 work, on_epoch, resume=resume if resume_dir else None, teacher=teacher)
+    choice = compute.choose(net, train, data["val"], resolve_device(train.device))
+    with compute.threads_set(choice.threads):
+        result = fit(net, data["train"], data["val"], compute.applied(train, choice), seed,
+                     optimizer_factory(train), work, on_epoch,
+                     resume=resume if resume_dir else None, teacher=teacher)
     if resume_dir:
         for name in ("metrics.jsonl", "last.pt", "best.pt"):
             shutil.copy2(work / name, folder / name)
@@ -89,6 +92,7 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
     describe(folder, model.model_dump(mode="json"), input_shape, classes,
              best_epoch=result.best_epoch, epochs_run=len(result.history),
              stopped_early=result.stopped_early, batch_size=result.batch_size,
+             compute=compute.record(choice),
              **({"aux_targets": aux_targets} if aux_targets else {}),
              **({"adversarial": train.adversarial.model_dump()} if train.adversarial else {}))
     return net, result

@@ -15,7 +15,9 @@ from trainflow.engine.adversarial import attack
 from trainflow.engine.tracking import GradientNorms
 from trainflow.spec.train import Adversarial, GradClip, TrainSpec
 
-PRECISION = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# "auto" reaches here only when the loop is called directly, not through train_into
+# (which resolves it, engine.compute): it trains at fp32, the reproducible baseline.
+PRECISION = {"fp32": None, "auto": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass

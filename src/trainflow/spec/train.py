@@ -191,9 +191,15 @@ class TrainSpec(Section):
         "gradient flows through the last `tbptt` steps of each sequence; the state over the "
         "steps before them is computed without a graph and detached")
     grad_clip: GradClip | None = None
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="mixed precision: bf16 autocast (CPU or CUDA), fp16 with a grad "
-        "scaler (CUDA only)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision: bf16 autocast (CPU or CUDA), fp16 with a grad "
+        "scaler (CUDA only); auto: bf16 where the device has bf16 units and a short probe of "
+        "the model measures it faster, else fp32 (the choice is remembered per machine and "
+        "model, and recorded in model.json)")
+    threads: Literal["auto"] | Annotated[int, Field(ge=1, le=1024)] = Field(
+        "auto", description="torch threads while training; auto: one, or all usable cores "
+        "where a short probe of the model measures them faster (remembered per machine and "
+        "model, recorded in model.json)")
     epochs: int = Field(20, gt=0, le=MAX_EPOCHS)
     max_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="stop after this many "
                                   "optimizer steps (epochs is then an upper bound)")
@@ -219,9 +225,8 @@ class TrainSpec(Section):
     deterministic: bool = Field(False, description="torch deterministic algorithms only (an "
                                 "error where an op has none; slower on CUDA)")
     loader: LoaderSpec = Field(default_factory=LoaderSpec)
-    start: Literal["cold", "warm"] = Field(
-        "cold", description="cold: fresh initialization; warm: from `pretrained`")
-    pretrained: Pretrained | None = None
+    pretrained: Pretrained | None = Field(None, description="start from these weights "
+                                          "(a warm start); without it, a fresh initialization")
     freeze: list[str] = Field(default_factory=list, description="parameter-name globs "
                               "(e.g. '0.*') that do not train")
     unfreeze: dict[PositiveInt, list[str]] = Field(
@@ -245,13 +250,16 @@ class TrainSpec(Section):
             raise ValueError("batch_ramp and auto_batch both set the batch size: choose one")
         return self
 
-    @model_validator(mode="after")
-    def _warm_needs_weights(self):
-        if self.start == "warm" and self.pretrained is None:
-            raise ValueError("start: warm needs pretrained: {path: ...}")
-        if self.start == "cold" and self.pretrained is not None:
-            raise ValueError("pretrained weights are given but start is cold; set start: warm")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _start_was_removed(cls, data):
+        # `start: cold|warm` repeated what `pretrained` says; a spec that still sets it is told
+        # the fix rather than getting pydantic's bare "extra inputs are not permitted".
+        if isinstance(data, dict) and "start" in data:
+            raise ValueError(f"train.start ({data['start']!r}) was removed: `pretrained` alone "
+                             "says how training starts. Delete `start`; for a warm start give "
+                             "pretrained: {path: ...}, for a cold one leave pretrained out")
+        return data
 
     def content_fingerprint(self) -> str:
         """The bytes of the files training reads besides the data (pretrained weights, a
