@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import harness
 from isolated_prefect import isolate  # noqa: E402  (before Prefect is imported)
 
 _HOME = isolate()
@@ -31,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def svm_on_same_folds(spec, raw_splits) -> float:
     scores = []
     for fold in range(spec.evaluate.cv.folds):
-        data, _ = fold_data(raw_splits, fold, spec.evaluate.cv.folds, spec.data.post_split,
-                            spec.seed)
+        data, _ = fold_data(
+            raw_splits, fold, spec.evaluate.cv.folds, spec.data.post_split, spec.seed
+        )
         train, held = data["train"], data["val"]
         model = SVC(kernel="rbf").fit(train.x.flatten(1).numpy(), train.y.numpy())
         scores.append(float((model.predict(held.x.flatten(1).numpy()) == held.y.numpy()).mean()))
@@ -40,10 +42,13 @@ def svm_on_same_folds(spec, raw_splits) -> float:
 
 
 def main(names: list[str]) -> None:
+    before = harness.header("accuracy")
     results = {}
     for name in names or [p.stem for p in sorted((ROOT / "pipelines").glob("*.yaml"))]:
-        spec = load_spec(ROOT / "pipelines" / f"{name}.yaml",
-                         [f"outputs.store={_HOME}/store", f"outputs.runs={_HOME}/runs"])
+        spec = load_spec(
+            ROOT / "pipelines" / f"{name}.yaml",
+            [f"outputs.store={_HOME}/store", f"outputs.runs={_HOME}/runs"],
+        )
         start = time.perf_counter()
         result = pipeline(spec)
         metrics = json.loads((Path(result["run_dir"]) / "metrics.json").read_text())
@@ -56,13 +61,18 @@ def main(names: list[str]) -> None:
             "cv_mean_f1_macro": round(metrics["cv"]["mean"]["f1_macro"], 4),
             "test_balanced_accuracy": round(metrics["test"]["balanced_accuracy"], 4),
             "test_f1_macro": round(metrics["test"]["f1_macro"], 4),
-            "svm_rbf_same_folds_accuracy": round(svm_on_same_folds(spec, result["data"]["raw_splits"]), 4),
+            "svm_rbf_same_folds_accuracy": round(
+                svm_on_same_folds(spec, result["data"]["raw_splits"]), 4
+            ),
             "test_accuracy": round(metrics["test"]["accuracy"], 4),
             "ensemble_test_accuracy": round(metrics["ensemble"]["accuracy"], 4),
-            "quantized_test_accuracy": round(metrics["compress"]["quantize"]["after"]["accuracy"], 4),
+            "quantized_test_accuracy": round(
+                metrics["compress"]["quantize"]["after"]["accuracy"], 4
+            ),
             "pruned_test_accuracy": round(metrics["compress"]["prune"]["after"]["accuracy"], 4),
         }
     print(json.dumps(results, indent=1))
+    harness.finish("accuracy", before, {"pipelines": results})
 
 
 if __name__ == "__main__":

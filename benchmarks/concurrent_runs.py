@@ -21,24 +21,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.faults.test_concurrency import (OTHER, SMALL, Server, environment,  # noqa: E402
-                                           expected, pair, together)
+import harness  # noqa: E402
 
-CASES = [("embedded servers", "one spec, one home"), ("server", "one spec, one home"),
-         ("server", "two specs, a home each"), ("server", "one spec, a home each")]
+from tests.faults.test_concurrency import (  # noqa: E402
+    OTHER,
+    SMALL,
+    Server,
+    environment,
+    expected,
+    pair,
+    together,
+)
+
+CASES = [
+    ("embedded servers", "one spec, one home"),
+    ("server", "one spec, one home"),
+    ("server", "two specs, a home each"),
+    ("server", "one spec, a home each"),
+]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tries", type=int, default=5, help="pairs per case (default 5)")
     args = parser.parse_args()
+    before = harness.header("concurrent_runs")
     root = Path(tempfile.mkdtemp(prefix="trainflow-concurrent-"))
     server = Server(root / "server-home")
     figures = []
     try:
-        small, other = together([(sets, environment(root / f"lone-{name}", server.api_url),
-                                  root / f"lone-{name}") for name, sets in
-                                 (("small", SMALL), ("other", OTHER))])
+        small, other = together(
+            [
+                (sets, environment(root / f"lone-{name}", server.api_url), root / f"lone-{name}")
+                for name, sets in (("small", SMALL), ("other", OTHER))
+            ]
+        )
         lone = {"small": small, "other": other}
         for kind, case in CASES:
             passed, seconds = 0, []
@@ -46,21 +63,29 @@ def main() -> int:
                 folder = root / f"{kind}-{case}-{attempt}".replace(" ", "_").replace(",", "")
                 began = time.monotonic()
                 try:
-                    got = together(pair(case, folder, server.api_url if kind == "server"
-                                        else None))
+                    got = together(pair(case, folder, server.api_url if kind == "server" else None))
                     passed += got == expected(case, lone)
                 except AssertionError as exc:
-                    print(f"{kind}, {case}, try {attempt + 1}: {str(exc)[:2000]}",
-                          file=sys.stderr)
+                    print(f"{kind}, {case}, try {attempt + 1}: {str(exc)[:2000]}", file=sys.stderr)
                 seconds.append(time.monotonic() - began)
-            figures.append({"servers": kind, "case": case, "tries": args.tries,
-                            "both completed with a lone run's metrics": passed,
-                            "median pair seconds": round(sorted(seconds)[len(seconds) // 2], 1)})
+            figures.append(
+                {
+                    "servers": kind,
+                    "case": case,
+                    "tries": args.tries,
+                    "both completed with a lone run's metrics": passed,
+                    "median pair seconds": round(sorted(seconds)[len(seconds) // 2], 1),
+                }
+            )
             print(json.dumps(figures[-1]), flush=True)
     finally:
         server.stop()
-    return 0 if all(f["both completed with a lone run's metrics"] == f["tries"]
-                    for f in figures) else 1
+    harness.finish("concurrent_runs", before, {"tries": args.tries, "cases": figures})
+    return (
+        0
+        if all(f["both completed with a lone run's metrics"] == f["tries"] for f in figures)
+        else 1
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import harness
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -33,8 +34,9 @@ BATCH = 256
 
 def shards(folder: Path, x: np.ndarray, y: np.ndarray) -> list[str]:
     """Written as the shard step writes them by default (records of about 1 MiB)."""
-    entry = write_split(folder, "train", x, y, ["a", "b"], max_samples=20_000,
-                        per_record=record_samples(x))
+    entry = write_split(
+        folder, "train", x, y, ["a", "b"], max_samples=20_000, per_record=record_samples(x)
+    )
     return [str(folder / s["name"]) for s in entry["shards"]]
 
 
@@ -61,6 +63,7 @@ class LooseFiles(Dataset):
 
 
 def main(workers: list[int]) -> None:
+    before = harness.header("loader_throughput")
     rng = np.random.default_rng(0)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,8 +76,9 @@ def main(workers: list[int]) -> None:
         memory = rate(lambda e: batches(data, BATCH, generator), n)
         results["tabular"] = {"in_memory_samples_s": round(memory)}
         for w in workers:
-            streamed = rate(lambda e: loader(paths, StreamConfig(BATCH, 10_000), e, n,
-                                             workers=w), n)
+            streamed = rate(
+                lambda e, w=w: loader(paths, StreamConfig(BATCH, 10_000), e, n, workers=w), n
+            )
             results["tabular"][f"shards_w{w}_samples_s"] = round(streamed)
             results["tabular"][f"ratio_w{w}"] = round(streamed / memory, 3)
 
@@ -89,17 +93,28 @@ def main(workers: list[int]) -> None:
             np.save(files[-1], image, allow_pickle=False)
         results["images"] = {}
         for w in workers:
+
             def loose(epoch, w=w):
                 order = torch.Generator().manual_seed(epoch)
-                return DataLoader(LooseFiles(files, labels), batch_size=BATCH, shuffle=True,
-                                  generator=order, num_workers=w)
+                return DataLoader(
+                    LooseFiles(files, labels),
+                    batch_size=BATCH,
+                    shuffle=True,
+                    generator=order,
+                    num_workers=w,
+                )
+
             files_rate = rate(loose, n)
-            streamed = rate(lambda e: loader(paths, StreamConfig(BATCH, 2_000), e, n,
-                                             workers=w), n)
-            results["images"][f"w{w}"] = {"loose_files_samples_s": round(files_rate),
-                                          "shards_samples_s": round(streamed),
-                                          "ratio": round(streamed / files_rate, 2)}
+            streamed = rate(
+                lambda e, w=w: loader(paths, StreamConfig(BATCH, 2_000), e, n, workers=w), n
+            )
+            results["images"][f"w{w}"] = {
+                "loose_files_samples_s": round(files_rate),
+                "shards_samples_s": round(streamed),
+                "ratio": round(streamed / files_rate, 2),
+            }
     print(json.dumps(results, indent=1))
+    harness.finish("loader_throughput", before, {"workers": workers, "results": results})
 
 
 if __name__ == "__main__":

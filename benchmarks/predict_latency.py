@@ -9,11 +9,12 @@ float32 input batches through
 - TorchScript: the exported file, loaded with torch.jit.load;
 - ONNX Runtime: the exported file, CPUExecutionProvider, intra_op_num_threads=1.
 
-torch.set_num_threads(1) and set_num_interop_threads(1). Each round times every contender once
-(CALLS calls of one batch), in an order rotated round by round, so that a change in the
-machine's load reaches all contenders alike; a fixed number of rounds; the median per row over
-rounds, and a bootstrap interval (2,000 resamples of the rounds) of each contender's median
-over eager torch's. The load average and the CPU's flags are printed with the results.
+Method (benchmarks/harness.py): threads pinned to one (torch intra- and inter-op, ORT). Each
+round times every contender once (CALLS calls of one batch), in an order rotated round by round,
+so that a change in the machine's load reaches all contenders alike; a fixed number of rounds;
+wall and CPU time; the median per row over rounds, and each contender's median ratio to eager
+torch over the paired rounds with a 95 % bootstrap interval (2,000 resamples, fixed seed). The
+load average (before and after), the CPU model and its flags are printed with the results.
 
     .venv/bin/pip install -e '.[onnx]'
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/predict_latency.py [pipeline ...] [--rounds 40]
@@ -23,17 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
-import time
 from pathlib import Path
 
+import harness
 from isolated_prefect import isolate  # noqa: E402  (before Prefect is imported)
 
 _HOME = isolate()
 
-import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 import torch  # noqa: E402
 
@@ -47,30 +45,17 @@ PIPELINES = ("breast_cancer_mlp", "digits_cnn", "sequences_gru")
 SMALL = ["train.epochs=1", "evaluate.cv=null", "ensemble=null", "compress={}"]
 BATCHES = (1, 256)
 CALLS = {1: 200, 256: 10}  # calls per contender per round: a few ms to tens of ms each
-FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
 
 
 def machine() -> dict:
-    info = {"load_average": os.getloadavg(), "cpus": os.cpu_count(),
-            "processor": platform.processor(), "torch": torch.__version__,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "onnxruntime": onnxruntime.__version__}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    info["model_name"] = fields.get("model name", "")
-    info["flags"] = [f for f in FLAGS if f in flags]
-    return info
+    return {**harness.header("predict_latency"), "onnxruntime": onnxruntime.__version__}
 
 
 def package_of(name: str, folder: Path) -> Path:
-    spec = load_spec(ROOT / "pipelines" / f"{name}.yaml",
-                     [f"outputs.store={folder / 'store'}", f"outputs.runs={folder / 'runs'}",
-                      *SMALL])
+    spec = load_spec(
+        ROOT / "pipelines" / f"{name}.yaml",
+        [f"outputs.store={folder / 'store'}", f"outputs.runs={folder / 'runs'}", *SMALL],
+    )
     return Path(run_pipeline(spec)["package"])
 
 
@@ -81,38 +66,33 @@ def contenders(package: Path, folder: Path) -> tuple[dict, object]:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options,
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
     scripted = torch.jit.load(str(folder / "model.pt"))
-    return {"eager torch": lambda x: built.module(x),
-            "TorchScript": lambda x: scripted(x),
-            "ONNX Runtime": lambda x: session.run(["probabilities"], {"features": x.numpy()}),
-            }, built
+    return {
+        "eager torch": lambda x: built.module(x),
+        "TorchScript": lambda x: scripted(x),
+        "ONNX Runtime": lambda x: session.run(["probabilities"], {"features": x.numpy()}),
+    }, built
 
 
 @torch.inference_mode()
-def rounds(run: dict, x: torch.Tensor, calls: int, count: int) -> dict[str, list[float]]:
-    """Seconds per row of each contender, one figure per round, interleaved."""
+def rounds(run: dict, x: torch.Tensor, calls: int, count: int) -> dict[str, list]:
+    """Each contender's wall and CPU seconds per row, one Sample per round, interleaved."""
     for fn in run.values():  # warm-up: first-call allocations, ORT's graph preparation
         for _ in range(5):
             fn(x)
-    names, times = list(run), {name: [] for name in run}
-    for index in range(count):
-        for name in names[index % len(names):] + names[:index % len(names)]:
-            start = time.perf_counter()
-            for _ in range(calls):
-                run[name](x)
-            times[name].append((time.perf_counter() - start) / (calls * len(x)))
-    return times
 
+    def timed(fn):
+        def once():
+            sample, _ = harness.measure(lambda: [fn(x) for _ in range(calls)])
+            rows = calls * len(x)
+            return harness.Sample(sample.wall_s / rows, sample.cpu_s / rows)
 
-def ratio_interval(a: list[float], b: list[float], seed: int = 0) -> tuple[float, float]:
-    """95 % bootstrap interval of median(a) / median(b), resampling the rounds (paired)."""
-    rng = np.random.default_rng(seed)
-    a, b = np.asarray(a), np.asarray(b)
-    picks = rng.integers(0, len(a), (2000, len(a)))
-    ratios = np.median(a[picks], axis=1) / np.median(b[picks], axis=1)
-    return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+        return once
+
+    return harness.interleave({name: timed(fn) for name, fn in run.items()}, count, warmup=0)
 
 
 def main() -> None:
@@ -120,8 +100,7 @@ def main() -> None:
     parser.add_argument("pipelines", nargs="*", default=list(PIPELINES))
     parser.add_argument("--rounds", type=int, default=40)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
+    harness.pin_threads(1)
     report = {"before": machine(), "rounds": args.rounds, "calls": CALLS, "results": []}
     with tempfile.TemporaryDirectory(prefix="trainflow-latency-") as tmp:
         for name in args.pipelines:
@@ -129,24 +108,39 @@ def main() -> None:
             run, built = contenders(package_of(name, folder), folder)
             for batch in BATCHES:
                 x = example(built, batch, seed=batch)
-                times = rounds(run, x, CALLS[batch], args.rounds)
-                eager = times["eager torch"]
-                for contender, seconds in times.items():
-                    low, high = ratio_interval(seconds, eager)
-                    report["results"].append({
-                        "pipeline": name, "architecture": built.architectures[0],
-                        "batch": batch, "contender": contender,
-                        "us_per_row": round(1e6 * float(np.median(seconds)), 3),
-                        "vs_eager": round(float(np.median(seconds) / np.median(eager)), 3),
-                        "vs_eager_95": [round(low, 3), round(high, 3)]})
-    report["after"] = {"load_average": os.getloadavg()}
+                summary = harness.summarize(
+                    rounds(run, x, CALLS[batch], args.rounds), "eager torch"
+                )
+                for contender, row in summary.items():
+                    ratio = row.get("wall_ratio", {"median": 1.0, "low": 1.0, "high": 1.0})
+                    cpu = row.get("cpu_ratio", {"median": 1.0})
+                    report["results"].append(
+                        {
+                            "pipeline": name,
+                            "architecture": built.architectures[0],
+                            "batch": batch,
+                            "contender": contender,
+                            "us_per_row": round(1e6 * row["wall_s"], 3),
+                            "cpu_us_per_row": round(1e6 * row["cpu_s"], 3),
+                            "vs_eager": round(ratio["median"], 3),
+                            "vs_eager_95": [round(ratio["low"], 3), round(ratio["high"], 3)],
+                            "cpu_vs_eager": round(cpu["median"], 3),
+                        }
+                    )
     print(json.dumps(report, indent=1))
-    print("\n| pipeline | batch | contender | us per row | / eager (95 % interval) |")
-    print("|---|---|---|---|---|")
+    print("\n| pipeline | batch | contender | us per row | / eager (95 % interval) | CPU / eager |")
+    print("|---|---|---|---|---|---|")
     for r in report["results"]:
-        print(f"| {r['pipeline']} ({r['architecture']}) | {r['batch']} | {r['contender']} | "
-              f"{r['us_per_row']} | {r['vs_eager']} ({r['vs_eager_95'][0]}-"
-              f"{r['vs_eager_95'][1]}) |")
+        print(
+            f"| {r['pipeline']} ({r['architecture']}) | {r['batch']} | {r['contender']} | "
+            f"{r['us_per_row']} | {r['vs_eager']} ({r['vs_eager_95'][0]}-"
+            f"{r['vs_eager_95'][1]}) | {r['cpu_vs_eager']} |"
+        )
+    harness.finish(
+        "predict_latency",
+        report["before"],
+        {"rounds": args.rounds, "calls": CALLS, "results": report["results"]},
+    )
 
 
 if __name__ == "__main__":

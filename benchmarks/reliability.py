@@ -23,6 +23,8 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import harness
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAINFLOW = Path(sys.executable).with_name("trainflow")
 SPEC = ROOT / "pipelines" / "breast_cancer_mlp.yaml"
@@ -41,20 +43,26 @@ def command() -> list[str]:
 def environment(home: Path) -> dict[str, str]:
     """A child's environment: its own Prefect home, one torch thread, no analytics."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", OMP_NUM_THREADS="1")
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+        OMP_NUM_THREADS="1",
+    )
     return env
 
 
 def complete(folder: Path, env: dict) -> dict:
     """Run to the end; the test metrics it prints (an AssertionError with the output if not)."""
     folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(command(), env=env, cwd=folder, capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        command(), env=env, cwd=folder, capture_output=True, text=True, timeout=900
+    )
     if done.returncode != 0:
-        raise AssertionError(f"exit {done.returncode}:\n{done.stdout[-3000:]}"
-                             f"\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout[done.stdout.index("{\n"):done.stdout.rindex("}") + 1])["test"]
+        raise AssertionError(
+            f"exit {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+    return json.loads(done.stdout[done.stdout.index("{\n") : done.stdout.rindex("}") + 1])["test"]
 
 
 def kill_after(folder: Path, env: dict, seconds: float, when: str | None = None) -> str:
@@ -64,12 +72,22 @@ def kill_after(folder: Path, env: dict, seconds: float, when: str | None = None)
     log = folder.parent / f"{folder.name}.kill.log"
     folder.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        process = subprocess.Popen(command(), env=env, cwd=folder, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command(),
+            env=env,
+            cwd=folder,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 900
-            while when and process.poll() is None and time.monotonic() < deadline \
-                    and not re.search(when, log.read_text(errors="replace")):
+            while (
+                when
+                and process.poll() is None
+                and time.monotonic() < deadline
+                and not re.search(when, log.read_text(errors="replace"))
+            ):
                 time.sleep(0.05)
             process.wait(seconds)
         except subprocess.TimeoutExpired:
@@ -88,8 +106,13 @@ def kill_after(folder: Path, env: dict, seconds: float, when: str | None = None)
 
 def artifacts(store: Path) -> set[str]:
     """Every committed (content-addressed) artifact of a store, as kind/fingerprint."""
-    return {f"{kind.name}/{item.name}" for kind in store.iterdir() if kind.is_dir()
-            for item in kind.iterdir() if re.fullmatch("[0-9a-f]{64}", item.name)}
+    return {
+        f"{kind.name}/{item.name}"
+        for kind in store.iterdir()
+        if kind.is_dir()
+        for item in kind.iterdir()
+        if re.fullmatch("[0-9a-f]{64}", item.name)
+    }
 
 
 def kills(tries: int, seed: int) -> dict:
@@ -111,14 +134,32 @@ def kills(tries: int, seed: int) -> dict:
             same = False
         table[phase]["tries"] += 1
         table[phase]["survived" if same else "lost"] += 1
-    return {"reference_run_s": round(duration, 1),
-            "per_phase": {k: dict(v) for k, v in sorted(table.items())}}
+    return {
+        "reference_run_s": round(duration, 1),
+        "per_phase": {k: dict(v) for k, v in sorted(table.items())},
+    }
 
 
 # ---- spec fuzzing ---------------------------------------------------------------------------
 
-SCALARS = [0, -1, 1e300, float("nan"), "", "x", None, True, [], {}, [1, 2], {"type": "x"},
-           "../../etc/passwd", "\x00", 2**70, "1e12"]
+SCALARS = [
+    0,
+    -1,
+    1e300,
+    float("nan"),
+    "",
+    "x",
+    None,
+    True,
+    [],
+    {},
+    [1, 2],
+    {"type": "x"},
+    "../../etc/passwd",
+    "\x00",
+    2**70,
+    "1e12",
+]
 
 
 def mutate(node, rng: random.Random):
@@ -169,7 +210,11 @@ def fuzz(mutants: int, seed: int) -> dict:
             except Exception as exc:  # noqa: BLE001 - what the fuzzer is looking for
                 outcomes["traceback"] += 1
                 crashes[f"{type(exc).__name__}: {str(exc)[:80]}"] += 1
-    return {"mutants": mutants, "outcomes": dict(outcomes), "crashes": dict(crashes.most_common(10))}
+    return {
+        "mutants": mutants,
+        "outcomes": dict(outcomes),
+        "crashes": dict(crashes.most_common(10)),
+    }
 
 
 def main() -> None:
@@ -178,15 +223,12 @@ def main() -> None:
     parser.add_argument("--mutants", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    flags = next((line.split(":", 1)[1].split() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), [])
-    result = {"load_average": os.getloadavg(), "cpus": os.cpu_count(),
-              "cpu_flags": [f for f in flags if f.startswith(("avx", "amx", "sse4"))],
-              "fuzz": fuzz(args.mutants, args.seed)}
+    before = harness.header("reliability")
+    result = {"fuzz": fuzz(args.mutants, args.seed)}
     print(json.dumps(result, indent=1), flush=True)
     result["kills"] = kills(args.kills, args.seed)
-    result["load_average_after"] = os.getloadavg()
     print(json.dumps(result, indent=1))
+    harness.finish("reliability", before, result)
 
 
 if __name__ == "__main__":
