@@ -53,7 +53,7 @@ def test_auto_is_resolved_recorded_and_applied_while_training(tmp_path, probe_ca
         # what was measured, per candidate, beside the choice
         assert [(p["threads"], p["precision"]) for p in probes] == [(used["threads"],
                                                                      used["precision"])]
-        assert "1/fp32" in probes[0]["seconds_per_step"]
+        assert probes[0]["step_time_vs_baseline"]["1/fp32"] == 1.0
 
 
 def test_explicit_values_are_used_as_given_without_a_probe(tmp_path, probe_cache):

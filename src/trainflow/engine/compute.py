@@ -33,11 +33,11 @@ from torch import nn
 from trainflow.engine.data import Split
 from trainflow.spec.train import TrainSpec
 
-PROBE_ROUNDS = 7  # timed measurements per candidate (after two warm-up steps), interleaved
-MIN_MEASURE_S = 0.005  # a measurement repeats a fast step up to this long, so timer noise fades
+PROBE_ROUNDS = 9  # timed measurements per candidate (after two warm-up steps), interleaved
+MIN_MEASURE_S = 0.02  # a measurement repeats a fast step up to this long, so timer noise fades
 LOSER = 3.0  # a candidate this many times slower than the baseline at warm-up is out
 MARGIN = 0.9  # a candidate must take under 90 % of the baseline's step time to be chosen
-PROBE_VERSION = 1  # bump when the probe or its rule changes, so old choices are not reused
+PROBE_VERSION = 2  # bump when the probe or its rule changes, so old choices are not reused
 
 
 @dataclass(frozen=True)
@@ -115,19 +115,20 @@ def resolve(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], threads: i
     with open(folder / f"{key}.lock", "a") as lock:  # two runs at once probe once
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
-            seconds = measure(net, batch, options, device)
-            best = pick(options, seconds)
+            relative = measure(net, batch, options, device)
+            best = pick(options, relative)
             write_json(path, {"threads": best[0], "precision": best[1], "cpu":
                               cpu_identity()["model"], "torch": torch.__version__,
-                              "seconds_per_step": {f"{t}/{p}": s for (t, p), s
-                                                   in zip(options, seconds)}})
+                              "step_time_vs_baseline": {f"{t}/{p}": round(s, 4) for (t, p), s
+                                                        in zip(options, relative)}})
         chosen = json.loads(path.read_text())
     return Choice(int(chosen["threads"]), chosen["precision"], threads, precision)
 
 
 def pick(options: list[tuple[int, str]], seconds: list[float]) -> tuple[int, str]:
     """The fastest candidate if it beats the baseline (the first) by the margin, else the
-    baseline: a near tie keeps one thread and fp32, the choice that never loses much."""
+    baseline: a near tie keeps one thread and fp32, the choice that never loses much.
+    `seconds` are step times, absolute or relative to the baseline's."""
     best = min(range(len(options)), key=seconds.__getitem__)
     return options[best] if seconds[best] < MARGIN * seconds[0] else options[0]
 
@@ -144,8 +145,9 @@ def probe_key(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
 
 def measure(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
             options: list[tuple[int, str]], device: torch.device) -> list[float]:
-    """Median seconds of a forward/backward step per candidate, on a copy of the model, the
-    candidates interleaved per round so that a burst of load falls on all of them alike. A
+    """Step time of each candidate relative to the baseline's (the first: 1.0), the median of
+    per-round ratios of forward/backward steps on a copy of the model, the candidates
+    interleaved per round so that a burst of load falls on all of them alike. A
     candidate over LOSER times the baseline after the warm-up round is not timed further (it
     has lost; this bounds the probe). The global RNG and thread count are left as they were:
     the run's bytes do not see the probe."""
@@ -166,7 +168,10 @@ def measure(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
                     times[i].append(steps_seconds(probe, x, y, options[i], device, reps))
         finally:
             torch.set_num_threads(before)
-    return [statistics.median(t) if t else warm[i] for i, t in enumerate(times)]
+    # each round's time over the baseline's time in the same round: load that comes and goes
+    # falls on both sides of a ratio
+    return [statistics.median(a / b for a, b in zip(t, times[0])) if t else warm[i] / warm[0]
+            for i, t in enumerate(times)]
 
 
 def steps_seconds(net: nn.Module, x: torch.Tensor, y: torch.Tensor, option: tuple[int, str],
