@@ -77,6 +77,6 @@ def test_a_full_disk_in_each_writer_is_one_message_and_leaves_the_store_intact(t
         assert "Traceback" not in output, f"{step}:\n{output[-2000:]}"
         assert "space" in output.lower() and str(store) in output, f"{step}:\n{output}"
         assert (stored(store) if store.exists() else {}) == before, f"{step} changed the store"
-        assert not [p for p in store.rglob("*tmp*")], f"{step} left temporaries"
+        assert not list(store.rglob("*tmp*")), f"{step} left temporaries"
         refs[step] = bare(*([[refs[n] for n in inputs]] if inputs else []))  # room again
     assert refs["evaluate"].meta["accuracy"] > 0.8

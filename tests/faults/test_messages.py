@@ -47,7 +47,8 @@ def results(tmp_path_factory):
             path = folder / f"{name}.yaml"
             path.write_bytes(content)
         jobs[name] = (["validate", str(path), *args], env, subprocess.PIPE)
-    full = open("/dev/full", "w") if Path("/dev/full").exists() else None
+    # closed below, once every job has written to it
+    full = open("/dev/full", "w") if Path("/dev/full").exists() else None  # noqa: SIM115
     if full:  # printing the schema fails: not the user's doing
         jobs["internal"] = (["schema"], {"TMPDIR": str(folder)}, full)
     with ThreadPoolExecutor(len(jobs)) as pool:

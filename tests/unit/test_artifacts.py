@@ -28,10 +28,9 @@ def test_atomic_write_replaces_whole_file_and_leaves_no_temporary(tmp_path):
 
 def test_failed_writer_leaves_nothing_in_the_store(tmp_path):
     store = Store(tmp_path)
-    with pytest.raises(RuntimeError):
-        with store.writer("table") as staging:
-            (staging / "part.parquet").write_bytes(b"half")
-            raise RuntimeError("task failed midway")
+    with pytest.raises(RuntimeError), store.writer("table") as staging:
+        (staging / "part.parquet").write_bytes(b"half")
+        raise RuntimeError("task failed midway")
     assert list((tmp_path / "table").iterdir()) == []
 
 
