@@ -18,10 +18,12 @@ import time
 
 import torch
 
-from trainflow.engine.data import Split
+from trainflow.engine.data import Split, batches
 
-from trainflow.engine.loop import resolve_device, train_epoch
-from trainflow.engine.update import Update
+from trainflow.engine.loop import EpochBatches, train_epoch
+from trainflow.engine.setup import resolve_device
+from trainflow.engine.state import TrainingState
+from trainflow.engine.update import Update, grad_scaler
 from trainflow.models.cnn import cnn
 from trainflow.spec.train import TrainSpec
 
@@ -45,13 +47,14 @@ def throughput(precision: str, device: torch.device, data: Split, epochs: int,
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     spec = TrainSpec(precision=precision, device=device.type)
     update = Update.from_spec(spec, device)
+    state = TrainingState(model, optimizer, scaler=grad_scaler(spec))
     generator = torch.Generator().manual_seed(0)
     rates = []
     for _ in range(epochs + 1):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        train_epoch(model, optimizer, data, batch_size, generator, device, update=update)
+        train_epoch(model, state, EpochBatches(batches(data, batch_size, generator)), update)
         if device.type == "cuda":
             torch.cuda.synchronize()
         rates.append(len(data) / (time.perf_counter() - start))

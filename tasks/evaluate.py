@@ -12,7 +12,8 @@ from prefect import task
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine.adversarial import robust_accuracy
-from trainflow.engine.bundle import load_model, score
+from trainflow.engine.inference import score
+from trainflow.engine.model_folder import load_model
 from trainflow.tasks.train import load_splits
 
 ATTACK_SEED = 0

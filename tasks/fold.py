@@ -12,7 +12,8 @@ from prefect import task
 from trainflow import registry
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
-from trainflow.engine.bundle import score, train_into
+from trainflow.engine.inference import score
+from trainflow.engine.training import train_into
 from trainflow.engine.data import Split
 from trainflow.spec.train import TrainSpec
 from trainflow.steps import fit_apply, json_state, read_parts

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from trainflow import compress
 from trainflow.artifacts import ArtifactRef
-from trainflow.engine.bundle import load_model
+from trainflow.engine.model_folder import load_model
 from trainflow.tasks.train import load_splits
 
 

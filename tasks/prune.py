@@ -14,11 +14,21 @@ from trainflow import compress, registry
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine import checkpoint
-from trainflow.engine.bundle import WEIGHTS, describe, load_model, optimizer_factory
 from trainflow.engine.loop import fit
+from trainflow.engine.model_folder import WEIGHTS, describe, load_model
+from trainflow.engine.training import optimizer_factory
 from trainflow.spec.train import TrainSpec
 from trainflow.tasks.quantize import measure
 from trainflow.tasks.train import load_splits
+
+
+def finetune_spec(train: TrainSpec, params: Any) -> TrainSpec:
+    """The train section of the fine-tune: its epochs, no early stopping or epoch
+    checkpoints, and its rate as train.lr, the one rate the optimizer and the schedule (a
+    one_cycle's peak, a cyclic's top) both read."""
+    return train.model_copy(update={"epochs": params.finetune_epochs, "early_stopping": None,
+                                    "checkpoint_every": 0,
+                                    "lr": params.finetune_lr or train.lr / 10})
 
 
 @task(name="prune", **CACHED)
@@ -30,10 +40,8 @@ def prune_model(model: ArtifactRef, shards: ArtifactRef, params: Any, train: Tra
     before = measure(net, data["test"], classes)
     targets = registry.PRUNERS[params.type].impl(net, params)
     if params.finetune_epochs:
-        tune = train.model_copy(update={"epochs": params.finetune_epochs,
-                                        "early_stopping": None, "checkpoint_every": 0})
-        fit(net, data["train"], data["val"], tune, seed,
-            optimizer_factory(tune, params.finetune_lr or train.lr / 10))
+        tune = finetune_spec(train, params)
+        fit(net, data["train"], data["val"], tune, seed, optimizer_factory(tune))
     compress.make_permanent(targets)
     net = net.cpu().eval()
     after = measure(net, data["test"], classes)

@@ -16,7 +16,8 @@ from trainflow import compress, registry
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine import checkpoint
-from trainflow.engine.bundle import WEIGHTS, describe, load_model, score
+from trainflow.engine.inference import score
+from trainflow.engine.model_folder import WEIGHTS, describe, load_model
 from trainflow.engine.data import Split
 from trainflow.tasks.train import load_splits
 

@@ -17,7 +17,8 @@ from prefect import task
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine import checkpoint
-from trainflow.engine.bundle import train_into
+from trainflow.engine.state import load_resumable
+from trainflow.engine.training import train_into
 from trainflow.engine.data import Split
 from trainflow.errors import ArtifactError
 from trainflow.logs import Progress, run_logger
@@ -102,7 +103,7 @@ def resume_point(folder: Path, logger: logging.Logger | logging.LoggerAdapter) -
     if not checkpoint.rotation(last):
         return None
     try:
-        saved = checkpoint.load_latest_good(last)
+        saved = load_resumable(last)
     except ArtifactError as exc:
         aside = checkpoint.set_aside(folder)
         logger.warning("%s. The folder is set aside as %s (its files are kept, to look at or "

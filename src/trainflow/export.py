@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainflow.engine.bundle import build_from_folder
+from trainflow.engine.model_folder import build_from_folder
 from trainflow.folding import ExportError, Plan, Prep, build_prep, plan
 from trainflow.models.multitask import MultiTask
 from trainflow.package import Package, load_package

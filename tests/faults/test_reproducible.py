@@ -19,7 +19,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from tests.flows.helpers import run
-from trainflow.engine.bundle import optimizer_factory
+from trainflow.engine.training import optimizer_factory
 from trainflow.engine.data import Split
 from trainflow.engine.loop import fit
 from trainflow.models.mlp import mlp
@@ -133,9 +133,10 @@ import random, sys
 import numpy as np
 import torch
 sys.path.insert(0, {root!r})
-from trainflow.engine.bundle import optimizer_factory
+from trainflow.engine.training import optimizer_factory
 from trainflow.engine.data import Split
-from trainflow.engine.loop import fit, seed_everything
+from trainflow.engine.loop import fit
+from trainflow.engine.setup import seed_everything
 from trainflow.models.cnn import cnn
 from trainflow.spec.train import TrainSpec
 from pathlib import Path

@@ -10,7 +10,7 @@ import torch
 
 from trainflow.artifacts import Store, sha256_file
 from trainflow.engine import checkpoint
-from trainflow.engine.bundle import train_into
+from trainflow.engine.training import train_into
 from trainflow.spec.model import MLPParams
 from trainflow.spec.train import TrainSpec
 from trainflow.tasks.ingest import SklearnSource, ingest

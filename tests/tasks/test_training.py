@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from trainflow.engine import checkpoint
-from trainflow.engine.bundle import load_model, score
+from trainflow.engine.inference import score
+from trainflow.engine.model_folder import load_model
 from trainflow.tasks.train import load_splits
 from trainflow.engine.data import Split
 from trainflow.engine.loop import fit
-from trainflow.engine.bundle import optimizer_factory
+from trainflow.engine.training import optimizer_factory
+from tests.interrupt import after_step
 from trainflow.models.mlp import mlp
 from trainflow.spec.after_training import DynamicInt8Params, L1UnstructuredParams
 from trainflow.spec.model import MLPParams
@@ -142,6 +144,30 @@ def test_pruned_model_reaches_target_sparsity_and_keeps_accuracy(prepared):
     assert not any(key.endswith("_mask") or key.endswith("_orig") for key in weights)
 
 
+@pytest.mark.parametrize("finetune_lr,peak", [(0.002, 0.002), (None, 0.001)])
+def test_a_prune_fine_tune_with_one_cycle_peaks_at_the_fine_tune_rate(prepared, finetune_lr,
+                                                                       peak):
+    """The fine-tune's rate (its own, or train.lr / 10) is the one rate its optimizer and its
+    schedule read: one_cycle peaks there, not at the main train.lr (0.01 here)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    spec = TrainSpec.model_validate({**TRAIN.model_dump(), "lr": 0.01,
+                                     "schedule": {"type": "one_cycle"}})
+    params = L1UnstructuredParams(type="l1_unstructured", sparsity=0.5, finetune_epochs=2,
+                                  finetune_lr=finetune_lr)
+    used = []  # the rate of each step the fine-tune's optimizer takes
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    try:
+        prune_model.fn(prepared["model"], prepared["shards"], params, spec, 0,
+                       prepared["store"])
+    finally:
+        hook.remove()
+    assert len(used) == 2 * 12  # 364 training rows in batches of 32, two epochs
+    assert max(used) == pytest.approx(peak, rel=0.01)  # its peak step: 30 % of 24 steps
+    assert used[0] < peak / 10 and used[-1] < used[0]  # the cycle: up, then far below
+
+
 def test_balanced_class_weights_match_scikit_learn():
     from sklearn.utils.class_weight import compute_class_weight
 
@@ -225,7 +251,7 @@ def test_training_from_the_streamed_loader_scores_like_in_memory(prepared):
 
 def test_the_train_task_resumes_what_an_interrupted_run_left(prepared, tmp_path):
     from trainflow.artifacts import Store
-    from trainflow.engine.bundle import train_into
+    from trainflow.engine.training import train_into
     from trainflow.tasks.train import load_training_splits, resume_folder
 
     spec = TRAIN.model_copy(update={"checkpoint_interval_s": 0, "epochs": 8})
@@ -271,11 +297,10 @@ def test_a_streamed_run_killed_mid_epoch_resumes_bit_identical(prepared, tmp_pat
     full, full_result = train(tmp_path / "full")
     per_epoch = full_result.history[0]["steps"]
 
-    def kill(steps):
-        if steps == per_epoch + 8:  # in the second epoch, 8 steps in
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "killed", on_step=kill)
+    def kill():
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), after_step(per_epoch + 8, kill):  # epoch 2, 8 in
+        train(tmp_path / "killed")
     assert checkpoint.load(tmp_path / "killed" / "last.pt")["position"]["batch"] == 8
     resumed, result = train(tmp_path / "resumed", resume=tmp_path / "killed" / "last.pt")
     assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(),

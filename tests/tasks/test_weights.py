@@ -8,7 +8,7 @@ import torch
 from trainflow.engine.data import Split, balanced_weights, batches, weighted_loss
 from trainflow.errors import DataError
 from trainflow.models.mlp import mlp
-from trainflow.engine.bundle import optimizer_factory
+from trainflow.engine.training import optimizer_factory
 from trainflow.engine.loop import fit
 from trainflow.shards import read_split_weighted
 from trainflow.spec.train import LoaderSpec, TrainSpec

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from trainflow.engine.augment import Augmenter, augmentation_seed, preview_png
-from trainflow.engine.bundle import optimizer_factory
+from trainflow.engine.training import optimizer_factory
 from trainflow.engine.data import Split
 from trainflow.engine.loop import fit
 from trainflow.spec.augment import AugmentSpec, TransformSpec

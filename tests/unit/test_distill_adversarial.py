@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from trainflow.engine.adversarial import attack, robust_accuracy
-from trainflow.engine.bundle import train_into
+from trainflow.engine.training import train_into
 from trainflow.engine.distill import Distiller
 from trainflow.engine.data import Split
 from trainflow.errors import TrainflowError

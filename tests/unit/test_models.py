@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainflow.engine.bundle import build_model
+from trainflow.engine.model_folder import build_model
 from trainflow.engine.checks import check_model_and_training
 from trainflow.engine.update import Update
 from trainflow.errors import TrainflowError

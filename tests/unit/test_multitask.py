@@ -4,7 +4,8 @@ import polars as pl
 import pytest
 import torch
 
-from trainflow.engine.bundle import build_model, optimizer_factory
+from trainflow.engine.model_folder import build_model
+from trainflow.engine.training import optimizer_factory
 from trainflow.engine.checks import check_model_and_training
 from trainflow.engine.data import Split
 from trainflow.engine.loop import fit

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from trainflow import registry
-from trainflow.engine.bundle import build_model, optimizer_factory
+from trainflow.engine.model_folder import build_model
+from trainflow.engine.training import optimizer_factory
 from trainflow.spec.train import TrainSpec
 from trainflow.steps import json_state
 from trainflow.tables import TableSchema

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from trainflow.engine import checkpoint
-from trainflow.engine.bundle import optimizer_factory
+from trainflow.engine.training import optimizer_factory
 from trainflow.engine.data import Split
 from trainflow.engine.loop import fit
 from trainflow.models.mlp import mlp
 from trainflow.spec.train import TrainSpec
+from tests.interrupt import after_step
 
 SPEC = TrainSpec(lr=0.01, epochs=6, batch_size=16, device="cpu", checkpoint_every=1,
                  checkpoint_interval_s=0,
@@ -59,31 +60,6 @@ def test_a_run_killed_after_an_epoch_resumes_to_the_uninterrupted_weights(tmp_pa
     assert len(result.history) == 6
     assert ((tmp_path / "full" / "metrics.jsonl").read_bytes()
             == (tmp_path / "resumed" / "metrics.jsonl").read_bytes())
-
-
-def _fresh(piece: str, saved: dict) -> None:
-    """Replace one piece of saved state with what a fresh start would have."""
-    if piece == "optimizer":
-        net = model()
-        saved["optimizer"] = optimizer_factory(SPEC)(net).state_dict()
-    elif piece == "scheduler":
-        saved["scheduler"] = {}
-        saved["steps"] = 0
-    elif piece == "rng.batches":
-        saved["rng"]["batches"] = torch.Generator().manual_seed(1).get_state()
-    elif piece == "rng.torch":
-        saved["rng"]["torch"] = torch.Generator().manual_seed(1).get_state()
-
-
-@pytest.mark.parametrize("piece", ["optimizer", "scheduler", "rng.batches", "rng.torch"])
-def test_each_piece_of_saved_state_is_needed(tmp_path, piece):
-    full, _ = run(tmp_path / "full")
-    saved = crashed_checkpoint(tmp_path)
-    _fresh(piece, saved)
-    checkpoint.save_rotating(tmp_path / "partial.pt", saved)
-    resumed, _ = run(tmp_path / "resumed", resume=tmp_path / "partial.pt")
-    assert not all(torch.equal(a, b) for a, b in zip(full.state_dict().values(),
-                                                     resumed.state_dict().values()))
 
 
 def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
@@ -150,11 +126,10 @@ def run_spec(spec, out, **kwargs):
 
 def killed_at(spec, out, step):
     """Run until optimizer step `step`, then stop as abruptly as an exception can."""
-    def kill(steps):
-        if steps == step:
-            raise Crash
-    with pytest.raises(Crash):
-        run_spec(spec, out, on_step=kill)
+    def kill():
+        raise Crash
+    with pytest.raises(Crash), after_step(step, kill):
+        run_spec(spec, out)
     return out / "last.pt"
 
 
@@ -186,38 +161,18 @@ def test_keep_last_k_checkpoints_while_training(tmp_path):
     assert [checkpoint.load(p)["steps"] for p in checkpoint.rotation(last)] == [7, 6, 5]
 
 
-@pytest.mark.parametrize("piece", ["position", "position.order_rng", "position.loss_sum",
-                                   "rng.torch"])
-def test_each_piece_of_mid_epoch_state_is_needed(tmp_path, piece):
-    full, full_result = run_spec(STEPPED, tmp_path / "full")
-    saved = checkpoint.load(killed_at(STEPPED, tmp_path / "killed", 7))
-    if piece == "position":
-        saved["position"] = None
-    elif piece == "position.order_rng":
-        saved["position"]["order_rng"] = torch.Generator().manual_seed(1).get_state()
-    elif piece == "position.loss_sum":
-        saved["position"]["loss_sum"] = torch.zeros(())
-    else:
-        saved["rng"]["torch"] = torch.Generator().manual_seed(1).get_state()
-    checkpoint.save_rotating(tmp_path / "partial.pt", saved)
-    resumed, result = run_spec(STEPPED, tmp_path / "resumed", resume=tmp_path / "partial.pt")
-    if piece == "position.loss_sum":  # the weights are right, the epoch's reported loss not
-        assert result.history[0]["train_loss"] != full_result.history[0]["train_loss"]
-    else:
-        assert not same_weights(full, resumed)
-
-
 KILLER = """
 import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
+from tests.interrupt import after_step
 from tests.unit.test_resume import STEPPED, run_spec
 
-def kill(steps):
-    if steps == 17:
-        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally, a write may be torn
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally, a write may be torn
 
-run_spec(STEPPED, Path({out!r}), on_step=kill)
+with after_step(17, kill):
+    run_spec(STEPPED, Path({out!r}))
 """
 
 
@@ -244,18 +199,17 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
 
     net_holder = {}
 
-    def diverge(steps):
-        if steps == 12:  # the weights blow up after step 12 was checkpointed
-            with torch.no_grad():
-                for p in net_holder["net"].parameters():
-                    p.fill_(float("nan"))
+    def diverge():  # the weights blow up after step 12 was checkpointed
+        with torch.no_grad():
+            for p in net_holder["net"].parameters():
+                p.fill_(float("nan"))
 
     train, val = data()
     net_holder["net"] = net = model()
     (tmp_path / "run").mkdir()
-    with pytest.raises(TrainflowError, match="training loss became non-finite"):
-        fit(net, train, val, STEPPED, 0, optimizer_factory(STEPPED), tmp_path / "run",
-            on_step=diverge)
+    with (pytest.raises(TrainflowError, match="training loss became non-finite"),
+          after_step(12, diverge)):
+        fit(net, train, val, STEPPED, 0, optimizer_factory(STEPPED), tmp_path / "run")
     saved = checkpoint.load_latest_good(tmp_path / "run" / "last.pt")
     assert saved["steps"] == 12
     assert all(torch.isfinite(v).all() for v in saved["model"].values())

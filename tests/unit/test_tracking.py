@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainflow.engine.bundle import optimizer_factory
+from tests.interrupt import after_step
+from trainflow.engine.training import optimizer_factory
 from trainflow.engine.data import Split
 from trainflow.engine.loop import fit
 from trainflow.errors import TrainflowError
@@ -62,16 +63,15 @@ def test_per_step_rows_survive_a_mid_epoch_resume(tmp_path):
                                      "device": "cpu", **knobs})
     train, val = data()
 
-    def kill(steps):
-        if steps == 14:
-            raise Crash
-    for name, kwargs in (("killed", {"on_step": kill}), ("resumed", {})):
+    def kill():
+        raise Crash
+    for name in ("killed", "resumed"):
         torch.manual_seed(0)
         net = mlp([6], 2, [16, 16])
         (tmp_path / name).mkdir()
         if name == "killed":
-            with pytest.raises(Crash):
-                fit(net, train, val, spec, 0, optimizer_factory(spec), tmp_path / name, **kwargs)
+            with pytest.raises(Crash), after_step(14, kill):
+                fit(net, train, val, spec, 0, optimizer_factory(spec), tmp_path / name)
         else:
             fit(net, train, val, spec, 0, optimizer_factory(spec), tmp_path / name,
                 resume=tmp_path / "killed" / "last.pt")

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from trainflow.engine import checkpoint, optim, schedule
-from trainflow.engine.bundle import optimizer_factory
+from trainflow.engine.training import optimizer_factory
 from trainflow.engine.data import Split, weighted_loss
-from trainflow.engine.loop import fit, train_epoch
-from trainflow.engine.resume import training_state
+from trainflow.engine.data import batches
+from trainflow.engine.loop import EpochBatches, fit, train_epoch
+from trainflow.engine.state import TrainingState
 from trainflow.engine.update import Update
 from trainflow.errors import SpecError, TrainflowError
 from trainflow.models.mlp import mlp
@@ -101,7 +102,7 @@ def _sgd_step(update: Update, grad_scale: float = 100.0):
     opt = torch.optim.SGD(net.parameters(), lr=1.0)
     before = [p.detach().clone() for p in net.parameters()]
     (net(torch.randn(16, 8)).sum() * grad_scale).backward()
-    update.step(net, opt)
+    update.step(TrainingState(net, opt))
     return [b - p.detach() for b, p in zip(before, net.parameters())]  # = the applied gradient
 
 
@@ -122,9 +123,9 @@ def test_accumulating_k_batches_of_n_equals_one_batch_of_k_times_n():
         torch.manual_seed(0)
         net = mlp([6], 2, [5])
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
-        update = Update(accumulate=k)
-        train_epoch(net, opt, data, batch, None, torch.device("cpu"), update=update)
-        results.append((update.steps, [p.detach() for p in net.parameters()]))
+        state = TrainingState(net, opt)
+        train_epoch(net, state, EpochBatches(batches(data, batch)), Update(accumulate=k))
+        results.append((state.steps, [p.detach() for p in net.parameters()]))
     assert results[0][0] == results[1][0] == 1
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
 
@@ -195,14 +196,14 @@ def test_fp16_grad_scaler_path_unscales_before_clipping_and_skips_overflowing_st
     loss_of(reference).backward()  # unscaled fp16-autocast gradients
     true_norm = float(nn.utils.get_total_norm([p.grad for p in reference.parameters()]))
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
-    update = Update(clip=GradClip(max_norm=true_norm / 2), precision=torch.float16,
-                    scaler=scaler)
+    update = Update(clip=GradClip(max_norm=true_norm / 2), precision=torch.float16)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    update.backward(loss_of(model))
+    state = TrainingState(model, opt, scaler=scaler)
+    update.backward(model, loss_of(model), scaler)
     assert math.isclose(float(nn.utils.get_total_norm([p.grad for p in model.parameters()])),
                         true_norm * 2 ** 10, rel_tol=1e-3)  # scaled on the way back
-    update.step(model, opt)
-    assert math.isclose(update.grad_norms[0], true_norm, rel_tol=1e-3)
+    update.step(state)
+    assert math.isclose(state.position.grad_norms[0], true_norm, rel_tol=1e-3)
     with torch.no_grad():
         moved = torch.cat([(p - q).flatten() for p, q in zip(model.parameters(),
                                                               reference.parameters())])
@@ -211,14 +212,14 @@ def test_fp16_grad_scaler_path_unscales_before_clipping_and_skips_overflowing_st
 
     before = [p.detach().clone() for p in model.parameters()]
     handle = model[0].weight.register_hook(lambda g: g * float("inf"))
-    update.backward(loss_of(model))
-    update.step(model, opt)
+    update.backward(model, loss_of(model), scaler)
+    update.step(state)
     handle.remove()
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
-    assert scaler.get_scale() == 2.0 ** 9 and update.steps == 2
+    assert scaler.get_scale() == 2.0 ** 9 and state.steps == 2
 
     path = tmp_path / "last.pt"
-    checkpoint.save(path, training_state(model, opt, 0, torch.Generator(), update, None, {}))
+    checkpoint.save(path, state.state_dict())
     restored = torch.amp.GradScaler("cpu")
     restored.load_state_dict(checkpoint.load(path)["scaler"])
     assert restored.get_scale() == 2.0 ** 9
@@ -382,7 +383,7 @@ def test_auto_batch_trains_exactly_like_the_batch_size_it_chose():
 def test_one_seed_drives_python_numpy_and_torch_and_devices_are_checked():
     import random
 
-    from trainflow.engine.loop import resolve_device, seed_everything
+    from trainflow.engine.setup import resolve_device, seed_everything
 
     def draws(seed):
         order = seed_everything(seed)

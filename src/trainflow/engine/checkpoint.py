@@ -89,17 +89,14 @@ def save_rotating(path: Path, payload: dict[str, Any], keep: int = 2) -> None:
     atomic_write_text(_digest(path), sha256_file(path))
 
 
-# What fit() reads from a checkpoint to continue a run (resume.training_state writes them).
-RESUMABLE = ("model", "optimizer", "epoch", "steps", "rng", "run")
-
-
-def load_latest_good(path: Path) -> dict[str, Any]:
+def load_latest_good(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """The newest intact checkpoint of a rotation: one whose sha256 matches and that loads
-    (weights_only) with the state a resume reads. Older ones stand in for damaged ones, with
-    a warning; an ArtifactError lists every file's problem when none is usable."""
+    (weights_only) with every `required` key (state.TrainingState.PIECES for a resume). Older
+    ones stand in for damaged ones, with a warning; an ArtifactError lists every file's
+    problem when none is usable."""
     path, problems = Path(path), []
     for candidate in rotation(path) or [path]:
-        problem, payload = _check(candidate)
+        problem, payload = _check(candidate, required)
         if problem:
             problems.append(f"{candidate}: {problem}")
             continue
@@ -110,7 +107,7 @@ def load_latest_good(path: Path) -> dict[str, Any]:
     raise ArtifactError("no intact checkpoint to resume from: " + "; ".join(problems))
 
 
-def _check(candidate: Path) -> tuple[str | None, dict | None]:
+def _check(candidate: Path, required: tuple[str, ...]) -> tuple[str | None, dict | None]:
     """(what is wrong with a rotation file, None) or (None, its loaded state)."""
     digest = _digest(candidate)
     if not candidate.is_file() or not digest.is_file():
@@ -122,7 +119,7 @@ def _check(candidate: Path) -> tuple[str | None, dict | None]:
     except ArtifactError as exc:
         reason = str(exc).removeprefix(f"cannot load checkpoint {candidate}: ")
         return f"unreadable ({reason})", None
-    absent = [key for key in RESUMABLE if key not in payload]
+    absent = [key for key in required if key not in payload]
     if absent:
         return f"not a resumable training state (no {', '.join(absent)})", None
     return None, payload

@@ -9,14 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainflow.engine.model_folder import build_from_folder
 from trainflow.errors import TrainflowError
 
 
 def load_teacher(path: str | Path, input_shape: list[int], classes: list[str]) -> nn.Module:
     """The teacher model from a trainflow model folder (model.json + best.pt), checked to
     read the same inputs and predict the same classes as the student."""
-    from trainflow.engine.bundle import build_from_folder
-
     folder = Path(path)
     if not (folder / "model.json").is_file():
         raise TrainflowError(f"train.distill.teacher: {folder} is not a trainflow model folder "

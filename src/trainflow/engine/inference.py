@@ -1,12 +1,15 @@
-"""Evaluation on a split held in memory: mean loss and class probabilities, and the accuracy
-of each auxiliary head of a multi-task model."""
+"""Evaluation on a split held in memory: mean loss and class probabilities, classification
+metrics, and the accuracy of each auxiliary head of a multi-task model."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from trainflow.engine.data import Split
+from trainflow.engine.setup import resolve_device
+from trainflow.metrics import classification_metrics
 
 
 @torch.no_grad()
@@ -36,3 +39,11 @@ def aux_accuracy(model: nn.Module, data: Split, batch_size: int, device: torch.d
         correct += torch.stack([(heads[t].argmax(1).cpu() == truth[:, i]).sum()
                                 for i, t in enumerate(tasks)])
     return {t: (correct[i] / len(data)).item() for i, t in enumerate(tasks)}
+
+
+def score(net: nn.Module, data: Split, num_classes: int, batch_size: int = 256,
+          device: str = "cpu") -> tuple[dict, np.ndarray]:
+    """Classification metrics and class probabilities of `net` on `data`."""
+    loss, probs = predict(net, data, batch_size, resolve_device(device))
+    metrics = classification_metrics(data.y.numpy(), probs.numpy(), num_classes)
+    return {"loss": loss, **metrics}, probs.numpy()

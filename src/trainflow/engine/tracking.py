@@ -119,6 +119,12 @@ class GradientNorms:
         self.sums, self.count = {}, 0
         return means
 
+    def state_dict(self) -> dict:
+        return {"sums": dict(self.sums), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums, self.count = dict(state["sums"]), state["count"]
+
 
 def layer_report(model: nn.Module, grads: dict[str, float]) -> dict[str, dict[str, float]]:
     """Per parameter: its weight norm and its mean gradient norm over the epoch."""

@@ -1,18 +1,24 @@
-"""The optimizer update and the knobs around it: accumulation, clipping, L1, label smoothing,
-mixed precision, the per-step schedule and a step budget."""
+"""How a batch turns into a loss and batches into optimizer steps: accumulation, clipping, L1,
+label smoothing, class weights, mixed precision, truncated BPTT, adversarial examples,
+distillation, multi-task heads and a step budget.
+
+`Update` is configuration only, fixed when it is built; what changes while training (the
+step count, the gradient norms, the grad scaler, the schedule) lives in the TrainingState
+that `step` advances."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from trainflow.errors import TrainflowError
 from trainflow.engine.adversarial import attack
-from trainflow.engine.tracking import GradientNorms
+from trainflow.engine.data import weighted_loss
+from trainflow.engine.state import TrainingState
+from trainflow.errors import TrainflowError
 from trainflow.spec.train import Adversarial, GradClip, TrainSpec
 
 # "auto" reaches here only when the loop is called directly, not through train_into
@@ -20,50 +26,68 @@ from trainflow.spec.train import Adversarial, GradClip, TrainSpec
 PRECISION = {"fp32": None, "auto": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Update:
-    """How batches turn into optimizer steps. `steps` counts optimizer steps over the run."""
-
     accumulate: int = 1
     clip: GradClip | None = None
     l1: float = 0.0
     label_smoothing: float = 0.0
+    class_weights: torch.Tensor | None = None
     precision: torch.dtype | None = None
-    scaler: torch.amp.GradScaler | None = None
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    device: torch.device = torch.device("cpu")
     max_steps: int | None = None
     tbptt: int | None = None
     adversarial: Adversarial | None = None
     distiller: Callable | None = None  # (hard loss, student logits, x) -> loss
     task_weights: dict[str, float] | None = None  # multi-task: auxiliary head -> loss weight
     log_every: int = 0  # measure the gradient norm on these steps (per-step rows)
-    steps: int = 0
-    grad_norms: list[float] = field(default_factory=list)
-    last_loss: torch.Tensor | None = None  # the latest batch's loss, for per-step rows
-    last_grad_norm: float | None = None  # the latest step's gradient norm, when measured
-    layer_grads: GradientNorms | None = None  # per-parameter norms, when debugging
 
     @classmethod
     def from_spec(cls, spec: TrainSpec, device: torch.device,
-                  scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> Update:
-        dtype = PRECISION[spec.precision]
+                  class_weights: torch.Tensor | None = None,
+                  task_weights: dict[str, float] | None = None,
+                  distiller: Callable | None = None) -> Update:
         if spec.precision == "fp16" and device.type != "cuda":
             raise TrainflowError(f"train.precision: fp16 needs a CUDA device, training runs on "
                                  f"{device.type}; use bf16 (autocast) on CPU")
-        scaler = torch.amp.GradScaler("cuda") if spec.precision == "fp16" else None
-        return cls(spec.accumulate, spec.grad_clip, spec.l1, spec.label_smoothing, dtype,
-                   scaler, scheduler, spec.max_steps, spec.tbptt, spec.adversarial,
-                   log_every=spec.log.every_steps,
-                   layer_grads=GradientNorms() if spec.debug.layer_norms else None)
+        return cls(spec.accumulate, spec.grad_clip, spec.l1, spec.label_smoothing,
+                   class_weights, PRECISION[spec.precision], device, spec.max_steps,
+                   spec.tbptt, spec.adversarial, distiller, task_weights,
+                   spec.log.every_steps)
 
-    @property
-    def done(self) -> bool:
-        return self.max_steps is not None and self.steps >= self.max_steps
+    def done(self, steps: int) -> bool:
+        return self.max_steps is not None and steps >= self.max_steps
 
-    def autocast(self, device: torch.device):
+    def autocast(self):
         if self.precision is None:
             return nullcontext()
-        return torch.autocast(device.type, dtype=self.precision)
+        return torch.autocast(self.device.type, dtype=self.precision)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             w: torch.Tensor | None, mix: Callable | None = None) -> tuple[torch.Tensor, int]:
+        """The batch's loss (before the L1 term) and its main-target sample count."""
+        aux = None
+        if y.dim() == 2:  # multi-task labels: the main target, then the auxiliary ones
+            y, aux = y[:, 0], y[:, 1:]
+        cw, smoothing = self.class_weights, self.label_smoothing
+        with self.autocast():
+            x = self.perturb(model, x, y)  # adversarial examples, when declared
+            if mix is not None:  # mixup: a convex blend of pairs, and of their losses
+                x, y, partner, lam = mix(x, y)
+                out = self.forward(model, x)
+                loss = (lam * weighted_loss(out, y, cw, w, smoothing)
+                        + (1 - lam) * weighted_loss(out, partner, cw, w, smoothing))
+            elif aux is not None and self.task_weights is not None:
+                out, heads = model(x, heads=True)
+                loss = weighted_loss(out, y, cw, w, smoothing) + sum(
+                    weight * nn.functional.cross_entropy(heads[task].float(), aux[:, i])
+                    for i, (task, weight) in enumerate(self.task_weights.items()))
+            else:
+                out = self.forward(model, x)
+                loss = weighted_loss(out, y, cw, w, smoothing)
+            if self.distiller:  # soft targets from the teacher
+                loss = self.distiller(loss, out, x)
+        return loss, len(y)
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The model's output; with truncated BPTT, the recurrent state over all but the last
@@ -85,42 +109,51 @@ class Update:
         adv = attack(model, x[:k], y[:k], a.method, a.epsilon, a.steps, a.step_size)
         return torch.cat([adv, x[k:]]) if k < len(y) else adv
 
-    def distill(self, hard: torch.Tensor, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.distiller(hard, out, x) if self.distiller else hard
-
     def penalty(self, model: nn.Module) -> torch.Tensor | float:
         """The L1 term: l1 x the sum of |w| over weight matrices and kernels (not biases)."""
         if not self.l1:
             return 0.0
         return self.l1 * sum(p.abs().sum() for p in model.parameters() if p.dim() > 1)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        """Accumulate this batch's share of the gradient of one optimizer step."""
-        scaled = loss / self.accumulate
-        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+    def backward(self, model: nn.Module, loss: torch.Tensor,
+                 scaler: torch.amp.GradScaler | None = None) -> None:
+        """Accumulate this batch's share of the gradient of one optimizer step (with the L1
+        term). The ops a knob that is off would add are left out: they cost per batch."""
+        if self.l1:
+            loss = loss + self.penalty(model)
+        if self.accumulate > 1:
+            loss = loss / self.accumulate
+        (scaler.scale(loss) if scaler else loss).backward()
 
-    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Clip, step (through the grad scaler under fp16), clear, advance the schedule."""
-        if self.scaler:
-            self.scaler.unscale_(optimizer)
-        self.last_grad_norm = None
+    def step(self, state: TrainingState) -> float | None:
+        """Clip, step (through the grad scaler under fp16), clear, advance the schedule and
+        the step count; the gradient norm when this step measured it."""
+        model, optimizer, scaler = state.model, state.optimizer, state.scaler
+        if scaler:
+            scaler.unscale_(optimizer)
+        norm = None
         if self.clip and self.clip.max_norm:
-            norm = nn.utils.clip_grad_norm_(model.parameters(), self.clip.max_norm)
-            self.grad_norms.append(float(norm))
-            self.last_grad_norm = self.grad_norms[-1]
-        elif self.log_every and (self.steps + 1) % self.log_every == 0:
+            norm = float(nn.utils.clip_grad_norm_(model.parameters(), self.clip.max_norm))
+            state.position.grad_norms.append(norm)
+        elif self.log_every and (state.steps + 1) % self.log_every == 0:
             grads = [p.grad for p in model.parameters() if p.grad is not None]
-            self.last_grad_norm = float(nn.utils.get_total_norm(grads)) if grads else 0.0
-        if self.layer_grads is not None:
-            self.layer_grads.add(model)
+            norm = float(nn.utils.get_total_norm(grads)) if grads else 0.0
+        if state.layer_grads is not None:
+            state.layer_grads.add(model)
         if self.clip and self.clip.value:
             nn.utils.clip_grad_value_(model.parameters(), self.clip.value)
-        if self.scaler:
-            self.scaler.step(optimizer)
-            self.scaler.update()
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if self.scheduler:
-            self.scheduler.step()
-        self.steps += 1
+        if state.scheduler:
+            state.scheduler.step()
+        state.steps += 1
+        return norm
+
+
+def grad_scaler(spec: TrainSpec) -> torch.amp.GradScaler | None:
+    """fp16 keeps its small gradients representable by scaling the loss (CUDA only)."""
+    return torch.amp.GradScaler("cuda") if spec.precision == "fp16" else None

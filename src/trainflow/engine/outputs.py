@@ -1,0 +1,86 @@
+"""What a training writes while it runs: last.pt on its schedule (per epoch, per step, at
+most once per interval, in the background), the tracker's rows and, at the end, best.pt."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from trainflow.engine import checkpoint
+from trainflow.engine.setup import Setup
+from trainflow.engine.state import TrainingState
+from trainflow.engine.tracking import Tracker, debug_report
+
+
+class Outputs:
+    def __init__(self, out_dir: Path | None, run: Setup, state: TrainingState,
+                 on_epoch: Callable[[dict], None] | None = None):
+        spec = run.spec
+        self.out_dir, self.run, self.state, self.on_epoch = out_dir, run, state, on_epoch
+        self.every, self.every_steps = spec.checkpoint_every, spec.checkpoint_every_steps
+        self.interval, self.keep = spec.checkpoint_interval_s, spec.keep_last
+        self.tracker = Tracker(out_dir, spec.log.tensorboard, spec.log.every_steps,
+                               state.run.history, state.run.step_rows)
+        self.writer = checkpoint.BackgroundWriter() if out_dir else None
+        self.saved_at, self.saved_epoch = time.monotonic(), 0
+
+    def __enter__(self) -> Outputs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.writer:
+                self.writer.close()
+        finally:
+            self.tracker.close()
+
+    def _due(self, every: int, count: int) -> bool:
+        return (self.writer is not None and bool(every) and count % every == 0
+                and time.monotonic() - self.saved_at >= self.interval)
+
+    def _save(self) -> None:
+        self.writer.save(self.out_dir / "last.pt", self.state.state_dict(), self.keep)
+        self.saved_at = time.monotonic()
+
+    def after_step(self, loss: torch.Tensor, grad_norm: float | None) -> None:
+        """train.checkpoint_every_steps (a diverged run is never saved) and train.log's
+        per-step rows."""
+        state = self.state
+        if self._due(self.every_steps, state.steps):
+            state.position.mean_loss()  # raises for a diverged run
+            self._save()
+        if self.tracker.wants_step(state.steps):
+            self.tracker.step({"step": state.steps, "epoch": state.epoch, "loss": float(loss),
+                               "lr": state.optimizer.param_groups[0]["lr"],
+                               **({"grad_norm": grad_norm} if grad_norm is not None else {})})
+
+    def after_epoch(self, row: dict, seconds: float) -> None:
+        """The epoch's row, its debug row (train.debug), the caller's `on_epoch` (with the
+        wall-clock figures metrics.jsonl leaves out) and train.checkpoint_every."""
+        run, state = self.run, self.state
+        self.tracker.epoch(row, seconds, len(run.train))
+        debug = run.spec.debug
+        if debug.layer_norms or debug.dead_units:
+            self.tracker.debug_row(self.out_dir, {"epoch": state.epoch, **debug_report(
+                state.model, state.layer_grads, run.val.x if debug.dead_units else None,
+                run.update.device)})
+        if self.on_epoch:
+            self.on_epoch({**row, "seconds": seconds, "samples_per_s": len(run.train) / seconds})
+        if self._due(self.every, state.epoch):
+            self._save()
+            self.saved_epoch = state.epoch
+
+    def finish(self, best_state: dict, best_epoch: int) -> None:
+        """last.pt of the last epoch (when its schedule skipped it), best.pt, and only
+        last.pt kept of the rotation."""
+        if self.out_dir is None:
+            return
+        self.writer.wait()
+        last = self.out_dir / "last.pt"
+        if self.saved_epoch != self.state.epoch and self.state.run.history:
+            checkpoint.save_rotating(last, self.state.state_dict(), self.keep)
+        checkpoint.save(self.out_dir / "best.pt", {"model": best_state, "epoch": best_epoch})
+        checkpoint.drop_rotation(last)
