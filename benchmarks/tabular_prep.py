@@ -10,9 +10,17 @@ their class by a window expression; trainflow: the same draws as scikit-learn's)
 the text columns and standardize the numbers with statistics of the training part; the outputs
 are checked to agree. trainflow runs its tasks' functions (`.fn`: the Prefect engine's fixed
 per-task cost is measured in benchmarks/rerun.py), each storing its artifact as trainflow always
-does. Each side runs in its own process, which reports its wall time and peak RSS.
+does. Each side runs in its own process (imports done before its clock starts), which reports
+its wall time, its CPU time (all its threads) and its peak RSS.
 
-    .venv/bin/python benchmarks/tabular_prep.py [--rows 5000000] [--runs 3] [--cap-gib 1.0]
+Method (benchmarks/harness.py): the machine is printed (load average before and after, CPU
+model and flags); threads are pinned (polars' pool to POLARS_MAX_THREADS, default 2; the
+OpenMP/BLAS pools to 1); the sides run once per run, interleaved in a rotated order, after one
+warm-up round, for a fixed --runs; the result is the median of the per-run ratios (each side
+against hand-written polars) with a 95 % bootstrap interval, for wall and for CPU time.
+
+    .venv/bin/python benchmarks/tabular_prep.py [--rows 5000000] [--runs 5] [--cap-gib 1.0]
+        [--sides trainflow polars pandas_sklearn]
 
 `--cap-gib` also runs trainflow's steps in a memory cgroup of that size (needs root and cgroup
 v1; the whole process, imports and page cache included), smaller than the table in memory, with
@@ -30,9 +38,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import harness
 import numpy as np
 
 FEATURES = [f"f{i:02d}" for i in range(17)]
@@ -210,9 +218,6 @@ def check_same_work(summaries: dict[str, dict]) -> dict:
             "values); polars: same rows per part up to rounding"}
 
 
-SIDES = {"trainflow": run_trainflow, "polars": run_polars, "pandas_sklearn": run_pandas}
-
-
 def run_eager_read(source: Path, out: Path) -> dict[str, Path]:
     """Control for the capped run: reading the whole table into memory must fail under it."""
     import polars as pl
@@ -229,8 +234,8 @@ CGROUP = Path("/sys/fs/cgroup/memory/trainflow-bench")
 def child(side: str, source: Path) -> None:
     """One measured run in this process; prints wall seconds and peak RSS as JSON."""
     # Every side's imports happen before the timed part: the benchmark measures the work.
-    if side.startswith("trainflow"):
-        import trainflow.registry  # noqa: F401  (all steps, which views look up)
+    if side.startswith("trainflow"):  # the steps it runs (the registry imports them lazily)
+        from trainflow.tasks import clean, encode, ingest, normalize, split  # noqa: F401
     if side == "pandas_sklearn":
         import pandas  # noqa: F401
         import sklearn.model_selection  # noqa: F401
@@ -238,14 +243,13 @@ def child(side: str, source: Path) -> None:
     import polars  # noqa: F401
     out = Path(tempfile.mkdtemp(dir=WORK, prefix=side))
     try:
-        start = time.perf_counter()
-        paths = SIDES[side](source, out)
-        seconds = time.perf_counter() - start
+        sample, paths = harness.measure(lambda: SIDES[side](source, out))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         summary = summarize(paths) if paths else None
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    print(json.dumps({"seconds": seconds, "peak_rss_gib": peak / 2**30, "summary": summary}))
+    print(json.dumps({"seconds": sample.wall_s, "cpu_s": sample.cpu_s,
+                      "peak_rss_gib": peak / 2**30, "summary": summary}))
 
 
 def _join_cgroup() -> None:
@@ -278,10 +282,39 @@ def measure(side: str, source: Path, cap_gib: float | None = None) -> dict:
     return result
 
 
+def timed(sides: list[str], source: Path, runs: int, warmup: int) -> dict:
+    """The sides interleaved per run (fixed run count): medians, paired ratios against
+    hand-written polars, peak RSS, and the check that every side did the same work."""
+    extra: dict[str, list[dict]] = {side: [] for side in sides}
+
+    def contender(side: str):
+        def one() -> harness.Sample:
+            result = measure(side, source)
+            if "seconds" not in result:
+                raise RuntimeError(f"{side}: {result}")
+            extra[side].append(result)
+            return harness.Sample(result["seconds"], result["cpu_s"])
+        return one
+
+    samples = harness.interleave({side: contender(side) for side in sides}, runs, warmup)
+    summary = harness.summarize(samples, "polars")
+    print(harness.table(summary))
+    kept = {side: results[warmup:] for side, results in extra.items()}
+    out = {"baseline": "polars", "summary": summary,
+           "peak_rss_gib": {side: round(max(r["peak_rss_gib"] for r in rs), 2)
+                            for side, rs in kept.items()}}
+    if {"trainflow", "polars", "pandas_sklearn"} <= set(sides):
+        out["check"] = check_same_work({side: rs[0]["summary"] for side, rs in kept.items()})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=5_000_000)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--sides", nargs="+", default=["trainflow", "polars", "pandas_sklearn"],
+                        choices=["trainflow", "polars", "pandas_sklearn"])
     parser.add_argument("--cap-gib", type=float, default=None)
     parser.add_argument("--skip-timing", action="store_true", help="only the capped run")
     parser.add_argument("--child", choices=sorted(SIDES))
@@ -289,19 +322,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.source)
+    polars_threads = os.environ.get("POLARS_MAX_THREADS", "2")
+    harness.pin_threads(1)  # the OpenMP/BLAS pools (and polars', set again just below)
+    os.environ["POLARS_MAX_THREADS"] = polars_threads  # each side's process reads it
+    before = harness.header("tabular_prep")
+    print(f"# each side: POLARS_MAX_THREADS={polars_threads}, OpenMP/BLAS pools 1", flush=True)
     source = generate(args.rows)
-    result = {"rows": args.rows, "file_mib": round(source.stat().st_size / 2**20)}
+    result = {"rows": args.rows, "file_mib": round(source.stat().st_size / 2**20),
+              "runs": args.runs}
     if not args.skip_timing:
-        runs = {side: [measure(side, source) for _ in range(args.runs)]
-                for side in ("trainflow", "polars", "pandas_sklearn")}
-        best = {side: min(r["seconds"] for r in rs) for side, rs in runs.items()}
-        result.update({
-            "best_s": {k: round(v, 2) for k, v in best.items()},
-            "peak_rss_gib": {k: round(max(r["peak_rss_gib"] for r in rs), 2)
-                             for k, rs in runs.items()},
-            "pandas_over_trainflow": round(best["pandas_sklearn"] / best["trainflow"], 2),
-            "trainflow_over_polars": round(best["trainflow"] / best["polars"], 2),
-            "check": check_same_work({side: rs[0]["summary"] for side, rs in runs.items()})})
+        sides = list(dict.fromkeys(["polars", *args.sides]))
+        result.update(timed(sides, source, args.runs, args.warmup))
     if args.cap_gib:
         import polars as pl
 
@@ -310,7 +341,7 @@ def main() -> None:
                             "trainflow_streaming": measure("trainflow_streaming", source,
                                                            args.cap_gib),
                             "eager_read": measure("eager_read", source, args.cap_gib)}
-    print(json.dumps(result, indent=1))
+    harness.finish("tabular_prep", before, result)
 
 
 if __name__ == "__main__":
