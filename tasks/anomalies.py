@@ -3,44 +3,23 @@ flag them in a column, or only report them."""
 
 from __future__ import annotations
 
-from typing import Literal
 
 import numpy as np
 import polars as pl
 from prefect import task
-from pydantic import Field
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.caching import CACHED
 from trainflow.errors import DataError
-from trainflow.spec.base import Section
+from trainflow.spec.steps import ANOMALY_FLAG as FLAG
+from trainflow.spec.steps import AnomaliesParams
 from trainflow.steps import State, transform
 from trainflow.tables import TableSchema
 from trainflow.tasks.outliers import DEFAULT_THRESHOLD, numeric_columns
 
-FLAG = "anomaly"
 SAMPLE_ROWS = 5
-
-
-class AnomaliesParams(Section):
-    """The detector is fitted where the step is (whole table before `split`, training part
-    after). `drop` removes anomalous rows (training part only after `split`); `flag` adds a 0/1
-    feature column `anomaly` to every part; `report` changes nothing. The count and a sample
-    of the rows found go to the run report either way."""
-
-    type: Literal["anomalies"]
-    method: Literal["isolation_forest", "lof", "zscore", "iqr"] = "isolation_forest"
-    action: Literal["drop", "flag", "report"] = "report"
-    contamination: float | Literal["auto"] = "auto"
-    threshold: float | None = Field(None, gt=0, description="zscore/iqr only")
-    n_estimators: int = Field(100, ge=1, description="isolation_forest only")
-    n_neighbors: int = Field(20, ge=1, description="lof only")
-
-    @property
-    def train_only(self) -> bool:
-        return self.action == "drop"
 
 
 def _matrix(df: pl.DataFrame, schema: TableSchema, method: str) -> tuple[np.ndarray, list[str]]:

@@ -3,40 +3,17 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
 
 import numpy as np
 import polars as pl
 from prefect import task
-from pydantic import Field, model_validator
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.errors import ArtifactError, DataError
-from trainflow.spec.base import Section
+from trainflow.spec.steps import CleanParams
 from trainflow.steps import Frame, State, in_store, like, scan_parts, transform, write_view
 from trainflow.tables import TableSchema, first_rows, keep_rows, row_hashes, unique_rows
-
-
-class CleanParams(Section):
-    """Before `split` it is fitted on the whole table; after `split`, on the training part.
-
-    mean/median/constant fill numeric columns; text columns are filled with their mode.
-    """
-
-    type: Literal["clean"]
-    drop_duplicates: bool | list[str] = Field(
-        True, description="true: identical rows; a list: rows sharing these key columns")
-    missing: Literal["drop", "mean", "median", "mode", "constant", "forward_fill",
-                     "backward_fill", "keep"] = "drop"
-    fill_value: float | None = None
-    drop_missing_label: bool = True
-
-    @model_validator(mode="after")
-    def _fill_value_for_constant(self):
-        if self.missing == "constant" and self.fill_value is None:
-            raise ValueError("missing: constant needs a fill_value")
-        return self
 
 
 def _columns(frame: Frame, schema: TableSchema) -> tuple[list[str], list[str], list[str]]:

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
 
 import polars as pl
 from prefect import task
-from pydantic import Field
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.caching import CACHED
-from trainflow.spec.base import Section
+from trainflow.spec.steps import EncodeParams, one_hot_name
 from trainflow.errors import DataError
 from trainflow.steps import Frame, State, like, transform
 from trainflow.tables import TableSchema
-
-
-class EncodeParams(Section):
-    """Categories are learned from the training part (after split) or the whole table.
-
-    one_hot: a 0/1 column `<column>=<category>` per category; a missing or unseen value is all
-    zeros. ordinal: the category's index in sorted order; missing or unseen is -1.
-    """
-
-    type: Literal["encode"]
-    method: Literal["one_hot", "ordinal"] = "one_hot"
-    columns: list[str] | None = None
-    unknown: Literal["ignore", "error"] = Field(
-        "ignore", description="a category not seen when fitting: encode as unknown, or fail")
 
 
 def _targets(frame: Frame, schema: TableSchema, params: EncodeParams) -> list[str]:
@@ -81,10 +65,6 @@ def apply(frame: Frame, schema: TableSchema, params: EncodeParams,
             features += names
     rest = [c for c in lf.collect_schema().names() if c not in features]
     return like(frame, lf.select(features + rest)), schema.model_copy(update={"features": features})
-
-
-def one_hot_name(column: str, category: str) -> str:
-    return f"{column}={category}"
 
 
 def decode(df: pl.DataFrame, state: State) -> pl.DataFrame:

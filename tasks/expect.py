@@ -7,28 +7,15 @@ from typing import Literal
 
 import polars as pl
 from prefect import task
-from pydantic import Field
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.errors import DataError
-from trainflow.spec.base import Section
+from trainflow.spec.data import ExpectSpec
 from trainflow.steps import read_parts
 from trainflow.tables import IMAGE_COLUMN
 
 Kind = Literal["numeric", "integer", "float", "text"]
-
-
-class ExpectSpec(Section):
-    """Facts the ingested data must satisfy before any step runs; every failure is listed."""
-
-    columns: list[str] = Field(default_factory=list, description="Columns that must exist")
-    dtypes: dict[str, Kind] = Field(default_factory=dict)
-    ranges: dict[str, tuple[float | None, float | None]] = Field(
-        default_factory=dict, description="Inclusive [min, max] per numeric column; null: open")
-    not_null: list[str] = Field(default_factory=list, description="Columns without missing values")
-    label_not_null: bool = False
-    classes: list[str] | None = Field(None, description="The only labels allowed")
 
 
 def _kind_ok(dtype: pl.DataType, kind: str) -> bool:

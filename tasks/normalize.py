@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
 
 import numpy as np
 import polars as pl
 from prefect import task
-from pydantic import Field
 from scipy.special import ndtri
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.caching import CACHED
 from trainflow.errors import DataError
-from trainflow.spec.base import Section
+from trainflow.spec.steps import NormalizeParams
 from trainflow.steps import Frame, State, like, transform
 from trainflow.tables import IMAGE_COLUMN, TableSchema
-
-
-class NormalizeParams(Section):
-    """Tabular features are scaled per column; images per channel.
-
-    standard: (x - mean) / std; minmax: to [0, 1]; robust: (x - median) / IQR; max_abs: x / max|x|;
-    log1p: sign(x) * log(1 + |x|), learns nothing; quantile (tabular only): each column mapped
-    through the training part's quantiles to a uniform or normal distribution.
-    """
-
-    type: Literal["normalize"]
-    method: Literal["standard", "minmax", "robust", "max_abs", "log1p", "quantile"] = "standard"
-    quantiles: int = Field(100, ge=2, le=10_000)
-    output: Literal["uniform", "normal"] = "uniform"
 
 
 def _image_values(df: pl.DataFrame, schema: TableSchema) -> np.ndarray:

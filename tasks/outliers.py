@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
 
 import polars as pl
 from prefect import task
-from pydantic import Field
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.caching import CACHED
-from trainflow.spec.base import Section
+from trainflow.spec.steps import OutliersParams
 from trainflow.steps import State, transform
 from trainflow.tables import TableSchema
 
 DEFAULT_THRESHOLD = {"zscore": 3.0, "iqr": 1.5}
-
-
-class OutliersParams(Section):
-    """Bounds per numeric column: mean +- t*std (zscore, t=3) or [Q1 - t*IQR, Q3 + t*IQR] (iqr,
-    t=1.5). `clip` moves values to the bounds in every part; `drop` removes rows with a value
-    outside them: from the whole table before `split`, from the training part only after it."""
-
-    type: Literal["outliers"]
-    method: Literal["zscore", "iqr"] = "iqr"
-    threshold: float | None = Field(None, gt=0)
-    action: Literal["clip", "drop"] = "clip"
-    columns: list[str] | None = None
-
-    @property
-    def train_only(self) -> bool:
-        return self.action == "drop"
 
 
 def numeric_columns(df: pl.DataFrame, schema: TableSchema, columns: list[str] | None) -> list[str]:

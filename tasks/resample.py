@@ -3,66 +3,21 @@
 from __future__ import annotations
 
 import inspect
-from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
-from imblearn import combine, over_sampling, under_sampling
 from prefect import task
-from pydantic import Field, model_validator
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.caching import CACHED
 from trainflow.errors import DataError
-from trainflow.spec.base import Section
+from trainflow.spec.steps import SAMPLERS as SAMPLER_METHODS
+from trainflow.spec.steps import ResampleParams, sampler_class
 from trainflow.steps import State, transform
 from trainflow.tables import SYNTHETIC_COLUMN, TableSchema
 
-SAMPLERS = {
-    "smote": over_sampling.SMOTE,
-    "smotenc": over_sampling.SMOTENC,
-    "borderline_smote": over_sampling.BorderlineSMOTE,
-    "adasyn": over_sampling.ADASYN,
-    "random_over": over_sampling.RandomOverSampler,
-    "random_under": under_sampling.RandomUnderSampler,
-    "near_miss": under_sampling.NearMiss,
-    "tomek_links": under_sampling.TomekLinks,
-    "edited_nearest_neighbours": under_sampling.EditedNearestNeighbours,
-    "smote_tomek": combine.SMOTETomek,
-    "smote_enn": combine.SMOTEENN,
-}
-Strategy = Literal["auto", "minority", "not minority", "not majority", "all", "majority"]
-Scalar = bool | int | float | str | list[int] | list[str] | None
-
-
-class ResampleParams(Section):
-    """One imbalanced-learn sampler by name; `options` are its other keyword arguments.
-
-    Runs after `split`, on the training part only (inside each CV fold too); the sampler's
-    `random_state` is the pipeline seed. Features must be numeric and complete by then
-    (`clean` and `encode` first), except SMOTENC's `categorical_features`.
-    """
-
-    train_only: ClassVar[bool] = True
-    requires_split: ClassVar[bool] = True
-
-    type: Literal["resample"]
-    method: Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
-    sampling_strategy: Strategy | float | dict[str, int] = "auto"
-    options: dict[str, Scalar] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _options_exist(self):
-        accepted = set(inspect.signature(SAMPLERS[self.method]).parameters)
-        unknown = sorted(set(self.options) - accepted)
-        reserved = sorted({"sampling_strategy", "random_state"} & set(self.options))
-        if unknown:
-            raise ValueError(f"{self.method} has no option(s) {unknown}; it takes "
-                             f"{sorted(accepted - {'sampling_strategy', 'random_state'})}")
-        if reserved:
-            raise ValueError(f"options {reserved}: set sampling_strategy above; random_state "
-                             "is the pipeline seed")
-        return self
+# The sampler class of each `resample.method` (the spec names them; imported here).
+SAMPLERS = {method: sampler_class(method) for method in SAMPLER_METHODS}
 
 
 def sampler(params: ResampleParams, classes: list[str], seed: int):

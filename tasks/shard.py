@@ -3,42 +3,23 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
 
 import numpy as np
 import torch
 
 from prefect import task
-from pydantic import Field
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine.augment import Augmenter
 from trainflow.logs import Progress
 from trainflow.shards import MANIFEST, write_split
-from trainflow.spec.augment import AugmentSpec
-from trainflow.spec.base import Section
+from trainflow.spec.data import ExpandSpec, ShardParams
 from trainflow.steps import SPLITS, read_parts
 from trainflow.tables import sample_weights, to_arrays
 
 
 OFFLINE_WORKER = 1_000_000
-
-
-class ExpandSpec(Section):
-    """Offline training-data expansion: `copies` augmented copies of every training sample
-    are written into the training shards next to the originals (validation and test never)."""
-
-    copies: int = Field(1, ge=1, le=100)
-    augment: AugmentSpec
-
-
-class ShardParams(Section):
-    max_samples: int = Field(10_000, ge=1, description="Samples per tar shard")
-    per_record: int | Literal["auto"] = Field(
-        "auto", description="Samples packed into one tar record; auto: about 1 MiB each")
-    max_bytes: int | None = Field(None, ge=1024, description="Bytes per tar shard (about)")
-    expand: ExpandSpec | None = None
 
 
 RECORD_BYTES = 1024 * 1024

@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
 
 import polars as pl
 from prefect import task
-from pydantic import Field, model_validator
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.caching import CACHED
 from trainflow.errors import DataError
-from trainflow.spec.base import Section
+from trainflow.spec.steps import SmoothParams
 from trainflow.steps import State, transform
 from trainflow.tables import TableSchema
-
-
-class SmoothParams(Section):
-    """Smooths each listed column along the row order (or `order_by`), within `group_by`
-    series if given. Learns nothing: every part is smoothed on its own rows, so no value
-    crosses from one part to another."""
-
-    type: Literal["smooth"]
-    columns: list[str] = Field(..., min_length=1)
-    method: Literal["rolling_mean", "exponential", "gaussian"] = "rolling_mean"
-    window: int = Field(3, ge=1, description="rolling_mean and gaussian window, in rows")
-    alpha: float = Field(0.3, gt=0, le=1, description="exponential: weight of the newest row")
-    order_by: str | None = None
-    group_by: str | None = None
-
-    @model_validator(mode="after")
-    def _odd_gaussian_window(self):
-        if self.method == "gaussian" and self.window % 2 == 0:
-            raise ValueError(f"a gaussian window must be odd (got {self.window})")
-        return self
 
 
 def fit(df: pl.DataFrame, schema: TableSchema, params: SmoothParams, seed: int = 0) -> State:

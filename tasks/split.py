@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
 
 import numpy as np
 import polars as pl
 from prefect import task
-from pydantic import Field, model_validator
 from sklearn.model_selection import (GroupShuffleSplit, StratifiedGroupKFold, StratifiedKFold,
                                      train_test_split)
 from sklearn.model_selection._split import _validate_shuffle_split
@@ -16,36 +14,9 @@ from sklearn.utils.extmath import _approximate_mode
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.errors import DataError
-from trainflow.spec.base import Section
+from trainflow.spec.steps import SplitParams
 from trainflow.steps import SPLITS, scan_parts, write_split_view
 from trainflow.tables import SYNTHETIC_COLUMN, TableSchema, class_counts
-
-
-class SplitParams(Section):
-    """Steps before `split` run once on the whole table; steps after it are fitted on train.
-
-    stratified: class proportions kept in every part; random: shuffled by the seed; group: all
-    rows of a `group_column` value land in one part (shares are of groups); time: ordered by
-    `time_column`, the latest rows are test and the ones before them validation.
-    """
-
-    type: Literal["split"]
-    strategy: Literal["stratified", "random", "group", "time"] = "stratified"
-    validation: float = Field(0.15, gt=0, lt=1)
-    test: float = Field(0.2, gt=0, lt=1)
-    group_column: str | None = None
-    time_column: str | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.validation + self.test >= 0.9:
-            raise ValueError(f"validation + test = {self.validation + self.test:g} leaves "
-                             "less than 10% for training; lower them")
-        if (self.strategy == "group") != (self.group_column is not None):
-            raise ValueError("group_column is required by strategy: group, and only by it")
-        if (self.strategy == "time") != (self.time_column is not None):
-            raise ValueError("time_column is required by strategy: time, and only by it")
-        return self
 
 
 def check_stratifiable(df: pl.DataFrame, schema: TableSchema, need: int, purpose: str) -> None:

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
 from prefect import task
-from pydantic import Field
 from sklearn.model_selection import train_test_split
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.caching import CACHED
-from trainflow.spec.base import Section
+from trainflow.spec.steps import SubsampleParams
 from trainflow.steps import State, transform
 from trainflow.tables import TableSchema
-
-
-class SubsampleParams(Section):
-    """Before `split`: a fraction of the whole table; after it: of the training part only.
-    Class proportions are kept (`stratify`), and the pipeline seed picks the rows."""
-
-    train_only: ClassVar[bool] = True
-
-    type: Literal["subsample"]
-    fraction: float = Field(..., gt=0, lt=1)
-    stratify: bool = True
 
 
 def fit(df: pl.DataFrame, schema: TableSchema, params: SubsampleParams, seed: int = 0) -> State:

@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
 from prefect import task
-from pydantic import Field
 from sklearn.mixture import GaussianMixture
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.caching import CACHED
 from trainflow.errors import DataError
-from trainflow.spec.base import Section
+from trainflow.spec.steps import SynthesizeParams
 from trainflow.steps import State, transform
 from trainflow.tables import SYNTHETIC_COLUMN as MARKER
 from trainflow.tables import TableSchema
-
-
-class SynthesizeParams(Section):
-    """Generates rows for every class below `target` rows (default: the largest class's count)
-    in the training part only, never in validation or test. `gaussian_mixture` samples a
-    per-class Gaussian mixture fitted on that class's rows; `interpolate` places points on
-    segments between random pairs of the class's rows (SMOTE-style, without neighbours).
-    Synthetic rows have `synthetic` = 1, real rows 0; it is not a feature."""
-
-    train_only: ClassVar[bool] = True
-    requires_split: ClassVar[bool] = True
-
-    type: Literal["synthesize"]
-    method: Literal["gaussian_mixture", "interpolate"] = "gaussian_mixture"
-    target: int | None = Field(None, ge=1, description="rows per class after synthesis")
-    components: int = Field(2, ge=1, le=50, description="gaussian_mixture components per class")
 
 
 def fit(df: pl.DataFrame, schema: TableSchema, params: SynthesizeParams, seed: int = 0) -> State:

@@ -11,10 +11,7 @@ is dropped so that Prefect sees a miss and recomputes.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
-import sys
-import types
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -27,9 +24,10 @@ from prefect.serializers import JSONSerializer
 from prefect.settings import get_current_settings
 from pydantic import BaseModel, TypeAdapter
 
-from trainflow.artifacts import ArtifactRef
+from trainflow.artifacts import ArtifactRef, fingerprint_path
 from trainflow.errors import ArtifactError
 from trainflow.logs import run_logger
+from trainflow.sourcegraph import code_scope, source
 
 # What `result_serializer="json"` writes into a record's metadata: the only serializer a
 # record may name (any other, pickle above all, would run what the record holds).
@@ -53,26 +51,13 @@ def library_versions() -> dict[str, str]:
 
 @lru_cache(maxsize=None)
 def code_fingerprint(module_name: str) -> str:
-    """sha256 over the source of a module and every trainflow module it imports, transitively."""
-    seen: set[str] = set()
-    pending = [module_name]
-    while pending:
-        name = pending.pop()
-        module = sys.modules.get(name)
-        if name in seen or module is None:
-            continue
-        seen.add(name)
-        for value in vars(module).values():
-            owner = value.__name__ if isinstance(value, types.ModuleType) else getattr(
-                value, "__module__", None)
-            if isinstance(owner, str) and owner.startswith("trainflow") and owner not in seen:
-                pending.append(owner)
+    """sha256 over the source of the code a task's module runs (trainflow.sourcegraph): the
+    module, the trainflow modules it imports, transitively, and the implementations of the
+    registry kinds it looks up; nothing else, so that editing a data step leaves the key of
+    training alone."""
     digest = hashlib.sha256()
-    for name in sorted(seen):
-        try:
-            digest.update(f"{name}\0{inspect.getsource(sys.modules[name])}\n".encode())
-        except (OSError, TypeError):
-            digest.update(f"{name}\0<no source>\n".encode())
+    for name in code_scope(module_name):
+        digest.update(f"{name}\0{source(name)}\n".encode())
     return digest.hexdigest()
 
 
@@ -82,8 +67,11 @@ def canonical(value: Any) -> Any:
         return {"artifact": value.kind, "fingerprint": value.fingerprint}
     if isinstance(value, BaseModel):
         dumped = canonical(value.model_dump(mode="json"))
-        content = getattr(value, "content_fingerprint", None)
-        return {"config": dumped, "content": content()} if callable(content) else dumped
+        paths = getattr(value, "content_paths", None)
+        if not callable(paths):
+            return dumped
+        return {"config": dumped, "content": "|".join(
+            fingerprint_path(p) if p.exists() else "missing" for p in paths())}
     if isinstance(value, dict):
         return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):

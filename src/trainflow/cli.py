@@ -17,6 +17,8 @@ PREFECT_DEFAULTS = {
 # Besides these, every data step in the registry (clean, split, normalize, encode, ...).
 TASKS = ("ingest", "expect", "shard", "train", "evaluate", "train_fold", "ensemble", "quantize",
          "prune")
+# Commands that only read a spec: they import pydantic and YAML, never Prefect or torch.
+LIGHT = ("validate", "schema")
 EXPORT_FORMATS = ("onnx", "torchscript", "exported_program")  # trainflow.export.FORMATS
 
 
@@ -232,9 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainflow.errors import TrainflowError
 
     try:
-        from trainflow.logs import quiet_user_errors
+        if args.command not in LIGHT:  # checking a spec loads no Prefect (issue 15)
+            from trainflow.logs import quiet_user_errors
 
-        quiet_user_errors()
+            quiet_user_errors()
         return _command(args)
     except TrainflowError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -22,8 +22,8 @@ from torch import nn
 from trainflow.errors import TrainflowError
 from trainflow.package import PackageStep
 from trainflow.tables import IMAGE_COLUMN, TableSchema
-from trainflow.tasks.anomalies import FLAG
-from trainflow.tasks.encode import one_hot_name
+from trainflow.spec.steps import ANOMALY_FLAG as FLAG
+from trainflow.spec.steps import one_hot_name
 
 INF = float("inf")
 

@@ -9,7 +9,8 @@ import polars as pl
 from trainflow.errors import DataError
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.engine.checks import check_model_and_training
-from trainflow.tasks.ingest import FileSource, SequenceSource, check_file, read_labels
+from trainflow.readers import check_file, read_labels
+from trainflow.spec.sources import FileSource, SequenceSource
 
 # A target of decimal numbers with more distinct values than this is a regression target.
 MAX_DECIMAL_CLASSES = 20

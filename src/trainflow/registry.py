@@ -2,28 +2,68 @@
 
 Filled explicitly here, not by import side effects. The spec's unions are built from these
 tables, so a new entry is one line here plus its params model and implementation.
+
+The params models are imported here (they are pydantic models of `trainflow.spec`); an
+implementation is named by its "module:attribute" and imported on first use, so that the spec
+validates without torch, Prefect, polars or scikit-learn, and a task's code fingerprint
+covers only the implementations it looks up (trainflow.caching).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field
 
-from trainflow import compress
-from trainflow.engine import optim
-from trainflow.models.cnn import cnn
-from trainflow.models.mlp import mlp
-from trainflow.spec import after_training as ev
-from trainflow.models.recurrent import gru, lstm, rnn
-from trainflow.models.transformer import transformer
-from trainflow.spec.model import CNNParams, MLPParams, RecurrentParams, TransformerParams
-from trainflow.spec.train import (AdadeltaParams, AdagradParams, AdamParams, RMSpropParams,
-                                  SGDParams)
-from trainflow.tasks import (anomalies, clean, encode, ingest, normalize, outliers, resample,
-                             smooth, split, subsample, synthesize)
+from trainflow.spec import after_training as after
+from trainflow.spec import model as models
+from trainflow.spec import sources
+from trainflow.spec import steps
+from trainflow.spec import train
+
+
+@lru_cache(maxsize=None)
+def resolve(at: str) -> Any:
+    """The object a "module:attribute" reference names (imported once)."""
+    module, _, attribute = at.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A params model and where its implementation lives ("module:attribute").
+
+    A stateful data step (`stateful=True`) also has `fit` and `apply` in that module: the
+    scikit-learn contract its task, CV folds and prediction share.
+    """
+
+    params: type[BaseModel]
+    at: str
+    stateful: bool = False
+
+    @property
+    def module(self) -> str:
+        return self.at.partition(":")[0]
+
+    @property
+    def impl(self) -> Any:
+        return resolve(self.at)
+
+    @property
+    def fit(self) -> Any:
+        return resolve(f"{self.module}:fit") if self.stateful else None
+
+    @property
+    def apply(self) -> Any:
+        return resolve(f"{self.module}:apply") if self.stateful else None
+
+
+def modules_of(entry: Entry) -> list[str]:
+    """The modules an entry's code lives in: its params model's and its implementation's."""
+    return [entry.params.__module__, entry.module]
 
 
 def soft_vote(probs: list) -> Any:
@@ -31,51 +71,50 @@ def soft_vote(probs: list) -> Any:
     return sum(probs) / len(probs)
 
 
-@dataclass(frozen=True)
-class Entry:
-    params: type[BaseModel]
-    impl: Callable[..., Any]
-    fit: Callable[..., Any] | None = None
-    apply: Callable[..., Any] | None = None
-
-
 SOURCES = {
-    "sklearn": Entry(ingest.SklearnSource, ingest.load_source),
-    "csv": Entry(ingest.FileSource, ingest.load_source),
-    "parquet": Entry(ingest.FileSource, ingest.load_source),
-    "image_folder": Entry(ingest.ImageFolderSource, ingest.load_source),
-    "sequences": Entry(ingest.SequenceSource, ingest.load_source),
+    "sklearn": Entry(sources.SklearnSource, "trainflow.readers:SKLEARN"),
+    "csv": Entry(sources.FileSource, "trainflow.readers:FILE"),
+    "parquet": Entry(sources.FileSource, "trainflow.readers:FILE"),
+    "image_folder": Entry(sources.ImageFolderSource, "trainflow.readers:IMAGE_FOLDER"),
+    "sequences": Entry(sources.SequenceSource, "trainflow.readers:SEQUENCES"),
 }
 STEPS = {
-    "clean": Entry(clean.CleanParams, clean.clean, clean.fit, clean.apply),
-    "split": Entry(split.SplitParams, split.split),
-    "normalize": Entry(normalize.NormalizeParams, normalize.normalize, normalize.fit,
-                       normalize.apply),
-    "encode": Entry(encode.EncodeParams, encode.encode, encode.fit, encode.apply),
-    "resample": Entry(resample.ResampleParams, resample.resample, resample.fit, resample.apply),
-    "outliers": Entry(outliers.OutliersParams, outliers.outliers, outliers.fit, outliers.apply),
-    "anomalies": Entry(anomalies.AnomaliesParams, anomalies.anomalies, anomalies.fit,
-                       anomalies.apply),
-    "subsample": Entry(subsample.SubsampleParams, subsample.subsample, subsample.fit,
-                       subsample.apply),
-    "smooth": Entry(smooth.SmoothParams, smooth.smooth, smooth.fit, smooth.apply),
-    "synthesize": Entry(synthesize.SynthesizeParams, synthesize.synthesize, synthesize.fit,
-                        synthesize.apply),
+    "clean": Entry(steps.CleanParams, "trainflow.tasks.clean:clean", stateful=True),
+    "split": Entry(steps.SplitParams, "trainflow.tasks.split:split"),
+    "normalize": Entry(steps.NormalizeParams, "trainflow.tasks.normalize:normalize",
+                       stateful=True),
+    "encode": Entry(steps.EncodeParams, "trainflow.tasks.encode:encode", stateful=True),
+    "resample": Entry(steps.ResampleParams, "trainflow.tasks.resample:resample", stateful=True),
+    "outliers": Entry(steps.OutliersParams, "trainflow.tasks.outliers:outliers", stateful=True),
+    "anomalies": Entry(steps.AnomaliesParams, "trainflow.tasks.anomalies:anomalies",
+                       stateful=True),
+    "subsample": Entry(steps.SubsampleParams, "trainflow.tasks.subsample:subsample",
+                       stateful=True),
+    "smooth": Entry(steps.SmoothParams, "trainflow.tasks.smooth:smooth", stateful=True),
+    "synthesize": Entry(steps.SynthesizeParams, "trainflow.tasks.synthesize:synthesize",
+                        stateful=True),
 }
-MODELS = {"mlp": Entry(MLPParams, mlp), "cnn": Entry(CNNParams, cnn),
-          "rnn": Entry(RecurrentParams, rnn), "lstm": Entry(RecurrentParams, lstm),
-          "gru": Entry(RecurrentParams, gru), "transformer": Entry(TransformerParams, transformer)}
+MODELS = {
+    "mlp": Entry(models.MLPParams, "trainflow.models.mlp:mlp"),
+    "cnn": Entry(models.CNNParams, "trainflow.models.cnn:cnn"),
+    "rnn": Entry(models.RecurrentParams, "trainflow.models.recurrent:rnn"),
+    "lstm": Entry(models.RecurrentParams, "trainflow.models.recurrent:lstm"),
+    "gru": Entry(models.RecurrentParams, "trainflow.models.recurrent:gru"),
+    "transformer": Entry(models.TransformerParams, "trainflow.models.transformer:transformer"),
+}
 OPTIMIZERS = {
-    "sgd": Entry(SGDParams, optim.sgd),
-    "adam": Entry(AdamParams, optim.adam),
-    "adamw": Entry(AdamParams, optim.adam),
-    "rmsprop": Entry(RMSpropParams, optim.rmsprop),
-    "adagrad": Entry(AdagradParams, optim.adagrad),
-    "adadelta": Entry(AdadeltaParams, optim.adadelta),
+    "sgd": Entry(train.SGDParams, "trainflow.engine.optim:sgd"),
+    "adam": Entry(train.AdamParams, "trainflow.engine.optim:adam"),
+    "adamw": Entry(train.AdamParams, "trainflow.engine.optim:adam"),
+    "rmsprop": Entry(train.RMSpropParams, "trainflow.engine.optim:rmsprop"),
+    "adagrad": Entry(train.AdagradParams, "trainflow.engine.optim:adagrad"),
+    "adadelta": Entry(train.AdadeltaParams, "trainflow.engine.optim:adadelta"),
 }
-ENSEMBLES = {"soft_vote": Entry(ev.SoftVoteParams, soft_vote)}
-QUANTIZERS = {"dynamic_int8": Entry(ev.DynamicInt8Params, compress.quantize_dynamic_int8)}
-PRUNERS = {"l1_unstructured": Entry(ev.L1UnstructuredParams, compress.prune_l1_unstructured)}
+ENSEMBLES = {"soft_vote": Entry(after.SoftVoteParams, "trainflow.registry:soft_vote")}
+QUANTIZERS = {"dynamic_int8": Entry(after.DynamicInt8Params,
+                                    "trainflow.compress:quantize_dynamic_int8")}
+PRUNERS = {"l1_unstructured": Entry(after.L1UnstructuredParams,
+                                    "trainflow.compress:prune_l1_unstructured")}
 
 
 def union(registry: dict[str, Entry]) -> Any:

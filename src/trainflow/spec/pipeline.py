@@ -19,9 +19,8 @@ from trainflow.spec.loading import load_raw, parse_yaml
 from trainflow.spec.after_training import EvaluateSpec, OutputsSpec
 from trainflow.spec.orchestration import OrchestrationSpec, RunnerSpec
 from trainflow.spec.promote import PromoteSpec
+from trainflow.spec.data import ExpectSpec, ShardParams
 from trainflow.spec.train import TrainSpec
-from trainflow.tasks.expect import ExpectSpec
-from trainflow.tasks.shard import ShardParams
 
 Source = registry.union(registry.SOURCES)
 Step = registry.union(registry.STEPS)

@@ -261,14 +261,11 @@ class TrainSpec(Section):
                              "pretrained: {path: ...}, for a cold one leave pretrained out")
         return data
 
-    def content_fingerprint(self) -> str:
-        """The bytes of the files training reads besides the data (pretrained weights, a
-        teacher), so that a changed file is never served from the cache."""
-        from trainflow.artifacts import fingerprint_path
-
+    def content_paths(self) -> list[Path]:
+        """The files training reads besides the data (pretrained weights, a teacher): their
+        bytes enter the cache key (trainflow.caching), so a changed file is never served."""
         paths = [Path(self.pretrained.path)] if self.pretrained else []
-        paths += [Path(self.distill.teacher)] if self.distill else []
-        return "|".join(fingerprint_path(p) if p.exists() else "missing" for p in paths)
+        return paths + ([Path(self.distill.teacher)] if self.distill else [])
 
     @model_validator(mode="after")
     def _precision_on_device(self):

@@ -1,0 +1,90 @@
+"""Data sources (`data.source`), one params model per source `type`; readers live in tasks/ingest.py.
+
+A source names the files it reads in `content_paths()`, so that the cache key of ingest
+covers their bytes (trainflow.caching hashes them) and an edited file is never served.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from trainflow.spec.base import Section
+
+DType = Literal["float32", "float64", "int8", "int16", "int32", "int64", "bool", "str",
+                "category", "date", "datetime"]
+# Encodings whose newline, comma and quote are the ASCII bytes (the line scan reads bytes).
+Encoding = Literal["utf-8", "latin-1", "cp1252", "iso-8859-15"]
+
+
+class SklearnSource(Section):
+    type: Literal["sklearn"]
+    dataset: Literal["digits", "breast_cancer", "wine", "iris"]
+
+
+class FileSource(Section):
+    """A CSV or Parquet file, read lazily and written with the streaming engine.
+
+    `columns` declares the schema: only these columns are read, each converted to its type
+    (a value that does not convert is an error listing the column and examples); without it,
+    types are inferred. `category` columns are text that an `encode` step turns into numbers.
+    """
+
+    type: Literal["csv", "parquet"]
+    path: str
+    target: str
+    columns: dict[str, DType] | None = Field(
+        None, description="Declared schema: column -> type; only these columns are read")
+    features: list[str] | None = Field(None, description="Feature columns; default all but target")
+    keep_columns: list[str] = Field(
+        default_factory=list, description="Columns carried along but not used as features "
+        "(group ids or timestamps for `split`)")
+    weight_column: str | None = Field(
+        None, description="A column of per-row loss weights (numbers >= 0), carried through to "
+        "the training loss; not a feature")
+    aux_targets: list[str] = Field(
+        default_factory=list, description="Further target columns, each learned by its own "
+        "head over the shared model (multi-task learning); not features")
+    encoding: Encoding = Field("utf-8", description="The CSV file's text encoding (others "
+                               "than UTF-8 are read through a UTF-8 copy)")
+    max_line_bytes: int = Field(
+        8 * 2**20, ge=1024, le=2**30, description="The longest line a CSV file may have: a "
+        "longer one (no newlines, an unclosed quote) is refused before the file is read")
+
+    @model_validator(mode="after")
+    def _csv_only(self):
+        if self.type != "csv" and {"encoding", "max_line_bytes"} & self.model_fields_set:
+            raise ValueError("encoding and max_line_bytes apply to csv files only")
+        return self
+
+    def content_paths(self) -> list[Path]:
+        """The file ingest reads (its bytes enter the cache key)."""
+        return [Path(self.path)]
+
+
+class ImageFolderSource(Section):
+    type: Literal["image_folder"]
+    path: str
+    channels: Literal[1, 3] = 1
+
+    def content_paths(self) -> list[Path]:
+        return [Path(self.path)]
+
+
+class SequenceSource(Section):
+    """A generated sequence-classification dataset (nothing to download): each sample is
+    `length` steps of `channels` signals; the class is the frequency of a sine wave with a
+    random phase and amplitude in channel 0, under Gaussian noise, while the other channels
+    are noise around a random walk. Reproducible from `seed`."""
+
+    type: Literal["sequences"]
+    samples: int = Field(2000, ge=20, le=1_000_000)
+    length: int = Field(48, ge=4, le=4096)
+    channels: int = Field(2, ge=1, le=64)
+    classes: int = Field(3, ge=2, le=16)
+    noise: float = Field(0.5, ge=0)
+    seed: int = 0
+    aux: bool = Field(False, description="add an auxiliary target `amplitude` (low/high: "
+                      "the sine's amplitude below or above 1), for multi-task learning")
