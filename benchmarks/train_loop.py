@@ -37,7 +37,7 @@ import harness
 import torch
 from torch import nn
 
-from trainflow.engine.bundle import build_model
+from trainflow.engine.model_folder import build_model
 from trainflow.shards import read_split
 from trainflow.spec.pipeline import load_spec
 from trainflow.spec.train import TrainSpec
@@ -63,9 +63,9 @@ def prepare(spec, store: str):
 
 def hand_written(spec, data, epochs: int) -> float:
     """What a user would write; returns the last epoch's mean training loss."""
-    (x, y), (vx, vy) = data
+    (x, y), (vx, vy), schema = data
     torch.manual_seed(spec.seed)
-    model = build_model(spec.model, [*x.shape[1:]], int(y.max()) + 1)
+    model = build_model(spec.model, schema["input_shape"], len(schema["classes"]))
     order = torch.Generator().manual_seed(spec.seed)
     torch.manual_seed(spec.seed)
     opt = torch.optim.AdamW(
@@ -119,8 +119,11 @@ def contenders(names: list[str], specs: dict, shards, tmp: str, epochs: int, los
     """One measured training per call; each call's final training loss lands in `losses`."""
     spec = specs["train task, defaults"]
     data = [
-        tuple(torch.from_numpy(a) for a in read_split(shards.path, part))
-        for part in ("train", "val")
+        *(
+            tuple(torch.from_numpy(a) for a in read_split(shards.path, part))
+            for part in ("train", "val")
+        ),
+        shards.data_schema,
     ]
     stores = itertools.count()
 
