@@ -15,26 +15,17 @@ from trainflow.caching import CACHED, library_versions
 from trainflow.drift import profile
 from trainflow.errors import ArtifactError
 from trainflow.logs import run_logger
-from trainflow.package import (FORMAT, DTYPES, InputSchema, Kind, Member, PackageInfo,
-                               PackageStep, write_package)
+from trainflow.package import (FORMAT, DTYPES, PREDICTION_MODES, InputSchema, Kind, Member,
+                               PackageInfo, PackageStep, prediction_mode, write_package)
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.steps import scan_parts
 from trainflow.tables import TableSchema
 from trainflow.tasks import anomalies, clean, encode, normalize, outliers, smooth
 from trainflow.tasks.fold import FOLD_STEPS
 
-# How rows pass each data step at prediction: the step's own `apply`, or its
-# `apply_at_prediction` (the same, keeping every row: each input row gets a prediction), and
-# the entries of its fitted state that prediction reads (None: all). A step named in neither
-# table cannot be packaged: tests/unit/test_package.py checks that every registered step is.
+# How rows pass each data step at prediction (trainflow.package.PREDICTION_MODES, resolved).
 AT_PREDICTION: dict[str, tuple[Callable, tuple[str, ...] | None]] = {
-    "clean": (clean.apply_at_prediction, ("fill",)),
-    "encode": (encode.apply, ("categories",)),
-    "normalize": (normalize.apply, None),
-    "outliers": (outliers.apply_at_prediction, ("bounds",)),
-    "anomalies": (anomalies.apply_at_prediction, ("bounds",)),  # not its sample of rows
-    "smooth": (smooth.apply, ()),
-}
+    name: (prediction_mode(name), keys) for name, (_, keys) in PREDICTION_MODES.items()}
 # Steps that change the training rows only (or, split, choose them): rows to score skip them.
 TRAINING_ONLY = ("split", "resample", "synthesize", "subsample")
 REFUSALS: dict[str, Callable[[Any], str | None]] = {

@@ -14,9 +14,26 @@ os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(_HOME / "storage")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Each `trainflow run` of a test gets a server of its own that ends with it, not a warm server
+# left running for the next command (tests/faults/test_warm_server.py tests that one).
+os.environ.setdefault("TRAINFLOW_SERVER_IDLE_S", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = sorted((ROOT / "pipelines").glob("*.yaml"))
+
+
+# A test that needs one of these runs whole flows (the in-process engine, a real server, a
+# serving worker): it is slow by definition, and leaving it out spares the fast run the
+# engine's start-up too.
+_ENGINES = {"prefect_engine", "prefect_server", "served", "package_run"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `slow` every test that runs flows (`pytest -m "not slow"` is the fast run); the
+    other slow ones (CLI subprocesses, long training) carry `@pytest.mark.slow` themselves."""
+    for item in items:
+        if _ENGINES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +49,21 @@ def store(tmp_path) -> str:
     return str(tmp_path / "store")
 
 
-def small_overrides(tmp_path: Path) -> list[str]:
-    """Shrink a shipped pipeline to CI size and keep its outputs under tmp_path."""
-    return [f"outputs.store={tmp_path / 'store'}", f"outputs.runs={tmp_path / 'runs'}"]
+@pytest.fixture(scope="session")
+def package_run(prefect_engine, tmp_path_factory):
+    """`package_run(name)`: the CI-sized run of a shipped pipeline (tests/flows/helpers.py,
+    PACKAGE_RUNS) whose package the parity and export tests read, run once per session.
+
+    Those tests only read the run (they score and export into their own tmp_path), so one
+    run serves both instead of one each.
+    """
+    from tests.flows.helpers import PACKAGE_RUNS, run
+
+    runs: dict[str, tuple[dict, dict[str, list[str]]]] = {}
+
+    def get(name: str) -> tuple[dict, dict[str, list[str]]]:
+        if name not in runs:
+            runs[name] = run(name, tmp_path_factory.mktemp(name), *PACKAGE_RUNS[name])
+        return runs[name]
+
+    return get

@@ -17,8 +17,10 @@ unpickled: the state is JSON, the weights load through `torch.load(weights_only=
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -33,7 +35,7 @@ FORMAT = 1  # the package format this trainflow writes and the newest it reads
 MANIFEST = "manifest.json"
 INFO = "package.json"
 SPEC = "spec.json"
-MODEL_FILES = ("model.json", "best.pt")  # a member's folder, as engine.bundle builds it
+MODEL_FILES = ("model.json", "best.pt")  # a member's folder, as engine.training builds it
 Kind = Literal["model", "fold", "ensemble", "quantize", "prune"]
 
 # The column types a package records for its input, by polars' name for them.
@@ -41,6 +43,27 @@ DTYPES = {str(t): t for t in (
     pl.Float32, pl.Float64, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16,
     pl.UInt32, pl.UInt64, pl.Boolean, pl.String, pl.Date, pl.Datetime("ms"),
     pl.Datetime("us"), pl.Datetime("ns"), pl.List(pl.Float32), pl.List(pl.Float64))}
+
+# How rows pass each data step at prediction: the function of the step's module
+# (trainflow.tasks.<type>) that applies it, its own `apply` or its `apply_at_prediction` (the
+# same, keeping every row: each input row gets a prediction), and the entries of its fitted
+# state that prediction reads (None: all). Named, not imported: loading a package imports only
+# the steps it holds. A step named neither here nor in tasks/package.py TRAINING_ONLY cannot be
+# packaged: tests/unit/test_package.py checks that every registered step is.
+PREDICTION_MODES: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "clean": ("apply_at_prediction", ("fill",)),
+    "encode": ("apply", ("categories",)),
+    "normalize": ("apply", None),
+    "outliers": ("apply_at_prediction", ("bounds",)),
+    "anomalies": ("apply_at_prediction", ("bounds",)),  # not its sample of rows
+    "smooth": ("apply", ()),
+}
+
+
+def prediction_mode(step_type: str) -> Callable:
+    """The function that applies a data step to rows at prediction (see PREDICTION_MODES)."""
+    module = importlib.import_module(f"trainflow.tasks.{step_type}")
+    return getattr(module, PREDICTION_MODES[step_type][0])
 
 
 class _Strict(BaseModel):

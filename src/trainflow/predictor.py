@@ -18,11 +18,11 @@ import polars as pl
 import torch
 
 from trainflow import registry
-from trainflow.engine.bundle import build_from_folder
+from trainflow.engine.model_folder import build_from_folder
 from trainflow.errors import ArtifactError, DataError, TrainflowError
-from trainflow.package import Member, Package, PackageStep, dtype, load_package
+from trainflow.package import (PREDICTION_MODES, Member, Package, PackageStep, dtype,
+                               load_package, prediction_mode)
 from trainflow.tables import TableSchema, feature_array
-from trainflow.tasks.package import AT_PREDICTION
 
 BATCH_ROWS = 65_536  # rows per batch through the steps (bounded memory on any file size)
 BATCH_BYTES = 256 * 2**20  # image batches are cut to about this many bytes of pixels
@@ -205,7 +205,7 @@ class Model:
 
 def _loaded(step: PackageStep, where: str) -> Step:
     entry = registry.STEPS.get(step.type)
-    if entry is None or step.type not in AT_PREDICTION:
+    if entry is None or step.type not in PREDICTION_MODES:
         raise ArtifactError(f"{where}: data step {step.type!r} is not one this trainflow "
                             "applies at prediction")
     try:
@@ -213,7 +213,7 @@ def _loaded(step: PackageStep, where: str) -> Step:
     except ValueError as exc:
         raise ArtifactError(f"{where}: the {step.type} step's params do not validate: "
                             f"{exc}") from None
-    return AT_PREDICTION[step.type][0], params, step.state
+    return prediction_mode(step.type), params, step.state
 
 
 def _through(steps: list[Step], frame: pl.DataFrame,

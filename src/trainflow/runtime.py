@@ -1,4 +1,8 @@
-"""Running a whole pipeline the way `trainflow run` does: checks first, then the Prefect flow."""
+"""Running a whole pipeline the way `trainflow run` does: checks first, then the Prefect flow.
+
+Nothing heavy is imported before the checks pass (a run that fails them answers at once), and
+the local Prefect server starts while the flow's modules import (see trainflow.warmserver).
+"""
 
 from __future__ import annotations
 
@@ -12,29 +16,37 @@ import time
 from collections.abc import Callable
 from uuid import UUID
 
-import prefect
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentFlowRunId,
-                                            TaskRunFilter, TaskRunFilterFlowRunId)
-from prefect.settings import (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings,
-                              temporary_settings)
-
-from trainflow.flows.pipeline import pipeline
-from trainflow.task_options import check_runner
-from trainflow.preflight import check_data
 from trainflow.spec.pipeline import PipelineSpec
 
 
 def run_pipeline(spec: PipelineSpec) -> dict:
-    """Check the data, then run the pipeline flow (on the server in PREFECT_API_URL, if set)."""
+    """Check the data, then run the pipeline flow (on the server in PREFECT_API_URL, if set;
+    else on the warm local server, started when none runs)."""
+    from trainflow.preflight import check_data
+
     check_data(spec)
+    from prefect.settings import (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings,
+                                  temporary_settings)
+
+    from trainflow.task_options import check_runner
+
     check_runner(spec)
     embedded = not get_current_settings().api.url
+    warm = embedded and ties_here() and _idle_seconds() > 0
+    if warm:
+        from trainflow import warmserver
+
+        pid, port = warmserver.attach(_idle_seconds())
+    from trainflow.flows.pipeline import pipeline  # the heavy imports, while it starts
+
     updates = {}
     if embedded:
-        start_embedded_server()
-        # The embedded server lives and dies with this process, so nothing would ever read
-        # crash-detection heartbeats; and joining the heartbeat thread costs up to 1 s per flow.
+        if warm:
+            warmserver.wait_ready(pid, port, _startup_timeout())
+        else:
+            start_embedded_server()
+        # Nothing reads crash-detection heartbeats of a local server's runs; and joining the
+        # heartbeat thread costs up to 1 s per flow.
         updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
     with temporary_settings(updates=updates):
         state = pipeline(spec, return_state=True)
@@ -43,12 +55,35 @@ def run_pipeline(spec: PipelineSpec) -> dict:
         return state.result()
 
 
+def ties_here() -> bool:
+    """A server started for a run is tied to it only from the main thread on Linux (see
+    start_embedded_server); elsewhere Prefect starts its own as before."""
+    main = threading.current_thread() is threading.main_thread()
+    return sys.platform.startswith("linux") and main
+
+
+def _idle_seconds() -> float:
+    from trainflow.warmserver import idle_seconds
+
+    return idle_seconds()
+
+
+def _startup_timeout() -> float:
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    return float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+
+
 def wait_until_recorded(flow_run_id: UUID, timeout: float = 15.0) -> bool:
     """Wait until the server has recorded a final state for every task run of the run.
 
     Task-run states reach the server as events a moment after the flow returns; stopping the
     embedded server before then loses them (and prints the server's shutdown errors).
     """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentFlowRunId,
+                                                TaskRunFilter, TaskRunFilterFlowRunId)
+
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
@@ -78,7 +113,9 @@ def start_embedded_server() -> None:
     """
     if threading.current_thread() is not threading.main_thread():
         return
+    import prefect
     from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
 
     class TiedServer(SubprocessASGIServer):
         def _run_uvicorn_command(self) -> subprocess.Popen:

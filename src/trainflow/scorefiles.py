@@ -18,9 +18,9 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from trainflow.errors import DataError, TrainflowError
+from trainflow.readers import IMAGE_SUFFIXES, read_image
 from trainflow.storage import TMP_PREFIX, out_of_space
 from trainflow.tables import IMAGE_COLUMN
-from trainflow.readers import IMAGE_SUFFIXES, read_image
 
 if TYPE_CHECKING:
     from trainflow.predictor import Model

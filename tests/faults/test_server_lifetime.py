@@ -53,12 +53,15 @@ def answers(port: int) -> bool:
         return False
 
 
-def test_a_killed_run_takes_its_ephemeral_server_with_it(tmp_path):
+# 0: the run's own server; else the warm server it starts, which later runs may share
+@pytest.mark.parametrize("idle_s", ["0", "600"], ids=["own server", "warm server"])
+def test_a_killed_run_takes_its_ephemeral_server_with_it(tmp_path, idle_s):
     command = [str(TRAINFLOW), "run", str(ROOT / "pipelines" / "breast_cancer_mlp.yaml"),
                "--set", f"outputs.store={tmp_path / 'store'}",
                "--set", f"outputs.runs={tmp_path / 'runs'}"]
     log = (tmp_path / "run.log").open("wb")
-    run = subprocess.Popen(command, env=environment(tmp_path / "home"), cwd=tmp_path,
+    env = {**environment(tmp_path / "home"), "TRAINFLOW_SERVER_IDLE_S": idle_s}
+    run = subprocess.Popen(command, env=env, cwd=tmp_path,
                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     servers: dict[int, int] = {}
     try:
