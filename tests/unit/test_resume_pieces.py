@@ -29,7 +29,10 @@ MID_EPOCH = TrainSpec.model_validate({
     "schedule": {"type": "plateau", "patience": 0, "factor": 0.5, "warmup": {"steps": 10}}})
 EPOCH_END = TrainSpec.model_validate({**KNOBS, "schedule": {"type": "cosine",
                                                             "warmup": {"steps": 10}}})
-# Pieces a CPU run holds nothing of: the fp16 grad scaler and CUDA's generators.
+# Where CUDA is, the same with the fp16 grad scaler and CUDA's generators, which a run on CPU
+# holds nothing of.
+ON_CUDA = TrainSpec.model_validate({**MID_EPOCH.model_dump(), "device": "cuda",
+                                    "precision": "fp16"})
 CUDA_ONLY = {"scaler", "rng.cuda"}
 
 
@@ -82,7 +85,9 @@ def same(full: dict, resumed: dict) -> bool:
             and equal(debug, resumed["debug"]))
 
 
-CASES = ["mid-epoch", "epoch-end"]
+SPECS = {"mid-epoch": MID_EPOCH, "epoch-end": EPOCH_END,
+         **({"cuda-fp16-mid-epoch": ON_CUDA} if torch.cuda.is_available() else {})}
+CASES = list(SPECS)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +105,7 @@ def interrupted(tmp_path_factory):
 
 
 def interrupt(case, root):
-    spec = MID_EPOCH if case == "mid-epoch" else EPOCH_END
+    spec = SPECS[case]
     full = train(spec, root / "full")
     assert full["best_epoch"] == 1 and full["stopped_early"]  # what the data promises
 
@@ -111,7 +116,7 @@ def interrupt(case, root):
         if row["epoch"] == 3:
             raise Crash
     with pytest.raises(Crash):
-        if case == "mid-epoch":
+        if case != "epoch-end":
             with after_step(25, kill):  # 10 steps per epoch
                 train(spec, root / "killed")
         else:

@@ -90,6 +90,22 @@ def test_plateau_lowers_the_rate_when_validation_stops_improving():
     assert rates[0] == pytest.approx(0.05) and rates[-1] < rates[0] / 4
 
 
+def test_early_stopping_reads_its_metric_in_its_mode():
+    """val_loss is watched for its minimum, val_accuracy for its maximum (EarlyStopping.mode):
+    the best epoch kept is the first at the extreme."""
+    generator = torch.Generator().manual_seed(0)
+    x, noisy = torch.randn(200, 4, generator=generator), torch.randn(80, 4, generator=generator)
+    data = Split(x, (x[:, 0] > 0).long())
+    val = Split(noisy, (noisy[:, 0] + noisy[:, 1] > 0).long())
+    for monitor, pick in (("val_loss", min), ("val_accuracy", max)):
+        spec = TrainSpec(lr=0.05, epochs=10, device="cpu", checkpoint_every=0,
+                         early_stopping={"monitor": monitor, "patience": 10})
+        assert spec.early_stopping.mode == ("min" if pick is min else "max")
+        result = fit(mlp([4], 2, [8]), data, val, spec, 0, optimizer_factory(spec))
+        values = [row[monitor] for row in result.history]
+        assert result.best_epoch == values.index(pick(values)) + 1
+
+
 def test_warmup_longer_than_training_is_a_clear_error():
     with pytest.raises(TrainflowError, match=r"warmup lasts 100 optimizer steps but training "
                                              r"has only 40 \(4 per epoch\)"):

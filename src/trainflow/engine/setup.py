@@ -137,7 +137,7 @@ def setup(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, 
     runner = torch.compile(model, mode=spec.compile_mode) if spec.compile else model
     layer_grads = GradientNorms() if spec.debug.layer_norms else None
     state = TrainingState(model, optimizer, scheduler, plateau, grad_scaler(spec), generator,
-                          layer_grads, spec_digest(spec))
+                          layer_grads, spec_digest(spec), device.type == "cuda")
     return Setup(spec, seed, train, val, runner, update, batch_size, sample_weights, augmenter,
                  pin, stopping), state
 

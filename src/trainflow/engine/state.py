@@ -30,14 +30,15 @@ log = logging.getLogger("trainflow")
 
 
 class Rng:
-    """torch's CPU and CUDA states and the generator that orders the training batches."""
+    """torch's CPU state, the generator that orders the training batches and, for a training
+    on CUDA, CUDA's states."""
 
-    def __init__(self, batches: torch.Generator):
-        self.batches = batches
+    def __init__(self, batches: torch.Generator, cuda: bool = False):
+        self.batches, self.cuda = batches, cuda
 
     def state_dict(self) -> dict:
         return {"torch": torch.get_rng_state(), "batches": self.batches.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+                "cuda": torch.cuda.get_rng_state_all() if self.cuda else []}
 
     def load_state_dict(self, state: dict) -> None:
         """(a last.pt of an older version may hold Python's and NumPy's states too: training
@@ -125,12 +126,13 @@ class TrainingState:
                  plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None,
                  scaler: torch.amp.GradScaler | None = None,
                  generator: torch.Generator | None = None,
-                 layer_grads: GradientNorms | None = None, spec_digest: str = ""):
+                 layer_grads: GradientNorms | None = None, spec_digest: str = "",
+                 cuda: bool = False):
         self.model, self.optimizer = model, optimizer
         self.scheduler, self.plateau, self.scaler = scheduler, plateau, scaler
         self.layer_grads = layer_grads
         self.generator = generator or torch.Generator()
-        self.rng = Rng(self.generator)
+        self.rng = Rng(self.generator, cuda)
         self.epoch = 0  # the epoch running (or, between epochs, the last one finished)
         self.steps = 0  # optimizer steps over the run
         self.position = Position()
