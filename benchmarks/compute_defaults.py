@@ -4,7 +4,7 @@ auto` resolve to on this machine (engine.compute, probed afresh in a scratch cac
 
 Each contender trains the pipeline's model (built from its YAML, at its batch size) for a fixed
 number of steps per round: forward, cross-entropy, backward and an AdamW step, on random inputs
-of the model's input shape. Contenders are interleaved, their order rotated each round, for a
+of the model's input shape. Contenders are interleaved, in a shuffled (seeded) order each round, for a
 fixed number of rounds; the figures are medians over rounds, with CPU time (process time, all
 threads) beside wall time, and the median of the per-round ratio auto / (1 thread fp32) with a
 95 % bootstrap interval. The load average and the CPU's model and flags are printed first.
@@ -49,11 +49,14 @@ def machine() -> dict:
 
 def train_steps(net, optimizer, x, y, threads: int, precision: str, steps: int
                 ) -> tuple[float, float]:
-    """(wall s, CPU s) of `steps` training steps at (threads, precision)."""
+    """(wall s, CPU s) of `steps` training steps at (threads, precision), after one untimed
+    step (a change of thread count costs the first step after it)."""
     torch.set_num_threads(threads)
     dtype = torch.bfloat16 if precision == "bf16" else None
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(steps):
+    steps += 1
+    for step in range(steps):
+        if step == 1:
+            wall, cpu = time.perf_counter(), time.process_time()
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             loss = torch.nn.functional.cross_entropy(net(x).float(), y)
         loss.backward()
@@ -96,8 +99,9 @@ def bench(name: str, shape: list[int], batch_size: int, rounds: int, steps: int,
     wall: dict[str, list[float]] = {k: [] for k in pairs}
     cpu: dict[str, list[float]] = {k: [] for k in pairs}
     names = list(pairs)
-    for round_ in range(rounds):
-        for key in names[round_ % len(names):] + names[:round_ % len(names)]:
+    order = random.Random(0)
+    for _ in range(rounds):  # a shuffled order per round: a run after a two-thread run is slow
+        for key in order.sample(names, len(names)):
             seconds, cpu_s = train_steps(model, optimizer, x, y, *pairs[key], steps)
             wall[key].append(seconds)
             cpu[key].append(cpu_s)

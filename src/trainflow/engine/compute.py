@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import random
 import statistics
 import threading
 import time
@@ -37,7 +38,7 @@ PROBE_ROUNDS = 9  # timed measurements per candidate (after two warm-up steps), 
 MIN_MEASURE_S = 0.02  # a measurement repeats a fast step up to this long, so timer noise fades
 LOSER = 3.0  # a candidate this many times slower than the baseline at warm-up is out
 MARGIN = 0.9  # a candidate must take under 90 % of the baseline's step time to be chosen
-PROBE_VERSION = 2  # bump when the probe or its rule changes, so old choices are not reused
+PROBE_VERSION = 4  # bump when the probe or its rule changes, so old choices are not reused
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,10 @@ def measure(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
                     for option in options]
             reps = max(1, min(50, round(MIN_MEASURE_S / max(warm[0], 1e-6))))
             alive = [i for i, s in enumerate(warm) if i == 0 or s < LOSER * warm[0]]
-            for _ in range(PROBE_ROUNDS):
-                for i in alive:
+            for round_ in range(PROBE_ROUNDS):
+                # a fixed shuffle per round: no candidate always follows the same other one
+                # (a step after a two-thread one runs slow on a busy two-core machine)
+                for i in random.Random(round_).sample(alive, len(alive)):
                     times[i].append(steps_seconds(probe, x, y, options[i], device, reps))
         finally:
             torch.set_num_threads(before)
@@ -176,11 +179,15 @@ def measure(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
 
 def steps_seconds(net: nn.Module, x: torch.Tensor, y: torch.Tensor, option: tuple[int, str],
                   device: torch.device, reps: int) -> float:
-    """Seconds per forward/backward step at (threads, precision), over `reps` steps."""
+    """Seconds per forward/backward step at (threads, precision), over `reps` steps after an
+    untimed one (the first step after a change of thread count pays for the change)."""
     torch.set_num_threads(option[0])
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(option[1])
-    start = time.perf_counter()
-    for _ in range(reps):
+    for rep in range(reps + 1):
+        if rep == 1:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = nn.functional.cross_entropy(net(x).float(), y)
         loss.backward()
