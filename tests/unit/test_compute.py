@@ -10,6 +10,7 @@ import torch
 from trainflow.engine import compute
 from trainflow.engine.training import train_into
 from trainflow.engine.data import Split
+from trainflow.errors import TrainflowError
 from trainflow.spec.model import MLPParams
 from trainflow.spec.train import TrainSpec
 
@@ -108,3 +109,14 @@ def test_bf16_is_a_candidate_only_where_the_cpu_has_bf16_units():
     flags = set(compute.cpu_identity()["flags"])
     options = compute.candidates(1, "auto", torch.device("cpu"))
     assert ((1, "bf16") in options) == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def test_an_unwritable_probe_cache_is_an_error_naming_the_fix(tmp_path, monkeypatch):
+    if len(compute.candidates("auto", "auto", torch.device("cpu"))) == 1:
+        pytest.skip("one core and no bf16 units: auto has nothing to probe here")
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("TRAINFLOW_COMPUTE_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.raises(TrainflowError, match=r"cannot keep the probe's choice in .*file/cache"
+                       r".*set TRAINFLOW_COMPUTE_CACHE to a writable folder, or give "
+                       r"train.threads and train.precision explicitly"):
+        train(tmp_path / "run")

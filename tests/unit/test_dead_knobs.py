@@ -1,6 +1,7 @@
 """No dead knobs: every leaf of the spec schema is read by the code that runs a pipeline, and
-changing it changes the cache key of the task that reads its section; the few fields that
-only document are listed below, each with its reason.
+every field reaches the cache key of the task its section is given to (a section enters a
+key as its whole dump, so a field left out of dumps could not change a result); the few
+fields that only document are listed below, each with its reason.
 
 The walk covers every field of every section and of every member of every union (steps,
 sources, models, optimizers, schedules, ...), and every property a spec class defines (a
@@ -22,7 +23,7 @@ import pytest
 from pydantic import BaseModel
 
 from trainflow.caching import canonical
-from trainflow.spec.pipeline import PipelineSpec
+from trainflow.spec.pipeline import PipelineSpec, load_spec
 from trainflow.spec.train import TrainSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,6 +132,18 @@ def test_every_leaf_is_read_by_the_code_or_documents(path, owner, name):
 def test_documenting_fields_exist():
     paths = {path for path, _, _ in ALL}
     assert set(DOCUMENTING) <= paths
+
+
+def test_no_field_is_left_out_of_the_dump_that_keys_its_task():
+    excluded = [path for path, owner, name in ALL if name in owner.model_fields
+                and owner.model_fields[name].exclude]
+    assert excluded == []
+    # and a changed leaf changes the key: one leaf per section of the shipped CNN pipeline
+    spec = load_spec(ROOT / "pipelines" / "digits_cnn.yaml")
+    for section, change in [("train", {"batch_size": 7}), ("train", {"threads": 1}),
+                            ("model", {"dropout": 0.1}), ("evaluate", {"metrics": ["accuracy"]})]:
+        part = getattr(spec, section)
+        assert canonical(part.model_copy(update=change)) != canonical(part), (section, change)
 
 
 @pytest.mark.parametrize("change", [{"threads": 1}, {"threads": 2}, {"precision": "fp32"},

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from trainflow.engine.data import Split
+from trainflow.errors import TrainflowError
 from trainflow.spec.train import TrainSpec
 
 PROBE_ROUNDS = 9  # timed measurements per candidate (after two warm-up steps), interleaved
@@ -111,19 +112,35 @@ def resolve(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], threads: i
         return Choice(*options[0], threads, precision)
     key = probe_key(net, batch, options, device)
     folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        chosen = remembered(folder, key, lambda: probe(net, batch, options, device))
+    except OSError as exc:
+        raise TrainflowError(
+            f"train.threads / train.precision auto: cannot keep the probe's choice in {folder} "
+            f"({exc.strerror or exc}); set TRAINFLOW_COMPUTE_CACHE to a writable folder, or "
+            "give train.threads and train.precision explicitly") from None
+    return Choice(int(chosen["threads"]), chosen["precision"], threads, precision)
+
+
+def remembered(folder: Path, key: str, measure_now) -> dict:
+    """The choice recorded under `key`, measured and recorded first when there is none; two
+    runs at once probe once (the second waits on the lock, then reads)."""
     path = folder / f"{key}.json"
-    with open(folder / f"{key}.lock", "a") as lock:  # two runs at once probe once
+    with open(folder / f"{key}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
-            relative = measure(net, batch, options, device)
-            best = pick(options, relative)
-            write_json(path, {"threads": best[0], "precision": best[1], "cpu":
-                              cpu_identity()["model"], "torch": torch.__version__,
-                              "step_time_vs_baseline": {f"{t}/{p}": round(s, 4) for (t, p), s
-                                                        in zip(options, relative)}})
-        chosen = json.loads(path.read_text())
-    return Choice(int(chosen["threads"]), chosen["precision"], threads, precision)
+            write_json(path, measure_now())
+        return json.loads(path.read_text())
+
+
+def probe(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+          options: list[tuple[int, str]], device: torch.device) -> dict:
+    relative = measure(net, batch, options, device)
+    best = pick(options, relative)
+    return {"threads": best[0], "precision": best[1], "cpu": cpu_identity()["model"],
+            "torch": torch.__version__, "step_time_vs_baseline":
+            {f"{t}/{p}": round(s, 4) for (t, p), s in zip(options, relative)}}
 
 
 def pick(options: list[tuple[int, str]], seconds: list[float]) -> tuple[int, str]:
