@@ -14,9 +14,6 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 
-# Besides these, every data step in the registry (clean, split, normalize, encode, ...).
-TASKS = ("ingest", "expect", "shard", "train", "evaluate", "train_fold", "ensemble", "quantize",
-         "prune")
 # Commands that only read a spec: they import pydantic and YAML, never Prefect or torch.
 LIGHT = ("validate", "schema")
 EXPORT_FORMATS = ("onnx", "torchscript", "exported_program")  # trainflow.export.FORMATS
@@ -34,8 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", parents=[overrides], help="run a pipeline on Prefect")
     run.add_argument("spec")
     step = commands.add_parser("task", parents=[overrides], help="run one step locally")
-    step.add_argument("step", help=f"a data step of the spec (clean, split, normalize, ...) "
-                                   f"or one of: {', '.join(TASKS)}")
+    step.add_argument("step", help="a task of the pipeline (trainflow.registry.TASKS): "
+                                   "ingest, expect, a data step of the spec (clean, split, "
+                                   "...), shard, train, evaluate, train_fold, ensemble, ...")
     step.add_argument("--spec", required=True)
     step.add_argument("--input", dest="inputs", action="append", default=[], metavar="REF",
                       help="an input ref: JSON text or a file holding it (repeat for several)")
@@ -128,24 +126,43 @@ def _read_ref(text: str):
 
 
 def _run_step(args, spec) -> object:
+    """One task of the pipeline, bare (`.fn`), with its refs and the spec sections it reads
+    (trainflow.registry.TASKS)."""
+    import inspect
+
     from trainflow import registry
     from trainflow.errors import TrainflowError, did_you_mean
-    from trainflow.tasks import (cv, ensemble, evaluate, expect, ingest, prune, quantize, shard,
-                                 train)
 
+    task = registry.task(args.step)
+    if task is None or task.inputs is None:
+        names = [n for n in registry.task_names() if registry.task(n).inputs is not None]
+        raise TrainflowError(f"unknown step {args.step!r}{did_you_mean(args.step, names)} "
+                             f"(steps: {', '.join(names)})")
     refs = [_read_ref(text) for text in args.inputs]
-    store = str(Path(spec.outputs.store).resolve())
-    if args.step not in TASKS and args.step not in registry.STEPS:
-        steps = [*TASKS, *registry.STEPS]
-        raise TrainflowError(f"unknown step {args.step!r}{did_you_mean(args.step, steps)} "
-                             f"(steps: {', '.join(steps)})")
-    needs = {"ingest": 0, "expect": 1, "shard": 1, "train": 1, "evaluate": 2, "train_fold": 1,
-             "quantize": 2, "prune": 2, **dict.fromkeys(registry.STEPS, 1)}
-    wanted = needs.get(args.step)
-    if (wanted is not None and len(refs) != wanted) or (args.step == "ensemble" and not refs):
-        raise TrainflowError(f"task {args.step} takes {wanted or 'one or more'} --input ref(s), "
-                             f"got {len(refs)}")
-    if args.step in registry.STEPS:
+    many = bool(task.inputs) and task.inputs[0].startswith("*")  # `*folds`: one or more
+    if (many and not refs) or (not many and len(refs) != len(task.inputs)):
+        wanted = "one or more" if many else len(task.inputs)
+        raise TrainflowError(f"task {args.step} takes {wanted} --input ref(s), got "
+                             f"{len(refs)}" + (f" (in order: {', '.join(task.inputs)})"
+                                               if task.inputs else ""))
+    fn = task.impl.fn
+    kwargs = {task.inputs[0][1:]: refs} if many else dict(zip(task.inputs, refs, strict=True))
+    for name, section in task.reads.items():
+        kwargs[name] = _section(args, spec, section)
+    given = {"store": str(Path(spec.outputs.store).resolve()), "seed": spec.seed,
+             "fold": args.fold, "folds": spec.evaluate.cv.folds if spec.evaluate.cv else 5}
+    wanted = inspect.signature(fn).parameters
+    kwargs.update({k: v for k, v in given.items() if k in wanted and k not in kwargs})
+    return fn(**kwargs)
+
+
+def _section(args, spec, path: str) -> object:
+    """The spec value at `path` a task reads: the chosen `data.steps` entry of its type, or
+    an optional section's default when the spec leaves it out."""
+    from trainflow import registry
+    from trainflow.errors import TrainflowError
+
+    if path == "data.steps":
         chosen = [(i, s) for i, s in enumerate(spec.data.steps) if s.type == args.step]
         if args.index is not None:
             chosen = [(i, s) for i, s in chosen if i == args.index]
@@ -153,30 +170,14 @@ def _run_step(args, spec) -> object:
             raise TrainflowError(f"the spec has no `{args.step}` step"
                                  + (f" at data.steps.{args.index}" if args.index is not None
                                     else ""))
-        step = chosen[0][1]
-        task = registry.STEPS[args.step].impl
-        return task.fn(refs[0], step, spec.seed, store)
-    folds = spec.evaluate.cv.folds if spec.evaluate.cv else 5
-    run = {
-        "ingest": lambda: ingest.ingest.fn(spec.data.source, store),
-        "expect": lambda: expect.check_expectations.fn(refs[0], spec.data.expect, store),
-        "shard": lambda: shard.shard.fn(refs[0], spec.data.shard, store, spec.seed),
-        "train": lambda: train.train_model.fn(refs[0], spec.model, spec.train, spec.seed, store),
-        "evaluate": lambda: evaluate.evaluate_model.fn(refs[0], refs[1], store),
-        "train_fold": lambda: cv.train_fold.fn(refs[0], args.fold, folds, spec.data.post_split,
-                                               spec.model, spec.train, spec.seed, store),
-        "ensemble": lambda: ensemble.ensemble_folds.fn(
-            refs, spec.ensemble or registry.ENSEMBLES["soft_vote"].params(type="soft_vote"),
-            store),
-        "quantize": lambda: quantize.quantize_model.fn(
-            refs[0], refs[1], spec.compress.quantize
-            or registry.QUANTIZERS["dynamic_int8"].params(type="dynamic_int8"), store),
-        "prune": lambda: prune.prune_model.fn(
-            refs[0], refs[1], spec.compress.prune
-            or registry.PRUNERS["l1_unstructured"].params(type="l1_unstructured"),
-            spec.train, spec.seed, store),
-    }
-    return run[args.step]()
+        return chosen[0][1]
+    value = spec
+    for key in path.split("."):
+        value = getattr(value, key)
+    if value is None and path in registry.OPTIONAL_SECTIONS:
+        name, entry = next(iter(registry.OPTIONAL_SECTIONS[path].items()))
+        return entry.params(type=name)
+    return value
 
 
 def _start_server(args) -> int:

@@ -12,20 +12,19 @@ covers only the implementations it looks up (trainflow.caching).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cache
 from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field
 
 from trainflow.spec import after_training as after
 from trainflow.spec import model as models
-from trainflow.spec import sources
-from trainflow.spec import steps
-from trainflow.spec import train
+from trainflow.spec import optimizers as optim
+from trainflow.spec import schedule, sources, steps
 
 
-@lru_cache(maxsize=None)
+@cache
 def resolve(at: str) -> Any:
     """The object a "module:attribute" reference names (imported once)."""
     module, _, attribute = at.partition(":")
@@ -103,12 +102,24 @@ MODELS = {
     "transformer": Entry(models.TransformerParams, "trainflow.models.transformer:transformer"),
 }
 OPTIMIZERS = {
-    "sgd": Entry(train.SGDParams, "trainflow.engine.optim:sgd"),
-    "adam": Entry(train.AdamParams, "trainflow.engine.optim:adam"),
-    "adamw": Entry(train.AdamParams, "trainflow.engine.optim:adam"),
-    "rmsprop": Entry(train.RMSpropParams, "trainflow.engine.optim:rmsprop"),
-    "adagrad": Entry(train.AdagradParams, "trainflow.engine.optim:adagrad"),
-    "adadelta": Entry(train.AdadeltaParams, "trainflow.engine.optim:adadelta"),
+    "sgd": Entry(optim.SGDParams, "trainflow.engine.optim:sgd"),
+    "adam": Entry(optim.AdamParams, "trainflow.engine.optim:adam"),
+    "adamw": Entry(optim.AdamParams, "trainflow.engine.optim:adam"),
+    "rmsprop": Entry(optim.RMSpropParams, "trainflow.engine.optim:rmsprop"),
+    "adagrad": Entry(optim.AdagradParams, "trainflow.engine.optim:adagrad"),
+    "adadelta": Entry(optim.AdadeltaParams, "trainflow.engine.optim:adadelta"),
+}
+SCHEDULES = {
+    "step": Entry(schedule.StepSchedule, "trainflow.engine.schedule:step_lr"),
+    "multi_step": Entry(schedule.MultiStepSchedule, "trainflow.engine.schedule:multi_step"),
+    "exponential": Entry(schedule.ExponentialSchedule, "trainflow.engine.schedule:exponential"),
+    "cosine": Entry(schedule.CosineSchedule, "trainflow.engine.schedule:cosine"),
+    "cosine_restarts": Entry(schedule.CosineRestartsSchedule,
+                             "trainflow.engine.schedule:cosine_restarts"),
+    "cyclic": Entry(schedule.CyclicSchedule, "trainflow.engine.schedule:cyclic"),
+    "one_cycle": Entry(schedule.OneCycleSchedule, "trainflow.engine.schedule:one_cycle"),
+    "polynomial": Entry(schedule.PolynomialSchedule, "trainflow.engine.schedule:polynomial"),
+    "plateau": Entry(schedule.PlateauSchedule, "trainflow.engine.schedule:plateau"),
 }
 ENSEMBLES = {"soft_vote": Entry(after.SoftVoteParams, "trainflow.registry:soft_vote")}
 QUANTIZERS = {"dynamic_int8": Entry(after.DynamicInt8Params,
@@ -117,9 +128,82 @@ PRUNERS = {"l1_unstructured": Entry(after.L1UnstructuredParams,
                                     "trainflow.compress:prune_l1_unstructured")}
 
 
+@dataclass(frozen=True)
+class Task:
+    """A Prefect task of a pipeline run, as the CLI, the flows' options and the spec's
+    `orchestration` section know it.
+
+    `inputs` names the parameters that take artifact refs, in order (`trainflow task NAME
+    --input REF ...`; one name starting with `*` takes one or more; None: the task is not run
+    alone). `reads` maps its other parameters to the spec section each takes. `trains`: it
+    trains a model (and so carries the device tag); `io`: it reads or writes data files, so a
+    transient I/O error is retried by default.
+    """
+
+    at: str
+    inputs: tuple[str, ...] | None = ()
+    reads: dict[str, str] = field(default_factory=dict)
+    trains: bool = False
+    io: bool = False
+
+    @property
+    def module(self) -> str:
+        return self.at.partition(":")[0]
+
+    @property
+    def impl(self) -> Any:
+        return resolve(self.at)
+
+
+# Every task of a pipeline run by its Prefect name, in the order a run reaches them; the data
+# steps (STEPS) run between `expect` and `shard`, each reading its own data.steps entry.
+TASKS = {
+    "ingest": Task("trainflow.tasks.ingest:ingest", (), {"source": "data.source"}, io=True),
+    "expect": Task("trainflow.tasks.expect:check_expectations", ("table",),
+                   {"expect": "data.expect"}),
+    "shard": Task("trainflow.tasks.shard:shard", ("splits",), {"params": "data.shard"}, io=True),
+    "train": Task("trainflow.tasks.train:train_model", ("shards",),
+                  {"model": "model", "train": "train"}, trains=True),
+    "evaluate": Task("trainflow.tasks.evaluate:evaluate_model", ("model", "shards")),
+    "train_fold": Task("trainflow.tasks.fold:train_fold", ("splits",),
+                       {"steps": "data.post_split", "model": "model", "train": "train"},
+                       trains=True),
+    "ensemble": Task("trainflow.tasks.ensemble:ensemble_folds", ("*folds",),
+                     {"params": "ensemble"}),
+    "quantize": Task("trainflow.tasks.quantize:quantize_model", ("model", "shards"),
+                     {"params": "compress.quantize"}),
+    "prune": Task("trainflow.tasks.prune:prune_model", ("model", "shards"),
+                  {"params": "compress.prune", "train": "train"}, trains=True),
+    "measure_latency": Task("trainflow.tasks.latency:measure_latency", None),
+    "package": Task("trainflow.tasks.package:package_model", None),
+    "promote": Task("trainflow.tasks.promote:promote_model", None),
+    "report": Task("trainflow.tasks.report:write_report", None),
+    "publish_report": Task("trainflow.tasks.report:publish_report", None),
+    "mlflow_log": Task("trainflow.tasks.mlflow_log:log_to_mlflow", None),
+}
+# The spec sections a task may run without (`trainflow task ensemble` on a spec with no
+# ensemble): the kind whose first entry's defaults it then takes.
+OPTIONAL_SECTIONS = {"ensemble": ENSEMBLES, "compress.quantize": QUANTIZERS,
+                     "compress.prune": PRUNERS}
+
+
+def task(name: str) -> Task | None:
+    """The task a pipeline run knows by `name` (a data step included), or None."""
+    if name in STEPS:
+        return Task(STEPS[name].at, ("data",), {"params": "data.steps"})
+    return TASKS.get(name)
+
+
+def task_names() -> tuple[str, ...]:
+    """Every task name, the data steps after `expect`, as a run reaches them."""
+    names = list(TASKS)
+    at = names.index("expect") + 1
+    return (*names[:at], *STEPS, *names[at:])
+
+
 def union(registry: dict[str, Entry]) -> Any:
     """The discriminated union (on `type`) of a registry's params models."""
     members = tuple(dict.fromkeys(entry.params for entry in registry.values()))
     if len(members) == 1:
         return members[0]
-    return Annotated[Union[members], Field(discriminator="type")]
+    return Annotated[Union[members], Field(discriminator="type")]  # noqa: UP007 (a runtime tuple)

@@ -8,12 +8,12 @@ from prefect import Task
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import ValidationError
 
+from trainflow import registry
 from trainflow.errors import TrainflowError
-from trainflow.spec.orchestration import TRAINING_TASKS
 
-# Steps that read or write files (a remote source, shards on a network store): a transient
-# I/O error there deserves another try after a pause.
-IO_RETRIES = {"ingest": (2, [2.0, 10.0]), "shard": (2, [2.0, 10.0])}
+# Tasks that read or write files (registry.TASKS, io=True: a remote source, shards on a
+# network store): a transient I/O error there deserves another try after a pause.
+IO_RETRIES = (2, [2.0, 10.0])
 
 
 def retry_unless_deterministic(task: Task, task_run: Any, state: Any) -> bool:
@@ -31,8 +31,11 @@ def retry_unless_deterministic(task: Task, task_run: Any, state: Any) -> bool:
 def step(task: Task, spec: Any) -> Task:
     """The task with the options the spec declares for it (orchestration.steps.<name>), the
     default retries of I/O-bound steps, and the device tag on training tasks."""
+    entry = registry.task(task.name)
+    if entry is None:  # a flow runs a task the table does not list: options would miss it
+        raise LookupError(f"task {task.name!r} is not in trainflow.registry.TASKS")
     declared = spec.orchestration.steps.get(task.name)
-    retries, delays = IO_RETRIES.get(task.name, (0, [0.0]))
+    retries, delays = IO_RETRIES if entry.io else (0, [0.0])
     options: dict[str, Any] = {}
     if declared is not None and declared.retries is not None:
         retries = declared.retries
@@ -43,7 +46,7 @@ def step(task: Task, spec: Any) -> Task:
                        retry_condition_fn=retry_unless_deterministic)
     if declared is not None and declared.timeout_s is not None:
         options["timeout_seconds"] = declared.timeout_s
-    if task.name in TRAINING_TASKS and reports_to_a_server():
+    if entry.trains and reports_to_a_server():
         options["tags"] = {*task.tags, spec.orchestration.device_tag}
     return task.with_options(**options) if options else task
 

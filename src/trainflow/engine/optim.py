@@ -7,8 +7,13 @@ import fnmatch
 import torch
 from torch import nn
 
-from trainflow.spec.train import (AdadeltaParams, AdagradParams, AdamParams, RMSpropParams,
-                                  SGDParams)
+from trainflow.spec.optimizers import (
+    AdadeltaParams,
+    AdagradParams,
+    AdamParams,
+    RMSpropParams,
+    SGDParams,
+)
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d)
 

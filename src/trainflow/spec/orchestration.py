@@ -10,11 +10,10 @@ from trainflow import registry
 from trainflow.errors import did_you_mean
 from trainflow.spec.base import Section
 
-# Every Prefect task of a pipeline run, by task name (the data steps come from the registry).
-TASK_NAMES = ("ingest", "expect", *registry.STEPS, "shard", "train", "evaluate", "train_fold",
-              "ensemble", "quantize", "prune", "report", "publish_report")
+# Every Prefect task of a pipeline run, by task name, from the registry's table of tasks.
+TASK_NAMES = registry.task_names()
 # The tasks that train a model (and so occupy a device): they carry the device tag.
-TRAINING_TASKS = ("train", "train_fold", "prune")
+TRAINING_TASKS = tuple(name for name, task in registry.TASKS.items() if task.trains)
 
 
 class RunnerSpec(Section):

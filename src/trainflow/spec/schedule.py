@@ -7,7 +7,7 @@ advances once per optimizer step, so warmup composes with any of them.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -31,6 +31,9 @@ class Warmup(Section):
 
 
 class _Schedule(Section):
+    # Stepped once per epoch on a monitored value instead of once per optimizer step.
+    per_epoch: ClassVar[bool] = False
+
     warmup: Warmup | None = None
 
 
@@ -97,13 +100,10 @@ class PlateauSchedule(_Schedule):
     """Performance-based: multiply lr by `factor` when `monitor` has not improved for
     `patience` epochs (checked once per epoch, after validation)."""
 
+    per_epoch: ClassVar[bool] = True
+
     type: Literal["plateau"]
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
     factor: float = Field(0.1, gt=0, lt=1)
     patience: int = Field(5, ge=0)
     min_lr: float = Field(0.0, ge=0)
-
-
-Schedule = Annotated[Union[StepSchedule, MultiStepSchedule, ExponentialSchedule, CosineSchedule,
-                           CosineRestartsSchedule, CyclicSchedule, OneCycleSchedule,
-                           PolynomialSchedule, PlateauSchedule], Field(discriminator="type")]

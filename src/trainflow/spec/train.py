@@ -3,51 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
+from trainflow import registry
 from trainflow.spec.augment import AugmentSpec
 from trainflow.spec.base import MAX_BATCH, MAX_EPOCHS, MAX_STEPS, Section
-from trainflow.spec.schedule import Schedule
+from trainflow.spec.optimizers import AdamParams
 
-
-class SGDParams(Section):
-    type: Literal["sgd"]
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = False
-
-
-class AdamParams(Section):
-    """Adam and AdamW (decoupled weight decay) share their parameters."""
-
-    type: Literal["adam", "adamw"]
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
-
-
-class RMSpropParams(Section):
-    type: Literal["rmsprop"]
-    alpha: float = Field(0.99, gt=0, lt=1)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0)
-    centered: bool = False
-
-
-class AdagradParams(Section):
-    type: Literal["adagrad"]
-    lr_decay: float = Field(0.0, ge=0)
-    eps: float = Field(1e-10, gt=0)
-
-
-class AdadeltaParams(Section):
-    type: Literal["adadelta"]
-    rho: float = Field(0.9, gt=0, lt=1)
-    eps: float = Field(1e-6, gt=0)
-
-
-Optimizer = Annotated[Union[SGDParams, AdamParams, RMSpropParams, AdagradParams, AdadeltaParams],
-                      Field(discriminator="type")]
+# The unions of the registry's kinds: a new optimizer or schedule is one line there.
+Optimizer = registry.union(registry.OPTIMIZERS)
+Schedule = registry.union(registry.SCHEDULES)
 
 
 class GradClip(Section):
