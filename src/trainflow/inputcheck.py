@@ -80,7 +80,8 @@ def _problem(rows: pl.LazyFrame, key: str, bad: pl.Expr, converted: dict[str, pl
         return DataError(
             f"{where}: column {column!r}: {count} row(s) hold categories the model never saw "
             f"in training: {seen} (the first at row {row}); its encode step is declared "
-            f"unknown: error: map them to known categories ({_listed(schema['categories'][column])}), "
+            "unknown: error: map them to known categories "
+            f"({_listed(schema['categories'][column])}), "
             "or retrain with encode unknown: ignore (unseen categories then encode as unknown)")
     shape = schema["image_shape"]
     size = len(values[0]) if values[0] is not None else 0

@@ -39,7 +39,7 @@ MODEL_FILES = ("model.json", "best.pt")  # a member's folder, as engine.training
 Kind = Literal["model", "fold", "ensemble", "quantize", "prune"]
 
 # The column types a package records for its input, by polars' name for them.
-DTYPES = {str(t): t for t in (
+DTYPES: dict[str, Any] = {str(t): t for t in (
     pl.Float32, pl.Float64, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16,
     pl.UInt32, pl.UInt64, pl.Boolean, pl.String, pl.Date, pl.Datetime("ms"),
     pl.Datetime("us"), pl.Datetime("ns"), pl.List(pl.Float32), pl.List(pl.Float64))}

@@ -20,8 +20,15 @@ import torch
 from trainflow import registry
 from trainflow.engine.model_folder import build_from_folder
 from trainflow.errors import ArtifactError, DataError, TrainflowError
-from trainflow.package import (PREDICTION_MODES, Member, Package, PackageStep, dtype,
-                               load_package, prediction_mode)
+from trainflow.package import (
+    PREDICTION_MODES,
+    Member,
+    Package,
+    PackageStep,
+    dtype,
+    load_package,
+    prediction_mode,
+)
 from trainflow.tables import TableSchema, feature_array
 
 BATCH_ROWS = 65_536  # rows per batch through the steps (bounded memory on any file size)

@@ -6,10 +6,10 @@ import math
 
 import polars as pl
 
-from trainflow.errors import DataError
-from trainflow.spec.pipeline import PipelineSpec
 from trainflow.engine.checks import check_model_and_training
+from trainflow.errors import DataError
 from trainflow.readers import check_file, read_labels
+from trainflow.spec.pipeline import PipelineSpec
 from trainflow.spec.sources import FileSource, SequenceSource
 
 # A target of decimal numbers with more distinct values than this is a regression target.

@@ -25,8 +25,11 @@ def run_pipeline(spec: PipelineSpec) -> dict:
     from trainflow.preflight import check_data
 
     check_data(spec)
-    from prefect.settings import (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings,
-                                  temporary_settings)
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
 
     from trainflow.task_options import check_runner
 
@@ -39,7 +42,7 @@ def run_pipeline(spec: PipelineSpec) -> dict:
         pid, port = warmserver.attach(_idle_seconds())
     from trainflow.flows.pipeline import pipeline  # the heavy imports, while it starts
 
-    updates = {}
+    updates: dict = {}
     if embedded:
         if warm:
             warmserver.wait_ready(pid, port, _startup_timeout())
@@ -81,8 +84,12 @@ def wait_until_recorded(flow_run_id: UUID, timeout: float = 15.0) -> bool:
     embedded server before then loses them (and prints the server's shutdown errors).
     """
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterParentFlowRunId,
-                                                TaskRunFilter, TaskRunFilterFlowRunId)
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
 
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:

@@ -98,7 +98,8 @@ class Place:
 
     def lease_states(self) -> tuple[list[Path], list[Path]]:
         """(live, dead) lease files: a dead one's command ended without removing it."""
-        live, dead = [], []
+        live: list[Path] = []
+        dead: list[Path] = []
         for lease in self.leases.glob("*") if self.leases.is_dir() else []:
             pid, _, started = lease.name.partition("-")
             (live if pid.isdigit() and alive(int(pid), started) else dead).append(lease)
@@ -205,7 +206,8 @@ def wait_ready(pid: int, port: int, timeout: float) -> None:
                     "set TRAINFLOW_SERVER_IDLE_S=0 to use a server of this run's own")
             time.sleep(0.05)
     server = SubprocessASGIServer()  # the instance Prefect's clients use without a URL
-    server.port, server.running, server.server_process = port, True, Attached(pid)
+    server.port, server.running = port, True
+    server.server_process = Attached(pid)  # type: ignore[assignment]
 
 
 def get_home() -> str:

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.faults,
 TRAINFLOW = Path(sys.executable).with_name("trainflow")
 SMALL = ["train.epochs=3", "evaluate.cv=null", "ensemble=null", "compress.quantize=null",
          "compress.prune=null"]
-IDLE_S = 90  # longer than a busy machine takes to start the second command
+IDLE_S = 600  # longer than a busy machine takes to start the second command
 
 
 def warm_environment(home: Path) -> dict[str, str]:
@@ -72,7 +72,7 @@ def stop(states: list[dict]) -> None:
             pass
 
 
-def test_runs_in_a_row_share_one_server_which_shows_cached_tasks_and_then_ends(tmp_path):
+def test_runs_in_a_row_share_one_server_which_shows_their_cached_tasks(tmp_path):
     home = tmp_path / "home"
     first = run(tmp_path, home)
     found = servers(home)
@@ -85,9 +85,7 @@ def test_runs_in_a_row_share_one_server_which_shows_cached_tasks_and_then_ends(t
         assert servers(home) == found, "the second run did not reuse the first one's server"
         states = task_states(found[0]["port"])
         assert states["ingest"] == "Cached" and states["train"] == "Cached", states
-        assert wait_gone(found[0]["port"], found[0]["pid"], IDLE_S + 60), (
-            f"the warm server still runs {IDLE_S + 60} s after its last run ended")
-        assert servers(home) == []
+        assert answers(found[0]["port"]), "the server ended with its second run"
     finally:
         stop([*found, *servers(home)])
 
@@ -97,7 +95,7 @@ ATTACH = ("import sys, time; from trainflow import warmserver; "
           "warmserver.wait_ready(pid, port, 180); print(pid, port, flush=True); time.sleep(1)")
 
 
-def test_commands_started_together_start_one_server(tmp_path):
+def test_commands_started_together_start_one_server_which_ends_when_idle(tmp_path):
     home = tmp_path / "home"
     env = {**warm_environment(home), "PREFECT_HOME": str(home)}
     commands = [subprocess.Popen([sys.executable, "-c", ATTACH, "3"], env=env, text=True,
