@@ -8,11 +8,11 @@ import numpy as np
 import polars as pl
 from prefect import task
 
-from trainflow.artifacts import ArtifactRef, Store
+from trainflow.artifacts import ArtifactRef
 from trainflow.caching import CACHED
 from trainflow.errors import ArtifactError, DataError
 from trainflow.spec.steps import CleanParams
-from trainflow.steps import Frame, State, in_store, like, scan_parts, transform, write_view
+from trainflow.steps import Frame, State, like, transform
 from trainflow.tables import TableSchema, first_rows, keep_rows, row_hashes, unique_rows
 
 
@@ -159,24 +159,31 @@ def apply_at_prediction(frame: Frame, schema: TableSchema, params: CleanParams,
     return apply(frame, schema, keep_rows_too, state)
 
 
+def fit_rows(frame: Frame, schema: TableSchema, params: CleanParams, seed: int = 0) -> State:
+    """`fit` for the very rows the step cleans (a table, before split): with
+    `drop_duplicates`, also which of them stay (`_keep`, one true/false a row), so that
+    readers apply the step as a query instead of searching for duplicates again."""
+    if not params.drop_duplicates:
+        return fit(frame, schema, params)
+    # the duplicate searches and statistics read the table four times: it is held for them
+    frame = frame.lazy().collect(engine="streaming").lazy()
+    state, hashes = _fit(frame, schema, params)
+    filled = _filled(frame, schema, params, state)
+    keys = _keys(filled, params)
+    if hashes is not None:
+        hashes = _refilled_hashes(frame, schema, params, state, hashes, keys)
+    state["_keep"] = first_rows(filled, keys, hashes)
+    return state
+
+
 @task(name="clean", **CACHED)
 def clean(data: ArtifactRef, params: CleanParams, seed: int,
           store: str) -> ArtifactRef:
     """Clean a table (before split) or every part of the splits, fitted on train (after split).
 
-    A table of the store becomes a view: the fill values and, with `drop_duplicates`, one
-    byte a row saying which rows stay; readers apply them in their own query."""
-    if data.kind != "table" or not in_store(data, Store(store)):
-        return transform(data, params, fit, apply, seed, store, lazy=True)
-    (frame, schema), = scan_parts(data).values()
-    if params.drop_duplicates:  # the duplicate searches and statistics read the table four
-        frame = frame.collect(engine="streaming").lazy()  # times; it is held for them
-    state, hashes = _fit(frame, schema, params)
-    if params.drop_duplicates:
-        filled = _filled(frame, schema, params, state)
-        keys = _keys(filled, params)
-        if hashes is not None:
-            hashes = _refilled_hashes(frame, schema, params, state, hashes, keys)
-        state["_keep"] = first_rows(filled, keys, hashes)
-    return write_view(Store(store), data, params, state, schema, __name__,
-                      rows_change=True)
+    A table becomes a view: the fill values and, with `drop_duplicates`, one byte a row
+    saying which rows stay; readers apply them in their own query. The parts of splits are
+    stored (each part's duplicate search runs once, here)."""
+    if data.kind == "table":
+        return transform(data, params, fit_rows, apply, seed, store, lazy=True, replay=True)
+    return transform(data, params, fit, apply, seed, store, lazy=True)

@@ -95,4 +95,5 @@ def encode(data: ArtifactRef, params: EncodeParams, seed: int, store: str) -> Ar
     """Turn text feature columns into numbers, with categories learned on the training part.
 
     The result is a view (the categories, applied by whoever reads the rows)."""
-    return transform(data, params, fit, apply, seed, store, view=True)
+    return transform(data, params, fit, apply, seed, store, lazy=True, replay=True,
+                     keeps_rows=True)

@@ -131,4 +131,5 @@ def normalize(data: ArtifactRef, params: NormalizeParams, seed: int,
     On tabular data the result is a view (the statistics, applied by whoever reads the rows);
     images are scaled in NumPy and written."""
     tabular = not data.data_schema.get("image_shape")
-    return transform(data, params, fit, apply, seed, store, lazy=True, view=tabular)
+    return transform(data, params, fit, apply, seed, store, lazy=True, replay=tabular,
+                     keeps_rows=True)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+from math import ceil
 
 import numpy as np
 import polars as pl
 from prefect import task
 from sklearn.model_selection import (GroupShuffleSplit, StratifiedGroupKFold, StratifiedKFold,
                                      train_test_split)
-from sklearn.model_selection._split import _validate_shuffle_split
-from sklearn.utils.extmath import _approximate_mode
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.errors import DataError
 from trainflow.spec.steps import SplitParams
-from trainflow.steps import SPLITS, scan_parts, write_split_view
+from trainflow.steps import PART, SPLITS, scan_parts, write_view
 from trainflow.tables import SYNTHETIC_COLUMN, TableSchema, class_counts
 
 
@@ -86,24 +85,27 @@ def split_rows(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
 def stratified_shuffle_split(codes: np.ndarray, test_size: float, seed: int,
                              in_order: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The rows (0..n-1) of `train_test_split(rows, test_size=test_size, random_state=seed,
-    stratify=codes)`, the same random draws in the same order, so the same rows; kept in
-    NumPy arrays where scikit-learn (1.9) gathers them in Python lists, which costs about
-    40 bytes and 1 us a row (0.8 GB at 20M rows, most of the split's time). Its own
-    helpers size the parts; tests/tasks/test_split_strategies.py checks the result against
-    train_test_split's on many shapes and seeds. `in_order` returns each part's rows sorted,
-    skipping the last two draws (which only order them)."""
-    n_train, n_test = _validate_shuffle_split(len(codes), test_size, None)
+    stratify=codes)`: scikit-learn's `StratifiedShuffleSplit` draws, the same random numbers
+    in the same order, so the same rows. Written with NumPy's public API because
+    scikit-learn (1.9) gathers the row numbers in Python lists, about 40 bytes and 1 us a
+    row (at 5M rows its two calls take 5 s where these take 1.5 s, and 0.8 GB at 20M rows);
+    tests/tasks/test_split_strategies.py checks the rows equal train_test_split's on many
+    shapes and seeds, so a change in scikit-learn's draws fails there, never silently.
+    Shapes that scikit-learn refuses are handed to it, for its own error. `in_order`
+    returns each part's rows sorted, skipping the last two draws (which only order them)."""
+    n_test = ceil(test_size * len(codes))  # scikit-learn's sizes for a float test_size
+    n_train = len(codes) - n_test
     present = np.flatnonzero(np.bincount(codes))
     counts = np.bincount(codes)[present]
-    if counts.min() < 2 or min(n_train, n_test) < len(present):  # scikit-learn's own errors
+    if counts.min() < 2 or min(n_train, n_test) < len(present) or not 0 < test_size < 1:
         return train_test_split(np.arange(len(codes)), test_size=test_size,
                                 random_state=seed, stratify=codes)
     rank = np.zeros(int(codes.max()) + 1, np.uint8 if len(present) < 256 else np.int64)
     rank[present] = np.arange(len(present))
     by_class = np.split(np.argsort(rank[codes], kind="stable"), np.cumsum(counts)[:-1])
     rng = np.random.RandomState(seed)
-    n_i = _approximate_mode(counts, n_train, rng)
-    t_i = _approximate_mode(counts - n_i, n_test, rng)
+    n_i = _allocation(counts, n_train, rng)
+    t_i = _allocation(counts - n_i, n_test, rng)
     train, test = [], []
     for rows, count, n, t in zip(by_class, counts, n_i, t_i):
         shuffled = rows.take(rng.permutation(count), mode="clip")
@@ -114,9 +116,22 @@ def stratified_shuffle_split(codes: np.ndarray, test_size: float, seed: int,
     return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
 
 
-def split_frame(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
-                seed: int) -> dict[str, pl.DataFrame]:
-    return {name: df[rows] for name, rows in split_rows(df, schema, params, seed).items()}
+def _allocation(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of `draws` rows each class gets, as StratifiedShuffleSplit sizes them (the
+    approximate mode of the multivariate hypergeometric): each class its floored share, the
+    rows left over to the largest remainders, ties broken by `rng`."""
+    continuous = counts / counts.sum() * draws
+    floored = np.floor(continuous)
+    missing = int(draws - floored.sum())
+    remainder = continuous - floored
+    for value in np.sort(np.unique(remainder))[::-1]:
+        if missing <= 0:
+            break
+        tied, = np.where(remainder == value)
+        chosen = rng.choice(tied, size=min(len(tied), missing), replace=False)
+        floored[chosen] += 1
+        missing -= len(chosen)
+    return floored.astype(int)
 
 
 def fold_frames(pool: pl.DataFrame, schema: TableSchema, folds: int, fold: int, seed: int,
@@ -139,7 +154,8 @@ def fold_frames(pool: pl.DataFrame, schema: TableSchema, folds: int, fold: int, 
 @task(name="split", **CACHED)
 def split(data: ArtifactRef, params: SplitParams, seed: int, store: str) -> ArtifactRef:
     """Split a table into stratified train/val/test parts, stored as a view: the part number
-    of each row of the table (readers filter the table's rows by it)."""
+    of each row of the table (readers filter the table's rows by it). Only the columns the
+    split decision reads (`key_columns`) are read."""
     (lf, schema), = scan_parts(data).values()
     names = lf.collect_schema().names()
     for field in ("group_column", "time_column"):
@@ -153,8 +169,8 @@ def split(data: ArtifactRef, params: SplitParams, seed: int, store: str) -> Arti
     part = np.zeros(len(keys), np.uint8)
     for number, name in enumerate(SPLITS):
         part[rows[name]] = number
-    return write_split_view(Store(store), data, part, params, __name__,
-                            summary=_summary(keys[schema.target], part, schema, names))
+    return write_view(Store(store), data, params, {PART: part}, __name__,
+                      summary=_summary(keys[schema.target], part, schema, names))
 
 
 def _summary(labels: pl.Series, part: np.ndarray, schema: TableSchema,

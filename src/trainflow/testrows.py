@@ -11,7 +11,6 @@ artifacts at each end, so a trace that went astray is an error, never a wrong co
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ import polars as pl
 from trainflow import registry
 from trainflow.artifacts import ArtifactRef
 from trainflow.errors import ArtifactError
-from trainflow.steps import PART_FILE, SPLITS, scan_parts
+from trainflow.steps import PART_FILE, SPLITS, applied_state, scan_parts
 from trainflow.tables import TableSchema
 
 ROW = "__trainflow_raw_row"
@@ -57,10 +56,8 @@ def _replayed(ref: ArtifactRef, params: Any, frame: pl.LazyFrame, schema: TableS
     """`frame` through one pre-split step as training ran it."""
     entry = registry.STEPS[params.type]
     ref.verify()
-    if ref.base() is not None:  # a view: its stored state is exactly what training applied
-        state = json.loads((ref.path / "state.json").read_text())
-        for array in sorted(ref.path.glob("*.npy")):
-            state[f"_{array.stem}"] = np.load(array, allow_pickle=False)
+    state = applied_state(ref)
+    if state is not None:  # a view read by applying its state: exactly what training applied
         out, schema = entry.apply(frame, schema, params, state)
         return out.lazy(), schema
     # A stored step keeps only its JSON state (not, say, a fitted detector): fitting it again

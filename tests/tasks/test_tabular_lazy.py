@@ -15,7 +15,7 @@ from trainflow.steps import fit_apply, materialize, read_parts
 from trainflow.tables import class_counts, read_table
 from trainflow.tasks import clean, encode, normalize
 from trainflow.tasks.ingest import FileSource, ingest
-from trainflow.tasks.split import SplitParams, split, split_frame
+from trainflow.tasks.split import SplitParams, split, split_rows
 
 
 @pytest.fixture
@@ -98,7 +98,8 @@ def test_split_task_streams_the_same_rows_as_the_in_memory_split(store, mixed_cs
         ingest.fn(FileSource(type="csv", path=str(mixed_csv), target="label",
                              keep_columns=["id"], features=["a", "b", "colour"]), store),
         clean.CleanParams(type="clean", missing="median"), 0, store))["all"]
-    expected = split_frame(whole, schema, SplitParams(type="split"), 0)
+    expected = {name: whole[rows] for name, rows in
+                split_rows(whole, schema, SplitParams(type="split"), 0).items()}
     for name in ("train", "val", "test"):
         assert parts[name][0].equals(expected[name])
     for name in ("train", "val", "test"):  # counted from the labels in memory
