@@ -113,7 +113,7 @@ def one_run(spec: Path, folder: Path) -> tuple[dict[str, harness.Sample], float]
     outputs = [f"outputs.store={folder / 'store'}", f"outputs.runs={folder / 'runs'}"]
     sets = [a for s in outputs for a in ("--set", s)]
     run = [str(TRAINFLOW), "run", str(spec), *sets]
-    bad = f"data.source={{type: file, path: {single_class_csv(folder)}, target: label}}"
+    bad = f"data.source={{type: csv, path: {single_class_csv(folder)}, target: label}}"
     got = {"validate": timed([str(TRAINFLOW), "validate", str(spec)], env, folder),
            "preflight failure": timed([*run, "--set", bad], env, folder, exit_code=2),
            "cold run": timed(run, env, folder),

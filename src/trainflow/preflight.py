@@ -24,7 +24,6 @@ def check_data(spec: PipelineSpec) -> None:
     shape = [source.length, source.channels] if isinstance(source, SequenceSource) else None
     aux = (source.aux_targets if isinstance(source, FileSource)
            else ["amplitude"] if isinstance(source, SequenceSource) and source.aux else [])
-    check_model_and_training(spec.model, spec.train, shape, dict.fromkeys(aux, []))
     if isinstance(source, FileSource):
         check_file(source)
     labels = read_labels(source)
@@ -50,6 +49,9 @@ def check_data(spec: PipelineSpec) -> None:
                 f"evaluate.cv.folds is {folds} but class(es) {_listed(scarce)} of {target!r} "
                 f"have too few rows: about {keep:.0%} of each class remains for "
                 f"cross-validation after the test split; lower evaluate.cv.folds or add data")
+    # last: its size check builds the model on torch's meta device, and a run whose data
+    # cannot work answers without importing torch
+    check_model_and_training(spec.model, spec.train, shape, dict.fromkeys(aux, []))
 
 
 def check_classification_target(labels: pl.Series) -> None:

@@ -25,6 +25,9 @@ def run_pipeline(spec: PipelineSpec) -> dict:
     from trainflow.preflight import check_data
 
     check_data(spec)
+    from trainflow.logs import quiet_user_errors  # imports Prefect: after the checks
+
+    quiet_user_errors()
     from prefect.settings import (
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         get_current_settings,
