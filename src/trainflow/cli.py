@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     from trainflow.errors import TrainflowError
 
     try:
-        if args.command not in LIGHT:  # checking a spec loads no Prefect (issue 15)
+        # checking a spec loads no Prefect (issue 15); a run installs it after its checks
+        if args.command not in (*LIGHT, "run"):
             from trainflow.logs import quiet_user_errors
 
             quiet_user_errors()
