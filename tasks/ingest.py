@@ -12,10 +12,8 @@ from trainflow import registry
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.logs import Progress
-from trainflow.readers import (IMAGE_SUFFIXES, check_file, load_source,  # noqa: F401
-                               read_image, read_labels)
-from trainflow.spec.sources import (FileSource, ImageFolderSource,  # noqa: F401
-                                    SequenceSource, SklearnSource)
+from trainflow.readers import IMAGE_SUFFIXES, check_file, load_source, read_image, read_labels  # noqa: F401
+from trainflow.spec.sources import FileSource, ImageFolderSource, SequenceSource, SklearnSource  # noqa: F401
 from trainflow.steps import write_parts
 
 Source = registry.union(registry.SOURCES)
@@ -35,8 +33,7 @@ def _stored_as_is(source: Source, table: pl.DataFrame | pl.LazyFrame) -> bool:
     if table.lazy().collect_schema() != pl.scan_parquet(path).collect_schema():
         return False
     footer = pq.read_metadata(path)
-    return all(footer.row_group(i).num_rows <= MAX_ROW_GROUP
-               for i in range(footer.num_row_groups))
+    return all(footer.row_group(i).num_rows <= MAX_ROW_GROUP for i in range(footer.num_row_groups))
 
 
 @task(name="ingest", **CACHED)

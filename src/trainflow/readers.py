@@ -29,9 +29,19 @@ Table = tuple[pl.DataFrame | pl.LazyFrame, TableSchema]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-DTYPES = {"float32": pl.Float32, "float64": pl.Float64, "int8": pl.Int8, "int16": pl.Int16,
-          "int32": pl.Int32, "int64": pl.Int64, "bool": pl.Boolean, "str": pl.Utf8,
-          "category": pl.Utf8, "date": pl.Date, "datetime": pl.Datetime}
+DTYPES = {
+    "float32": pl.Float32,
+    "float64": pl.Float64,
+    "int8": pl.Int8,
+    "int16": pl.Int16,
+    "int32": pl.Int32,
+    "int64": pl.Int64,
+    "bool": pl.Boolean,
+    "str": pl.Utf8,
+    "category": pl.Utf8,
+    "date": pl.Date,
+    "datetime": pl.Datetime,
+}
 
 
 def _natural_sorted(values: list[str]) -> list[str]:
@@ -48,11 +58,13 @@ def _load_sklearn(source: SklearnSource) -> tuple[pl.DataFrame, TableSchema]:
         images = bunch.images.astype(np.float32).reshape(len(labels), -1)
         df = pl.DataFrame({IMAGE_COLUMN: images, "target": labels})
         df = df.with_columns(pl.col(IMAGE_COLUMN).cast(pl.List(pl.Float32)))
-        return df, TableSchema(target="target", features=[IMAGE_COLUMN], classes=names,
-                               image_shape=[1, 8, 8])
+        return df, TableSchema(
+            target="target", features=[IMAGE_COLUMN], classes=names, image_shape=[1, 8, 8]
+        )
     features = [str(f) for f in bunch.feature_names]
     df = pl.DataFrame(bunch.data.astype(np.float64), schema=features).with_columns(
-        pl.Series("target", labels))
+        pl.Series("target", labels)
+    )
     return df, TableSchema(target="target", features=features, classes=names)
 
 
@@ -63,18 +75,20 @@ def _scan_file(source: FileSource) -> tuple[pl.LazyFrame, CsvLayout | None]:
     path = Path(source.path)
     if not path.is_file():
         raise DataError(f"data.source.path: file not found: {path}")
-    layout = scan_csv(path, source.max_line_bytes, source.encoding) if source.type == "csv" \
-        else None
+    layout = (
+        scan_csv(path, source.max_line_bytes, source.encoding) if source.type == "csv" else None
+    )
     try:
-        lf = (scan_csv_file(layout, list(source.columns or {})) if layout
-              else pl.scan_parquet(path))
+        lf = scan_csv_file(layout, list(source.columns or {})) if layout else pl.scan_parquet(path)
         names = lf.collect_schema().names()
     except Exception as exc:  # polars raises several types for unreadable files
-        raise DataError(f"data.source.path: cannot read {source.type} file {path}: "
-                        f"{_first_line(exc)}") from None
+        raise DataError(
+            f"data.source.path: cannot read {source.type} file {path}: {_first_line(exc)}"
+        ) from None
     if source.target not in names:
-        raise DataError(f"data.source.target: column {source.target!r} not in {path}; "
-                        f"columns are {names}")
+        raise DataError(
+            f"data.source.target: column {source.target!r} not in {path}; columns are {names}"
+        )
     missing = [c for c in source.columns or {} if c not in names]
     if missing:
         raise DataError(f"data.source.columns: {missing} not in {path}; columns are {names}")
@@ -86,10 +100,12 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def _check_conversions(lf: pl.LazyFrame, declared: dict[str, str], path: Path,
-                       layout: CsvLayout | None) -> None:
+def _check_conversions(
+    lf: pl.LazyFrame, declared: dict[str, str], path: Path, layout: CsvLayout | None
+) -> None:
     """Every declared column's value that does not convert to its type is listed (per column,
     with examples and where the first is) in one error before anything is written."""
+
     def lost(c: str) -> pl.Expr:
         converted = pl.col(c).cast(DTYPES[declared[c]], strict=False)
         return pl.col(c).is_not_null() & converted.is_null()
@@ -99,13 +115,12 @@ def _check_conversions(lf: pl.LazyFrame, declared: dict[str, str], path: Path,
     if bad:
         problems = []
         for c, n in bad.items():
-            rows = lf.with_row_index("__row").filter(lost(c)).select("__row", c).head(3) \
-                .collect()
+            rows = lf.with_row_index("__row").filter(lost(c)).select("__row", c).head(3).collect()
             where = f" (the first on {layout.where(rows['__row'][0])})" if layout else ""
-            problems.append(f"{c!r} to {declared[c]}: {n} value(s) such as "
-                            f"{rows[c].to_list()}{where}")
-        raise DataError(f"data.source.columns: cannot convert in {path}: "
-                        + "; ".join(problems))
+            problems.append(
+                f"{c!r} to {declared[c]}: {n} value(s) such as {rows[c].to_list()}{where}"
+            )
+        raise DataError(f"data.source.columns: cannot convert in {path}: " + "; ".join(problems))
 
 
 def _blank_as_missing(lf: pl.LazyFrame, declared: dict[str, str]) -> pl.LazyFrame:
@@ -113,7 +128,9 @@ def _blank_as_missing(lf: pl.LazyFrame, declared: dict[str, str]) -> pl.LazyFram
     dtypes = lf.collect_schema()
     return lf.with_columns(
         pl.when(pl.col(c).str.strip_chars() != "").then(pl.col(c)).alias(c)
-        for c, t in declared.items() if dtypes[c] == pl.Utf8 and DTYPES[t] != pl.Utf8)
+        for c, t in declared.items()
+        if dtypes[c] == pl.Utf8 and DTYPES[t] != pl.Utf8
+    )
 
 
 def _declared(lf: pl.LazyFrame, declared: dict[str, str]) -> pl.LazyFrame:
@@ -124,13 +141,17 @@ def _declared(lf: pl.LazyFrame, declared: dict[str, str]) -> pl.LazyFrame:
 
 def _roles(source: FileSource, dtypes: pl.Schema, path: Path) -> tuple[list[str], list[str]]:
     """The feature columns and the columns carried along (not features, not the target)."""
-    kept = (source.keep_columns + ([source.weight_column] if source.weight_column else [])
-            + source.aux_targets)
+    kept = (
+        source.keep_columns
+        + ([source.weight_column] if source.weight_column else [])
+        + source.aux_targets
+    )
     features = source.features or [c for c in dtypes if c not in (source.target, *kept)]
     missing = [c for c in features + kept if c not in dtypes]
     if missing:
-        raise DataError(f"data.source: columns {missing} not in {path}; columns are "
-                        f"{dtypes.names()}")
+        raise DataError(
+            f"data.source: columns {missing} not in {path}; columns are {dtypes.names()}"
+        )
     return features, kept
 
 
@@ -149,13 +170,16 @@ def check_file(source: FileSource) -> None:
         return
     lf, layout = _scan_file(source)
     if source.columns:
-        _check_conversions(_blank_as_missing(lf.select(list(source.columns)), source.columns),
-                           source.columns, path, layout)
+        _check_conversions(
+            _blank_as_missing(lf.select(list(source.columns)), source.columns),
+            source.columns,
+            path,
+            layout,
+        )
     elif layout:
         features, kept = _roles(source, lf.collect_schema(), path)
         weight = [source.weight_column] if source.weight_column else []
-        check_inferred_types(lf, layout, path, features + weight,
-                             [*features, *kept, source.target])
+        check_inferred_types(lf, layout, path, features + weight, [*features, *kept, source.target])
     _CHECKED.add(key)
 
 
@@ -168,8 +192,11 @@ def _load_file(source: FileSource) -> tuple[pl.LazyFrame, TableSchema]:
     dtypes = lf.collect_schema()
     features, kept = _roles(source, dtypes, path)
     # Text columns stay text (categories); an `encode` step turns them into numbers.
-    lf = lf.select(*(pl.col(c) if dtypes[c].is_numeric() else pl.col(c).cast(pl.Utf8)
-                     for c in features), *kept, pl.col(source.target).cast(pl.Utf8))
+    lf = lf.select(
+        *(pl.col(c) if dtypes[c].is_numeric() else pl.col(c).cast(pl.Utf8) for c in features),
+        *kept,
+        pl.col(source.target).cast(pl.Utf8),
+    )
     labels = lf.select(source.target).drop_nulls().unique().collect(engine="streaming")
     classes = _natural_sorted(labels[source.target].to_list())
     if source.weight_column:
@@ -179,24 +206,40 @@ def _load_file(source: FileSource) -> tuple[pl.LazyFrame, TableSchema]:
         lf = lf.with_columns(pl.col(column).cast(pl.Utf8))
         values = lf.select(column).drop_nulls().unique().collect(engine="streaming")
         aux[column] = _natural_sorted(values[column].to_list())
-    return lf, TableSchema(target=source.target, features=features, classes=classes,
-                           weight=source.weight_column, aux_targets=aux or None)
+    return lf, TableSchema(
+        target=source.target,
+        features=features,
+        classes=classes,
+        weight=source.weight_column,
+        aux_targets=aux or None,
+    )
 
 
 def _checked_weights(lf: pl.LazyFrame, column: str, dtypes, path: Path) -> pl.Expr:
     """The weight column as float64, after checking every value is a finite number >= 0."""
     if not dtypes[column].is_numeric():
-        raise DataError(f"data.source.weight_column: {column!r} in {path} holds "
-                        f"{dtypes[column]}, not numbers")
+        raise DataError(
+            f"data.source.weight_column: {column!r} in {path} holds {dtypes[column]}, not numbers"
+        )
     value = pl.col(column).cast(pl.Float64)
-    bad = lf.select((value.is_null() | ~value.is_finite() | (value < 0)).sum()).collect(
-        engine="streaming").item()
+    bad = (
+        lf.select((value.is_null() | ~value.is_finite() | (value < 0)).sum())
+        .collect(engine="streaming")
+        .item()
+    )
     if bad:
-        examples = lf.filter(value.is_null() | ~value.is_finite() | (value < 0)).select(
-            column).head(3).collect()[column].to_list()
-        raise DataError(f"data.source.weight_column: {bad} value(s) of {column!r} in {path} are "
-                        f"missing, infinite or negative, such as {examples}; weights must be "
-                        "finite numbers >= 0")
+        examples = (
+            lf.filter(value.is_null() | ~value.is_finite() | (value < 0))
+            .select(column)
+            .head(3)
+            .collect()[column]
+            .to_list()
+        )
+        raise DataError(
+            f"data.source.weight_column: {bad} value(s) of {column!r} in {path} are "
+            f"missing, infinite or negative, such as {examples}; weights must be "
+            "finite numbers >= 0"
+        )
     return value
 
 
@@ -219,21 +262,26 @@ def _load_image_folder(source: ImageFolderSource) -> tuple[pl.DataFrame, TableSc
         raise DataError(f"data.source.path: {root} has no class sub-folders (class_name/*.png)")
     images, labels, shape = [], [], None
     for name in classes:
-        for file in sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):
+        files = (f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        for file in sorted(files):
             chw = read_image(file, source.channels)
             if shape is None:
                 shape = chw.shape
             elif chw.shape != shape:
-                raise DataError(f"data.source.path: image {file} has shape {chw.shape}, "
-                                f"the first image has {shape}; all images must share a size")
+                raise DataError(
+                    f"data.source.path: image {file} has shape {chw.shape}, "
+                    f"the first image has {shape}; all images must share a size"
+                )
             images.append(chw.astype(np.float32).ravel())
             labels.append(name)
     if not images:
         raise DataError(f"data.source.path: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     df = pl.DataFrame({IMAGE_COLUMN: np.stack(images), "target": labels}).with_columns(
-        pl.col(IMAGE_COLUMN).cast(pl.List(pl.Float32)))
-    return df, TableSchema(target="target", features=[IMAGE_COLUMN], classes=classes,
-                           image_shape=list(shape))
+        pl.col(IMAGE_COLUMN).cast(pl.List(pl.Float32))
+    )
+    return df, TableSchema(
+        target="target", features=[IMAGE_COLUMN], classes=classes, image_shape=list(shape)
+    )
 
 
 def _generate_sequences(source: SequenceSource) -> tuple[pl.DataFrame, TableSchema]:
@@ -250,15 +298,19 @@ def _generate_sequences(source: SequenceSource) -> tuple[pl.DataFrame, TableSche
         x[:, :, 1:] += np.cumsum(rng.normal(0.0, 0.1, (n, t, c - 1)), axis=1)
     features = [f"t{step:04d}_c{channel}" for step in range(t) for channel in range(c)]
     df = pl.DataFrame(x.reshape(n, t * c).astype(np.float32), schema=features).with_columns(
-        pl.Series("target", [f"freq{k + 1}" for k in labels]))
+        pl.Series("target", [f"freq{k + 1}" for k in labels])
+    )
     aux = None
     if source.aux:
-        df = df.with_columns(pl.Series("amplitude", np.where(amplitude[:, 0] > 1.0, "high",
-                                                             "low")))
+        df = df.with_columns(pl.Series("amplitude", np.where(amplitude[:, 0] > 1.0, "high", "low")))
         aux = {"amplitude": ["high", "low"]}
-    return df, TableSchema(target="target", features=features,
-                           classes=[f"freq{k + 1}" for k in range(source.classes)],
-                           feature_shape=[t, c], aux_targets=aux)
+    return df, TableSchema(
+        target="target",
+        features=features,
+        classes=[f"freq{k + 1}" for k in range(source.classes)],
+        feature_shape=[t, c],
+        aux_targets=aux,
+    )
 
 
 def _file_labels(source: FileSource) -> pl.Series:
@@ -272,9 +324,17 @@ def _folder_labels(source: ImageFolderSource) -> pl.Series:
     root = Path(source.path)
     if not root.is_dir():
         raise DataError(f"data.source.path: image folder not found: {root}")
-    return pl.Series("target", [d.name for d in sorted(root.iterdir()) if d.is_dir()
-                                for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES],
-                     pl.Utf8)
+    return pl.Series(
+        "target",
+        [
+            d.name
+            for d in sorted(root.iterdir())
+            if d.is_dir()
+            for f in d.iterdir()
+            if f.suffix.lower() in IMAGE_SUFFIXES
+        ],
+        pl.Utf8,
+    )
 
 
 @dataclass(frozen=True)

@@ -80,18 +80,16 @@ SOURCES = {
 STEPS = {
     "clean": Entry(steps.CleanParams, "trainflow.tasks.clean:clean", stateful=True),
     "split": Entry(steps.SplitParams, "trainflow.tasks.split:split"),
-    "normalize": Entry(steps.NormalizeParams, "trainflow.tasks.normalize:normalize",
-                       stateful=True),
+    "normalize": Entry(steps.NormalizeParams, "trainflow.tasks.normalize:normalize", stateful=True),
     "encode": Entry(steps.EncodeParams, "trainflow.tasks.encode:encode", stateful=True),
     "resample": Entry(steps.ResampleParams, "trainflow.tasks.resample:resample", stateful=True),
     "outliers": Entry(steps.OutliersParams, "trainflow.tasks.outliers:outliers", stateful=True),
-    "anomalies": Entry(steps.AnomaliesParams, "trainflow.tasks.anomalies:anomalies",
-                       stateful=True),
-    "subsample": Entry(steps.SubsampleParams, "trainflow.tasks.subsample:subsample",
-                       stateful=True),
+    "anomalies": Entry(steps.AnomaliesParams, "trainflow.tasks.anomalies:anomalies", stateful=True),
+    "subsample": Entry(steps.SubsampleParams, "trainflow.tasks.subsample:subsample", stateful=True),
     "smooth": Entry(steps.SmoothParams, "trainflow.tasks.smooth:smooth", stateful=True),
-    "synthesize": Entry(steps.SynthesizeParams, "trainflow.tasks.synthesize:synthesize",
-                        stateful=True),
+    "synthesize": Entry(
+        steps.SynthesizeParams, "trainflow.tasks.synthesize:synthesize", stateful=True
+    ),
 }
 MODELS = {
     "mlp": Entry(models.MLPParams, "trainflow.models.mlp:mlp"),
@@ -114,18 +112,21 @@ SCHEDULES = {
     "multi_step": Entry(schedule.MultiStepSchedule, "trainflow.engine.schedule:multi_step"),
     "exponential": Entry(schedule.ExponentialSchedule, "trainflow.engine.schedule:exponential"),
     "cosine": Entry(schedule.CosineSchedule, "trainflow.engine.schedule:cosine"),
-    "cosine_restarts": Entry(schedule.CosineRestartsSchedule,
-                             "trainflow.engine.schedule:cosine_restarts"),
+    "cosine_restarts": Entry(
+        schedule.CosineRestartsSchedule, "trainflow.engine.schedule:cosine_restarts"
+    ),
     "cyclic": Entry(schedule.CyclicSchedule, "trainflow.engine.schedule:cyclic"),
     "one_cycle": Entry(schedule.OneCycleSchedule, "trainflow.engine.schedule:one_cycle"),
     "polynomial": Entry(schedule.PolynomialSchedule, "trainflow.engine.schedule:polynomial"),
     "plateau": Entry(schedule.PlateauSchedule, "trainflow.engine.schedule:plateau"),
 }
 ENSEMBLES = {"soft_vote": Entry(after.SoftVoteParams, "trainflow.registry:soft_vote")}
-QUANTIZERS = {"dynamic_int8": Entry(after.DynamicInt8Params,
-                                    "trainflow.compress:quantize_dynamic_int8")}
-PRUNERS = {"l1_unstructured": Entry(after.L1UnstructuredParams,
-                                    "trainflow.compress:prune_l1_unstructured")}
+QUANTIZERS = {
+    "dynamic_int8": Entry(after.DynamicInt8Params, "trainflow.compress:quantize_dynamic_int8")
+}
+PRUNERS = {
+    "l1_unstructured": Entry(after.L1UnstructuredParams, "trainflow.compress:prune_l1_unstructured")
+}
 
 
 @dataclass(frozen=True)
@@ -159,21 +160,37 @@ class Task:
 # steps (STEPS) run between `expect` and `shard`, each reading its own data.steps entry.
 TASKS = {
     "ingest": Task("trainflow.tasks.ingest:ingest", (), {"source": "data.source"}, io=True),
-    "expect": Task("trainflow.tasks.expect:check_expectations", ("table",),
-                   {"expect": "data.expect"}),
+    "expect": Task(
+        "trainflow.tasks.expect:check_expectations", ("table",), {"expect": "data.expect"}
+    ),
     "shard": Task("trainflow.tasks.shard:shard", ("splits",), {"params": "data.shard"}, io=True),
-    "train": Task("trainflow.tasks.train:train_model", ("shards",),
-                  {"model": "model", "train": "train"}, trains=True),
+    "train": Task(
+        "trainflow.tasks.train:train_model",
+        ("shards",),
+        {"model": "model", "train": "train"},
+        trains=True,
+    ),
     "evaluate": Task("trainflow.tasks.evaluate:evaluate_model", ("model", "shards")),
-    "train_fold": Task("trainflow.tasks.fold:train_fold", ("splits",),
-                       {"steps": "data.post_split", "model": "model", "train": "train"},
-                       trains=True),
-    "ensemble": Task("trainflow.tasks.ensemble:ensemble_folds", ("*folds",),
-                     {"params": "ensemble"}),
-    "quantize": Task("trainflow.tasks.quantize:quantize_model", ("model", "shards"),
-                     {"params": "compress.quantize"}),
-    "prune": Task("trainflow.tasks.prune:prune_model", ("model", "shards"),
-                  {"params": "compress.prune", "train": "train"}, trains=True),
+    "train_fold": Task(
+        "trainflow.tasks.fold:train_fold",
+        ("splits",),
+        {"steps": "data.post_split", "model": "model", "train": "train"},
+        trains=True,
+    ),
+    "ensemble": Task(
+        "trainflow.tasks.ensemble:ensemble_folds", ("*folds",), {"params": "ensemble"}
+    ),
+    "quantize": Task(
+        "trainflow.tasks.quantize:quantize_model",
+        ("model", "shards"),
+        {"params": "compress.quantize"},
+    ),
+    "prune": Task(
+        "trainflow.tasks.prune:prune_model",
+        ("model", "shards"),
+        {"params": "compress.prune", "train": "train"},
+        trains=True,
+    ),
     "measure_latency": Task("trainflow.tasks.latency:measure_latency", None),
     "package": Task("trainflow.tasks.package:package_model", None),
     "promote": Task("trainflow.tasks.promote:promote_model", None),
@@ -183,8 +200,11 @@ TASKS = {
 }
 # The spec sections a task may run without (`trainflow task ensemble` on a spec with no
 # ensemble): the kind whose first entry's defaults it then takes.
-OPTIONAL_SECTIONS = {"ensemble": ENSEMBLES, "compress.quantize": QUANTIZERS,
-                     "compress.prune": PRUNERS}
+OPTIONAL_SECTIONS = {
+    "ensemble": ENSEMBLES,
+    "compress.quantize": QUANTIZERS,
+    "compress.prune": PRUNERS,
+}
 
 
 def task(name: str) -> Task | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 PACKAGES = ("trainflow", "trainflow.tasks", "trainflow.flows")
@@ -41,7 +41,7 @@ def module_files() -> dict[str, Path]:
     return files
 
 
-@lru_cache(maxsize=None)
+@cache
 def source(name: str) -> str:
     return module_files()[name].read_text(encoding="utf-8")
 
@@ -69,7 +69,7 @@ def _run_nodes(tree: ast.AST) -> list[ast.AST]:
     return nodes
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parsed(name: str) -> tuple[frozenset[str], frozenset[str]]:
     """(trainflow modules `name` imports, registry tables it reads), from its source."""
     known = module_files()
@@ -85,8 +85,11 @@ def _parsed(name: str) -> tuple[frozenset[str], frozenset[str]]:
                 imported.add(child if child in known else module)
                 if module == "trainflow.registry":
                     tables.add(alias.name)
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                and node.value.id == "registry":
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "registry"
+        ):
             tables.add(node.attr)
     return frozenset(m for m in imported if m in known and m != name), frozenset(tables)
 

@@ -42,8 +42,11 @@ def step(task: Task, spec: Any) -> Task:
     if declared is not None and declared.retry_delay_s is not None:
         delays = declared.retry_delay_s
     if retries:
-        options.update(retries=retries, retry_delay_seconds=delays,
-                       retry_condition_fn=retry_unless_deterministic)
+        options.update(
+            retries=retries,
+            retry_delay_seconds=delays,
+            retry_condition_fn=retry_unless_deterministic,
+        )
     if declared is not None and declared.timeout_s is not None:
         options["timeout_seconds"] = declared.timeout_s
     if entry.trains and reports_to_a_server():
@@ -72,14 +75,21 @@ def cv_task_runner(spec: Any):
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:  # pragma: no cover - a dependency of trainflow
-        raise TrainflowError("runner.type: dask needs the prefect-dask package "
-                             "(pip install prefect-dask)") from None
+        raise TrainflowError(
+            "runner.type: dask needs the prefect-dask package (pip install prefect-dask)"
+        ) from None
     if spec.runner.address:  # its workers need PREFECT_API_URL set where they run
         return DaskTaskRunner(address=spec.runner.address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": spec.runner.workers,
-                                          "threads_per_worker": 1, "processes": True,
-                                          "host": "127.0.0.1", "dashboard_address": None,
-                                          "env": {"PREFECT_API_URL": api_url()}})
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": spec.runner.workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": None,
+            "env": {"PREFECT_API_URL": api_url()},
+        }
+    )
 
 
 def check_runner(spec: Any, timeout: float = 5.0) -> None:
@@ -96,9 +106,11 @@ def check_runner(spec: Any, timeout: float = 5.0) -> None:
         with socket.create_connection((parsed.hostname, parsed.port or 8786), timeout=timeout):
             pass
     except (OSError, ValueError) as exc:
-        raise TrainflowError(f"runner.address: no Dask scheduler answers at {address} "
-                             f"({exc.__class__.__name__}); start one (`dask scheduler`) or "
-                             f"remove runner.address to use a local cluster") from None
+        raise TrainflowError(
+            f"runner.address: no Dask scheduler answers at {address} "
+            f"({exc.__class__.__name__}); start one (`dask scheduler`) or "
+            f"remove runner.address to use a local cluster"
+        ) from None
 
 
 def api_url() -> str:

@@ -13,8 +13,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = ["train.epochs=2", "evaluate.cv=null", "ensemble=null", "compress.quantize=null",
-         "compress.prune=null"]
+SMALL = [
+    "train.epochs=2",
+    "evaluate.cv=null",
+    "ensemble=null",
+    "compress.quantize=null",
+    "compress.prune=null",
+]
 RUN = """
 import json, sys
 from prefect.testing.utilities import prefect_test_harness
@@ -36,11 +41,21 @@ def copy_of_trainflow(folder: Path) -> Path:
 
 
 def run_copy(code: Path, work: Path) -> dict[str, list[str]]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), str(ROOT)]),
-           "PREFECT_HOME": str(work / "prefect"), "OMP_NUM_THREADS": "1",
-           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(work / "results")}
-    out = subprocess.run([sys.executable, "-c", RUN, str(work), *SMALL], env=env, cwd=work,
-                         capture_output=True, text=True, timeout=900)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(code), str(ROOT)]),
+        "PREFECT_HOME": str(work / "prefect"),
+        "OMP_NUM_THREADS": "1",
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(work / "results"),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", RUN, str(work), *SMALL],
+        env=env,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(line for line in out.stdout.splitlines() if line.startswith("STATES "))
     return json.loads(line.removeprefix("STATES "))
@@ -53,9 +68,13 @@ def edit(path: Path) -> None:
 def test_editing_a_data_step_keeps_training_cached_editing_the_loop_does_not(tmp_path):
     code = tmp_path / "code"
     package = copy_of_trainflow(code)
-    probe = subprocess.run([sys.executable, "-c", "import trainflow.tasks.clean as m; "
-                            "print(m.__file__)"], capture_output=True, text=True,
-                           env={**os.environ, "PYTHONPATH": str(code)}, check=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import trainflow.tasks.clean as m; print(m.__file__)"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(code)},
+        check=True,
+    )
     assert probe.stdout.strip().startswith(str(package))  # the copy is what runs
 
     first = run_copy(code, tmp_path)

@@ -4,18 +4,28 @@ The graph is read from the source of every module under src/trainflow, flows/ an
 (imports inside functions count; `if TYPE_CHECKING:` blocks, which never run, do not).
 """
 
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from trainflow.sourcegraph import imports, module_files
 
+ROOT = Path(__file__).resolve().parents[2]
 MODULES = sorted(module_files())
 # What a user's `trainflow validate` must never load.
-HEAVY = ("torch", "prefect", "sklearn", "imblearn", "polars", "pyarrow", "numpy",
-         "albumentations", "webdataset")
+HEAVY = (
+    "torch",
+    "prefect",
+    "sklearn",
+    "imblearn",
+    "polars",
+    "pyarrow",
+    "numpy",
+    "albumentations",
+    "webdataset",
+)
 # The entry points: they start flows, so they may import them.
 ENTRY_POINTS = {"trainflow.cli", "trainflow.runtime"}
 
@@ -102,12 +112,15 @@ def test_cycles_finds_a_deferred_circle():
 def test_validating_a_spec_loads_nothing_heavy(tmp_path):
     """`import trainflow.spec` and `trainflow validate`, each in a fresh process, load none
     of torch, Prefect, scikit-learn, imbalanced-learn, polars (measured, not read)."""
-    probe = ("import sys\n"
-             "import trainflow.spec, trainflow.spec.pipeline, trainflow.registry\n"
-             "from trainflow.cli import main\n"
-             f"code = main(['validate', {str(os.path.abspath('pipelines/credit_smote_mlp.yaml'))!r}])\n"
-             f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120)
+    probe = (
+        "import sys\n"
+        "import trainflow.spec, trainflow.spec.pipeline, trainflow.registry\n"
+        "from trainflow.cli import main\n"
+        f"code = main(['validate', {str(ROOT / 'pipelines' / 'credit_smote_mlp.yaml')!r}])\n"
+        f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("0 []"), out.stdout

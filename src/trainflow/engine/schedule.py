@@ -33,8 +33,7 @@ def multi_step(spec: s.MultiStepSchedule, optimizer, lr, per_epoch, steps) -> lr
     return lrs.MultiStepLR(optimizer, [m * per_epoch for m in spec.milestones], spec.gamma)
 
 
-def exponential(spec: s.ExponentialSchedule, optimizer, lr, per_epoch,
-                steps) -> lrs.LRScheduler:
+def exponential(spec: s.ExponentialSchedule, optimizer, lr, per_epoch, steps) -> lrs.LRScheduler:
     return lrs.ExponentialLR(optimizer, spec.gamma ** (1 / per_epoch))  # per epoch, spread
 
 
@@ -42,37 +41,50 @@ def cosine(spec: s.CosineSchedule, optimizer, lr, per_epoch, steps) -> lrs.LRSch
     return lrs.CosineAnnealingLR(optimizer, max(steps, 1), spec.min_lr)
 
 
-def cosine_restarts(spec: s.CosineRestartsSchedule, optimizer, lr, per_epoch,
-                    steps) -> lrs.LRScheduler:
-    return lrs.CosineAnnealingWarmRestarts(optimizer, spec.period_epochs * per_epoch,
-                                           spec.period_mult, spec.min_lr)
+def cosine_restarts(
+    spec: s.CosineRestartsSchedule, optimizer, lr, per_epoch, steps
+) -> lrs.LRScheduler:
+    return lrs.CosineAnnealingWarmRestarts(
+        optimizer, spec.period_epochs * per_epoch, spec.period_mult, spec.min_lr
+    )
 
 
 def cyclic(spec: s.CyclicSchedule, optimizer, lr, per_epoch, steps) -> lrs.LRScheduler:
-    return lrs.CyclicLR(optimizer, spec.base_lr, lr, spec.half_cycle_steps, mode=spec.mode,
-                        cycle_momentum=False)
+    return lrs.CyclicLR(
+        optimizer, spec.base_lr, lr, spec.half_cycle_steps, mode=spec.mode, cycle_momentum=False
+    )
 
 
 def one_cycle(spec: s.OneCycleSchedule, optimizer, lr, per_epoch, steps) -> lrs.LRScheduler:
-    return lrs.OneCycleLR(optimizer, lr, total_steps=max(steps, 1), pct_start=spec.pct_start,
-                          div_factor=spec.div_factor, final_div_factor=spec.final_div_factor,
-                          cycle_momentum=False)
+    return lrs.OneCycleLR(
+        optimizer,
+        lr,
+        total_steps=max(steps, 1),
+        pct_start=spec.pct_start,
+        div_factor=spec.div_factor,
+        final_div_factor=spec.final_div_factor,
+        cycle_momentum=False,
+    )
 
 
-def polynomial(spec: s.PolynomialSchedule, optimizer, lr, per_epoch,
-               steps) -> lrs.LRScheduler:
+def polynomial(spec: s.PolynomialSchedule, optimizer, lr, per_epoch, steps) -> lrs.LRScheduler:
     return lrs.PolynomialLR(optimizer, max(steps, 1), spec.power)
 
 
-def plateau(spec: s.PlateauSchedule, optimizer, lr, per_epoch,
-            steps) -> lrs.ReduceLROnPlateau:
+def plateau(spec: s.PlateauSchedule, optimizer, lr, per_epoch, steps) -> lrs.ReduceLROnPlateau:
     """Stepped once per epoch on the monitored value (`per_epoch` on its params)."""
-    return lrs.ReduceLROnPlateau(optimizer, "min" if spec.monitor == "val_loss" else "max",
-                                 spec.factor, spec.patience, min_lr=spec.min_lr)
+    return lrs.ReduceLROnPlateau(
+        optimizer,
+        "min" if spec.monitor == "val_loss" else "max",
+        spec.factor,
+        spec.patience,
+        min_lr=spec.min_lr,
+    )
 
 
-def build(spec, optimizer: torch.optim.Optimizer, lr: float, steps_per_epoch: int,
-          total_steps: int) -> tuple[lrs.LRScheduler | None, lrs.ReduceLROnPlateau | None]:
+def build(
+    spec, optimizer: torch.optim.Optimizer, lr: float, steps_per_epoch: int, total_steps: int
+) -> tuple[lrs.LRScheduler | None, lrs.ReduceLROnPlateau | None]:
     """(per-step scheduler, per-epoch plateau scheduler); either may be None.
 
     Warmup multiplies the learning rate from start_factor up to 1 over its steps, then hands
@@ -84,13 +96,17 @@ def build(spec, optimizer: torch.optim.Optimizer, lr: float, steps_per_epoch: in
     if warm >= total_steps:
         raise TrainflowError(
             f"train.schedule.warmup lasts {warm} optimizer steps but training has only "
-            f"{total_steps} ({steps_per_epoch} per epoch): shorten the warmup or train longer")
+            f"{total_steps} ({steps_per_epoch} per epoch): shorten the warmup or train longer"
+        )
     build_main: Builder = registry.SCHEDULES[spec.type].impl
-    per_epoch = (build_main(spec, optimizer, lr, steps_per_epoch, total_steps)
-                 if spec.per_epoch else None)
+    per_epoch = (
+        build_main(spec, optimizer, lr, steps_per_epoch, total_steps) if spec.per_epoch else None
+    )
     if not warm:
-        return (None if per_epoch else build_main(spec, optimizer, lr, steps_per_epoch,
-                                                  total_steps), per_epoch)
+        return (
+            None if per_epoch else build_main(spec, optimizer, lr, steps_per_epoch, total_steps),
+            per_epoch,
+        )
     start = spec.warmup.start_factor
     if spec.warmup.mode == "linear":
         ramp = lrs.LinearLR(optimizer, start, 1.0, total_iters=warm)

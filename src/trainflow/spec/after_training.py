@@ -18,9 +18,15 @@ class CVSpec(Section):
 
 class EvaluateSpec(Section):
     metrics: list[Metric] = Field(
-        default_factory=lambda: ["accuracy", "balanced_accuracy", "precision_macro",
-                                 "recall_macro", "f1_macro"],
-        min_length=1)
+        default_factory=lambda: [
+            "accuracy",
+            "balanced_accuracy",
+            "precision_macro",
+            "recall_macro",
+            "f1_macro",
+        ],
+        min_length=1,
+    )
     cv: CVSpec | None = None
 
 
@@ -50,15 +56,20 @@ class MlflowSpec(Section):
     """Log each run to MLflow (the `trainflow[mlflow]` extra): params, metrics, report,
     plots, and the model package as a registered model (see trainflow.mlflow_log)."""
 
-    tracking_uri: str = Field(min_length=1, description="An MLflow tracking URI: "
-                              "http://host:5000, sqlite:///path/mlflow.db, databricks, ...")
-    experiment: str | None = Field(None, min_length=1,
-                                   description="Default: the pipeline's name")
+    tracking_uri: str = Field(
+        min_length=1,
+        description="An MLflow tracking URI: "
+        "http://host:5000, sqlite:///path/mlflow.db, databricks, ...",
+    )
+    experiment: str | None = Field(None, min_length=1, description="Default: the pipeline's name")
 
 
 class OutputsSpec(Section):
-    store: str = Field(".trainflow", description="A folder trainflow creates and marks as its "
-                       "store (an existing one must be empty or a trainflow store)")
+    store: str = Field(
+        ".trainflow",
+        description="A folder trainflow creates and marks as its "
+        "store (an existing one must be empty or a trainflow store)",
+    )
     runs: str = "runs"
     mlflow: MlflowSpec | None = None
 
@@ -73,7 +84,9 @@ class OutputsSpec(Section):
         root = expanded.strip("/") == ""
         if root or expanded == os.path.normpath(os.path.expanduser("~")):
             where = "the filesystem root" if root else "your home folder"
-            raise ValueError(f"{store!r} is {where};"
-                             " trainflow keeps its artifacts in a folder of its own: use a new "
-                             "folder such as .trainflow (the default)")
+            raise ValueError(
+                f"{store!r} is {where};"
+                " trainflow keeps its artifacts in a folder of its own: use a new "
+                "folder such as .trainflow (the default)"
+            )
         return store

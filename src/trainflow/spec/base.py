@@ -14,5 +14,6 @@ class Section(BaseModel):
     # (or no bound) and only fails, or never ends, once work has started.
     # defer_build: a model's validator is built when first used, not when its module is
     # imported, so `trainflow validate` builds the models of one spec once (issue 15).
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True,
-                              allow_inf_nan=False, defer_build=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=True, allow_inf_nan=False, defer_build=True
+    )

@@ -18,7 +18,8 @@ class ExpectSpec(Section):
     columns: list[str] = Field(default_factory=list, description="Columns that must exist")
     dtypes: dict[str, Kind] = Field(default_factory=dict)
     ranges: dict[str, tuple[float | None, float | None]] = Field(
-        default_factory=dict, description="Inclusive [min, max] per numeric column; null: open")
+        default_factory=dict, description="Inclusive [min, max] per numeric column; null: open"
+    )
     not_null: list[str] = Field(default_factory=list, description="Columns without missing values")
     label_not_null: bool = False
     classes: list[str] | None = Field(None, description="The only labels allowed")
@@ -35,6 +36,7 @@ class ExpandSpec(Section):
 class ShardParams(Section):
     max_samples: int = Field(10_000, ge=1, description="Samples per tar shard")
     per_record: int | Literal["auto"] = Field(
-        "auto", description="Samples packed into one tar record; auto: about 1 MiB each")
+        "auto", description="Samples packed into one tar record; auto: about 1 MiB each"
+    )
     max_bytes: int | None = Field(None, ge=1024, description="Bytes per tar shard (about)")
     expand: ExpandSpec | None = None

@@ -24,8 +24,10 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
 
     def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark):
         self.key = key
-        super().__init__(problem=f"duplicate key {key!r} (first at line {first.line + 1}): "
-                                 "keep one of them", problem_mark=again)
+        super().__init__(
+            problem=f"duplicate key {key!r} (first at line {first.line + 1}): keep one of them",
+            problem_mark=again,
+        )
 
 
 class _Loader(yaml.SafeLoader):
@@ -55,8 +57,7 @@ def parse_yaml(text: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ValueError(f"{where}invalid YAML: {getattr(exc, 'problem', None) or exc}") \
-            from None
+        raise ValueError(f"{where}invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
     except RecursionError:
         raise ValueError(f"invalid YAML: nested more than {MAX_DEPTH} levels deep") from None
     check_size(value)
@@ -70,8 +71,10 @@ def check_size(value: Any) -> None:
         node, depth = stack.pop()
         count += 1
         if count > MAX_VALUES:
-            raise ValueError(f"more than {MAX_VALUES} values (aliases counted as copies): a "
-                             "spec is a page of settings")
+            raise ValueError(
+                f"more than {MAX_VALUES} values (aliases counted as copies): a "
+                "spec is a page of settings"
+            )
         if depth > MAX_DEPTH and isinstance(node, (dict, list)):
             raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
         if isinstance(node, dict):
@@ -84,36 +87,60 @@ def load_raw(path: str | Path) -> dict:
     """The mapping a spec file holds (empty file: {}); SpecError naming what is wrong."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(str(path), [("(file)", "spec file not found" if not path.exists()
-                                     else "not a file: give the path of a .yaml spec")])
+        raise SpecError(
+            str(path),
+            [
+                (
+                    "(file)",
+                    "spec file not found"
+                    if not path.exists()
+                    else "not a file: give the path of a .yaml spec",
+                )
+            ],
+        )
     try:
         size = path.stat().st_size
         if size > MAX_BYTES:
-            raise SpecError(str(path), [("(file)", f"{size:,} bytes: a spec is at most "
-                                                   f"{MAX_BYTES:,} bytes of YAML")])
+            raise SpecError(
+                str(path),
+                [("(file)", f"{size:,} bytes: a spec is at most {MAX_BYTES:,} bytes of YAML")],
+            )
         data = path.read_bytes()
     except OSError as exc:
-        raise SpecError(str(path), [("(file)", f"cannot read it ({exc.strerror or exc})")]) \
-            from None
+        raise SpecError(
+            str(path), [("(file)", f"cannot read it ({exc.strerror or exc})")]
+        ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError(str(path), [("(file)", f"not UTF-8 text (byte {exc.start}): a spec is "
-                                               "a YAML text file")]) from None
+        raise SpecError(
+            str(path),
+            [("(file)", f"not UTF-8 text (byte {exc.start}): a spec is a YAML text file")],
+        ) from None
     try:
         raw = parse_yaml(text)
     except ValueError as exc:
-        where, _, why = str(exc).partition(": ") if str(exc).startswith("line") \
-            else ("(file)", "", str(exc))
+        where, _, why = (
+            str(exc).partition(": ") if str(exc).startswith("line") else ("(file)", "", str(exc))
+        )
         raise SpecError(str(path), [(where, why)]) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise SpecError(str(path), [("(top level)", f"expected a mapping of sections (name: "
-                                     f"..., data: ..., model: ...), got a {_kind(raw)}")])
+        raise SpecError(
+            str(path),
+            [
+                (
+                    "(top level)",
+                    f"expected a mapping of sections (name: "
+                    f"..., data: ..., model: ...), got a {_kind(raw)}",
+                )
+            ],
+        )
     return raw
 
 
 def _kind(value: Any) -> str:
-    return {list: "list", str: "string", int: "number", float: "number",
-            bool: "boolean"}.get(type(value), type(value).__name__)
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )

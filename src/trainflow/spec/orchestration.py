@@ -29,10 +29,13 @@ class RunnerSpec(Section):
     def _address_needs_dask(self):
         if self.address is not None and self.type != "dask":
             raise ValueError("address is a Dask scheduler address: set type: dask or remove it")
-        if self.address is not None and not self.address.startswith(("tcp://", "tls://",
-                                                                      "ucx://", "inproc://")):
-            raise ValueError(f"address must be a Dask scheduler URL (tcp://host:port, tls://...),"
-                             f" got {self.address!r}")
+        if self.address is not None and not self.address.startswith(
+            ("tcp://", "tls://", "ucx://", "inproc://")
+        ):
+            raise ValueError(
+                f"address must be a Dask scheduler URL (tcp://host:port, tls://...),"
+                f" got {self.address!r}"
+            )
         return self
 
 
@@ -40,10 +43,15 @@ class StepOrchestration(Section):
     """Prefect options of one step: a timeout, and retries (only I/O errors are retried)."""
 
     timeout_s: float | None = Field(None, gt=0, description="Fail the step after this long")
-    retries: int | None = Field(None, ge=0, le=20, description="Default: 2 for ingest and "
-                                "shard (reading and writing files), 0 for the others")
-    retry_delay_s: list[float] | None = Field(None, min_length=1,
-                                              description="Seconds before each retry")
+    retries: int | None = Field(
+        None,
+        ge=0,
+        le=20,
+        description="Default: 2 for ingest and shard (reading and writing files), 0 for the others",
+    )
+    retry_delay_s: list[float] | None = Field(
+        None, min_length=1, description="Seconds before each retry"
+    )
 
     @field_validator("retry_delay_s")
     @classmethod
@@ -55,19 +63,24 @@ class StepOrchestration(Section):
 
 class OrchestrationSpec(Section):
     steps: dict[str, StepOrchestration] = Field(
-        default_factory=dict, description="Task name -> timeout/retries, e.g. {train: "
-        "{timeout_s: 3600}}")
+        default_factory=dict,
+        description="Task name -> timeout/retries, e.g. {train: {timeout_s: 3600}}",
+    )
     device_tag: str = Field(
-        "trainflow-device", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+        "trainflow-device",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
         description="Tag on the training tasks; `trainflow serve --max-trainings N` limits how "
-        "many tasks with this tag run at once")
+        "many tasks with this tag run at once",
+    )
 
     @field_validator("steps")
     @classmethod
     def _known_steps(cls, value):
         unknown = [name for name in value if name not in TASK_NAMES]
         if unknown:
-            raise ValueError(f"unknown step(s) {', '.join(map(repr, unknown))}"
-                             f"{did_you_mean(unknown[0], TASK_NAMES)} (steps: "
-                             f"{', '.join(TASK_NAMES)})")
+            raise ValueError(
+                f"unknown step(s) {', '.join(map(repr, unknown))}"
+                f"{did_you_mean(unknown[0], TASK_NAMES)} (steps: "
+                f"{', '.join(TASK_NAMES)})"
+            )
         return value

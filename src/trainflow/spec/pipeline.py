@@ -14,12 +14,12 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from trainflow import registry
 from trainflow.errors import SpecError, did_you_mean
-from trainflow.spec.base import Section
-from trainflow.spec.loading import load_raw, parse_yaml
 from trainflow.spec.after_training import EvaluateSpec, OutputsSpec
+from trainflow.spec.base import Section
+from trainflow.spec.data import ExpectSpec, ShardParams
+from trainflow.spec.loading import load_raw, parse_yaml
 from trainflow.spec.orchestration import OrchestrationSpec, RunnerSpec
 from trainflow.spec.promote import PromoteSpec
-from trainflow.spec.data import ExpectSpec, ShardParams
 from trainflow.spec.train import TrainSpec
 
 Source = registry.union(registry.SOURCES)
@@ -41,11 +41,15 @@ class DataSpec(Section):
         splits = [i for i, step in enumerate(self.steps) if step.type == "split"]
         if len(splits) != 1:
             raise ValueError(f"steps must contain exactly one `split` step (found {len(splits)})")
-        early = [f"steps.{i} ({step.type})" for i, step in enumerate(self.steps[:splits[0]])
-                 if getattr(step, "requires_split", False)]
+        early = [
+            f"steps.{i} ({step.type})"
+            for i, step in enumerate(self.steps[: splits[0]])
+            if getattr(step, "requires_split", False)
+        ]
         if early:
-            raise ValueError(f"{', '.join(early)} change(s) the training part only and must "
-                             "come after `split`")
+            raise ValueError(
+                f"{', '.join(early)} change(s) the training part only and must come after `split`"
+            )
         return self
 
     @property
@@ -54,7 +58,7 @@ class DataSpec(Section):
 
     @property
     def pre_split(self) -> list:
-        return self.steps[:self.split_index]
+        return self.steps[: self.split_index]
 
     @property
     def split(self):
@@ -62,7 +66,7 @@ class DataSpec(Section):
 
     @property
     def post_split(self) -> list:
-        return self.steps[self.split_index + 1:]
+        return self.steps[self.split_index + 1 :]
 
 
 class CompressSpec(Section):
@@ -87,8 +91,10 @@ class PipelineSpec(Section):
     @model_validator(mode="after")
     def _ensemble_needs_folds(self):
         if self.ensemble is not None and self.evaluate.cv is None:
-            raise ValueError("ensemble combines the cross-validation fold models: set "
-                             "evaluate.cv.folds or remove ensemble")
+            raise ValueError(
+                "ensemble combines the cross-validation fold models: set "
+                "evaluate.cv.folds or remove ensemble"
+            )
         return self
 
     def fingerprint(self) -> str:
@@ -96,6 +102,7 @@ class PipelineSpec(Section):
 
 
 # ---- overrides -------------------------------------------------------------------------------
+
 
 def parse_key_path(text: str) -> list[str]:
     """The keys of a `dotted.path` (ValueError for an empty one or an empty segment).
@@ -108,8 +115,10 @@ def parse_key_path(text: str) -> list[str]:
     if keys == [""]:
         raise ValueError("empty key path: write key.path=value")
     if "" in keys:
-        raise ValueError(f"empty segment in key path {text.strip()!r}: write keys with one dot "
-                         "between them, e.g. train.lr=3e-4")
+        raise ValueError(
+            f"empty segment in key path {text.strip()!r}: write keys with one dot "
+            "between them, e.g. train.lr=3e-4"
+        )
     return keys
 
 
@@ -135,7 +144,7 @@ def apply_override(raw: dict, assignment: str) -> None:
     node: Any = raw
     for depth, key in enumerate(keys):
         last = depth == len(keys) - 1
-        where = ".".join(keys[:depth + 1])
+        where = ".".join(keys[: depth + 1])
         if isinstance(node, list):
             if not key.isdecimal() or int(key) >= len(node):
                 raise SpecError("--set", [(where, f"no list item {key!r} (list has {len(node)})")])
@@ -173,8 +182,11 @@ def _unwrap(annotation: Any) -> list[Any]:
 
 def _tagged(models: list[type[BaseModel]], tag: Any) -> list[type[BaseModel]]:
     """The models whose `type` literal admits `tag` (a discriminated union's member)."""
-    return [m for m in models if "type" in m.model_fields
-            and repr(str(tag)) in str(m.model_fields["type"].annotation)]
+    return [
+        m
+        for m in models
+        if "type" in m.model_fields and repr(str(tag)) in str(m.model_fields["type"].annotation)
+    ]
 
 
 def _yaml_path_and_model(raw: Any, loc: tuple) -> tuple[str, type[BaseModel] | None]:
@@ -186,9 +198,17 @@ def _yaml_path_and_model(raw: Any, loc: tuple) -> tuple[str, type[BaseModel] | N
             models = _tagged(models, item)
             continue
         # The branch of a plain union (`int | list[int]`): not a key, yet the error is inside.
-        if isinstance(item, str) and node is not None and (
-                not isinstance(node, dict) or (item not in node and (
-                    i < len(loc) - 1 or BRANCH.search(item) or item in SCALARS))):
+        if (
+            isinstance(item, str)
+            and node is not None
+            and (
+                not isinstance(node, dict)
+                or (
+                    item not in node
+                    and (i < len(loc) - 1 or BRANCH.search(item) or item in SCALARS)
+                )
+            )
+        ):
             continue
         parts.append(str(item))
         if isinstance(item, str):
@@ -208,7 +228,7 @@ def _has(node: Any, item: Any) -> bool:
 
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _quoted(text: Any) -> list[str]:
@@ -257,9 +277,9 @@ def resolve_data_paths(raw: dict, base: Path) -> None:
     """A relative `data.source.path` in a spec file is relative to that file's folder."""
     data = raw.get("data")
     source = data.get("source") if isinstance(data, dict) else None
-    if isinstance(source, dict) and isinstance(source.get("path"), str):
-        if not Path(source["path"]).is_absolute():
-            source["path"] = str(base / source["path"])
+    path = source.get("path") if isinstance(source, dict) else None
+    if isinstance(path, str) and not Path(path).is_absolute():
+        source["path"] = str(base / path)
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineSpec:

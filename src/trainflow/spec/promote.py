@@ -10,8 +10,9 @@ from trainflow.spec.base import Section
 
 # The figures both models are scored by on the challenger's test split (trainflow.champion):
 # the evaluate metrics, and the log loss of the class probabilities.
-PromoteMetric = Literal["accuracy", "balanced_accuracy", "precision_macro", "recall_macro",
-                        "f1_macro", "log_loss"]
+PromoteMetric = Literal[
+    "accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "log_loss"
+]
 LOWER_IS_BETTER = frozenset({"log_loss"})
 
 
@@ -21,5 +22,6 @@ class PromoteSpec(Section):
     for log_loss, lower). The first run of a pipeline always becomes its champion."""
 
     metric: PromoteMetric = "f1_macro"
-    min_delta: float = Field(0.0, ge=0.0, le=1e6,
-                             description="how much better the challenger must be (strictly)")
+    min_delta: float = Field(
+        0.0, ge=0.0, le=1e6, description="how much better the challenger must be (strictly)"
+    )

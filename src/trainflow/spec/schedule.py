@@ -46,7 +46,8 @@ class StepSchedule(_Schedule):
 class MultiStepSchedule(_Schedule):
     type: Literal["multi_step"]
     milestones: list[Annotated[int, Field(gt=0, le=MAX_EPOCHS)]] = Field(
-        min_length=1, max_length=1000, description="epochs")
+        min_length=1, max_length=1000, description="epochs"
+    )
     gamma: float = Field(0.1, gt=0, le=1)
 
 

@@ -26,13 +26,12 @@ def free_text(annotation: Any, seen: frozenset = frozenset()) -> bool:
     if origin is Literal:  # a fixed set of choices
         return False
     if origin in (typing.Union, types.UnionType, list, tuple, set, frozenset, dict):
-        return any(free_text(arg, seen) for arg in typing.get_args(annotation)
-                   if arg is not Ellipsis)
+        return any(
+            free_text(arg, seen) for arg in typing.get_args(annotation) if arg is not Ellipsis
+        )
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation not in seen and _model_free_text(annotation, seen)
-    if annotation in SAFE_SCALARS:
-        return False
-    return True  # str, bytes, Path, Any and every type not known to be safe
+    return annotation not in SAFE_SCALARS  # str, bytes, Path, Any, every type not known safe
 
 
 def _model_free_text(model: type[BaseModel], seen: frozenset) -> bool:
@@ -76,7 +75,9 @@ def refusal(keys: list[str], root: type[BaseModel]) -> str | None:
             return None
         annotations = found
     if any(free_text(a) for a in annotations):
-        return (f"{'.'.join(keys)} cannot be set from a run's parameters: it is or holds "
-                "free text (a path, an address, a name), which stays as the spec file on "
-                "the worker says; the UI sets numbers, switches and choices only")
+        return (
+            f"{'.'.join(keys)} cannot be set from a run's parameters: it is or holds "
+            "free text (a path, an address, a name), which stays as the spec file on "
+            "the worker says; the UI sets numbers, switches and choices only"
+        )
     return None

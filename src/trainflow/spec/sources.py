@@ -1,4 +1,4 @@
-"""Data sources (`data.source`), one params model per source `type`; readers live in tasks/ingest.py.
+"""Data sources (`data.source`), one params model per `type`; readers in trainflow/readers.py.
 
 A source names the files it reads in `content_paths()`, so that the cache key of ingest
 covers their bytes (trainflow.caching hashes them) and an edited file is never served.
@@ -13,8 +13,19 @@ from pydantic import Field, model_validator
 
 from trainflow.spec.base import Section
 
-DType = Literal["float32", "float64", "int8", "int16", "int32", "int64", "bool", "str",
-                "category", "date", "datetime"]
+DType = Literal[
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "bool",
+    "str",
+    "category",
+    "date",
+    "datetime",
+]
 # Encodings whose newline, comma and quote are the ASCII bytes (the line scan reads bytes).
 Encoding = Literal["utf-8", "latin-1", "cp1252", "iso-8859-15"]
 
@@ -36,22 +47,36 @@ class FileSource(Section):
     path: str
     target: str
     columns: dict[str, DType] | None = Field(
-        None, description="Declared schema: column -> type; only these columns are read")
+        None, description="Declared schema: column -> type; only these columns are read"
+    )
     features: list[str] | None = Field(None, description="Feature columns; default all but target")
     keep_columns: list[str] = Field(
-        default_factory=list, description="Columns carried along but not used as features "
-        "(group ids or timestamps for `split`)")
+        default_factory=list,
+        description="Columns carried along but not used as features "
+        "(group ids or timestamps for `split`)",
+    )
     weight_column: str | None = Field(
-        None, description="A column of per-row loss weights (numbers >= 0), carried through to "
-        "the training loss; not a feature")
+        None,
+        description="A column of per-row loss weights (numbers >= 0), carried through to "
+        "the training loss; not a feature",
+    )
     aux_targets: list[str] = Field(
-        default_factory=list, description="Further target columns, each learned by its own "
-        "head over the shared model (multi-task learning); not features")
-    encoding: Encoding = Field("utf-8", description="The CSV file's text encoding (others "
-                               "than UTF-8 are read through a UTF-8 copy)")
+        default_factory=list,
+        description="Further target columns, each learned by its own "
+        "head over the shared model (multi-task learning); not features",
+    )
+    encoding: Encoding = Field(
+        "utf-8",
+        description="The CSV file's text encoding (others "
+        "than UTF-8 are read through a UTF-8 copy)",
+    )
     max_line_bytes: int = Field(
-        8 * 2**20, ge=1024, le=2**30, description="The longest line a CSV file may have: a "
-        "longer one (no newlines, an unclosed quote) is refused before the file is read")
+        8 * 2**20,
+        ge=1024,
+        le=2**30,
+        description="The longest line a CSV file may have: a "
+        "longer one (no newlines, an unclosed quote) is refused before the file is read",
+    )
 
     @model_validator(mode="after")
     def _csv_only(self):
@@ -86,5 +111,8 @@ class SequenceSource(Section):
     classes: int = Field(3, ge=2, le=16)
     noise: float = Field(0.5, ge=0)
     seed: int = 0
-    aux: bool = Field(False, description="add an auxiliary target `amplitude` (low/high: "
-                      "the sine's amplitude below or above 1), for multi-task learning")
+    aux: bool = Field(
+        False,
+        description="add an auxiliary target `amplitude` (low/high: "
+        "the sine's amplitude below or above 1), for multi-task learning",
+    )

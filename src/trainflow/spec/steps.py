@@ -20,18 +20,26 @@ from trainflow.spec.base import Section
 # classes' signatures).
 SAMPLERS = {
     "smote": ("imblearn.over_sampling:SMOTE", ("k_neighbors",)),
-    "smotenc": ("imblearn.over_sampling:SMOTENC",
-                ("categorical_features", "categorical_encoder", "k_neighbors")),
-    "borderline_smote": ("imblearn.over_sampling:BorderlineSMOTE",
-                         ("k_neighbors", "m_neighbors", "kind")),
+    "smotenc": (
+        "imblearn.over_sampling:SMOTENC",
+        ("categorical_features", "categorical_encoder", "k_neighbors"),
+    ),
+    "borderline_smote": (
+        "imblearn.over_sampling:BorderlineSMOTE",
+        ("k_neighbors", "m_neighbors", "kind"),
+    ),
     "adasyn": ("imblearn.over_sampling:ADASYN", ("n_neighbors",)),
     "random_over": ("imblearn.over_sampling:RandomOverSampler", ("shrinkage",)),
     "random_under": ("imblearn.under_sampling:RandomUnderSampler", ("replacement",)),
-    "near_miss": ("imblearn.under_sampling:NearMiss",
-                  ("version", "n_neighbors", "n_neighbors_ver3", "n_jobs")),
+    "near_miss": (
+        "imblearn.under_sampling:NearMiss",
+        ("version", "n_neighbors", "n_neighbors_ver3", "n_jobs"),
+    ),
     "tomek_links": ("imblearn.under_sampling:TomekLinks", ("n_jobs",)),
-    "edited_nearest_neighbours": ("imblearn.under_sampling:EditedNearestNeighbours",
-                                  ("n_neighbors", "kind_sel", "n_jobs")),
+    "edited_nearest_neighbours": (
+        "imblearn.under_sampling:EditedNearestNeighbours",
+        ("n_neighbors", "kind_sel", "n_jobs"),
+    ),
     "smote_tomek": ("imblearn.combine:SMOTETomek", ("smote", "tomek", "n_jobs")),
     "smote_enn": ("imblearn.combine:SMOTEENN", ("smote", "enn", "n_jobs")),
 }
@@ -63,9 +71,11 @@ class CleanParams(Section):
 
     type: Literal["clean"]
     drop_duplicates: bool | list[str] = Field(
-        True, description="true: identical rows; a list: rows sharing these key columns")
-    missing: Literal["drop", "mean", "median", "mode", "constant", "forward_fill",
-                     "backward_fill", "keep"] = "drop"
+        True, description="true: identical rows; a list: rows sharing these key columns"
+    )
+    missing: Literal[
+        "drop", "mean", "median", "mode", "constant", "forward_fill", "backward_fill", "keep"
+    ] = "drop"
     fill_value: float | None = None
     drop_missing_label: bool = True
 
@@ -94,8 +104,10 @@ class SplitParams(Section):
     @model_validator(mode="after")
     def _consistent(self):
         if self.validation + self.test >= 0.9:
-            raise ValueError(f"validation + test = {self.validation + self.test:g} leaves "
-                             "less than 10% for training; lower them")
+            raise ValueError(
+                f"validation + test = {self.validation + self.test:g} leaves "
+                "less than 10% for training; lower them"
+            )
         if (self.strategy == "group") != (self.group_column is not None):
             raise ValueError("group_column is required by strategy: group, and only by it")
         if (self.strategy == "time") != (self.time_column is not None):
@@ -128,7 +140,8 @@ class EncodeParams(Section):
     method: Literal["one_hot", "ordinal"] = "one_hot"
     columns: list[str] | None = None
     unknown: Literal["ignore", "error"] = Field(
-        "ignore", description="a category not seen when fitting: encode as unknown, or fail")
+        "ignore", description="a category not seen when fitting: encode as unknown, or fail"
+    )
 
 
 class ResampleParams(Section):
@@ -153,11 +166,14 @@ class ResampleParams(Section):
         unknown = sorted(set(self.options) - accepted - set(RESERVED))
         reserved = sorted(set(RESERVED) & set(self.options))
         if unknown:
-            raise ValueError(f"{self.method} has no option(s) {unknown}; it takes "
-                             f"{sorted(accepted)}")
+            raise ValueError(
+                f"{self.method} has no option(s) {unknown}; it takes {sorted(accepted)}"
+            )
         if reserved:
-            raise ValueError(f"options {reserved}: set sampling_strategy above; random_state "
-                             "is the pipeline seed")
+            raise ValueError(
+                f"options {reserved}: set sampling_strategy above; random_state "
+                "is the pipeline seed"
+            )
         return self
 
 
