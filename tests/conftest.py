@@ -28,12 +28,23 @@ PIPELINES = sorted((ROOT / "pipelines").glob("*.yaml"))
 _ENGINES = {"prefect_engine", "prefect_server", "served", "package_run"}
 
 
+# Under pytest-xdist (`-n auto --dist loadgroup`, as .ci/run runs), a file's tests run on one
+# worker, so its module fixtures are built once; and the tests that share one of these costly
+# session fixtures run on one worker, so it starts once: the e2e server, the package runs.
+_GROUPS = {"prefect_server": "server", "served": "server", "package_run": "package_run"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects and xdist reads the groups
 def pytest_collection_modifyitems(items):
     """Mark `slow` every test that runs flows (`pytest -m "not slow"` is the fast run); the
     other slow ones (CLI subprocesses, long training) carry `@pytest.mark.slow` themselves."""
     for item in items:
-        if _ENGINES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if _ENGINES & fixtures:
             item.add_marker(pytest.mark.slow)
+        shared = sorted(_GROUPS[name] for name in fixtures & _GROUPS.keys())
+        group = shared[0] if shared else item.nodeid.split("::")[0]  # else the test's file
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,7 @@ def refused(result) -> str:
     return result.stderr
 
 
+@pytest.mark.slow
 def test_1e12_epochs_and_a_layer_of_1e11_units_are_refused_by_validation(refusals):
     message = refused(refusals[0]["fields"])
     assert "train.epochs: Input should be less than or equal to 100000 " \
@@ -58,6 +59,7 @@ def test_1e12_epochs_and_a_layer_of_1e11_units_are_refused_by_validation(refusal
            "(got 100000000000)" in message
 
 
+@pytest.mark.slow
 def test_a_model_too_big_for_the_machine_is_refused_before_any_task(refusals):
     done, store = refusals
     message = refused(done["model_size"])

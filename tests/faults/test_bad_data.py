@@ -19,7 +19,7 @@ import yaml
 
 from trainflow.shards import MANIFEST, write_split
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 TRAINFLOW = str(Path(sys.executable).with_name("trainflow"))
 GUARD_S = 300  # a hung command fails the test instead of hanging CI (no timing is asserted)

@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 SPEC = ROOT / "pipelines" / "breast_cancer_mlp.yaml"

@@ -21,7 +21,7 @@ from trainflow.tasks.ingest import ingest
 from trainflow.tasks.shard import shard
 from trainflow.tasks.train import train_model
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 TRAINFLOW = Path(sys.executable).with_name("trainflow")
 SPEC = ROOT / "pipelines" / "breast_cancer_mlp.yaml"

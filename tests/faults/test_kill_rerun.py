@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.reliability import artifacts, complete, environment, kill_after
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
 def test_runs_killed_at_random_points_rerun_to_the_uninterrupted_bytes(tmp_path):

@@ -66,17 +66,20 @@ def one_message(result) -> str:
     return result.stderr
 
 
+@pytest.mark.slow
 def test_a_spec_that_is_a_list_or_a_string(results):
     assert "(top level): expected a mapping of sections" in one_message(
         results["top_level_list"]) and "got a list" in results["top_level_list"].stderr
     assert "got a string" in one_message(results["top_level_string"])
 
 
+@pytest.mark.slow
 def test_a_binary_spec_file(results):
     message = one_message(results["binary_file"])
     assert "binary_file.yaml" in message and "not UTF-8 text" in message
 
 
+@pytest.mark.slow
 def test_a_duplicate_key_names_the_key_and_its_line(results, tmp_path):
     message = one_message(results["duplicate_key"])
     assert "line 3: duplicate key 'name' (first at line 1)" in message
@@ -89,12 +92,14 @@ def test_a_duplicate_key_names_the_key_and_its_line(results, tmp_path):
     assert (spec.train.epochs, spec.train.lr) == (5, 0.01)
 
 
+@pytest.mark.slow
 def test_an_override_of_a_transform_without_a_name(results):
     message = one_message(results["transform_without_name"])
     assert "train.augment.transforms.0.name: Field required" in message
     assert "train.augment.transforms.0.type: unknown key 'type'" in message
 
 
+@pytest.mark.slow
 def test_a_fault_of_trainflow_is_one_line_and_exit_code_1(results):
     if "internal" not in results:
         pytest.skip("needs /dev/full")

@@ -106,6 +106,7 @@ def train_once(out: Path) -> bytes:
     return (out / "last.pt").read_bytes()
 
 
+@pytest.mark.slow
 def test_other_threads_drawing_from_global_generators_do_not_change_the_checkpoint(tmp_path):
     """Prefect's event loop thread draws from Python's global generator (interval jitter,
     websocket pings) at moments no run controls: last.pt must not capture that."""
@@ -155,6 +156,7 @@ print("python", after[0] == seeded[0], "numpy", after[1:] == seeded[1:])
 """
 
 
+@pytest.mark.slow
 def test_training_draws_nothing_from_pythons_or_numpys_global_generators(tmp_path):
     """Why last.pt may leave those states out: training (dropout, batch order, albumentations,
     mixup) draws from its own generators, so its results never depend on them. In a fresh
@@ -167,6 +169,7 @@ def test_training_draws_nothing_from_pythons_or_numpys_global_generators(tmp_pat
     assert done.stdout.split()[-4:] == ["python", "True", "numpy", "True"]
 
 
+@pytest.mark.slow
 def test_robust_accuracy_does_not_depend_on_what_the_process_ran_before(tmp_path):
     """PGD starts from random points: the evaluate artifact of a model trained against it is
     the same bytes whether training ran just before in this process (a fresh store) or was

@@ -19,7 +19,7 @@ from trainflow.tasks.shard import ShardParams, shard
 from trainflow.tasks.split import SplitParams, split
 from trainflow.tasks.train import load_training_splits, resume_folder, train_model
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 MODEL = MLPParams(type="mlp", hidden_layers=2, units=[32, 16])
 TRAIN = TrainSpec(lr=1e-3, batch_size=32, epochs=6, checkpoint_interval_s=0, keep_last=2)

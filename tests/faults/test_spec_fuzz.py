@@ -13,7 +13,7 @@ from trainflow.errors import TrainflowError
 from trainflow.spec.pipeline import PipelineSpec, apply_override, load_spec, validate_spec
 from tests.conftest import PIPELINES
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 SHIPPED = [yaml.safe_load(path.read_text()) for path in PIPELINES]
 SCALARS = st.one_of(

@@ -112,6 +112,7 @@ def limited(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["ingest", "shard"])
 def test_a_full_disk_is_one_message_and_leaves_the_store_as_it_was(stored, tmp_path, task):
     store, splits, before = stored

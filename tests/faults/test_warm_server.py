@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.faults.test_server_lifetime import answers, environment
 
-pytestmark = [pytest.mark.faults,
+pytestmark = [pytest.mark.faults, pytest.mark.slow,
               pytest.mark.skipif(not sys.platform.startswith("linux"),
                                  reason="leases name processes by /proc")]
 

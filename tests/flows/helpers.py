@@ -15,12 +15,28 @@ from trainflow.spec.pipeline import load_spec
 ROOT = Path(__file__).resolve().parents[2]
 SUBFLOWS = {"prepare-data", "cross-validate"}
 
+# CI-sized runs whose packages the parity and export tests read (fixture `package_run`):
+# parity, not accuracy, is their point, so two epochs and no extras but where a case needs them.
+ALONE = ("train.epochs=2", "evaluate.cv=null", "ensemble=null", "compress={}")
+PACKAGE_RUNS = {
+    "credit_smote_mlp": ALONE,  # missing values, text categories, SMOTE on train only
+    "breast_cancer_mlp": (
+        "train.epochs=2",
+        "evaluate.cv.folds=2",
+        "compress.prune.finetune_epochs=1",
+    ),  # + folds, ensemble, int8, pruned
+    "digits_cnn": ALONE,  # images, normalized per channel
+    "sequences_gru": (*ALONE, "data.source.length=16", "train.tbptt=8"),  # from columns
+    "sequences_multitask": (*ALONE, "data.source.length=16"),  # two heads: the main one scores
+}
+
 
 def run(name: str, tmp_path: Path, *overrides: str) -> tuple[dict, dict[str, list[str]]]:
     """Run pipelines/<name>.yaml with outputs under tmp_path; return result and task states."""
-    spec = load_spec(ROOT / "pipelines" / f"{name}.yaml",
-                     [f"outputs.store={tmp_path / 'store'}", f"outputs.runs={tmp_path / 'runs'}",
-                      *overrides])
+    spec = load_spec(
+        ROOT / "pipelines" / f"{name}.yaml",
+        [f"outputs.store={tmp_path / 'store'}", f"outputs.runs={tmp_path / 'runs'}", *overrides],
+    )
     tag = f"test-{uuid4().hex[:12]}"
     with tags(tag):
         result = pipeline(spec)
@@ -37,7 +53,8 @@ def task_states(tag: str, timeout: float = 30.0) -> dict[str, list[str]]:
     with get_client(sync_client=True) as client:
         while True:
             runs = client.read_task_runs(
-                task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[tag])))
+                task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[tag]))
+            )
             if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
