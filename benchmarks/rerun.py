@@ -94,9 +94,10 @@ def main() -> None:
             for name, sample in got.items():
                 samples[name].append(sample)
             checks.append(check)
+            cold, rerun = got["cold run"], got["rerun"]
             print(
-                f"# run {run + 1}: cold {got['cold run'].wall_s:.2f} s, rerun "
-                f"{got['rerun'].wall_s:.2f} s, same test metrics: "
+                f"# run {run + 1}: cold {cold.wall_s:.2f} s wall, {cold.cpu_s:.2f} s CPU; rerun "
+                f"{rerun.wall_s:.2f} s wall, {rerun.cpu_s:.2f} s CPU; same test metrics: "
                 f"{check['same_test_metrics']}",
                 flush=True,
             )
