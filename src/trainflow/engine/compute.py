@@ -37,9 +37,10 @@ from trainflow.spec.train import TrainSpec
 
 PROBE_ROUNDS = 9  # timed measurements per candidate (after two warm-up steps), interleaved
 MIN_MEASURE_S = 0.02  # a measurement repeats a fast step up to this long, so timer noise fades
+MIN_ROUNDS, BUDGET_S = 3, 3.0  # past 3 rounds, no new round starts after 3 s of probing
 LOSER = 3.0  # a candidate this many times slower than the baseline at warm-up is out
 MARGIN = 0.9  # a candidate must take under 90 % of the baseline's step time to be chosen
-PROBE_VERSION = 4  # bump when the probe or its rule changes, so old choices are not reused
+PROBE_VERSION = 5  # bump when the probe or its rule changes, so old choices are not reused
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,10 @@ def measure(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
                     for option in options]
             reps = max(1, min(50, round(MIN_MEASURE_S / max(warm[0], 1e-6))))
             alive = [i for i, s in enumerate(warm) if i == 0 or s < LOSER * warm[0]]
+            started = time.perf_counter()
             for round_ in range(PROBE_ROUNDS):
+                if round_ >= MIN_ROUNDS and time.perf_counter() - started > BUDGET_S:
+                    break  # a big model: fewer rounds, so the probe stays short
                 # a fixed shuffle per round: no candidate always follows the same other one
                 # (a step after a two-thread one runs slow on a busy two-core machine)
                 for i in random.Random(round_).sample(alive, len(alive)):
@@ -196,12 +200,13 @@ def measure(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
 
 def steps_seconds(net: nn.Module, x: torch.Tensor, y: torch.Tensor, option: tuple[int, str],
                   device: torch.device, reps: int) -> float:
-    """Seconds per forward/backward step at (threads, precision), over `reps` steps after an
-    untimed one (the first step after a change of thread count pays for the change)."""
+    """Seconds per forward/backward step at (threads, precision), over `reps` steps; fast
+    steps after an untimed one (the first step after a change of thread count pays for it)."""
     torch.set_num_threads(option[0])
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(option[1])
-    for rep in range(reps + 1):
-        if rep == 1:
+    untimed = 1 if reps > 1 else 0  # a slow step dwarfs what a change of threads costs
+    for rep in range(reps + untimed):
+        if rep == untimed:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
