@@ -10,9 +10,15 @@ interleaving: a change in the machine's load between runs reaches both sides of 
 Method (benchmarks/harness.py): threads pinned (--threads, default 1, through OMP_NUM_THREADS
 and the other thread variables of the child processes); a fixed --runs, no warm-up (a cold run
 is the thing measured); wall time and the process's own CPU time (rusage of the command and the
-children it waited for, the embedded server included); the median ratio rerun / cold over the
+children it waited for); the median ratio rerun / cold over the
 paired runs with a 95 % bootstrap interval. Both runs of a pair must report the same test
 metrics. Target (issue 2): rerun / cold <= 0.10 for the digits pipeline.
+
+Since issue 15 part 8, `trainflow run` without PREFECT_API_URL leaves a warm local Prefect
+server that the next command reuses (TRAINFLOW_SERVER_IDLE_S, default 600 s): the rerun then
+finds the cold run's server, as a user who reruns within that time does, and that server's CPU
+time is in neither side (it is not a child the command waits for). Run with
+TRAINFLOW_SERVER_IDLE_S=0 for a server of each command's own, started and stopped inside it.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rerun.py [--pipeline digits_cnn] [--runs 3] \
         [--set KEY=VALUE ...]
