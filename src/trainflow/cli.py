@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 PREFECT_DEFAULTS = {
     # The ephemeral server's first start migrates its database: slow on a small machine.
@@ -111,6 +112,8 @@ def _models(args) -> int:
 
 
 def _read_ref(text: str):
+    from pydantic import ValidationError
+
     from trainflow.artifacts import ArtifactRef
     from trainflow.errors import TrainflowError
 
@@ -120,12 +123,12 @@ def _read_ref(text: str):
         raw = text
     try:
         return ArtifactRef.model_validate_json(raw)
-    except ValueError as exc:
+    except ValidationError as exc:
         raise TrainflowError(f"--input {text[:60]!r} is not an artifact ref (JSON printed by "
                              f"`trainflow task`): {exc.errors()[0]['msg']}") from None
 
 
-def _run_step(args, spec) -> object:
+def _run_step(args, spec) -> Any:
     """One task of the pipeline, bare (`.fn`), with its refs and the spec sections it reads
     (trainflow.registry.TASKS)."""
     import inspect
@@ -135,24 +138,26 @@ def _run_step(args, spec) -> object:
 
     task = registry.task(args.step)
     if task is None or task.inputs is None:
-        names = [n for n in registry.task_names() if registry.task(n).inputs is not None]
+        names = [n for n in registry.task_names() if getattr(registry.task(n), "inputs", None)
+                 is not None]
         raise TrainflowError(f"unknown step {args.step!r}{did_you_mean(args.step, names)} "
                              f"(steps: {', '.join(names)})")
     refs = [_read_ref(text) for text in args.inputs]
     many = bool(task.inputs) and task.inputs[0].startswith("*")  # `*folds`: one or more
     if (many and not refs) or (not many and len(refs) != len(task.inputs)):
-        wanted = "one or more" if many else len(task.inputs)
-        raise TrainflowError(f"task {args.step} takes {wanted} --input ref(s), got "
+        count = "one or more" if many else len(task.inputs)
+        raise TrainflowError(f"task {args.step} takes {count} --input ref(s), got "
                              f"{len(refs)}" + (f" (in order: {', '.join(task.inputs)})"
                                                if task.inputs else ""))
     fn = task.impl.fn
-    kwargs = {task.inputs[0][1:]: refs} if many else dict(zip(task.inputs, refs, strict=True))
+    kwargs: dict[str, object] = (
+        {task.inputs[0][1:]: refs} if many else dict(zip(task.inputs, refs, strict=True)))
     for name, section in task.reads.items():
         kwargs[name] = _section(args, spec, section)
     given = {"store": str(Path(spec.outputs.store).resolve()), "seed": spec.seed,
              "fold": args.fold, "folds": spec.evaluate.cv.folds if spec.evaluate.cv else 5}
-    wanted = inspect.signature(fn).parameters
-    kwargs.update({k: v for k, v in given.items() if k in wanted and k not in kwargs})
+    takes = inspect.signature(fn).parameters
+    kwargs.update({k: v for k, v in given.items() if k in takes and k not in kwargs})
     return fn(**kwargs)
 
 

@@ -8,7 +8,7 @@ the labels, cheaply where the format allows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ def _first_line(exc: Exception) -> str:
 
 
 def _check_conversions(
-    lf: pl.LazyFrame, declared: dict[str, str], path: Path, layout: CsvLayout | None
+    lf: pl.LazyFrame, declared: Mapping[str, str], path: Path, layout: CsvLayout | None
 ) -> None:
     """Every declared column's value that does not convert to its type is listed (per column,
     with examples and where the first is) in one error before anything is written."""
@@ -123,7 +123,7 @@ def _check_conversions(
         raise DataError(f"data.source.columns: cannot convert in {path}: " + "; ".join(problems))
 
 
-def _blank_as_missing(lf: pl.LazyFrame, declared: dict[str, str]) -> pl.LazyFrame:
+def _blank_as_missing(lf: pl.LazyFrame, declared: Mapping[str, str]) -> pl.LazyFrame:
     """An empty or blank text cell declared as a non-text type is a missing value."""
     dtypes = lf.collect_schema()
     return lf.with_columns(
@@ -133,7 +133,7 @@ def _blank_as_missing(lf: pl.LazyFrame, declared: dict[str, str]) -> pl.LazyFram
     )
 
 
-def _declared(lf: pl.LazyFrame, declared: dict[str, str]) -> pl.LazyFrame:
+def _declared(lf: pl.LazyFrame, declared: Mapping[str, str]) -> pl.LazyFrame:
     """Only the declared columns, blank cells missing, each cast to its type."""
     lf = _blank_as_missing(lf.select(list(declared)), declared)
     return lf.with_columns(pl.col(c).cast(DTYPES[t]) for c, t in declared.items())
@@ -280,7 +280,7 @@ def _load_image_folder(source: ImageFolderSource) -> tuple[pl.DataFrame, TableSc
         pl.col(IMAGE_COLUMN).cast(pl.List(pl.Float32))
     )
     return df, TableSchema(
-        target="target", features=[IMAGE_COLUMN], classes=classes, image_shape=list(shape)
+        target="target", features=[IMAGE_COLUMN], classes=classes, image_shape=list(shape or ())
     )
 
 
@@ -349,7 +349,7 @@ class Reader:
         if self.labels is not None:
             return self.labels(source)
         df, schema = self.load(source)
-        return df[schema.target].cast(pl.Utf8)
+        return df.lazy().select(pl.col(schema.target).cast(pl.Utf8)).collect().to_series()
 
 
 SKLEARN = Reader(_load_sklearn)

@@ -80,6 +80,8 @@ def _parsed(name: str) -> tuple[frozenset[str], frozenset[str]]:
             imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             module = _resolved(node.module, node.level, name)
+            if module is None:
+                continue
             for alias in node.names:
                 child = f"{module}.{alias.name}"
                 imported.add(child if child in known else module)

@@ -17,7 +17,10 @@ from trainflow.spec import schedule as s
 def warmup_steps(spec: s.Warmup | None, total_steps: int) -> int:
     if spec is None:
         return 0
-    return spec.steps if spec.steps is not None else max(1, round(spec.fraction * total_steps))
+    if spec.steps is not None:
+        return spec.steps
+    assert spec.fraction is not None  # Warmup's validator: steps or fraction
+    return max(1, round(spec.fraction * total_steps))
 
 
 # One builder per `train.schedule.type` (named in trainflow.registry.SCHEDULES), all called
@@ -108,6 +111,7 @@ def build(
             per_epoch,
         )
     start = spec.warmup.start_factor
+    ramp: lrs.LRScheduler
     if spec.warmup.mode == "linear":
         ramp = lrs.LinearLR(optimizer, start, 1.0, total_iters=warm)
     else:  # geometric: start * (1/start) ** (step / warm)

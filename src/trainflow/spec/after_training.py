@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import typing
 from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator
@@ -10,6 +11,7 @@ from pydantic import Field, PositiveInt, field_validator
 from trainflow.spec.base import Section
 
 Metric = Literal["accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro"]
+ALL_METRICS: tuple[Metric, ...] = typing.get_args(Metric)
 
 
 class CVSpec(Section):
@@ -18,13 +20,7 @@ class CVSpec(Section):
 
 class EvaluateSpec(Section):
     metrics: list[Metric] = Field(
-        default_factory=lambda: [
-            "accuracy",
-            "balanced_accuracy",
-            "precision_macro",
-            "recall_macro",
-            "f1_macro",
-        ],
+        default_factory=lambda: list(ALL_METRICS),
         min_length=1,
     )
     cv: CVSpec | None = None

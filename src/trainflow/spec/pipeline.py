@@ -8,7 +8,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
@@ -22,12 +22,20 @@ from trainflow.spec.orchestration import OrchestrationSpec, RunnerSpec
 from trainflow.spec.promote import PromoteSpec
 from trainflow.spec.train import TrainSpec
 
-Source = registry.union(registry.SOURCES)
-Step = registry.union(registry.STEPS)
-Model = registry.union(registry.MODELS)
-Ensemble = registry.union(registry.ENSEMBLES)
-Quantizer = registry.union(registry.QUANTIZERS)
-Pruner = registry.union(registry.PRUNERS)
+if TYPE_CHECKING:  # built at run time from the registry's tables: opaque to mypy
+    Source = Any
+    Step = Any
+    Model = Any
+    Ensemble = Any
+    Quantizer = Any
+    Pruner = Any
+else:
+    Source = registry.union(registry.SOURCES)
+    Step = registry.union(registry.STEPS)
+    Model = registry.union(registry.MODELS)
+    Ensemble = registry.union(registry.ENSEMBLES)
+    Quantizer = registry.union(registry.QUANTIZERS)
+    Pruner = registry.union(registry.PRUNERS)
 
 
 class DataSpec(Section):
@@ -142,13 +150,14 @@ def apply_override(raw: dict, assignment: str) -> None:
     except ValueError as exc:
         raise SpecError("--set", [(str(assignment)[:80], str(exc))]) from None
     node: Any = raw
-    for depth, key in enumerate(keys):
+    for depth, name in enumerate(keys):
+        key: str | int = name
         last = depth == len(keys) - 1
         where = ".".join(keys[: depth + 1])
         if isinstance(node, list):
-            if not key.isdecimal() or int(key) >= len(node):
-                raise SpecError("--set", [(where, f"no list item {key!r} (list has {len(node)})")])
-            key = int(key)
+            if not name.isdecimal() or int(name) >= len(node):
+                raise SpecError("--set", [(where, f"no list item {name!r} (list has {len(node)})")])
+            key = int(name)
         elif not isinstance(node, dict):
             raise SpecError("--set", [(where, f"cannot set a key inside a {type(node).__name__}")])
         if last:
@@ -192,7 +201,8 @@ def _tagged(models: list[type[BaseModel]], tag: Any) -> list[type[BaseModel]]:
 def _yaml_path_and_model(raw: Any, loc: tuple) -> tuple[str, type[BaseModel] | None]:
     """Drop the union tags pydantic inserts into `loc`; find the model at the location."""
     parts: list[str] = []
-    node, models = raw, [PipelineSpec]
+    node = raw
+    models: list[type[BaseModel]] = [PipelineSpec]
     for i, item in enumerate(loc):
         if isinstance(node, dict) and item not in node and node.get("type") == item:
             models = _tagged(models, item)
@@ -236,7 +246,7 @@ def _quoted(text: Any) -> list[str]:
     return re.findall(r"'([^']*)'", str(text))
 
 
-def _describe(error: dict, raw: Any) -> tuple[str, str]:
+def _describe(error: Any, raw: Any) -> tuple[str, str]:
     loc = error["loc"]
     kind = error["type"]
     ctx = error.get("ctx") or {}
@@ -278,7 +288,7 @@ def resolve_data_paths(raw: dict, base: Path) -> None:
     data = raw.get("data")
     source = data.get("source") if isinstance(data, dict) else None
     path = source.get("path") if isinstance(source, dict) else None
-    if isinstance(path, str) and not Path(path).is_absolute():
+    if isinstance(source, dict) and isinstance(path, str) and not Path(path).is_absolute():
         source["path"] = str(base / path)
 
 
