@@ -4,7 +4,7 @@ auto` resolve to on this machine (engine.compute, probed afresh in a scratch cac
 
 Each contender trains the pipeline's model (built from its YAML, at its batch size) for a fixed
 number of steps per round: forward, cross-entropy, backward and an AdamW step, on random inputs
-of the model's input shape. Contenders are interleaved, in a shuffled (seeded) order each round, for a
+of the model's input shape. Contenders are interleaved, in a seeded shuffled order each round, for a
 fixed number of rounds; the figures are medians over rounds, with CPU time (process time, all
 threads) beside wall time, and the median of the per-round ratio auto / (1 thread fp32) with a
 95 % bootstrap interval. The load average and the CPU's model and flags are printed first.
@@ -34,21 +34,31 @@ ROOT = Path(__file__).resolve().parents[1]
 # The input shape each shipped pipeline's data step hands the model (credit: its encoded
 # columns), so the benchmark does not run the data side; the model is the architecture's
 # builder (multitask's auxiliary heads, two small Linear layers, left out).
-SHAPES = {"breast_cancer_mlp": [30], "credit_smote_mlp": [20], "digits_cnn": [1, 8, 8],
-          "sequences_gru": [64, 2], "sequences_multitask": [64, 2]}
+SHAPES = {
+    "breast_cancer_mlp": [30],
+    "credit_smote_mlp": [20],
+    "digits_cnn": [1, 8, 8],
+    "sequences_gru": [64, 2],
+    "sequences_multitask": [64, 2],
+}
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 
 
 def machine() -> dict:
     cpu = compute.cpu_identity()
-    return {"cpu": cpu["model"], "flags": [f for f in FLAGS if f in cpu["flags"]],
-            "usable_cores": compute.usable_cores(), "torch": torch.__version__,
-            "capability": torch.backends.cpu.get_cpu_capability(),
-            "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+    return {
+        "cpu": cpu["model"],
+        "flags": [f for f in FLAGS if f in cpu["flags"]],
+        "usable_cores": compute.usable_cores(),
+        "torch": torch.__version__,
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+    }
 
 
-def train_steps(net, optimizer, x, y, threads: int, precision: str, steps: int
-                ) -> tuple[float, float]:
+def train_steps(
+    net, optimizer, x, y, threads: int, precision: str, steps: int
+) -> tuple[float, float]:
     """(wall s, CPU s) of `steps` training steps at (threads, precision), after one untimed
     step (a change of thread count costs the first step after it)."""
     torch.set_num_threads(threads)
@@ -67,8 +77,7 @@ def train_steps(net, optimizer, x, y, threads: int, precision: str, steps: int
 
 def bootstrap(ratios: list[float], draws: int = 2000) -> tuple[float, float]:
     rng = random.Random(0)
-    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios)))
-                     for _ in range(draws))
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(draws))
     return medians[int(0.025 * draws)], medians[int(0.975 * draws)]
 
 
@@ -84,8 +93,14 @@ def contenders(net, batch) -> dict[str, tuple[int, str]]:
     return pairs
 
 
-def bench(name: str, shape: list[int], batch_size: int, rounds: int, steps: int,
-          model: torch.nn.Module | None = None) -> dict:
+def bench(
+    name: str,
+    shape: list[int],
+    batch_size: int,
+    rounds: int,
+    steps: int,
+    model: torch.nn.Module | None = None,
+) -> dict:
     if model is None:
         spec = load_raw(ROOT / "pipelines" / f"{name}.yaml")
         torch.manual_seed(0)
@@ -107,12 +122,17 @@ def bench(name: str, shape: list[int], batch_size: int, rounds: int, steps: int,
             cpu[key].append(cpu_s)
     ratios = [base / auto for base, auto in zip(wall["1/fp32"], wall["auto"])]
     samples = batch_size * steps
-    return {"model": name, "batch": batch_size, "auto": "%d/%s" % pairs["auto"],
-            "samples_per_s": {k: round(samples / statistics.median(v)) for k, v in wall.items()},
-            "cpu_ms_per_step": {k: round(1e3 * statistics.median(v) / steps, 3)
-                                for k, v in cpu.items()},
-            "auto_speedup_vs_1_thread_fp32": round(statistics.median(ratios), 3),
-            "interval_95": [round(r, 3) for r in bootstrap(ratios)]}
+    return {
+        "model": name,
+        "batch": batch_size,
+        "auto": "{}/{}".format(*pairs["auto"]),
+        "samples_per_s": {k: round(samples / statistics.median(v)) for k, v in wall.items()},
+        "cpu_ms_per_step": {
+            k: round(1e3 * statistics.median(v) / steps, 3) for k, v in cpu.items()
+        },
+        "auto_speedup_vs_1_thread_fp32": round(statistics.median(ratios), 3),
+        "interval_95": [round(r, 3) for r in bootstrap(ratios)],
+    }
 
 
 def main() -> None:
@@ -124,8 +144,9 @@ def main() -> None:
     print(json.dumps(machine()), flush=True)
     for name in args.only:
         spec = load_raw(ROOT / "pipelines" / f"{name}.yaml")
-        row = bench(name, SHAPES[name], spec["train"].get("batch_size", 64), args.rounds,
-                    args.steps)
+        row = bench(
+            name, SHAPES[name], spec["train"].get("batch_size", 64), args.rounds, args.steps
+        )
         print(json.dumps(row), flush=True)
     print(json.dumps({"loadavg_after": machine()["loadavg"]}), file=sys.stdout)
 

@@ -25,14 +25,12 @@ import torch
 
 from trainflow.engine import compute
 from trainflow.engine.data import Split, batches
-
 from trainflow.engine.loop import EpochBatches, train_epoch
 from trainflow.engine.setup import resolve_device
 from trainflow.engine.state import TrainingState
 from trainflow.engine.update import Update, grad_scaler
 from trainflow.models.cnn import cnn
 from trainflow.spec.train import TrainSpec
-
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compute_defaults import bootstrap, machine  # noqa: E402  (the sibling benchmark)
@@ -56,6 +54,7 @@ def contender(precision: str, device: torch.device, data: Split, batch_size: int
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - wall, time.process_time() - cpu
+
     return epoch
 
 
@@ -67,16 +66,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
     device = resolve_device(args.device)
-    print(json.dumps(machine() | ({"gpu": torch.cuda.get_device_name(device)}
-                                  if device.type == "cuda" else {})), flush=True)
+    print(
+        json.dumps(
+            machine()
+            | ({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})
+        ),
+        flush=True,
+    )
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.samples, 3, 32, 32, generator=g)
     data = Split(x, torch.randint(0, 10, (args.samples,), generator=g))
     precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
     cores = compute.usable_cores()
     threads = sorted({1, cores}) if device.type == "cpu" else [cores]
-    runs = {(t, p): contender(p, device, data, args.batch_size) for t in threads
-            for p in precisions}
+    runs = {
+        (t, p): contender(p, device, data, args.batch_size) for t in threads for p in precisions
+    }
     wall: dict = {k: [] for k in runs}
     cpu: dict = {k: [] for k in runs}
     order = random.Random(0)
@@ -90,12 +95,17 @@ def main() -> None:
     rows = {}
     for (t, p), times in wall.items():
         ratios = [base / mine for base, mine in zip(wall[(t, "fp32")], times)]
-        rows[f"{t}/{p}"] = {"samples_per_s": round(args.samples / statistics.median(times), 1),
-                            "cpu_s_per_epoch": round(statistics.median(cpu[(t, p)]), 3),
-                            "speedup_vs_fp32_same_threads": round(statistics.median(ratios), 3),
-                            "interval_95": [round(r, 3) for r in bootstrap(ratios)]}
-    print(json.dumps({"torch": torch.__version__, "rounds": args.rounds, "contenders": rows},
-                     indent=1))
+        rows[f"{t}/{p}"] = {
+            "samples_per_s": round(args.samples / statistics.median(times), 1),
+            "cpu_s_per_epoch": round(statistics.median(cpu[(t, p)]), 3),
+            "speedup_vs_fp32_same_threads": round(statistics.median(ratios), 3),
+            "interval_95": [round(r, 3) for r in bootstrap(ratios)],
+        }
+    print(
+        json.dumps(
+            {"torch": torch.__version__, "rounds": args.rounds, "contenders": rows}, indent=1
+        )
+    )
     print(json.dumps({"loadavg_after": machine()["loadavg"]}))
 
 

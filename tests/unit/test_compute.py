@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from trainflow.engine import compute
-from trainflow.engine.training import train_into
 from trainflow.engine.data import Split
+from trainflow.engine.training import train_into
 from trainflow.errors import TrainflowError
 from trainflow.spec.model import MLPParams
 from trainflow.spec.train import TrainSpec
@@ -34,9 +34,18 @@ def splits(n=160, features=6):
 
 def train(folder, on_epoch=None, **spec):
     folder.mkdir(parents=True, exist_ok=True)
-    train_into(folder, MLP, TrainSpec.model_validate(
-        {"device": "cpu", "batch_size": 32, "epochs": 2, "checkpoint_every": 0, **spec}), 0,
-        splits(), [6], ["a", "b", "c"], on_epoch)
+    train_into(
+        folder,
+        MLP,
+        TrainSpec.model_validate(
+            {"device": "cpu", "batch_size": 32, "epochs": 2, "checkpoint_every": 0, **spec}
+        ),
+        0,
+        splits(),
+        [6],
+        ["a", "b", "c"],
+        on_epoch,
+    )
     return json.loads((folder / "model.json").read_text())["compute"]
 
 
@@ -52,15 +61,15 @@ def test_auto_is_resolved_recorded_and_applied_while_training(tmp_path, probe_ca
     probes = [json.loads(p.read_text()) for p in probe_cache.glob("*.json")]
     if compute.usable_cores() > 1 or compute.bf16_units(torch.device("cpu")):
         # what was measured, per candidate, beside the choice
-        assert [(p["threads"], p["precision"]) for p in probes] == [(used["threads"],
-                                                                     used["precision"])]
+        assert [(p["threads"], p["precision"]) for p in probes] == [
+            (used["threads"], used["precision"])
+        ]
         assert probes[0]["step_time_vs_baseline"]["1/fp32"] == 1.0
 
 
 def test_explicit_values_are_used_as_given_without_a_probe(tmp_path, probe_cache):
     used = train(tmp_path / "run", threads=1, precision="fp32")
-    assert used == {"threads": 1, "precision": "fp32", "threads_spec": 1,
-                    "precision_spec": "fp32"}
+    assert used == {"threads": 1, "precision": "fp32", "threads_spec": 1, "precision_spec": "fp32"}
     assert not list(probe_cache.glob("*.json"))
 
 
@@ -68,12 +77,14 @@ def test_a_rerun_reuses_the_remembered_choice_and_gives_the_same_bytes(tmp_path,
     first = train(tmp_path / "one")
     second = train(tmp_path / "two")
     assert first == second
-    assert (tmp_path / "one" / "best.pt").read_bytes() == (tmp_path / "two" / "best.pt").read_bytes()
+    one, two = (tmp_path / "one" / "best.pt"), (tmp_path / "two" / "best.pt")
+    assert one.read_bytes() == two.read_bytes()
     # the probe does not touch the run's RNG or model: the same values given explicitly train
     # the same bytes
     train(tmp_path / "explicit", threads=first["threads"], precision=first["precision"])
-    assert ((tmp_path / "one" / "best.pt").read_bytes()
-            == (tmp_path / "explicit" / "best.pt").read_bytes())
+    assert (tmp_path / "one" / "best.pt").read_bytes() == (
+        tmp_path / "explicit" / "best.pt"
+    ).read_bytes()
 
 
 def test_the_remembered_choice_decides_not_a_new_measurement(tmp_path, probe_cache):
@@ -99,6 +110,7 @@ def test_one_thread_and_fp32_win_a_near_tie():
 def test_usable_cores_follow_the_affinity_and_omp_num_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     import os
+
     assert compute.usable_cores() == len(os.sched_getaffinity(0))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert compute.usable_cores() == 1
@@ -116,7 +128,10 @@ def test_an_unwritable_probe_cache_is_an_error_naming_the_fix(tmp_path, monkeypa
         pytest.skip("one core and no bf16 units: auto has nothing to probe here")
     (tmp_path / "file").write_text("not a folder")
     monkeypatch.setenv("TRAINFLOW_COMPUTE_CACHE", str(tmp_path / "file" / "cache"))
-    with pytest.raises(TrainflowError, match=r"cannot keep the probe's choice in .*file/cache"
-                       r".*set TRAINFLOW_COMPUTE_CACHE to a writable folder, or give "
-                       r"train.threads and train.precision explicitly"):
+    with pytest.raises(
+        TrainflowError,
+        match=r"cannot keep the probe's choice in .*file/cache"
+        r".*set TRAINFLOW_COMPUTE_CACHE to a writable folder, or give "
+        r"train.threads and train.precision explicitly",
+    ):
         train(tmp_path / "run")

@@ -15,7 +15,6 @@ parent field, so that `loader.mode` does not vouch for `early_stopping.mode`.
 from __future__ import annotations
 
 import ast
-
 import typing
 from pathlib import Path
 
@@ -27,8 +26,11 @@ from trainflow.spec.pipeline import PipelineSpec, load_spec
 from trainflow.spec.train import TrainSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-CODE = [p for p in (ROOT / "src" / "trainflow").rglob("*.py")] + \
-    list((ROOT / "tasks").glob("*.py")) + list((ROOT / "flows").glob("*.py"))
+CODE = (
+    list((ROOT / "src" / "trainflow").rglob("*.py"))
+    + list((ROOT / "tasks").glob("*.py"))
+    + list((ROOT / "flows").glob("*.py"))
+)
 
 # Fields that document rather than steer, reviewed: path (as the walk names it) -> reason.
 DOCUMENTING = {
@@ -55,8 +57,9 @@ def leaves(model: type[BaseModel], prefix: str = "") -> list[tuple[str, type, st
             out.append((prefix + name, model, name))
         for member in dict.fromkeys(inner):
             kind = member.model_fields.get("type")
-            tag = f"[{'|'.join(typing.get_args(kind.annotation))}]" if kind and len(inner) > 1 \
-                else ""
+            tag = (
+                f"[{'|'.join(typing.get_args(kind.annotation))}]" if kind and len(inner) > 1 else ""
+            )
             out += leaves(member, f"{prefix}{name}{tag}.")
     for name, value in vars(model).items():
         if isinstance(value, property) and not name.startswith("_"):
@@ -74,8 +77,12 @@ def reads() -> dict[str, set[Path]]:
     found: dict[str, set[Path]] = {}
     for path in CODE:
         tree = ast.parse(path.read_text())
-        skipped = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
-                   and is_validator(f) for n in ast.walk(f)}
+        skipped = {
+            id(n)
+            for f in ast.walk(tree)
+            if isinstance(f, ast.FunctionDef) and is_validator(f)
+            for n in ast.walk(f)
+        }
         for node in ast.walk(tree):
             if id(node) in skipped:
                 continue
@@ -99,21 +106,31 @@ for _, _owner, _name in ALL:
 
 
 def is_read(path: str, owner: type, name: str) -> bool:
-    modules = {m for m in READS.get(name, set()) if not
-               (m.parent.name == "spec" and m.name != "model.py")}
-    modules |= {m for m in READS.get(name, set()) if m.parent.name == "spec"
-                and f"self.{name}" in m.read_text()}  # read by a spec method a task calls
+    modules = {
+        m for m in READS.get(name, set()) if not (m.parent.name == "spec" and m.name != "model.py")
+    }
+    modules |= {
+        m
+        for m in READS.get(name, set())
+        if m.parent.name == "spec" and f"self.{name}" in m.read_text()
+    }  # read by a spec method a task calls
     if len(OWNERS[name]) == 1:
         return bool(modules)
     parent = path.split(".")[-2].split("[")[0] if "." in path else ""
-    return any(owner.__name__ in m.read_text() or (parent and parent in m.read_text())
-               for m in modules)
+    return any(
+        owner.__name__ in m.read_text() or (parent and parent in m.read_text()) for m in modules
+    )
 
 
 def test_the_walk_covers_every_section_union_member_and_derived_knob():
     paths = {path for path, _, _ in ALL}
-    assert {"train.threads", "train.precision", "train.early_stopping.mode",
-            "train.pretrained.path", "compress.prune.finetune_lr"} <= paths
+    assert {
+        "train.threads",
+        "train.precision",
+        "train.early_stopping.mode",
+        "train.pretrained.path",
+        "compress.prune.finetune_lr",
+    } <= paths
     assert any(p.startswith("data.steps[normalize].") for p in paths)
     assert any(p.startswith("train.optimizer[sgd].") for p in paths)
     assert "train.start" not in paths  # removed: pretrained says it
@@ -126,7 +143,8 @@ def test_every_leaf_is_read_by_the_code_or_documents(path, owner, name):
         return
     assert is_read(path, owner, name), (
         f"{path} ({owner.__name__}.{name}) is read by no code that runs a pipeline: wire it "
-        f"to the line that uses it, remove it, or list it in DOCUMENTING with a reason")
+        f"to the line that uses it, remove it, or list it in DOCUMENTING with a reason"
+    )
 
 
 def test_documenting_fields_exist():
@@ -135,19 +153,27 @@ def test_documenting_fields_exist():
 
 
 def test_no_field_is_left_out_of_the_dump_that_keys_its_task():
-    excluded = [path for path, owner, name in ALL if name in owner.model_fields
-                and owner.model_fields[name].exclude]
+    excluded = [
+        path
+        for path, owner, name in ALL
+        if name in owner.model_fields and owner.model_fields[name].exclude
+    ]
     assert excluded == []
     # and a changed leaf changes the key: one leaf per section of the shipped CNN pipeline
     spec = load_spec(ROOT / "pipelines" / "digits_cnn.yaml")
-    for section, change in [("train", {"batch_size": 7}), ("train", {"threads": 1}),
-                            ("model", {"dropout": 0.1}), ("evaluate", {"metrics": ["accuracy"]})]:
+    for section, change in [
+        ("train", {"batch_size": 7}),
+        ("train", {"threads": 1}),
+        ("model", {"dropout": 0.1}),
+        ("evaluate", {"metrics": ["accuracy"]}),
+    ]:
         part = getattr(spec, section)
         assert canonical(part.model_copy(update=change)) != canonical(part), (section, change)
 
 
-@pytest.mark.parametrize("change", [{"threads": 1}, {"threads": 2}, {"precision": "fp32"},
-                                    {"precision": "bf16"}])
+@pytest.mark.parametrize(
+    "change", [{"threads": 1}, {"threads": 2}, {"precision": "fp32"}, {"precision": "bf16"}]
+)
 def test_the_compute_knobs_enter_the_train_key(change):
     """`auto` and each explicit value are different keys: an explicit choice is never served
     a model that `auto` trained on some machine, nor the other way round."""
@@ -157,14 +183,17 @@ def test_the_compute_knobs_enter_the_train_key(change):
 def test_a_spec_that_still_sets_start_is_told_the_fix(tmp_path):
     import subprocess
     import sys
+
     spec = ROOT / "pipelines" / "breast_cancer_mlp.yaml"
-    done = subprocess.run([sys.executable, "-m", "trainflow.cli", "validate", str(spec),
-                           "--set", "train.start=warm"], capture_output=True, text=True,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "trainflow.cli", "validate", str(spec), "--set", "train.start=warm"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 2, done.stderr
-    assert "train.start ('warm') was removed: `pretrained` alone says how training starts" \
+    assert (
+        "train.start ('warm') was removed: `pretrained` alone says how training starts"
         in done.stderr
+    )
     assert "Traceback" not in done.stderr
-
-
-

@@ -63,7 +63,7 @@ def usable_cores() -> int:
 
 def cpu_identity() -> dict:
     """The CPU model and its feature flags (from /proc/cpuinfo where there is one)."""
-    model, flags = platform.processor() or platform.machine(), []
+    model, flags = platform.processor() or platform.machine(), list[str]()
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
@@ -96,16 +96,32 @@ def cache_dir() -> Path:
 def candidates(threads: int | str, precision: str, device: torch.device) -> list[tuple[int, str]]:
     """(threads, precision) pairs to probe; the first is the baseline."""
     cores = usable_cores()
-    thread_options = [threads] if threads != "auto" else (
-        [1, cores] if device.type == "cpu" and cores > 1 else [cores if device.type != "cpu"
-                                                               else 1])
-    precision_options = [precision] if precision != "auto" else (
-        ["fp32", "bf16"] if device.type in ("cpu", "cuda") and bf16_units(device) else ["fp32"])
+    thread_options = (
+        [threads]
+        if threads != "auto"
+        else (
+            [1, cores]
+            if device.type == "cpu" and cores > 1
+            else [cores if device.type != "cpu" else 1]
+        )
+    )
+    precision_options = (
+        [precision]
+        if precision != "auto"
+        else (
+            ["fp32", "bf16"] if device.type in ("cpu", "cuda") and bf16_units(device) else ["fp32"]
+        )
+    )
     return [(int(t), p) for p in precision_options for t in thread_options]
 
 
-def resolve(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], threads: int | str,
-            precision: str, device: torch.device) -> Choice:
+def resolve(
+    net: nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    threads: int | str,
+    precision: str,
+    device: torch.device,
+) -> Choice:
     """The threads and precision to train `net` with: the spec's values, or for `auto` the
     remembered (else probed) fastest."""
     options = candidates(threads, precision, device)
@@ -120,7 +136,8 @@ def resolve(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], threads: i
         raise TrainflowError(
             f"train.threads / train.precision auto: cannot keep the probe's choice in {folder} "
             f"({exc.strerror or exc}); set TRAINFLOW_COMPUTE_CACHE to a writable folder, or "
-            "give train.threads and train.precision explicitly") from None
+            "give train.threads and train.precision explicitly"
+        ) from None
     return Choice(int(chosen["threads"]), chosen["precision"], threads, precision)
 
 
@@ -135,13 +152,21 @@ def remembered(folder: Path, key: str, measure_now) -> dict:
         return json.loads(path.read_text())
 
 
-def probe(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
-          options: list[tuple[int, str]], device: torch.device) -> dict:
+def probe(
+    net: nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    options: list[tuple[int, str]],
+    device: torch.device,
+) -> dict:
     relative = measure(net, batch, options, device)
     best = pick(options, relative)
-    return {"threads": best[0], "precision": best[1], "cpu": cpu_identity()["model"],
-            "torch": torch.__version__, "step_time_vs_baseline":
-            {f"{t}/{p}": round(s, 4) for (t, p), s in zip(options, relative)}}
+    return {
+        "threads": best[0],
+        "precision": best[1],
+        "cpu": cpu_identity()["model"],
+        "torch": torch.__version__,
+        "step_time_vs_baseline": {f"{t}/{p}": round(s, 4) for (t, p), s in zip(options, relative)},
+    }
 
 
 def pick(options: list[tuple[int, str]], seconds: list[float]) -> tuple[int, str]:
@@ -152,18 +177,31 @@ def pick(options: list[tuple[int, str]], seconds: list[float]) -> tuple[int, str
     return options[best] if seconds[best] < MARGIN * seconds[0] else options[0]
 
 
-def probe_key(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
-              options: list[tuple[int, str]], device: torch.device) -> str:
-    described = {"probe": PROBE_VERSION, "cpu": cpu_identity(), "torch": torch.__version__,
-                 "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-                 else device.type, "options": options, "architecture": repr(net),
-                 "parameters": sum(p.numel() for p in net.parameters()),
-                 "batch": [list(batch[0].shape), str(batch[0].dtype)]}
+def probe_key(
+    net: nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    options: list[tuple[int, str]],
+    device: torch.device,
+) -> str:
+    described = {
+        "probe": PROBE_VERSION,
+        "cpu": cpu_identity(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "options": options,
+        "architecture": repr(net),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "batch": [list(batch[0].shape), str(batch[0].dtype)],
+    }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def measure(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
-            options: list[tuple[int, str]], device: torch.device) -> list[float]:
+def measure(
+    net: nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    options: list[tuple[int, str]],
+    device: torch.device,
+) -> list[float]:
     """Step time of each candidate relative to the baseline's (the first: 1.0), the median of
     per-round ratios of forward/backward steps on a copy of the model, the candidates
     interleaved per round so that a burst of load falls on all of them alike. A
@@ -178,8 +216,10 @@ def measure(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
         try:
             # two warm-up steps each: the first of a kind builds its kernels (bf16's are slow
             # to build), the second says what a step costs
-            warm = [[steps_seconds(probe, x, y, option, device, 1) for _ in range(2)][1]
-                    for option in options]
+            warm = [
+                [steps_seconds(probe, x, y, option, device, 1) for _ in range(2)][1]
+                for option in options
+            ]
             reps = max(1, min(50, round(MIN_MEASURE_S / max(warm[0], 1e-6))))
             alive = [i for i, s in enumerate(warm) if i == 0 or s < LOSER * warm[0]]
             started = time.perf_counter()
@@ -194,12 +234,20 @@ def measure(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
             torch.set_num_threads(before)
     # each round's time over the baseline's time in the same round: load that comes and goes
     # falls on both sides of a ratio
-    return [statistics.median(a / b for a, b in zip(t, times[0])) if t else warm[i] / warm[0]
-            for i, t in enumerate(times)]
+    return [
+        statistics.median(a / b for a, b in zip(t, times[0])) if t else warm[i] / warm[0]
+        for i, t in enumerate(times)
+    ]
 
 
-def steps_seconds(net: nn.Module, x: torch.Tensor, y: torch.Tensor, option: tuple[int, str],
-                  device: torch.device, reps: int) -> float:
+def steps_seconds(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    option: tuple[int, str],
+    device: torch.device,
+    reps: int,
+) -> float:
     """Seconds per forward/backward step at (threads, precision), over `reps` steps; fast
     steps after an untimed one (the first step after a change of thread count pays for it)."""
     torch.set_num_threads(option[0])
@@ -250,8 +298,9 @@ def threads_set(count: int) -> Iterator[None]:
                 torch.set_num_threads(_threads_before)
 
 
-def probe_batch(x: torch.Tensor, y: torch.Tensor, batch_size: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_batch(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A training-sized batch of real rows (repeated when there are fewer)."""
     repeats = -(-batch_size // max(len(x), 1))
     return x.repeat(repeats, *[1] * (x.dim() - 1))[:batch_size], y.repeat(repeats)[:batch_size]
@@ -264,8 +313,9 @@ def record(choice: Choice) -> dict:
 def choose(net: nn.Module, train: TrainSpec, val: Split, device: torch.device) -> Choice:
     """What `train` resolves to for `net` on `device`, probing on a batch of validation rows
     (always in memory, streamed training or not)."""
-    return resolve(net, probe_batch(val.x, val.y, train.batch_size), train.threads,
-                   train.precision, device)
+    return resolve(
+        net, probe_batch(val.x, val.y, train.batch_size), train.threads, train.precision, device
+    )
 
 
 def applied(train: TrainSpec, choice: Choice) -> TrainSpec:
