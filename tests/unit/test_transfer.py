@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from trainflow.caching import canonical
-from trainflow.engine.bundle import build_model, train_into
+from trainflow.engine.model_folder import build_model
+from trainflow.engine.training import train_into
 from trainflow.engine.data import Split
 from trainflow.errors import TrainflowError
 from trainflow.spec.model import CNNParams, MLPParams
@@ -92,18 +93,18 @@ def test_frozen_layers_do_not_train_until_unfrozen(tmp_path):
     def snap(row):
         snapshots.append({k: v.clone() for k, v in holder["net"].state_dict().items()})
 
-    import trainflow.engine.bundle as bundle
-    real = bundle.build_model
+    import trainflow.engine.training as training
+    real = training.build_model
 
     def keep(*args):  # hold on to the network being trained, to look at it per epoch
         holder["net"] = real(*args)
         return holder["net"]
-    bundle.build_model = keep
+    training.build_model = keep
     try:
         train(tmp_path / "run", {"epochs": 4, "lr": 0.01, "freeze": ["1.*", "3.*"],
                                  "unfreeze": {3: ["3.*"]}}, on_epoch=snap)
     finally:
-        bundle.build_model = real
+        training.build_model = real
     first, second, third = snapshots[0], snapshots[1], snapshots[2]
     assert torch.equal(first["1.weight"], third["1.weight"])  # frozen throughout
     assert torch.equal(first["3.weight"], second["3.weight"])  # frozen in epochs 1-2 ...
