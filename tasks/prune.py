@@ -26,14 +26,20 @@ def finetune_spec(train: TrainSpec, params: Any) -> TrainSpec:
     """The train section of the fine-tune: its epochs, no early stopping or epoch
     checkpoints, and its rate as train.lr, the one rate the optimizer and the schedule (a
     one_cycle's peak, a cyclic's top) both read."""
-    return train.model_copy(update={"epochs": params.finetune_epochs, "early_stopping": None,
-                                    "checkpoint_every": 0,
-                                    "lr": params.finetune_lr or train.lr / 10})
+    return train.model_copy(
+        update={
+            "epochs": params.finetune_epochs,
+            "early_stopping": None,
+            "checkpoint_every": 0,
+            "lr": params.finetune_lr or train.lr / 10,
+        }
+    )
 
 
 @task(name="prune", **CACHED)
-def prune_model(model: ArtifactRef, shards: ArtifactRef, params: Any, train: TrainSpec,
-                seed: int, store: str) -> ArtifactRef:
+def prune_model(
+    model: ArtifactRef, shards: ArtifactRef, params: Any, train: TrainSpec, seed: int, store: str
+) -> ArtifactRef:
     net, info = load_model(model)
     data = load_splits(shards)
     classes = len(info["classes"])
@@ -45,13 +51,28 @@ def prune_model(model: ArtifactRef, shards: ArtifactRef, params: Any, train: Tra
     compress.make_permanent(targets)
     net = net.cpu().eval()
     after = measure(net, data["test"], classes)
-    table = {"before": before, "after": after, "sparsity": compress.sparsity(net),
-             "target_sparsity": params.sparsity, "finetune_epochs": params.finetune_epochs}
+    table = {
+        "before": before,
+        "after": after,
+        "sparsity": compress.sparsity(net),
+        "target_sparsity": params.sparsity,
+        "finetune_epochs": params.finetune_epochs,
+    }
     target = Store(store)
     with target.writer("model") as staging:
         checkpoint.save(staging / WEIGHTS, {"model": net.state_dict()})
-        describe(staging, info["model"], info["input_shape"], info["classes"],
-                 pruned=params.type, sparsity=table["sparsity"])
+        describe(
+            staging,
+            info["model"],
+            info["input_shape"],
+            info["classes"],
+            pruned=params.type,
+            sparsity=table["sparsity"],
+        )
         (staging / "compression.json").write_text(json.dumps(table, indent=1, sort_keys=True))
-        return target.commit(staging, "model", schema=model.data_schema,
-                             meta={"compression": "prune", "type": params.type, **table})
+        return target.commit(
+            staging,
+            "model",
+            schema=model.data_schema,
+            meta={"compression": "prune", "type": params.type, **table},
+        )

@@ -17,12 +17,12 @@ from prefect import task
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine import checkpoint
+from trainflow.engine.data import Split
 from trainflow.engine.state import load_resumable
 from trainflow.engine.training import train_into
-from trainflow.engine.data import Split
 from trainflow.errors import ArtifactError
-from trainflow.logs import Progress, run_logger
 from trainflow.loader import DEFAULT_CACHE, Stream
+from trainflow.logs import Progress, run_logger
 from trainflow.shards import read_paths, read_split, read_split_checked, shard_paths
 from trainflow.spec.train import LoaderSpec, TrainSpec
 
@@ -33,30 +33,41 @@ def load_splits(shards: ArtifactRef, names=("train", "val", "test")) -> dict[str
     return {name: Split.from_arrays(*read_split(shards.path, name)) for name in names}
 
 
-def training_stream(base: str | Path, spec: LoaderSpec, on_corrupt: str,
-                    cache_dir: Path) -> tuple[Stream, int]:
+def training_stream(
+    base: str | Path, spec: LoaderSpec, on_corrupt: str, cache_dir: Path
+) -> tuple[Stream, int]:
     """The training split as a Stream over its verified shards, and the samples lost.
 
     The rank and world size come from torch's launcher variables (RANK, WORLD_SIZE)."""
     paths, lost, manifest = shard_paths(base, "train", on_corrupt, cache_dir)
     counts = manifest["splits"]["train"]["classes"]
-    return Stream(paths, manifest["splits"]["train"]["samples"] - lost,
-                  [counts[c] for c in manifest["classes"]], manifest["input_shape"],
-                  spec.workers, spec.prefetch, spec.shuffle_buffer, spec.resampled,
-                  int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))), lost
+    return Stream(
+        paths,
+        manifest["splits"]["train"]["samples"] - lost,
+        [counts[c] for c in manifest["classes"]],
+        manifest["input_shape"],
+        spec.workers,
+        spec.prefetch,
+        spec.shuffle_buffer,
+        spec.resampled,
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+    ), lost
 
 
-def load_training_splits(shards: ArtifactRef | str, on_corrupt: str,
-                         loader: LoaderSpec | None = None
-                         ) -> tuple[dict[str, Split | Stream], int]:
+def load_training_splits(
+    shards: ArtifactRef | str, on_corrupt: str, loader: LoaderSpec | None = None
+) -> tuple[dict[str, Split | Stream], int]:
     """train (in memory or streamed, as the loader spec says) and val (in memory), skipping
     corrupt shards when told to; also the count of samples lost."""
     loader = loader or LoaderSpec(mode="memory")
     base = shards.path if isinstance(shards, ArtifactRef) else shards
     cache_dir = Path(loader.cache_dir) if loader.cache_dir else DEFAULT_CACHE
     stream, lost = training_stream(base, loader, on_corrupt, cache_dir)
-    in_memory = loader.mode == "memory" or (loader.mode == "auto" and sum(
-        Path(p).stat().st_size for p in stream.paths) <= loader.memory_limit_mb * 2**20)
+    in_memory = loader.mode == "memory" or (
+        loader.mode == "auto"
+        and sum(Path(p).stat().st_size for p in stream.paths) <= loader.memory_limit_mb * 2**20
+    )
     x, y, missing = read_split_checked(base, "val", on_corrupt, cache_dir)
     val = Split.from_arrays(x, y)
     if in_memory:
@@ -65,11 +76,19 @@ def load_training_splits(shards: ArtifactRef | str, on_corrupt: str,
     return {"train": stream, "val": val}, lost + missing
 
 
-def resume_folder(store: Store, shards: ArtifactRef, model: Any, train: TrainSpec,
-                  seed: int) -> Path:
+def resume_folder(
+    store: Store, shards: ArtifactRef, model: Any, train: TrainSpec, seed: int
+) -> Path:
     """Where an interrupted training of exactly these inputs left its checkpoints."""
-    inputs = json.dumps({"shards": shards.fingerprint, "model": model.model_dump(mode="json"),
-                         "train": train.model_dump(mode="json"), "seed": seed}, sort_keys=True)
+    inputs = json.dumps(
+        {
+            "shards": shards.fingerprint,
+            "model": model.model_dump(mode="json"),
+            "train": train.model_dump(mode="json"),
+            "seed": seed,
+        },
+        sort_keys=True,
+    )
     return store.root / "resume" / hashlib.sha256(inputs.encode()).hexdigest()[:24]
 
 
@@ -85,8 +104,11 @@ def held_alone(folder: Path, logger: logging.Logger | logging.LoggerAdapter) -> 
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            logger.info("waiting for another run that is training the same model on the same "
-                        "data in this store (it holds %s)", lock)
+            logger.info(
+                "waiting for another run that is training the same model on the same "
+                "data in this store (it holds %s)",
+                lock,
+            )
             fcntl.flock(handle, fcntl.LOCK_EX)
             logger.info("the other run's training is over; training here")
         try:
@@ -106,49 +128,75 @@ def resume_point(folder: Path, logger: logging.Logger | logging.LoggerAdapter) -
         saved = load_resumable(last)
     except ArtifactError as exc:
         aside = checkpoint.set_aside(folder)
-        logger.warning("%s. The folder is set aside as %s (its files are kept, to look at or "
-                       "delete) and training starts from the beginning", exc, aside)
+        logger.warning(
+            "%s. The folder is set aside as %s (its files are kept, to look at or "
+            "delete) and training starts from the beginning",
+            exc,
+            aside,
+        )
         return None
-    logger.warning("resuming training from %s (left by an interrupted run, at epoch %s)",
-                   folder, saved["epoch"])
+    logger.warning(
+        "resuming training from %s (left by an interrupted run, at epoch %s)",
+        folder,
+        saved["epoch"],
+    )
     return saved
 
 
 @task(name="train", **CACHED)
-def train_model(shards: ArtifactRef, model: Any, train: TrainSpec, seed: int,
-                store: str) -> ArtifactRef:
+def train_model(
+    shards: ArtifactRef, model: Any, train: TrainSpec, seed: int, store: str
+) -> ArtifactRef:
     """Train a model; the artifact holds best.pt, last.pt, metrics.jsonl and model.json."""
     logger = run_logger()
     data, lost = load_training_splits(shards, train.on_corrupt, train.loader)
     if lost:
-        logger.warning("%d training/validation samples lost to corrupt shards (on_corrupt: "
-                       "skip)", lost)
+        logger.warning(
+            "%d training/validation samples lost to corrupt shards (on_corrupt: skip)", lost
+        )
 
     progress = Progress("train-progress", f"training: up to {train.epochs} epochs")
 
     def log_epoch(row: dict) -> None:
         progress.update(row["epoch"] / train.epochs)
-        logger.info("epoch %(epoch)d  train_loss %(train_loss).4f  val_loss %(val_loss).4f  "
-                    "val_accuracy %(val_accuracy).4f  (%(seconds).2fs, %(samples_per_s).0f "
-                    "samples/s)", row)
+        logger.info(
+            "epoch %(epoch)d  train_loss %(train_loss).4f  val_loss %(val_loss).4f  "
+            "val_accuracy %(val_accuracy).4f  (%(seconds).2fs, %(samples_per_s).0f "
+            "samples/s)",
+            row,
+        )
 
     target = Store(store)
     resume_dir = resume_folder(target, shards, model, train, seed)
     with held_alone(resume_dir, logger), target.writer("model") as staging:
-        _, result = train_into(staging, model, train, seed, data, shards.data_schema["input_shape"],
-                               shards.data_schema["classes"], log_epoch, resume_dir,
-                               shards.data_schema.get("aux_targets"),
-                               resume_point(resume_dir, logger))
+        _, result = train_into(
+            staging,
+            model,
+            train,
+            seed,
+            data,
+            shards.data_schema["input_shape"],
+            shards.data_schema["classes"],
+            log_epoch,
+            resume_dir,
+            shards.data_schema.get("aux_targets"),
+            resume_point(resume_dir, logger),
+        )
         progress.update(1.0)  # early stopping ends before the last epoch
         best = result.history[result.best_epoch - 1]
-        return target.commit(staging, "model", count=len(data["train"]),
-                             schema=shards.data_schema,
-                             meta={"best_epoch": result.best_epoch,
-                                   "epochs_run": len(result.history),
-                                   "samples_lost": lost,
-                                   "batch_size": result.batch_size,
-                                   "stopped_early": result.stopped_early,
-                                   "val_accuracy": best["val_accuracy"],
-                                   "val_loss": best["val_loss"],
-                                   "compute": json.loads((staging / "model.json").read_text())
-                                   ["compute"]})  # the threads and precision used
+        return target.commit(
+            staging,
+            "model",
+            count=len(data["train"]),
+            schema=shards.data_schema,
+            meta={
+                "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history),
+                "samples_lost": lost,
+                "batch_size": result.batch_size,
+                "stopped_early": result.stopped_early,
+                "val_accuracy": best["val_accuracy"],
+                "val_loss": best["val_loss"],
+                "compute": json.loads((staging / "model.json").read_text())["compute"],
+            },
+        )  # the threads and precision used

@@ -6,32 +6,32 @@ import numpy as np
 import pytest
 import torch
 
-from trainflow.engine import checkpoint
-from trainflow.engine.inference import score
-from trainflow.engine.model_folder import load_model
-from trainflow.tasks.train import load_splits
-from trainflow.engine.data import Split
-from trainflow.engine.loop import fit
-from trainflow.engine.training import optimizer_factory
 from tests.interrupt import after_step
+from trainflow.engine import checkpoint
+from trainflow.engine.data import Split
+from trainflow.engine.inference import score
+from trainflow.engine.loop import fit
+from trainflow.engine.model_folder import load_model
+from trainflow.engine.training import optimizer_factory
 from trainflow.models.mlp import mlp
 from trainflow.spec.after_training import DynamicInt8Params, L1UnstructuredParams
 from trainflow.spec.model import MLPParams
 from trainflow.spec.train import EarlyStopping, TrainSpec
 from trainflow.steps import read_parts
-from trainflow.tasks.fold import fold_data, train_fold
 from trainflow.tasks.evaluate import evaluate_model
+from trainflow.tasks.fold import fold_data, train_fold
 from trainflow.tasks.ingest import SklearnSource, ingest
 from trainflow.tasks.normalize import NormalizeParams, normalize
 from trainflow.tasks.prune import prune_model
 from trainflow.tasks.quantize import quantize_model
 from trainflow.tasks.shard import ShardParams, shard
 from trainflow.tasks.split import SplitParams, split
-from trainflow.tasks.train import train_model
+from trainflow.tasks.train import load_splits, train_model
 
 MODEL = MLPParams(type="mlp", hidden_layers=2, units=[64, 32])
-TRAIN = TrainSpec(lr=1e-3, batch_size=32, epochs=25,
-                  early_stopping=EarlyStopping(monitor="val_loss", patience=5))
+TRAIN = TrainSpec(
+    lr=1e-3, batch_size=32, epochs=25, early_stopping=EarlyStopping(monitor="val_loss", patience=5)
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,9 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4, generator=g)
     train, val = Split(x, (x[:, 0] > 0).long()), Split(x, torch.randint(0, 2, (64,), generator=g))
-    spec = TrainSpec(epochs=50, lr=0.05, early_stopping=EarlyStopping(monitor="val_loss",
-                                                                      patience=3))
+    spec = TrainSpec(
+        epochs=50, lr=0.05, early_stopping=EarlyStopping(monitor="val_loss", patience=3)
+    )
     result = fit(mlp([4], 2, [8]), train, val, spec, 0, optimizer_factory(spec))
     assert result.stopped_early
     assert len(result.history) == result.best_epoch + 3
@@ -94,8 +95,14 @@ def test_non_finite_loss_is_a_clear_error():
     x = torch.full((8, 2), float("nan"))
     spec = TrainSpec(epochs=2)
     with pytest.raises(Exception, match="non-finite"):
-        fit(mlp([2], 2, [4]), Split(x, torch.zeros(8, dtype=torch.long)),
-            Split(x, torch.zeros(8, dtype=torch.long)), spec, 0, optimizer_factory(spec))
+        fit(
+            mlp([2], 2, [4]),
+            Split(x, torch.zeros(8, dtype=torch.long)),
+            Split(x, torch.zeros(8, dtype=torch.long)),
+            spec,
+            0,
+            optimizer_factory(spec),
+        )
 
 
 def test_cv_fold_refits_steps_on_fold_training_rows_only(prepared):
@@ -113,16 +120,28 @@ def test_cv_fold_refits_steps_on_fold_training_rows_only(prepared):
 
 def test_fold_task_keeps_test_probabilities(prepared):
     spec = TRAIN.model_copy(update={"epochs": 3})
-    ref = train_fold.fn(prepared["raw"], 0, 3, [NormalizeParams(type="normalize")], MODEL, spec,
-                        0, prepared["store"])
+    ref = train_fold.fn(
+        prepared["raw"],
+        0,
+        3,
+        [NormalizeParams(type="normalize")],
+        MODEL,
+        spec,
+        0,
+        prepared["store"],
+    )
     probs = np.load(ref.path / "test_probs.npy")
     assert probs.shape == (114, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert ref.meta["fold"] == 0 and 0 < ref.meta["val"]["accuracy"] <= 1
 
 
 def test_quantized_linear_weights_are_smaller_and_as_accurate(prepared):
-    ref = quantize_model.fn(prepared["model"], prepared["shards"],
-                            DynamicInt8Params(type="dynamic_int8"), prepared["store"])
+    ref = quantize_model.fn(
+        prepared["model"],
+        prepared["shards"],
+        DynamicInt8Params(type="dynamic_int8"),
+        prepared["store"],
+    )
     before, after = ref.meta["before"], ref.meta["after"]
     assert ref.meta["linear_weights_smaller_x"] >= 3.5
     assert abs(before["accuracy"] - after["accuracy"]) <= 0.01
@@ -136,8 +155,7 @@ def test_quantized_linear_weights_are_smaller_and_as_accurate(prepared):
 
 def test_pruned_model_reaches_target_sparsity_and_keeps_accuracy(prepared):
     params = L1UnstructuredParams(type="l1_unstructured", sparsity=0.5, finetune_epochs=3)
-    ref = prune_model.fn(prepared["model"], prepared["shards"], params, TRAIN, 0,
-                         prepared["store"])
+    ref = prune_model.fn(prepared["model"], prepared["shards"], params, TRAIN, 0, prepared["store"])
     assert ref.meta["sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert ref.meta["after"]["accuracy"] >= ref.meta["before"]["accuracy"] - 0.01
     weights = checkpoint.load(ref.path / "best.pt")["model"]
@@ -145,22 +163,23 @@ def test_pruned_model_reaches_target_sparsity_and_keeps_accuracy(prepared):
 
 
 @pytest.mark.parametrize("finetune_lr,peak", [(0.002, 0.002), (None, 0.001)])
-def test_a_prune_fine_tune_with_one_cycle_peaks_at_the_fine_tune_rate(prepared, finetune_lr,
-                                                                       peak):
+def test_a_prune_fine_tune_with_one_cycle_peaks_at_the_fine_tune_rate(prepared, finetune_lr, peak):
     """The fine-tune's rate (its own, or train.lr / 10) is the one rate its optimizer and its
     schedule read: one_cycle peaks there, not at the main train.lr (0.01 here)."""
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    spec = TrainSpec.model_validate({**TRAIN.model_dump(), "lr": 0.01,
-                                     "schedule": {"type": "one_cycle"}})
-    params = L1UnstructuredParams(type="l1_unstructured", sparsity=0.5, finetune_epochs=2,
-                                  finetune_lr=finetune_lr)
+    spec = TrainSpec.model_validate(
+        {**TRAIN.model_dump(), "lr": 0.01, "schedule": {"type": "one_cycle"}}
+    )
+    params = L1UnstructuredParams(
+        type="l1_unstructured", sparsity=0.5, finetune_epochs=2, finetune_lr=finetune_lr
+    )
     used = []  # the rate of each step the fine-tune's optimizer takes
     hook = register_optimizer_step_pre_hook(
-        lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+        lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"])
+    )
     try:
-        prune_model.fn(prepared["model"], prepared["shards"], params, spec, 0,
-                       prepared["store"])
+        prune_model.fn(prepared["model"], prepared["shards"], params, spec, 0, prepared["store"])
     finally:
         hook.remove()
     assert len(used) == 2 * 12  # 364 training rows in batches of 32, two epochs
@@ -184,15 +203,26 @@ def test_weighted_sampler_balances_classes_and_class_weights_change_the_loss():
     y = torch.tensor([0] * 90 + [1] * 10)
     data = Split(torch.randn(100, 3), y)
     weights = balanced_weights(y, 2)[y]
-    drawn = torch.cat([b for _, b in batches(data, 25, torch.Generator().manual_seed(0), weights)
-                       for _ in range(1)])
-    many = torch.cat([torch.cat([b for _, b in batches(data, 25, torch.Generator().manual_seed(s),
-                                                       weights)]) for s in range(20)])
+    drawn = torch.cat(
+        [
+            b
+            for _, b in batches(data, 25, torch.Generator().manual_seed(0), weights)
+            for _ in range(1)
+        ]
+    )
+    many = torch.cat(
+        [
+            torch.cat([b for _, b in batches(data, 25, torch.Generator().manual_seed(s), weights)])
+            for s in range(20)
+        ]
+    )
     assert len(drawn) == 100 and abs(many.float().mean().item() - 0.5) < 0.05
     plain = TrainSpec(epochs=1, lr=0.01)
     runs = {}
-    for name, spec in {"plain": plain,
-                       "balanced": plain.model_copy(update={"class_weights": "balanced"})}.items():
+    for name, spec in {
+        "plain": plain,
+        "balanced": plain.model_copy(update={"class_weights": "balanced"}),
+    }.items():
         result = fit(mlp([3], 2, [4]), data, data, spec, 0, optimizer_factory(spec))
         runs[name] = result.history[0]["train_loss"]
     assert runs["plain"] != runs["balanced"]
@@ -217,8 +247,7 @@ def test_corrupt_training_shard_errors_by_default_and_is_skipped_on_request(tmp_
     with pytest.raises(ArtifactError, match="train-000001.tar is corrupt or truncated"):
         train_model.fn(ref, MODEL, spec, 0, store)
     with pytest.warns(UserWarning, match="skipping its 100 samples"):
-        model = train_model.fn(ref, MODEL, spec.model_copy(update={"on_corrupt": "skip"}), 0,
-                               store)
+        model = train_model.fn(ref, MODEL, spec.model_copy(update={"on_corrupt": "skip"}), 0, store)
     assert model.meta["samples_lost"] == 100
     assert model.count == good.meta["samples"]["train"] - 100
     good.verify()
@@ -228,21 +257,22 @@ def test_without_validation_rows_the_last_epoch_is_kept():
     x = torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
     spec = TrainSpec(epochs=3)
     empty = Split(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
-    result = fit(mlp([3], 2, [4]), Split(x, (x[:, 0] > 0).long()), empty, spec, 0,
-                 optimizer_factory(spec))
+    result = fit(
+        mlp([3], 2, [4]), Split(x, (x[:, 0] > 0).long()), empty, spec, 0, optimizer_factory(spec)
+    )
     assert result.best_epoch == 3 and result.best_state is not None
 
 
 def test_training_from_the_streamed_loader_scores_like_in_memory(prepared):
     from trainflow.spec.train import LoaderSpec
 
-    spec = TRAIN.model_copy(update={"loader": LoaderSpec(mode="stream", workers=2,
-                                                         shuffle_buffer=200)})
+    spec = TRAIN.model_copy(
+        update={"loader": LoaderSpec(mode="stream", workers=2, shuffle_buffer=200)}
+    )
     streamed = train_model.fn(prepared["shards"], MODEL, spec, 0, prepared["store"])
     test = evaluate_model.fn(streamed, prepared["shards"], prepared["store"])
     assert test.meta["accuracy"] >= 0.93
-    again = train_model.fn(prepared["shards"], MODEL, spec, 0,
-                           prepared["store"] + "-again")
+    again = train_model.fn(prepared["shards"], MODEL, spec, 0, prepared["store"] + "-again")
     # same seed and workers: the same batches, so the same weights (up to the float drift that
     # concurrent load can cause in CPU kernels)
     first, second = (checkpoint.load(ref.path / "best.pt")["model"] for ref in (streamed, again))
@@ -262,11 +292,13 @@ def test_the_train_task_resumes_what_an_interrupted_run_left(prepared, tmp_path)
     def crash(row):
         if row["epoch"] == 4:
             raise KeyboardInterrupt  # as a cancelled run
+
     data, _ = load_training_splits(prepared["shards"], "error")
     (tmp_path / "lost").mkdir()
     with pytest.raises(KeyboardInterrupt):
-        train_into(tmp_path / "lost", MODEL, spec, 0, data, [30], ["malignant", "benign"],
-                   crash, folder)
+        train_into(
+            tmp_path / "lost", MODEL, spec, 0, data, [30], ["malignant", "benign"], crash, folder
+        )
     assert checkpoint.load(folder / "last.pt")["epoch"] == 3
     resumed = train_model.fn(prepared["shards"], MODEL, spec, 0, store)
     assert not folder.exists()  # consumed
@@ -280,10 +312,16 @@ def test_a_streamed_run_killed_mid_epoch_resumes_bit_identical(prepared, tmp_pat
     and augmentation are seeded per epoch), then training continues as if never stopped."""
     from trainflow.tasks.train import load_training_splits
 
-    spec = TrainSpec.model_validate({
-        **TRAIN.model_dump(), "epochs": 3, "checkpoint_every_steps": 4,
-        "checkpoint_interval_s": 0, "augment": {"gaussian_noise": 0.05},
-        "loader": {"mode": "stream", "workers": 0, "shuffle_buffer": 100}})
+    spec = TrainSpec.model_validate(
+        {
+            **TRAIN.model_dump(),
+            "epochs": 3,
+            "checkpoint_every_steps": 4,
+            "checkpoint_interval_s": 0,
+            "augment": {"gaussian_noise": 0.05},
+            "loader": {"mode": "stream", "workers": 0, "shuffle_buffer": 100},
+        }
+    )
     data, _ = load_training_splits(prepared["shards"], "error", spec.loader)
     assert not isinstance(data["train"], Split)
 
@@ -291,26 +329,30 @@ def test_a_streamed_run_killed_mid_epoch_resumes_bit_identical(prepared, tmp_pat
         torch.manual_seed(0)
         net = mlp([30], 2, [32], dropout=0.2)
         out.mkdir()
-        return net, fit(net, data["train"], data["val"], spec, 0, optimizer_factory(spec), out,
-                        **kwargs)
+        return net, fit(
+            net, data["train"], data["val"], spec, 0, optimizer_factory(spec), out, **kwargs
+        )
 
     full, full_result = train(tmp_path / "full")
     per_epoch = full_result.history[0]["steps"]
 
     def kill():
         raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt), after_step(per_epoch + 8, kill):  # epoch 2, 8 in
         train(tmp_path / "killed")
     assert checkpoint.load(tmp_path / "killed" / "last.pt")["position"]["batch"] == 8
     resumed, result = train(tmp_path / "resumed", resume=tmp_path / "killed" / "last.pt")
-    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(),
-                                                 resumed.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values())
+    )
     assert result.history == full_result.history
 
 
 def test_evaluation_reports_robust_accuracy_next_to_clean_accuracy(prepared, tmp_path):
-    spec = TrainSpec.model_validate({**TRAIN.model_dump(), "epochs": 8, "adversarial": {
-        "method": "fgsm", "epsilon": 0.5}})
+    spec = TrainSpec.model_validate(
+        {**TRAIN.model_dump(), "epochs": 8, "adversarial": {"method": "fgsm", "epsilon": 0.5}}
+    )
     store = str(tmp_path / "store")
     model = train_model.fn(prepared["shards"], MODEL, spec, 0, store)
     test = evaluate_model.fn(model, prepared["shards"], store)
@@ -329,18 +371,25 @@ def test_multi_task_csv_through_shards_training_folds_and_quantization(tmp_path)
 
     g = np.random.default_rng(0)
     x = g.normal(size=(400, 5))
-    pl.DataFrame({**{f"f{i}": x[:, i] for i in range(5)},
-                  "label": np.where(x[:, 0] + x[:, 1] > 0, "yes", "no"),
-                  "segment": np.where(x[:, 2] > 0, "north", "south")}).write_csv(
-        tmp_path / "data.csv")
+    pl.DataFrame(
+        {
+            **{f"f{i}": x[:, i] for i in range(5)},
+            "label": np.where(x[:, 0] + x[:, 1] > 0, "yes", "no"),
+            "segment": np.where(x[:, 2] > 0, "north", "south"),
+        }
+    ).write_csv(tmp_path / "data.csv")
     store = str(tmp_path / "store")
-    source = FileSource(type="csv", path=str(tmp_path / "data.csv"), target="label",
-                        aux_targets=["segment"])
+    source = FileSource(
+        type="csv", path=str(tmp_path / "data.csv"), target="label", aux_targets=["segment"]
+    )
     table = ingest.fn(source, store)
     assert "segment" not in table.data_schema.get("features", [])
     raw = split.fn(table, SplitParams(type="split"), 0, store)
-    shards = shard.fn(normalize.fn(raw, NormalizeParams(type="normalize"), 0, store),
-                      ShardParams(max_samples=128), store)
+    shards = shard.fn(
+        normalize.fn(raw, NormalizeParams(type="normalize"), 0, store),
+        ShardParams(max_samples=128),
+        store,
+    )
     assert shards.data_schema["aux_targets"] == {"segment": ["north", "south"]}
     spec = TrainSpec(lr=0.01, batch_size=32, epochs=15, task_weights={"segment": 0.5})
     model = train_model.fn(shards, MODEL, spec, 0, store)

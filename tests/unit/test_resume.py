@@ -3,18 +3,24 @@
 import pytest
 import torch
 
+from tests.interrupt import after_step
 from trainflow.engine import checkpoint
-from trainflow.engine.training import optimizer_factory
 from trainflow.engine.data import Split
 from trainflow.engine.loop import fit
+from trainflow.engine.training import optimizer_factory
 from trainflow.models.mlp import mlp
 from trainflow.spec.train import TrainSpec
-from tests.interrupt import after_step
 
-SPEC = TrainSpec(lr=0.01, epochs=6, batch_size=16, device="cpu", checkpoint_every=1,
-                 checkpoint_interval_s=0,
-                 schedule={"type": "cosine", "warmup": {"steps": 10}},
-                 augment={"gaussian_noise": 0.1})
+SPEC = TrainSpec(
+    lr=0.01,
+    epochs=6,
+    batch_size=16,
+    device="cpu",
+    checkpoint_every=1,
+    checkpoint_interval_s=0,
+    schedule={"type": "cosine", "warmup": {"steps": 10}},
+    augment={"gaussian_noise": 0.1},
+)
 
 
 class Crash(Exception):
@@ -44,6 +50,7 @@ def crashed_checkpoint(tmp_path):
     def crash(row):
         if row["epoch"] == 3:
             raise Crash
+
     with pytest.raises(Crash):
         run(tmp_path / "crashed", on_epoch=crash)
     saved = checkpoint.load(tmp_path / "crashed" / "last.pt")
@@ -55,11 +62,13 @@ def test_a_run_killed_after_an_epoch_resumes_to_the_uninterrupted_weights(tmp_pa
     full, _ = run(tmp_path / "full")
     crashed_checkpoint(tmp_path)
     resumed, result = run(tmp_path / "resumed", resume=tmp_path / "crashed" / "last.pt")
-    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(),
-                                                 resumed.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values())
+    )
     assert len(result.history) == 6
-    assert ((tmp_path / "full" / "metrics.jsonl").read_bytes()
-            == (tmp_path / "resumed" / "metrics.jsonl").read_bytes())
+    assert (tmp_path / "full" / "metrics.jsonl").read_bytes() == (
+        tmp_path / "resumed" / "metrics.jsonl"
+    ).read_bytes()
 
 
 def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
@@ -72,13 +81,13 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
         resumed, _ = run(tmp_path / "resumed", resume=last)
     assert "damaged (sha256 differs); resuming from the previous one" in caplog.text
     # resuming from the epoch before is just as exact
-    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(),
-                                                 resumed.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values())
+    )
     assert not (tmp_path / "resumed" / "last.prev.pt").exists()  # a finished run keeps one
 
 
-def test_a_last_checkpoint_weights_only_refuses_falls_back_to_the_previous_one(tmp_path,
-                                                                                caplog):
+def test_a_last_checkpoint_weights_only_refuses_falls_back_to_the_previous_one(tmp_path, caplog):
     """A matching sha256 is not enough: the checkpoint must also load as a training state."""
     import io
 
@@ -110,10 +119,12 @@ def test_a_file_that_is_not_a_trainflow_checkpoint_is_named(tmp_path):
         checkpoint.load(tmp_path / "other.pt")
 
 
-STEPPED = TrainSpec.model_validate({**SPEC.model_dump(), "checkpoint_every_steps": 1,
-                                    "keep_last": 3})
-MIXED = TrainSpec.model_validate({**STEPPED.model_dump(), "accumulate": 3,
-                                  "augment": {"gaussian_noise": 0.1, "mixup": 0.4}})
+STEPPED = TrainSpec.model_validate(
+    {**SPEC.model_dump(), "checkpoint_every_steps": 1, "keep_last": 3}
+)
+MIXED = TrainSpec.model_validate(
+    {**STEPPED.model_dump(), "accumulate": 3, "augment": {"gaussian_noise": 0.1, "mixup": 0.4}}
+)
 
 
 def run_spec(spec, out, **kwargs):
@@ -126,24 +137,26 @@ def run_spec(spec, out, **kwargs):
 
 def killed_at(spec, out, step):
     """Run until optimizer step `step`, then stop as abruptly as an exception can."""
+
     def kill():
         raise Crash
+
     with pytest.raises(Crash), after_step(step, kill):
         run_spec(spec, out)
     return out / "last.pt"
 
 
 def same_weights(a, b) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
-                                                  b.state_dict().values()))
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 # 10 batches per epoch: step 7 and 23 are mid-epoch, 10 the last step of an epoch (before its
 # validation); with accumulate 3 an epoch has 4 steps, the last over one batch.
-@pytest.mark.parametrize("spec,step", [(STEPPED, 7), (STEPPED, 10), (STEPPED, 23),
-                                       (MIXED, 5), (MIXED, 8)],
-                         ids=["mid-epoch", "epoch-end", "later-epoch", "accumulate+mixup",
-                              "after-short-group"])
+@pytest.mark.parametrize(
+    "spec,step",
+    [(STEPPED, 7), (STEPPED, 10), (STEPPED, 23), (MIXED, 5), (MIXED, 8)],
+    ids=["mid-epoch", "epoch-end", "later-epoch", "accumulate+mixup", "after-short-group"],
+)
 def test_a_run_killed_at_any_step_resumes_bit_identical(tmp_path, spec, step):
     full, full_result = run_spec(spec, tmp_path / "full")
     last = killed_at(spec, tmp_path / "killed", step)
@@ -183,14 +196,16 @@ def test_a_process_killed_with_sigkill_resumes_bit_identical(tmp_path):
 
     root = str(Path(__file__).resolve().parents[2])
     script = KILLER.format(root=root, out=str(tmp_path / "killed"))
-    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, timeout=300
+    )
     assert done.returncode == -9, done.stderr.decode()[-2000:]
     full, full_result = run_spec(STEPPED, tmp_path / "full")
     saved = checkpoint.load_latest_good(tmp_path / "killed" / "last.pt")
     assert 14 <= saved["steps"] <= 17  # the newest write may not have landed
-    resumed, result = run_spec(STEPPED, tmp_path / "resumed",
-                               resume=tmp_path / "killed" / "last.pt")
+    resumed, result = run_spec(
+        STEPPED, tmp_path / "resumed", resume=tmp_path / "killed" / "last.pt"
+    )
     assert same_weights(full, resumed) and result.history == full_result.history
 
 
@@ -207,8 +222,10 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
     train, val = data()
     net_holder["net"] = net = model()
     (tmp_path / "run").mkdir()
-    with (pytest.raises(TrainflowError, match="training loss became non-finite"),
-          after_step(12, diverge)):
+    with (
+        pytest.raises(TrainflowError, match="training loss became non-finite"),
+        after_step(12, diverge),
+    ):
         fit(net, train, val, STEPPED, 0, optimizer_factory(STEPPED), tmp_path / "run")
     saved = checkpoint.load_latest_good(tmp_path / "run" / "last.pt")
     assert saved["steps"] == 12

@@ -20,19 +20,34 @@ from trainflow.spec.train import TrainSpec
 
 # Every knob that keeps state on: a warmup ramp, a plateau schedule, gradient norms (clipping),
 # per-step rows, per-layer gradient norms, early stopping, dropout and augmentation.
-KNOBS = {"lr": 0.01, "epochs": 8, "batch_size": 16, "device": "cpu", "checkpoint_every": 1,
-         "checkpoint_interval_s": 0, "grad_clip": {"max_norm": 1.0},
-         "log": {"every_steps": 3}, "debug": {"layer_norms": True},
-         "early_stopping": {"patience": 3}, "augment": {"gaussian_noise": 0.1}}
-MID_EPOCH = TrainSpec.model_validate({
-    **KNOBS, "checkpoint_every_steps": 1,
-    "schedule": {"type": "plateau", "patience": 0, "factor": 0.5, "warmup": {"steps": 10}}})
-EPOCH_END = TrainSpec.model_validate({**KNOBS, "schedule": {"type": "cosine",
-                                                            "warmup": {"steps": 10}}})
+KNOBS = {
+    "lr": 0.01,
+    "epochs": 8,
+    "batch_size": 16,
+    "device": "cpu",
+    "checkpoint_every": 1,
+    "checkpoint_interval_s": 0,
+    "grad_clip": {"max_norm": 1.0},
+    "log": {"every_steps": 3},
+    "debug": {"layer_norms": True},
+    "early_stopping": {"patience": 3},
+    "augment": {"gaussian_noise": 0.1},
+}
+MID_EPOCH = TrainSpec.model_validate(
+    {
+        **KNOBS,
+        "checkpoint_every_steps": 1,
+        "schedule": {"type": "plateau", "patience": 0, "factor": 0.5, "warmup": {"steps": 10}},
+    }
+)
+EPOCH_END = TrainSpec.model_validate(
+    {**KNOBS, "schedule": {"type": "cosine", "warmup": {"steps": 10}}}
+)
 # Where CUDA is, the same with the fp16 grad scaler and CUDA's generators, which a run on CPU
 # holds nothing of.
-ON_CUDA = TrainSpec.model_validate({**MID_EPOCH.model_dump(), "device": "cuda",
-                                    "precision": "fp16"})
+ON_CUDA = TrainSpec.model_validate(
+    {**MID_EPOCH.model_dump(), "device": "cuda", "precision": "fp16"}
+)
 CUDA_ONLY = {"scaler", "rng.cuda"}
 
 
@@ -66,11 +81,15 @@ def observed(net, result, out) -> dict:
     """What a user gets from a run: weights, history, best epoch, whether it stopped early,
     metrics.jsonl, best.pt, and the debug rows of the epochs it trained."""
     debug = [json.loads(line) for line in (out / "debug.jsonl").read_text().splitlines()]
-    return {"weights": {k: v.clone() for k, v in net.state_dict().items()},
-            "history": result.history, "best_epoch": result.best_epoch,
-            "stopped_early": result.stopped_early,
-            "metrics": (out / "metrics.jsonl").read_bytes(),
-            "best": checkpoint.load(out / "best.pt"), "debug": {r["epoch"]: r for r in debug}}
+    return {
+        "weights": {k: v.clone() for k, v in net.state_dict().items()},
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "metrics": (out / "metrics.jsonl").read_bytes(),
+        "best": checkpoint.load(out / "best.pt"),
+        "debug": {r["epoch"]: r for r in debug},
+    }
 
 
 def same(full: dict, resumed: dict) -> bool:
@@ -80,13 +99,18 @@ def same(full: dict, resumed: dict) -> bool:
         if isinstance(a, dict):
             return a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
         return a == b
+
     debug = {e: full["debug"].get(e) for e in resumed["debug"]}  # epochs the resume trained
-    return (all(equal(full[k], resumed[k]) for k in full if k != "debug")
-            and equal(debug, resumed["debug"]))
+    return all(equal(full[k], resumed[k]) for k in full if k != "debug") and equal(
+        debug, resumed["debug"]
+    )
 
 
-SPECS = {"mid-epoch": MID_EPOCH, "epoch-end": EPOCH_END,
-         **({"cuda-fp16-mid-epoch": ON_CUDA} if torch.cuda.is_available() else {})}
+SPECS = {
+    "mid-epoch": MID_EPOCH,
+    "epoch-end": EPOCH_END,
+    **({"cuda-fp16-mid-epoch": ON_CUDA} if torch.cuda.is_available() else {}),
+}
 CASES = list(SPECS)
 
 
@@ -101,6 +125,7 @@ def interrupted(tmp_path_factory):
         if case not in made:
             made[case] = interrupt(case, tmp_path_factory.mktemp(case))
         return made[case]
+
     return make
 
 
@@ -115,6 +140,7 @@ def interrupt(case, root):
     def crash(row):
         if row["epoch"] == 3:
             raise Crash
+
     with pytest.raises(Crash):
         if case != "epoch-end":
             with after_step(25, kill):  # 10 steps per epoch
@@ -187,7 +213,11 @@ def test_each_piece_of_the_state_is_needed(interrupted, case, piece, tmp_path):
 def test_every_piece_is_dropped_somewhere(interrupted):
     """Each piece is held (and so dropped) by one of the checkpoints above; on a machine
     without CUDA, all but the reviewed CUDA_ONLY ones."""
-    held_somewhere = {piece for case in CASES for piece in pieces()
-                      if held(interrupted(case)[2], piece) is not None}
+    held_somewhere = {
+        piece
+        for case in CASES
+        for piece in pieces()
+        if held(interrupted(case)[2], piece) is not None
+    }
     expected = set(pieces()) - (set() if torch.cuda.is_available() else CUDA_ONLY)
     assert expected <= held_somewhere, sorted(expected - held_somewhere)

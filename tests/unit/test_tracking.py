@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from tests.interrupt import after_step
-from trainflow.engine.training import optimizer_factory
 from trainflow.engine.data import Split
 from trainflow.engine.loop import fit
+from trainflow.engine.training import optimizer_factory
 from trainflow.errors import TrainflowError
 from trainflow.models.mlp import mlp
 from trainflow.plots import curves_png
@@ -24,8 +24,9 @@ def data():
 
 
 def run(tmp_path, net=None, **knobs):
-    spec = TrainSpec.model_validate({"lr": 0.01, "epochs": 3, "batch_size": 16, "device": "cpu",
-                                     "checkpoint_every": 0, **knobs})
+    spec = TrainSpec.model_validate(
+        {"lr": 0.01, "epochs": 3, "batch_size": 16, "device": "cpu", "checkpoint_every": 0, **knobs}
+    )
     train, val = data()
     torch.manual_seed(0)
     net = net or mlp([6], 2, [16, 16])
@@ -39,8 +40,9 @@ def rows(path):
 
 
 def test_per_step_rows_with_loss_lr_and_gradient_norm(tmp_path):
-    _, result, out = run(tmp_path, log={"every_steps": 4},
-                         schedule={"type": "cosine", "warmup": {"steps": 8}})
+    _, result, out = run(
+        tmp_path, log={"every_steps": 4}, schedule={"type": "cosine", "warmup": {"steps": 8}}
+    )
     logged = rows(out / "metrics.jsonl")
     steps = [r for r in logged if "step" in r]
     assert [r["step"] for r in steps] == list(range(4, 31, 4))  # 10 steps per epoch, 3 epochs
@@ -59,12 +61,14 @@ def test_per_step_rows_survive_a_mid_epoch_resume(tmp_path):
     class Crash(Exception):
         pass
 
-    spec = TrainSpec.model_validate({"lr": 0.01, "epochs": 3, "batch_size": 16,
-                                     "device": "cpu", **knobs})
+    spec = TrainSpec.model_validate(
+        {"lr": 0.01, "epochs": 3, "batch_size": 16, "device": "cpu", **knobs}
+    )
     train, val = data()
 
     def kill():
         raise Crash
+
     for name in ("killed", "resumed"):
         torch.manual_seed(0)
         net = mlp([6], 2, [16, 16])
@@ -73,10 +77,19 @@ def test_per_step_rows_survive_a_mid_epoch_resume(tmp_path):
             with pytest.raises(Crash), after_step(14, kill):
                 fit(net, train, val, spec, 0, optimizer_factory(spec), tmp_path / name)
         else:
-            fit(net, train, val, spec, 0, optimizer_factory(spec), tmp_path / name,
-                resume=tmp_path / "killed" / "last.pt")
-    assert ((tmp_path / "resumed" / "metrics.jsonl").read_bytes()
-            == (full / "metrics.jsonl").read_bytes())
+            fit(
+                net,
+                train,
+                val,
+                spec,
+                0,
+                optimizer_factory(spec),
+                tmp_path / name,
+                resume=tmp_path / "killed" / "last.pt",
+            )
+    assert (tmp_path / "resumed" / "metrics.jsonl").read_bytes() == (
+        full / "metrics.jsonl"
+    ).read_bytes()
 
 
 def scalars(folder):
@@ -88,8 +101,8 @@ def scalars(folder):
         raw = path.read_bytes()
         at = 0
         while at < len(raw):  # TFRecord: length, crc, payload, crc
-            length, = struct.unpack("<Q", raw[at:at + 8])
-            event = Event.FromString(raw[at + 12:at + 12 + length])
+            (length,) = struct.unpack("<Q", raw[at : at + 8])
+            event = Event.FromString(raw[at + 12 : at + 12 + length])
             at += 12 + length + 4
             for value in event.summary.value:
                 found.append((value.tag, event.step, value.simple_value))
@@ -101,8 +114,14 @@ def test_tensorboard_event_files(tmp_path):
     _, result, _ = run(tmp_path, log={"every_steps": 5, "tensorboard": str(board)})
     found = scalars(board)
     tags = {tag for tag, _, _ in found}
-    assert {"step/loss", "step/lr", "step/grad_norm", "epoch/val_loss", "epoch/train_loss",
-            "epoch/samples_per_s"} <= tags
+    assert {
+        "step/loss",
+        "step/lr",
+        "step/grad_norm",
+        "epoch/val_loss",
+        "epoch/train_loss",
+        "epoch/samples_per_s",
+    } <= tags
     val_losses = [v for tag, _, v in sorted(found, key=lambda t: t[1]) if tag == "epoch/val_loss"]
     assert val_losses == pytest.approx([r["val_loss"] for r in result.history], rel=1e-6)
 
@@ -112,13 +131,13 @@ def test_layer_norms_and_dead_units_per_epoch(tmp_path):
     net = mlp([6], 2, [16, 16])
     with torch.no_grad():
         net[1].bias[:8] = -100.0  # half of the first layer's units can never fire
-    net, _, out = run(tmp_path, net=net, lr=1e-4, debug={"layer_norms": True,
-                                                         "dead_units": True})
+    net, _, out = run(tmp_path, net=net, lr=1e-4, debug={"layer_norms": True, "dead_units": True})
     report = rows(out / "debug.jsonl")
     assert [r["epoch"] for r in report] == [1, 2, 3]
     last = report[-1]
     assert last["layers"]["1.weight"]["weight_norm"] == pytest.approx(
-        float(net[1].weight.detach().norm()), rel=1e-6)
+        float(net[1].weight.detach().norm()), rel=1e-6
+    )
     assert last["layers"]["3.weight"]["grad_norm"] > 0
     assert last["dead_units"]["2"] == pytest.approx(0.5)  # the ReLU after layer 1
     assert last["dead_units"]["4"] < 0.5

@@ -9,11 +9,10 @@ import torch
 from torch import nn
 
 from trainflow.engine import checkpoint, optim, schedule
-from trainflow.engine.training import optimizer_factory
-from trainflow.engine.data import Split, weighted_loss
-from trainflow.engine.data import batches
+from trainflow.engine.data import Split, batches, weighted_loss
 from trainflow.engine.loop import EpochBatches, fit, train_epoch
 from trainflow.engine.state import TrainingState
+from trainflow.engine.training import optimizer_factory
 from trainflow.engine.update import Update
 from trainflow.errors import SpecError, TrainflowError
 from trainflow.models.mlp import mlp
@@ -21,8 +20,17 @@ from trainflow.spec.pipeline import validate_spec
 from trainflow.spec.schedule import Warmup
 from trainflow.spec.train import GradClip, TrainSpec
 
-SCHEDULE_TYPES = ["step", "multi_step", "exponential", "cosine", "cosine_restarts", "cyclic",
-                  "one_cycle", "polynomial", "plateau"]
+SCHEDULE_TYPES = [
+    "step",
+    "multi_step",
+    "exponential",
+    "cosine",
+    "cosine_restarts",
+    "cyclic",
+    "one_cycle",
+    "polynomial",
+    "plateau",
+]
 
 
 def lrs(spec: dict, steps: int = 40, per_epoch: int = 4, lr: float = 0.1) -> list[float]:
@@ -43,8 +51,9 @@ def test_linear_and_exponential_warmup_rise_as_declared():
     linear = lrs({"type": "cosine", "warmup": {"steps": 5, "start_factor": 0.1}})
     assert linear[:6] == pytest.approx([0.01, 0.028, 0.046, 0.064, 0.082, 0.1])
     assert max(linear) == pytest.approx(0.1) and linear[-1] < 0.01  # then cosine down
-    geometric = lrs({"type": "polynomial", "warmup": {"steps": 4, "start_factor": 0.01,
-                                                       "mode": "exponential"}})
+    geometric = lrs(
+        {"type": "polynomial", "warmup": {"steps": 4, "start_factor": 0.01, "mode": "exponential"}}
+    )
     assert geometric[:5] == pytest.approx([0.1 * 0.01 ** (1 - k / 4) for k in range(5)])
     fraction = lrs({"type": "cosine", "warmup": {"fraction": 0.25}}, steps=40)
     assert np.argmax(fraction) == 10  # a quarter of 40 steps
@@ -80,9 +89,13 @@ def test_every_schedule_moves_the_learning_rate_as_declared(kind):
 def test_plateau_lowers_the_rate_when_validation_stops_improving():
     x = torch.randn(64, 4)
     data = Split(x, (x[:, 0] > 0).long())
-    spec = TrainSpec(lr=0.05, epochs=8, device="cpu", checkpoint_every=0,
-                     schedule={"type": "plateau", "patience": 0, "factor": 0.5,
-                               "monitor": "val_accuracy"})
+    spec = TrainSpec(
+        lr=0.05,
+        epochs=8,
+        device="cpu",
+        checkpoint_every=0,
+        schedule={"type": "plateau", "patience": 0, "factor": 0.5, "monitor": "val_accuracy"},
+    )
     # each input twice, once per class: validation accuracy is 0.5 whatever the model does
     flat = Split(torch.cat([x, x]), torch.cat([torch.zeros(64), torch.ones(64)]).long())
     result = fit(mlp([4], 2, [8]), data, flat, spec, 0, optimizer_factory(spec))
@@ -98,8 +111,13 @@ def test_early_stopping_reads_its_metric_in_its_mode():
     data = Split(x, (x[:, 0] > 0).long())
     val = Split(noisy, (noisy[:, 0] + noisy[:, 1] > 0).long())
     for monitor, pick in (("val_loss", min), ("val_accuracy", max)):
-        spec = TrainSpec(lr=0.05, epochs=10, device="cpu", checkpoint_every=0,
-                         early_stopping={"monitor": monitor, "patience": 10})
+        spec = TrainSpec(
+            lr=0.05,
+            epochs=10,
+            device="cpu",
+            checkpoint_every=0,
+            early_stopping={"monitor": monitor, "patience": 10},
+        )
         assert spec.early_stopping.mode == ("min" if pick is min else "max")
         result = fit(mlp([4], 2, [8]), data, val, spec, 0, optimizer_factory(spec))
         values = [row[monitor] for row in result.history]
@@ -107,8 +125,11 @@ def test_early_stopping_reads_its_metric_in_its_mode():
 
 
 def test_warmup_longer_than_training_is_a_clear_error():
-    with pytest.raises(TrainflowError, match=r"warmup lasts 100 optimizer steps but training "
-                                             r"has only 40 \(4 per epoch\)"):
+    with pytest.raises(
+        TrainflowError,
+        match=r"warmup lasts 100 optimizer steps but training "
+        r"has only 40 \(4 per epoch\)",
+    ):
         lrs({"type": "cosine", "warmup": {"steps": 100}})
 
 
@@ -149,8 +170,9 @@ def test_accumulating_k_batches_of_n_equals_one_batch_of_k_times_n():
 def test_label_smoothing_l1_and_max_steps():
     logits, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0])
     smoothed = weighted_loss(logits, y, None, None, 0.2)
-    assert smoothed == pytest.approx(float(nn.functional.cross_entropy(
-        logits, y, label_smoothing=0.2)))
+    assert smoothed == pytest.approx(
+        float(nn.functional.cross_entropy(logits, y, label_smoothing=0.2))
+    )
     net = mlp([4], 2, [3])
     with torch.no_grad():
         expected = 0.01 * sum(p.abs().sum() for p in net.parameters() if p.dim() > 1)
@@ -163,8 +185,7 @@ def test_label_smoothing_l1_and_max_steps():
         torch.manual_seed(0)
         model = mlp([4], 2, [16])
         fit(model, data, data, spec, 0, optimizer_factory(spec))
-        norms.append(sum(float(p.detach().abs().sum()) for p in model.parameters()
-                         if p.dim() > 1))
+        norms.append(sum(float(p.detach().abs().sum()) for p in model.parameters() if p.dim() > 1))
     assert norms[1] < 0.7 * norms[0]  # the penalty shrinks the weights
     spec = TrainSpec(epochs=50, batch_size=16, max_steps=30, device="cpu", checkpoint_every=0)
     result = fit(mlp([4], 2, [8]), data, data, spec, 0, optimizer_factory(spec))
@@ -176,8 +197,7 @@ def test_bf16_autocast_on_cpu_runs_the_layers_in_bfloat16_and_learns():
     data = Split(x, (x[:, 0] + x[:, 1] > 0).long())
     model = mlp([4], 2, [32])
     dtypes = set()
-    model[1].register_forward_hook(lambda m, i, out: dtypes.add(out.dtype) if m.training
-                                   else None)
+    model[1].register_forward_hook(lambda m, i, out: dtypes.add(out.dtype) if m.training else None)
     spec = TrainSpec(lr=0.01, epochs=15, precision="bf16", device="cpu", checkpoint_every=0)
     result = fit(model, data, data, spec, 0, optimizer_factory(spec))
     assert dtypes == {torch.bfloat16}
@@ -188,8 +208,9 @@ def test_fp16_needs_cuda():
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         TrainSpec(precision="fp16", device="cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(TrainflowError, match="fp16 needs a CUDA device, training runs on "
-                                                 "cpu; use bf16"):
+        with pytest.raises(
+            TrainflowError, match="fp16 needs a CUDA device, training runs on cpu; use bf16"
+        ):
             Update.from_spec(TrainSpec(precision="fp16"), torch.device("cpu"))
 
 
@@ -211,20 +232,24 @@ def test_fp16_grad_scaler_path_unscales_before_clipping_and_skips_overflowing_st
 
     loss_of(reference).backward()  # unscaled fp16-autocast gradients
     true_norm = float(nn.utils.get_total_norm([p.grad for p in reference.parameters()]))
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     update = Update(clip=GradClip(max_norm=true_norm / 2), precision=torch.float16)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     state = TrainingState(model, opt, scaler=scaler)
     update.backward(model, loss_of(model), scaler)
-    assert math.isclose(float(nn.utils.get_total_norm([p.grad for p in model.parameters()])),
-                        true_norm * 2 ** 10, rel_tol=1e-3)  # scaled on the way back
+    assert math.isclose(
+        float(nn.utils.get_total_norm([p.grad for p in model.parameters()])),
+        true_norm * 2**10,
+        rel_tol=1e-3,
+    )  # scaled on the way back
     update.step(state)
     assert math.isclose(state.position.grad_norms[0], true_norm, rel_tol=1e-3)
     with torch.no_grad():
-        moved = torch.cat([(p - q).flatten() for p, q in zip(model.parameters(),
-                                                              reference.parameters())])
+        moved = torch.cat(
+            [(p - q).flatten() for p, q in zip(model.parameters(), reference.parameters())]
+        )
     assert math.isclose(float(moved.norm()), 0.1 * true_norm / 2, rel_tol=1e-2)  # clipped step
-    assert scaler.get_scale() == 2.0 ** 10
+    assert scaler.get_scale() == 2.0**10
 
     before = [p.detach().clone() for p in model.parameters()]
     handle = model[0].weight.register_hook(lambda g: g * float("inf"))
@@ -232,13 +257,13 @@ def test_fp16_grad_scaler_path_unscales_before_clipping_and_skips_overflowing_st
     update.step(state)
     handle.remove()
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
-    assert scaler.get_scale() == 2.0 ** 9 and state.steps == 2
+    assert scaler.get_scale() == 2.0**9 and state.steps == 2
 
     path = tmp_path / "last.pt"
     checkpoint.save(path, state.state_dict())
     restored = torch.amp.GradScaler("cpu")
     restored.load_state_dict(checkpoint.load(path)["scaler"])
-    assert restored.get_scale() == 2.0 ** 9
+    assert restored.get_scale() == 2.0**9
 
 
 def test_parameter_groups_skip_decay_on_biases_and_norms_and_scale_lr_by_name():
@@ -249,21 +274,31 @@ def test_parameter_groups_skip_decay_on_biases_and_norms_and_scale_lr_by_name():
     assert by_params[id(net[0].bias)] == (0.1, 0.0)
     assert by_params[id(net[1].weight)] == (0.1, 0.0)  # norm layer
     assert by_params[id(net[2].weight)] == (0.05, 0.01)  # lower lr by name
-    spec = TrainSpec(optimizer={"type": "rmsprop", "momentum": 0.5}, weight_decay=0.01,
-                     no_decay=["bias"])
+    spec = TrainSpec(
+        optimizer={"type": "rmsprop", "momentum": 0.5}, weight_decay=0.01, no_decay=["bias"]
+    )
     opt = optimizer_factory(spec)(net)
     assert isinstance(opt, torch.optim.RMSprop) and opt.defaults["momentum"] == 0.5
     assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 0.01]
 
 
 def test_bad_knob_values_name_their_path():
-    base = {"name": "t", "model": {"type": "mlp"},
-            "data": {"source": {"type": "sklearn", "dataset": "iris"}}}
+    base = {
+        "name": "t",
+        "model": {"type": "mlp"},
+        "data": {"source": {"type": "sklearn", "dataset": "iris"}},
+    }
     with pytest.raises(SpecError) as err:
-        validate_spec({**base, "train": {
-            "optimizer": {"type": "adagrad", "momentum": 0.9},
-            "schedule": {"type": "one_cycle", "warmup": {"steps": 10}},
-            "grad_clip": {"max_norm": 1.0, "value": 0.5}}})
+        validate_spec(
+            {
+                **base,
+                "train": {
+                    "optimizer": {"type": "adagrad", "momentum": 0.9},
+                    "schedule": {"type": "one_cycle", "warmup": {"steps": 10}},
+                    "grad_clip": {"max_norm": 1.0, "value": 0.5},
+                },
+            }
+        )
     message = str(err.value)
     assert "train.optimizer.momentum" in message  # adagrad has no momentum
     assert "one_cycle ramps up by itself" in message
@@ -273,9 +308,15 @@ def test_bad_knob_values_name_their_path():
     assert math.isfinite(lrs({"type": "cosine"})[-1])
 
 
-@pytest.mark.parametrize("scheme,expected_std", [
-    ("xavier_normal", math.sqrt(2 / (400 + 300))), ("kaiming_normal", math.sqrt(2 / 400)),
-    ("xavier_uniform", math.sqrt(2 / (400 + 300))), ("kaiming_uniform", math.sqrt(2 / 400))])
+@pytest.mark.parametrize(
+    "scheme,expected_std",
+    [
+        ("xavier_normal", math.sqrt(2 / (400 + 300))),
+        ("kaiming_normal", math.sqrt(2 / 400)),
+        ("xavier_uniform", math.sqrt(2 / (400 + 300))),
+        ("kaiming_uniform", math.sqrt(2 / 400)),
+    ],
+)
 def test_weight_initialization_schemes_have_their_spread_and_zero_biases(scheme, expected_std):
     torch.manual_seed(0)
     net = mlp([400], 2, [300], init=scheme)
@@ -297,6 +338,7 @@ def test_orthogonal_init_norm_layers_and_spectral_norm():
     top = torch.linalg.matrix_norm(spectral[1].weight.detach(), ord=2)
     assert float(top) == pytest.approx(1.0, abs=0.05)
     from trainflow.models.cnn import cnn
+
     plain = cnn([1, 8, 8], 3, [4], norm="none", init="kaiming_normal")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in plain)
 
@@ -310,12 +352,14 @@ def test_deterministic_option_holds_during_training_and_is_restored():
         torch.manual_seed(0)
         model = mlp([4], 2, [8])
         model[1].register_forward_hook(
-            lambda *_: seen.append(torch.are_deterministic_algorithms_enabled()))
+            lambda *_: seen.append(torch.are_deterministic_algorithms_enabled())
+        )
         runs.append(fit(model, data, data, spec, 0, optimizer_factory(spec)))
     assert seen and all(seen) and not torch.are_deterministic_algorithms_enabled()
     assert runs[0].history == runs[1].history
-    assert all(torch.equal(a, b) for a, b in zip(runs[0].best_state.values(),
-                                                 runs[1].best_state.values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(runs[0].best_state.values(), runs[1].best_state.values())
+    )
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit inside inductor
@@ -327,8 +371,9 @@ def test_torch_compile_trains_like_eager_and_saves_plain_state_dicts(tmp_path):
     train, val = Split(x, (x[:, 0] > 0).long()), Split(x[:32], (x[:32, 0] > 0).long())
     results = {}
     for compiled in (False, True):
-        spec = TrainSpec(lr=0.01, epochs=2, batch_size=32, device="cpu", compile=compiled,
-                         checkpoint_every=0)
+        spec = TrainSpec(
+            lr=0.01, epochs=2, batch_size=32, device="cpu", compile=compiled, checkpoint_every=0
+        )
         torch.manual_seed(0)
         net = mlp([6], 2, [16])
         out = tmp_path / str(compiled)
@@ -348,9 +393,15 @@ def small_data(n=160):
 
 def test_batch_ramp_grows_the_batch_and_the_schedule_spans_every_step():
     train, val = small_data()
-    spec = TrainSpec(lr=0.1, epochs=5, batch_size=32, batch_ramp={"start": 8, "epochs": 3},
-                     schedule={"type": "cosine", "min_lr": 0.001}, device="cpu",
-                     checkpoint_every=0)
+    spec = TrainSpec(
+        lr=0.1,
+        epochs=5,
+        batch_size=32,
+        batch_ramp={"start": 8, "epochs": 3},
+        schedule={"type": "cosine", "min_lr": 0.001},
+        device="cpu",
+        checkpoint_every=0,
+    )
     torch.manual_seed(0)
     result = fit(mlp([6], 2, [8]), train, val, spec, 0, optimizer_factory(spec))
     assert [r["batch_size"] for r in result.history] == [8, 16, 24, 32, 32]
@@ -383,17 +434,31 @@ def test_auto_batch_finds_the_largest_batch_within_the_budget():
 def test_auto_batch_trains_exactly_like_the_batch_size_it_chose():
     train, val = small_data(512)
     runs = {}
-    for name, knobs in (("auto", {"auto_batch": {"memory_mb": 64, "max": 128}}),
-                        ("fixed", {"batch_size": 128})):
-        spec = TrainSpec.model_validate({"lr": 0.01, "epochs": 2, "batch_size": 16,
-                                         "device": "cpu", "checkpoint_every": 0, **knobs})
+    for name, knobs in (
+        ("auto", {"auto_batch": {"memory_mb": 64, "max": 128}}),
+        ("fixed", {"batch_size": 128}),
+    ):
+        spec = TrainSpec.model_validate(
+            {
+                "lr": 0.01,
+                "epochs": 2,
+                "batch_size": 16,
+                "device": "cpu",
+                "checkpoint_every": 0,
+                **knobs,
+            }
+        )
         torch.manual_seed(0)
         net = mlp([6], 2, [32], dropout=0.2)
         runs[name] = (net, fit(net, train, val, spec, 0, optimizer_factory(spec)))
     assert runs["auto"][1].batch_size == 128
     assert runs["auto"][1].history == runs["fixed"][1].history
-    assert all(torch.equal(a, b) for a, b in zip(runs["auto"][0].state_dict().values(),
-                                                 runs["fixed"][0].state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            runs["auto"][0].state_dict().values(), runs["fixed"][0].state_dict().values()
+        )
+    )
 
 
 def test_one_seed_drives_python_numpy_and_torch_and_devices_are_checked():
@@ -403,15 +468,27 @@ def test_one_seed_drives_python_numpy_and_torch_and_devices_are_checked():
 
     def draws(seed):
         order = seed_everything(seed)
-        return (random.random(), float(np.random.rand()), float(torch.rand(())),
-                torch.randperm(8, generator=order).tolist())
+        return (
+            random.random(),
+            float(np.random.rand()),
+            float(torch.rand(())),
+            torch.randperm(8, generator=order).tolist(),
+        )
+
     assert draws(3) == draws(3) and draws(3) != draws(4)
     assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else
-                                           "mps" if torch.backends.mps.is_available() else "cpu")
+    assert resolve_device("auto").type == (
+        "cuda"
+        if torch.cuda.is_available()
+        else "mps"
+        if torch.backends.mps.is_available()
+        else "cpu"
+    )
     if not torch.cuda.is_available():
-        with pytest.raises(TrainflowError, match="train.device: 'cuda' was requested but no "
-                                                 "CUDA device is available"):
+        with pytest.raises(
+            TrainflowError,
+            match="train.device: 'cuda' was requested but no CUDA device is available",
+        ):
             resolve_device("cuda")
     if not torch.backends.mps.is_available():
         with pytest.raises(TrainflowError, match="train.device: 'mps' was requested"):

@@ -44,9 +44,11 @@ def _why(exc: Exception) -> str:
     text = str(exc).strip()
     if "Weights only load failed" in text:
         detail = text.partition("WeightsUnpickler error:")[2].strip().split(". ")[0]
-        return ("it holds an object that weights_only loading refuses"
-                + (f" ({detail.splitlines()[0]})" if detail else "")
-                + "; trainflow loads tensors and plain data only")
+        return (
+            "it holds an object that weights_only loading refuses"
+            + (f" ({detail.splitlines()[0]})" if detail else "")
+            + "; trainflow loads tensors and plain data only"
+        )
     return text.splitlines()[0] if text else type(exc).__name__
 
 
@@ -66,7 +68,7 @@ def rotation(path: Path) -> list[Path]:
     ages = {0} if path.is_file() or _digest(path).is_file() else set()
     prefix = f"{path.stem}.prev"
     for found in path.parent.glob(f"{prefix}*{path.suffix}*"):
-        tag = found.name[len(prefix):].split(".")[0]
+        tag = found.name[len(prefix) :].split(".")[0]
         if tag == "" or tag.isdigit():
             ages.add(int(tag or 1))
     return [older(path, age) for age in sorted(ages)]
@@ -101,8 +103,9 @@ def load_latest_good(path: Path, required: tuple[str, ...] = ()) -> dict[str, An
             problems.append(f"{candidate}: {problem}")
             continue
         if problems:
-            log.warning("checkpoint %s; resuming from the previous one, %s",
-                        "; ".join(problems), candidate)
+            log.warning(
+                "checkpoint %s; resuming from the previous one, %s", "; ".join(problems), candidate
+            )
         return payload
     raise ArtifactError("no intact checkpoint to resume from: " + "; ".join(problems))
 

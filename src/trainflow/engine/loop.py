@@ -32,10 +32,18 @@ class FitResult:
     batch_size: int = 0  # as trained (train.auto_batch may have chosen it)
 
 
-def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, seed: int,
-        build_optimizer: Callable[[nn.Module], torch.optim.Optimizer], out_dir: Path | None = None,
-        on_epoch: Callable[[dict], None] | None = None, resume: Path | dict | None = None,
-        teacher: nn.Module | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    train: Split | Stream,
+    val: Split,
+    spec: TrainSpec,
+    seed: int,
+    build_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    out_dir: Path | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    resume: Path | dict | None = None,
+    teacher: nn.Module | None = None,
+) -> FitResult:
     """Train with early stopping on a validation metric; write metrics.jsonl and checkpoints.
 
     `resume` continues from a last.pt (or its loaded state) of the same spec and data: the
@@ -48,8 +56,9 @@ def fit(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, se
         state.resume(resume)
     result = FitResult(batch_size=run.batch_size)
     with Outputs(out_dir, run, state, on_epoch) as outputs, deterministic(spec.deterministic):
-        for epoch in tqdm(range(state.next_epoch, spec.epochs + 1), desc="epochs", leave=False,
-                          disable=None):
+        for epoch in tqdm(
+            range(state.next_epoch, spec.epochs + 1), desc="epochs", leave=False, disable=None
+        ):
             run_epoch(run, state, outputs, epoch)
             if run.stopping.stops(state.run.waited):
                 result.stopped_early = True
@@ -74,13 +83,14 @@ def run_epoch(run: Setup, state: TrainingState, outputs: Outputs, epoch: int) ->
     freeze_for(state.model, run.spec, epoch)
     if not state.position.batch:  # a fresh epoch: remember what draws its batch order
         state.position = Position(order_rng=state.generator.get_state())
-    batches = EpochBatches(run.batches(epoch, state.generator), run.augment(epoch),
-                           run.mix(epoch), state)
+    batches = EpochBatches(
+        run.batches(epoch, state.generator), run.augment(epoch), run.mix(epoch), state
+    )
     with anomaly_detection(run.spec.debug.detect_anomaly, epoch):
         train_loss = train_epoch(run.runner, state, batches, run.update, outputs.after_step)
     row = epoch_row(run, state, train_loss)
     if state.plateau:
-        state.plateau.step(row[run.spec.schedule.monitor])
+        state.plateau.step(row[run.plateau_monitor])
     state.run.history.append(row)
     state.run.observe(run.stopping.score(row), epoch, state.model, run.stopping.min_delta)
     state.position = Position()  # between epochs
@@ -93,8 +103,13 @@ class EpochBatches:
     augmentation and mixup replayed so those streams continue where they were; then the
     saved RNG states come back (TrainingState.replayed)."""
 
-    def __init__(self, source: Iterable, augment: Callable | None = None,
-                 mix: Callable | None = None, state: TrainingState | None = None):
+    def __init__(
+        self,
+        source: Iterable,
+        augment: Callable | None = None,
+        mix: Callable | None = None,
+        state: TrainingState | None = None,
+    ):
         self.source, self.augment, self.mix, self.state = source, augment, mix, state
 
     def __iter__(self):
@@ -113,8 +128,13 @@ class EpochBatches:
             self.state.replayed()
 
 
-def train_epoch(model: nn.Module, state: TrainingState, batches: EpochBatches, update: Update,
-                after_step: Callable[[torch.Tensor, float | None], None] | None = None) -> float:
+def train_epoch(
+    model: nn.Module,
+    state: TrainingState,
+    batches: EpochBatches,
+    update: Update,
+    after_step: Callable[[torch.Tensor, float | None], None] | None = None,
+) -> float:
     """One pass over `batches` through `model` (the state's model, or its compiled runner):
     the epoch's mean training loss; a non-finite one raises. `after_step` sees each
     optimizer step's last batch loss and measured gradient norm."""
@@ -151,12 +171,21 @@ def epoch_row(run: Setup, state: TrainingState, train_loss: float) -> dict:
     val, device, tasks = run.val, run.update.device, run.update.task_weights
     val_loss, probs = predict(run.runner, val, run.batch_size, device)
     val_acc = (probs.argmax(1) == val.y).float().mean().item() if len(val) else 0.0
-    aux_acc = (aux_accuracy(run.runner, val, run.batch_size, device, tasks)
-               if tasks and val.aux is not None and len(val) else {})
-    row = {"epoch": state.epoch, "train_loss": train_loss, "val_loss": val_loss,
-           "val_accuracy": val_acc, "lr": state.optimizer.param_groups[0]["lr"],
-           "steps": state.steps, "batch_size": run.size_at(state.epoch),
-           **{f"val_{task}_accuracy": acc for task, acc in aux_acc.items()}}
+    aux_acc = (
+        aux_accuracy(run.runner, val, run.batch_size, device, tasks)
+        if tasks and val.aux is not None and len(val)
+        else {}
+    )
+    row = {
+        "epoch": state.epoch,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "steps": state.steps,
+        "batch_size": run.size_at(state.epoch),
+        **{f"val_{task}_accuracy": acc for task, acc in aux_acc.items()},
+    }
     norms = state.position.grad_norms
     if norms:  # clipping by norm measures it: the epoch's mean, pre-clip
         row["grad_norm"] = sum(norms) / len(norms)

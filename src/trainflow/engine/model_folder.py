@@ -18,8 +18,12 @@ from trainflow.models.multitask import MultiTask, share_parameters
 WEIGHTS = "best.pt"
 
 
-def build_model(model: Any, input_shape: list[int], num_classes: int,
-                aux_targets: dict[str, list[str]] | None = None) -> nn.Module:
+def build_model(
+    model: Any,
+    input_shape: list[int],
+    num_classes: int,
+    aux_targets: dict[str, list[str]] | None = None,
+) -> nn.Module:
     """The declared architecture, its shared parameters tied, and one more head per
     auxiliary target (multi-task) when the data has them."""
     net = registry.MODELS[model.type].impl(input_shape, num_classes, **model.builder_kwargs())
@@ -33,8 +37,9 @@ def build_model(model: Any, input_shape: list[int], num_classes: int,
     return net
 
 
-def describe(folder: Path, model: dict, input_shape: list[int], classes: list[str],
-             **extra: Any) -> None:
+def describe(
+    folder: Path, model: dict, input_shape: list[int], classes: list[str], **extra: Any
+) -> None:
     info = {"model": model, "input_shape": input_shape, "classes": classes, **extra}
     (folder / "model.json").write_text(json.dumps(info, indent=1, sort_keys=True))
 
@@ -52,8 +57,9 @@ def build_from_folder(folder: Path, where: str) -> nn.Module:
     try:
         params = registry.MODELS[info["model"]["type"]].params(**info["model"])
     except (KeyError, ValueError) as exc:
-        raise TrainflowError(f"{where}: {folder}/model.json does not describe a model this "
-                             f"version can build: {exc}") from None
+        raise TrainflowError(
+            f"{where}: {folder}/model.json does not describe a model this version can build: {exc}"
+        ) from None
     net = build_model(params, info["input_shape"], len(info["classes"]), info.get("aux_targets"))
     if "quantized" in info:  # int8 weights load into the quantized form of the network
         kind = info["quantized"]

@@ -16,14 +16,24 @@ from trainflow.engine.tracking import Tracker, debug_report
 
 
 class Outputs:
-    def __init__(self, out_dir: Path | None, run: Setup, state: TrainingState,
-                 on_epoch: Callable[[dict], None] | None = None):
+    def __init__(
+        self,
+        out_dir: Path | None,
+        run: Setup,
+        state: TrainingState,
+        on_epoch: Callable[[dict], None] | None = None,
+    ):
         spec = run.spec
         self.out_dir, self.run, self.state, self.on_epoch = out_dir, run, state, on_epoch
         self.every, self.every_steps = spec.checkpoint_every, spec.checkpoint_every_steps
         self.interval, self.keep = spec.checkpoint_interval_s, spec.keep_last
-        self.tracker = Tracker(out_dir, spec.log.tensorboard, spec.log.every_steps,
-                               state.run.history, state.run.step_rows)
+        self.tracker = Tracker(
+            out_dir,
+            spec.log.tensorboard,
+            spec.log.every_steps,
+            state.run.history,
+            state.run.step_rows,
+        )
         self.writer = checkpoint.BackgroundWriter() if out_dir else None
         self.saved_at, self.saved_epoch = time.monotonic(), 0
 
@@ -38,10 +48,15 @@ class Outputs:
             self.tracker.close()
 
     def _due(self, every: int, count: int) -> bool:
-        return (self.writer is not None and bool(every) and count % every == 0
-                and time.monotonic() - self.saved_at >= self.interval)
+        return (
+            self.writer is not None
+            and bool(every)
+            and count % every == 0
+            and time.monotonic() - self.saved_at >= self.interval
+        )
 
     def _save(self) -> None:
+        assert self.writer is not None and self.out_dir is not None  # (_due says so)
         self.writer.save(self.out_dir / "last.pt", self.state.state_dict(), self.keep)
         self.saved_at = time.monotonic()
 
@@ -53,9 +68,15 @@ class Outputs:
             state.position.mean_loss()  # raises for a diverged run
             self._save()
         if self.tracker.wants_step(state.steps):
-            self.tracker.step({"step": state.steps, "epoch": state.epoch, "loss": float(loss),
-                               "lr": state.optimizer.param_groups[0]["lr"],
-                               **({"grad_norm": grad_norm} if grad_norm is not None else {})})
+            self.tracker.step(
+                {
+                    "step": state.steps,
+                    "epoch": state.epoch,
+                    "loss": float(loss),
+                    "lr": state.optimizer.param_groups[0]["lr"],
+                    **({"grad_norm": grad_norm} if grad_norm is not None else {}),
+                }
+            )
 
     def after_epoch(self, row: dict, seconds: float) -> None:
         """The epoch's row, its debug row (train.debug), the caller's `on_epoch` (with the
@@ -64,9 +85,18 @@ class Outputs:
         self.tracker.epoch(row, seconds, len(run.train))
         debug = run.spec.debug
         if debug.layer_norms or debug.dead_units:
-            self.tracker.debug_row(self.out_dir, {"epoch": state.epoch, **debug_report(
-                state.model, state.layer_grads, run.val.x if debug.dead_units else None,
-                run.update.device)})
+            self.tracker.debug_row(
+                self.out_dir,
+                {
+                    "epoch": state.epoch,
+                    **debug_report(
+                        state.model,
+                        state.layer_grads,
+                        run.val.x if debug.dead_units else None,
+                        run.update.device,
+                    ),
+                },
+            )
         if self.on_epoch:
             self.on_epoch({**row, "seconds": seconds, "samples_per_s": len(run.train) / seconds})
         if self._due(self.every, state.epoch):
@@ -76,7 +106,7 @@ class Outputs:
     def finish(self, best_state: dict, best_epoch: int) -> None:
         """last.pt of the last epoch (when its schedule skipped it), best.pt, and only
         last.pt kept of the rotation."""
-        if self.out_dir is None:
+        if self.out_dir is None or self.writer is None:
             return
         self.writer.wait()
         last = self.out_dir / "last.pt"

@@ -8,6 +8,7 @@ import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -86,6 +87,11 @@ class Setup:
     def streamed(self) -> bool:
         return isinstance(self.train, Stream)
 
+    @property
+    def plateau_monitor(self) -> str:
+        """The metric a plateau schedule (the one kind stepped per epoch) watches."""
+        return getattr(self.spec.schedule, "monitor", "val_loss")
+
     def size_at(self, epoch: int) -> int:
         """The batch size of an epoch: train.batch_ramp grows it over the first epochs."""
         ramp = self.spec.batch_ramp
@@ -94,9 +100,13 @@ class Setup:
     def batches(self, epoch: int, generator: torch.Generator) -> Iterator:
         """The epoch's training batches (a stream's already augmented in its workers)."""
         size, aug = self.size_at(epoch), self.augmenter
-        if self.streamed:
-            return iter(self.train.epoch(epoch, size, self.seed, self.pin_memory,
-                                         aug.for_epoch if aug else None))
+        if isinstance(self.train, Stream):
+            return iter(
+                self.train.epoch(
+                    epoch, size, self.seed, self.pin_memory, aug.for_epoch if aug else None
+                )
+            )
+        assert isinstance(self.train, Split)
         return batches(self.train, size, generator, self.sample_weights)
 
     def augment(self, epoch: int) -> Callable | None:
@@ -107,9 +117,15 @@ class Setup:
         return self.augmenter.mixer(epoch) if self.augmenter else None
 
 
-def setup(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, seed: int,
-          build_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-          teacher: nn.Module | None = None) -> tuple[Setup, TrainingState]:
+def setup(
+    model: nn.Module,
+    train: Split | Stream,
+    val: Split,
+    spec: TrainSpec,
+    seed: int,
+    build_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    teacher: nn.Module | None = None,
+) -> tuple[Setup, TrainingState]:
     """Every knob, one line each: the components of the run and its fresh state."""
     generator = seed_everything(seed)
     device = resolve_device(spec.device)
@@ -121,25 +137,47 @@ def setup(model: nn.Module, train: Split | Stream, val: Split, spec: TrainSpec, 
     per_epoch = schedule.steps_per_epoch(len(train), batch_size, spec.accumulate)
     scheduler, plateau = schedule.build(spec.schedule, optimizer, spec.lr, per_epoch, total_steps)
     class_weights = balanced.to(device) if spec.class_weights == "balanced" else None
-    task_weights = ({t: spec.task_weights.get(t, 1.0) for t in model.aux}
-                    if isinstance(model, MultiTask) else None)
-    distiller = (Distiller(teacher, spec.distill.temperature, spec.distill.alpha).to(device)
-                 if teacher is not None else None)
+    task_weights = (
+        {t: spec.task_weights.get(t, 1.0) for t in model.aux}
+        if isinstance(model, MultiTask)
+        else None
+    )
+    distiller = (
+        Distiller(teacher, spec.distill.temperature, spec.distill.alpha).to(device)
+        if teacher is not None and spec.distill
+        else None
+    )
     update = Update.from_spec(spec, device, class_weights, task_weights, distiller)
     image_input = train.image_input if isinstance(train, Stream) else train.x.dim() == 4
     augmenter = Augmenter(spec.augment, seed, image_input) if spec.augment else None
     pin = spec.loader.pin_memory if spec.loader.pin_memory != "auto" else device.type == "cuda"
-    sample_weights = balanced[train.y] if spec.sampler == "weighted" else None
+    weighted = spec.sampler == "weighted"  # (class_balance refused it for a stream)
+    sample_weights = balanced[train.y] if weighted and isinstance(train, Split) else None
     early = spec.early_stopping
-    stopping = (Stopping(early.monitor, early.mode, early.min_delta, early.patience) if early
-                else Stopping())
+    stopping = (
+        Stopping(early.monitor, early.mode, early.min_delta, early.patience)
+        if early
+        else Stopping()
+    )
     # torch.compile: the compiled module runs the batches; `model` keeps the state dicts.
-    runner = torch.compile(model, mode=spec.compile_mode) if spec.compile else model
+    runner = (
+        cast(nn.Module, torch.compile(model, mode=spec.compile_mode)) if spec.compile else model
+    )
     layer_grads = GradientNorms() if spec.debug.layer_norms else None
-    state = TrainingState(model, optimizer, scheduler, plateau, grad_scaler(spec), generator,
-                          layer_grads, spec_digest(spec), device.type == "cuda")
-    return Setup(spec, seed, train, val, runner, update, batch_size, sample_weights, augmenter,
-                 pin, stopping), state
+    state = TrainingState(
+        model,
+        optimizer,
+        scheduler,
+        plateau,
+        grad_scaler(spec),
+        generator,
+        layer_grads,
+        spec_digest(spec),
+        device.type == "cuda",
+    )
+    return Setup(
+        spec, seed, train, val, runner, update, batch_size, sample_weights, augmenter, pin, stopping
+    ), state
 
 
 def class_balance(train: Split | Stream, val: Split, spec: TrainSpec) -> torch.Tensor:
@@ -148,32 +186,41 @@ def class_balance(train: Split | Stream, val: Split, spec: TrainSpec) -> torch.T
         num_classes = int(max(train.y.max().item(), val.y.max().item() if len(val) else 0)) + 1
         return balanced_weights(train.y, num_classes)
     if spec.sampler == "weighted":
-        raise TrainflowError("train.sampler: weighted draws rows from the whole training set in "
-                             "memory; with a streamed loader use class_weights: balanced, or "
-                             "set train.loader.mode: memory")
+        raise TrainflowError(
+            "train.sampler: weighted draws rows from the whole training set in "
+            "memory; with a streamed loader use class_weights: balanced, or "
+            "set train.loader.mode: memory"
+        )
     return weights_from_counts(torch.tensor(train.class_counts))
 
 
-def full_batch_size(model: nn.Module, train: Split | Stream, spec: TrainSpec,
-                    device: torch.device) -> int:
+def full_batch_size(
+    model: nn.Module, train: Split | Stream, spec: TrainSpec, device: torch.device
+) -> int:
     if not spec.auto_batch:
         return spec.batch_size
     if isinstance(train, Stream):
-        raise TrainflowError("train.auto_batch measures a training step on rows in memory; set "
-                             "train.loader.mode: memory or a batch_size")
-    return largest_batch(model, train.x, spec.batch_size, spec.auto_batch.max,
-                         spec.auto_batch.memory_mb, device)
+        raise TrainflowError(
+            "train.auto_batch measures a training step on rows in memory; set "
+            "train.loader.mode: memory or a batch_size"
+        )
+    return largest_batch(
+        model, train.x, spec.batch_size, spec.auto_batch.max, spec.auto_batch.memory_mb, device
+    )
 
 
 def planned_steps(samples: int, batch_size: int, spec: TrainSpec) -> int:
     """Optimizer steps the run will take (the schedules span them): the ramp's epochs at
     their sizes, then full ones, at most train.max_steps."""
-    ramp = spec.batch_ramp
+    ramp, planned = spec.batch_ramp, 0
     ramping = min(ramp.epochs, spec.epochs) if ramp else 0
-    planned = schedule.steps_per_epoch(samples, batch_size, spec.accumulate) * (
-        spec.epochs - ramping) + sum(
-        schedule.steps_per_epoch(samples, ramped(e, ramp.start, batch_size, ramp.epochs),
-                                 spec.accumulate) for e in range(1, ramping + 1))
+    for epoch in range(1, ramping + 1):
+        assert ramp is not None
+        size = ramped(epoch, ramp.start, batch_size, ramp.epochs)
+        planned += schedule.steps_per_epoch(samples, size, spec.accumulate)
+    planned += schedule.steps_per_epoch(samples, batch_size, spec.accumulate) * (
+        spec.epochs - ramping
+    )
     return min(planned, spec.max_steps or planned)
 
 
@@ -204,7 +251,9 @@ def anomaly_detection(on: bool, epoch: int) -> Iterator[None]:
             yield
     except RuntimeError as exc:
         if on and "nan values" in str(exc):
-            raise TrainflowError(f"train.debug.detect_anomaly: the backward pass made NaN "
-                                 f"values in epoch {epoch}: {exc} (the warning above shows the "
-                                 "forward operation that caused it)") from None
+            raise TrainflowError(
+                f"train.debug.detect_anomaly: the backward pass made NaN "
+                f"values in epoch {epoch}: {exc} (the warning above shows the "
+                "forward operation that caused it)"
+            ) from None
         raise

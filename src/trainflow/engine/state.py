@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,8 +37,11 @@ class Rng:
         self.batches, self.cuda = batches, cuda
 
     def state_dict(self) -> dict:
-        return {"torch": torch.get_rng_state(), "batches": self.batches.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self.cuda else []}
+        return {
+            "torch": torch.get_rng_state(),
+            "batches": self.batches.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if self.cuda else [],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """(a last.pt of an older version may hold Python's and NumPy's states too: training
@@ -52,12 +55,12 @@ class Rng:
 class Plain:
     """A dataclass piece of state saved as a dict of its fields."""
 
-    def state_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    def state_dict(self) -> dict | None:
+        return dict(vars(self))
 
     def load_state_dict(self, state: dict) -> None:
-        for f in fields(self):
-            setattr(self, f.name, state[f.name])
+        for name in vars(self):
+            setattr(self, name, state[name])
 
 
 @dataclass
@@ -77,14 +80,16 @@ class Position(Plain):
         any checkpoint of it is written)."""
         mean = self.loss_sum.item() / max(self.seen, 1)
         if not math.isfinite(mean):
-            raise TrainflowError(f"training loss became non-finite ({mean}): lower train.lr, "
-                                 "add gradient clipping, or check the data for extreme values")
+            raise TrainflowError(
+                f"training loss became non-finite ({mean}): lower train.lr, "
+                "add gradient clipping, or check the data for extreme values"
+            )
         return mean
 
     def state_dict(self) -> dict | None:
         if not self.batch:
             return None
-        return {**super().state_dict(), "loss_sum": self.loss_sum.detach().cpu()}
+        return {**vars(self), "loss_sum": self.loss_sum.detach().cpu()}
 
 
 @dataclass
@@ -102,8 +107,7 @@ class Record(Plain):
     def observe(self, score: float, epoch: int, model: nn.Module, min_delta: float) -> None:
         if score < self.best - min_delta:
             self.best, self.waited, self.best_epoch = score, 0, epoch
-            self.best_state = {k: v.detach().clone().cpu() for k, v in
-                               model.state_dict().items()}
+            self.best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
         else:
             self.waited += 1
 
@@ -118,16 +122,32 @@ class TrainingState:
     drop-each-piece test (tests/unit/test_resume.py) all walk this tuple.
     """
 
-    PIECES = ("model", "optimizer", "scheduler", "plateau", "scaler", "layer_grads", "rng",
-              "epoch", "steps", "position", "run")
+    PIECES = (
+        "model",
+        "optimizer",
+        "scheduler",
+        "plateau",
+        "scaler",
+        "layer_grads",
+        "rng",
+        "epoch",
+        "steps",
+        "position",
+        "run",
+    )
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                 plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None,
-                 scaler: torch.amp.GradScaler | None = None,
-                 generator: torch.Generator | None = None,
-                 layer_grads: GradientNorms | None = None, spec_digest: str = "",
-                 cuda: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        generator: torch.Generator | None = None,
+        layer_grads: GradientNorms | None = None,
+        spec_digest: str = "",
+        cuda: bool = False,
+    ):
         self.model, self.optimizer = model, optimizer
         self.scheduler, self.plateau, self.scaler = scheduler, plateau, scaler
         self.layer_grads = layer_grads
@@ -151,8 +171,13 @@ class TrainingState:
         saved = {}
         for name in self.PIECES:
             piece = getattr(self, name)
-            saved[name] = ({} if piece is None else piece.state_dict()
-                           if hasattr(piece, "state_dict") else piece)
+            saved[name] = (
+                {}
+                if piece is None
+                else piece.state_dict()
+                if hasattr(piece, "state_dict")
+                else piece
+            )
         return {**saved, "spec": self.spec_digest, "versions": {"torch": str(torch.__version__)}}
 
     def load_state_dict(self, saved: dict) -> None:
@@ -166,7 +191,7 @@ class TrainingState:
                     setattr(self, name, state)
             elif state:
                 piece.load_state_dict(state)
-        if self.position.batch:
+        if self.position.batch and self.position.order_rng is not None:
             self.generator.set_state(self.position.order_rng)
             self.replay_rng = saved["rng"]
 
@@ -176,14 +201,19 @@ class TrainingState:
         saved = source if isinstance(source, dict) else load_resumable(source)
         if saved.get("spec", self.spec_digest) != self.spec_digest:
             where = "its checkpoint" if isinstance(source, dict) else source
-            raise TrainflowError(f"cannot resume from {where}: it was written by a different "
-                                 "train spec (resuming needs the same knobs to reach the same "
-                                 "weights); start afresh or restore the spec")
+            raise TrainflowError(
+                f"cannot resume from {where}: it was written by a different "
+                "train spec (resuming needs the same knobs to reach the same "
+                "weights); start afresh or restore the spec"
+            )
         written = saved.get("versions", {}).get("torch", str(torch.__version__))
         if written != str(torch.__version__):
-            log.warning("resuming a checkpoint written by torch %s with torch %s: the run "
-                        "continues, but may not be bit-identical to an uninterrupted one",
-                        written, torch.__version__)
+            log.warning(
+                "resuming a checkpoint written by torch %s with torch %s: the run "
+                "continues, but may not be bit-identical to an uninterrupted one",
+                written,
+                torch.__version__,
+            )
         self.load_state_dict(saved)
 
     def replayed(self) -> None:

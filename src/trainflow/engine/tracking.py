@@ -26,8 +26,10 @@ def tensorboard_writer(folder: str | Path):
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
-        raise TrainflowError("train.log.tensorboard needs the tensorboardX package: "
-                             "pip install 'trainflow[tensorboard]'") from None
+        raise TrainflowError(
+            "train.log.tensorboard needs the tensorboardX package: "
+            "pip install 'trainflow[tensorboard]'"
+        ) from None
     return SummaryWriter(str(folder), flush_secs=10)
 
 
@@ -35,10 +37,17 @@ class Tracker:
     """Writes the rows of one training run; `steps` are the per-step rows so far (kept in
     checkpoints, so a resumed run's log is complete)."""
 
-    def __init__(self, out_dir: Path | None, tensorboard: str | None, every_steps: int,
-                 history: list[dict], steps: list[dict]):
+    def __init__(
+        self,
+        out_dir: Path | None,
+        tensorboard: str | None,
+        every_steps: int,
+        history: list[dict],
+        steps: list[dict],
+    ):
         self.every_steps, self.steps = every_steps, steps
-        self.log = open(out_dir / "metrics.jsonl", "w") if out_dir else None
+        # open for the whole run (closed by close()): rows are written as they come
+        self.log = open(out_dir / "metrics.jsonl", "w") if out_dir else None  # noqa: SIM115
         for row in self._in_order(history, steps) if self.log else ():  # a resumed run's
             self.log.write(json.dumps(row) + "\n")  # log holds its earlier rows
         self.debug = None
@@ -77,14 +86,13 @@ class Tracker:
             for key, value in row.items():
                 if key != "epoch" and isinstance(value, (int, float)):
                     self.board.add_scalar(f"epoch/{key}", value, row["epoch"])
-            self.board.add_scalar("epoch/samples_per_s", samples / max(seconds, 1e-9),
-                                  row["epoch"])
+            self.board.add_scalar("epoch/samples_per_s", samples / max(seconds, 1e-9), row["epoch"])
 
     def debug_row(self, out_dir: Path | None, row: dict) -> None:
         if out_dir is None:
             return
         if self.debug is None:
-            self.debug = open(out_dir / "debug.jsonl", "w")
+            self.debug = open(out_dir / "debug.jsonl", "w")  # noqa: SIM115
         self.debug.write(json.dumps(row) + "\n")
         if self.board:
             for name, norms in row.get("layers", {}).items():
@@ -107,8 +115,9 @@ class GradientNorms:
         self.count = 0
 
     def add(self, model: nn.Module) -> None:
-        norms = {n: p.grad.detach().norm() for n, p in model.named_parameters()
-                 if p.grad is not None}
+        norms = {
+            n: p.grad.detach().norm() for n, p in model.named_parameters() if p.grad is not None
+        }
         values = torch.stack(list(norms.values())).tolist() if norms else []
         for name, value in zip(norms, values):
             self.sums[name] = self.sums.get(name, 0.0) + value
@@ -137,24 +146,27 @@ def layer_report(model: nn.Module, grads: dict[str, float]) -> dict[str, dict[st
 
 
 @torch.no_grad()
-def dead_units(model: nn.Module, x: torch.Tensor, device: torch.device,
-               batch_size: int = 256) -> dict[str, float]:
+def dead_units(
+    model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256
+) -> dict[str, float]:
     """Per ReLU module: the fraction of its units (features, or channels of a feature map)
     that output zero for every one of the samples `x` (dead ReLUs)."""
     alive: dict[str, torch.Tensor] = {}
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, DEAD_UNIT_ACTIVATIONS):
+
             def record(_module, _inputs, output, name=name):
                 units = output.detach().transpose(0, 1).reshape(output.shape[1], -1)
                 active = (units > 0).any(dim=1)
                 alive[name] = alive[name] | active if name in alive else active
+
             hooks.append(module.register_forward_hook(record))
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(x), batch_size):
-            model(x[start:start + batch_size].to(device))
+            model(x[start : start + batch_size].to(device))
     finally:
         model.train(was_training)
         for hook in hooks:
@@ -162,8 +174,12 @@ def dead_units(model: nn.Module, x: torch.Tensor, device: torch.device,
     return {name: 1.0 - active.float().mean().item() for name, active in alive.items()}
 
 
-def debug_report(model: nn.Module, layer_grads: GradientNorms | None,
-                 val_x: torch.Tensor | None, device: torch.device) -> dict:
+def debug_report(
+    model: nn.Module,
+    layer_grads: GradientNorms | None,
+    val_x: torch.Tensor | None,
+    device: torch.device,
+) -> dict:
     """debug.jsonl's row for an epoch: per-parameter weight and gradient norms (when
     measured), and the fraction of dead ReLU units on the validation inputs `val_x`."""
     out = {}

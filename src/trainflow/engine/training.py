@@ -4,8 +4,9 @@ save the best weights with the model.json that rebuilds it (engine.model_folder)
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,17 +29,25 @@ def optimizer_factory(train: TrainSpec) -> Callable[[nn.Module], torch.optim.Opt
     the optimizer and the schedule (whose peak it is) both read."""
     entry = registry.OPTIMIZERS[train.optimizer.type]
     return lambda net: entry.impl(
-        optim.param_groups(net, train.lr, train.weight_decay, train.no_decay,
-                           train.lr_multipliers), train.optimizer, train.lr)
+        optim.param_groups(net, train.lr, train.weight_decay, train.no_decay, train.lr_multipliers),
+        train.optimizer,
+        train.lr,
+    )
 
 
-def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
-               data: dict[str, Split | Stream],
-               input_shape: list[int], classes: list[str],
-               on_epoch: Callable[[dict], None] | None = None,
-               resume_dir: Path | None = None,
-               aux_targets: dict[str, list[str]] | None = None,
-               resume: dict | None = None) -> tuple[nn.Module, FitResult]:
+def train_into(
+    folder: Path,
+    model: Any,
+    train: TrainSpec,
+    seed: int,
+    data: dict[str, Split | Stream],
+    input_shape: list[int],
+    classes: list[str],
+    on_epoch: Callable[[dict], None] | None = None,
+    resume_dir: Path | None = None,
+    aux_targets: dict[str, list[str]] | None = None,
+    resume: dict | None = None,
+) -> tuple[nn.Module, FitResult]:
     """Build, train and save a model (best weights restored) into `folder`.
 
     With `resume_dir`, training writes its checkpoints there (a folder that outlives a crash)
@@ -49,18 +58,30 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
     torch.manual_seed(seed)
     net = build_model(model, input_shape, len(classes), aux_targets)
     if train.pretrained:
-        transfer.warm_start(net, transfer.read_state_dict(train.pretrained.path,
-                                                          "train.pretrained.path"),
-                            train.pretrained.replace_head, "train.pretrained")
+        transfer.warm_start(
+            net,
+            transfer.read_state_dict(train.pretrained.path, "train.pretrained.path"),
+            train.pretrained.replace_head,
+            "train.pretrained",
+        )
     transfer.check_globs(net, train.freeze, train.unfreeze)
     teacher = load_teacher(train.distill.teacher, input_shape, classes) if train.distill else None
     work = resume_dir or folder
     work.mkdir(parents=True, exist_ok=True)
     choice = compute.choose(net, train, data["val"], resolve_device(train.device))
     with compute.threads_set(choice.threads):
-        result = fit(net, data["train"], data["val"], compute.applied(train, choice), seed,
-                     optimizer_factory(train), work, on_epoch,
-                     resume=resume if resume_dir else None, teacher=teacher)
+        result = fit(
+            net,
+            data["train"],
+            data["val"],
+            compute.applied(train, choice),
+            seed,
+            optimizer_factory(train),
+            work,
+            on_epoch,
+            resume=resume if resume_dir else None,
+            teacher=teacher,
+        )
     if resume_dir:
         for name in ("metrics.jsonl", "last.pt", "best.pt"):
             shutil.copy2(work / name, folder / name)
@@ -69,12 +90,19 @@ def train_into(folder: Path, model: Any, train: TrainSpec, seed: int,
     if train.augment and len(input_shape) == 3 and train.augment.transforms:
         preview = preview_png(Augmenter(train.augment, seed, True), preview_images(data["train"]))
         (folder / "augment_preview.png").write_bytes(preview)
-    describe(folder, model.model_dump(mode="json"), input_shape, classes,
-             best_epoch=result.best_epoch, epochs_run=len(result.history),
-             stopped_early=result.stopped_early, batch_size=result.batch_size,
-             compute=compute.record(choice),
-             **({"aux_targets": aux_targets} if aux_targets else {}),
-             **({"adversarial": train.adversarial.model_dump()} if train.adversarial else {}))
+    describe(
+        folder,
+        model.model_dump(mode="json"),
+        input_shape,
+        classes,
+        best_epoch=result.best_epoch,
+        epochs_run=len(result.history),
+        stopped_early=result.stopped_early,
+        batch_size=result.batch_size,
+        compute=compute.record(choice),
+        **({"aux_targets": aux_targets} if aux_targets else {}),
+        **({"adversarial": train.adversarial.model_dump()} if train.adversarial else {}),
+    )
     return net, result
 
 

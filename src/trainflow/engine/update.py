@@ -43,17 +43,34 @@ class Update:
     log_every: int = 0  # measure the gradient norm on these steps (per-step rows)
 
     @classmethod
-    def from_spec(cls, spec: TrainSpec, device: torch.device,
-                  class_weights: torch.Tensor | None = None,
-                  task_weights: dict[str, float] | None = None,
-                  distiller: Callable | None = None) -> Update:
+    def from_spec(
+        cls,
+        spec: TrainSpec,
+        device: torch.device,
+        class_weights: torch.Tensor | None = None,
+        task_weights: dict[str, float] | None = None,
+        distiller: Callable | None = None,
+    ) -> Update:
         if spec.precision == "fp16" and device.type != "cuda":
-            raise TrainflowError(f"train.precision: fp16 needs a CUDA device, training runs on "
-                                 f"{device.type}; use bf16 (autocast) on CPU")
-        return cls(spec.accumulate, spec.grad_clip, spec.l1, spec.label_smoothing,
-                   class_weights, PRECISION[spec.precision], device, spec.max_steps,
-                   spec.tbptt, spec.adversarial, distiller, task_weights,
-                   spec.log.every_steps)
+            raise TrainflowError(
+                f"train.precision: fp16 needs a CUDA device, training runs on "
+                f"{device.type}; use bf16 (autocast) on CPU"
+            )
+        return cls(
+            spec.accumulate,
+            spec.grad_clip,
+            spec.l1,
+            spec.label_smoothing,
+            class_weights,
+            PRECISION[spec.precision],
+            device,
+            spec.max_steps,
+            spec.tbptt,
+            spec.adversarial,
+            distiller,
+            task_weights,
+            spec.log.every_steps,
+        )
 
     def done(self, steps: int) -> bool:
         return self.max_steps is not None and steps >= self.max_steps
@@ -63,8 +80,14 @@ class Update:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.precision)
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             w: torch.Tensor | None, mix: Callable | None = None) -> tuple[torch.Tensor, int]:
+    def loss(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor | None,
+        mix: Callable | None = None,
+    ) -> tuple[torch.Tensor, int]:
         """The batch's loss (before the L1 term) and its main-target sample count."""
         aux = None
         if y.dim() == 2:  # multi-task labels: the main target, then the auxiliary ones
@@ -75,13 +98,15 @@ class Update:
             if mix is not None:  # mixup: a convex blend of pairs, and of their losses
                 x, y, partner, lam = mix(x, y)
                 out = self.forward(model, x)
-                loss = (lam * weighted_loss(out, y, cw, w, smoothing)
-                        + (1 - lam) * weighted_loss(out, partner, cw, w, smoothing))
+                loss = lam * weighted_loss(out, y, cw, w, smoothing) + (1 - lam) * weighted_loss(
+                    out, partner, cw, w, smoothing
+                )
             elif aux is not None and self.task_weights is not None:
                 out, heads = model(x, heads=True)
                 loss = weighted_loss(out, y, cw, w, smoothing) + sum(
                     weight * nn.functional.cross_entropy(heads[task].float(), aux[:, i])
-                    for i, (task, weight) in enumerate(self.task_weights.items()))
+                    for i, (task, weight) in enumerate(self.task_weights.items())
+                )
             else:
                 out = self.forward(model, x)
                 loss = weighted_loss(out, y, cw, w, smoothing)
@@ -96,9 +121,9 @@ class Update:
         if not self.tbptt or x.shape[1] <= self.tbptt:
             return model(x)
         with torch.no_grad():
-            _, state = model(x[:, :-self.tbptt], return_state=True)
+            _, state = model(x[:, : -self.tbptt], return_state=True)
         state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-        return model(x[:, -self.tbptt:], state=state)
+        return model(x[:, -self.tbptt :], state=state)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial training: the first `ratio` of the batch replaced by attacks on it."""
@@ -115,8 +140,9 @@ class Update:
             return 0.0
         return self.l1 * sum(p.abs().sum() for p in model.parameters() if p.dim() > 1)
 
-    def backward(self, model: nn.Module, loss: torch.Tensor,
-                 scaler: torch.amp.GradScaler | None = None) -> None:
+    def backward(
+        self, model: nn.Module, loss: torch.Tensor, scaler: torch.amp.GradScaler | None = None
+    ) -> None:
         """Accumulate this batch's share of the gradient of one optimizer step (with the L1
         term). The ops a knob that is off would add are left out: they cost per batch."""
         if self.l1:
