@@ -23,9 +23,11 @@ PIPELINES = sorted((ROOT / "pipelines").glob("*.yaml"))
 
 
 # A test that needs one of these runs whole flows (the in-process engine, a real server, a
-# serving worker): it is slow by definition, and leaving it out spares the fast run the
+# serving worker), and so does every test under tests/flows/ and tests/e2e/ (some start the
+# engine in a subprocess): slow by definition; leaving them out spares the fast run the
 # engine's start-up too.
 _ENGINES = {"prefect_engine", "prefect_server", "served", "package_run"}
+_FLOW_FOLDERS = ("tests/flows/", "tests/e2e/")
 
 
 # Under pytest-xdist (`-n auto --dist loadgroup`, as .ci/run runs), a file's tests run on one
@@ -40,7 +42,7 @@ def pytest_collection_modifyitems(items):
     other slow ones (CLI subprocesses, long training) carry `@pytest.mark.slow` themselves."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        if _ENGINES & fixtures:
+        if _ENGINES & fixtures or item.nodeid.startswith(_FLOW_FOLDERS):
             item.add_marker(pytest.mark.slow)
         shared = sorted(_GROUPS[name] for name in fixtures & _GROUPS.keys())
         group = shared[0] if shared else item.nodeid.split("::")[0]  # else the test's file
@@ -51,7 +53,8 @@ def pytest_collection_modifyitems(items):
 def prefect_engine():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # generous: on a loaded machine (two xdist workers, or a shared dev box) start-up is slow
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 

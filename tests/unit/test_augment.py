@@ -48,6 +48,7 @@ def test_tabular_gaussian_noise_and_image_only_transforms():
         Augmenter(ERASING, 0, False)
 
 
+@pytest.mark.slow
 def test_training_with_augmentation_differs_and_preview_is_a_png():
     y = torch.arange(16) % 2
     data = Split(IMAGES, y)

@@ -271,6 +271,7 @@ def tampered_copy(package: Path, tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.mark.slow
 def test_a_tampered_file_is_refused_naming_it(tabular, tmp_path):
     copy = tampered_copy(tabular, tmp_path)
     weights = copy / "members/0/best.pt"
@@ -323,6 +324,7 @@ def test_a_package_of_a_newer_format_is_refused_naming_the_file(tabular, tmp_pat
         trainflow.load_model(copy)
 
 
+@pytest.mark.slow
 def test_cli_scores_a_csv_file_in_order_and_names_bad_input(tabular, tmp_path, capsys):
     data = tmp_path / "new.csv"
     rows_to_score().write_csv(data)
