@@ -102,6 +102,7 @@ def load_latest_good(path: Path, required: tuple[str, ...] = ()) -> dict[str, An
         if problem:
             problems.append(f"{candidate}: {problem}")
             continue
+        assert payload is not None  # (no problem: loaded)
         if problems:
             log.warning(
                 "checkpoint %s; resuming from the previous one, %s", "; ".join(problems), candidate

@@ -33,6 +33,7 @@ def aux_accuracy(
     model: nn.Module, data: Split, batch_size: int, device: torch.device, tasks: dict[str, float]
 ) -> dict[str, float]:
     """Accuracy of each auxiliary head on `data`."""
+    assert data.aux is not None  # (multi-task data only)
     model.eval()
     correct = torch.zeros(len(tasks))
     for start in range(0, len(data), batch_size):

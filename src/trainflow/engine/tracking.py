@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any, TextIO
 
 import torch
 from torch import nn
@@ -48,9 +49,10 @@ class Tracker:
         self.every_steps, self.steps = every_steps, steps
         # open for the whole run (closed by close()): rows are written as they come
         self.log = open(out_dir / "metrics.jsonl", "w") if out_dir else None  # noqa: SIM115
-        for row in self._in_order(history, steps) if self.log else ():  # a resumed run's
-            self.log.write(json.dumps(row) + "\n")  # log holds its earlier rows
-        self.debug = None
+        if self.log is not None:  # a resumed run's log holds its earlier rows
+            for row in self._in_order(history, steps):
+                self.log.write(json.dumps(row) + "\n")
+        self.debug: TextIO | None = None
         if tensorboard:
             run = f"{time.strftime('%Y%m%dT%H%M%S')}-{out_dir.name if out_dir else 'run'}"
             self.board = tensorboard_writer(Path(tensorboard) / run)
@@ -182,7 +184,7 @@ def debug_report(
 ) -> dict:
     """debug.jsonl's row for an epoch: per-parameter weight and gradient norms (when
     measured), and the fraction of dead ReLU units on the validation inputs `val_x`."""
-    out = {}
+    out: dict[str, Any] = {}
     if layer_grads is not None:
         out["layers"] = layer_report(model, layer_grads.take())
     if val_x is not None and len(val_x):
