@@ -7,7 +7,7 @@ import math
 import polars as pl
 
 from trainflow.engine.checks import check_model_and_training
-from trainflow.errors import DataError
+from trainflow.errors import DataError, SpecError
 from trainflow.readers import check_file, read_labels
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.spec.sources import FileSource, SequenceSource
@@ -49,9 +49,26 @@ def check_data(spec: PipelineSpec) -> None:
                 f"evaluate.cv.folds is {folds} but class(es) {_listed(scarce)} of {target!r} "
                 f"have too few rows: about {keep:.0%} of each class remains for "
                 f"cross-validation after the test split; lower evaluate.cv.folds or add data")
+    _check_transform_values(spec)
     # last: its size check builds the model on torch's meta device, and a run whose data
     # cannot work answers without importing torch
     check_model_and_training(spec.model, spec.train, shape, dict.fromkeys(aux, []))
+
+
+def _check_transform_values(spec: PipelineSpec) -> None:
+    """The values of albumentations transforms, which only the library can judge (the spec
+    checked their names and keyword names without importing it)."""
+    augment = spec.train.augment
+    problems = []
+    for index, transform in enumerate(augment.transforms if augment else []):
+        try:
+            transform.check_values()
+        except ValueError as exc:
+            problems.append((f"train.augment.transforms.{index}",
+                             f"{exc}; see albumentations' documentation of {transform.name} "
+                             "for the values it takes"))
+    if problems:
+        raise SpecError(f"pipeline {spec.name!r}", problems)
 
 
 def check_classification_target(labels: pl.Series) -> None:

@@ -109,14 +109,16 @@ def test_cycles_finds_a_deferred_circle():
     assert cycles({"a": frozenset({"b"}), "b": frozenset({"a"}), "c": frozenset()}) == [["a", "b"]]
 
 
-def test_validating_a_spec_loads_nothing_heavy(tmp_path):
-    """`import trainflow.spec` and `trainflow validate`, each in a fresh process, load none
-    of torch, Prefect, scikit-learn, imbalanced-learn, polars (measured, not read)."""
+@pytest.mark.parametrize("pipeline", sorted(p.name for p in (ROOT / "pipelines").glob("*.yaml")))
+def test_validating_a_spec_loads_nothing_heavy(tmp_path, pipeline):
+    """`import trainflow.spec` and `trainflow validate` of each shipped pipeline (digits_cnn's
+    albumentations transforms included), in a fresh process, load none of torch, Prefect,
+    scikit-learn, imbalanced-learn, polars, albumentations (measured, not read)."""
     probe = (
         "import sys\n"
         "import trainflow.spec, trainflow.spec.pipeline, trainflow.registry\n"
         "from trainflow.cli import main\n"
-        f"code = main(['validate', {str(ROOT / 'pipelines' / 'credit_smote_mlp.yaml')!r}])\n"
+        f"code = main(['validate', {str(ROOT / 'pipelines' / pipeline)!r}])\n"
         f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     out = subprocess.run(
