@@ -126,6 +126,8 @@ def code_scope(name: str) -> list[str]:
         for table in registry_tables(current) - COVERED_BY_INPUTS.get(current, set()):
             entries = getattr(registry, table, None)
             if isinstance(entries, dict):
+                # TASKS is read for options (retries, the device tag), not code that runs
                 for entry in entries.values():
-                    pending.extend(registry.modules_of(entry))
+                    if isinstance(entry, registry.Entry):
+                        pending.extend(registry.modules_of(entry))
     return sorted(seen)

@@ -1,7 +1,11 @@
 """Cache keys: content-derived, stable across runs, sensitive to config, inputs and code."""
 
+import pytest
+
 from trainflow.artifacts import ArtifactRef
 from trainflow.caching import canonical, code_fingerprint, library_versions
+from trainflow.registry import TASKS
+from trainflow.sourcegraph import code_scope
 from trainflow.tasks.clean import CleanParams
 
 
@@ -35,3 +39,15 @@ def test_code_fingerprint_covers_imported_trainflow_modules():
 def test_library_versions_name_the_numeric_stack():
     versions = library_versions()
     assert versions["torch"].startswith("2.") and versions["polars"] != "absent"
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_has_a_code_fingerprint_of_its_own_code(name):
+    """Each task's cache key can be computed (a task whose key raises is never cached), and
+    reading the task table for its options does not pull every other task into its key."""
+    module = TASKS[name].module
+    scope = code_scope(module)
+    assert module in scope
+    others = {task.module for task in TASKS.values()} - {module}
+    assert len(others & set(scope)) < len(others) / 2, sorted(others & set(scope))
+    assert len(code_fingerprint(module)) == 64
