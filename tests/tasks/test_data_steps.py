@@ -241,6 +241,7 @@ def test_smoothing_methods_follow_order_and_groups(store, tmp_path):
     assert 0 < gauss["v"][1] < 10 and gauss["v"].std() < 5
 
 
+@pytest.mark.slow
 def test_offline_expansion_writes_augmented_copies_of_train_only(tmp_path):
     from trainflow.spec.augment import AugmentSpec, TransformSpec
     from trainflow.tasks.shard import ExpandSpec

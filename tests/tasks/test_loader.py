@@ -82,6 +82,7 @@ def test_two_workers_never_share_an_augmentation_stream(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(out, again))  # and reproducible
 
 
+@pytest.mark.slow
 def test_resampled_streams_give_every_rank_the_same_batch_count(tmp_path):
     paths, _, _ = shard_paths(make_shards(tmp_path, n=1000, max_samples=150), "train")
     counts = []

@@ -28,6 +28,9 @@ from trainflow.tasks.shard import ShardParams, shard
 from trainflow.tasks.split import SplitParams, split
 from trainflow.tasks.train import load_splits, train_model
 
+# Real trainings of the shipped model on real data (a module fixture trains for 25 epochs).
+pytestmark = pytest.mark.slow
+
 MODEL = MLPParams(type="mlp", hidden_layers=2, units=[64, 32])
 TRAIN = TrainSpec(
     lr=1e-3, batch_size=32, epochs=25, early_stopping=EarlyStopping(monitor="val_loss", patience=5)

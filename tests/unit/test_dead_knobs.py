@@ -180,6 +180,7 @@ def test_the_compute_knobs_enter_the_train_key(change):
     assert canonical(TrainSpec(**change)) != canonical(TrainSpec())
 
 
+@pytest.mark.slow
 def test_a_spec_that_still_sets_start_is_told_the_fix(tmp_path):
     import subprocess
     import sys

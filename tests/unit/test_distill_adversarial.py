@@ -57,6 +57,7 @@ def test_distillation_loss_mixes_soft_and_hard_terms():
                          0.25 * soft + 0.75 * hard)
 
 
+@pytest.mark.slow
 def test_a_student_learns_from_the_teacher_when_the_labels_say_nothing(teacher, tmp_path):
     noisy = blobs(shuffle_labels=True)  # training labels shuffled: no signal in them
     small = MLPParams(type="mlp", hidden_layers=1, units=8)
@@ -106,6 +107,7 @@ def weak_features(n=900, weak=30, seed=0):
     return {"train": Split(x[:cut], y[:cut]), "val": Split(x[cut:], y[cut:])}
 
 
+@pytest.mark.slow
 def test_adversarial_training_raises_robust_accuracy(tmp_path):
     data = weak_features()
     spec = {"device": "cpu", "batch_size": 32, "lr": 0.01, "checkpoint_every": 0, "epochs": 12}

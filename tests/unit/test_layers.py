@@ -109,6 +109,7 @@ def test_cycles_finds_a_deferred_circle():
     assert cycles({"a": frozenset({"b"}), "b": frozenset({"a"}), "c": frozenset()}) == [["a", "b"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", sorted(p.name for p in (ROOT / "pipelines").glob("*.yaml")))
 def test_validating_a_spec_loads_nothing_heavy(tmp_path, pipeline):
     """`import trainflow.spec` and `trainflow validate` of each shipped pipeline (digits_cnn's

@@ -52,6 +52,7 @@ def train(task_weights, epochs=12):
     return fit(net, train_split, val, spec, 0, optimizer_factory(spec))
 
 
+@pytest.mark.slow
 def test_each_head_learns_its_target_by_its_loss_weight():
     taught = train({})  # weight 1 each
     last = taught.history[-1]

@@ -211,6 +211,7 @@ def test_an_unseen_category_under_unknown_ignore_is_scored(tmp_path):
     assert np.array_equal(model.predict_proba(rows), model.predict_proba(other))
 
 
+@pytest.mark.slow
 def test_a_fitted_scikit_learn_detector_is_refused_in_a_package_with_a_warning(
         tmp_path, caplog):
     flag = {"type": "anomalies", "method": "isolation_forest", "action": "flag"}

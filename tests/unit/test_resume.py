@@ -152,6 +152,7 @@ def same_weights(a, b) -> bool:
 
 # 10 batches per epoch: step 7 and 23 are mid-epoch, 10 the last step of an epoch (before its
 # validation); with accumulate 3 an epoch has 4 steps, the last over one batch.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "spec,step",
     [(STEPPED, 7), (STEPPED, 10), (STEPPED, 23), (MIXED, 5), (MIXED, 8)],
@@ -189,6 +190,7 @@ with after_step(17, kill):
 """
 
 
+@pytest.mark.slow
 def test_a_process_killed_with_sigkill_resumes_bit_identical(tmp_path):
     import subprocess
     import sys

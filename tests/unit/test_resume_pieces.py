@@ -192,6 +192,7 @@ def drop(saved: dict, piece: str, spec) -> dict:
     return {**saved, name: {**saved[name], key: value}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_an_intact_checkpoint_resumes_to_the_uninterrupted_run(interrupted, case):
     spec, full, saved, root = interrupted(case)

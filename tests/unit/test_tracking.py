@@ -39,6 +39,7 @@ def rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_per_step_rows_with_loss_lr_and_gradient_norm(tmp_path):
     _, result, out = run(
         tmp_path, log={"every_steps": 4}, schedule={"type": "cosine", "warmup": {"steps": 8}}
@@ -54,6 +55,7 @@ def test_per_step_rows_with_loss_lr_and_gradient_norm(tmp_path):
     assert curves_png(logged).startswith(b"\x89PNG")  # the report's plot reads the mixed log
 
 
+@pytest.mark.slow
 def test_per_step_rows_survive_a_mid_epoch_resume(tmp_path):
     knobs = {"log": {"every_steps": 3}, "checkpoint_every_steps": 1, "checkpoint_interval_s": 0}
     _, _, full = run(tmp_path, **knobs)

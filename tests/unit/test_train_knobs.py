@@ -362,6 +362,7 @@ def test_deterministic_option_holds_during_training_and_is_restored():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit inside inductor
 def test_torch_compile_trains_like_eager_and_saves_plain_state_dicts(tmp_path):
     import json
