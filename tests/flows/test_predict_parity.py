@@ -11,21 +11,18 @@ import polars as pl
 import pytest
 
 import trainflow
-from tests.flows.helpers import ROOT, run
+from tests.flows.helpers import PACKAGE_RUNS, ROOT
 from trainflow.cli import main
 from trainflow.spec.pipeline import load_spec
 from trainflow.testrows import raw_test_rows
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
-ALONE = ("evaluate.cv=null", "ensemble=null", "compress={}")
-CASES = {  # 2 epochs each: parity, not accuracy, is the point
-    "credit_smote_mlp": ALONE,  # missing values, text categories, SMOTE on train only
-    "breast_cancer_mlp": ("evaluate.cv.folds=2", "compress.prune.finetune_epochs=1"),
-    "digits_cnn": ALONE,  # images
-    "sequences_gru": ALONE,  # sequences
-    "sequences_multitask": ALONE,  # two heads: the package predicts the main target
-}
+# 2 epochs each, one run per pipeline shared with the export tests (fixture package_run):
+# credit_smote_mlp has missing values, text categories and SMOTE on train only;
+# breast_cancer_mlp has folds, an ensemble and compressed models; digits_cnn images;
+# sequences_gru sequences; sequences_multitask two heads (the package predicts the main one).
+CASES = PACKAGE_RUNS
 
 
 def assert_scores_like(model_path: str, raw: pl.DataFrame, expected: np.ndarray) -> None:
@@ -38,14 +35,15 @@ def assert_scores_like(model_path: str, raw: pl.DataFrame, expected: np.ndarray)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_package_scores_the_raw_test_rows_as_evaluate_did(name, tmp_path):
-    result, states = run(name, tmp_path, "train.epochs=2", *CASES[name])
+def test_package_scores_the_raw_test_rows_as_evaluate_did(name, tmp_path, package_run):
+    result, states = package_run(name)
     assert set(states["package"]) == {"Completed"}
     package = json.loads((Path(result["package"]) / "package.json").read_text())
     # the ingested rows the split put in test, as ingest stored them (before any step)
     data, spec = result["data"], load_spec(ROOT / "pipelines" / f"{name}.yaml")
-    raw = raw_test_rows(data["ingested"], data["steps"], spec.data.pre_split,
-                        data["raw_splits"], spec.seed)
+    raw = raw_test_rows(
+        data["ingested"], data["steps"], spec.data.pre_split, data["raw_splits"], spec.seed
+    )
     assert len(raw) == data["splits"].meta["parts"]["test"]["rows"]
     expected = np.load(result["evaluation"].path / "test_probs.npy", allow_pickle=False)
     assert_scores_like(result["package"], raw, expected)
@@ -57,8 +55,9 @@ def test_package_scores_the_raw_test_rows_as_evaluate_did(name, tmp_path):
         assert_every_model_of_the_run_has_a_package(result, raw)
 
 
-def assert_cli_scores_a_csv_of_the_raw_rows(package: str, raw: pl.DataFrame,
-                                            expected: np.ndarray, tmp_path: Path) -> None:
+def assert_cli_scores_a_csv_of_the_raw_rows(
+    package: str, raw: pl.DataFrame, expected: np.ndarray, tmp_path: Path
+) -> None:
     """`trainflow predict` on a CSV file of the rows: text converted to the training types,
     one output row per input row, in order."""
     data, output = tmp_path / "rows.csv", tmp_path / "predictions.parquet"
@@ -77,13 +76,14 @@ def assert_every_model_of_the_run_has_a_package(result: dict, raw: pl.DataFrame)
     packages = result["packages"]
     assert len(packages["folds"]) == len(result["folds"]) == 2
     for fold, package in zip(result["folds"], packages["folds"]):
-        assert_scores_like(package, raw,
-                           np.load(fold.path / "test_probs.npy", allow_pickle=False))
-    assert_scores_like(packages["ensemble"], raw,
-                       np.load(result["ensemble"].path / "test_probs.npy", allow_pickle=False))
+        assert_scores_like(package, raw, np.load(fold.path / "test_probs.npy", allow_pickle=False))
+    assert_scores_like(
+        packages["ensemble"],
+        raw,
+        np.load(result["ensemble"].path / "test_probs.npy", allow_pickle=False),
+    )
     labels = raw["target"].to_numpy()
     for kind in ("quantize", "prune"):
         predicted = trainflow.load_model(packages[kind]).predict(raw)
         accuracy = float(np.mean(predicted == labels))
         assert accuracy == pytest.approx(result["compressed"][kind].meta["after"]["accuracy"])
-
