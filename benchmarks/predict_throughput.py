@@ -107,7 +107,7 @@ def hand_written(package: Path, data: Path, output: Path) -> Iterator[None]:
     net.load_state_dict(torch.load(folder / "best.pt", weights_only=True)["model"])
     net.eval()
     frame = pl.read_csv(data, columns=features,
-                        schema_overrides={c: pl.Float64 for c in features})
+                        schema_overrides=dict.fromkeys(features, pl.Float64))
     frame = frame.select((pl.col(c).fill_null(fill[c]) - scale["shift"][c]) / scale["scale"][c]
                          for c in features)
     x = frame.to_numpy().astype(np.float32)
