@@ -23,7 +23,8 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import harness
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when tests import it as a module
+import harness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINFLOW = Path(sys.executable).with_name("trainflow")
