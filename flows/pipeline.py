@@ -11,8 +11,8 @@ from trainflow.artifacts import ArtifactRef, Store
 from trainflow.flows.cross_validate import run_folds
 from trainflow.flows.data import prepare_data
 from trainflow.mlflow_log import mlflow_module
-from trainflow.task_options import step
 from trainflow.spec.pipeline import PipelineSpec
+from trainflow.task_options import step
 from trainflow.tasks.ensemble import ensemble_folds
 from trainflow.tasks.evaluate import evaluate_model
 from trainflow.tasks.latency import measure_latency
