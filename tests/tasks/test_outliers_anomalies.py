@@ -54,6 +54,7 @@ def test_outlier_drop_before_split_cleans_the_whole_table(spiky):
     assert out["v"].abs().max() < 10 and len(out) < 200
 
 
+@pytest.mark.slow
 def test_isolation_forest_flags_like_scikit_learn(spiky):
     store, _, splits = spiky
     params = AnomaliesParams(type="anomalies", action="flag", contamination=0.02)
