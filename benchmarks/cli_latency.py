@@ -47,9 +47,13 @@ FIGURES = ("validate", "preflight failure", "cold run", "cached rerun")
 
 def environment(folder: Path) -> dict:
     env = dict(os.environ)
-    env.update(PREFECT_HOME=str(folder / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_LOCAL_STORAGE_PATH=str(folder / "prefect" / "storage"),
-               PREFECT_LOGGING_LEVEL="WARNING", TRAINFLOW_SERVER_IDLE_S="600")
+    env.update(
+        PREFECT_HOME=str(folder / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOCAL_STORAGE_PATH=str(folder / "prefect" / "storage"),
+        PREFECT_LOGGING_LEVEL="WARNING",
+        TRAINFLOW_SERVER_IDLE_S="600",
+    )
     env.pop("PREFECT_API_URL", None)  # the local server, as a user without a server gets
     return env
 
@@ -89,13 +93,22 @@ def cached_task_gaps(port: int) -> tuple[list[float], list[str]]:
     the tasks of that run that were not Cached (the uncached ones by design, promote,
     publish_report and measure_latency, and any that recomputed)."""
     api = f"http://127.0.0.1:{port}/api"
-    latest = httpx.post(f"{api}/flow_runs/filter", json={
-        "sort": "START_TIME_DESC", "limit": 1,
-        "flows": {"name": {"any_": ["trainflow-pipeline"]}}}).json()[0]
-    subflows = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {
-        "parent_flow_run_id": {"any_": [latest["id"]]}}}).json()
-    runs = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {
-        "any_": [latest["id"], *(f["id"] for f in subflows)]}}}).json()
+    latest = httpx.post(
+        f"{api}/flow_runs/filter",
+        json={
+            "sort": "START_TIME_DESC",
+            "limit": 1,
+            "flows": {"name": {"any_": ["trainflow-pipeline"]}},
+        },
+    ).json()[0]
+    subflows = httpx.post(
+        f"{api}/flow_runs/filter",
+        json={"flow_runs": {"parent_flow_run_id": {"any_": [latest["id"]]}}},
+    ).json()
+    runs = httpx.post(
+        f"{api}/task_runs/filter",
+        json={"flow_runs": {"id": {"any_": [latest["id"], *(f["id"] for f in subflows)]}}},
+    ).json()
     by_flow: dict[str, list[tuple[float, str]]] = {}
     computed = sorted(r["name"].rsplit("-", 1)[0] for r in runs if r["state"]["name"] != "Cached")
     for r in runs:
@@ -105,8 +118,9 @@ def cached_task_gaps(port: int) -> tuple[list[float], list[str]]:
     gaps = []
     for ends in by_flow.values():
         ends.sort()
-        gaps += [b[0] - a[0] for a, b in zip(ends, ends[1:])
-                 if a[1] == "Cached" and b[1] == "Cached"]
+        gaps += [
+            b[0] - a[0] for a, b in zip(ends, ends[1:]) if a[1] == "Cached" and b[1] == "Cached"
+        ]
     return gaps, computed
 
 
@@ -117,10 +131,12 @@ def one_run(spec: Path, folder: Path) -> tuple[dict[str, harness.Sample], float,
     sets = [a for s in outputs for a in ("--set", s)]
     run = [str(TRAINFLOW), "run", str(spec), *sets]
     bad = f"data.source={{type: csv, path: {single_class_csv(folder)}, target: label}}"
-    got = {"validate": timed([str(TRAINFLOW), "validate", str(spec)], env, folder),
-           "preflight failure": timed([*run, "--set", bad], env, folder, exit_code=2),
-           "cold run": timed(run, env, folder),
-           "cached rerun": timed(run, env, folder)}
+    got = {
+        "validate": timed([str(TRAINFLOW), "validate", str(spec)], env, folder),
+        "preflight failure": timed([*run, "--set", bad], env, folder, exit_code=2),
+        "cold run": timed(run, env, folder),
+        "cached rerun": timed(run, env, folder),
+    }
     server = warm_server(folder)
     try:
         gaps, computed = cached_task_gaps(server["port"])
@@ -132,11 +148,15 @@ def one_run(spec: Path, folder: Path) -> tuple[dict[str, harness.Sample], float,
 def interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
     """Median and its bootstrap interval (harness.RESAMPLES resamples, fixed seed)."""
     rng = random.Random(harness.SEED)
-    stats = sorted(harness.median(rng.choices(values, k=len(values)))
-                   for _ in range(harness.RESAMPLES))
+    stats = sorted(
+        harness.median(rng.choices(values, k=len(values))) for _ in range(harness.RESAMPLES)
+    )
     tail = (1 - level) / 2
-    return (harness.median(values), stats[int(tail * (harness.RESAMPLES - 1))],
-            stats[round((1 - tail) * (harness.RESAMPLES - 1))])
+    return (
+        harness.median(values),
+        stats[int(tail * (harness.RESAMPLES - 1))],
+        stats[round((1 - tail) * (harness.RESAMPLES - 1))],
+    )
 
 
 def main() -> None:
@@ -158,22 +178,35 @@ def main() -> None:
                 samples[name].append(sample)
             gaps.append(gap)
             shown = ", ".join(f"{n} {s.wall_s:.2f} s" for n, s in got.items())
-            print(f"# run {run + 1}: {shown}, cached task {gap * 1e3:.0f} ms; not Cached in "
-                  f"the rerun: {', '.join(computed)}", flush=True)
+            print(
+                f"# run {run + 1}: {shown}, cached task {gap * 1e3:.0f} ms; not Cached in "
+                f"the rerun: {', '.join(computed)}",
+                flush=True,
+            )
             recomputed.append(computed)
     print("| figure | wall s, median (95 %) | CPU s, median (95 %) |\n|---|---|---|")
     result = {}
     for name, runs in samples.items():
         wall, cpu = (interval([getattr(s, m) for s in runs]) for m in ("wall_s", "cpu_s"))
         result[name] = {"wall_s": wall, "cpu_s": cpu, "runs": [s.__dict__ for s in runs]}
-        print(f"| {name} | {wall[0]:.2f} ({wall[1]:.2f}-{wall[2]:.2f}) | "
-              f"{cpu[0]:.2f} ({cpu[1]:.2f}-{cpu[2]:.2f}) |")
+        print(
+            f"| {name} | {wall[0]:.2f} ({wall[1]:.2f}-{wall[2]:.2f}) | "
+            f"{cpu[0]:.2f} ({cpu[1]:.2f}-{cpu[2]:.2f}) |"
+        )
     task = interval([g for g in gaps if g == g] or [float("nan")])  # nan: nothing was Cached
     result["cached task"] = {"wall_s": task, "runs": gaps}
     print(f"| cached task | {task[0] * 1e3:.0f} ms ({task[1] * 1e3:.0f}-{task[2] * 1e3:.0f}) | |")
-    harness.finish("cli_latency", before, {"pipeline": args.pipeline, "runs": args.runs,
-                                           "threads": args.threads, "figures": result,
-                                           "not_cached_in_rerun": recomputed})
+    harness.finish(
+        "cli_latency",
+        before,
+        {
+            "pipeline": args.pipeline,
+            "runs": args.runs,
+            "threads": args.threads,
+            "figures": result,
+            "not_cached_in_rerun": recomputed,
+        },
+    )
 
 
 if __name__ == "__main__":

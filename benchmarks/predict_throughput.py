@@ -57,9 +57,14 @@ def train_package() -> Path:
     spec.update(evaluate={}, outputs={"store": str(WORK / "store"), "runs": str(WORK / "runs")})
     spec["train"]["epochs"] = 10
     (WORK / "spec.yaml").write_text(yaml.safe_dump(spec))
-    done = subprocess.run([str(BIN / "trainflow"), "run", str(WORK / "spec.yaml")], cwd=WORK,
-                          capture_output=True, text=True, check=True)
-    package = json.loads(done.stdout[done.stdout.index("{"):])["package"]
+    done = subprocess.run(
+        [str(BIN / "trainflow"), "run", str(WORK / "spec.yaml")],
+        cwd=WORK,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    package = json.loads(done.stdout[done.stdout.index("{") :])["package"]
     marker.write_text(package)
     return Path(package)
 
@@ -77,8 +82,10 @@ def generate(rows: int) -> Path:
     data = bunch.data[rng.integers(0, len(bunch.data), rows)]
     data = data * rng.normal(1.0, 0.02, data.shape)
     frame = pl.DataFrame(data, schema=[str(n) for n in bunch.feature_names])
-    frame = frame.with_columns(pl.when(pl.lit(rng.random(rows) < 0.01)).then(None)
-                               .otherwise(pl.col(c)).alias(c) for c in frame.columns)
+    frame = frame.with_columns(
+        pl.when(pl.lit(rng.random(rows) < 0.01)).then(None).otherwise(pl.col(c)).alias(c)
+        for c in frame.columns
+    )
     frame.write_csv(path)
     return path
 
@@ -106,16 +113,23 @@ def hand_written(package: Path, data: Path, output: Path) -> Iterator[None]:
     net = nn.Sequential(*layers, nn.Linear(width, len(info["classes"])))
     net.load_state_dict(torch.load(folder / "best.pt", weights_only=True)["model"])
     net.eval()
-    frame = pl.read_csv(data, columns=features,
-                        schema_overrides=dict.fromkeys(features, pl.Float64))
-    frame = frame.select((pl.col(c).fill_null(fill[c]) - scale["shift"][c]) / scale["scale"][c]
-                         for c in features)
+    frame = pl.read_csv(
+        data, columns=features, schema_overrides=dict.fromkeys(features, pl.Float64)
+    )
+    frame = frame.select(
+        (pl.col(c).fill_null(fill[c]) - scale["shift"][c]) / scale["scale"][c] for c in features
+    )
     x = frame.to_numpy().astype(np.float32)
     with torch.no_grad():
-        best = np.concatenate([net(torch.from_numpy(x[i:i + FORWARD])).argmax(1).numpy()
-                               for i in range(0, len(x), FORWARD)])
-    labels = pl.Series("prediction", best).replace_strict(dict(enumerate(info["classes"])),
-                                                         return_dtype=pl.String)
+        best = np.concatenate(
+            [
+                net(torch.from_numpy(x[i : i + FORWARD])).argmax(1).numpy()
+                for i in range(0, len(x), FORWARD)
+            ]
+        )
+    labels = pl.Series("prediction", best).replace_strict(
+        dict(enumerate(info["classes"])), return_dtype=pl.String
+    )
     labels.to_frame().write_csv(output)
 
 
@@ -148,9 +162,14 @@ def timed(name: str, package: Path, data: Path) -> dict[str, float]:
     """Wall time of one side's process (interpreter start included) and its own split."""
     output = WORK / f"{name.split()[0]}.csv"
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, __file__, "--side", name, str(package), str(data),
-                           str(output)], check=True, cwd=WORK, capture_output=True, text=True,
-                          env={**os.environ, "PREFECT_HOME": str(WORK / "home")})
+    done = subprocess.run(
+        [sys.executable, __file__, "--side", name, str(package), str(data), str(output)],
+        check=True,
+        cwd=WORK,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PREFECT_HOME": str(WORK / "home")},
+    )
     wall = time.perf_counter() - start
     return {"wall": wall, **json.loads(done.stdout.strip().splitlines()[-1])}
 
@@ -160,12 +179,23 @@ def cpu_flags() -> str:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor()
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                  if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    wanted = [f for f in flags if f in ("avx", "avx2", "avx512f", "avx512_bf16", "amx_tile",
-                                        "fma", "sse4_2")]
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in text.splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    wanted = [
+        f
+        for f in flags
+        if f in ("avx", "avx2", "avx512f", "avx512_bf16", "amx_tile", "fma", "sse4_2")
+    ]
     return f"{model}; {os.cpu_count()} CPUs; flags {' '.join(wanted)}"
 
 
@@ -178,33 +208,49 @@ def main() -> None:
     if args.side:
         return side(*args.side)
     package, data = train_package(), generate(args.rows)
-    print(f"package {package}\ndata {data} ({data.stat().st_size / 2**20:.0f} MiB, "
-          f"{args.rows} rows)\ncpu {cpu_flags()}\ntorch threads {torch_threads()}, "
-          f"polars threads {polars_threads()}\nload before {os.getloadavg()}")
+    print(
+        f"package {package}\ndata {data} ({data.stat().st_size / 2**20:.0f} MiB, "
+        f"{args.rows} rows)\ncpu {cpu_flags()}\ntorch threads {torch_threads()}, "
+        f"polars threads {polars_threads()}\nload before {os.getloadavg()}"
+    )
     runs: dict[str, list[dict]] = {name: [] for name in SIDES}
     for run in range(args.runs):  # interleaved, the first side alternating
         for name in list(SIDES) if run % 2 == 0 else list(SIDES)[::-1]:
             runs[name].append(timed(name, package, data))
-        print(f"run {run + 1}: " + "; ".join(
-            f"{n} {r[-1]['wall']:.2f} s (imports {r[-1]['imports']:.2f}, work "
-            f"{r[-1]['work']:.2f})" for n, r in runs.items())
-              + f"; load {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"run {run + 1}: "
+            + "; ".join(
+                f"{n} {r[-1]['wall']:.2f} s (imports {r[-1]['imports']:.2f}, work "
+                f"{r[-1]['work']:.2f})"
+                for n, r in runs.items()
+            )
+            + f"; load {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
     same = (WORK / "trainflow.csv").read_bytes() == (WORK / "hand-written.csv").read_bytes()
     print(f"outputs identical: {same}")
     for part in ("wall", "work", "imports"):
-        print(f"-- {part}" + (" (the process, interpreter start included)" if part == "wall"
-                              else ""))
+        print(
+            f"-- {part}" + (" (the process, interpreter start included)" if part == "wall" else "")
+        )
         for name, values in runs.items():
             seconds = [r[part] for r in values]
-            print(f"   {name}: median {statistics.median(seconds):.2f} s (min "
-                  f"{min(seconds):.2f}, max {max(seconds):.2f})"
-                  + (f", {args.rows / statistics.median(seconds):,.0f} rows/s"
-                     if part != "imports" else ""))
+            print(
+                f"   {name}: median {statistics.median(seconds):.2f} s (min "
+                f"{min(seconds):.2f}, max {max(seconds):.2f})"
+                + (
+                    f", {args.rows / statistics.median(seconds):,.0f} rows/s"
+                    if part != "imports"
+                    else ""
+                )
+            )
         if part != "imports":
             ratios = [h[part] / t[part] for t, h in zip(*runs.values())]
-            print(f"   trainflow / hand-written throughput: median "
-                  f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max "
-                  f"{max(ratios):.3f}) over {args.runs} interleaved runs")
+            print(
+                f"   trainflow / hand-written throughput: median "
+                f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max "
+                f"{max(ratios):.3f}) over {args.runs} interleaved runs"
+            )
     print(f"load after {os.getloadavg()}")
 
 

@@ -6,22 +6,28 @@ from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.artifacts import ArtifactRef
-from trainflow.task_options import cv_task_runner, step
 from trainflow.spec.pipeline import PipelineSpec
+from trainflow.task_options import cv_task_runner, step
 from trainflow.tasks.fold import train_fold
 
 
 # One worker: each fold seeds torch's process-wide RNG, so folds must not interleave in threads
 # (subflows do not inherit the parent's task runner). Parallel folds belong on separate
 # processes: `runner: {type: dask}` swaps in a Dask task runner (see `run_folds`).
-@flow(name="cross-validate", task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="cross-validate", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]
 def cross_validate(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> list[ArtifactRef]:
     folds = spec.evaluate.cv.folds
     futures = step(train_fold, spec).map(
-        splits=unmapped(raw_splits), fold=list(range(folds)), folds=unmapped(folds),
-        steps=unmapped(spec.data.post_split), model=unmapped(spec.model),
-        train=unmapped(spec.train), seed=unmapped(spec.seed), store=unmapped(store),
-        group_column=unmapped(spec.data.split.group_column))
+        splits=unmapped(raw_splits),
+        fold=list(range(folds)),
+        folds=unmapped(folds),
+        steps=unmapped(spec.data.post_split),
+        model=unmapped(spec.model),
+        train=unmapped(spec.train),
+        seed=unmapped(spec.seed),
+        store=unmapped(store),
+        group_column=unmapped(spec.data.split.group_column),
+    )
     return [future.result() for future in futures]
 
 

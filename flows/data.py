@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow
 
 from trainflow import registry
-from trainflow.task_options import step
 from trainflow.spec.pipeline import PipelineSpec
+from trainflow.task_options import step
 from trainflow.tasks.expect import check_expectations
 from trainflow.tasks.ingest import ingest
 from trainflow.tasks.shard import shard
@@ -20,12 +20,17 @@ def prepare_data(spec: PipelineSpec, store: str) -> dict:
     for params in spec.data.pre_split:
         table = step(registry.STEPS[params.type].impl, spec)(table, params, spec.seed, store)
         steps.append(table)
-    raw_splits = step(registry.STEPS["split"].impl, spec)(table, spec.data.split, spec.seed,
-                                                          store)
+    raw_splits = step(registry.STEPS["split"].impl, spec)(table, spec.data.split, spec.seed, store)
     splits = raw_splits
     for params in spec.data.post_split:
         splits = step(registry.STEPS[params.type].impl, spec)(splits, params, spec.seed, store)
         steps.append(splits)
-    return {"ingested": ingested, "table": table, "profile": profile, "raw_splits": raw_splits,
-            "splits": splits, "steps": steps,
-            "shards": step(shard, spec)(splits, spec.data.shard, store, spec.seed)}
+    return {
+        "ingested": ingested,
+        "table": table,
+        "profile": profile,
+        "raw_splits": raw_splits,
+        "splits": splits,
+        "steps": steps,
+        "shards": step(shard, spec)(splits, spec.data.shard, store, spec.seed),
+    }

@@ -6,18 +6,23 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.deploy import spec_from_parameters
-from trainflow.task_options import check_runner
 from trainflow.flows.pipeline import pipeline as pipeline_flow
 from trainflow.preflight import check_data
+from trainflow.task_options import check_runner
 
 
 # The pipeline's body runs inside this flow run (`pipeline_flow.fn`), so its task runs and
 # artifacts (report, CV table, links, training progress) are on the run page the UI opens.
 # One worker, as in the pipeline flow: training seeds torch's process-wide RNG.
-@flow(name="trainflow", task_runner=ThreadPoolTaskRunner(max_workers=1))
-def train(pipeline: str, epochs: int | None = None, lr: float | None = None,
-          batch_size: int | None = None, cv_folds: int | None = None,
-          overrides: list[str] | None = None) -> dict:
+@flow(name="trainflow", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]
+def train(
+    pipeline: str,
+    epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    cv_folds: int | None = None,
+    overrides: list[str] | None = None,
+) -> dict:
     """Run a shipped pipeline; empty knobs keep the spec's values.
 
     Args:
@@ -36,6 +41,9 @@ def train(pipeline: str, epochs: int | None = None, lr: float | None = None,
     check_runner(spec)
     result = pipeline_flow.fn(spec)  # its promote step applies the spec's rule (`promote`)
     decision = result["champion"]
-    return {"pipeline": spec.name, "run_dir": result["run_dir"],
-            "test": {k: v for k, v in result["test"].items() if k != "confusion_matrix"},
-            "champion": {k: decision.get(k) for k in ("decision", "reason", "champion")}}
+    return {
+        "pipeline": spec.name,
+        "run_dir": result["run_dir"],
+        "test": {k: v for k, v in result["test"].items() if k != "confusion_matrix"},
+        "champion": {k: decision.get(k) for k in ("decision", "reason", "champion")},
+    }

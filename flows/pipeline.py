@@ -28,7 +28,7 @@ from trainflow.tasks.train import train_model
 # One worker: training steps seed torch's global RNG, so they must not interleave in threads.
 # Parallel folds run on a Dask cluster in separate processes instead (spec `runner`).
 # `step(task, spec)` adds the spec's timeouts and retries (spec `orchestration`).
-@flow(name="trainflow-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))
+@flow(name="trainflow-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]
 def pipeline(spec: PipelineSpec) -> dict:
     if spec.outputs.mlflow:  # the extra missing is an error before any work, not after it
         mlflow_module()
@@ -42,44 +42,79 @@ def pipeline(spec: PipelineSpec) -> dict:
     compressed = {}
     if spec.compress.quantize:
         compressed["quantize"] = step(quantize_model, spec)(
-            model, data["shards"], spec.compress.quantize, store)
+            model, data["shards"], spec.compress.quantize, store
+        )
     if spec.compress.prune:
-        compressed["prune"] = step(prune_model, spec)(model, data["shards"], spec.compress.prune,
-                                                      spec.train, spec.seed, store)
+        compressed["prune"] = step(prune_model, spec)(
+            model, data["shards"], spec.compress.prune, spec.train, spec.seed, store
+        )
     latency = None
     if compressed:  # timings: measured on every run, for the run folder and the UI only
         repeats = spec.compress.quantize.latency_repeats if spec.compress.quantize else 30
-        latency = step(measure_latency, spec)({"model": model, **compressed}, data["shards"],
-                                              spec.train.batch_size, repeats)
+        latency = step(measure_latency, spec)(
+            {"model": model, **compressed}, data["shards"], spec.train.batch_size, repeats
+        )
     packages = package_all(spec, data, model, test, folds, ensemble, compressed, store)
     # every run: the champion may have changed since (not cached), like the latency
     champion = step(promote_model, spec)(packages["model"], data, spec, store)
-    report = step(write_report, spec)(spec.name, spec.fingerprint(), data, model, test, folds,
-                                      ensemble, compressed, store, packages["model"])
-    run_dir = step(publish_report, spec)(report, spec.name, spec.outputs.runs, latency,
-                                         champion)
+    report = step(write_report, spec)(
+        spec.name,
+        spec.fingerprint(),
+        data,
+        model,
+        test,
+        folds,
+        ensemble,
+        compressed,
+        store,
+        packages["model"],
+    )
+    run_dir = step(publish_report, spec)(report, spec.name, spec.outputs.runs, latency, champion)
     logged = None
     if spec.outputs.mlflow:  # a team's MLflow (the trainflow[mlflow] extra)
-        logged = step(log_to_mlflow, spec)(spec, model, test, folds, report, run_dir,
-                                           packages["model"], champion)
-    return {"run_dir": run_dir, "report": report, "model": model, "test": test.meta,
-            "evaluation": test, "data": data, "folds": folds, "ensemble": ensemble,
-            "compressed": compressed, "package": packages["model"], "packages": packages,
-            "champion": champion, "mlflow": logged}
+        logged = step(log_to_mlflow, spec)(
+            spec, model, test, folds, report, run_dir, packages["model"], champion
+        )
+    return {
+        "run_dir": run_dir,
+        "report": report,
+        "model": model,
+        "test": test.meta,
+        "evaluation": test,
+        "data": data,
+        "folds": folds,
+        "ensemble": ensemble,
+        "compressed": compressed,
+        "package": packages["model"],
+        "packages": packages,
+        "champion": champion,
+        "mlflow": logged,
+    }
 
 
-def package_all(spec: PipelineSpec, data: dict, model: ArtifactRef, test: ArtifactRef,
-                folds: list[ArtifactRef], ensemble: ArtifactRef | None,
-                compressed: dict[str, ArtifactRef], store: str) -> dict:
+def package_all(
+    spec: PipelineSpec,
+    data: dict,
+    model: ArtifactRef,
+    test: ArtifactRef,
+    folds: list[ArtifactRef],
+    ensemble: ArtifactRef | None,
+    compressed: dict[str, ArtifactRef],
+    store: str,
+) -> dict:
     """A model package for every model of the run (their paths; None where a step of the
     spec cannot be packaged): the model, each fold, the ensemble, each compressed model."""
+
     def package(kind: str, models: list[ArtifactRef], metrics: ArtifactRef | None):
-        ref = step(package_model, spec)(kind, models, metrics, spec, data["ingested"],
-                                        data["steps"], store)
+        ref = step(package_model, spec)(
+            kind, models, metrics, spec, data["ingested"], data["steps"], store
+        )
         return str(ref.path) if ref else None
 
-    packages = {"model": package("model", [model], test),
-                "folds": [package("fold", [fold], None) for fold in folds]}
+    packages = {
+        "model": package("model", [model], test),
+        "folds": [package("fold", [fold], None) for fold in folds],
+    }
     if ensemble:
         packages["ensemble"] = package("ensemble", folds, ensemble)
     for kind, ref in compressed.items():

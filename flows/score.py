@@ -12,9 +12,15 @@ from trainflow.scoring import locations
 from trainflow.tasks.score import report_scores, score_data
 
 
-@flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=1))
-def score(pipeline: str, data: str, output: str, package: str | None = None,
-          proba: bool = False, drift_threshold: float = THRESHOLD) -> dict:
+@flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]
+def score(
+    pipeline: str,
+    data: str,
+    output: str,
+    package: str | None = None,
+    proba: bool = False,
+    drift_threshold: float = THRESHOLD,
+) -> dict:
     """Score a file or folder with the pipeline's champion and report the predicted classes
     and each feature's drift from the training data.
 
@@ -31,8 +37,9 @@ def score(pipeline: str, data: str, output: str, package: str | None = None,
             flagged as drifted
     """
     # Every parameter is checked before any file is read: a bad one fails the run naming it.
-    name, model, source, target = locations(pipeline, data, output, package, drift_threshold,
-                                            flow_run.scheduled_start_time.date())
+    name, model, source, target = locations(
+        pipeline, data, output, package, drift_threshold, flow_run.scheduled_start_time.date()
+    )
     summary = score_data(name, str(model), str(source), str(target), proba, drift_threshold)
     report_scores(summary, "package" if package else "champion")
     return summary

@@ -34,5 +34,9 @@ def ensemble_folds(folds: list[ArtifactRef], params: Any, store: str) -> Artifac
     with target.writer("metrics") as staging:
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         np.save(staging / "test_probs.npy", combined.astype(np.float32), allow_pickle=False)
-        return target.commit(staging, "metrics", count=len(labels),
-                             meta={**metrics, "type": params.type, "members": len(folds)})
+        return target.commit(
+            staging,
+            "metrics",
+            count=len(labels),
+            meta={**metrics, "type": params.type, "members": len(folds)},
+        )

@@ -33,7 +33,8 @@ def evaluate_model(model: ArtifactRef, shards: ArtifactRef, store: str) -> Artif
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ATTACK_SEED)
             metrics["robust_accuracy"] = robust_accuracy(
-                net, test.x, test.y, a["method"], a["epsilon"], a["steps"], a["step_size"])
+                net, test.x, test.y, a["method"], a["epsilon"], a["steps"], a["step_size"]
+            )
     target = Store(store)
     with target.writer("metrics") as staging:
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))

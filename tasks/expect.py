@@ -19,8 +19,12 @@ Kind = Literal["numeric", "integer", "float", "text"]
 
 
 def _kind_ok(dtype: pl.DataType, kind: str) -> bool:
-    return {"numeric": dtype.is_numeric(), "integer": dtype.is_integer(),
-            "float": dtype.is_float(), "text": dtype in (pl.Utf8, pl.Categorical)}[kind]
+    return {
+        "numeric": dtype.is_numeric(),
+        "integer": dtype.is_integer(),
+        "float": dtype.is_float(),
+        "text": dtype in (pl.Utf8, pl.Categorical),
+    }[kind]
 
 
 def _num(value: float | None) -> str:
@@ -29,8 +33,11 @@ def _num(value: float | None) -> str:
 
 def failures(df: pl.DataFrame, target: str, expect: ExpectSpec) -> list[str]:
     found = []
-    missing = [c for c in {*expect.columns, *expect.dtypes, *expect.ranges, *expect.not_null}
-               if c not in df.columns]
+    missing = [
+        c
+        for c in {*expect.columns, *expect.dtypes, *expect.ranges, *expect.not_null}
+        if c not in df.columns
+    ]
     found += [f"column {c!r} is missing (columns: {df.columns})" for c in sorted(missing)]
     for column, kind in expect.dtypes.items():
         if column in df.columns and not _kind_ok(df[column].dtype, kind):
@@ -42,9 +49,11 @@ def failures(df: pl.DataFrame, target: str, expect: ExpectSpec) -> list[str]:
         below = int((values < low).sum()) if low is not None else 0
         above = int((values > high).sum()) if high is not None else 0
         if below or above:
-            found.append(f"column {column!r}: {below} value(s) below {_num(low)}, {above} above "
-                         f"{_num(high)} "
-                         f"(min {values.min()}, max {values.max()})")
+            found.append(
+                f"column {column!r}: {below} value(s) below {_num(low)}, {above} above "
+                f"{_num(high)} "
+                f"(min {values.min()}, max {values.max()})"
+            )
     for column in [c for c in expect.not_null if c in df.columns]:
         if nulls := df[column].null_count():
             found.append(f"column {column!r} has {nulls} missing value(s)")
@@ -68,8 +77,9 @@ def profile(df: pl.DataFrame) -> list[dict]:
         row = {"column": column, "dtype": str(series.dtype), "missing": series.null_count()}
         if series.dtype.is_numeric():
             clean = series.cast(pl.Float64).fill_nan(None)
-            row.update(missing=clean.null_count(), min=clean.min(), mean=clean.mean(),
-                       max=clean.max())
+            row.update(
+                missing=clean.null_count(), min=clean.min(), mean=clean.mean(), max=clean.max()
+            )
         else:
             row["distinct"] = series.n_unique()
         rows.append(row)
@@ -79,11 +89,13 @@ def profile(df: pl.DataFrame) -> list[dict]:
 @task(name="expect", **CACHED)
 def check_expectations(table: ArtifactRef, expect: ExpectSpec, store: str) -> ArtifactRef:
     """Raise a DataError listing every failed expectation; otherwise record the data profile."""
-    (df, schema), = read_parts(table).values()
+    ((df, schema),) = read_parts(table).values()
     problems = failures(df, schema.target, expect)
     if problems:
-        raise DataError(f"{len(problems)} data expectation(s) failed:\n"
-                        + "\n".join(f"  - data.expect: {p}" for p in problems))
+        raise DataError(
+            f"{len(problems)} data expectation(s) failed:\n"
+            + "\n".join(f"  - data.expect: {p}" for p in problems)
+        )
     target = Store(store)
     with target.writer("report") as staging:
         rows = profile(df)

@@ -18,8 +18,9 @@ from trainflow.tasks.train import load_splits
 
 
 @task(name="measure_latency", cache_policy=NO_CACHE, persist_result=False)
-def measure_latency(models: dict[str, ArtifactRef], shards: ArtifactRef, batch_size: int,
-                    repeats: int) -> dict:
+def measure_latency(
+    models: dict[str, ArtifactRef], shards: ArtifactRef, batch_size: int, repeats: int
+) -> dict:
     """Median milliseconds per batch of `batch_size` test rows, per model (after warm-up)."""
     batch = load_splits(shards, ("test",))["test"].x[:batch_size]
     per_model = {}

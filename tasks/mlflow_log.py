@@ -13,15 +13,26 @@ from trainflow.spec.pipeline import PipelineSpec
 
 
 @task(name="mlflow_log", cache_policy=NO_CACHE, persist_result=False)
-def log_to_mlflow(spec: PipelineSpec, model: ArtifactRef, test: ArtifactRef,
-                  folds: list[ArtifactRef], report: ArtifactRef, run_dir: str,
-                  package: str | None, champion: dict | None) -> dict:
+def log_to_mlflow(
+    spec: PipelineSpec,
+    model: ArtifactRef,
+    test: ArtifactRef,
+    folds: list[ArtifactRef],
+    report: ArtifactRef,
+    run_dir: str,
+    package: str | None,
+    champion: dict | None,
+) -> dict:
     """Params, metrics, nested fold runs, report and plots, the package as a registered
     model version, and the `champion` alias when this run promoted (trainflow.mlflow_log)."""
     from trainflow.mlflow_log import log_run  # mlflow only for specs that ask for it
 
     logged = log_run(spec, model, test, folds, report, run_dir, package, champion)
-    run_logger().info("MLflow run %s in experiment %s (model version %s%s)",
-                      logged["run_id"], logged["experiment_id"], logged["version"],
-                      ", now the champion" if logged["champion_alias"] else "")
+    run_logger().info(
+        "MLflow run %s in experiment %s (model version %s%s)",
+        logged["run_id"],
+        logged["experiment_id"],
+        logged["version"],
+        ", now the champion" if logged["champion_alias"] else "",
+    )
     return logged

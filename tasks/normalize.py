@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import polars as pl
 from prefect import task
@@ -42,12 +41,20 @@ def _column_stats(frame: Frame, features: list[str], params: NormalizeParams) ->
     else:  # max_abs
         shift = [pl.lit(0.0) for _ in features]
         scale = [e.abs().max() for e in col.values()]
-    row = frame.lazy().select(*(e.alias(f"shift:{c}") for c, e in zip(features, shift)),
-                              *(e.alias(f"scale:{c}") for c, e in zip(features, scale))
-                              ).collect(engine="streaming").row(0)
+    row = (
+        frame.lazy()
+        .select(
+            *(e.alias(f"shift:{c}") for c, e in zip(features, shift)),
+            *(e.alias(f"scale:{c}") for c, e in zip(features, scale)),
+        )
+        .collect(engine="streaming")
+        .row(0)
+    )
     n = len(features)
-    return {"shift": {c: float(v) if v is not None else 0.0 for c, v in zip(features, row[:n])},
-            "scale": {c: _usable(v) for c, v in zip(features, row[n:])}}
+    return {
+        "shift": {c: float(v) if v is not None else 0.0 for c, v in zip(features, row[:n])},
+        "scale": {c: _usable(v) for c, v in zip(features, row[n:])},
+    }
 
 
 def _usable(scale: float | None) -> float:
@@ -59,12 +66,17 @@ def fit(frame: Frame, schema: TableSchema, params: NormalizeParams, seed: int = 
         return {}
     if params.method == "quantile":
         if schema.image_shape:
-            raise DataError("normalize: method quantile is for tabular features; use standard, "
-                            "minmax, robust, max_abs or log1p for images")
+            raise DataError(
+                "normalize: method quantile is for tabular features; use standard, "
+                "minmax, robust, max_abs or log1p for images"
+            )
         values = frame.lazy().select(schema.features).cast(pl.Float64).collect().to_numpy().T
         grid = np.linspace(0, 1, min(params.quantiles, max(values.shape[1], 2)))
-        return {"quantiles": {n: np.nanquantile(v, grid).tolist()
-                              for n, v in zip(schema.features, values)}}
+        return {
+            "quantiles": {
+                n: np.nanquantile(v, grid).tolist() for n, v in zip(schema.features, values)
+            }
+        }
     if not schema.image_shape:
         return _column_stats(frame, schema.features, params)
     values = _image_values(frame.lazy().collect(), schema)
@@ -79,12 +91,15 @@ def fit(frame: Frame, schema: TableSchema, params: NormalizeParams, seed: int = 
     else:  # max_abs
         shift, scale = np.zeros(len(values)), np.nanmax(np.abs(values), axis=1)
     names = _channel_names(schema)
-    return {"shift": dict(zip(names, shift.tolist())),
-            "scale": {n: _usable(v) for n, v in zip(names, scale.tolist())}}
+    return {
+        "shift": dict(zip(names, shift.tolist())),
+        "scale": {n: _usable(v) for n, v in zip(names, scale.tolist())},
+    }
 
 
-def _scale_images(values: np.ndarray, params: NormalizeParams, state: State,
-                  schema: TableSchema) -> np.ndarray:
+def _scale_images(
+    values: np.ndarray, params: NormalizeParams, state: State, schema: TableSchema
+) -> np.ndarray:
     if params.method == "log1p":
         return np.sign(values) * np.log1p(np.abs(values))
     names = _channel_names(schema)
@@ -106,16 +121,20 @@ def _column_expr(name: str, params: NormalizeParams, state: State) -> pl.Expr:
         return (value.sign() * value.abs().log1p()).alias(name)
     if params.method == "quantile":
         ranks = state["quantiles"][name]
-        return value.map_batches(lambda s: _quantile_map(s, ranks, params.output),
-                                 return_dtype=pl.Float64).alias(name)
+        return value.map_batches(
+            lambda s: _quantile_map(s, ranks, params.output), return_dtype=pl.Float64
+        ).alias(name)
     return ((value - state["shift"][name]) / state["scale"][name]).alias(name)
 
 
-def apply(frame: Frame, schema: TableSchema, params: NormalizeParams,
-          state: State) -> tuple[Frame, TableSchema]:
+def apply(
+    frame: Frame, schema: TableSchema, params: NormalizeParams, state: State
+) -> tuple[Frame, TableSchema]:
     if not schema.image_shape:
-        return like(frame, frame.lazy().with_columns(_column_expr(c, params, state)
-                                                     for c in schema.features)), schema
+        return like(
+            frame,
+            frame.lazy().with_columns(_column_expr(c, params, state) for c in schema.features),
+        ), schema
     df = frame.lazy().collect()
     scaled = _scale_images(_image_values(df, schema), params, state, schema)
     flat = scaled.reshape(schema.image_shape[0], len(df), -1).transpose(1, 0, 2)
@@ -124,12 +143,12 @@ def apply(frame: Frame, schema: TableSchema, params: NormalizeParams,
 
 
 @task(name="normalize", **CACHED)
-def normalize(data: ArtifactRef, params: NormalizeParams, seed: int,
-              store: str) -> ArtifactRef:
+def normalize(data: ArtifactRef, params: NormalizeParams, seed: int, store: str) -> ArtifactRef:
     """Scale features with statistics learned from the training part, applied to every part.
 
     On tabular data the result is a view (the statistics, applied by whoever reads the rows);
     images are scaled in NumPy and written."""
     tabular = not data.data_schema.get("image_shape")
-    return transform(data, params, fit, apply, seed, store, lazy=True, replay=tabular,
-                     keeps_rows=True)
+    return transform(
+        data, params, fit, apply, seed, store, lazy=True, replay=tabular, keeps_rows=True
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import polars as pl
 from prefect import task
 
@@ -28,26 +27,32 @@ def fit(df: pl.DataFrame, schema: TableSchema, params: OutliersParams, seed: int
         if not len(values):
             continue
         if params.method == "zscore":
-            centre, spread = values.mean(), values.std(ddof=0)
+            # polars types these as any Python literal; on a Float64 series they are floats
+            centre = float(values.mean())  # type: ignore[arg-type]
+            spread = float(values.std(ddof=0))  # type: ignore[arg-type]
             bounds[c] = [centre - t * spread, centre + t * spread]
         else:
-            q1, q3 = values.quantile(0.25, "linear"), values.quantile(0.75, "linear")
+            q1 = float(values.quantile(0.25, "linear"))  # type: ignore[arg-type]
+            q3 = float(values.quantile(0.75, "linear"))  # type: ignore[arg-type]
             bounds[c] = [q1 - t * (q3 - q1), q3 + t * (q3 - q1)]
     return {"bounds": bounds}
 
 
-def apply(df: pl.DataFrame, schema: TableSchema, params: OutliersParams,
-          state: State) -> tuple[pl.DataFrame, TableSchema]:
+def apply(
+    df: pl.DataFrame, schema: TableSchema, params: OutliersParams, state: State
+) -> tuple[pl.DataFrame, TableSchema]:
     bounds = state["bounds"]
     if params.action == "clip":
-        return df.with_columns(pl.col(c).clip(lo, hi).cast(df[c].dtype)
-                               for c, (lo, hi) in bounds.items()), schema
+        return df.with_columns(
+            pl.col(c).clip(lo, hi).cast(df[c].dtype) for c, (lo, hi) in bounds.items()
+        ), schema
     inside = [pl.col(c).is_null() | pl.col(c).is_between(lo, hi) for c, (lo, hi) in bounds.items()]
     return (df.filter(pl.all_horizontal(inside)) if inside else df), schema
 
 
-def apply_at_prediction(df: pl.DataFrame, schema: TableSchema, params: OutliersParams,
-                        state: State) -> tuple[pl.DataFrame, TableSchema]:
+def apply_at_prediction(
+    df: pl.DataFrame, schema: TableSchema, params: OutliersParams, state: State
+) -> tuple[pl.DataFrame, TableSchema]:
     """`apply` for rows to score: `clip` clips as at training; `drop` keeps every row as it
     is (each input row gets a prediction)."""
     return apply(df, schema, params, state) if params.action == "clip" else (df, schema)

@@ -15,21 +15,33 @@ from trainflow.caching import CACHED, library_versions
 from trainflow.drift import profile
 from trainflow.errors import ArtifactError
 from trainflow.logs import run_logger
-from trainflow.package import (FORMAT, DTYPES, PREDICTION_MODES, InputSchema, Kind, Member,
-                               PackageInfo, PackageStep, prediction_mode, write_package)
+from trainflow.package import (
+    DTYPES,
+    FORMAT,
+    PREDICTION_MODES,
+    InputSchema,
+    Kind,
+    Member,
+    PackageInfo,
+    PackageStep,
+    prediction_mode,
+    write_package,
+)
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.steps import scan_parts
 from trainflow.tables import TableSchema
-from trainflow.tasks import anomalies, clean, encode, normalize, outliers, smooth
+
+# imported so this task's code fingerprint covers the steps' prediction code it runs
+from trainflow.tasks import anomalies, clean, encode, normalize, outliers, smooth  # noqa: F401
 from trainflow.tasks.fold import FOLD_STEPS
 
 # How rows pass each data step at prediction (trainflow.package.PREDICTION_MODES, resolved).
 AT_PREDICTION: dict[str, tuple[Callable, tuple[str, ...] | None]] = {
-    name: (prediction_mode(name), keys) for name, (_, keys) in PREDICTION_MODES.items()}
+    name: (prediction_mode(name), keys) for name, (_, keys) in PREDICTION_MODES.items()
+}
 # Steps that change the training rows only (or, split, choose them): rows to score skip them.
 TRAINING_ONLY = ("split", "resample", "synthesize", "subsample")
-REFUSALS: dict[str, Callable[[Any], str | None]] = {
-    "anomalies": anomalies.prediction_refusal}
+REFUSALS: dict[str, Callable[[Any], str | None]] = {"anomalies": anomalies.prediction_refusal}
 
 
 def passes_at_prediction(params: Any, after_split: bool) -> bool:
@@ -39,8 +51,10 @@ def passes_at_prediction(params: Any, after_split: bool) -> bool:
     if params.type in TRAINING_ONLY:
         return False
     if params.type not in AT_PREDICTION:
-        raise ArtifactError(f"data step {params.type!r} has no prediction mode, so no model "
-                            "package can hold it (add it to tasks/package.py AT_PREDICTION)")
+        raise ArtifactError(
+            f"data step {params.type!r} has no prediction mode, so no model "
+            "package can hold it (add it to tasks/package.py AT_PREDICTION)"
+        )
     return not (after_split and getattr(params, "train_only", False))
 
 
@@ -71,8 +85,9 @@ def _states(refs: list[ArtifactRef], steps: list[Any]) -> list[dict]:
     states = []
     for ref, params in zip(refs, steps):
         if ref.meta.get("step") != params.type:
-            raise ArtifactError(f"{ref.path} holds step {ref.meta.get('step')!r}, not "
-                                f"{params.type!r}")
+            raise ArtifactError(
+                f"{ref.path} holds step {ref.meta.get('step')!r}, not {params.type!r}"
+            )
         states.append(json.loads((ref.path / "state.json").read_text()))
     return states
 
@@ -85,13 +100,15 @@ def _fold_states(model: ArtifactRef, steps: list[Any]) -> list[dict]:
     return [s["state"] for s in saved]
 
 
-def _input_schema(spec: PipelineSpec, ingested: ArtifactRef,
-                  steps: list[PackageStep]) -> tuple[InputSchema, TableSchema]:
+def _input_schema(
+    spec: PipelineSpec, ingested: ArtifactRef, steps: list[PackageStep]
+) -> tuple[InputSchema, TableSchema]:
     """The columns the steps and the model read, typed as ingest read them at training."""
     frame, table = next(iter(scan_parts(ingested).values()))
     types = frame.collect_schema()
-    named = [c for p in spec.data.steps if p.type == "smooth"
-             for c in (p.order_by, p.group_by) if c]
+    named = [
+        c for p in spec.data.steps if p.type == "smooth" for c in (p.order_by, p.group_by) if c
+    ]
     columns = {c: str(types[c]) for c in dict.fromkeys([*table.features, *named])}
     odd = {c: t for c, t in columns.items() if t not in DTYPES}
     if odd:
@@ -99,11 +116,15 @@ def _input_schema(spec: PipelineSpec, ingested: ArtifactRef,
     encodes = [s for s in steps if s.type == "encode"]
     source = spec.data.source
     schema = InputSchema(
-        source=source.type, columns=columns,
+        source=source.type,
+        columns=columns,
         keep_columns=list(getattr(source, "keep_columns", [])),
         categories={c: v for s in encodes for c, v in s.state["categories"].items()},
         unknown={c: s.params["unknown"] for s in encodes for c in s.state["categories"]},
-        image_shape=table.image_shape, sequence_shape=table.feature_shape, target=table.target)
+        image_shape=table.image_shape,
+        sequence_shape=table.feature_shape,
+        target=table.target,
+    )
     return schema, table
 
 
@@ -117,9 +138,15 @@ def _metrics(kind: Kind, models: list[ArtifactRef], metrics: ArtifactRef | None)
 
 
 @task(name="package", **CACHED)
-def package_model(kind: Kind, models: list[ArtifactRef], metrics: ArtifactRef | None,
-                  spec: PipelineSpec, ingested: ArtifactRef, steps: list[ArtifactRef],
-                  store: str) -> ArtifactRef | None:
+def package_model(
+    kind: Kind,
+    models: list[ArtifactRef],
+    metrics: ArtifactRef | None,
+    spec: PipelineSpec,
+    ingested: ArtifactRef,
+    steps: list[ArtifactRef],
+    store: str,
+) -> ArtifactRef | None:
     """Package `models` (one; the folds of an ensemble) with the pre-split steps' states from
     `steps` (the data flow's step artifacts, in spec order) and each model's post-split
     states (from `steps`, or re-fitted in its fold). None, with a warning naming the step,
@@ -134,23 +161,35 @@ def package_model(kind: Kind, models: list[ArtifactRef], metrics: ArtifactRef | 
     members, folders = [], []
     for index, model in enumerate(models):
         model.verify()
-        fitted = _fold_states(model, post) if kind in ("fold", "ensemble") \
-            else states[len(pre):]
+        fitted = _fold_states(model, post) if kind in ("fold", "ensemble") else states[len(pre) :]
         own = [packaged(p, s, True) for p, s in zip(post, fitted)]
         members.append(Member(folder=f"members/{index}", steps=[s for s in own if s]))
         folders.append(Path(model.path))
     shared = [s for s in shared if s]
     schema, table = _input_schema(spec, ingested, [*shared, *members[0].steps])
     info = PackageInfo(
-        format=FORMAT, kind=kind, pipeline=spec.name, spec_fingerprint=spec.fingerprint(),
-        classes=table.classes, input=schema, table_schema=table.model_dump(),
-        steps=shared, members=members,
+        format=FORMAT,
+        kind=kind,
+        pipeline=spec.name,
+        spec_fingerprint=spec.fingerprint(),
+        classes=table.classes,
+        input=schema,
+        table_schema=table.model_dump(),
+        steps=shared,
+        members=members,
         combine=spec.ensemble.type if kind == "ensemble" else None,
-        training_only=[p.type for i, p in enumerate(spec.data.steps)
-                       if not passes_at_prediction(p, i > spec.data.split_index)],
-        metrics=_metrics(kind, models, metrics), libraries=library_versions(),
-        made_from={"models": [m.fingerprint for m in models],
-                   "metrics": metrics.fingerprint if metrics else None,
-                   "ingested": ingested.fingerprint},
-        profile=profile(next(iter(scan_parts(ingested).values()))[0], list(schema.columns)))
+        training_only=[
+            p.type
+            for i, p in enumerate(spec.data.steps)
+            if not passes_at_prediction(p, i > spec.data.split_index)
+        ],
+        metrics=_metrics(kind, models, metrics),
+        libraries=library_versions(),
+        made_from={
+            "models": [m.fingerprint for m in models],
+            "metrics": metrics.fingerprint if metrics else None,
+            "ingested": ingested.fingerprint,
+        },
+        profile=profile(next(iter(scan_parts(ingested).values()))[0], list(schema.columns)),
+    )
     return write_package(Store(store), info, folders, spec.model_dump(mode="json"))

@@ -34,23 +34,29 @@ def scores(model: Model, rows: pl.DataFrame, target: str, classes: list[str]) ->
     probs = model.predict_proba(rows)
     pred = np.asarray([index.get(c, -1) for c in model.classes])[probs.argmax(axis=1)]
     column = {c: j for j, c in enumerate(model.classes)}
-    p_true = np.asarray([probs[i, column[classes[t]]] if classes[t] in column else 0.0
-                         for i, t in enumerate(y)], dtype=np.float64)
+    p_true = np.asarray(
+        [probs[i, column[classes[t]]] if classes[t] in column else 0.0 for i, t in enumerate(y)],
+        dtype=np.float64,
+    )
     labels = list(range(len(classes)))
     precision, recall, f1, _ = precision_recall_fscore_support(
-        y, pred, labels=labels, average="macro", zero_division=0)
+        y, pred, labels=labels, average="macro", zero_division=0
+    )
     return {  # the evaluate task's figures (trainflow.metrics), and the log loss
         "accuracy": float(np.mean(pred == y)),
-        "balanced_accuracy": float(recall_score(y, pred, labels=np.unique(y).tolist(),
-                                                average="macro", zero_division=0)),
-        "precision_macro": float(precision), "recall_macro": float(recall),
+        "balanced_accuracy": float(
+            recall_score(y, pred, labels=np.unique(y).tolist(), average="macro", zero_division=0)
+        ),
+        "precision_macro": float(precision),
+        "recall_macro": float(recall),
         "f1_macro": float(f1),
         "log_loss": float(-np.mean(np.log(np.clip(p_true, LOG_EPS, 1.0)))),
     }
 
 
-def _champion_scores(store: Path, current: str, rows: pl.DataFrame, target: str,
-                     classes: list[str]) -> tuple[dict | None, str | None]:
+def _champion_scores(
+    store: Path, current: str, rows: pl.DataFrame, target: str, classes: list[str]
+) -> tuple[dict | None, str | None]:
     """The champion's metrics on the rows, or why it cannot be scored (its package gone or
     damaged, or the rows no longer fit its input schema): then it cannot serve either."""
     try:
@@ -67,35 +73,69 @@ def promote_model(package: str | None, data: dict, spec: PipelineSpec, store: st
     if package is None:
         reason = "this run made no model package (see the package step's warning)"
         run_logger().warning("no champion decision: %s", reason)
-        return {"pipeline": spec.name, "decision": "none", "promoted": False,
-                "reason": reason, "metric": rule.metric, "min_delta": rule.min_delta}
+        return {
+            "pipeline": spec.name,
+            "decision": "none",
+            "promoted": False,
+            "reason": reason,
+            "metric": rule.metric,
+            "min_delta": rule.min_delta,
+        }
     challenger = load_model(package)
-    rows = raw_test_rows(data["ingested"], data["steps"], spec.data.pre_split,
-                         data["raw_splits"], spec.seed)
+    rows = raw_test_rows(
+        data["ingested"], data["steps"], spec.data.pre_split, data["raw_splits"], spec.seed
+    )
     target, classes = challenger.info.input.target, challenger.classes
     mine = scores(challenger, rows, target, classes)
     root = Path(store)
     with locked(root, spec.name) as pointer:  # one run decides at a time
         current, theirs = pointer.current, None
         if current == named(root, package):
-            promote, reason, theirs = False, "this run's model is the champion already " \
-                "(the same package: nothing changed since it was made)", mine
+            promote, reason, theirs = (
+                False,
+                "this run's model is the champion already "
+                "(the same package: nothing changed since it was made)",
+                mine,
+            )
         elif current is not None:
             theirs, broken = _champion_scores(root, current, rows, target, classes)
-            promote, reason = (True, f"the champion {current} cannot score this run's test "
-                               f"rows ({broken})") if broken else judge(rule, mine, theirs)
+            promote, reason = (
+                (True, f"the champion {current} cannot score this run's test rows ({broken})")
+                if broken
+                else judge(rule, mine, theirs)
+            )
         else:
             promote, reason = judge(rule, mine, None)
-        event = decide(root, pointer, Event(
-            when=now(), run=f"{flow_run.get_name() or 'local'} ({flow_run.get_id() or '-'})",
-            package=named(root, package), decision="promoted" if promote else "kept",
-            reason=reason, metric=rule.metric, metrics=mine, champion_metrics=theirs,
-            champion=None))
+        event = decide(
+            root,
+            pointer,
+            Event(
+                when=now(),
+                run=f"{flow_run.get_name() or 'local'} ({flow_run.get_id() or '-'})",
+                package=named(root, package),
+                decision="promoted" if promote else "kept",
+                reason=reason,
+                metric=rule.metric,
+                metrics=mine,
+                champion_metrics=theirs,
+                champion=None,
+            ),
+        )
     run_logger().info("champion of %s: %s (%s)", spec.name, event.decision, reason)
-    return {"pipeline": spec.name, "decision": event.decision, "promoted": promote,
-            "reason": reason, "metric": rule.metric, "min_delta": rule.min_delta,
-            "rows": rows.height, "when": event.when, "run": event.run,
-            "challenger": {"package": str(Path(package).resolve()), "metrics": mine},
-            "champion_before": {"package": str(located(root, current)) if current else None,
-                                "metrics": theirs},
-            "champion": str(located(root, event.champion))}
+    return {
+        "pipeline": spec.name,
+        "decision": event.decision,
+        "promoted": promote,
+        "reason": reason,
+        "metric": rule.metric,
+        "min_delta": rule.min_delta,
+        "rows": rows.height,
+        "when": event.when,
+        "run": event.run,
+        "challenger": {"package": str(Path(package).resolve()), "metrics": mine},
+        "champion_before": {
+            "package": str(located(root, current)) if current else None,
+            "metrics": theirs,
+        },
+        "champion": str(located(root, event.champion)),
+    }

@@ -16,37 +16,46 @@ from trainflow import compress, registry
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine import checkpoint
+from trainflow.engine.data import Split
 from trainflow.engine.inference import score
 from trainflow.engine.model_folder import WEIGHTS, describe, load_model
-from trainflow.engine.data import Split
 from trainflow.tasks.train import load_splits
 
 
 def measure(net: torch.nn.Module, test: Split, num_classes: int) -> dict:
     """What compression changes and the weights alone determine: sizes and test accuracy."""
     metrics, _ = score(net, test, num_classes)
-    return {"size_bytes": compress.size_on_disk(net),
-            "linear_weight_bytes": compress.linear_weight_bytes(net),
-            "accuracy": metrics["accuracy"]}
+    return {
+        "size_bytes": compress.size_on_disk(net),
+        "linear_weight_bytes": compress.linear_weight_bytes(net),
+        "accuracy": metrics["accuracy"],
+    }
 
 
 @task(name="quantize", **CACHED)
-def quantize_model(model: ArtifactRef, shards: ArtifactRef, params: Any,
-                   store: str) -> ArtifactRef:
+def quantize_model(model: ArtifactRef, shards: ArtifactRef, params: Any, store: str) -> ArtifactRef:
     net, info = load_model(model)
     test = load_splits(shards, ("test",))["test"]
     classes = len(info["classes"])
     before = measure(net, test, classes)
     quantized = registry.QUANTIZERS[params.type].impl(net, params)
     after = measure(quantized, test, classes)
-    table = {"before": before, "after": after,
-             "linear_weights_smaller_x": before["linear_weight_bytes"]
-             / max(after["linear_weight_bytes"], 1)}
+    table = {
+        "before": before,
+        "after": after,
+        "linear_weights_smaller_x": before["linear_weight_bytes"]
+        / max(after["linear_weight_bytes"], 1),
+    }
     target = Store(store)
     with target.writer("model") as staging:
         checkpoint.save(staging / WEIGHTS, {"model": quantized.state_dict()})
-        describe(staging, info["model"], info["input_shape"], info["classes"],
-                 quantized=params.type)
+        describe(
+            staging, info["model"], info["input_shape"], info["classes"], quantized=params.type
+        )
         (staging / "compression.json").write_text(json.dumps(table, indent=1, sort_keys=True))
-        return target.commit(staging, "model", schema=model.data_schema,
-                             meta={"compression": "quantize", "type": params.type, **table})
+        return target.commit(
+            staging,
+            "model",
+            schema=model.data_schema,
+            meta={"compression": "quantize", "type": params.type, **table},
+        )

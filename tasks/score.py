@@ -12,8 +12,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 from prefect import task
-from prefect.artifacts import (create_link_artifact, create_markdown_artifact,
-                               create_table_artifact)
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from trainflow import drift
 from trainflow.errors import TrainflowError
@@ -25,16 +24,19 @@ from trainflow.tasks.report import artifact_key
 
 
 @task(name="score")
-def score_data(pipeline: str, package: str, data: str, output: str, proba: bool,
-               threshold: float) -> dict[str, Any]:
+def score_data(
+    pipeline: str, package: str, data: str, output: str, proba: bool, threshold: float
+) -> dict[str, Any]:
     """Write one prediction per row of `data` (in its order) to `output`, atomically, with
     a package of `pipeline`; return the row count, the rows per predicted class and the
     drift table."""
     model = load_model(package)
     if model.info.pipeline != pipeline:
-        raise TrainflowError(f"package {package} is a model of pipeline "
-                             f"{model.info.pipeline!r}, not of {pipeline!r}: pick a package "
-                             f"of {pipeline} (or score with its champion)")
+        raise TrainflowError(
+            f"package {package} is a model of pipeline "
+            f"{model.info.pipeline!r}, not of {pipeline!r}: pick a package "
+            f"of {pipeline} (or score with its champion)"
+        )
     progress = Progress("score-progress", f"scoring {data} with {model.info.pipeline}")
     total = _row_count(Path(data))
     # As `trainflow predict` does: a CSV's numbers parsed as numbers first; the file is
@@ -45,22 +47,42 @@ def score_data(pipeline: str, package: str, data: str, output: str, proba: bool,
         classes: Counter[str] = Counter()
         try:
             written = write_predictions(
-                _scored(model, rows, proba, counts, classes, progress, total), output)
+                _scored(model, rows, proba, counts, classes, progress, total), output
+            )
             break
         except NotTyped:
             continue
     progress.update(1.0)
     table = counts.table(threshold)
-    run_logger().info("%d prediction(s) written to %s; drift past %s in %s", written, output,
-                      threshold, drift.flagged(table) or "no column")
-    return {"pipeline": model.info.pipeline, "package": str(model.path), "data": data,
-            "output": output, "rows": written,
-            "classes": {c: classes.get(c, 0) for c in model.classes},
-            "drift": table, "profiled": bool(model.info.profile), "threshold": threshold}
+    run_logger().info(
+        "%d prediction(s) written to %s; drift past %s in %s",
+        written,
+        output,
+        threshold,
+        drift.flagged(table) or "no column",
+    )
+    return {
+        "pipeline": model.info.pipeline,
+        "package": str(model.path),
+        "data": data,
+        "output": output,
+        "rows": written,
+        "classes": {c: classes.get(c, 0) for c in model.classes},
+        "drift": table,
+        "profiled": bool(model.info.profile),
+        "threshold": threshold,
+    }
 
 
-def _scored(model: Model, rows: Rows, proba: bool, counts: drift.DriftCounts,
-            classes: Counter, progress: Progress, total: int) -> Iterator[pl.DataFrame]:
+def _scored(
+    model: Model,
+    rows: Rows,
+    proba: bool,
+    counts: drift.DriftCounts,
+    classes: Counter,
+    progress: Progress,
+    total: int,
+) -> Iterator[pl.DataFrame]:
     """The output batches; each input batch also counted into the drift bins (as the
     model reads it: converted to the training types) and the class counts."""
     done = 0
@@ -90,25 +112,40 @@ def report_scores(summary: dict[str, Any], model_source: str) -> str:
     name, threshold = summary["pipeline"], summary["threshold"]
     flagged = drift.flagged(summary["drift"])
     total = max(summary["rows"], 1)
-    lines = [f"# Scoring: {name}", "",
-             f"- **{summary['rows']}** row(s) of `{summary['data']}` scored",
-             f"- model: {model_source} `{summary['package']}`",
-             f"- predictions: `{summary['output']}`",
-             f"- drift: {', '.join(f'**{c}**' for c in flagged) if flagged else 'none'}"
-             f" (PSI > {threshold})", "", "## Predicted classes", "",
-             "| class | rows | share |", "|---|---:|---:|"]
+    lines = [
+        f"# Scoring: {name}",
+        "",
+        f"- **{summary['rows']}** row(s) of `{summary['data']}` scored",
+        f"- model: {model_source} `{summary['package']}`",
+        f"- predictions: `{summary['output']}`",
+        f"- drift: {', '.join(f'**{c}**' for c in flagged) if flagged else 'none'}"
+        f" (PSI > {threshold})",
+        "",
+        "## Predicted classes",
+        "",
+        "| class | rows | share |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {c} | {n} | {n / total:.1%} |" for c, n in summary["classes"].items()]
-    lines += ["", "## Drift", "",
-              drift.markdown(summary["drift"], threshold, summary["profiled"])]
+    lines += ["", "## Drift", "", drift.markdown(summary["drift"], threshold, summary["profiled"])]
     markdown = "\n".join(lines)
     key = artifact_key(name)
-    create_markdown_artifact(markdown, key=f"{key}-score-report",
-                             description=f"trainflow scoring of {summary['data']} by {name}")
+    create_markdown_artifact(
+        markdown,
+        key=f"{key}-score-report",
+        description=f"trainflow scoring of {summary['data']} by {name}",
+    )
     if summary["drift"]:
-        create_table_artifact(summary["drift"], key=f"{key}-score-drift",
-                              description=f"{name}: PSI per feature against training")
+        create_table_artifact(
+            summary["drift"],
+            key=f"{key}-score-drift",
+            description=f"{name}: PSI per feature against training",
+        )
     output = Path(summary["output"]).resolve()
-    create_link_artifact(output.as_uri(), link_text=str(output),
-                         key=f"{key}-score-predictions",
-                         description=f"{name}: the predictions of this scoring run")
+    create_link_artifact(
+        output.as_uri(),
+        link_text=str(output),
+        key=f"{key}-score-predictions",
+        description=f"{name}: the predictions of this scoring run",
+    )
     return markdown

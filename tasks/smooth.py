@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import polars as pl
 from prefect import task
 
@@ -26,19 +25,21 @@ def _smoothed(column: str, params: SmoothParams) -> pl.Expr:
         expr = col.ewm_mean(alpha=params.alpha, adjust=False)
     else:  # centred Gaussian weights, sigma = window / 4
         half, sigma = params.window // 2, params.window / 4
-        weights = [pow(2.718281828459045, -((i - half) ** 2) / (2 * sigma ** 2))
-                   for i in range(params.window)]
+        weights = [
+            pow(2.718281828459045, -((i - half) ** 2) / (2 * sigma**2))
+            for i in range(params.window)
+        ]
         expr = col.rolling_mean(params.window, weights=weights, center=True, min_samples=1)
     return (expr.over(params.group_by) if params.group_by else expr).alias(column)
 
 
-def apply(df: pl.DataFrame, schema: TableSchema, params: SmoothParams,
-          state: State) -> tuple[pl.DataFrame, TableSchema]:
+def apply(
+    df: pl.DataFrame, schema: TableSchema, params: SmoothParams, state: State
+) -> tuple[pl.DataFrame, TableSchema]:
     named = [*params.columns, *filter(None, (params.order_by, params.group_by))]
     missing = [c for c in named if c not in df.columns]
     if missing:
-        raise DataError(f"smooth: columns {missing} are not in the table; columns are "
-                        f"{df.columns}")
+        raise DataError(f"smooth: columns {missing} are not in the table; columns are {df.columns}")
     if not len(df):
         return df, schema
     index = "__trainflow_row__"

@@ -7,8 +7,12 @@ from math import ceil
 import numpy as np
 import polars as pl
 from prefect import task
-from sklearn.model_selection import (GroupShuffleSplit, StratifiedGroupKFold, StratifiedKFold,
-                                     train_test_split)
+from sklearn.model_selection import (
+    GroupShuffleSplit,
+    StratifiedGroupKFold,
+    StratifiedKFold,
+    train_test_split,
+)
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
@@ -22,20 +26,26 @@ def check_stratifiable(df: pl.DataFrame, schema: TableSchema, need: int, purpose
     """Raise a DataError naming the classes with too few rows for `purpose`."""
     counts = {c: n for c, n in class_counts(df, schema).items() if n}
     if len(counts) < 2:
-        raise DataError(f"target {schema.target!r} has a single class {list(counts)}: "
-                        f"{purpose} needs at least two classes")
+        raise DataError(
+            f"target {schema.target!r} has a single class {list(counts)}: "
+            f"{purpose} needs at least two classes"
+        )
     scarce = {c: n for c, n in counts.items() if n < need}
     if scarce:
         shown = dict(sorted(scarce.items(), key=lambda kv: kv[1])[:5])  # a message stays short
         more = f" and {len(scarce) - len(shown)} more" if len(scarce) > len(shown) else ""
-        raise DataError(f"{purpose} needs at least {need} rows per class of {schema.target!r}; "
-                        f"too few in {shown}{more}: add rows of these classes or remove them")
+        raise DataError(
+            f"{purpose} needs at least {need} rows per class of {schema.target!r}; "
+            f"too few in {shown}{more}: add rows of these classes or remove them"
+        )
 
 
 def _column(df: pl.DataFrame, name: str, field: str) -> pl.Series:
     if name not in df.columns:
-        raise DataError(f"split.{field}: column {name!r} is not in the table; columns are "
-                        f"{df.columns} (keep it with data.source.keep_columns)")
+        raise DataError(
+            f"split.{field}: column {name!r} is not in the table; columns are "
+            f"{df.columns} (keep it with data.source.keep_columns)"
+        )
     return df[name]
 
 
@@ -44,8 +54,9 @@ def key_columns(schema: TableSchema, params: SplitParams) -> list[str]:
     return [c for c in (schema.target, params.group_column, params.time_column) if c]
 
 
-def split_rows(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
-               seed: int) -> dict[str, np.ndarray]:
+def split_rows(
+    df: pl.DataFrame, schema: TableSchema, params: SplitParams, seed: int
+) -> dict[str, np.ndarray]:
     """Sorted row numbers of each part; `df` needs only the `key_columns`."""
     index = np.arange(len(df), dtype=np.int32 if len(df) < 2**31 else np.int64)
     val_share = params.validation / (1 - params.test)
@@ -54,8 +65,11 @@ def split_rows(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
         n_test, n_val = round(len(df) * params.test), round(len(df) * params.validation)
         cut = len(df) - n_test - n_val
         ordered = order.to_numpy()
-        return {"train": np.sort(ordered[:cut]), "val": np.sort(ordered[cut:cut + n_val]),
-                "test": np.sort(ordered[cut + n_val:])}
+        return {
+            "train": np.sort(ordered[:cut]),
+            "val": np.sort(ordered[cut : cut + n_val]),
+            "test": np.sort(ordered[cut + n_val :]),
+        }
     if params.strategy == "group":
         groups = _column(df, params.group_column, "group_column").to_numpy()
         outer = GroupShuffleSplit(1, test_size=params.test, random_state=seed)
@@ -70,8 +84,10 @@ def split_rows(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
         if labels.dtype != pl.Enum(schema.classes):  # the split task hands in Enum labels
             labels = labels.cast(pl.Utf8).cast(pl.Enum(schema.classes))
         if labels.null_count():
-            raise DataError(f"target {schema.target!r} has {labels.null_count()} missing "
-                            "value(s): add a `clean` step (drop_missing_label) before `split`")
+            raise DataError(
+                f"target {schema.target!r} has {labels.null_count()} missing "
+                "value(s): add a `clean` step (drop_missing_label) before `split`"
+            )
         # Integer class codes in the classes' order: scikit-learn sorts strings slowly.
         codes = labels.to_physical().to_numpy()
         rest, test = stratified_shuffle_split(codes, params.test, seed)
@@ -82,8 +98,9 @@ def split_rows(df: pl.DataFrame, schema: TableSchema, params: SplitParams,
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def stratified_shuffle_split(codes: np.ndarray, test_size: float, seed: int,
-                             in_order: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def stratified_shuffle_split(
+    codes: np.ndarray, test_size: float, seed: int, in_order: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """The rows (0..n-1) of `train_test_split(rows, test_size=test_size, random_state=seed,
     stratify=codes)`: scikit-learn's `StratifiedShuffleSplit` draws, the same random numbers
     in the same order, so the same rows. Written with NumPy's public API because
@@ -98,8 +115,9 @@ def stratified_shuffle_split(codes: np.ndarray, test_size: float, seed: int,
     present = np.flatnonzero(np.bincount(codes))
     counts = np.bincount(codes)[present]
     if counts.min() < 2 or min(n_train, n_test) < len(present) or not 0 < test_size < 1:
-        return train_test_split(np.arange(len(codes)), test_size=test_size,
-                                random_state=seed, stratify=codes)
+        return train_test_split(
+            np.arange(len(codes)), test_size=test_size, random_state=seed, stratify=codes
+        )
     rank = np.zeros(int(codes.max()) + 1, np.uint8 if len(present) < 256 else np.int64)
     rank[present] = np.arange(len(present))
     by_class = np.split(np.argsort(rank[codes], kind="stable"), np.cumsum(counts)[:-1])
@@ -110,7 +128,7 @@ def stratified_shuffle_split(codes: np.ndarray, test_size: float, seed: int,
     for rows, count, n, t in zip(by_class, counts, n_i, t_i):
         shuffled = rows.take(rng.permutation(count), mode="clip")
         train.append(shuffled[:n])
-        test.append(shuffled[n:n + t])
+        test.append(shuffled[n : n + t])
     if in_order:
         return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
     return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
@@ -127,15 +145,21 @@ def _allocation(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> n
     for value in np.sort(np.unique(remainder))[::-1]:
         if missing <= 0:
             break
-        tied, = np.where(remainder == value)
+        (tied,) = np.where(remainder == value)
         chosen = rng.choice(tied, size=min(len(tied), missing), replace=False)
         floored[chosen] += 1
         missing -= len(chosen)
     return floored.astype(int)
 
 
-def fold_frames(pool: pl.DataFrame, schema: TableSchema, folds: int, fold: int, seed: int,
-                group_column: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def fold_frames(
+    pool: pl.DataFrame,
+    schema: TableSchema,
+    folds: int,
+    fold: int,
+    seed: int,
+    group_column: str | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Training and held-out rows of one stratified k-fold split of `pool`; with a group
     column, no group is on both sides (StratifiedGroupKFold)."""
     check_stratifiable(pool, schema, folds, f"{folds}-fold stratified cross-validation")
@@ -156,32 +180,47 @@ def split(data: ArtifactRef, params: SplitParams, seed: int, store: str) -> Arti
     """Split a table into stratified train/val/test parts, stored as a view: the part number
     of each row of the table (readers filter the table's rows by it). Only the columns the
     split decision reads (`key_columns`) are read."""
-    (lf, schema), = scan_parts(data).values()
+    ((lf, schema),) = scan_parts(data).values()
     names = lf.collect_schema().names()
     for field in ("group_column", "time_column"):
         if getattr(params, field) and getattr(params, field) not in names:
             _column(pl.DataFrame(schema=names), getattr(params, field), field)
     # The labels as an Enum (4-byte codes, not strings): millions of rows stay small in memory.
-    keys = lf.select(key_columns(schema, params)).with_columns(
-        pl.col(schema.target).cast(pl.Utf8).cast(pl.Enum(schema.classes))).collect(
-        engine="streaming")
+    keys = (
+        lf.select(key_columns(schema, params))
+        .with_columns(pl.col(schema.target).cast(pl.Utf8).cast(pl.Enum(schema.classes)))
+        .collect(engine="streaming")
+    )
     rows = split_rows(keys, schema, params, seed)
     part = np.zeros(len(keys), np.uint8)
     for number, name in enumerate(SPLITS):
         part[rows[name]] = number
-    return write_view(Store(store), data, params, {PART: part}, __name__,
-                      summary=_summary(keys[schema.target], part, schema, names))
+    return write_view(
+        Store(store),
+        data,
+        params,
+        {PART: part},
+        __name__,
+        summary=_summary(keys[schema.target], part, schema, names),
+    )
 
 
-def _summary(labels: pl.Series, part: np.ndarray, schema: TableSchema,
-             columns: list[str]) -> dict[str, dict] | None:
+def _summary(
+    labels: pl.Series, part: np.ndarray, schema: TableSchema, columns: list[str]
+) -> dict[str, dict] | None:
     """Rows and classes of each part, counted from the labels already in memory (None where
     the table has synthetic rows or missing labels: then the parts' rows are counted)."""
     if SYNTHETIC_COLUMN in columns or labels.null_count():
         return None
     k = len(schema.classes)
-    counts = np.bincount(part.astype(np.int64) * k + labels.to_physical().to_numpy(),
-                         minlength=len(SPLITS) * k).reshape(len(SPLITS), k)
-    return {name: {"rows": int(counts[i].sum()), "synthetic": 0,
-                   "classes": dict(zip(schema.classes, counts[i].tolist()))}
-            for i, name in enumerate(SPLITS)}
+    counts = np.bincount(
+        part.astype(np.int64) * k + labels.to_physical().to_numpy(), minlength=len(SPLITS) * k
+    ).reshape(len(SPLITS), k)
+    return {
+        name: {
+            "rows": int(counts[i].sum()),
+            "synthetic": 0,
+            "classes": dict(zip(schema.classes, counts[i].tolist())),
+        }
+        for i, name in enumerate(SPLITS)
+    }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import polars as pl
 from prefect import task
@@ -19,11 +18,13 @@ def fit(df: pl.DataFrame, schema: TableSchema, params: SubsampleParams, seed: in
     return {"seed": seed}
 
 
-def apply(df: pl.DataFrame, schema: TableSchema, params: SubsampleParams,
-          state: State) -> tuple[pl.DataFrame, TableSchema]:
+def apply(
+    df: pl.DataFrame, schema: TableSchema, params: SubsampleParams, state: State
+) -> tuple[pl.DataFrame, TableSchema]:
     labels = df[schema.target].to_numpy() if params.stratify else None
-    keep, _ = train_test_split(np.arange(len(df)), train_size=params.fraction,
-                               random_state=state["seed"], stratify=labels)
+    keep, _ = train_test_split(
+        np.arange(len(df)), train_size=params.fraction, random_state=state["seed"], stratify=labels
+    )
     return df[np.sort(keep)], schema
 
 

@@ -52,6 +52,7 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def prefect_engine():
     import prefect.main  # noqa: F401  Prefect's SDK entry point configures logging (replacing
+
     # the root logger's handlers): here once, as a CLI process does before any run, and not
     # inside a test, where it would drop pytest's log capture
     from prefect.testing.utilities import prefect_test_harness

@@ -16,10 +16,22 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict
 
 from trainflow.errors import ArtifactError
+
 # the store's folder and its writes live in trainflow.storage; named here for the callers
-from trainflow.storage import (MARKER, SHA256, TMP_PREFIX, StoreError,  # noqa: F401
-                               StoreFullError, atomic_write_bytes, atomic_write_text, fsync_dir,
-                               full_error, open_store, out_of_space, sweep_temporaries)
+from trainflow.storage import (  # noqa: F401
+    MARKER,
+    SHA256,
+    TMP_PREFIX,
+    StoreError,
+    StoreFullError,
+    atomic_write_bytes,
+    atomic_write_text,
+    fsync_dir,
+    full_error,
+    open_store,
+    out_of_space,
+    sweep_temporaries,
+)
 
 Kind = Literal["table", "splits", "shards", "model", "folds", "report", "metrics", "package"]
 VIEW_FILE = "view.json"  # an artifact holding this is a view over another artifact of its store
@@ -54,7 +66,8 @@ class ArtifactRef(BaseModel):
         if differ:
             raise ArtifactError(
                 f"{self.kind} artifact {self.path}: the ref's {', '.join(differ)} differ from "
-                f"what the artifact holds in {REF_FILE} (an altered result record)")
+                f"what the artifact holds in {REF_FILE} (an altered result record)"
+            )
 
     def backed(self) -> dict[str, Any]:
         """The fields ref.json holds, in their JSON form."""
@@ -78,8 +91,10 @@ class ArtifactRef(BaseModel):
         try:
             recorded = json.loads(file.read_text())
         except FileNotFoundError:
-            raise ArtifactError(f"{self.kind} artifact {self.path} has no {REF_FILE} (written "
-                                "by an older trainflow)") from None
+            raise ArtifactError(
+                f"{self.kind} artifact {self.path} has no {REF_FILE} (written "
+                "by an older trainflow)"
+            ) from None
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"{file} is not readable JSON ({exc})") from None
         if not isinstance(recorded, dict):
@@ -102,8 +117,11 @@ class ArtifactRef(BaseModel):
                 raise ValueError(f"base fingerprint {fingerprint!r} is not a sha256")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ArtifactError(f"{view} is not a readable view ({exc})") from None
-        return ArtifactRef(uri=str(self.path.parent.parent / kind / fingerprint),
-                           fingerprint=fingerprint, kind=kind)
+        return ArtifactRef(
+            uri=str(self.path.parent.parent / kind / fingerprint),
+            fingerprint=fingerprint,
+            kind=kind,
+        )
 
     def is_valid(self) -> bool:
         try:
@@ -125,8 +143,11 @@ def _differences(claimed: dict[str, Any], recorded: dict[str, Any]) -> list[str]
         if _canon(mine) == _canon(theirs):
             continue
         if field == "meta" and isinstance(theirs, dict):
-            differ += [f"meta.{k}" for k in sorted(mine.keys() | theirs.keys())
-                       if k not in mine or k not in theirs or _canon(mine[k]) != _canon(theirs[k])]
+            differ += [
+                f"meta.{k}"
+                for k in sorted(mine.keys() | theirs.keys())
+                if k not in mine or k not in theirs or _canon(mine[k]) != _canon(theirs[k])
+            ]
         else:
             differ.append(field)
     return differ
@@ -189,10 +210,22 @@ class Store:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def commit(self, staging: Path, kind: Kind, count: int = 0, schema: dict | None = None,
-               meta: dict | None = None) -> ArtifactRef:
-        draft = ArtifactRef(uri="", fingerprint="", kind=kind, count=count,
-                            data_schema=schema or {}, meta=meta or {})
+    def commit(
+        self,
+        staging: Path,
+        kind: Kind,
+        count: int = 0,
+        schema: dict | None = None,
+        meta: dict | None = None,
+    ) -> ArtifactRef:
+        draft = ArtifactRef(
+            uri="",
+            fingerprint="",
+            kind=kind,
+            count=count,
+            data_schema=schema or {},
+            meta=meta or {},
+        )
         if (staging / REF_FILE).exists():
             raise ArtifactError(f"{staging / REF_FILE}: {REF_FILE} is the store's own file")
         (staging / REF_FILE).write_text(json.dumps(draft.backed(), indent=1, sort_keys=True))

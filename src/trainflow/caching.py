@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -34,8 +34,17 @@ from trainflow.sourcegraph import code_scope, source
 JSON = JSONSerializer()
 JSON_SERIALIZER = JSON.model_dump(mode="json")
 
-LIBRARIES = ("torch", "numpy", "polars", "pyarrow", "scikit-learn", "imbalanced-learn",
-             "webdataset", "albumentations", "trainflow")
+LIBRARIES = (
+    "torch",
+    "numpy",
+    "polars",
+    "pyarrow",
+    "scikit-learn",
+    "imbalanced-learn",
+    "webdataset",
+    "albumentations",
+    "trainflow",
+)
 
 
 @lru_cache(maxsize=1)
@@ -49,7 +58,7 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_fingerprint(module_name: str) -> str:
     """sha256 over the source of the code a task's module runs (trainflow.sourcegraph): the
     module, the trainflow modules it imports, transitively, and the implementations of the
@@ -70,8 +79,10 @@ def canonical(value: Any) -> Any:
         paths = getattr(value, "content_paths", None)
         if not callable(paths):
             return dumped
-        return {"config": dumped, "content": "|".join(
-            fingerprint_path(p) if p.exists() else "missing" for p in paths())}
+        return {
+            "config": dumped,
+            "content": "|".join(fingerprint_path(p) if p.exists() else "missing" for p in paths()),
+        }
     if isinstance(value, dict):
         return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
@@ -87,7 +98,7 @@ def record_path(key: str) -> Path:
     return Path(get_current_settings().results.local_storage_path).expanduser() / key
 
 
-@lru_cache(maxsize=None)
+@cache
 def result_type(fn: Any) -> Any:
     """The result a task declares (its return annotation), or None when it declares none
     (then no record of it is ever served, and the warning says so)."""
@@ -97,7 +108,7 @@ def result_type(fn: Any) -> Any:
         return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _adapter(declared: Any) -> TypeAdapter:
     return TypeAdapter(declared)
 
@@ -195,8 +206,13 @@ def _name(declared: Any) -> str:
 class ContentCache(CachePolicy):
     """Key = task name + canonical inputs + code fingerprint + library versions."""
 
-    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],
-                    flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
         task = task_ctx.task
         material = {
             "task": task.name,
@@ -204,10 +220,15 @@ class ContentCache(CachePolicy):
             "code": code_fingerprint(task.fn.__module__),
             "libraries": library_versions(),
         }
-        key = "trainflow-" + hashlib.sha256(
-            json.dumps(material, sort_keys=True).encode()).hexdigest()
+        key = (
+            "trainflow-" + hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+        )
         drop_stale_record(key, result_type(task.fn))
         return key
 
 
-CACHED = dict(cache_policy=ContentCache(), persist_result=True, result_serializer="json")
+CACHED: dict[str, Any] = {
+    "cache_policy": ContentCache(),
+    "persist_result": True,
+    "result_serializer": "json",
+}

@@ -11,11 +11,10 @@ Packages are named relative to the store (`package/<fingerprint>`), so a store c
 from __future__ import annotations
 
 import fcntl
-import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,13 +62,15 @@ class Pointer(_Strict):
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def checked_name(pipeline: str) -> str:
     if not isinstance(pipeline, str) or not NAME.match(pipeline):
-        raise TrainflowError(f"{pipeline!r} is not a pipeline name (letters, digits, '_', '.', "
-                             "'-'; the `name` of a pipeline spec)")
+        raise TrainflowError(
+            f"{pipeline!r} is not a pipeline name (letters, digits, '_', '.', "
+            "'-'; the `name` of a pipeline spec)"
+        )
     return pipeline
 
 
@@ -104,18 +105,22 @@ def read_pointer(store: Path, pipeline: str) -> Pointer | None:
     try:
         pointer = Pointer.model_validate_json(file.read_bytes())
     except (OSError, ValidationError) as exc:
-        raise ArtifactError(f"{file} is not a trainflow champion pointer ({exc}); restore it "
-                            "from a backup, or remove it (the next run becomes the champion)"
-                            ) from None
+        raise ArtifactError(
+            f"{file} is not a trainflow champion pointer ({exc}); restore it "
+            "from a backup, or remove it (the next run becomes the champion)"
+        ) from None
     if pointer.format > FORMAT or pointer.pipeline != pipeline:
-        raise ArtifactError(f"{file} holds the champion of {pointer.pipeline!r} (format "
-                            f"{pointer.format}), not of {pipeline!r} in format {FORMAT}")
+        raise ArtifactError(
+            f"{file} holds the champion of {pointer.pipeline!r} (format "
+            f"{pointer.format}), not of {pipeline!r} in format {FORMAT}"
+        )
     return pointer
 
 
 def write_pointer(store: Path, pointer: Pointer) -> None:
-    atomic_write_text(pointer_file(store, pointer.pipeline),
-                      pointer.model_dump_json(indent=1) + "\n")
+    atomic_write_text(
+        pointer_file(store, pointer.pipeline), pointer.model_dump_json(indent=1) + "\n"
+    )
 
 
 @contextmanager
@@ -132,8 +137,11 @@ def locked(store: Path, pipeline: str) -> Iterator[Pointer]:
 def named(store: Path, package: str | Path) -> str:
     """How a pointer names a package: relative to the store when inside it."""
     path = Path(package).resolve()
-    return path.relative_to(Path(store).resolve()).as_posix() \
-        if path.is_relative_to(Path(store).resolve()) else str(path)
+    return (
+        path.relative_to(Path(store).resolve()).as_posix()
+        if path.is_relative_to(Path(store).resolve())
+        else str(path)
+    )
 
 
 def located(store: Path, name: str) -> Path:
@@ -149,12 +157,14 @@ def champion_package(pipeline: str, store: str | Path | None = None) -> Path:
             f"pipeline {pipeline!r} has no champion yet (no {pointer_file(root, pipeline)}): "
             f"run it (`trainflow run pipelines/{pipeline}.yaml`: its first run becomes the "
             f"champion), or make a package the champion with `trainflow models promote "
-            f"{pipeline} PACKAGE`; or pass a package folder instead of a pipeline name")
+            f"{pipeline} PACKAGE`; or pass a package folder instead of a pipeline name"
+        )
     return located(root, pointer.current)
 
 
-def judge(rule: PromoteSpec, challenger: dict[str, float],
-          champion: dict[str, float] | None) -> tuple[bool, str]:
+def judge(
+    rule: PromoteSpec, challenger: dict[str, float], champion: dict[str, float] | None
+) -> tuple[bool, str]:
     """Whether the challenger becomes the champion under `rule`, and why."""
     metric = rule.metric
     if champion is None:
@@ -166,10 +176,12 @@ def judge(rule: PromoteSpec, challenger: dict[str, float],
     better = "lower" if lower else "higher"
     if gain > rule.min_delta:
         return True, f"{side}: {gain:.4f} {better}, more than min_delta {rule.min_delta:g}"
-    return False, (f"{side}: {'not ' if gain <= 0 else ''}{better}"
-                   + (f" by {gain:.4f}" if gain > 0 else "")
-                   + f"; a challenger must be more than min_delta {rule.min_delta:g} "
-                   f"{better} to replace the champion")
+    return False, (
+        f"{side}: {'not ' if gain <= 0 else ''}{better}"
+        + (f" by {gain:.4f}" if gain > 0 else "")
+        + f"; a challenger must be more than min_delta {rule.min_delta:g} "
+        f"{better} to replace the champion"
+    )
 
 
 def decide(store: Path, pointer: Pointer, event: Event) -> Event:
@@ -183,8 +195,7 @@ def decide(store: Path, pointer: Pointer, event: Event) -> Event:
     return event
 
 
-def promote_by_hand(pipeline: str, package: str | Path,
-                    store: str | Path | None = None) -> Event:
+def promote_by_hand(pipeline: str, package: str | Path, store: str | Path | None = None) -> Event:
     """Make a package of this pipeline its champion (`trainflow models promote`)."""
     from trainflow.package import load_package
 
@@ -194,7 +205,8 @@ def promote_by_hand(pipeline: str, package: str | Path,
         raise TrainflowError(
             f"{found.path} is a package of pipeline {found.info.pipeline!r}, not of "
             f"{pipeline!r}: a champion must come from its own pipeline (for that one: "
-            f"`trainflow models promote {found.info.pipeline} {package}`)")
+            f"`trainflow models promote {found.info.pipeline} {package}`)"
+        )
     from trainflow.artifacts import Store
 
     Store(root)  # a marked store of trainflow's (created if missing) before writing into it
@@ -202,10 +214,19 @@ def promote_by_hand(pipeline: str, package: str | Path,
         name = named(root, found.path)
         if pointer.current == name:
             raise TrainflowError(f"{found.path} is already the champion of {pipeline!r}")
-        return decide(root, pointer, Event(
-            when=now(), run=None, package=name, decision="promoted by hand",
-            reason="made the champion by hand (`trainflow models promote`)",
-            metrics=numbers(found.info.metrics), champion=None))
+        return decide(
+            root,
+            pointer,
+            Event(
+                when=now(),
+                run=None,
+                package=name,
+                decision="promoted by hand",
+                reason="made the champion by hand (`trainflow models promote`)",
+                metrics=numbers(found.info.metrics),
+                champion=None,
+            ),
+        )
 
 
 def rollback(pipeline: str, store: str | Path | None = None) -> Event:
@@ -220,20 +241,32 @@ def rollback(pipeline: str, store: str | Path | None = None) -> Event:
             raise TrainflowError(
                 f"pipeline {pipeline!r} has no previous champion to roll back to: "
                 f"{pointer.current or 'none'} is the first champion it had, earlier "
-                f"rollbacks counted (see `trainflow models list {pipeline}`)")
+                f"rollbacks counted (see `trainflow models list {pipeline}`)"
+            )
         previous = pointer.lineage[-2]
         load_package(located(root, previous))  # intact before it serves again
         replaced = pointer.lineage.pop()
-        return decide(root, pointer, Event(
-            when=now(), run=None, package=previous, decision="rolled back",
-            reason=f"rolled back by hand from {replaced} (`trainflow models rollback`)",
-            champion=None))
+        return decide(
+            root,
+            pointer,
+            Event(
+                when=now(),
+                run=None,
+                package=previous,
+                decision="rolled back",
+                reason=f"rolled back by hand from {replaced} (`trainflow models rollback`)",
+                champion=None,
+            ),
+        )
 
 
 def numbers(metrics: dict[str, Any]) -> dict[str, float]:
     """The scalar figures of a metrics dict (no confusion matrix, no tables)."""
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def history_lines(pipeline: str, store: str | Path | None = None) -> list[str]:
@@ -242,16 +275,34 @@ def history_lines(pipeline: str, store: str | Path | None = None) -> list[str]:
     root = store_for(pipeline, store)
     pointer = read_pointer(root, pipeline)
     if pointer is None:
-        return [f"pipeline {pipeline!r} has no champion yet in {root} (its first run "
-                "becomes the champion)"]
-    made = max((i for i, e in enumerate(pointer.history)
-                if e.decision in CHANGES and e.package == pointer.current), default=None)
-    lines = [f"champion of {pipeline}: {located(root, pointer.current)}" if pointer.current
-             else f"{pipeline} has no champion", f"store: {root}", ""]
+        return [
+            f"pipeline {pipeline!r} has no champion yet in {root} (its first run "
+            "becomes the champion)"
+        ]
+    made = max(
+        (
+            i
+            for i, e in enumerate(pointer.history)
+            if e.decision in CHANGES and e.package == pointer.current
+        ),
+        default=None,
+    )
+    lines = [
+        f"champion of {pipeline}: {located(root, pointer.current)}"
+        if pointer.current
+        else f"{pipeline} has no champion",
+        f"store: {root}",
+        "",
+    ]
     for i, e in enumerate(pointer.history):
         figure = f" {e.metric}={e.metrics[e.metric]:.4f}" if e.metric in e.metrics else ""
-        against = (f" (champion {e.champion_metrics[e.metric]:.4f})"
-                   if e.champion_metrics and e.metric in e.champion_metrics else "")
-        lines.append(f"{'*' if i == made else ' '} {e.when}  {e.decision:<16} {e.package}"
-                     f"{figure}{against}  run={e.run or '-'}  {e.reason}")
+        against = (
+            f" (champion {e.champion_metrics[e.metric]:.4f})"
+            if e.champion_metrics and e.metric in e.champion_metrics
+            else ""
+        )
+        lines.append(
+            f"{'*' if i == made else ' '} {e.when}  {e.decision:<16} {e.package}"
+            f"{figure}{against}  run={e.run or '-'}  {e.reason}"
+        )
     return lines

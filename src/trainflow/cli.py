@@ -24,75 +24,127 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     overrides = argparse.ArgumentParser(add_help=False)
-    overrides.add_argument("--set", dest="overrides", action="append", default=[],
-                           metavar="KEY.PATH=VALUE", help="override a spec value (YAML syntax)")
+    overrides.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a spec value (YAML syntax)",
+    )
     validate = commands.add_parser("validate", parents=[overrides], help="check a spec file")
     validate.add_argument("spec")
     commands.add_parser("schema", help="print the JSON Schema of pipeline specs")
     run = commands.add_parser("run", parents=[overrides], help="run a pipeline on Prefect")
     run.add_argument("spec")
     step = commands.add_parser("task", parents=[overrides], help="run one step locally")
-    step.add_argument("step", help="a task of the pipeline (trainflow.registry.TASKS): "
-                                   "ingest, expect, a data step of the spec (clean, split, "
-                                   "...), shard, train, evaluate, train_fold, ensemble, ...")
+    step.add_argument(
+        "step",
+        help="a task of the pipeline (trainflow.registry.TASKS): "
+        "ingest, expect, a data step of the spec (clean, split, "
+        "...), shard, train, evaluate, train_fold, ensemble, ...",
+    )
     step.add_argument("--spec", required=True)
-    step.add_argument("--input", dest="inputs", action="append", default=[], metavar="REF",
-                      help="an input ref: JSON text or a file holding it (repeat for several)")
-    step.add_argument("--index", type=int, default=None,
-                      help="which data.steps entry to run when the spec has several of a type")
+    step.add_argument(
+        "--input",
+        dest="inputs",
+        action="append",
+        default=[],
+        metavar="REF",
+        help="an input ref: JSON text or a file holding it (repeat for several)",
+    )
+    step.add_argument(
+        "--index",
+        type=int,
+        default=None,
+        help="which data.steps entry to run when the spec has several of a type",
+    )
     step.add_argument("--fold", type=int, default=0, help="fold number for train_fold")
-    step.add_argument("--materialize", action="store_true",
-                      help="write a view's rows (encode, normalize) as Parquet parts and print "
-                           "that artifact's ref, to look at the data")
+    step.add_argument(
+        "--materialize",
+        action="store_true",
+        help="write a view's rows (encode, normalize) as Parquet parts and print "
+        "that artifact's ref, to look at the data",
+    )
     server = commands.add_parser("server", help="start a local Prefect server and UI")
-    server.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this machine only)")
+    server.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     server.add_argument("--port", type=int, default=4200)
     deployments = argparse.ArgumentParser(add_help=False)
-    deployments.add_argument("--file", default=None, metavar="PREFECT_YAML",
-                             help="deployments file (default: deploy/prefect.yaml)")
-    deployments.add_argument("--max-trainings", type=int, default=None, metavar="N",
-                             help="at most N training tasks at once on the server (tag limit)")
-    serve = commands.add_parser("serve", parents=[deployments],
-                                help="serve every shipped deployment from this process")
+    deployments.add_argument(
+        "--file",
+        default=None,
+        metavar="PREFECT_YAML",
+        help="deployments file (default: deploy/prefect.yaml)",
+    )
+    deployments.add_argument(
+        "--max-trainings",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N training tasks at once on the server (tag limit)",
+    )
+    serve = commands.add_parser(
+        "serve", parents=[deployments], help="serve every shipped deployment from this process"
+    )
     serve.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
-    deploy = commands.add_parser("deploy", parents=[deployments],
-                                 help="register the deployments for a process work pool")
+    deploy = commands.add_parser(
+        "deploy", parents=[deployments], help="register the deployments for a process work pool"
+    )
     deploy.add_argument("--pool", default=None, help="work pool (default: from prefect.yaml)")
-    notify = commands.add_parser("notify-data", help="announce new data for a pipeline: its "
-                                                     "deployment retrains")
+    notify = commands.add_parser(
+        "notify-data", help="announce new data for a pipeline: its deployment retrains"
+    )
     notify.add_argument("pipeline")
     notify.add_argument("--note", default=None, help="text carried in the event's payload")
-    predict = commands.add_parser("predict", help="score a CSV, Parquet file or image folder "
-                                                  "with a model package")
+    predict = commands.add_parser(
+        "predict", help="score a CSV, Parquet file or image folder with a model package"
+    )
     predict.add_argument("model", help="a model package folder (printed by `trainflow run`)")
     predict.add_argument("data", help="a .csv or .parquet file, or a folder of images")
-    predict.add_argument("--output", default=None, metavar="FILE",
-                         help="write .csv or .parquet (default: CSV on stdout)")
-    predict.add_argument("--proba", action="store_true",
-                         help="add a proba_<class> column per class")
-    export = commands.add_parser("export", help="write a model package as one ONNX, "
-                                                "TorchScript or ExportedProgram file")
+    predict.add_argument(
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="write .csv or .parquet (default: CSV on stdout)",
+    )
+    predict.add_argument(
+        "--proba", action="store_true", help="add a proba_<class> column per class"
+    )
+    export = commands.add_parser(
+        "export", help="write a model package as one ONNX, TorchScript or ExportedProgram file"
+    )
     export.add_argument("model", help="a model package folder, or a pipeline (its champion)")
     export.add_argument("--format", required=True, choices=EXPORT_FORMATS)
-    export.add_argument("--output", required=True, metavar="FILE",
-                        help="the file to write; its sidecar goes to FILE.json")
+    export.add_argument(
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="the file to write; its sidecar goes to FILE.json",
+    )
     _models_parser(commands)
     return parser
 
 
 def _models_parser(commands) -> None:
     """`trainflow models list|promote|rollback PIPELINE`: a pipeline's champion by hand."""
-    models = commands.add_parser("models", help="a pipeline's champion: its history, "
-                                                "promote a package, roll back")
+    models = commands.add_parser(
+        "models", help="a pipeline's champion: its history, promote a package, roll back"
+    )
     actions = models.add_subparsers(dest="action", required=True)
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("pipeline", help="the pipeline's name (its spec's `name`)")
-    where.add_argument("--store", default=None, help="the store holding the champion "
-                       "(default: outputs.store of pipelines/PIPELINE.yaml, else .trainflow)")
+    where.add_argument(
+        "--store",
+        default=None,
+        help="the store holding the champion "
+        "(default: outputs.store of pipelines/PIPELINE.yaml, else .trainflow)",
+    )
     actions.add_parser("list", parents=[where], help="the champion and its history")
-    promote = actions.add_parser("promote", parents=[where],
-                                 help="make a package of the pipeline its champion")
+    promote = actions.add_parser(
+        "promote", parents=[where], help="make a package of the pipeline its champion"
+    )
     promote.add_argument("model", help="a model package folder of this pipeline")
     actions.add_parser("rollback", parents=[where], help="the previous champion again")
 
@@ -124,8 +176,10 @@ def _read_ref(text: str):
     try:
         return ArtifactRef.model_validate_json(raw)
     except ValidationError as exc:
-        raise TrainflowError(f"--input {text[:60]!r} is not an artifact ref (JSON printed by "
-                             f"`trainflow task`): {exc.errors()[0]['msg']}") from None
+        raise TrainflowError(
+            f"--input {text[:60]!r} is not an artifact ref (JSON printed by "
+            f"`trainflow task`): {exc.errors()[0]['msg']}"
+        ) from None
 
 
 def _run_step(args, spec) -> Any:
@@ -138,24 +192,35 @@ def _run_step(args, spec) -> Any:
 
     task = registry.task(args.step)
     if task is None or task.inputs is None:
-        names = [n for n in registry.task_names() if getattr(registry.task(n), "inputs", None)
-                 is not None]
-        raise TrainflowError(f"unknown step {args.step!r}{did_you_mean(args.step, names)} "
-                             f"(steps: {', '.join(names)})")
+        names = [
+            n
+            for n in registry.task_names()
+            if getattr(registry.task(n), "inputs", None) is not None
+        ]
+        raise TrainflowError(
+            f"unknown step {args.step!r}{did_you_mean(args.step, names)} "
+            f"(steps: {', '.join(names)})"
+        )
     refs = [_read_ref(text) for text in args.inputs]
     many = bool(task.inputs) and task.inputs[0].startswith("*")  # `*folds`: one or more
     if (many and not refs) or (not many and len(refs) != len(task.inputs)):
         count = "one or more" if many else len(task.inputs)
-        raise TrainflowError(f"task {args.step} takes {count} --input ref(s), got "
-                             f"{len(refs)}" + (f" (in order: {', '.join(task.inputs)})"
-                                               if task.inputs else ""))
+        raise TrainflowError(
+            f"task {args.step} takes {count} --input ref(s), got "
+            f"{len(refs)}" + (f" (in order: {', '.join(task.inputs)})" if task.inputs else "")
+        )
     fn = task.impl.fn
     kwargs: dict[str, object] = (
-        {task.inputs[0][1:]: refs} if many else dict(zip(task.inputs, refs, strict=True)))
+        {task.inputs[0][1:]: refs} if many else dict(zip(task.inputs, refs, strict=True))
+    )
     for name, section in task.reads.items():
         kwargs[name] = _section(args, spec, section)
-    given = {"store": str(Path(spec.outputs.store).resolve()), "seed": spec.seed,
-             "fold": args.fold, "folds": spec.evaluate.cv.folds if spec.evaluate.cv else 5}
+    given = {
+        "store": str(Path(spec.outputs.store).resolve()),
+        "seed": spec.seed,
+        "fold": args.fold,
+        "folds": spec.evaluate.cv.folds if spec.evaluate.cv else 5,
+    }
     takes = inspect.signature(fn).parameters
     kwargs.update({k: v for k, v in given.items() if k in takes and k not in kwargs})
     return fn(**kwargs)
@@ -172,9 +237,10 @@ def _section(args, spec, path: str) -> object:
         if args.index is not None:
             chosen = [(i, s) for i, s in chosen if i == args.index]
         if not chosen:
-            raise TrainflowError(f"the spec has no `{args.step}` step"
-                                 + (f" at data.steps.{args.index}" if args.index is not None
-                                    else ""))
+            raise TrainflowError(
+                f"the spec has no `{args.step}` step"
+                + (f" at data.steps.{args.index}" if args.index is not None else "")
+            )
         return chosen[0][1]
     value = spec
     for key in path.split("."):
@@ -192,14 +258,21 @@ def _start_server(args) -> int:
 
     prefect = Path(sys.executable).with_name("prefect")
     program = str(prefect) if prefect.is_file() else shutil.which("prefect") or "prefect"
-    print(f"Prefect UI on http://{args.host}:{args.port}; in another shell:\n"
-          f"  export PREFECT_API_URL=http://{args.host}:{args.port}/api\n"
-          f"  trainflow serve", flush=True)
+    print(
+        f"Prefect UI on http://{args.host}:{args.port}; in another shell:\n"
+        f"  export PREFECT_API_URL=http://{args.host}:{args.port}/api\n"
+        f"  trainflow serve",
+        flush=True,
+    )
     # The UI calls the API at PREFECT_UI_API_URL, which does not follow --port by itself.
-    env = {**os.environ, "PREFECT_UI_API_URL": f"http://{args.host}:{args.port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    os.execve(program, [program, "server", "start", "--host", args.host,
-                        "--port", str(args.port)], env)
+    env = {
+        **os.environ,
+        "PREFECT_UI_API_URL": f"http://{args.host}:{args.port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    os.execve(
+        program, [program, "server", "start", "--host", args.host, "--port", str(args.port)], env
+    )
     return 0  # not reached: execve replaces this process
 
 
@@ -241,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # checking a spec loads no Prefect (issue 15); a run installs it after its checks
-        if args.command not in (*LIGHT, "run"):
+        if args.command not in (*LIGHT, "run", "predict"):
             from trainflow.logs import quiet_user_errors
 
             quiet_user_errors()
@@ -262,10 +335,12 @@ def _command(args) -> int:
         return _models(args)
     if args.command == "export":
         from trainflow.export import export_model
+
         print(json.dumps(export_model(args.model, args.format, args.output), indent=1))
         return 0
     if args.command == "predict":
         from trainflow.predictor import predict_command
+
         return predict_command(args.model, args.data, args.output, args.proba)
     if args.command == "server":
         return _start_server(args)
@@ -273,6 +348,7 @@ def _command(args) -> int:
         return _orchestrate(args)
     if args.command == "schema":
         from trainflow.spec.pipeline import schema_json
+
         print(schema_json())
         return 0
     from trainflow.spec.pipeline import load_spec
@@ -293,11 +369,19 @@ def _command(args) -> int:
 
     if os.environ.get("PREFECT_API_URL"):
         from trainflow.deploy import require_server
+
         require_server()
     result = run_pipeline(spec)
-    print(json.dumps({"run_dir": result["run_dir"], "package": result["package"],
-                      "test": {k: v for k, v in result["test"].items()
-                               if k != "confusion_matrix"}}, indent=1))
+    print(
+        json.dumps(
+            {
+                "run_dir": result["run_dir"],
+                "package": result["package"],
+                "test": {k: v for k, v in result["test"].items() if k != "confusion_matrix"},
+            },
+            indent=1,
+        )
+    )
     return 0
 
 
@@ -309,8 +393,10 @@ def _internal_error(exc: BaseException) -> str:
 
     text = "".join(traceback.format_exception(exc))
     detail = " ".join(str(exc).split())[:300]
-    line = (f"internal error ({type(exc).__name__}: {detail}): trainflow did not expect this "
-            "failure; please report it with its traceback")
+    line = (
+        f"internal error ({type(exc).__name__}: {detail}): trainflow did not expect this "
+        "failure; please report it with its traceback"
+    )
     if os.environ.get("TRAINFLOW_DEBUG") == "1":
         return f"{text}{line}"
     try:

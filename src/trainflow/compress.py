@@ -26,7 +26,8 @@ def quantize_dynamic_int8(model: nn.Module, params: DynamicInt8Params) -> nn.Mod
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
         return torch.ao.quantization.quantize_dynamic(
-            copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
+            copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8
+        )
 
 
 def linear_weight_bytes(model: nn.Module) -> int:
@@ -45,8 +46,7 @@ def linear_weight_bytes(model: nn.Module) -> int:
 def prune_l1_unstructured(model: nn.Module, params: L1UnstructuredParams) -> list:
     """Mask the globally smallest |w| to `params.sparsity`; masks stay during fine-tuning."""
     targets = [(m, "weight") for m in model.modules() if isinstance(m, PRUNABLE)]
-    prune.global_unstructured(targets, pruning_method=prune.L1Unstructured,
-                              amount=params.sparsity)
+    prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=params.sparsity)
     return targets
 
 

@@ -55,7 +55,7 @@ def scan_csv(path: Path, max_line_bytes: int, encoding: str = "utf-8") -> CsvLay
 def _scan(path: Path, max_line_bytes: int, encoding: str) -> CsvLayout:
     copy = None if encoding == "utf-8" else _copy_path(path)
     scan = _Scan(path, max_line_bytes, encoding)
-    with open(path, "rb") as source, (open(copy, "wb") if copy else _NoCopy()) as sink:
+    with open(path, "rb") as source, open(copy, "wb") if copy else _NoCopy() as sink:
         carry = b""
         while True:
             block = source.read(BLOCK)
@@ -68,8 +68,10 @@ def _scan(path: Path, max_line_bytes: int, encoding: str) -> CsvLayout:
                 break
             scan.check_pending(carry)
     if scan.header is None:
-        raise DataError(f"data.source.path: {path} is empty: a CSV file starts with a header "
-                        "line naming its columns")
+        raise DataError(
+            f"data.source.path: {path} is empty: a CSV file starts with a header "
+            "line naming its columns"
+        )
     return CsvLayout(copy or path, scan.header, scan.rows, scan.lines_are_rows)
 
 
@@ -118,8 +120,8 @@ class _Scan:
         self._lengths(starts, ends, newlines)
         first = 0
         if self.header is None:
-            self._decoded(data[:int(ends[0])], newlines, ends, quotes)  # named if not text
-            line = data[:int(ends[0])].decode(self.encoding).removeprefix("\ufeff")
+            self._decoded(data[: int(ends[0])], newlines, ends, quotes)  # named if not text
+            line = data[: int(ends[0])].decode(self.encoding).removeprefix("\ufeff")
             self.header = next(csv.reader([line]), [])
             first = 1
         self.text = self._decoded(data[:used], newlines, ends, quotes)
@@ -150,23 +152,31 @@ class _Scan:
         if len(long):
             start = starts[long[0]]
             line = self.line + int(np.searchsorted(newlines, start))
-            quoted = bool(np.searchsorted(newlines, ends[long[0]]) -
-                          np.searchsorted(newlines, start))
+            quoted = bool(
+                np.searchsorted(newlines, ends[long[0]]) - np.searchsorted(newlines, start)
+            )
             raise DataError(self._too_long(line, quoted))
 
     def _too_long(self, line: int, quoted: bool) -> str:
-        why = ("a quoted field opened there runs on (an unclosed double quote?)" if quoted
-               else "no newline ends it (not a CSV file, or one written without line breaks?)")
-        return (f"data.source.path: line {line} of {self.path} is longer than "
-                f"{_size(self.limit)}: {why}; fix the file, or raise "
-                "data.source.max_line_bytes if its lines really are that long")
+        why = (
+            "a quoted field opened there runs on (an unclosed double quote?)"
+            if quoted
+            else "no newline ends it (not a CSV file, or one written without line breaks?)"
+        )
+        return (
+            f"data.source.path: line {line} of {self.path} is longer than "
+            f"{_size(self.limit)}: {why}; fix the file, or raise "
+            "data.source.max_line_bytes if its lines really are that long"
+        )
 
     def _unclosed(self, newlines: np.ndarray, ends: np.ndarray) -> None:
         start = int(ends[-1]) + 1 if len(ends) else 0
         line = self.line + int(np.searchsorted(newlines, start))
-        raise DataError(f"data.source.path: line {line} of {self.path} opens a double quote "
-                        "that is never closed (the file ends inside it); close the quote, or "
-                        "double a quote that is part of a value (\"\")")
+        raise DataError(
+            f"data.source.path: line {line} of {self.path} opens a double quote "
+            "that is never closed (the file ends inside it); close the quote, or "
+            'double a quote that is part of a value ("")'
+        )
 
     def _decoded(self, chunk: bytes, newlines, ends, quotes) -> str:
         """The chunk as text where a copy needs it ("" for UTF-8, which is only checked)."""
@@ -178,25 +188,31 @@ class _Scan:
             raise DataError(self._not_decodable(chunk, exc, newlines, ends, quotes)) from None
         return "" if self.encoding == "utf-8" else text
 
-    def _not_decodable(self, chunk: bytes, exc: UnicodeDecodeError, newlines, ends,
-                       quotes) -> str:
+    def _not_decodable(self, chunk: bytes, exc: UnicodeDecodeError, newlines, ends, quotes) -> str:
         line = self.line + int(np.searchsorted(newlines, exc.start))
         record = int(np.searchsorted(ends, exc.start))
         start = int(ends[record - 1]) + 1 if record else 0
-        before = np.flatnonzero(np.frombuffer(chunk, np.uint8)[start:exc.start] == DELIMITER)
+        before = np.flatnonzero(np.frombuffer(chunk, np.uint8)[start : exc.start] == DELIMITER)
         if quotes is not None:
             before = before[_outside(quotes, before + start)]
-        column = (f", column {self.header[len(before)]!r}"
-                  if self.header and len(before) < len(self.header) else "")
+        column = (
+            f", column {self.header[len(before)]!r}"
+            if self.header and len(before) < len(self.header)
+            else ""
+        )
         begin = start + int(before[-1]) + 1 if len(before) else start
-        value = chunk[begin:begin + 24].split(b"\n")[0].split(b",")[0]
-        fix = ("set data.source.encoding to the file's encoding (latin-1 or cp1252 for most "
-               "Western European files), or save the file as UTF-8"
-               if self.encoding == "utf-8" else
-               "set data.source.encoding to the file's encoding, or save the file as UTF-8")
-        return (f"data.source.path: line {line}{column} of {self.path} is not "
-                f"{'UTF-8' if self.encoding == 'utf-8' else self.encoding}: byte "
-                f"{chunk[exc.start:exc.end]!r} in the value {value!r}; {fix}")
+        value = chunk[begin : begin + 24].split(b"\n")[0].split(b",")[0]
+        fix = (
+            "set data.source.encoding to the file's encoding (latin-1 or cp1252 for most "
+            "Western European files), or save the file as UTF-8"
+            if self.encoding == "utf-8"
+            else "set data.source.encoding to the file's encoding, or save the file as UTF-8"
+        )
+        return (
+            f"data.source.path: line {line}{column} of {self.path} is not "
+            f"{'UTF-8' if self.encoding == 'utf-8' else self.encoding}: byte "
+            f"{chunk[exc.start : exc.end]!r} in the value {value!r}; {fix}"
+        )
 
     def _fields(self, fields, starts, ends, buf, newlines, first: int) -> None:
         lengths = ends - starts
@@ -206,12 +222,16 @@ class _Scan:
         if len(bad):
             k = bad[0]
             line = self.line + int(np.searchsorted(newlines, starts[k]))
-            more = f" (and {len(bad) - 1} more line(s) in this part of the file)" \
-                if len(bad) > 1 else ""
+            more = (
+                f" (and {len(bad) - 1} more line(s) in this part of the file)"
+                if len(bad) > 1
+                else ""
+            )
             raise DataError(
                 f"data.source.path: line {line} of {self.path} has {int(fields[k])} fields, the "
                 f"header (line 1) has {self.expected}{more}: a missing or extra delimiter, or a "
-                "value holding a comma that needs double quotes; fix or remove the line")
+                "value holding a comma that needs double quotes; fix or remove the line"
+            )
 
 
 def _outside(quotes: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -18,22 +18,29 @@ SUGGESTED_COLUMNS = 8  # the declaration to paste is spelled out for files this 
 
 def scan_csv_file(layout: CsvLayout, text: list[str]) -> pl.LazyFrame:
     """The lazy scan of a checked CSV file (the columns in `text` read as text)."""
-    return pl.scan_csv(layout.path, infer_schema_length=INFER_ROWS,
-                       schema_overrides={c: pl.Utf8 for c in text})
+    return pl.scan_csv(
+        layout.path, infer_schema_length=INFER_ROWS, schema_overrides=dict.fromkeys(text, pl.Utf8)
+    )
 
 
-def check_inferred_types(lf: pl.LazyFrame, layout: CsvLayout, path: Path,
-                         columns: list[str], read: list[str]) -> None:
+def check_inferred_types(
+    lf: pl.LazyFrame, layout: CsvLayout, path: Path, columns: list[str], read: list[str]
+) -> None:
     """Raise a DataError when the whole file contradicts a type inferred for a column it
     reads (`read`: text past the inferred rows of a numeric column), or when one of `columns`
     (those meant to be numbers) is mostly numbers read as text; `read` are also the columns a
     declaration would list."""
     schema = lf.collect_schema()
     text = [c for c in columns if schema[c] == pl.Utf8]
-    counts = [e for c in text for e in (_number(c).is_not_null().sum().alias(f"n:{c}"),
-                                        pl.col(c).is_not_null().sum().alias(f"v:{c}"))]
-    parsed = [pl.col(c).is_null().sum().alias(f"p:{c}") for c in read
-              if schema[c] != pl.Utf8]
+    counts = [
+        e
+        for c in text
+        for e in (
+            _number(c).is_not_null().sum().alias(f"n:{c}"),
+            pl.col(c).is_not_null().sum().alias(f"v:{c}"),
+        )
+    ]
+    parsed = [pl.col(c).is_null().sum().alias(f"p:{c}") for c in read if schema[c] != pl.Utf8]
     try:
         found = lf.select(counts + parsed).collect(engine="streaming").row(0, named=True)
     except pl.exceptions.ComputeError as exc:
@@ -46,23 +53,31 @@ def check_inferred_types(lf: pl.LazyFrame, layout: CsvLayout, path: Path,
             raise DataError(
                 f"data.source.path: column {c!r} of {path} mixes numbers and text: {numbers} of "
                 f"its {values} values are numbers, but {layout.where(row)} holds {value!r} "
-                f"({_such(values - numbers)}); {_fix(c, schema, read)}")
+                f"({_such(values - numbers)}); {_fix(c, schema, read)}"
+            )
 
 
-def _past_inferred_rows(exc: Exception, layout: CsvLayout, path: Path, schema: pl.Schema,
-                        read: list[str]) -> DataError:
+def _past_inferred_rows(
+    exc: Exception, layout: CsvLayout, path: Path, schema: pl.Schema, read: list[str]
+) -> DataError:
     """Which value past the inferred rows does not parse as its column's type, and where."""
     typed = [c for c in read if schema[c] != pl.Utf8]
     raw = pl.scan_csv(layout.path, infer_schema=False).select(typed)
     bad = {c: pl.col(c).is_not_null() & _parsed(c, schema[c]).is_null() for c in typed}
-    rows = raw.with_row_index("__row").select(
-        pl.col("__row").filter(bad[c]).first().alias(c) for c in typed).collect().row(
-        0, named=True) if typed else {}
+    rows = (
+        raw.with_row_index("__row")
+        .select(pl.col("__row").filter(bad[c]).first().alias(c) for c in typed)
+        .collect()
+        .row(0, named=True)
+        if typed
+        else {}
+    )
     rows = {c: r for c, r in rows.items() if r is not None}
     if not rows:
         first = str(exc).strip().splitlines()[0]
-        return DataError(f"data.source.path: cannot read csv file {path}: {first}; "
-                         f"{_fix(None, schema, read)}")
+        return DataError(
+            f"data.source.path: cannot read csv file {path}: {first}; {_fix(None, schema, read)}"
+        )
     c = min(rows, key=rows.get)
     count = raw.select(bad[c].sum()).collect().item()
     value = raw.select(pl.col(c).gather(rows[c])).collect().item()
@@ -70,12 +85,14 @@ def _past_inferred_rows(exc: Exception, layout: CsvLayout, path: Path, schema: p
     return DataError(
         f"data.source.path: column {c!r} of {path} holds {kind} values in its first "
         f"{INFER_ROWS} rows, which set its type, but {layout.where(rows[c])} holds {value!r} "
-        f"({_such(count)}); {_fix(c, schema, read)}")
+        f"({_such(count)}); {_fix(c, schema, read)}"
+    )
 
 
 def _first(lf: pl.LazyFrame, column: str, bad: pl.Expr) -> tuple[int, str]:
-    row, value = lf.with_row_index("__row").filter(bad).select("__row", column).head(1) \
-        .collect().row(0)
+    row, value = (
+        lf.with_row_index("__row").filter(bad).select("__row", column).head(1).collect().row(0)
+    )
     return int(row), str(value)[:40]
 
 
@@ -96,15 +113,21 @@ def _fix(column: str | None, schema: pl.Schema, read: list[str]) -> str:
     column to read, so the one to paste is spelled out where it is short)."""
     types = {c: "str" if c == column else SPEC_TYPES.get(schema[c], "str") for c in read}
     if len(read) <= SUGGESTED_COLUMNS:
-        declare = ("declare every column's type: data.source.columns: {"
-                   + ", ".join(f"{c}: {t}" for c, t in types.items()) + "}")
+        declare = (
+            "declare every column's type: data.source.columns: {"
+            + ", ".join(f"{c}: {t}" for c, t in types.items())
+            + "}"
+        )
     else:
-        declare = ("declare every column's type in data.source.columns"
-                   + (f", with {column}: str" if column else ""))
+        declare = "declare every column's type in data.source.columns" + (
+            f", with {column}: str" if column else ""
+        )
     if column is None:
         return f"fix the file, or {declare}"
-    return (f"if {column!r} is numeric, fix those values (an empty cell is a missing value); "
-            f"if it is text, {declare}")
+    return (
+        f"if {column!r} is numeric, fix those values (an empty cell is a missing value); "
+        f"if it is text, {declare}"
+    )
 
 
 def _such(count: int) -> str:

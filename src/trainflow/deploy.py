@@ -23,8 +23,12 @@ PIPELINES_ENV = "TRAINFLOW_PIPELINES_DIR"
 PREFECT_YAML = Path(__file__).resolve().parents[2] / "deploy" / "prefect.yaml"
 NEW_DATA_EVENT = "trainflow.data.new"
 # The main knobs of the run form: parameter -> the spec value it sets.
-KNOBS = {"epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size",
-         "cv_folds": "evaluate.cv.folds"}
+KNOBS = {
+    "epochs": "train.epochs",
+    "lr": "train.lr",
+    "batch_size": "train.batch_size",
+    "cv_folds": "evaluate.cv.folds",
+}
 # What a UI override may set is decided by the schema (trainflow.spec.settable): numbers,
 # switches and choices only; every path, address or other free text stays as the spec file on
 # the worker says (outputs, data sources, cache dirs, pretrained weights, the Dask scheduler).
@@ -48,10 +52,18 @@ def spec_file(pipeline: str) -> Path:
     name = str(pipeline).removesuffix(".yaml")
     path = (folder / f"{name}.yaml").resolve() if NAME.match(name) else None
     if path is None or path.parent != folder or not path.is_file():
-        raise SpecError("parameters", [("pipeline", f"no pipeline {pipeline!r} in {folder} (set "
-                                        f"{PIPELINES_ENV} to use another folder); pipelines: "
-                                        f"{', '.join(shipped) or '(none)'}"
-                                        f"{did_you_mean(name, shipped)}")])
+        raise SpecError(
+            "parameters",
+            [
+                (
+                    "pipeline",
+                    f"no pipeline {pipeline!r} in {folder} (set "
+                    f"{PIPELINES_ENV} to use another folder); pipelines: "
+                    f"{', '.join(shipped) or '(none)'}"
+                    f"{did_you_mean(name, shipped)}",
+                )
+            ],
+        )
     return path
 
 
@@ -95,12 +107,15 @@ def spec_from_parameters(pipeline: str, knobs: dict[str, Any], overrides: list[s
         return load_spec(path, assignments)
     except SpecError as exc:
         names = {p: k for k, p in KNOBS.items()}
-        problems = [(f"{where} (parameter {names[where]})" if where in names else where, why)
-                    for where, why in exc.problems]
+        problems = [
+            (f"{where} (parameter {names[where]})" if where in names else where, why)
+            for where, why in exc.problems
+        ]
         raise SpecError(f"pipeline {path.stem} with the run's parameters", problems) from None
 
 
 # ---- deploy/prefect.yaml ---------------------------------------------------------------------
+
 
 def read_deployments(path: Path = PREFECT_YAML) -> list[dict]:
     """The deployments of a prefect.yaml, each schedule checked (cron and timezone)."""
@@ -117,8 +132,12 @@ def read_deployments(path: Path = PREFECT_YAML) -> list[dict]:
             except ValidationError as exc:
                 for error in exc.errors():
                     field = error["loc"][0] if error["loc"] else "cron"
-                    problems.append((f"deployments.{i} ({entry.get('name')}).schedules.{j}."
-                                     f"{field}", error["msg"].removeprefix("Value error, ")))
+                    problems.append(
+                        (
+                            f"deployments.{i} ({entry.get('name')}).schedules.{j}.{field}",
+                            error["msg"].removeprefix("Value error, "),
+                        )
+                    )
     if problems:
         raise SpecError(str(path), problems)
     return entries
@@ -132,18 +151,28 @@ def runner_deployment(entry: dict):
     from prefect.types.entrypoint import EntrypointType
 
     flow = load_flow_from_entrypoint(entry["entrypoint"])
-    triggers = [DeploymentEventTrigger(**{k: v for k, v in t.items() if k != "type"})
-                for t in entry.get("triggers") or []]
-    schedules = [Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True))
-                 for s in entry.get("schedules") or []]
+    triggers = [
+        DeploymentEventTrigger(**{k: v for k, v in t.items() if k != "type"})
+        for t in entry.get("triggers") or []
+    ]
+    schedules = [
+        Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True))
+        for s in entry.get("schedules") or []
+    ]
     return flow.to_deployment(
-        name=entry["name"], description=entry.get("description"), tags=entry.get("tags"),
-        parameters=entry.get("parameters"), schedules=schedules, triggers=triggers,
+        name=entry["name"],
+        description=entry.get("description"),
+        tags=entry.get("tags"),
+        parameters=entry.get("parameters"),
+        schedules=schedules,
+        triggers=triggers,
         entrypoint_type=EntrypointType.MODULE_PATH,
-        concurrency_limit=entry.get("concurrency_limit"))
+        concurrency_limit=entry.get("concurrency_limit"),
+    )
 
 
 # ---- the server ------------------------------------------------------------------------------
+
 
 def require_server() -> str:
     """The URL in PREFECT_API_URL, checked to answer; a clear error if unset or unreachable."""
@@ -151,16 +180,21 @@ def require_server() -> str:
     from prefect.settings import get_current_settings
 
     url = get_current_settings().api.url
-    start = ("start one with `trainflow server` (UI and API on http://127.0.0.1:4200) and "
-             "export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    start = (
+        "start one with `trainflow server` (UI and API on http://127.0.0.1:4200) and "
+        "export PREFECT_API_URL=http://127.0.0.1:4200/api"
+    )
     if not url:
-        raise TrainflowError(f"PREFECT_API_URL is not set, so there is no server to talk to: "
-                             f"{start}")
+        raise TrainflowError(
+            f"PREFECT_API_URL is not set, so there is no server to talk to: {start}"
+        )
     with get_client(sync_client=True) as client:
         error = client.api_healthcheck()
     if error is not None:
-        raise TrainflowError(f"cannot reach the Prefect server at PREFECT_API_URL={url} "
-                             f"({type(error).__name__}): {start}, or correct PREFECT_API_URL")
+        raise TrainflowError(
+            f"cannot reach the Prefect server at PREFECT_API_URL={url} "
+            f"({type(error).__name__}): {start}, or correct PREFECT_API_URL"
+        )
     return url
 
 
@@ -209,10 +243,14 @@ def notify_data(pipeline: str, note: str | None = None) -> str:
     from prefect.events import Event
     from prefect.events.clients import get_events_client
 
-    event = Event(event=NEW_DATA_EVENT,
-                  resource={"prefect.resource.id": pipeline_resource(pipeline),
-                            "prefect.resource.name": pipeline},
-                  payload={"note": note} if note else {})
+    event = Event(
+        event=NEW_DATA_EVENT,
+        resource={
+            "prefect.resource.id": pipeline_resource(pipeline),
+            "prefect.resource.name": pipeline,
+        },
+        payload={"note": note} if note else {},
+    )
 
     async def send() -> None:
         async with get_events_client() as client:

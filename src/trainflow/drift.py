@@ -33,22 +33,42 @@ def profile(rows: pl.LazyFrame, columns: list[str]) -> dict[str, Any]:
     types = rows.collect_schema()
     numeric = [c for c in columns if types[c].is_numeric()]
     text = [c for c in columns if types[c] in (pl.String, pl.Boolean, pl.Categorical)]
-    stats = rows.select(
-        pl.len().alias("__rows"),
-        *(_present(c).mean().alias(f"{c}\0mean") for c in numeric),
-        *(_present(c).std().alias(f"{c}\0std") for c in numeric),
-        *(_present(c).quantile(q / QUANTILES).alias(f"{c}\0q{q}")
-          for c in numeric for q in range(1, QUANTILES))).collect(engine="streaming").row(
-        0, named=True)
+    stats = (
+        rows.select(
+            pl.len().alias("__rows"),
+            *(_present(c).mean().alias(f"{c}\0mean") for c in numeric),
+            *(_present(c).std().alias(f"{c}\0std") for c in numeric),
+            *(
+                _present(c).quantile(q / QUANTILES).alias(f"{c}\0q{q}")
+                for c in numeric
+                for q in range(1, QUANTILES)
+            ),
+        )
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
     bins: dict[str, dict[str, Any]] = {}
     for c in numeric:
-        edges = sorted({float(stats[f"{c}\0q{q}"]) for q in range(1, QUANTILES)
-                        if _finite(stats[f"{c}\0q{q}"])})
-        bins[c] = {"kind": "numeric", "edges": edges, "mean": _number(stats[f"{c}\0mean"]),
-                   "std": _number(stats[f"{c}\0std"])}
+        edges = sorted(
+            {
+                float(stats[f"{c}\0q{q}"])
+                for q in range(1, QUANTILES)
+                if _finite(stats[f"{c}\0q{q}"])
+            }
+        )
+        bins[c] = {
+            "kind": "numeric",
+            "edges": edges,
+            "mean": _number(stats[f"{c}\0mean"]),
+            "std": _number(stats[f"{c}\0std"]),
+        }
     for c in text:
-        top = (rows.select(pl.col(c).cast(pl.String).drop_nulls().value_counts(sort=True))
-               .unnest(c).head(TOP_CATEGORIES).collect(engine="streaming"))
+        top = (
+            rows.select(pl.col(c).cast(pl.String).drop_nulls().value_counts(sort=True))
+            .unnest(c)
+            .head(TOP_CATEGORIES)
+            .collect(engine="streaming")
+        )
         bins[c] = {"kind": "category", "categories": top[c].to_list()}
     counts = bin_counts(rows, bins)
     total = max(int(stats["__rows"]), 1)
@@ -62,8 +82,12 @@ def bin_counts(rows: pl.LazyFrame, columns: dict[str, dict[str, Any]]) -> dict[s
     number's bins by its edges (right-closed) then `missing`; text's categories, `other`,
     `missing`."""
     types = rows.collect_schema()
-    exprs = [e.sum().alias(f"{c}\0{i}") for c, column in columns.items() if c in types
-             for i, e in enumerate(_bins(c, column))]
+    exprs = [
+        e.sum().alias(f"{c}\0{i}")
+        for c, column in columns.items()
+        if c in types
+        for i, e in enumerate(_bins(c, column))
+    ]
     if not exprs:
         return {}
     got = rows.select(exprs).collect(engine="streaming").row(0, named=True)
@@ -78,14 +102,14 @@ def _bins(name: str, column: dict[str, Any]) -> list[pl.Expr]:
     if column["kind"] == "numeric":
         value = pl.col(name).cast(pl.Float64, strict=False)
         present = value.is_not_null() & ~value.is_nan()
-        index = pl.sum_horizontal([(value > e).cast(pl.Int32) for e in column["edges"]]
-                                  or [pl.lit(0, pl.Int32)])
+        index = pl.sum_horizontal(
+            [(value > e).cast(pl.Int32) for e in column["edges"]] or [pl.lit(0, pl.Int32)]
+        )
         return [present & (index == i) for i in range(len(column["edges"]) + 1)] + [~present]
     value = pl.col(name).cast(pl.String)
     present = value.is_not_null()
     known = column["categories"]
-    return ([present & (value == k) for k in known]
-            + [present & ~value.is_in(known), ~present])
+    return [present & (value == k) for k in known] + [present & ~value.is_in(known), ~present]
 
 
 class DriftCounts:
@@ -101,12 +125,14 @@ class DriftCounts:
         for c, counts in bin_counts(batch.lazy(), self.columns).items():
             mine = self.counts.setdefault(c, [0] * len(counts))
             self.counts[c] = [a + b for a, b in zip(mine, counts)]
-        numbers = [c for c in self.columns if c in batch.columns
-                   and self.columns[c]["kind"] == "numeric"]
+        numbers = [
+            c for c in self.columns if c in batch.columns and self.columns[c]["kind"] == "numeric"
+        ]
         if numbers:
-            got = batch.select(*(_present(c).sum().alias(f"{c}\0sum") for c in numbers),
-                               *(_present(c).count().alias(f"{c}\0n") for c in numbers)
-                               ).row(0, named=True)
+            got = batch.select(
+                *(_present(c).sum().alias(f"{c}\0sum") for c in numbers),
+                *(_present(c).count().alias(f"{c}\0n") for c in numbers),
+            ).row(0, named=True)
             for c in numbers:
                 total, n = self.sums.get(c, [0.0, 0])
                 self.sums[c] = [total + (got[f"{c}\0sum"] or 0.0), n + got[f"{c}\0n"]]
@@ -121,13 +147,24 @@ class DriftCounts:
             actual = [n / total for n in scored] if total else [0.0] * len(scored)
             value = psi(expected, actual) if total else 0.0
             total_sum, n = self.sums.get(c, [0.0, 0])
-            table.append({
-                "column": c, "kind": column["kind"], "psi": round(value, 4),
-                "status": ("drift" if value > threshold else
-                           "moderate" if value > min(MODERATE, threshold) else "ok"),
-                "train_missing": round(expected[-1], 4),
-                "scored_missing": round(actual[-1], 4), "train_mean": column.get("mean"),
-                "scored_mean": _number(total_sum / n) if n else None})
+            table.append(
+                {
+                    "column": c,
+                    "kind": column["kind"],
+                    "psi": round(value, 4),
+                    "status": (
+                        "drift"
+                        if value > threshold
+                        else "moderate"
+                        if value > min(MODERATE, threshold)
+                        else "ok"
+                    ),
+                    "train_missing": round(expected[-1], 4),
+                    "scored_missing": round(actual[-1], 4),
+                    "train_mean": column.get("mean"),
+                    "scored_mean": _number(total_sum / n) if n else None,
+                }
+            )
         return table
 
 
@@ -147,21 +184,30 @@ def flagged(table: list[dict[str, Any]]) -> list[str]:
 def markdown(table: list[dict[str, Any]], threshold: float, profiled: bool) -> str:
     """The drift table as markdown, drifted columns first."""
     if not table:
-        return ("No drift table: the model package holds no training profile (it was made "
-                "before trainflow profiled training data; retrain to get one).\n"
-                if not profiled else "No drift table: the model reads no number or text "
-                "columns (image pixels and sequences are not profiled).\n")
+        return (
+            "No drift table: the model package holds no training profile (it was made "
+            "before trainflow profiled training data; retrain to get one).\n"
+            if not profiled
+            else "No drift table: the model reads no number or text "
+            "columns (image pixels and sequences are not profiled).\n"
+        )
     order = sorted(table, key=lambda r: -r["psi"])
-    lines = [f"PSI per feature against the training data's profile; **drift** past "
-             f"{threshold} (0.1-{threshold}: moderate).", "",
-             "| column | kind | PSI | status | missing (train -> scored) | "
-             "mean (train -> scored) |", "|---|---|---:|---|---|---|"]
+    lines = [
+        f"PSI per feature against the training data's profile; **drift** past "
+        f"{threshold} (0.1-{threshold}: moderate).",
+        "",
+        "| column | kind | PSI | status | missing (train -> scored) | mean (train -> scored) |",
+        "|---|---|---:|---|---|---|",
+    ]
     for r in order:
         status = "**drift**" if r["status"] == "drift" else r["status"]
-        mean = (f"{_fmt(r['train_mean'])} -> {_fmt(r['scored_mean'])}"
-                if r["kind"] == "numeric" else "")
-        lines.append(f"| {r['column']} | {r['kind']} | {r['psi']:.4f} | {status} | "
-                     f"{r['train_missing']:.1%} -> {r['scored_missing']:.1%} | {mean} |")
+        mean = (
+            f"{_fmt(r['train_mean'])} -> {_fmt(r['scored_mean'])}" if r["kind"] == "numeric" else ""
+        )
+        lines.append(
+            f"| {r['column']} | {r['kind']} | {r['psi']:.4f} | {status} | "
+            f"{r['train_missing']:.1%} -> {r['scored_missing']:.1%} | {mean} |"
+        )
     return "\n".join(lines) + "\n"
 
 

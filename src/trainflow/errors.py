@@ -30,7 +30,7 @@ class ArtifactError(TrainflowError):
 
 
 def did_you_mean(written: object, allowed: Iterable[object]) -> str:
-    """"; did you mean `epochs`?" when one of `allowed` is close to what was written, else ""
+    """ "; did you mean `epochs`?" when one of `allowed` is close to what was written, else ""
     (for messages that list the allowed values: the closest is the likely typo's fix)."""
     choices = {str(a): a for a in allowed}
     close = difflib.get_close_matches(str(written), list(choices), n=1, cutoff=0.6)

@@ -73,13 +73,16 @@ def export_model(model: str | Path, fmt: str, output: str | Path) -> dict[str, A
     """Export the package MODEL names (a folder, or a pipeline for its champion) to `output`
     and its sidecar to `<output>.json`; returns what was written and the check's result."""
     if fmt not in FORMATS:
-        raise ExportError(f"export format {fmt!r} is not one trainflow writes "
-                          f"({', '.join(FORMATS)})")
+        raise ExportError(
+            f"export format {fmt!r} is not one trainflow writes ({', '.join(FORMATS)})"
+        )
     built = build(load_package(resolve_model(model)))
     path = Path(output)
     if path.is_dir():
-        raise ExportError(f"--output {path} is a folder: name the file to write "
-                          f"(for example {path / ('model.' + SUFFIX[fmt])})")
+        raise ExportError(
+            f"--output {path} is a folder: name the file to write "
+            f"(for example {path / ('model.' + SUFFIX[fmt])})"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     staged = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
@@ -89,9 +92,15 @@ def export_model(model: str | Path, fmt: str, output: str | Path) -> dict[str, A
         staged.unlink(missing_ok=True)
     sidecar = describe(built, fmt, path, difference)
     atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=1) + "\n")
-    return {"output": str(path), "sidecar": str(sidecar_path(path)), "format": fmt,
-            "inputs": len(sidecar["input"]["columns"]), "classes": sidecar["output"]["classes"],
-            "outside": [step["do"] for step in built.plan.outside], "check": sidecar["check"]}
+    return {
+        "output": str(path),
+        "sidecar": str(sidecar_path(path)),
+        "format": fmt,
+        "inputs": len(sidecar["input"]["columns"]),
+        "classes": sidecar["output"]["classes"],
+        "outside": [step["do"] for step in built.plan.outside],
+        "check": sidecar["check"],
+    }
 
 
 SUFFIX = {"onnx": "onnx", "torchscript": "pt", "exported_program": "pt2"}
@@ -105,8 +114,10 @@ def build(package: Package) -> Built:
     """The eager module an export traces: every member's folded steps and network."""
     info = package.info
     if info.combine not in (None, "soft_vote"):
-        raise ExportError(f"{package.path}: members combined by {info.combine!r}, which "
-                          "export does not fold (soft_vote only)")
+        raise ExportError(
+            f"{package.path}: members combined by {info.combine!r}, which "
+            "export does not fold (soft_vote only)"
+        )
     table = TableSchema(**info.table_schema)
     plans = [plan(table, info.input.columns, [*info.steps, *m.steps]) for m in info.members]
     first = plans[0]
@@ -116,7 +127,8 @@ def build(package: Package) -> Built:
                 f"{package.path}: the ensemble's members were fitted on different columns "
                 f"(member {index} saw other categories or fill values than member 0), so no "
                 "single input layout feeds them all: export one fold's package, or the "
-                "run's model package")
+                "run's model package"
+            )
     shape = table.image_shape or table.feature_shape or [len(first.features)]
     width = list(table.image_shape) if table.image_shape else [len(first.inputs)]
     nets, names = zip(*(_network(package.member_folder(m)) for m in info.members))
@@ -136,29 +148,36 @@ def _network(folder: Path) -> tuple[nn.Module, str]:
 
 # ---- writers: each writes `staged`, runs what it wrote, returns the largest difference --
 
+
 def _write_onnx(built: Built, staged: Path) -> float:
     try:
         import onnxruntime
     except ImportError:
-        raise ExportError("ONNX export needs onnx, onnxscript and onnxruntime: "
-                          "pip install 'trainflow[onnx]'") from None
+        raise ExportError(
+            "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'trainflow[onnx]'"
+        ) from None
     with _exporting(built, "onnx"):
         program = torch.onnx.export(
-            built.module, (example(built, EXAMPLE_ROWS),), dynamo=True, verbose=False,
-            input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: "batch"},))
+            built.module,
+            (example(built, EXAMPLE_ROWS),),
+            dynamo=True,
+            verbose=False,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes=({0: "batch"},),
+        )
         program.save(str(staged), external_data=False)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(staged), options,
-                                           providers=["CPUExecutionProvider"])
-    return _checked(built, "onnx", lambda x: torch.from_numpy(
-        session.run([OUTPUT], {INPUT: x.numpy()})[0]))
+    session = onnxruntime.InferenceSession(str(staged), options, providers=["CPUExecutionProvider"])
+    return _checked(
+        built, "onnx", lambda x: torch.from_numpy(session.run([OUTPUT], {INPUT: x.numpy()})[0])
+    )
 
 
 def _write_torchscript(built: Built, staged: Path) -> float:
     with _exporting(built, "torchscript"), torch.no_grad():
-        traced = torch.jit.trace(built.module, (example(built, EXAMPLE_ROWS),),
-                                 check_trace=False)
+        traced = torch.jit.trace(built.module, (example(built, EXAMPLE_ROWS),), check_trace=False)
         traced.save(str(staged))
     with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript: said in the README
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -170,19 +189,30 @@ def _write_exported_program(built: Built, staged: Path) -> float:
     batch = torch.export.Dim("batch", min=1)
     with _exporting(built, "exported_program"):
         try:  # non-strict traces Python as it runs; strict (dynamo) handles what it cannot
-            program = torch.export.export(built.module, (example(built, EXAMPLE_ROWS),),
-                                          dynamic_shapes=({0: batch},), strict=False)
+            program = torch.export.export(
+                built.module,
+                (example(built, EXAMPLE_ROWS),),
+                dynamic_shapes=({0: batch},),
+                strict=False,
+            )
         except Exception:  # noqa: BLE001 - the strict attempt reports its own failure
-            program = torch.export.export(built.module, (example(built, EXAMPLE_ROWS),),
-                                          dynamic_shapes=({0: batch},), strict=True)
+            program = torch.export.export(
+                built.module,
+                (example(built, EXAMPLE_ROWS),),
+                dynamic_shapes=({0: batch},),
+                strict=True,
+            )
         torch.export.save(program, str(staged))
     # torch.export.load may fall back to unpickling (weights_only=False): trainflow never
     # calls it, and checks the program it saved instead.
     return _checked(built, "exported_program", program.module())
 
 
-WRITERS = {"onnx": _write_onnx, "torchscript": _write_torchscript,
-           "exported_program": _write_exported_program}
+WRITERS = {
+    "onnx": _write_onnx,
+    "torchscript": _write_torchscript,
+    "exported_program": _write_exported_program,
+}
 
 
 @contextlib.contextmanager
@@ -208,17 +238,20 @@ def _exporting(built: Built, fmt: str):
 
 def _refusal(built: Built, fmt: str, exc: BaseException) -> str:
     what = f"the {', '.join(sorted(set(built.architectures)))} model of {built.package.path}"
-    if any(type(m).__module__.startswith("torch.ao.nn.quantized")
-           for m in built.module.modules()):
-        return (f"{what} cannot be exported as {fmt}: its dynamic int8 Linear layers "
-                "(torch.ao quantization) hold packed int8 parameters that torch.export "
-                f"cannot trace ({type(exc).__name__}), and both ONNX (dynamo) and "
-                "exported_program start from torch.export; use --format torchscript, or "
-                "export the float model it was quantized from (the run's \"package\")")
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in built.module.modules()):
+        return (
+            f"{what} cannot be exported as {fmt}: its dynamic int8 Linear layers "
+            "(torch.ao quantization) hold packed int8 parameters that torch.export "
+            f"cannot trace ({type(exc).__name__}), and both ONNX (dynamo) and "
+            "exported_program start from torch.export; use --format torchscript, or "
+            'export the float model it was quantized from (the run\'s "package")'
+        )
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     others = ", ".join(f for f in FORMATS if f != fmt)
-    return (f"{what} cannot be exported as {fmt}: the exporter stopped with "
-            f"{type(exc).__name__}: {first}; try --format {others}")
+    return (
+        f"{what} cannot be exported as {fmt}: the exporter stopped with "
+        f"{type(exc).__name__}: {first}; try --format {others}"
+    )
 
 
 def _checked(built: Built, fmt: str, run) -> float:
@@ -237,20 +270,24 @@ def _checked(built: Built, fmt: str, run) -> float:
             raise ExportError(_fixed_batch(built, fmt, rows, f"shape {tuple(got.shape)}"))
         difference = float(np.nanmax(np.abs(got.numpy() - expected.numpy()), initial=0.0))
         if difference > TOLERANCE or not torch.equal(got.isnan(), expected.isnan()):
-            raise ExportError(f"the {fmt} export of {built.package.path} gives probabilities "
-                              f"{difference:.2g} away from the model's on {rows} row(s) (more "
-                              f"than {TOLERANCE:g}); nothing was written")
+            raise ExportError(
+                f"the {fmt} export of {built.package.path} gives probabilities "
+                f"{difference:.2g} away from the model's on {rows} row(s) (more "
+                f"than {TOLERANCE:g}); nothing was written"
+            )
         worst = max(worst, difference)
     return worst
 
 
 def _fixed_batch(built: Built, fmt: str, rows: int, problem: object) -> str:
     first = (str(problem).strip().splitlines() or [type(problem).__name__])[0][:200]
-    return (f"the {fmt} export of the {', '.join(sorted(set(built.architectures)))} model of "
-            f"{built.package.path} does not run on a batch of {rows} row(s) ({first}): the "
-            f"exporter fixed the batch size of its example ({EXAMPLE_ROWS} rows), as "
-            "TorchScript tracing does for a network whose forward reads a tensor's length "
-            f"(the transformer); use --format {' or '.join(f for f in FORMATS if f != fmt)}")
+    return (
+        f"the {fmt} export of the {', '.join(sorted(set(built.architectures)))} model of "
+        f"{built.package.path} does not run on a batch of {rows} row(s) ({first}): the "
+        f"exporter fixed the batch size of its example ({EXAMPLE_ROWS} rows), as "
+        "TorchScript tracing does for a network whose forward reads a tensor's length "
+        f"(the transformer); use --format {' or '.join(f for f in FORMATS if f != fmt)}"
+    )
 
 
 def example(built: Built, rows: int, seed: int = 0) -> torch.Tensor:
@@ -259,8 +296,7 @@ def example(built: Built, rows: int, seed: int = 0) -> torch.Tensor:
     columns: rows that pass through every branch of the folded steps."""
     rng = np.random.default_rng(seed)
     p = built.plan
-    names = ([f"channel_{c}" for c in range(p.image_shape[0])] if p.image_shape
-             else p.inputs)
+    names = [f"channel_{c}" for c in range(p.image_shape[0])] if p.image_shape else p.inputs
     centre, spread = dict.fromkeys(names, 0.0), dict.fromkeys(names, 1.0)
     filled: set[str] = set()
     for kind, per_column in reversed(p.ops):  # the first operation on a column wins
@@ -271,12 +307,12 @@ def example(built: Built, rows: int, seed: int = 0) -> torch.Tensor:
                 centre[column], spread[column] = (value[0] + value[1]) / 2, value[1] - value[0]
             elif kind == "fill":
                 filled.add(column)
-    onehot = {c for step in p.outside if step.get("method") == "one_hot"
-              for c in step["columns"]}
+    onehot = {c for step in p.outside if step.get("method") == "one_hot" for c in step["columns"]}
     per_row = int(np.prod(built.input_shape))
     x = rng.standard_normal((rows, per_row))
-    columns = ([names[i // (per_row // len(names))] for i in range(per_row)] if p.image_shape
-               else names)
+    columns = (
+        [names[i // (per_row // len(names))] for i in range(per_row)] if p.image_shape else names
+    )
     for i, column in enumerate(columns):
         if column in onehot:
             x[:, i] = rng.integers(0, 2, rows)
@@ -292,23 +328,47 @@ def describe(built: Built, fmt: str, path: Path, difference: float) -> dict[str,
     info, p = built.package.info, built.plan
     filled = sorted({c for kind, cols in p.ops if kind == "fill" for c in cols})
     return {
-        "trainflow_export": SIDECAR_FORMAT, "format": fmt, "file": path.name,
-        "package": {"path": str(built.package.path), "pipeline": info.pipeline,
-                    "kind": info.kind, "spec_fingerprint": info.spec_fingerprint,
-                    "architectures": built.architectures, "members": len(info.members),
-                    "combine": info.combine},
-        "input": {"name": INPUT, "dtype": "float32", "shape": ["batch", *built.input_shape],
-                  "columns": p.inputs,  # an image: its one column, the pixels (C, H, W)
-                  **({"image": "the raw pixels as ingest read them, (C, H, W) per row"}
-                     if p.image_shape else {}),
-                  "missing": "NaN", "filled_in_graph": filled,
-                  "unfilled_missing": "a NaN in any other column gives NaN probabilities "
-                                      "for its row: reject or fill such rows first "
-                                      "(trainflow predict refuses them)"},
-        "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", len(info.classes)],
-                   "classes": list(info.classes), "prediction": "classes[argmax]"},
+        "trainflow_export": SIDECAR_FORMAT,
+        "format": fmt,
+        "file": path.name,
+        "package": {
+            "path": str(built.package.path),
+            "pipeline": info.pipeline,
+            "kind": info.kind,
+            "spec_fingerprint": info.spec_fingerprint,
+            "architectures": built.architectures,
+            "members": len(info.members),
+            "combine": info.combine,
+        },
+        "input": {
+            "name": INPUT,
+            "dtype": "float32",
+            "shape": ["batch", *built.input_shape],
+            "columns": p.inputs,  # an image: its one column, the pixels (C, H, W)
+            **(
+                {"image": "the raw pixels as ingest read them, (C, H, W) per row"}
+                if p.image_shape
+                else {}
+            ),
+            "missing": "NaN",
+            "filled_in_graph": filled,
+            "unfilled_missing": "a NaN in any other column gives NaN probabilities "
+            "for its row: reject or fill such rows first "
+            "(trainflow predict refuses them)",
+        },
+        "output": {
+            "name": OUTPUT,
+            "dtype": "float32",
+            "shape": ["batch", len(info.classes)],
+            "classes": list(info.classes),
+            "prediction": "classes[argmax]",
+        },
         "outside": p.outside,
         "folded": p.folded,
-        "check": {"rows": list(CHECK_ROWS), "max_abs_difference": difference,
-                  "tolerance": TOLERANCE, "against": "the eager torch module"},
+        "check": {
+            "rows": list(CHECK_ROWS),
+            "max_abs_difference": difference,
+            "tolerance": TOLERANCE,
+            "against": "the eager torch module",
+        },
     }

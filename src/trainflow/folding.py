@@ -21,9 +21,9 @@ from torch import nn
 
 from trainflow.errors import TrainflowError
 from trainflow.package import PackageStep
-from trainflow.tables import IMAGE_COLUMN, TableSchema
 from trainflow.spec.steps import ANOMALY_FLAG as FLAG
 from trainflow.spec.steps import one_hot_name
+from trainflow.tables import IMAGE_COLUMN, TableSchema
 
 INF = float("inf")
 
@@ -64,33 +64,50 @@ class Plan:
 
 def plan(table: TableSchema, columns: dict[str, str], steps: list[PackageStep]) -> Plan:
     """The plan for rows passing `steps` (a member's: the shared ones, then its own)."""
-    kinds = {c: "image" if c == IMAGE_COLUMN and table.image_shape else _kind(t)
-             for c, t in columns.items()}
+    kinds = {
+        c: "image" if c == IMAGE_COLUMN and table.image_shape else _kind(t)
+        for c, t in columns.items()
+    }
     odd = [f"{c} ({columns[c]})" for c in table.features if kinds.get(c) == "other"]
     if odd:
-        raise ExportError(f"feature columns {odd} are neither numbers nor text, which an "
-                          "exported graph's float input cannot carry")
+        raise ExportError(
+            f"feature columns {odd} are neither numbers nor text, which an "
+            "exported graph's float input cannot carry"
+        )
     result = Plan(list(table.features), kinds, table.image_shape)
     for index, step in enumerate(steps):
         handler = _HANDLERS.get(step.type)
         if handler is None:
-            raise ExportError(f"the {step.type} step of the package cannot be folded into an "
-                              "exported graph")
-        handler(result, step.params, step.state, f"the package's {step.type} step "
-                                                 f"(number {index + 1} that rows pass)")
+            raise ExportError(
+                f"the {step.type} step of the package cannot be folded into an exported graph"
+            )
+        handler(
+            result,
+            step.params,
+            step.state,
+            f"the package's {step.type} step (number {index + 1} that rows pass)",
+        )
     return result
 
 
 def _clean(p: Plan, params: dict, state: dict, where: str) -> None:
     if params["missing"] in ("forward_fill", "backward_fill"):
-        raise ExportError(f"{where} fills a missing value from the neighbouring rows "
-                          f"(missing: {params['missing']}), which a graph scoring rows one by "
-                          "one cannot do: retrain with missing: median, mean, mode or constant")
+        raise ExportError(
+            f"{where} fills a missing value from the neighbouring rows "
+            f"(missing: {params['missing']}), which a graph scoring rows one by "
+            "one cannot do: retrain with missing: median, mean, mode or constant"
+        )
     numeric = {}
     for column, value in state.get("fill", {}).items():
         if isinstance(value, str):
-            p.outside.append({"step": "clean", "column": column, "fill_missing": value,
-                              "do": f"replace a missing {column!r} with {value!r}"})
+            p.outside.append(
+                {
+                    "step": "clean",
+                    "column": column,
+                    "fill_missing": value,
+                    "do": f"replace a missing {column!r} with {value!r}",
+                }
+            )
         elif value is not None and column in p.kinds:
             numeric[column] = float(value)
             p.kinds[column] = "float"  # a filled integer column holds floats from here on
@@ -102,42 +119,74 @@ def _encode(p: Plan, params: dict, state: dict, where: str) -> None:
         if column not in p.features:
             continue
         if column in p.touched:
-            raise ExportError(f"{where} encodes column {column!r} after a folded step changed "
-                              "it, so the runtime's outside work would come after the graph's")
-        rule = {"unknown": params["unknown"], "step": "encode", "column": column,
-                "method": params["method"], "categories": categories}
+            raise ExportError(
+                f"{where} encodes column {column!r} after a folded step changed "
+                "it, so the runtime's outside work would come after the graph's"
+            )
+        rule = {
+            "unknown": params["unknown"],
+            "step": "encode",
+            "column": column,
+            "method": params["method"],
+            "categories": categories,
+        }
         position = p.features.index(column)
         if params["method"] == "ordinal":
-            p.outside.append({**rule, "columns": [column], "do": (
-                f"replace {column!r} by the index of its value in categories (-1 for a "
-                "missing or unseen value)")})
+            p.outside.append(
+                {
+                    **rule,
+                    "columns": [column],
+                    "do": (
+                        f"replace {column!r} by the index of its value in categories (-1 for a "
+                        "missing or unseen value)"
+                    ),
+                }
+            )
             p.kinds[column] = "int"
             continue
         names = [one_hot_name(column, c) for c in categories]
-        p.outside.append({**rule, "columns": names, "do": (
-            f"replace {column!r} by one 0/1 column per category, named "
-            f"'{column}=<category>' (all 0 for a missing or unseen value)")})
-        p.features[position:position + 1] = names
+        p.outside.append(
+            {
+                **rule,
+                "columns": names,
+                "do": (
+                    f"replace {column!r} by one 0/1 column per category, named "
+                    f"'{column}=<category>' (all 0 for a missing or unseen value)"
+                ),
+            }
+        )
+        p.features[position : position + 1] = names
         p.kinds.update(dict.fromkeys(names, "float"))
 
 
 def _normalize(p: Plan, params: dict, state: dict, where: str) -> None:
     method = params["method"]
     if method == "quantile":
-        raise ExportError(f"{where} is normalize with method quantile: its interpolation "
-                          "through the training quantiles is not folded into exported graphs "
-                          "(use standard, minmax, robust, max_abs or log1p to export)")
-    columns = ([f"channel_{i}" for i in range(p.image_shape[0])] if p.image_shape
-               else list(p.features))
+        raise ExportError(
+            f"{where} is normalize with method quantile: its interpolation "
+            "through the training quantiles is not folded into exported graphs "
+            "(use standard, minmax, robust, max_abs or log1p to export)"
+        )
+    columns = (
+        [f"channel_{i}" for i in range(p.image_shape[0])] if p.image_shape else list(p.features)
+    )
     text = [c for c in columns if p.kinds.get(c) == "text"]
     if text:
         raise ExportError(f"{where} scales text columns {text}")
     if method == "log1p":
-        _fold(p, "log1p", dict.fromkeys(columns, True),
-              {"step": "normalize", "what": "sign(x) * log1p(|x|)"})
+        _fold(
+            p,
+            "log1p",
+            dict.fromkeys(columns, True),
+            {"step": "normalize", "what": "sign(x) * log1p(|x|)"},
+        )
     else:
-        _fold(p, "affine", {c: (state["shift"][c], state["scale"][c]) for c in columns},
-              {"step": "normalize", "what": f"{method}: (x - shift) / scale"})
+        _fold(
+            p,
+            "affine",
+            {c: (state["shift"][c], state["scale"][c]) for c in columns},
+            {"step": "normalize", "what": f"{method}: (x - shift) / scale"},
+        )
     p.kinds.update({c: "float" for c in columns if c in p.kinds})
 
 
@@ -152,19 +201,28 @@ def _anomalies(p: Plan, params: dict, state: dict, where: str) -> None:
     if params["action"] != "flag":
         return  # report, drop: every row to score passes as it is
     if "bounds" not in state:
-        raise ExportError(f"{where} flags rows with a fitted {params['method']} detector, "
-                          "which no package holds")
-    _fold(p, "flag", {c: tuple(b) for c, b in state["bounds"].items()},
-          {"step": "anomalies", "what": f"add the 0/1 column {FLAG!r}: any value outside "
-                                        "its fitted bounds"})
+        raise ExportError(
+            f"{where} flags rows with a fitted {params['method']} detector, which no package holds"
+        )
+    _fold(
+        p,
+        "flag",
+        {c: tuple(b) for c, b in state["bounds"].items()},
+        {
+            "step": "anomalies",
+            "what": f"add the 0/1 column {FLAG!r}: any value outside its fitted bounds",
+        },
+    )
     if FLAG not in p.features:
         p.features.append(FLAG)
         p.derived.append(FLAG)
 
 
 def _smooth(p: Plan, params: dict, state: dict, where: str) -> None:
-    raise ExportError(f"{where} is smooth: its rolling windows read the neighbouring rows "
-                      "(order_by/group_by), which a graph scoring rows one by one cannot")
+    raise ExportError(
+        f"{where} is smooth: its rolling windows read the neighbouring rows "
+        "(order_by/group_by), which a graph scoring rows one by one cannot"
+    )
 
 
 def _fold(p: Plan, kind: str, per_column: dict[str, Any], summary: dict[str, Any]) -> None:
@@ -175,11 +233,18 @@ def _fold(p: Plan, kind: str, per_column: dict[str, Any], summary: dict[str, Any
     p.folded.append({**summary, "columns": list(per_column)})
 
 
-_HANDLERS = {"clean": _clean, "encode": _encode, "normalize": _normalize,
-             "outliers": _outliers, "anomalies": _anomalies, "smooth": _smooth}
+_HANDLERS = {
+    "clean": _clean,
+    "encode": _encode,
+    "normalize": _normalize,
+    "outliers": _outliers,
+    "anomalies": _anomalies,
+    "smooth": _smooth,
+}
 
 
 # ---- the plan as modules --------------------------------------------------------------
+
 
 class _Fill(nn.Module):
     def __init__(self, mask: torch.Tensor, value: torch.Tensor):
@@ -283,8 +348,10 @@ def _slots(p: Plan, inputs: list[str]) -> list[str]:
 
 def _module(kind: str, per_column: dict[str, Any], slots: list[str]) -> nn.Module:
     def vector(pick, default) -> torch.Tensor:
-        return torch.tensor([pick(per_column[s]) if s in per_column else default
-                             for s in slots], dtype=torch.float64)
+        return torch.tensor(
+            [pick(per_column[s]) if s in per_column else default for s in slots],
+            dtype=torch.float64,
+        )
 
     def mask(pick=lambda value: True) -> torch.Tensor:  # default: the columns named
         return torch.tensor([s in per_column and bool(pick(per_column[s])) for s in slots])
@@ -292,8 +359,9 @@ def _module(kind: str, per_column: dict[str, Any], slots: list[str]) -> nn.Modul
     if kind == "fill":
         return _Fill(mask(), vector(float, 0.0))
     if kind == "clip":
-        return _Clip(vector(lambda b: b[0], -INF), vector(lambda b: b[1], INF),
-                     mask(lambda b: b[2]))
+        return _Clip(
+            vector(lambda b: b[0], -INF), vector(lambda b: b[1], INF), mask(lambda b: b[2])
+        )
     if kind == "affine":
         return _Affine(vector(lambda s: s[0], 0.0), vector(lambda s: s[1], 1.0))
     if kind == "log1p":

@@ -24,12 +24,17 @@ def check_rows(rows: pl.LazyFrame, model: Model, where: str) -> None:
     missing = [c for c in needed if c not in types]
     if missing:
         more = f" and {len(missing) - SHOWN} more" if len(missing) > SHOWN else ""
-        raise DataError(f"{where}: missing column(s) {missing[:SHOWN]}{more}: the model reads "
-                        f"{_listed(needed)}, the columns of its training data (before any "
-                        "step); add them, named as in training")
+        raise DataError(
+            f"{where}: missing column(s) {missing[:SHOWN]}{more}: the model reads "
+            f"{_listed(needed)}, the columns of its training data (before any "
+            "step); add them, named as in training"
+        )
     converted = model.converted(types)
-    checks = {f"type:{c}": _lost(c, types[c], model.types[c], e)
-              for c, e in converted.items() if types[c] != model.types[c]}
+    checks = {
+        f"type:{c}": _lost(c, types[c], model.types[c], e)
+        for c, e in converted.items()
+        if types[c] != model.types[c]
+    }
     shape = model.input_schema["image_shape"]
     if shape and IMAGE_COLUMN in converted:
         checks["image"] = converted[IMAGE_COLUMN].list.len().fill_null(0) != math.prod(shape)
@@ -39,8 +44,11 @@ def check_rows(rows: pl.LazyFrame, model: Model, where: str) -> None:
             checks[f"unseen:{column}"] = value.is_not_null() & ~value.is_in(known)
     if not checks:
         return
-    counts = rows.select(e.sum().alias(k) for k, e in checks.items()).collect(
-        engine="streaming").row(0, named=True)
+    counts = (
+        rows.select(e.sum().alias(k) for k, e in checks.items())
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
     for key, count in counts.items():
         if count:
             raise _problem(rows, key, checks[key], converted, count, model, where)
@@ -61,35 +69,54 @@ def _lost(name: str, source: pl.DataType, target: pl.DataType, converted: pl.Exp
     return lost
 
 
-def _problem(rows: pl.LazyFrame, key: str, bad: pl.Expr, converted: dict[str, pl.Expr],
-             count: int, model: Model, where: str) -> DataError:
+def _problem(
+    rows: pl.LazyFrame,
+    key: str,
+    bad: pl.Expr,
+    converted: dict[str, pl.Expr],
+    count: int,
+    model: Model,
+    where: str,
+) -> DataError:
     kind, _, column = key.partition(":")
     column = column or IMAGE_COLUMN
-    found = (rows.with_row_index("__row").filter(bad)
-             .select("__row", pl.col(column).alias("value")).head(3).collect())
+    found = (
+        rows.with_row_index("__row")
+        .filter(bad)
+        .select("__row", pl.col(column).alias("value"))
+        .head(3)
+        .collect()
+    )
     row, values = int(found["__row"][0]) + 1, found["value"].to_list()
     schema = model.input_schema
     if kind == "type":
         return DataError(
             f"{where}: column {column!r}: {count} value(s) do not convert to "
             f"{schema['columns'][column]}, the type it had in training, such as "
-            f"{[_short(v) for v in values]} (the first at row {row}); fix those values")
+            f"{[_short(v) for v in values]} (the first at row {row}); fix those values"
+        )
     if kind == "unseen":
-        seen = rows.filter(bad).select(converted[column].cast(pl.String).unique().sort()
-                                       .head(SHOWN)).collect()[column].to_list()
+        seen = (
+            rows.filter(bad)
+            .select(converted[column].cast(pl.String).unique().sort().head(SHOWN))
+            .collect()[column]
+            .to_list()
+        )
         return DataError(
             f"{where}: column {column!r}: {count} row(s) hold categories the model never saw "
             f"in training: {seen} (the first at row {row}); its encode step is declared "
             "unknown: error: map them to known categories "
             f"({_listed(schema['categories'][column])}), "
-            "or retrain with encode unknown: ignore (unseen categories then encode as unknown)")
+            "or retrain with encode unknown: ignore (unseen categories then encode as unknown)"
+        )
     shape = schema["image_shape"]
     size = len(values[0]) if values[0] is not None else 0
     return DataError(
         f"{where}: row {row}: the image holds {size} pixel values, but the model takes images "
         f"of shape {shape} (channels, height, width: {math.prod(shape)} values); {count} "
         f"row(s) differ: resize the images to {shape[2]}x{shape[1]} pixels with {shape[0]} "
-        "channel(s)")
+        "channel(s)"
+    )
 
 
 def _listed(values: list[str]) -> str:

@@ -38,8 +38,10 @@ def check_url(url: str) -> str:
     """The URL, if its scheme is allowed; `pipe:` and unknown schemes are refused."""
     scheme = urlparse(str(url)).scheme
     if scheme not in ALLOWED_SCHEMES:
-        raise ArtifactError(f"shard URL {url!r} uses scheme {scheme!r}; allowed are plain paths "
-                            "and file, s3, gs, http, https (pipe: would run a shell command)")
+        raise ArtifactError(
+            f"shard URL {url!r} uses scheme {scheme!r}; allowed are plain paths "
+            "and file, s3, gs, http, https (pipe: would run a shell command)"
+        )
     return str(url)
 
 
@@ -55,7 +57,9 @@ def local_path(url: str) -> Path:
 def _download(url: str, target: Path) -> None:
     scheme = urlparse(url).scheme
     if scheme in ("http", "https"):
-        with urllib.request.urlopen(url, timeout=60) as response:  # the scheme was allowlisted above
+        with urllib.request.urlopen(
+            url, timeout=60
+        ) as response:  # the scheme was allowlisted above
             data = response.read()
     else:  # s3, gs: through fsspec and its backend (s3fs, gcsfs), when installed
         try:
@@ -64,8 +68,10 @@ def _download(url: str, target: Path) -> None:
             with fsspec.open(url, "rb") as remote:
                 data = remote.read()
         except ImportError as exc:
-            raise ArtifactError(f"reading {url} needs {exc.name or 'fsspec'}: pip install "
-                                f"{'s3fs' if scheme == 's3' else 'gcsfs'}") from None
+            raise ArtifactError(
+                f"reading {url} needs {exc.name or 'fsspec'}: pip install "
+                f"{'s3fs' if scheme == 's3' else 'gcsfs'}"
+            ) from None
     atomic_write_bytes(target, data)
 
 
@@ -78,8 +84,9 @@ def fetch(url: str, cache_dir: Path, sha256: str | None = None) -> Path:
         if not path.is_file():
             raise ArtifactError(f"shard {path} listed in the manifest is missing")
         if sha256 and sha256_file(path) != sha256:
-            raise ArtifactError(f"shard {path} is corrupt or truncated: its sha256 does not "
-                                "match the manifest")
+            raise ArtifactError(
+                f"shard {path} is corrupt or truncated: its sha256 does not match the manifest"
+            )
         return path
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
     target = Path(cache_dir) / key / Path(urlparse(url).path).name
@@ -93,14 +100,18 @@ def fetch(url: str, cache_dir: Path, sha256: str | None = None) -> Path:
         raise ArtifactError(f"cannot download shard {url}: {exc}") from None
     if sha256 and sha256_file(target) != sha256:
         shutil.rmtree(target.parent, ignore_errors=True)
-        raise ArtifactError(f"shard {url} is corrupt or truncated: its sha256 does not match "
-                            "the manifest")
+        raise ArtifactError(
+            f"shard {url} is corrupt or truncated: its sha256 does not match the manifest"
+        )
     return target
 
 
 # What each member holds, and the NumPy dtype kinds that can hold it.
-MEMBERS = {"x.npy": ("features", "fiub"), "y.npy": ("class indices", "iub"),
-           "w.npy": ("loss weights", "fiu")}
+MEMBERS = {
+    "x.npy": ("features", "fiub"),
+    "y.npy": ("class indices", "iub"),
+    "w.npy": ("loss weights", "fiu"),
+}
 
 
 def decode_record(record: dict) -> tuple[np.ndarray, ...]:
@@ -133,7 +144,8 @@ def _not_ours(record: dict, member: str, problem: str) -> ArtifactError:
         f"shard {record.get('__url__')!r}, record {record.get('__key__')!r}, member {member}: "
         f"{problem}; this is not a trainflow record (the shard task writes numeric arrays "
         "only: this shard was made or altered outside it); delete the shards folder so that "
-        "the shard task writes it again")
+        "the shard task writes it again"
+    )
 
 
 @dataclass(frozen=True)
@@ -156,7 +168,8 @@ def _raise_failures(src):
     for item in src:
         if isinstance(item, WorkerFailure):
             raise {"ArtifactError": ArtifactError, "DataError": DataError}.get(
-                item.kind, TrainflowError)(item.message)
+                item.kind, TrainflowError
+            )(item.message)
         yield item
 
 
@@ -181,9 +194,12 @@ def _worker_seed(rank: int) -> int:
     return rank * 1000 + (info.id if info else 0)
 
 
-def _shuffled_batches(records: Iterator[tuple[np.ndarray, ...]], config: StreamConfig,
-                      epoch: int, augment: Callable | None
-                      ) -> Iterator[tuple[torch.Tensor, ...]]:
+def _shuffled_batches(
+    records: Iterator[tuple[np.ndarray, ...]],
+    config: StreamConfig,
+    epoch: int,
+    augment: Callable | None,
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """Batches (x, y) or (x, y, w) drawn from a pool of at least `shuffle_buffer` samples,
     permuted as a whole.
 
@@ -209,7 +225,7 @@ def _shuffled_batches(records: Iterator[tuple[np.ndarray, ...]], config: StreamC
         n = len(columns[1])
         stop = n if final else n - n % config.batch_size
         for start in range(0, stop, config.batch_size):
-            x, *rest = (c[start:start + config.batch_size] for c in columns)
+            x, *rest = (c[start : start + config.batch_size] for c in columns)
             yield (augment(x) if augment else x), *rest
         pool, pooled = [[c[stop:].numpy() for c in columns]], n - stop
 
@@ -222,8 +238,13 @@ def _shuffled_batches(records: Iterator[tuple[np.ndarray, ...]], config: StreamC
         yield from drain(final=True)
 
 
-def pipeline(urls: list[str], config: StreamConfig, epoch: int,
-             augment: Callable | None = None, in_worker: bool = False) -> wds.DataPipeline:
+def pipeline(
+    urls: list[str],
+    config: StreamConfig,
+    epoch: int,
+    augment: Callable | None = None,
+    in_worker: bool = False,
+) -> wds.DataPipeline:
     """The webdataset pipeline of one epoch: shards -> records -> shuffled batches.
 
     Without `resampled`, each rank and worker reads its own share of the shards once (record
@@ -235,13 +256,15 @@ def pipeline(urls: list[str], config: StreamConfig, epoch: int,
     # Records (about 1 MiB each) are first drawn from a small buffer so that consecutive
     # batches mix shards; the sample pool of `shuffle_buffer` then mixes samples.
     if config.resampled:
-        shards = wds.ResampledShards(urls, seed=_stream_seed(config, epoch, -1),
-                                     worker_seed=partial(_worker_seed, config.rank),
-                                     deterministic=True)
+        shards = wds.ResampledShards(
+            urls,
+            seed=_stream_seed(config, epoch, -1),
+            worker_seed=partial(_worker_seed, config.rank),
+            deterministic=True,
+        )
         stages = [shards]
     else:
-        stages = [wds.SimpleShardList(urls), partial(_my_share, config),
-                  wds.split_by_worker]
+        stages = [wds.SimpleShardList(urls), partial(_my_share, config), wds.split_by_worker]
     stages += [wds.tarfile_to_samples(), wds.map(decode_record)]
     if config.shuffle_buffer > 1:
         stages.append(partial(_shuffle_records, config, epoch, RECORD_BUFFER))
@@ -269,17 +292,25 @@ def batches_per_rank(samples: int, config: StreamConfig) -> int:
     return math.ceil(samples / (config.world_size * config.batch_size))
 
 
-def loader(urls: list[str], config: StreamConfig, epoch: int, samples: int, workers: int = 0,
-           prefetch: int = 2, pin_memory: bool = False,
-           augment: Callable | None = None) -> wds.DataPipeline | wds.WebLoader:
+def loader(
+    urls: list[str],
+    config: StreamConfig,
+    epoch: int,
+    samples: int,
+    workers: int = 0,
+    prefetch: int = 2,
+    pin_memory: bool = False,
+    augment: Callable | None = None,
+) -> wds.DataPipeline | wds.WebLoader:
     """The batches of one epoch: a torch DataLoader over the pipeline when it has workers or
     pins memory, else the pipeline itself (a DataLoader adds per-batch cost and nothing else).
     `resampled` streams stop at `batches_per_rank`."""
     batches = pipeline(urls, config, epoch, augment, in_worker=bool(workers))
     if workers or pin_memory:
         extra = {"prefetch_factor": prefetch} if workers else {}
-        batches = wds.WebLoader(batches, batch_size=None, num_workers=workers,
-                                pin_memory=pin_memory, **extra)
+        batches = wds.WebLoader(
+            batches, batch_size=None, num_workers=workers, pin_memory=pin_memory, **extra
+        )
         if workers:
             batches.append(_raise_failures)
     if config.resampled:
@@ -309,9 +340,24 @@ class Stream:
     def image_input(self) -> bool:
         return len(self.input_shape) == 3
 
-    def epoch(self, epoch: int, batch_size: int, seed: int, pin_memory: bool = False,
-              augment: Callable | None = None) -> wds.DataPipeline | wds.WebLoader:
-        config = StreamConfig(batch_size, self.shuffle_buffer, seed, self.rank,
-                              self.world_size, self.resampled)
-        return loader(self.paths, config, epoch, self.samples, self.workers, self.prefetch,
-                      pin_memory, augment)
+    def epoch(
+        self,
+        epoch: int,
+        batch_size: int,
+        seed: int,
+        pin_memory: bool = False,
+        augment: Callable | None = None,
+    ) -> wds.DataPipeline | wds.WebLoader:
+        config = StreamConfig(
+            batch_size, self.shuffle_buffer, seed, self.rank, self.world_size, self.resampled
+        )
+        return loader(
+            self.paths,
+            config,
+            epoch,
+            self.samples,
+            self.workers,
+            self.prefetch,
+            pin_memory,
+            augment,
+        )

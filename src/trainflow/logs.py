@@ -14,8 +14,9 @@ from trainflow.errors import TrainflowError
 # The loggers of Prefect's task and flow engines: they log a failed run with its traceback.
 PREFECT_RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
 MAX_LINE = 2000
-FAILED_STATE = re.compile(r"^Finished in state Failed\(.*encountered an exception:? (\w+):",
-                          re.DOTALL)
+FAILED_STATE = re.compile(
+    r"^Finished in state Failed\(.*encountered an exception:? (\w+):", re.DOTALL
+)
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:

@@ -28,9 +28,11 @@ def mlflow_module() -> Any:
     try:
         import mlflow
     except ImportError:
-        raise TrainflowError("outputs.mlflow is set but MLflow is not installed: "
-                             "pip install 'trainflow[mlflow]', or remove outputs.mlflow "
-                             "from the spec") from None
+        raise TrainflowError(
+            "outputs.mlflow is set but MLflow is not installed: "
+            "pip install 'trainflow[mlflow]', or remove outputs.mlflow "
+            "from the spec"
+        ) from None
     return mlflow
 
 
@@ -65,12 +67,24 @@ def _metrics(client: Any, run_id: str, model_dir: Path, final: dict[str, dict]) 
 
     stamp = _now_ms()
     epochs, steps = history(model_dir)
-    metrics = [Metric(k, float(v), stamp, int(row["epoch"])) for row in epochs
-               for k, v in row.items() if k != "epoch" and _number(v)]
-    metrics += [Metric(f"step/{k}", float(v), stamp, int(row["step"])) for row in steps
-                for k, v in row.items() if k not in ("step", "epoch") and _number(v)]
-    metrics += [Metric(f"{prefix}/{k}", float(v), stamp, 0) for prefix, figures in final.items()
-                for k, v in figures.items() if _number(v)]
+    metrics = [
+        Metric(k, float(v), stamp, int(row["epoch"]))
+        for row in epochs
+        for k, v in row.items()
+        if k != "epoch" and _number(v)
+    ]
+    metrics += [
+        Metric(f"step/{k}", float(v), stamp, int(row["step"]))
+        for row in steps
+        for k, v in row.items()
+        if k not in ("step", "epoch") and _number(v)
+    ]
+    metrics += [
+        Metric(f"{prefix}/{k}", float(v), stamp, 0)
+        for prefix, figures in final.items()
+        for k, v in figures.items()
+        if _number(v)
+    ]
     client.log_batch(run_id, metrics=metrics)
 
 
@@ -96,9 +110,16 @@ def _experiment(client: Any, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def log_run(spec: Any, model: ArtifactRef, test: ArtifactRef, folds: list[ArtifactRef],
-            report: ArtifactRef, run_dir: str, package: str | None,
-            champion: dict | None) -> dict:
+def log_run(
+    spec: Any,
+    model: ArtifactRef,
+    test: ArtifactRef,
+    folds: list[ArtifactRef],
+    report: ArtifactRef,
+    run_dir: str,
+    package: str | None,
+    champion: dict | None,
+) -> dict:
     """Log one pipeline run (see the module's docstring); returns the run's id, its
     experiment, the registered model version and whether the alias moved to it."""
     mlflow = mlflow_module()
@@ -110,33 +131,53 @@ def log_run(spec: Any, model: ArtifactRef, test: ArtifactRef, folds: list[Artifa
     try:
         return _log(mlflow, spec, model, test, folds, report, run_dir, package, champion)
     except MlflowException as exc:
-        raise TrainflowError(f"outputs.mlflow: logging to {settings.tracking_uri!r} failed: "
-                             f"{exc.message}; check the tracking URI and that the server "
-                             "is reachable") from None
+        raise TrainflowError(
+            f"outputs.mlflow: logging to {settings.tracking_uri!r} failed: "
+            f"{exc.message}; check the tracking URI and that the server "
+            "is reachable"
+        ) from None
     finally:
         mlflow.set_tracking_uri(previous)
 
 
-def _log(mlflow: Any, spec: Any, model: ArtifactRef, test: ArtifactRef,
-         folds: list[ArtifactRef], report: ArtifactRef, run_dir: str, package: str | None,
-         champion: dict | None) -> dict:
+def _log(
+    mlflow: Any,
+    spec: Any,
+    model: ArtifactRef,
+    test: ArtifactRef,
+    folds: list[ArtifactRef],
+    report: ArtifactRef,
+    run_dir: str,
+    package: str | None,
+    champion: dict | None,
+) -> dict:
     client = mlflow.MlflowClient()
     experiment = _experiment(client, spec.outputs.mlflow.experiment or spec.name)
-    tags = {"trainflow.pipeline": spec.name, "trainflow.spec_fingerprint": spec.fingerprint(),
-            "trainflow.run_dir": run_dir, "trainflow.package": package or ""}
-    with mlflow.start_run(experiment_id=experiment, run_name=Path(run_dir).name,
-                          tags=tags) as run:
+    tags = {
+        "trainflow.pipeline": spec.name,
+        "trainflow.spec_fingerprint": spec.fingerprint(),
+        "trainflow.run_dir": run_dir,
+        "trainflow.package": package or "",
+    }
+    with mlflow.start_run(experiment_id=experiment, run_name=Path(run_dir).name, tags=tags) as run:
         run_id = run.info.run_id
         params = flat_params(spec.model_dump(mode="json"))
         mlflow.log_params(params)
         _metrics(client, run_id, model.path, {"test": test.meta})
         for fold in folds:
-            with mlflow.start_run(experiment_id=experiment, nested=True,
-                                  run_name=f"fold-{fold.meta['fold']}",
-                                  tags={**tags, "trainflow.fold": str(fold.meta["fold"])}):
+            with mlflow.start_run(
+                experiment_id=experiment,
+                nested=True,
+                run_name=f"fold-{fold.meta['fold']}",
+                tags={**tags, "trainflow.fold": str(fold.meta["fold"])},
+            ):
                 fold_run = mlflow.active_run().info.run_id
-                _metrics(client, fold_run, fold.path,
-                         {"val": fold.meta["val"], "test": fold.meta["test"]})
+                _metrics(
+                    client,
+                    fold_run,
+                    fold.path,
+                    {"val": fold.meta["val"], "test": fold.meta["test"]},
+                )
         for name in REPORT_FILES:
             if (Path(run_dir) / name).is_file():
                 mlflow.log_artifact(str(Path(run_dir) / name), "report")
@@ -147,11 +188,17 @@ def _log(mlflow: Any, spec: Any, model: ArtifactRef, test: ArtifactRef,
     if alias:
         client.set_registered_model_alias(spec.name, ALIAS, version)
     if version and champion:
-        client.set_model_version_tag(spec.name, version, "trainflow.decision",
-                                     champion.get("decision", "none"))
-    return {"tracking_uri": spec.outputs.mlflow.tracking_uri, "experiment_id": experiment,
-            "run_id": run_id, "registered_model": spec.name if version else None,
-            "version": version, "champion_alias": alias}
+        client.set_model_version_tag(
+            spec.name, version, "trainflow.decision", champion.get("decision", "none")
+        )
+    return {
+        "tracking_uri": spec.outputs.mlflow.tracking_uri,
+        "experiment_id": experiment,
+        "run_id": run_id,
+        "registered_model": spec.name if version else None,
+        "version": version,
+        "champion_alias": alias,
+    }
 
 
 def _log_package(mlflow: Any, pipeline: str, package: str) -> str:
@@ -160,9 +207,12 @@ def _log_package(mlflow: Any, pipeline: str, package: str) -> str:
     from trainflow import __version__
 
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=str(CODE), artifacts={"package": package},
+        name="model",
+        python_model=str(CODE),
+        artifacts={"package": package},
         registered_model_name=pipeline,
         model_config={"proba": False},  # the default; load_model(..., model_config=) sets it
         # stated, not inferred: inferring loads the model in a subprocess
-        pip_requirements=[f"trainflow=={__version__}", f"mlflow-skinny=={mlflow.__version__}"])
+        pip_requirements=[f"trainflow=={__version__}", f"mlflow-skinny=={mlflow.__version__}"],
+    )
     return str(info.registered_model_version)

@@ -39,10 +39,29 @@ MODEL_FILES = ("model.json", "best.pt")  # a member's folder, as engine.training
 Kind = Literal["model", "fold", "ensemble", "quantize", "prune"]
 
 # The column types a package records for its input, by polars' name for them.
-DTYPES: dict[str, Any] = {str(t): t for t in (
-    pl.Float32, pl.Float64, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16,
-    pl.UInt32, pl.UInt64, pl.Boolean, pl.String, pl.Date, pl.Datetime("ms"),
-    pl.Datetime("us"), pl.Datetime("ns"), pl.List(pl.Float32), pl.List(pl.Float64))}
+DTYPES: dict[str, Any] = {
+    str(t): t
+    for t in (
+        pl.Float32,
+        pl.Float64,
+        pl.Int8,
+        pl.Int16,
+        pl.Int32,
+        pl.Int64,
+        pl.UInt8,
+        pl.UInt16,
+        pl.UInt32,
+        pl.UInt64,
+        pl.Boolean,
+        pl.String,
+        pl.Date,
+        pl.Datetime("ms"),
+        pl.Datetime("us"),
+        pl.Datetime("ns"),
+        pl.List(pl.Float32),
+        pl.List(pl.Float64),
+    )
+}
 
 # How rows pass each data step at prediction: the function of the step's module
 # (trainflow.tasks.<type>) that applies it, its own `apply` or its `apply_at_prediction` (the
@@ -130,8 +149,9 @@ class Package:
         return self.path / member.folder
 
 
-def write_package(store: Store, info: PackageInfo, model_folders: list[Path],
-                  spec: dict[str, Any]) -> ArtifactRef:
+def write_package(
+    store: Store, info: PackageInfo, model_folders: list[Path], spec: dict[str, Any]
+) -> ArtifactRef:
     """Copy each member's model.json and weights, write the package's JSON and the manifest
     of sha256s, and commit the folder to the store (atomically, like every artifact)."""
     if len(model_folders) != len(info.members):
@@ -143,38 +163,58 @@ def write_package(store: Store, info: PackageInfo, model_folders: list[Path],
                 shutil.copyfile(Path(folder) / name, staging / member.folder / name)
         (staging / INFO).write_text(info.model_dump_json(indent=1))
         (staging / SPEC).write_text(json.dumps(spec, indent=1, sort_keys=True))
-        files = {p.relative_to(staging).as_posix(): sha256_file(p)
-                 for p in sorted(staging.rglob("*")) if p.is_file()}
-        (staging / MANIFEST).write_text(json.dumps({"trainflow_package": FORMAT,
-                                                    "files": files}, indent=1, sort_keys=True))
-        return store.commit(staging, "package", count=len(info.members),
-                            schema=info.input.model_dump(),
-                            meta={"kind": info.kind, "pipeline": info.pipeline,
-                                  "classes": info.classes, "members": len(info.members)})
+        files = {
+            p.relative_to(staging).as_posix(): sha256_file(p)
+            for p in sorted(staging.rglob("*"))
+            if p.is_file()
+        }
+        (staging / MANIFEST).write_text(
+            json.dumps({"trainflow_package": FORMAT, "files": files}, indent=1, sort_keys=True)
+        )
+        return store.commit(
+            staging,
+            "package",
+            count=len(info.members),
+            schema=info.input.model_dump(),
+            meta={
+                "kind": info.kind,
+                "pipeline": info.pipeline,
+                "classes": info.classes,
+                "members": len(info.members),
+            },
+        )
 
 
 def load_package(path: str | Path) -> Package:
     """The package in `path`, after checking every file against its manifest."""
     root = Path(path)
     if not root.exists():
-        raise ArtifactError(f"model package {root} not found: pass the package folder that "
-                            "`trainflow run` printed as \"package\"")
+        raise ArtifactError(
+            f"model package {root} not found: pass the package folder that "
+            '`trainflow run` printed as "package"'
+        )
     if not root.is_dir():
-        raise ArtifactError(f"{root} is a file, not a trainflow model package (a package is "
-                            f"a folder holding {MANIFEST}; `trainflow run` prints its path)")
+        raise ArtifactError(
+            f"{root} is a file, not a trainflow model package (a package is "
+            f"a folder holding {MANIFEST}; `trainflow run` prints its path)"
+        )
     files = _verified_files(root)
     for name in (INFO, SPEC):
         if name not in files:
-            raise ArtifactError(f"{root / MANIFEST} does not list {name}: this is not a "
-                                "complete trainflow model package")
+            raise ArtifactError(
+                f"{root / MANIFEST} does not list {name}: this is not a "
+                "complete trainflow model package"
+            )
     info = _read_model(root / INFO, PackageInfo)
     if info.format > FORMAT:
         raise _newer(root / INFO, info.format)
     for member in info.members:
         for name in MODEL_FILES:
             if f"{member.folder}/{name}" not in files:
-                raise ArtifactError(f"{root / MANIFEST} does not list {member.folder}/{name}, "
-                                    f"which {INFO} names: the package is incomplete")
+                raise ArtifactError(
+                    f"{root / MANIFEST} does not list {member.folder}/{name}, "
+                    f"which {INFO} names: the package is incomplete"
+                )
     return Package(root, info, _read_json(root / SPEC))
 
 
@@ -182,29 +222,37 @@ def _verified_files(root: Path) -> set[str]:
     """The files the manifest lists, each present with its recorded sha256."""
     manifest = root / MANIFEST
     if not manifest.is_file():
-        raise ArtifactError(f"{root} is not a trainflow model package: it has no {MANIFEST} "
-                            "(a package is the folder `trainflow run` prints as \"package\", "
-                            "in the store's package/ folder)")
+        raise ArtifactError(
+            f"{root} is not a trainflow model package: it has no {MANIFEST} "
+            '(a package is the folder `trainflow run` prints as "package", '
+            "in the store's package/ folder)"
+        )
     raw = _read_json(manifest)
     version = raw.get("trainflow_package")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise ArtifactError(f"{manifest} is not a trainflow package manifest (no "
-                            "trainflow_package format number)")
+        raise ArtifactError(
+            f"{manifest} is not a trainflow package manifest (no trainflow_package format number)"
+        )
     if version > FORMAT:
         raise _newer(manifest, version)
     listed = raw.get("files")
     if not isinstance(listed, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in listed.items()):
+        isinstance(k, str) and isinstance(v, str) for k, v in listed.items()
+    ):
         raise ArtifactError(f"{manifest}: 'files' is not a mapping of file name to sha256")
     for name, digest in sorted(listed.items()):
         file = _inside(root, name, manifest)
         if not file.is_file():
-            raise ArtifactError(f"{file}, listed in {manifest}, is missing: the package is "
-                                "incomplete; rerun the pipeline to make it again")
+            raise ArtifactError(
+                f"{file}, listed in {manifest}, is missing: the package is "
+                "incomplete; rerun the pipeline to make it again"
+            )
         if sha256_file(file) != digest:
-            raise ArtifactError(f"{file} was altered or damaged: its sha256 differs from the "
-                                f"one in {manifest}; do not use this package (rerun the "
-                                "pipeline to make it again)")
+            raise ArtifactError(
+                f"{file} was altered or damaged: its sha256 differs from the "
+                f"one in {manifest}; do not use this package (rerun the "
+                "pipeline to make it again)"
+            )
     return set(listed)
 
 
@@ -212,17 +260,24 @@ def _inside(root: Path, name: str, manifest: Path) -> Path:
     """`root / name`, refusing a name that would reach outside the package folder."""
     parts = PurePosixPath(name).parts
     file = root.joinpath(*parts) if parts else root
-    if (not parts or PurePosixPath(name).is_absolute() or ".." in parts
-            or not file.resolve().is_relative_to(root.resolve())):
-        raise ArtifactError(f"{manifest} lists {name!r}, which is not a file inside the "
-                            "package folder")
+    if (
+        not parts
+        or PurePosixPath(name).is_absolute()
+        or ".." in parts
+        or not file.resolve().is_relative_to(root.resolve())
+    ):
+        raise ArtifactError(
+            f"{manifest} lists {name!r}, which is not a file inside the package folder"
+        )
     return file
 
 
 def _newer(file: Path, version: int) -> ArtifactError:
-    return ArtifactError(f"{file}: the package has format {version}, newer than this trainflow "
-                         f"reads (format {FORMAT}): it was made by a newer trainflow; upgrade "
-                         "trainflow (pip install -U trainflow) to load it")
+    return ArtifactError(
+        f"{file}: the package has format {version}, newer than this trainflow "
+        f"reads (format {FORMAT}): it was made by a newer trainflow; upgrade "
+        "trainflow (pip install -U trainflow) to load it"
+    )
 
 
 def _read_json(file: Path) -> dict[str, Any]:
@@ -244,8 +299,9 @@ def _read_model(file: Path, model: type[BaseModel]) -> Any:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ArtifactError(f"{file} is not a trainflow package description: {where}: "
-                            f"{first['msg']}") from None
+        raise ArtifactError(
+            f"{file} is not a trainflow package description: {where}: {first['msg']}"
+        ) from None
 
 
 def dtype(name: str, where: str) -> pl.DataType:
@@ -253,5 +309,6 @@ def dtype(name: str, where: str) -> pl.DataType:
     try:
         return DTYPES[name]
     except KeyError:
-        raise ArtifactError(f"{where}: column type {name!r} is not one a package holds "
-                            f"({', '.join(DTYPES)})") from None
+        raise ArtifactError(
+            f"{where}: column type {name!r} is not one a package holds ({', '.join(DTYPES)})"
+        ) from None

@@ -41,8 +41,15 @@ def confusion_png(matrix: list[list[int]], classes: list[str]) -> bytes:
     top = max((max(row) for row in matrix), default=0)
     for i, row in enumerate(matrix):
         for j, count in enumerate(row):
-            axes.text(j, i, str(count), ha="center", va="center",
-                      color="white" if count > top / 2 else "black", fontsize=8)
+            axes.text(
+                j,
+                i,
+                str(count),
+                ha="center",
+                va="center",
+                color="white" if count > top / 2 else "black",
+                fontsize=8,
+            )
     axes.set_xticks(range(len(classes)), [str(c) for c in classes], rotation=45)
     axes.set_yticks(range(len(classes)), [str(c) for c in classes])
     axes.set(xlabel="predicted", ylabel="true", title="confusion matrix (test)")

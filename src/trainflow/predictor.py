@@ -56,8 +56,9 @@ def resolve_model(name_or_path: str | Path, store: str | Path | None = None) -> 
         return champion_package(text, store)
     raise TrainflowError(
         f"{text!r} is neither a model package folder nor a pipeline name: pass the package "
-        "folder that `trainflow run` printed as \"package\", or a pipeline's name to score "
-        "with its champion")
+        'folder that `trainflow run` printed as "package", or a pipeline\'s name to score '
+        "with its champion"
+    )
 
 
 def predict_command(model: str, data: str, output: str | None, proba: bool) -> int:
@@ -72,7 +73,8 @@ def predict_command(model: str, data: str, output: str | None, proba: bool) -> i
         rows = read_rows(Path(data), loaded, typed)
         try:
             written = write_predictions(
-                loaded.score_batches(rows.batches(), rows.where, proba), output)
+                loaded.score_batches(rows.batches(), rows.where, proba), output
+            )
             break
         except NotTyped:
             continue
@@ -114,8 +116,10 @@ class Model:
         return [_loaded(s, where) for s in member.steps], net
 
     def __repr__(self) -> str:
-        return (f"<trainflow model {self.info.pipeline} ({self.info.kind}) classes="
-                f"{self.classes} from {self.path}>")
+        return (
+            f"<trainflow model {self.info.pipeline} ({self.info.kind}) classes="
+            f"{self.classes} from {self.path}>"
+        )
 
     # ---- the Python API ---------------------------------------------------------------
 
@@ -123,8 +127,10 @@ class Model:
         """Class probabilities, float32 (rows, classes)."""
         df = _polars(frame)
         self.check(df.lazy(), "the frame")
-        parts = [self._probabilities(batch, "the frame", start)
-                 for start, batch in _slices(df, self.batch_rows)]
+        parts = [
+            self._probabilities(batch, "the frame", start)
+            for start, batch in _slices(df, self.batch_rows)
+        ]
         return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
 
     def predict(self, frame: Any) -> np.ndarray:
@@ -136,8 +142,10 @@ class Model:
         `proba` a `proba_<class>` column per class."""
         df = _polars(frame)
         self.check(df.lazy(), "the frame")
-        parts = [self.score_batch(batch, proba, "the frame", start)
-                 for start, batch in _slices(df, self.batch_rows)]
+        parts = [
+            self.score_batch(batch, proba, "the frame", start)
+            for start, batch in _slices(df, self.batch_rows)
+        ]
         return pl.concat(parts) if parts else self.score_batch(df, proba, "the frame", 0)
 
     # ---- checking and scoring batches -----------------------------------------------
@@ -174,8 +182,9 @@ class Model:
                     known[column] = known.get(column, set(categories)) & set(categories)
         return {c: sorted(v) for c, v in known.items()}
 
-    def score_batches(self, batches: Iterator[pl.DataFrame], where: str,
-                      proba: bool) -> Iterator[pl.DataFrame]:
+    def score_batches(
+        self, batches: Iterator[pl.DataFrame], where: str, proba: bool
+    ) -> Iterator[pl.DataFrame]:
         """The output rows of checked batches, numbered on from batch to batch (for
         messages that name a row)."""
         first_row = 0
@@ -183,19 +192,29 @@ class Model:
             yield self.score_batch(batch, proba, where, first_row)
             first_row += batch.height
 
-    def score_batch(self, batch: pl.DataFrame, proba: bool, where: str,
-                    first_row: int) -> pl.DataFrame:
+    def score_batch(
+        self, batch: pl.DataFrame, proba: bool, where: str, first_row: int
+    ) -> pl.DataFrame:
         """One checked batch's output rows."""
         ids = [*self.info.input.keep_columns, *(["path"] if self.info.input.image_shape else [])]
         keep = [c for c in ids if c in batch.columns]  # "path": an image file's, in its folder
         probs = self._probabilities(batch, where, first_row)
         # as a selected literal, so a batch without id columns keeps its height
-        out = batch.select(*keep, pl.lit(pl.Series(
-            "prediction", np.asarray(self.classes, dtype=object)[probs.argmax(axis=1)],
-            dtype=pl.String)))
+        out = batch.select(
+            *keep,
+            pl.lit(
+                pl.Series(
+                    "prediction",
+                    np.asarray(self.classes, dtype=object)[probs.argmax(axis=1)],
+                    dtype=pl.String,
+                )
+            ),
+        )
         if proba:
-            out = out.with_columns(pl.Series(f"proba_{c}", probs[:, i], dtype=pl.Float32)
-                                   for i, c in enumerate(self.classes))
+            out = out.with_columns(
+                pl.Series(f"proba_{c}", probs[:, i], dtype=pl.Float32)
+                for i, c in enumerate(self.classes)
+            )
         return out
 
     def _probabilities(self, batch: pl.DataFrame, where: str, first_row: int) -> np.ndarray:
@@ -203,8 +222,10 @@ class Model:
             return np.zeros((0, len(self.classes)), np.float32)
         frame = batch.select(*self.converted(batch.collect_schema()).values())
         frame, schema = _through(self._steps, frame, self._table)
-        probs = [_forward(net, _features(*_through(steps, frame, schema), where, first_row))
-                 for steps, net in self._members]
+        probs = [
+            _forward(net, _features(*_through(steps, frame, schema), where, first_row))
+            for steps, net in self._members
+        ]
         if self._combine is None:
             return probs[0]
         return np.asarray(self._combine(probs), dtype=np.float32)
@@ -213,39 +234,46 @@ class Model:
 def _loaded(step: PackageStep, where: str) -> Step:
     entry = registry.STEPS.get(step.type)
     if entry is None or step.type not in PREDICTION_MODES:
-        raise ArtifactError(f"{where}: data step {step.type!r} is not one this trainflow "
-                            "applies at prediction")
+        raise ArtifactError(
+            f"{where}: data step {step.type!r} is not one this trainflow applies at prediction"
+        )
     try:
         params = entry.params.model_validate(step.params)
     except ValueError as exc:
-        raise ArtifactError(f"{where}: the {step.type} step's params do not validate: "
-                            f"{exc}") from None
+        raise ArtifactError(
+            f"{where}: the {step.type} step's params do not validate: {exc}"
+        ) from None
     return prediction_mode(step.type), params, step.state
 
 
-def _through(steps: list[Step], frame: pl.DataFrame,
-             schema: TableSchema) -> tuple[pl.DataFrame, TableSchema]:
+def _through(
+    steps: list[Step], frame: pl.DataFrame, schema: TableSchema
+) -> tuple[pl.DataFrame, TableSchema]:
     """The rows after each step's prediction mode, with its fitted state, in order."""
     for apply, params, state in steps:
         frame, schema = apply(frame, schema, params, state)
     return frame, schema
 
 
-def _features(frame: pl.DataFrame, schema: TableSchema, where: str,
-              first_row: int) -> np.ndarray:
+def _features(frame: pl.DataFrame, schema: TableSchema, where: str, first_row: int) -> np.ndarray:
     """The model's input, after checking every value is finite: a missing value no step of
     the package fills never reached the model in training either."""
     x = feature_array(frame, schema)
     bad = ~np.isfinite(x.reshape(len(x), -1))
     if bad.any():
         row = first_row + int(np.flatnonzero(bad.any(axis=1))[0]) + 1
-        what = ("image pixels" if schema.image_shape else
-                [c for c, n in zip(schema.features, bad.sum(axis=0)) if n][:SHOWN])
-        raise DataError(f"{where}: row {row} (and {int(bad.any(axis=1).sum()) - 1} more) has "
-                        f"missing or non-finite values in {what} after the package's steps, "
-                        "which fill no value there (the model never saw one in training): "
-                        "fill them before scoring, or retrain with a `clean` step that fills "
-                        "missing values (missing: median, mean, mode or constant)")
+        what = (
+            "image pixels"
+            if schema.image_shape
+            else [c for c, n in zip(schema.features, bad.sum(axis=0)) if n][:SHOWN]
+        )
+        raise DataError(
+            f"{where}: row {row} (and {int(bad.any(axis=1).sum()) - 1} more) has "
+            f"missing or non-finite values in {what} after the package's steps, "
+            "which fill no value there (the model never saw one in training): "
+            "fill them before scoring, or retrain with a `clean` step that fills "
+            "missing values (missing: median, mean, mode or constant)"
+        )
     return x
 
 
@@ -253,8 +281,10 @@ def _features(frame: pl.DataFrame, schema: TableSchema, where: str,
 def _forward(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     """Class probabilities as the evaluate task computes them (softmax of float logits)."""
     rows = max(FORWARD_ROWS, FORWARD_VALUES // max(1, math.prod(x.shape[1:])))
-    out = [torch.softmax(net(torch.from_numpy(x[i:i + rows])).float(), dim=1)
-           for i in range(0, len(x), rows)]
+    out = [
+        torch.softmax(net(torch.from_numpy(x[i : i + rows])).float(), dim=1)
+        for i in range(0, len(x), rows)
+    ]
     return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
@@ -266,8 +296,9 @@ def _polars(frame: Any) -> pl.DataFrame:
     pandas = sys.modules.get("pandas")  # only a frame of an imported pandas can be one
     if pandas is not None and isinstance(frame, pandas.DataFrame):
         return pl.from_pandas(frame)
-    raise TrainflowError(f"a model scores a polars or pandas DataFrame, not a "
-                         f"{type(frame).__name__}")
+    raise TrainflowError(
+        f"a model scores a polars or pandas DataFrame, not a {type(frame).__name__}"
+    )
 
 
 def _slices(df: pl.DataFrame, rows: int) -> Iterator[tuple[int, pl.DataFrame]]:

@@ -22,8 +22,13 @@ def check_data(spec: PipelineSpec) -> None:
     TrainflowError when the model and training knobs cannot work together."""
     source = spec.data.source
     shape = [source.length, source.channels] if isinstance(source, SequenceSource) else None
-    aux = (source.aux_targets if isinstance(source, FileSource)
-           else ["amplitude"] if isinstance(source, SequenceSource) and source.aux else [])
+    aux = (
+        source.aux_targets
+        if isinstance(source, FileSource)
+        else ["amplitude"]
+        if isinstance(source, SequenceSource) and source.aux
+        else []
+    )
     if isinstance(source, FileSource):
         check_file(source)
     labels = read_labels(source)
@@ -32,11 +37,15 @@ def check_data(spec: PipelineSpec) -> None:
     _check_labelled(labels, spec)
     counts = _class_counts(labels)
     if not counts:
-        raise DataError(f"target {target!r} has no values: the data has {len(labels)} rows, "
-                        "none of them labelled")
+        raise DataError(
+            f"target {target!r} has no values: the data has {len(labels)} rows, "
+            "none of them labelled"
+        )
     if len(counts) < 2:
-        raise DataError(f"target {target!r} has a single class {sorted(counts)} in "
-                        f"{len(labels)} rows: a stratified split needs at least two classes")
+        raise DataError(
+            f"target {target!r} has a single class {sorted(counts)} in "
+            f"{len(labels)} rows: a stratified split needs at least two classes"
+        )
     split = spec.data.split
     if split.strategy == "stratified":
         _check_stratified_split(counts, target, split.validation, split.test)
@@ -48,7 +57,8 @@ def check_data(spec: PipelineSpec) -> None:
             raise DataError(
                 f"evaluate.cv.folds is {folds} but class(es) {_listed(scarce)} of {target!r} "
                 f"have too few rows: about {keep:.0%} of each class remains for "
-                f"cross-validation after the test split; lower evaluate.cv.folds or add data")
+                f"cross-validation after the test split; lower evaluate.cv.folds or add data"
+            )
     _check_transform_values(spec)
     # last: its size check builds the model on torch's meta device, and a run whose data
     # cannot work answers without importing torch
@@ -64,9 +74,13 @@ def _check_transform_values(spec: PipelineSpec) -> None:
         try:
             transform.check_values()
         except ValueError as exc:
-            problems.append((f"train.augment.transforms.{index}",
-                             f"{exc}; see albumentations' documentation of {transform.name} "
-                             "for the values it takes"))
+            problems.append(
+                (
+                    f"train.augment.transforms.{index}",
+                    f"{exc}; see albumentations' documentation of {transform.name} "
+                    "for the values it takes",
+                )
+            )
     if problems:
         raise SpecError(f"pipeline {spec.name!r}", problems)
 
@@ -85,24 +99,30 @@ def check_classification_target(labels: pl.Series) -> None:
             "trains classifiers, one class per value; name a column of class labels as "
             "data.source.target, or turn the numbers into a few classes (bins) in a column "
             f"of their own; if they are labels, declare it as text (data.source.columns: "
-            f"{{{labels.name}: str, ...}})")
+            f"{{{labels.name}: str, ...}})"
+        )
 
 
 def _check_labelled(labels: pl.Series, spec: PipelineSpec) -> None:
     """Rows without a label must be dropped by a `clean` step before the split: no split,
     shard or loss can use them."""
     missing = labels.null_count()
-    if missing and not any(step.type == "clean" and getattr(step, "drop_missing_label", False)
-                           for step in spec.data.pre_split):
+    if missing and not any(
+        step.type == "clean" and getattr(step, "drop_missing_label", False)
+        for step in spec.data.pre_split
+    ):
         first = int(labels.is_null().arg_true()[0])
         where = f" (the first is data row {first + 1})"
-        raise DataError(f"target {labels.name!r} has {missing} row(s) without a label{where}; "
-                        "add a `clean` step before `split` (it drops them), or fill in the "
-                        "labels")
+        raise DataError(
+            f"target {labels.name!r} has {missing} row(s) without a label{where}; "
+            "add a `clean` step before `split` (it drops them), or fill in the "
+            "labels"
+        )
 
 
-def _check_stratified_split(counts: dict[str, int], target: str, validation: float,
-                            test: float) -> None:
+def _check_stratified_split(
+    counts: dict[str, int], target: str, validation: float, test: float
+) -> None:
     """Every class needs a row in each of the three parts, and each part at least one row
     per class (scikit-learn's stratified split refuses otherwise)."""
     scarce = {c: n for c, n in counts.items() if n < 3}
@@ -111,7 +131,8 @@ def _check_stratified_split(counts: dict[str, int], target: str, validation: flo
             f"class(es) {_listed(scarce)} of target {target!r} have fewer than 3 rows: a "
             "stratified split puts rows of every class in train, validation and test; add "
             "rows of these classes, remove them from the data, or split with strategy: "
-            "random")
+            "random"
+        )
     rows = sum(counts.values())
     n_test = math.ceil(test * rows)
     n_val = math.ceil(validation / (1 - test) * (rows - n_test))
@@ -122,7 +143,8 @@ def _check_stratified_split(counts: dict[str, int], target: str, validation: flo
             f"a stratified split of {rows} rows gives the {' and '.join(small)} part(s) "
             f"{' and '.join(str(n) for n in small.values())} row(s), fewer than the "
             f"{len(counts)} classes of {target!r}: add rows, or raise data.steps' split "
-            "fractions (validation, test)")
+            "fractions (validation, test)"
+        )
 
 
 def _class_counts(labels: pl.Series) -> dict[str, int]:

@@ -96,13 +96,20 @@ def wait_until_recorded(flow_run_id: UUID, timeout: float = 15.0) -> bool:
 
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
-        runs = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(
-            any_=[flow_run_id, *(child.id for child in children)]))
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+            )
+        )
+        runs = TaskRunFilter(
+            flow_run_id=TaskRunFilterFlowRunId(
+                any_=[flow_run_id, *(child.id for child in children)]
+            )
+        )
         while time.monotonic() < deadline:
-            if all(t.state and t.state.is_final() for t in client.read_task_runs(
-                    task_run_filter=runs)):
+            if all(
+                t.state and t.state.is_final() for t in client.read_task_runs(task_run_filter=runs)
+            ):
                 return True
             time.sleep(0.1)
     return False
@@ -131,13 +138,32 @@ def start_embedded_server() -> None:
         def _run_uvicorn_command(self) -> subprocess.Popen:
             # Prefect's command and environment for its ephemeral server, plus the tie.
             return subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
-                 "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                     "PREFECT__SERVER_FINAL": "1",
-                     **get_current_settings().to_environment_variables(exclude_unset=True)},
-                preexec_fn=die_with(os.getpid()))
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--app-dir",
+                    str(prefect.__module_path__.parent),
+                    "--factory",
+                    "prefect.server.api.server:create_app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "error",
+                    "--lifespan",
+                    "on",
+                ],
+                env={
+                    **os.environ,
+                    "PREFECT_UI_ENABLED": "0",
+                    "PREFECT__SERVER_EPHEMERAL": "1",
+                    "PREFECT__SERVER_FINAL": "1",
+                    **get_current_settings().to_environment_variables(exclude_unset=True),
+                },
+                preexec_fn=die_with(os.getpid()),
+            )
 
     TiedServer().start()  # a no-op when a default server of this process already runs
 
@@ -152,4 +178,5 @@ def die_with(parent: int) -> Callable[[], None] | None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # the parent died before the tie was made
             os._exit(1)
+
     return tie

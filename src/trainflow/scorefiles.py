@@ -46,21 +46,24 @@ def read_rows(path: Path, model: Model, typed: bool = False) -> Rows:
     if path.is_dir():
         return _image_rows(path, model)
     if not path.is_file():
-        raise DataError(f"DATA: {path} not found (a .csv or .parquet file, or a folder of "
-                        "images)")
+        raise DataError(f"DATA: {path} not found (a .csv or .parquet file, or a folder of images)")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         lf = _scan_csv(path, model, typed)
     elif suffix in (".parquet", ".pq"):
         lf = pl.scan_parquet(path)
     else:
-        raise DataError(f"DATA: {path} is neither a .csv nor a .parquet file nor a folder of "
-                        "images")
+        raise DataError(
+            f"DATA: {path} is neither a .csv nor a .parquet file nor a folder of images"
+        )
     with _reading(path, typed):
         model.check(lf, str(path))
         names = lf.collect_schema().names()
-    wanted = [c for c in names if c in model.input_schema["columns"]
-              or c in model.input_schema["keep_columns"]]
+    wanted = [
+        c
+        for c in names
+        if c in model.input_schema["columns"] or c in model.input_schema["keep_columns"]
+    ]
 
     def batches() -> Iterator[pl.DataFrame]:
         chunks = lf.select(wanted).collect_batches(chunk_size=model.batch_rows)
@@ -113,27 +116,31 @@ def _image_rows(root: Path, model: Model) -> Rows:
     """Every image under `root` (sorted by path), each checked for the model's shape."""
     shape = model.input_schema["image_shape"]
     if not shape:
-        raise DataError(f"DATA: {root} is a folder, but this model scores columns, not images: "
-                        "pass a .csv or .parquet file")
-    files = sorted(f for f in root.rglob("*") if f.is_file()
-                   and f.suffix.lower() in IMAGE_SUFFIXES)
+        raise DataError(
+            f"DATA: {root} is a folder, but this model scores columns, not images: "
+            "pass a .csv or .parquet file"
+        )
+    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"DATA: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     for file in files:
         found = list(read_image(file, shape[0], "DATA").shape)
         if found != shape:
-            raise DataError(f"DATA: image {file} has shape {found} (channels, height, width), "
-                            f"but the model takes {shape}: resize it to {shape[2]}x{shape[1]} "
-                            "pixels")
+            raise DataError(
+                f"DATA: image {file} has shape {found} (channels, height, width), "
+                f"but the model takes {shape}: resize it to {shape[2]}x{shape[1]} "
+                "pixels"
+            )
 
     def batches() -> Iterator[pl.DataFrame]:
         for start in range(0, len(files), model.batch_rows):
-            chunk = files[start:start + model.batch_rows]
-            pixels = np.stack([read_image(f, shape[0], "DATA").astype(np.float32).ravel()
-                               for f in chunk])
-            yield pl.DataFrame({PATH_COLUMN: [f.relative_to(root).as_posix() for f in chunk],
-                                IMAGE_COLUMN: pixels}).with_columns(
-                pl.col(IMAGE_COLUMN).cast(pl.List(pl.Float32)))
+            chunk = files[start : start + model.batch_rows]
+            pixels = np.stack(
+                [read_image(f, shape[0], "DATA").astype(np.float32).ravel() for f in chunk]
+            )
+            yield pl.DataFrame(
+                {PATH_COLUMN: [f.relative_to(root).as_posix() for f in chunk], IMAGE_COLUMN: pixels}
+            ).with_columns(pl.col(IMAGE_COLUMN).cast(pl.List(pl.Float32)))
 
     return Rows(str(root), batches)
 
@@ -143,8 +150,9 @@ def check_output(output: str | None) -> None:
         return
     path = Path(output)
     if path.suffix.lower() not in OUTPUTS:
-        raise TrainflowError(f"--output {output}: write a .csv or .parquet file (the "
-                             "extension says which)")
+        raise TrainflowError(
+            f"--output {output}: write a .csv or .parquet file (the extension says which)"
+        )
     if not path.parent.is_dir():
         raise TrainflowError(f"--output {output}: folder {path.parent} does not exist")
 
@@ -168,8 +176,9 @@ def write_predictions(batches: Iterator[pl.DataFrame], output: str | None) -> in
         reason = out_of_space(exc)
         if reason is None:
             raise
-        raise TrainflowError(f"--output {output}: no space to write the predictions "
-                             f"({reason}); nothing was written") from None
+        raise TrainflowError(
+            f"--output {output}: no space to write the predictions ({reason}); nothing was written"
+        ) from None
     finally:
         temporary.unlink(missing_ok=True)
     return rows

@@ -38,14 +38,19 @@ def _inside(parameter: str, value: str) -> Path:
     root = scoring_dir()
     text = str(value or "").strip()
     parts = PurePosixPath(text).parts
-    where = (f"a path relative to the scoring folder {root} (set {SCORING_ENV} to use "
-             "another folder), such as breast_cancer_mlp/incoming.csv")
+    where = (
+        f"a path relative to the scoring folder {root} (set {SCORING_ENV} to use "
+        "another folder), such as breast_cancer_mlp/incoming.csv"
+    )
     if not parts or PurePosixPath(text).is_absolute() or ".." in parts or "\\" in text:
         raise _refused(parameter, f"{text!r} is not {where}")
     path = root.joinpath(*parts)
     if not path.resolve().is_relative_to(root):
-        raise _refused(parameter, f"{text!r} leads outside the scoring folder {root} (a "
-                                  f"symbolic link?): it must be {where}")
+        raise _refused(
+            parameter,
+            f"{text!r} leads outside the scoring folder {root} (a "
+            f"symbolic link?): it must be {where}",
+        )
     return path
 
 
@@ -53,9 +58,12 @@ def data_path(value: str) -> Path:
     """The file or folder of rows to score."""
     path = _inside("data", value)
     if not path.exists():
-        raise _refused("data", f"{path} does not exist: put the rows to score there (a .csv "
-                               "or .parquet file, or a folder of images), or name another "
-                               f"file of the scoring folder {scoring_dir()}")
+        raise _refused(
+            "data",
+            f"{path} does not exist: put the rows to score there (a .csv "
+            "or .parquet file, or a folder of images), or name another "
+            f"file of the scoring folder {scoring_dir()}",
+        )
     return path
 
 
@@ -65,8 +73,9 @@ def output_path(value: str, day: date, data: Path | None) -> Path:
     text = str(value or "").replace(DATE, day.isoformat())
     path = _inside("output", text)
     if path.suffix.lower() not in OUTPUTS:
-        raise _refused("output", f"{text!r}: write a .csv or .parquet file (the extension "
-                                 "says which)")
+        raise _refused(
+            "output", f"{text!r}: write a .csv or .parquet file (the extension says which)"
+        )
     if data is not None and path.resolve() == data.resolve():
         raise _refused("output", f"{text!r} is the data being scored: name another file")
     if path.is_dir():
@@ -83,15 +92,19 @@ def package_path(store: Path, value: str) -> Path:
         name = name.split(f"{folder}/", 1)[-1]
     if not FINGERPRINT.match(name) or not (folder / name).is_dir():
         known = sorted(p.name for p in folder.iterdir())[:5] if folder.is_dir() else []
-        raise _refused("package", f"{value!r} is not a model package of the pipeline's store "
-                                  f"(a folder name in {folder}, e.g. "
-                                  f"{', '.join(known) or 'none yet'}); leave it empty to "
-                                  "score with the pipeline's champion")
+        raise _refused(
+            "package",
+            f"{value!r} is not a model package of the pipeline's store "
+            f"(a folder name in {folder}, e.g. "
+            f"{', '.join(known) or 'none yet'}); leave it empty to "
+            "score with the pipeline's champion",
+        )
     return folder / name
 
 
-def locations(pipeline: str, data: str, output: str, package: str | None,
-              threshold: float, day: date) -> tuple[str, Path, Path, Path]:
+def locations(
+    pipeline: str, data: str, output: str, package: str | None, threshold: float, day: date
+) -> tuple[str, Path, Path, Path]:
     """The pipeline's name and, from a score run's parameters, the model package, the data
     and the output; every parameter problem is reported at once, before any file is read."""
     from trainflow.champion import champion_package
@@ -113,8 +126,13 @@ def locations(pipeline: str, data: str, output: str, package: str | None,
     target = checked(output_path, output, day, source)
     model = checked(package_path, store, package) if package else None
     if not 0 < threshold <= 10:
-        problems.append(("drift_threshold", f"{threshold} is not a PSI threshold: take a "
-                                            "number above 0, such as 0.2 (0.1 to 0.25 is usual)"))
+        problems.append(
+            (
+                "drift_threshold",
+                f"{threshold} is not a PSI threshold: take a "
+                "number above 0, such as 0.2 (0.1 to 0.25 is usual)",
+            )
+        )
     if problems:
         raise SpecError("parameters", problems)
     return spec.name, model or champion_package(spec.name, store), source, target

@@ -29,9 +29,17 @@ def _encode_array(x: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, classes: list[str],
-                max_samples: int, per_record: int, max_bytes: int | None = None,
-                w: np.ndarray | None = None) -> dict:
+def write_split(
+    folder: Path,
+    split: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    max_samples: int,
+    per_record: int,
+    max_bytes: int | None = None,
+    w: np.ndarray | None = None,
+) -> dict:
     """Write one split as `<split>-NNNNNN.tar` shards; return its manifest entry.
 
     A shard holds at most `max_samples` samples and, where it has more than one record, at
@@ -58,15 +66,18 @@ def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, classes:
             stop = min(start + per_record, start + room, len(x))
             record = _record(split, start, stop, x, y, w)
             size = sum(len(v) for k, v in record.items() if k != "__key__") + 3072  # + tar headers
-            full = sink is not None and (in_shard >= max_samples or (
-                max_bytes is not None and bytes_in_shard + size > max_bytes))
+            full = sink is not None and (
+                in_shard >= max_samples
+                or (max_bytes is not None and bytes_in_shard + size > max_bytes)
+            )
             if sink is None or full:
                 close()
                 shards.append({"name": f"{split}-{len(shards):06d}.tar"})
-                stream = open(folder / shards[-1]["name"], "wb")
+                stream = open(folder / shards[-1]["name"], "wb")  # noqa: SIM115 (close())
                 # mtime=0 and a fixed owner make the tar bytes identical on every rerun.
-                sink = wds.TarWriter(stream, encoder=False, mtime=0, user="trainflow",
-                                     group="trainflow")
+                sink = wds.TarWriter(
+                    stream, encoder=False, mtime=0, user="trainflow", group="trainflow"
+                )
                 in_shard, bytes_in_shard = 0, 0
                 stop = min(start + per_record, start + max_samples, len(x))
                 record = _record(split, start, stop, x, y, w)
@@ -80,8 +91,12 @@ def write_split(folder: Path, split: str, x: np.ndarray, y: np.ndarray, classes:
         _abandon(sink, stream)
         raise
     histogram = np.bincount(y if y.ndim == 1 else y[:, 0], minlength=len(classes))
-    return {"samples": int(len(x)), "shards": shards, "weighted": w is not None,
-            "classes": {c: int(n) for c, n in zip(classes, histogram)}}
+    return {
+        "samples": int(len(x)),
+        "shards": shards,
+        "weighted": w is not None,
+        "classes": {c: int(n) for c, n in zip(classes, histogram)},
+    }
 
 
 def _abandon(sink, stream) -> None:
@@ -93,10 +108,14 @@ def _abandon(sink, stream) -> None:
                 handle.close()
 
 
-def _record(split: str, start: int, stop: int, x: np.ndarray, y: np.ndarray,
-            w: np.ndarray | None) -> dict:
-    record = {"__key__": f"{split}{start:08d}", "x.npy": _encode_array(x[start:stop]),
-              "y.npy": _encode_array(y[start:stop])}
+def _record(
+    split: str, start: int, stop: int, x: np.ndarray, y: np.ndarray, w: np.ndarray | None
+) -> dict:
+    record = {
+        "__key__": f"{split}{start:08d}",
+        "x.npy": _encode_array(x[start:stop]),
+        "y.npy": _encode_array(y[start:stop]),
+    }
     if w is not None:
         record["w.npy"] = _encode_array(w[start:stop])
     return record
@@ -114,8 +133,9 @@ def read_manifest(base: str | Path, cache_dir: Path = DEFAULT_CACHE) -> dict:
     return json.loads(fetch(url, cache_dir).read_text())
 
 
-def shard_paths(base: str | Path, split: str, on_corrupt: str = "error",
-                cache_dir: Path = DEFAULT_CACHE) -> tuple[list[str], int, dict]:
+def shard_paths(
+    base: str | Path, split: str, on_corrupt: str = "error", cache_dir: Path = DEFAULT_CACHE
+) -> tuple[list[str], int, dict]:
     """Local, verified paths of one split's shards, the samples lost and the manifest.
 
     Each shard's sha256 is checked against the manifest (remote shards after download).
@@ -141,8 +161,9 @@ def read_split(folder: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def read_paths(paths: list[str], input_shape: list[int]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def read_paths(
+    paths: list[str], input_shape: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Every sample of the given (already verified) shards, in order: features, labels and the
     loss weights (None when the shards carry none)."""
     xs, ys, ws = [], [], []
@@ -153,25 +174,30 @@ def read_paths(paths: list[str], input_shape: list[int]
             ys.append(y)
             ws += w
     x = np.concatenate(xs) if xs else np.zeros((0, *input_shape), np.float32)
-    return (x, np.concatenate(ys) if ys else np.zeros(0, np.int64),
-            np.concatenate(ws) if ws else None)
+    return (
+        x,
+        np.concatenate(ys) if ys else np.zeros(0, np.int64),
+        np.concatenate(ws) if ws else None,
+    )
 
 
-def read_split_checked(base: str | Path, split: str, on_corrupt: str = "error",
-                       cache_dir: Path = DEFAULT_CACHE) -> tuple[np.ndarray, np.ndarray, int]:
+def read_split_checked(
+    base: str | Path, split: str, on_corrupt: str = "error", cache_dir: Path = DEFAULT_CACHE
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Samples of one split in memory after checking each shard (see `shard_paths`)."""
     x, y, _, lost = read_split_weighted(base, split, on_corrupt, cache_dir)
     return x, y, lost
 
 
-def read_split_weighted(base: str | Path, split: str, on_corrupt: str = "error",
-                        cache_dir: Path = DEFAULT_CACHE
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+def read_split_weighted(
+    base: str | Path, split: str, on_corrupt: str = "error", cache_dir: Path = DEFAULT_CACHE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     """Features, labels, loss weights (or None) and samples lost of one checked split."""
     paths, lost, manifest = shard_paths(base, split, on_corrupt, cache_dir)
     x, y, w = read_paths(paths, manifest["input_shape"])
     expected = manifest["splits"][split]["samples"] - lost
     if len(x) != expected or len(y) != len(x):
-        raise ArtifactError(f"split {split!r} in {base}: read {len(x)} samples, "
-                            f"the manifest lists {expected}")
+        raise ArtifactError(
+            f"split {split!r} in {base}: read {len(x)} samples, the manifest lists {expected}"
+        )
     return x, y, w, lost

@@ -51,8 +51,8 @@ Frame = pl.DataFrame | pl.LazyFrame
 Parts = Mapping[str, tuple[Frame, TableSchema]]
 Stored = Mapping[str, tuple[Frame | Path, TableSchema]]
 StepParams = Any  # a step's params model: a pydantic model with the step's `type`
-Fit = Callable[[Frame, TableSchema, Any, int], State]
-Apply = Callable[[Frame, TableSchema, Any, State], tuple[Frame, TableSchema]]
+Fit = Callable[..., State]  # (frame, schema, params, seed): each step's own frame type
+Apply = Callable[..., tuple[Frame, TableSchema]]  # (frame, schema, params, state)
 
 
 def part_names(ref: ArtifactRef) -> tuple[str, ...]:

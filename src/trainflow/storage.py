@@ -64,7 +64,8 @@ def full_error(reason: str, what: str, folder: Path) -> StoreFullError:
     return StoreFullError(
         f"no space to write {what} ({reason}): free space on the disk that holds {folder} "
         "(or point outputs.store at a disk with room) and rerun; nothing was half-written and "
-        "the artifacts already stored are intact")
+        "the artifacts already stored are intact"
+    )
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -138,10 +139,16 @@ def _unused(root: Path) -> bool:
 
 
 def _legacy_store(root: Path, folders: Collection[str]) -> bool:
-    return all(entry.is_dir() and not entry.is_symlink() and entry.name in folders
-               and (entry.name == "resume" or all(_LEGACY_ENTRY.fullmatch(item.name)
-                                                  for item in entry.iterdir()))
-               for entry in root.iterdir())
+    return all(
+        entry.is_dir()
+        and not entry.is_symlink()
+        and entry.name in folders
+        and (
+            entry.name == "resume"
+            or all(_LEGACY_ENTRY.fullmatch(item.name) for item in entry.iterdir())
+        )
+        for entry in root.iterdir()
+    )
 
 
 def _refusal(root: Path, folders: Collection[str]) -> str | None:
@@ -159,8 +166,10 @@ def _refusal(root: Path, folders: Collection[str]) -> str | None:
     if root.exists() and not root.is_dir():
         return "is a file, not a folder"
     if root.is_dir() and not (_unused(root) or _legacy_store(root, folders)):
-        return (f"is an existing folder that trainflow did not create (it holds files and no "
-                f"{MARKER} marker)")
+        return (
+            f"is an existing folder that trainflow did not create (it holds files and no "
+            f"{MARKER} marker)"
+        )
     return None
 
 
@@ -170,8 +179,10 @@ def _check_marker(marker: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return f"holds a {MARKER} that is not trainflow's store marker"
     if not isinstance(version, int) or version > STORE_VERSION:
-        return (f"is a store of a newer trainflow (format {version!r}; this one reads "
-                f"{STORE_VERSION}): upgrade trainflow")
+        return (
+            f"is a store of a newer trainflow (format {version!r}; this one reads "
+            f"{STORE_VERSION}): upgrade trainflow"
+        )
     return None
 
 
@@ -182,9 +193,11 @@ def open_store(root: Path, folders: Collection[str]) -> None:
     refusal = _refusal(root, folders)
     if refusal is not None:
         example = (root if root.is_dir() else root.parent) / ".trainflow"
-        raise StoreError(f"outputs.store: {root} {refusal}; trainflow keeps its artifacts in a "
-                         "folder of its own: set outputs.store to a new or empty folder (for "
-                         f"example {example})")
+        raise StoreError(
+            f"outputs.store: {root} {refusal}; trainflow keeps its artifacts in a "
+            "folder of its own: set outputs.store to a new or empty folder (for "
+            f"example {example})"
+        )
     if (root / MARKER).is_file():
         return
     try:
@@ -193,8 +206,10 @@ def open_store(root: Path, folders: Collection[str]) -> None:
         reason = out_of_space(exc)
         if reason is not None:
             raise full_error(reason, f"the store folder {root}", root.parent) from None
-        raise StoreError(f"outputs.store: cannot create the store folder {root} "
-                         f"({exc.strerror or exc}): choose a folder you may write to") from None
+        raise StoreError(
+            f"outputs.store: cannot create the store folder {root} "
+            f"({exc.strerror or exc}): choose a folder you may write to"
+        ) from None
     atomic_write_text(root / MARKER, json.dumps({"trainflow_store": STORE_VERSION}) + "\n")
 
 
@@ -204,5 +219,3 @@ def store_of(path: Path) -> Path | None:
         if (folder / MARKER).is_file():
             return folder
     return None
-
-

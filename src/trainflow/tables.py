@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -40,19 +41,21 @@ class TableSchema(BaseModel):
 
 # Fixed writer settings keep the bytes identical from run to run (content addressing); lz4
 # because every step writes its output and zstd's extra ratio costs twice the write time.
-WRITE_OPTIONS = {"compression": "lz4", "statistics": True}
+WRITE_OPTIONS: dict[str, Any] = {"compression": "lz4", "statistics": True}
 
 
 def write_table(df: pl.DataFrame, path: Path, schema: TableSchema) -> None:
     df.write_parquet(path, metadata={META_KEY: schema.model_dump_json()}, **WRITE_OPTIONS)
 
 
-def sink_table(frame: pl.LazyFrame, path: Path, schema: TableSchema,
-               lazy: bool = False) -> pl.LazyFrame | None:
+def sink_table(
+    frame: pl.LazyFrame, path: Path, schema: TableSchema, lazy: bool = False
+) -> pl.LazyFrame | None:
     """Write a lazy query's result with the streaming engine (bounded memory); with `lazy`,
     return the sink as a query for `pl.collect_all` to run with others."""
-    return frame.sink_parquet(path, metadata={META_KEY: schema.model_dump_json()},
-                              lazy=lazy, **WRITE_OPTIONS)
+    return frame.sink_parquet(
+        path, metadata={META_KEY: schema.model_dump_json()}, lazy=lazy, **WRITE_OPTIONS
+    )  # type: ignore[call-overload]
 
 
 def schema_file(path: Path) -> Path:
@@ -65,8 +68,9 @@ def table_schema(path: Path) -> TableSchema:
     a file stored as is may carry metadata of its own)."""
     beside = schema_file(path)
     try:
-        raw = (beside.read_text() if beside.is_file()
-               else pl.read_parquet_metadata(path).get(META_KEY))
+        raw = (
+            beside.read_text() if beside.is_file() else pl.read_parquet_metadata(path).get(META_KEY)
+        )
     except Exception as exc:  # polars raises several types for unreadable files
         raise DataError(f"cannot read Parquet file {path}: {exc}") from None
     if raw is None:
@@ -93,14 +97,17 @@ def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.nda
         else:
             where = ", ".join(f"{c} ({int(n)})" for c, n in zip(schema.features, bad.sum(0)) if n)
         raise DataError(
-            f"{int(bad.sum())} non-finite feature value(s) (NaN or inf) reach training in: {where}. "
+            f"{int(bad.sum())} non-finite feature value(s) (NaN or inf) reach training in: "
+            f"{where}. "
             "Add a `clean` step (missing: drop/mean/median/mode/constant) before `split`, "
             "or fix the source data."
         )
     y = _codes(df, schema.target, schema.classes, "target")
     if schema.aux_targets:  # labels (n, 1 + tasks): the main target first
-        y = np.stack([y, *(_codes(df, name, classes)
-                           for name, classes in schema.aux_targets.items())], axis=1)
+        y = np.stack(
+            [y, *(_codes(df, name, classes) for name, classes in schema.aux_targets.items())],
+            axis=1,
+        )
     return x, y
 
 
@@ -113,34 +120,43 @@ def feature_array(df: pl.DataFrame, schema: TableSchema) -> np.ndarray:
     else:
         text = [c for c in schema.features if not df[c].dtype.is_numeric()]
         if text:
-            raise DataError(f"feature columns {text} hold text, which training cannot use: add "
-                            "an `encode` step (one_hot or ordinal) after `split`")
+            raise DataError(
+                f"feature columns {text} hold text, which training cannot use: add "
+                "an `encode` step (one_hot or ordinal) after `split`"
+            )
         x = df.select(schema.features).cast(pl.Float32).to_numpy().astype(np.float32, copy=False)
         if schema.feature_shape:
             if int(np.prod(schema.feature_shape)) != len(schema.features):
-                raise DataError(f"the sequence shape {schema.feature_shape} needs "
-                                f"{int(np.prod(schema.feature_shape))} feature columns, the "
-                                f"table has {len(schema.features)}: a step before training "
-                                "added or removed feature columns")
+                raise DataError(
+                    f"the sequence shape {schema.feature_shape} needs "
+                    f"{int(np.prod(schema.feature_shape))} feature columns, the "
+                    f"table has {len(schema.features)}: a step before training "
+                    "added or removed feature columns"
+                )
             x = x.reshape(len(df), *schema.feature_shape)
     x = np.ascontiguousarray(x)
     return x if x.flags.writeable else x.copy()  # polars may hand out read-only views
 
 
-def _codes(df: pl.DataFrame, column: str, classes: list[str],
-           role: str = "aux target") -> np.ndarray:
+def _codes(
+    df: pl.DataFrame, column: str, classes: list[str], role: str = "aux target"
+) -> np.ndarray:
     """Class indices of a target column; a missing or unknown label is an error."""
     index = {name: i for i, name in enumerate(classes)}
     values = df[column].cast(pl.Utf8).to_list()
     bad = [v for v in values if v is None or v not in index]
     if bad and role == "target":
-        raise DataError(f"target {column!r}: {len(bad)} row(s) without a known label (such as "
-                        f"{bad[:3]}) reach the shards; add a `clean` step before `split` (it "
-                        "drops rows without a label)")
+        raise DataError(
+            f"target {column!r}: {len(bad)} row(s) without a known label (such as "
+            f"{bad[:3]}) reach the shards; add a `clean` step before `split` (it "
+            "drops rows without a label)"
+        )
     if bad:
-        raise DataError(f"aux target {column!r}: {len(bad)} row(s) without a known label (such "
-                        f"as {bad[:3]}); rows made by resample or synthesize have none, so "
-                        "multi-task data cannot use SMOTE-style or synthesis steps")
+        raise DataError(
+            f"aux target {column!r}: {len(bad)} row(s) without a known label (such "
+            f"as {bad[:3]}); rows made by resample or synthesize have none, so "
+            "multi-task data cannot use SMOTE-style or synthesis steps"
+        )
     return np.asarray([index[v] for v in values], dtype=np.int64)
 
 
@@ -154,8 +170,7 @@ def sample_weights(df: pl.DataFrame, schema: TableSchema) -> np.ndarray | None:
 def class_counts(df: pl.DataFrame | pl.LazyFrame, schema: TableSchema) -> dict[str, int]:
     # counted on the column as stored (Enum codes stay codes); only the counts become text
     counts = df.lazy().group_by(schema.target).len().collect(engine="streaming")
-    found = {str(k): int(v) for k, v in zip(counts[schema.target].cast(pl.Utf8),
-                                            counts["len"])}
+    found = {str(k): int(v) for k, v in zip(counts[schema.target].cast(pl.Utf8), counts["len"])}
     return {c: found.get(c, 0) for c in schema.classes}
 
 
@@ -169,8 +184,11 @@ def keep_rows(frame: pl.LazyFrame, keep: np.ndarray) -> pl.LazyFrame:
     """The rows of `frame` whose entry in the boolean array `keep` (one per row) is true."""
     if keep.all():
         return frame
-    return (frame.with_row_index("__row")
-            .filter(pl.lit(pl.Series(keep)).gather(pl.col("__row"))).drop("__row"))
+    return (
+        frame.with_row_index("__row")
+        .filter(pl.lit(pl.Series(keep)).gather(pl.col("__row")))
+        .drop("__row")
+    )
 
 
 def row_hashes(frame: pl.LazyFrame, subset: list[str] | None = None) -> np.ndarray:
@@ -183,8 +201,9 @@ def row_hashes(frame: pl.LazyFrame, subset: list[str] | None = None) -> np.ndarr
     return frame.select(row_hash.hash(0)).collect(engine="streaming").to_series().to_numpy()
 
 
-def first_rows(frame: pl.LazyFrame, subset: list[str] | None = None,
-               hashes: np.ndarray | None = None) -> np.ndarray:
+def first_rows(
+    frame: pl.LazyFrame, subset: list[str] | None = None, hashes: np.ndarray | None = None
+) -> np.ndarray:
     """Whether each row is the first of its set of duplicates (over `subset`, default all
     columns): true for the rows `frame.unique(subset, keep="first", maintain_order=True)`
     keeps, found twice as fast. Each row is hashed to one number (`row_hashes`, unless the
@@ -199,8 +218,13 @@ def first_rows(frame: pl.LazyFrame, subset: list[str] | None = None,
     if len(repeated):
         candidate = pl.Series(hashes).is_in(pl.Series(repeated).implode()).to_numpy()
         keep[candidate] = False
-        first = (keep_rows(frame.with_row_index("__first"), candidate)
-                 .unique(subset=columns, keep="first", maintain_order=True)
-                 .select("__first").collect().to_series().to_numpy())  # (streaming: no lists)
+        first = (
+            keep_rows(frame.with_row_index("__first"), candidate)
+            .unique(subset=columns, keep="first", maintain_order=True)
+            .select("__first")
+            .collect()
+            .to_series()
+            .to_numpy()
+        )  # (streaming: no lists)
         keep[first] = True
     return keep

@@ -26,33 +26,44 @@ ROW = "__trainflow_raw_row"
 TEST = SPLITS.index("test")
 
 
-def raw_test_rows(ingested: ArtifactRef, steps: list[ArtifactRef], pre_split: list[Any],
-                  splits: ArtifactRef, seed: int) -> pl.DataFrame:
+def raw_test_rows(
+    ingested: ArtifactRef,
+    steps: list[ArtifactRef],
+    pre_split: list[Any],
+    splits: ArtifactRef,
+    seed: int,
+) -> pl.DataFrame:
     """The ingested rows of the test part of `splits` (the split step's artifact), in their
     order. `steps`: the data flow's step artifacts (the first len(pre_split) are the
     pre-split steps'); `pre_split`: those steps' params; `seed`: the pipeline's."""
-    (frame, schema), = scan_parts(ingested).values()
+    ((frame, schema),) = scan_parts(ingested).values()
     traced: pl.LazyFrame = frame.with_row_index(ROW)
-    for ref, params in zip(steps[:len(pre_split)], pre_split):
+    for ref, params in zip(steps[: len(pre_split)], pre_split):
         traced, schema = _replayed(ref, params, traced, schema, seed)
         if ROW not in traced.collect_schema().names():
-            raise ArtifactError(f"the {params.type} step does not carry extra columns, so "
-                                "the test rows cannot be traced back to the ingested rows")
+            raise ArtifactError(
+                f"the {params.type} step does not carry extra columns, so "
+                "the test rows cannot be traced back to the ingested rows"
+            )
     numbers = traced.select(ROW).collect()[ROW].to_numpy()
     part = _part_numbers(splits)
     if len(part) != len(numbers):
-        raise ArtifactError(f"{splits.path}: the split numbers {len(part)} rows, but the "
-                            f"pre-split steps traced again give {len(numbers)}")
+        raise ArtifactError(
+            f"{splits.path}: the split numbers {len(part)} rows, but the "
+            f"pre-split steps traced again give {len(numbers)}"
+        )
     rows = numbers[part == TEST]
     expected = splits.meta.get("parts", {}).get("test", {}).get("rows")
     if expected is not None and expected != len(rows):
-        raise ArtifactError(f"{splits.path}: the test part holds {expected} rows, the trace "
-                            f"found {len(rows)}")
+        raise ArtifactError(
+            f"{splits.path}: the test part holds {expected} rows, the trace found {len(rows)}"
+        )
     return frame.collect()[np.sort(rows)]
 
 
-def _replayed(ref: ArtifactRef, params: Any, frame: pl.LazyFrame, schema: TableSchema,
-              seed: int) -> tuple[pl.LazyFrame, TableSchema]:
+def _replayed(
+    ref: ArtifactRef, params: Any, frame: pl.LazyFrame, schema: TableSchema, seed: int
+) -> tuple[pl.LazyFrame, TableSchema]:
     """`frame` through one pre-split step as training ran it."""
     entry = registry.STEPS[params.type]
     ref.verify()
@@ -72,7 +83,9 @@ def _part_numbers(splits: ArtifactRef) -> np.ndarray:
     """Each row's part (0 train, 1 val, 2 test) as the split view stored it."""
     file = splits.path / PART_FILE
     if splits.kind != "splits" or not file.is_file():
-        raise ArtifactError(f"{splits.path} is not a split view (no {PART_FILE}): pass the "
-                            "split step's artifact (the data flow's raw_splits)")
+        raise ArtifactError(
+            f"{splits.path} is not a split view (no {PART_FILE}): pass the "
+            "split step's artifact (the data flow's raw_splits)"
+        )
     splits.verify()
     return np.load(file, allow_pickle=False)

@@ -47,8 +47,10 @@ def idle_seconds() -> float:
     except ValueError:
         value = -1.0
     if not value >= 0:
-        raise TrainflowError(f"TRAINFLOW_SERVER_IDLE_S must be a number of seconds >= 0, got "
-                             f"{text!r} (0: no warm server, each run's server ends with it)")
+        raise TrainflowError(
+            f"TRAINFLOW_SERVER_IDLE_S must be a number of seconds >= 0, got "
+            f"{text!r} (0: no warm server, each run's server ends with it)"
+        )
     return value
 
 
@@ -141,9 +143,12 @@ def server_environment() -> dict[str, str]:
     """Prefect's own environment for its ephemeral server (see SubprocessASGIServer)."""
     from prefect.settings import get_current_settings
 
-    return {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
-            **get_current_settings().to_environment_variables(exclude_unset=True)}
+    return {
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+        **get_current_settings().to_environment_variables(exclude_unset=True),
+    }
 
 
 def attach(idle_s: float) -> tuple[int, int]:
@@ -171,10 +176,26 @@ def _spawn(place: Place, environment: dict[str, str], idle_s: float) -> dict:
     port = SubprocessASGIServer().find_available_port()
     with open(place.log, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "trainflow.warmserver", "--factory", APP, "--port", str(port),
-             "--idle", str(idle_s), "--state", str(place.state)],
-            env={**os.environ, **environment}, cwd=place.root, stdin=subprocess.DEVNULL,
-            stdout=log, stderr=log, start_new_session=True)  # a Ctrl-C is the command's alone
+            [
+                sys.executable,
+                "-m",
+                "trainflow.warmserver",
+                "--factory",
+                APP,
+                "--port",
+                str(port),
+                "--idle",
+                str(idle_s),
+                "--state",
+                str(place.state),
+            ],
+            env={**os.environ, **environment},
+            cwd=place.root,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )  # a Ctrl-C is the command's alone
     _KEPT.append(process)
     state = {"pid": process.pid, "started": start_time(process.pid), "port": port}
     place.state.write_text(json.dumps(state))
@@ -203,7 +224,8 @@ def wait_ready(pid: int, port: int, timeout: float) -> None:
                     f"the local Prefect server (pid {pid}, port {port}) {what}; its log is "
                     f"in {Path(get_home()) / 'trainflow-servers'}; raise "
                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS on a busy machine, or "
-                    "set TRAINFLOW_SERVER_IDLE_S=0 to use a server of this run's own")
+                    "set TRAINFLOW_SERVER_IDLE_S=0 to use a server of this run's own"
+                )
             time.sleep(0.05)
     server = SubprocessASGIServer()  # the instance Prefect's clients use without a URL
     server.port, server.running = port, True
@@ -217,6 +239,7 @@ def get_home() -> str:
 
 
 # ---- the server's side ------------------------------------------------------------------
+
 
 def watch(server, place: Place, idle_s: float) -> None:
     """End the server when its leases say so (see the module's docstring)."""
@@ -256,8 +279,16 @@ def main(argv: list[str] | None = None) -> None:
 
     state = Path(args.state)
     place = Place(state.parent.parent, state.stem)
-    server = uvicorn.Server(uvicorn.Config(args.factory, factory=True, host="127.0.0.1",
-                                           port=args.port, log_level="error", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            args.factory,
+            factory=True,
+            host="127.0.0.1",
+            port=args.port,
+            log_level="error",
+            lifespan="on",
+        )
+    )
     threading.Thread(target=watch, args=(server, place, args.idle), daemon=True).start()
     server.run()
 

@@ -32,16 +32,26 @@ def free_port() -> int:
 def child_env(home: Path, api_url: str | None, **extra: str) -> dict[str, str]:
     """The environment of a child process: its own Prefect home, the test server's API."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_LOGGING_LEVEL="INFO", **extra)
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="INFO",
+        **extra,
+    )
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
 
 
 def start(command: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(command, env=env, cwd=cwd, stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        command,
+        env=env,
+        cwd=cwd,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -106,8 +116,10 @@ class Server:
     def run(self, deployment: str, parameters: dict) -> dict:
         """Create a flow run from a deployment, as the UI's Run button does."""
         deployment_id = self.deployment(deployment)["id"]
-        return self.post(f"/deployments/{deployment_id}/create_flow_run",
-                         {"parameters": parameters, "state": {"type": "SCHEDULED"}})
+        return self.post(
+            f"/deployments/{deployment_id}/create_flow_run",
+            {"parameters": parameters, "state": {"type": "SCHEDULED"}},
+        )
 
     def flow_run(self, run_id: str) -> dict:
         return self.get(f"/flow_runs/{run_id}")
@@ -115,27 +127,36 @@ class Server:
     def wait_final(self, run_id: str, timeout: float = 240) -> dict:
         def final():
             run = self.flow_run(run_id)
-            return run if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED",
-                                                   "CANCELLED") else None
+            return (
+                run
+                if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+                else None
+            )
+
         return wait_for(final, timeout, f"flow run {run_id} to finish", interval=1.0)
 
     def task_runs(self, flow_run_ids: list[str]) -> list[dict]:
-        return self.post("/task_runs/filter", {"task_runs": {"flow_run_id": {
-            "any_": flow_run_ids}}, "limit": 200})
+        return self.post(
+            "/task_runs/filter",
+            {"task_runs": {"flow_run_id": {"any_": flow_run_ids}}, "limit": 200},
+        )
 
     def run_tree(self, run_id: str) -> list[str]:
         """The flow run and every subflow run below it."""
         ids, frontier = [run_id], [run_id]
         while frontier:
-            children = self.post("/flow_runs/filter", {"flow_runs": {
-                "parent_flow_run_id": {"any_": frontier}}})
+            children = self.post(
+                "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": frontier}}}
+            )
             frontier = [c["id"] for c in children]
             ids += frontier
         return ids
 
     def artifacts(self, flow_run_ids: list[str]) -> list[dict]:
-        return self.post("/artifacts/filter", {"artifacts": {"flow_run_id": {
-            "any_": flow_run_ids}}, "limit": 200})
+        return self.post(
+            "/artifacts/filter",
+            {"artifacts": {"flow_run_id": {"any_": flow_run_ids}}, "limit": 200},
+        )
 
 
 @pytest.fixture(scope="session")
@@ -144,13 +165,18 @@ def prefect_server():
     root = Path(tempfile.mkdtemp(prefix="trainflow-server-"))
     port = free_port()
     server = Server(root, port)
-    process = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                     "--port", str(port)],
-                    child_env(root / "server-home", None, PREFECT_UI_API_URL=server.api_url),
-                    root, root / "server.log")
+    process = start(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        child_env(root / "server-home", None, PREFECT_UI_API_URL=server.api_url),
+        root,
+        root / "server.log",
+    )
     try:
-        wait_for(lambda: server.healthy() or process.poll() is not None, 180,
-                 "the Prefect server to start")
+        wait_for(
+            lambda: server.healthy() or process.poll() is not None,
+            180,
+            "the Prefect server to start",
+        )
         assert process.poll() is None, (root / "server.log").read_text()[-3000:]
         yield server
     finally:
@@ -162,16 +188,25 @@ def served(prefect_server):
     """`trainflow serve --max-trainings 1` in a scratch folder: every shipped deployment."""
     workdir = prefect_server.root / "serve"
     workdir.mkdir()
-    env = child_env(workdir / "home", prefect_server.api_url,
-                    TRAINFLOW_PIPELINES_DIR=str(ROOT / "pipelines"),
-                    PREFECT_RUNNER_POLL_FREQUENCY="1")
-    process = start([str(BIN / "trainflow"), "serve", "--max-trainings", "1"], env, workdir,
-                    workdir / "serve.log")
+    env = child_env(
+        workdir / "home",
+        prefect_server.api_url,
+        TRAINFLOW_PIPELINES_DIR=str(ROOT / "pipelines"),
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+    )
+    process = start(
+        [str(BIN / "trainflow"), "serve", "--max-trainings", "1"],
+        env,
+        workdir,
+        workdir / "serve.log",
+    )
     try:
+
         def registered():
             assert process.poll() is None, (workdir / "serve.log").read_text()[-3000:]
             names = {d["name"] for d in prefect_server.post("/deployments/filter")}
             return {p.stem for p in (ROOT / "pipelines").glob("*.yaml")} <= names
+
         wait_for(registered, 120, "trainflow serve to register the deployments")
         time.sleep(2)  # the runner starts polling just after registering
         yield workdir

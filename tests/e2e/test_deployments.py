@@ -18,10 +18,16 @@ PIPELINES = sorted(p.stem for p in (ROOT / "pipelines").glob("*.yaml"))
 
 
 def trainflow(server, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "trainflow"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120,
-                          env=child_env(cwd / "home", server.api_url,
-                                        TRAINFLOW_PIPELINES_DIR=str(ROOT / "pipelines")))
+    return subprocess.run(
+        [str(BIN / "trainflow"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(
+            cwd / "home", server.api_url, TRAINFLOW_PIPELINES_DIR=str(ROOT / "pipelines")
+        ),
+    )
 
 
 def test_every_shipped_pipeline_has_a_deployment():
@@ -38,8 +44,7 @@ def test_every_shipped_pipeline_has_a_deployment():
         assert deployment["parameters"] == {"pipeline": deployment["name"]}
 
 
-def test_deploy_registers_deployments_with_schedules_for_the_process_pool(prefect_server,
-                                                                          tmp_path):
+def test_deploy_registers_deployments_with_schedules_for_the_process_pool(prefect_server, tmp_path):
     # the shipped file under other deployment names, so that the served ones stay as they are
     config = yaml.safe_load((ROOT / "deploy" / "prefect.yaml").read_text())
     for deployment in config["deployments"]:
@@ -54,27 +59,41 @@ def test_deploy_registers_deployments_with_schedules_for_the_process_pool(prefec
     assert pool["type"] == "process"
     digits = prefect_server.deployment("pool-digits_cnn")
     assert digits["work_pool_name"] == "trainflow-process"
-    assert digits["entrypoint"] in ("trainflow.flows.deployments:train",
-                                    "trainflow.flows.deployments.train")
+    assert digits["entrypoint"] in (
+        "trainflow.flows.deployments:train",
+        "trainflow.flows.deployments.train",
+    )
     assert [s["schedule"] for s in digits["schedules"]] == [
-        {"cron": "0 3 * * 1", "timezone": "Europe/Berlin", "day_or": True}]
+        {"cron": "0 3 * * 1", "timezone": "Europe/Berlin", "day_or": True}
+    ]
     assert digits["parameters"] == {"pipeline": "digits_cnn"}
     assert set(digits["parameter_openapi_schema"]["properties"]) == {
-        "pipeline", "epochs", "lr", "batch_size", "cv_folds", "overrides"}
+        "pipeline",
+        "epochs",
+        "lr",
+        "batch_size",
+        "cv_folds",
+        "overrides",
+    }
     # each deployment's "new data" trigger is an automation that runs it
     automations = {a["name"]: a for a in prefect_server.post("/automations/filter")}
     for name in PIPELINES:
         automation = automations[f"pool-{name}__automation_1"]
         assert automation["trigger"]["expect"] == ["trainflow.data.new"]
         assert automation["trigger"]["match"] == {
-            "prefect.resource.id": f"trainflow.pipeline.{name}"}
+            "prefect.resource.id": f"trainflow.pipeline.{name}"
+        }
         assert automation["actions"][0]["type"] == "run-deployment"
 
 
-def test_runs_from_the_api_with_changed_parameters_complete_with_artifacts(served,
-                                                                          prefect_server):
-    parameters = {"pipeline": "breast_cancer_mlp", "epochs": 4, "cv_folds": 2, "lr": 0.002,
-                  "overrides": ["compress.prune.finetune_epochs=1"]}
+def test_runs_from_the_api_with_changed_parameters_complete_with_artifacts(served, prefect_server):
+    parameters = {
+        "pipeline": "breast_cancer_mlp",
+        "epochs": 4,
+        "cv_folds": 2,
+        "lr": 0.002,
+        "overrides": ["compress.prune.finetune_epochs=1"],
+    }
     run = prefect_server.run("breast_cancer_mlp", parameters)
     other = prefect_server.run("breast_cancer_mlp", {**parameters, "lr": 0.003})  # at once
     run = prefect_server.wait_final(run["id"])
@@ -83,7 +102,13 @@ def test_runs_from_the_api_with_changed_parameters_complete_with_artifacts(serve
     tree = prefect_server.run_tree(run["id"])
     tasks = prefect_server.task_runs(tree)
     assert {t["name"].rsplit("-", 1)[0] for t in tasks} >= {
-        "ingest", "shard", "train", "train_fold", "report", "publish_report"}
+        "ingest",
+        "shard",
+        "train",
+        "train_fold",
+        "report",
+        "publish_report",
+    }
     assert all(t["state"]["type"] == "COMPLETED" for t in tasks)
 
     artifacts = prefect_server.artifacts(tree)
@@ -100,15 +125,26 @@ def test_runs_from_the_api_with_changed_parameters_complete_with_artifacts(serve
     assert by_key["train-progress"]["data"] == 100.0
     # The two runs share their data steps: whichever ran them (the other one reads them from
     # the cache) moved the shard progress to 100 %.
-    shard_progress = [a for a in artifacts + prefect_server.artifacts(
-        prefect_server.run_tree(other["id"])) if a["key"] == "shard-progress"]
+    shard_progress = [
+        a
+        for a in artifacts + prefect_server.artifacts(prefect_server.run_tree(other["id"]))
+        if a["key"] == "shard-progress"
+    ]
     assert shard_progress and all(a["data"] == 100.0 for a in shard_progress)
     # link artifacts (stored by Prefect as markdown links) lead to the model files
-    links = {k: re.fullmatch(r"\[.*\]\((file://[^)]+)\)", a["data"]) for k, a in by_key.items()
-             if k.endswith(("-file", "-run-folder"))}
-    assert {"breast-cancer-mlp-model-file", "breast-cancer-mlp-quantize-file",
-            "breast-cancer-mlp-prune-file", "breast-cancer-mlp-fold-0-file",
-            "breast-cancer-mlp-fold-1-file", "breast-cancer-mlp-run-folder"} <= set(links)
+    links = {
+        k: re.fullmatch(r"\[.*\]\((file://[^)]+)\)", a["data"])
+        for k, a in by_key.items()
+        if k.endswith(("-file", "-run-folder"))
+    }
+    assert {
+        "breast-cancer-mlp-model-file",
+        "breast-cancer-mlp-quantize-file",
+        "breast-cancer-mlp-prune-file",
+        "breast-cancer-mlp-fold-0-file",
+        "breast-cancer-mlp-fold-1-file",
+        "breast-cancer-mlp-run-folder",
+    } <= set(links)
     paths = {k: Path(urlparse(m.group(1)).path) for k, m in links.items()}
     assert all(path.exists() for path in paths.values())
     assert paths["breast-cancer-mlp-model-file"].name == "best.pt"
@@ -122,8 +158,11 @@ def test_runs_from_the_api_with_changed_parameters_complete_with_artifacts(serve
     # `serve --max-trainings 1`: the two runs' training tasks took turns on the device
     limits = {c["name"]: c for c in prefect_server.post("/v2/concurrency_limits/filter")}
     assert limits["tag:trainflow-device"]["limit"] == 1
-    training = [t for t in tasks + prefect_server.task_runs(prefect_server.run_tree(other["id"]))
-                if t["name"].rsplit("-", 1)[0] in ("train", "train_fold", "prune")]
+    training = [
+        t
+        for t in tasks + prefect_server.task_runs(prefect_server.run_tree(other["id"]))
+        if t["name"].rsplit("-", 1)[0] in ("train", "train_fold", "prune")
+    ]
     assert len(training) == 8 and all("trainflow-device" in t["tags"] for t in training)
     spans = sorted((t["start_time"], t["end_time"]) for t in training)
     assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
@@ -133,8 +172,10 @@ def test_invalid_parameters_are_rejected_naming_the_field(served, prefect_server
     # a value of the wrong type never becomes a run: the API refuses it (the UI form too)
     deployment = prefect_server.deployment("breast_cancer_mlp")
     response = prefect_server.request(
-        "POST", f"/deployments/{deployment['id']}/create_flow_run",
-        {"parameters": {"pipeline": "breast_cancer_mlp", "epochs": "many"}})
+        "POST",
+        f"/deployments/{deployment['id']}/create_flow_run",
+        {"parameters": {"pipeline": "breast_cancer_mlp", "epochs": "many"}},
+    )
     assert response.status_code in (409, 422) and "'epochs'" in response.text
 
     # values of the right type that the spec forbids fail the run before any task runs
@@ -143,8 +184,10 @@ def test_invalid_parameters_are_rejected_naming_the_field(served, prefect_server
         "train.epochs (parameter epochs)": {"pipeline": "breast_cancer_mlp", "epochs": 0},
         "no pipeline '../pipelines/digits_cnn'": {"pipeline": "../pipelines/digits_cnn"},
     }
-    runs = {needle: prefect_server.run("breast_cancer_mlp", parameters)["id"]
-            for needle, parameters in cases.items()}
+    runs = {
+        needle: prefect_server.run("breast_cancer_mlp", parameters)["id"]
+        for needle, parameters in cases.items()
+    }
     for needle, run_id in runs.items():
         run = prefect_server.wait_final(run_id)
         assert run["state"]["type"] == "FAILED"
@@ -157,48 +200,69 @@ def _state(task_run: dict, field: str) -> str | None:
     return (task_run.get("state") or {}).get(field)
 
 
-def test_new_data_event_retrains_and_a_cancelled_run_retried_reuses_the_cache(served,
-                                                                             prefect_server):
+def test_new_data_event_retrains_and_a_cancelled_run_retried_reuses_the_cache(
+    served, prefect_server
+):
     deployment = prefect_server.deployment("digits_cnn")
-    before = {r["id"] for r in prefect_server.post("/flow_runs/filter", {"deployments": {
-        "id": {"any_": [deployment["id"]]}}})}
-    done = trainflow(prefect_server, "notify-data", "digits_cnn", "--note", "test",
-                     cwd=served)
+    before = {
+        r["id"]
+        for r in prefect_server.post(
+            "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}}
+        )
+    }
+    done = trainflow(prefect_server, "notify-data", "digits_cnn", "--note", "test", cwd=served)
     assert done.returncode == 0, done.stderr
 
     def triggered():
-        runs = prefect_server.post("/flow_runs/filter", {"deployments": {
-            "id": {"any_": [deployment["id"]]}}})
-        return [r for r in runs if r["id"] not in before
-                and (r["created_by"] or {}).get("type") == "AUTOMATION"]
+        runs = prefect_server.post(
+            "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}}
+        )
+        return [
+            r
+            for r in runs
+            if r["id"] not in before and (r["created_by"] or {}).get("type") == "AUTOMATION"
+        ]
+
     first = wait_for(triggered, 90, "the new-data trigger to start a digits run")[0]
     assert first["parameters"] == {"pipeline": "digits_cnn"}
 
     # cancel it during training (as the UI's Cancel button does)
     def training(run_id: str):
         tasks = prefect_server.task_runs(prefect_server.run_tree(run_id))
-        return [t for t in tasks if t["name"].startswith("train-")
-                and _state(t, "type") == "RUNNING"]
+        return [
+            t for t in tasks if t["name"].startswith("train-") and _state(t, "type") == "RUNNING"
+        ]
+
     wait_for(lambda: training(first["id"]), 120, "the triggered run to start training")
     data_steps = {"ingest", "expect", "clean", "split", "normalize", "shard"}
-    assert data_steps <= {t["name"].rsplit("-", 1)[0] for t in prefect_server.task_runs(
-        prefect_server.run_tree(first["id"])) if _state(t, "type") == "COMPLETED"}
-    prefect_server.post(f"/flow_runs/{first['id']}/set_state",
-                        {"state": {"type": "CANCELLING"}, "force": True})
+    assert data_steps <= {
+        t["name"].rsplit("-", 1)[0]
+        for t in prefect_server.task_runs(prefect_server.run_tree(first["id"]))
+        if _state(t, "type") == "COMPLETED"
+    }
+    prefect_server.post(
+        f"/flow_runs/{first['id']}/set_state", {"state": {"type": "CANCELLING"}, "force": True}
+    )
     assert prefect_server.wait_final(first["id"], 60)["state"]["type"] == "CANCELLED"
 
     # the UI's Retry button on the cancelled run: the served deployment runs it again, and
     # every step that had finished comes from the cache (a Cached task run beside the first)
-    prefect_server.post(f"/flow_runs/{first['id']}/set_state", {"state": {
-        "type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"},
-        "force": False})
+    prefect_server.post(
+        f"/flow_runs/{first['id']}/set_state",
+        {
+            "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"},
+            "force": False,
+        },
+    )
 
     def cached_steps():
         tasks = prefect_server.task_runs(prefect_server.run_tree(first["id"]))
         return {t["name"].rsplit("-", 1)[0] for t in tasks if _state(t, "name") == "Cached"}
+
     wait_for(lambda: data_steps <= cached_steps(), 120, "the retried run's cached data steps")
     wait_for(lambda: training(first["id"]), 120, "the retried run to reach training")
     assert prefect_server.flow_run(first["id"])["run_count"] == 2
-    prefect_server.post(f"/flow_runs/{first['id']}/set_state",
-                        {"state": {"type": "CANCELLING"}, "force": True})
+    prefect_server.post(
+        f"/flow_runs/{first['id']}/set_state", {"state": {"type": "CANCELLING"}, "force": True}
+    )
     assert prefect_server.wait_final(first["id"], 60)["state"]["type"] == "CANCELLED"

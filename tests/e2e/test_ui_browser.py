@@ -12,11 +12,23 @@ import pytest
 
 from tests.conftest import ROOT
 
-CHROMIUM = next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"),
-                                   shutil.which("google-chrome")) if path), None)
+CHROMIUM = next(
+    (
+        path
+        for path in (
+            shutil.which("chromium"),
+            shutil.which("chromium-browser"),
+            shutil.which("google-chrome"),
+        )
+        if path
+    ),
+    None,
+)
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no headless Chromium on this machine (Debian/Ubuntu: apt-get "
-    "install chromium); the browser test drives the system's Chromium")
+    CHROMIUM is None,
+    reason="no headless Chromium on this machine (Debian/Ubuntu: apt-get "
+    "install chromium); the browser test drives the system's Chromium",
+)
 # TRAINFLOW_UI_SCREENSHOT=1 also writes the run page into the docs
 SCREENSHOT = ROOT / "docs" / "ui-run-page.png"
 
@@ -29,8 +41,9 @@ def submit(page, folder) -> None:
     for attempt in range(3):
         page.get_by_role("button", name="Submit").click()
         try:  # on success the UI moves to the deployment's list of runs
-            page.wait_for_url(re.compile(r".*/deployments/deployment/[^/?]+\?tab=Runs.*"),
-                              timeout=20_000)
+            page.wait_for_url(
+                re.compile(r".*/deployments/deployment/[^/?]+\?tab=Runs.*"), timeout=20_000
+            )
             return
         except PlaywrightTimeout:
             page.screenshot(path=folder / f"submit-{attempt}.png")
@@ -57,7 +70,8 @@ def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_pa
             page.locator("input[type=text]").first.fill(name)  # the run's name
             for knob, value in (("epochs", "3"), ("cv_folds", "2")):
                 field = page.locator(".schema-form-property-any-of-input").filter(
-                    has=page.get_by_text(f"{knob} (Optional)", exact=True))
+                    has=page.get_by_text(f"{knob} (Optional)", exact=True)
+                )
                 field.get_by_role("button", name="int", exact=True).click()
                 field.locator("input").fill(value)
             submit(page, tmp_path)
@@ -88,8 +102,13 @@ def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_pa
             assert all(width > 100 for width in widths)
         finally:
             browser.close()
-    run = next(r for r in prefect_server.post("/flow_runs/filter", {"flow_runs": {
-        "name": {"any_": [name]}}}))
+    run = next(
+        r
+        for r in prefect_server.post("/flow_runs/filter", {"flow_runs": {"name": {"any_": [name]}}})
+    )
     assert run["state"]["type"] == "COMPLETED"
     assert {k: v for k, v in run["parameters"].items() if v is not None} == {
-        "pipeline": "breast_cancer_mlp", "epochs": 3, "cv_folds": 2}
+        "pipeline": "breast_cancer_mlp",
+        "epochs": 3,
+        "cv_folds": 2,
+    }

@@ -26,12 +26,17 @@ GUARD_S = 300  # a hung command fails the test instead of hanging CI (no timing 
 
 
 def write_spec(tmp_path: Path, csv: Path, **source) -> Path:
-    spec = {"name": "bad_data", "seed": 0,
-            "data": {"source": {"type": "csv", "path": str(csv), "target": "y", **source},
-                     "steps": [{"type": "split", "validation": 0.2, "test": 0.2}]},
-            "model": {"type": "mlp", "hidden_layers": 1, "units": [8]},
-            "train": {"epochs": 1, "batch_size": 8},
-            "outputs": {"store": str(tmp_path / "store"), "runs": str(tmp_path / "runs")}}
+    spec = {
+        "name": "bad_data",
+        "seed": 0,
+        "data": {
+            "source": {"type": "csv", "path": str(csv), "target": "y", **source},
+            "steps": [{"type": "split", "validation": 0.2, "test": 0.2}],
+        },
+        "model": {"type": "mlp", "hidden_layers": 1, "units": [8]},
+        "train": {"epochs": 1, "batch_size": 8},
+        "outputs": {"store": str(tmp_path / "store"), "runs": str(tmp_path / "runs")},
+    }
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -39,8 +44,9 @@ def write_spec(tmp_path: Path, csv: Path, **source) -> Path:
 
 def trainflow(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([TRAINFLOW, *args], capture_output=True, text=True, env=env,
-                          timeout=GUARD_S)
+    return subprocess.run(
+        [TRAINFLOW, *args], capture_output=True, text=True, env=env, timeout=GUARD_S
+    )
 
 
 def refused(result: subprocess.CompletedProcess) -> str:
@@ -88,8 +94,14 @@ def test_a_latin1_file_names_the_line_and_column_and_reads_with_its_encoding(tmp
     assert "line 6, column 'y' of" in err and "is not UTF-8" in err
     assert "data.source.encoding" in err
 
-    done = trainflow("task", "ingest", "--spec", str(write_spec(tmp_path, csv)),
-                     "--set", "data.source.encoding=latin-1")
+    done = trainflow(
+        "task",
+        "ingest",
+        "--spec",
+        str(write_spec(tmp_path, csv)),
+        "--set",
+        "data.source.encoding=latin-1",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     table = pl.read_parquet(Path(json.loads(done.stdout)["uri"]) / "all.parquet")
     assert "café" in table["y"].to_list()
@@ -146,26 +158,58 @@ def test_an_object_array_in_a_streamed_shard_names_the_shard_and_member(tmp_path
     folder = tmp_path / "shards"
     folder.mkdir()
     x, y = np.zeros((16, 2), np.float32), np.arange(16) % 2
-    splits = {name: write_split(folder, name, x, y, ["a", "b"], 100, 8) for name in
-              ("val", "test")}
+    splits = {name: write_split(folder, name, x, y, ["a", "b"], 100, 8) for name in ("val", "test")}
     shard = folder / "train-000000.tar"
     with open(shard, "wb") as stream:
         sink = wds.TarWriter(stream, encoder=False)
-        sink.write({"__key__": "train00000000", "y.npy": _npy(y),
-                    "x.npy": _npy(np.array([{"evil": i} for i in range(16)]), True)})
+        sink.write(
+            {
+                "__key__": "train00000000",
+                "y.npy": _npy(y),
+                "x.npy": _npy(np.array([{"evil": i} for i in range(16)]), True),
+            }
+        )
         sink.close()
-    splits["train"] = {"samples": 16, "weighted": False, "classes": {"a": 8, "b": 8},
-                       "shards": [{"name": shard.name, "samples": 16,
-                                   "sha256": hashlib.sha256(shard.read_bytes()).hexdigest()}]}
-    (folder / MANIFEST).write_text(json.dumps({"classes": ["a", "b"], "input_shape": [2],
-                                               "splits": splits}))
+    splits["train"] = {
+        "samples": 16,
+        "weighted": False,
+        "classes": {"a": 8, "b": 8},
+        "shards": [
+            {
+                "name": shard.name,
+                "samples": 16,
+                "sha256": hashlib.sha256(shard.read_bytes()).hexdigest(),
+            }
+        ],
+    }
+    (folder / MANIFEST).write_text(
+        json.dumps({"classes": ["a", "b"], "input_shape": [2], "splits": splits})
+    )
     ref = tmp_path / "shards.json"
-    ref.write_text(json.dumps({"uri": str(folder), "fingerprint": "0" * 64, "kind": "shards",
-                               "count": 48, "data_schema": {"classes": ["a", "b"],
-                                                            "input_shape": [2]}}))
+    ref.write_text(
+        json.dumps(
+            {
+                "uri": str(folder),
+                "fingerprint": "0" * 64,
+                "kind": "shards",
+                "count": 48,
+                "data_schema": {"classes": ["a", "b"], "input_shape": [2]},
+            }
+        )
+    )
     spec = write_spec(tmp_path, write_csv(tmp_path, rows(40)))
-    err = refused(trainflow("task", "train", "--spec", str(spec), "--input", str(ref),
-                            "--set", "train.loader={mode: stream, workers: 1}"))
+    err = refused(
+        trainflow(
+            "task",
+            "train",
+            "--spec",
+            str(spec),
+            "--input",
+            str(ref),
+            "--set",
+            "train.loader={mode: stream, workers: 1}",
+        )
+    )
     assert "train-000000.tar" in err and "member x.npy" in err and "not a trainflow record" in err
 
 

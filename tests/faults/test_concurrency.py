@@ -28,8 +28,14 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 SPEC = ROOT / "pipelines" / "breast_cancer_mlp.yaml"
 # Small, but with a checkpoint every epoch: the resume folder is written all through training.
-SMALL = ["train.epochs=30", "train.checkpoint_interval_s=0", "evaluate.cv=null",
-         "ensemble=null", "compress.quantize=null", "compress.prune=null"]
+SMALL = [
+    "train.epochs=30",
+    "train.checkpoint_interval_s=0",
+    "evaluate.cv=null",
+    "ensemble=null",
+    "compress.quantize=null",
+    "compress.prune=null",
+]
 OTHER = [*SMALL, "train.lr=0.003"]  # another spec: the same data steps, another training
 
 
@@ -40,8 +46,12 @@ def command(sets: list[str]) -> list[str]:
 
 def environment(home: Path, api_url: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", OMP_NUM_THREADS="1")
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+        OMP_NUM_THREADS="1",
+    )
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
@@ -54,9 +64,18 @@ def together(runs: list[tuple[list[str], dict, Path]], timeout: float = 600) -> 
     for i, (_, _, folder) in enumerate(runs):
         folder.mkdir(parents=True, exist_ok=True)
         logs.append(folder / f"run{i}.log")
-    started = [subprocess.Popen(command(sets), env=env, cwd=folder, stdout=subprocess.PIPE,
-                                stderr=log.open("wb"), text=True, start_new_session=True)
-               for (sets, env, folder), log in zip(runs, logs)]
+    started = [
+        subprocess.Popen(
+            command(sets),
+            env=env,
+            cwd=folder,
+            stdout=subprocess.PIPE,
+            stderr=log.open("wb"),
+            text=True,
+            start_new_session=True,
+        )
+        for (sets, env, folder), log in zip(runs, logs)
+    ]
     try:
         outputs = [process.communicate(timeout=timeout)[0] for process in started]
     finally:
@@ -67,7 +86,7 @@ def together(runs: list[tuple[list[str], dict, Path]], timeout: float = 600) -> 
     metrics = []
     for process, out, log in zip(started, outputs, logs):
         assert process.returncode == 0, f"exit {process.returncode}:\n{log.read_text()[-4000:]}"
-        metrics.append(json.loads(out[out.index("{\n"):out.rindex("}") + 1])["test"])
+        metrics.append(json.loads(out[out.index("{\n") : out.rindex("}") + 1])["test"])
     return metrics
 
 
@@ -81,10 +100,22 @@ class Server:
         self.api_url = f"http://127.0.0.1:{port}/api"
         home.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-             str(port), "--no-services", "--no-ui"], env=environment(home),
-            stdout=(home / "server.log").open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                str(BIN / "prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-services",
+                "--no-ui",
+            ],
+            env=environment(home),
+            stdout=(home / "server.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 240
         while not self.healthy():
             assert self.process.poll() is None, (home / "server.log").read_text()[-3000:]
@@ -119,8 +150,12 @@ def lone(server, tmp_path_factory):
     """The test metrics of each spec run alone on a store of its own (the two runs are on
     separate stores and homes, so they may as well run at the same time)."""
     root = tmp_path_factory.mktemp("lone")
-    small, other = together([(sets, environment(root / f"home-{name}", server.api_url),
-                              root / name) for name, sets in (("small", SMALL), ("other", OTHER))])
+    small, other = together(
+        [
+            (sets, environment(root / f"home-{name}", server.api_url), root / name)
+            for name, sets in (("small", SMALL), ("other", OTHER))
+        ]
+    )
     return {"small": small, "other": other}
 
 
@@ -152,8 +187,12 @@ if __name__ == "__main__":
 def test_commits_of_one_artifact_at_once_all_succeed(tmp_path):
     """The store's side of it: two processes committing the same content at the same moment
     both get the artifact (the one that loses the rename finds the other's copy)."""
-    done = subprocess.run([sys.executable, "-c", COMMITTERS, str(tmp_path / "store")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", COMMITTERS, str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -161,10 +200,14 @@ def pair(case: str, folder: Path, api_url: str | None) -> list[tuple[list[str], 
     """The two runs of a case ("one spec" or "two specs", "one home" or "a home each"), both
     working in `folder`."""
     specs = [SMALL, OTHER] if case.startswith("two specs") else [SMALL, SMALL]
-    homes = ([folder / "home"] * 2 if case.endswith("one home")
-             else [folder / "home-a", folder / "home-b"])
-    return [(sets, environment(home, api_url), folder / "project")
-            for sets, home in zip(specs, homes)]
+    homes = (
+        [folder / "home"] * 2
+        if case.endswith("one home")
+        else [folder / "home-a", folder / "home-b"]
+    )
+    return [
+        (sets, environment(home, api_url), folder / "project") for sets, home in zip(specs, homes)
+    ]
 
 
 def expected(case: str, lone: dict) -> list[dict]:

@@ -35,16 +35,22 @@ def one(paths) -> Path:
 
 def victims(store: Path, records: Path) -> dict[str, Path]:
     """One file of each artifact kind the run stored, and one of its result records."""
-    models = [p for p in (store / "model").iterdir() if (p / "last.pt").is_file()
-              and not (p / "fold.json").is_file()]
+    models = [
+        p
+        for p in (store / "model").iterdir()
+        if (p / "last.pt").is_file() and not (p / "fold.json").is_file()
+    ]
     return {
         "parquet": one((store / "table").glob("*/*.parquet")),
         "view": one((store / "splits").glob("*/part.npy")),
         "shard": one((store / "shards").glob("*/train-*.tar")),
         "checkpoint": one(p / "best.pt" for p in models),
         "model": one(p.parent / "model.json" for p in (store / "model").glob("*/compression.json")),
-        "record": one(p for p in records.iterdir()
-                      if p.is_file() and str(store) in p.read_text(errors="replace")),
+        "record": one(
+            p
+            for p in records.iterdir()
+            if p.is_file() and str(store) in p.read_text(errors="replace")
+        ),
     }
 
 

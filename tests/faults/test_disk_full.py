@@ -36,8 +36,12 @@ def no_room() -> None:
 
 def stored(store: Path) -> dict[str, str]:
     """Each stored artifact folder and its fingerprint, as found on disk now."""
-    return {f"{kind.name}/{item.name}": fingerprint_path(item) for kind in store.iterdir()
-            if kind.is_dir() and kind.name != "resume" for item in kind.iterdir()}
+    return {
+        f"{kind.name}/{item.name}": fingerprint_path(item)
+        for kind in store.iterdir()
+        if kind.is_dir() and kind.name != "resume"
+        for item in kind.iterdir()
+    }
 
 
 def writers(spec, store: str) -> list[tuple[str, str | None, list[str], object]]:
@@ -45,15 +49,25 @@ def writers(spec, store: str) -> list[tuple[str, str | None, list[str], object]]
     rows = [("ingest", None, [], lambda: ingest.fn(spec.data.source, store))]
     last = "ingest"
     for index, params in enumerate(spec.data.steps):
-        rows.append((params.type, str(index), [last], lambda refs, p=params: registry.STEPS[
-            p.type].impl.fn(refs[0], p, spec.seed, store)))
+        rows.append(
+            (
+                params.type,
+                str(index),
+                [last],
+                lambda refs, p=params: registry.STEPS[p.type].impl.fn(refs[0], p, spec.seed, store),
+            )
+        )
         last = params.type
-    rows += [("shard", None, [last], lambda refs: shard.fn(refs[0], spec.data.shard, store,
-                                                           spec.seed)),
-             ("train", None, ["shard"], lambda refs: train_model.fn(
-                 refs[0], spec.model, spec.train, spec.seed, store)),
-             ("evaluate", None, ["train", "shard"], lambda refs: evaluate_model.fn(*refs,
-                                                                                    store))]
+    rows += [
+        ("shard", None, [last], lambda refs: shard.fn(refs[0], spec.data.shard, store, spec.seed)),
+        (
+            "train",
+            None,
+            ["shard"],
+            lambda refs: train_model.fn(refs[0], spec.model, spec.train, spec.seed, store),
+        ),
+        ("evaluate", None, ["train", "shard"], lambda refs: evaluate_model.fn(*refs, store)),
+    ]
     return rows
 
 
@@ -63,15 +77,20 @@ def test_a_full_disk_in_each_writer_is_one_message_and_leaves_the_store_intact(t
     spec = load_spec(SPEC, sets)
     refs: dict = {}
     for step, index, inputs, bare in writers(spec, str(store)):
-        argv = [str(TRAINFLOW), "task", step, "--spec", str(SPEC),
-                *(["--index", index] if index else []),
-                *(arg for s in sets for arg in ("--set", s))]
+        argv = [
+            str(TRAINFLOW),
+            "task",
+            step,
+            "--spec",
+            str(SPEC),
+            *(["--index", index] if index else []),
+            *(arg for s in sets for arg in ("--set", s)),
+        ]
         for name in inputs:
             (tmp_path / f"{name}.json").write_text(refs[name].model_dump_json())
             argv += ["--input", str(tmp_path / f"{name}.json")]
         before = stored(store) if store.exists() else {}
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                              preexec_fn=no_room)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, preexec_fn=no_room)
         output = done.stdout + done.stderr
         assert done.returncode == 2, f"{step}: exit {done.returncode}\n{output[-2000:]}"
         assert "Traceback" not in output, f"{step}:\n{output[-2000:]}"

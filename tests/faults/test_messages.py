@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
 from trainflow.cli import main
 from trainflow.deploy import spec_file
 from trainflow.errors import SpecError
 from trainflow.spec.pipeline import load_spec
-from tests.conftest import ROOT
 
 pytestmark = pytest.mark.faults
 
@@ -32,8 +32,9 @@ CASES = {
 
 def trainflow(args, env=None, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([TRAINFLOW, *args], env=env, stdout=stdout, stderr=subprocess.PIPE,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [TRAINFLOW, *args], env=env, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +69,10 @@ def one_message(result) -> str:
 
 @pytest.mark.slow
 def test_a_spec_that_is_a_list_or_a_string(results):
-    assert "(top level): expected a mapping of sections" in one_message(
-        results["top_level_list"]) and "got a list" in results["top_level_list"].stderr
+    assert (
+        "(top level): expected a mapping of sections" in one_message(results["top_level_list"])
+        and "got a list" in results["top_level_list"].stderr
+    )
     assert "got a string" in one_message(results["top_level_string"])
 
 
@@ -85,9 +88,11 @@ def test_a_duplicate_key_names_the_key_and_its_line(results, tmp_path):
     assert "line 3: duplicate key 'name' (first at line 1)" in message
     # A merge key (`<<`) is no duplicate: the mapping's own key wins over the merged one.
     path = tmp_path / "spec.yaml"
-    path.write_text("name: m\ndata:\n  source: {type: sklearn, dataset: iris}\n"
-                    "  steps: [{type: split}]\nmodel: {type: mlp}\n"
-                    "train:\n  <<: {epochs: 2, lr: 0.01}\n  epochs: 5\n")
+    path.write_text(
+        "name: m\ndata:\n  source: {type: sklearn, dataset: iris}\n"
+        "  steps: [{type: split}]\nmodel: {type: mlp}\n"
+        "train:\n  <<: {epochs: 2, lr: 0.01}\n  epochs: 5\n"
+    )
     spec = load_spec(path)
     assert (spec.train.epochs, spec.train.lr) == (5, 0.01)
 
@@ -124,6 +129,7 @@ def test_with_trainflow_debug_a_fault_prints_its_traceback(monkeypatch, capsys):
 
 # ---- the same rules, in-process, for the rest of the bad inputs ------------------------------
 
+
 def error_of(capsys, argv) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -131,26 +137,33 @@ def error_of(capsys, argv) -> str:
     return err
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("train.epochz=3", "train.epochz: unknown key 'epochz'; did you mean `epochs`?"),
-    ("model.activation=rleu", "(got 'rleu'); did you mean `relu`?"),
-    ("train.optimizer.type=adamm", "did you mean `adam`?"),
-    ("data.steps.0.type=splitt", "did you mean `split`?"),
-    ("train.schedule={type: cosin}", "did you mean `cosine`?"),
-    ("orchestration.steps={trian: {retries: 1}}", "unknown step(s) 'trian'; did you mean `train`?"),
-    ("train.augment.transforms.0={name: HorizontalFlp}", "did you mean `HorizontalFlip`?"),
-    ("data..source.path=/etc/passwd", "empty segment in key path 'data..source.path'"),
-    ("train.lr=[1", "the value of train.lr: line 1, column 3: invalid YAML"),
-    ("train={a: 1, a: 2}", "the value of train: line 1: duplicate key 'a'"),
-    ("train.lr=.inf", "train.lr: Input should be a finite number"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.epochz=3", "train.epochz: unknown key 'epochz'; did you mean `epochs`?"),
+        ("model.activation=rleu", "(got 'rleu'); did you mean `relu`?"),
+        ("train.optimizer.type=adamm", "did you mean `adam`?"),
+        ("data.steps.0.type=splitt", "did you mean `split`?"),
+        ("train.schedule={type: cosin}", "did you mean `cosine`?"),
+        (
+            "orchestration.steps={trian: {retries: 1}}",
+            "unknown step(s) 'trian'; did you mean `train`?",
+        ),
+        ("train.augment.transforms.0={name: HorizontalFlp}", "did you mean `HorizontalFlip`?"),
+        ("data..source.path=/etc/passwd", "empty segment in key path 'data..source.path'"),
+        ("train.lr=[1", "the value of train.lr: line 1, column 3: invalid YAML"),
+        ("train={a: 1, a: 2}", "the value of train: line 1: duplicate key 'a'"),
+        ("train.lr=.inf", "train.lr: Input should be a finite number"),
+    ],
+)
 def test_mistakes_in_overrides_name_the_path_and_the_closest_value(capsys, override, expected):
     assert expected in error_of(capsys, ["validate", DIGITS, "--set", override])
 
 
 def test_an_unknown_task_says_which_one_was_meant(capsys):
     assert "unknown step 'trian'; did you mean `train`?" in error_of(
-        capsys, ["task", "trian", "--spec", DIGITS])
+        capsys, ["task", "trian", "--spec", DIGITS]
+    )
 
 
 def test_an_unknown_pipeline_says_which_one_was_meant(monkeypatch):
@@ -161,9 +174,10 @@ def test_an_unknown_pipeline_says_which_one_was_meant(monkeypatch):
 
 HOSTILE = {
     "a: " + "[" * 5000 + "]" * 5000: "nested more than 32 levels deep",
-    "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(  # 10^9 values through aliases
-        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n"
-        for i in range(8)): "more than 100000 values",
+    "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    + "".join(  # 10^9 values through aliases
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8)
+    ): "more than 100000 values",
     "name: x\n\tdata: 1\n": "line 2",
     "!!python/object/apply:os.system [echo hi]": "invalid YAML",
 }
@@ -185,14 +199,27 @@ def test_a_folder_or_a_huge_file_is_not_a_spec(tmp_path, capsys):
     assert "a spec is at most" in error_of(capsys, ["validate", str(huge)])
 
 
-def test_an_error_inside_a_task_is_printed_once_without_tracebacks(tmp_path, capfd, caplog,
-                                                                   prefect_engine):
+def test_an_error_inside_a_task_is_printed_once_without_tracebacks(
+    tmp_path, capfd, caplog, prefect_engine
+):
     spec = ROOT / "pipelines" / "breast_cancer_mlp.yaml"
     missing = tmp_path / "weights.pt"
-    argv = ["run", str(spec), "--set", f"outputs.store={tmp_path / 'store'}", "--set",
-            f"outputs.runs={tmp_path / 'runs'}", "--set", "train.epochs=1", "--set",
-            f"train.pretrained.path={missing}",
-            "--set", "evaluate.cv=null", "--set", "ensemble=null"]
+    argv = [
+        "run",
+        str(spec),
+        "--set",
+        f"outputs.store={tmp_path / 'store'}",
+        "--set",
+        f"outputs.runs={tmp_path / 'runs'}",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        f"train.pretrained.path={missing}",
+        "--set",
+        "evaluate.cv=null",
+        "--set",
+        "ensemble=null",
+    ]
     assert main(argv) == 2
     err = capfd.readouterr().err
     assert "Traceback" not in err
@@ -201,5 +228,6 @@ def test_an_error_inside_a_task_is_printed_once_without_tracebacks(tmp_path, cap
     records = [r for r in caplog.records if r.name.startswith("prefect.")]
     assert not any(r.exc_info or r.exc_text for r in records)
     logged = [r.getMessage() for r in records if str(missing) in r.getMessage()]
-    assert logged == [f"Task run failed: TrainflowError: train.pretrained.path: no such "
-                      f"file: {missing}"]
+    assert logged == [
+        f"Task run failed: TrainflowError: train.pretrained.path: no such file: {missing}"
+    ]

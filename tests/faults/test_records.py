@@ -39,13 +39,15 @@ class Touch:
 def ingest_only(store: str) -> tuple[str, dict]:
     state = ingest(SklearnSource(type="sklearn", dataset="iris"), store, return_state=True)
     result = state.result()
-    return state.name, (result.model_dump(mode="json") if isinstance(result, ArtifactRef)
-                        else {"served": repr(result)})
+    return state.name, (
+        result.model_dump(mode="json")
+        if isinstance(result, ArtifactRef)
+        else {"served": repr(result)}
+    )
 
 
 def records_naming(text: str) -> list[Path]:
-    return [p for p in RECORDS.iterdir()
-            if p.is_file() and text in p.read_text(errors="replace")]
+    return [p for p in RECORDS.iterdir() if p.is_file() and text in p.read_text(errors="replace")]
 
 
 def pickled(marker: Path, quoted: bool) -> str:
@@ -57,17 +59,21 @@ def pickled(marker: Path, quoted: bool) -> str:
 
 
 @pytest.mark.parametrize("quoted", [False, True], ids=["base64", "json-quoted-base64"])
-def test_a_pickle_record_is_never_decoded_and_the_task_reruns(prefect_engine, tmp_path, quoted,
-                                                              caplog):
+def test_a_pickle_record_is_never_decoded_and_the_task_reruns(
+    prefect_engine, tmp_path, quoted, caplog
+):
     store = str(tmp_path / "store")
     state, ref = ingest_only(store)
     assert state == "Completed"
     assert ingest_only(store)[0] == "Cached"  # the genuine record is served
-    record, = records_naming(store)
+    (record,) = records_naming(store)
     marker = tmp_path / "code-ran"
     doc = json.loads(record.read_bytes())
-    doc["metadata"]["serializer"] = {"type": "pickle", "picklelib": "pickle",
-                                     "picklelib_version": None}
+    doc["metadata"]["serializer"] = {
+        "type": "pickle",
+        "picklelib": "pickle",
+        "picklelib_version": None,
+    }
     doc["result"] = pickled(marker, quoted)
     record.write_text(json.dumps(doc))
 
@@ -90,10 +96,16 @@ def genuine(tmp_path: Path) -> tuple[Path, dict, ArtifactRef]:
         ref = store.commit(staging, "metrics", count=114, meta={"accuracy": 0.9210526315789473})
     from prefect.serializers import JSONSerializer
 
-    doc = {"metadata": {"storage_key": str(tmp_path / "rec"), "expiration": None,
-                        "serializer": JSONSerializer().model_dump(mode="json"),
-                        "prefect_version": "3", "storage_block_id": None},
-           "result": JSONSerializer().dumps(ref).decode()}
+    doc = {
+        "metadata": {
+            "storage_key": str(tmp_path / "rec"),
+            "expiration": None,
+            "serializer": JSONSerializer().model_dump(mode="json"),
+            "prefect_version": "3",
+            "storage_block_id": None,
+        },
+        "result": JSONSerializer().dumps(ref).decode(),
+    }
     return tmp_path / "rec", doc, ref
 
 
@@ -119,8 +131,9 @@ def test_only_plain_json_of_the_declared_result_is_accepted(tmp_path):
         "an exception": forge(doc, {"__exc_type__": "builtins.OSError", "message": "x"}),
         "a bare dict": forge(doc, data),
         "a list of it": forge(doc, [json.loads(doc["result"])]),
-        "a coerced count": forge(doc, {"__class__": "trainflow.artifacts.ArtifactRef",
-                                       "data": {**data, "count": "114"}}),
+        "a coerced count": forge(
+            doc, {"__class__": "trainflow.artifacts.ArtifactRef", "data": {**data, "count": "114"}}
+        ),
         "a result object": forge(doc, result={"not": "text"}),
     }
     for why, forged in cases.items():
@@ -144,9 +157,12 @@ def tamper_accuracy(record: Path) -> tuple[float, float]:
 
 def test_a_tampered_metric_in_the_evaluate_record_is_never_served(prefect_engine, tmp_path):
     first, _ = run("breast_cancer_mlp", tmp_path, *SMALL)
-    evaluate = [p for p in records_naming(str(tmp_path / "store"))
-                if json.loads(json.loads(p.read_bytes())["result"])["data"].get("meta")
-                == json.loads(json.dumps(first["test"]))]
+    evaluate = [
+        p
+        for p in records_naming(str(tmp_path / "store"))
+        if json.loads(json.loads(p.read_bytes())["result"])["data"].get("meta")
+        == json.loads(json.dumps(first["test"]))
+    ]
     assert len(evaluate) == 1, "the evaluate task's record was not found"
     true, served = tamper_accuracy(evaluate[0])
     assert true == first["test"]["accuracy"] and served != true

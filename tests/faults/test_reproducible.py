@@ -19,9 +19,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from tests.flows.helpers import run
-from trainflow.engine.training import optimizer_factory
 from trainflow.engine.data import Split
 from trainflow.engine.loop import fit
+from trainflow.engine.training import optimizer_factory
 from trainflow.models.mlp import mlp
 from trainflow.spec.train import TrainSpec
 
@@ -31,8 +31,13 @@ ROOT = Path(__file__).resolve().parents[2]
 FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 # digits_cnn: images, so augmentation and its preview PNG too; every other artifact kind the
 # pipeline writes (table, views, shards, models with checkpoints, folds, metrics, report).
-SHRUNK = ("train.epochs=2", "evaluate.cv.folds=2", "compress.prune.finetune_epochs=1",
-          "model.channels=[8, 16]", "model.hidden=32")
+SHRUNK = (
+    "train.epochs=2",
+    "evaluate.cv.folds=2",
+    "compress.prune.finetune_epochs=1",
+    "model.channels=[8, 16]",
+    "model.hidden=32",
+)
 LATENCY = "CPU latency per batch of"
 
 
@@ -43,7 +48,9 @@ def artifacts(store: Path) -> dict[str, dict[str, bytes]]:
         if folder.is_dir() and FINGERPRINT.fullmatch(folder.name):
             found[f"{folder.parent.name}/{folder.name}"] = {
                 file.relative_to(folder).as_posix(): file.read_bytes()
-                for file in sorted(folder.rglob("*")) if file.is_file()}
+                for file in sorted(folder.rglob("*"))
+                if file.is_file()
+            }
     return found
 
 
@@ -56,16 +63,23 @@ def test_two_runs_on_fresh_stores_write_byte_identical_artifacts(tmp_path, monke
         # The same spec text in two fresh folders (the spec's fingerprint, shown in the
         # report, covers its outputs section): relative outputs, as the shipped specs have.
         monkeypatch.chdir(folder)
-        result, states = run("digits_cnn", folder, *SHRUNK, "outputs.store=store",
-                             "outputs.runs=runs")
+        result, states = run(
+            "digits_cnn", folder, *SHRUNK, "outputs.store=store", "outputs.runs=runs"
+        )
         assert all(s == "Completed" for names in states.values() for s in names), states
         assert states["measure_latency"] == ["Completed"]
         stores.append(artifacts(folder / "store"))
         run_dirs.append(Path(result["run_dir"]))
 
     first, second = stores
-    assert {name.split("/")[0] for name in first} >= {"table", "splits", "shards", "model",
-                                                      "metrics", "report"}
+    assert {name.split("/")[0] for name in first} >= {
+        "table",
+        "splits",
+        "shards",
+        "model",
+        "metrics",
+        "report",
+    }
     assert sorted(first) == sorted(second)  # the same fingerprints, each a byte-identical twin
     for name, files in first.items():
         assert files == second[name], f"{name} differs between two identical runs"
@@ -82,17 +96,26 @@ def test_two_runs_on_fresh_stores_write_byte_identical_artifacts(tmp_path, monke
     stored = [files["report.md"] for files in first.values() if "report.md" in files]
     assert len(stored) == 1 and LATENCY.encode() not in stored[0]
     # (a model package's spec.json names the setting compress.quantize.latency_repeats)
-    assert b"latency" not in b"".join(f for files in first.values() for name, f in files.items()
-                                      if name != "spec.json")
+    assert b"latency" not in b"".join(
+        f for files in first.values() for name, f in files.items() if name != "spec.json"
+    )
     with get_client(sync_client=True) as client:
         shown = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["digits-cnn-report"])))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["digits-cnn-report"]))
+        )
     assert any(LATENCY in a.data for a in shown if a.type == "markdown")
 
 
-SPEC = TrainSpec(lr=0.01, epochs=3, batch_size=16, device="cpu", checkpoint_every=1,
-                 checkpoint_interval_s=0, checkpoint_every_steps=4,
-                 augment={"gaussian_noise": 0.1, "mixup": 0.4})
+SPEC = TrainSpec(
+    lr=0.01,
+    epochs=3,
+    batch_size=16,
+    device="cpu",
+    checkpoint_every=1,
+    checkpoint_interval_s=0,
+    checkpoint_every_steps=4,
+    augment={"gaussian_noise": 0.1, "mixup": 0.4},
+)
 
 
 def train_once(out: Path) -> bytes:
@@ -150,7 +173,8 @@ spec = TrainSpec(lr=0.01, epochs=2, batch_size=16, device="cpu", checkpoint_ever
 g = torch.Generator().manual_seed(0)
 x = torch.rand(96, 1, 8, 8, generator=g)
 data = Split(x, (x.mean((1, 2, 3)) > 0.5).long())
-fit(cnn([1, 8, 8], 2, [4, 8], hidden=16, dropout=0.3), data, data, spec, 0, optimizer_factory(spec), Path({out!r}))
+net = cnn([1, 8, 8], 2, [4, 8], hidden=16, dropout=0.3)
+fit(net, data, data, spec, 0, optimizer_factory(spec), Path({out!r}))
 after = random.getstate(), np.random.get_state()[1].tolist(), np.random.get_state()[2]
 print("python", after[0] == seeded[0], "numpy", after[1:] == seeded[1:])
 """
@@ -163,8 +187,9 @@ def test_training_draws_nothing_from_pythons_or_numpys_global_generators(tmp_pat
     process, where no other thread draws, the global states end as seeding left them."""
     (tmp_path / "out").mkdir()
     script = GUARD.format(root=str(ROOT), out=str(tmp_path / "out"))
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[-4:] == ["python", "True", "numpy", "True"]
 
@@ -184,14 +209,23 @@ def test_robust_accuracy_does_not_depend_on_what_the_process_ran_before(tmp_path
 
     store = str(tmp_path / "store")
     table = ingest.fn(SklearnSource(type="sklearn", dataset="breast_cancer"), store)
-    scaled = normalize.fn(split.fn(table, SplitParams(type="split"), 0, store),
-                          NormalizeParams(type="normalize"), 0, store)
+    scaled = normalize.fn(
+        split.fn(table, SplitParams(type="split"), 0, store),
+        NormalizeParams(type="normalize"),
+        0,
+        store,
+    )
     shards = shard.fn(scaled, ShardParams(max_samples=128), store)
     # one tiny PGD step from the random start: the figure hangs on where the start falls
-    spec = TrainSpec(lr=1e-3, batch_size=32, epochs=3, adversarial={
-        "method": "pgd", "epsilon": 2.0, "steps": 1, "step_size": 0.01})
-    model = train_model.fn(shards, MLPParams(type="mlp", hidden_layers=1, units=[16]), spec,
-                           0, store)
+    spec = TrainSpec(
+        lr=1e-3,
+        batch_size=32,
+        epochs=3,
+        adversarial={"method": "pgd", "epsilon": 2.0, "steps": 1, "step_size": 0.01},
+    )
+    model = train_model.fn(
+        shards, MLPParams(type="mlp", hidden_layers=1, units=[16]), spec, 0, store
+    )
     scored = []
     for state in (1, 2, 3):
         torch.manual_seed(state)  # what earlier tasks of the process left behind

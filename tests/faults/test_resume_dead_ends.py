@@ -34,8 +34,11 @@ def shards(tmp_path_factory):
     store = str(tmp_path_factory.mktemp("data"))
     table = ingest.fn(SklearnSource(type="sklearn", dataset="breast_cancer"), store)
     raw = split.fn(table, SplitParams(type="split"), 0, store)
-    return shard.fn(normalize.fn(raw, NormalizeParams(type="normalize"), 0, store),
-                    ShardParams(max_samples=128), store)
+    return shard.fn(
+        normalize.fn(raw, NormalizeParams(type="normalize"), 0, store),
+        ShardParams(max_samples=128),
+        store,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,7 @@ def interrupted(shards, store: str, scratch):
     def stop(row):
         if row["epoch"] == 4:
             raise Interrupted
+
     data, _ = load_training_splits(shards, "error")
     lost = scratch / "lost"
     lost.mkdir()
@@ -75,7 +79,8 @@ def same_model(a, b) -> bool:
 
 
 def test_both_checkpoints_damaged_sets_the_folder_aside_and_trains_afresh(
-        shards, uninterrupted, tmp_path, caplog):
+    shards, uninterrupted, tmp_path, caplog
+):
     store = str(tmp_path / "store")
     folder = interrupted(shards, store, tmp_path)
     for name in ("last.pt", "last.prev.pt"):
@@ -92,21 +97,23 @@ def test_both_checkpoints_damaged_sets_the_folder_aside_and_trains_afresh(
 
 
 def test_a_last_checkpoint_weights_only_refuses_falls_back_to_the_previous_one(
-        shards, uninterrupted, tmp_path, caplog):
+    shards, uninterrupted, tmp_path, caplog
+):
     store = str(tmp_path / "store")
     folder = interrupted(shards, store, tmp_path)
     refused_by_weights_only(folder / "last.pt")
     with caplog.at_level("WARNING", logger="trainflow"):
         model = train_model.fn(shards, MODEL, TRAIN, 0, store)
     assert "last.pt: unreadable (it holds an object that weights_only loading refuses" in (
-        caplog.text)
+        caplog.text
+    )
     assert "resuming from the previous one" in caplog.text and "weights_only=False" not in (
-        caplog.text)  # torch's advice to load unsafely is not passed on
+        caplog.text
+    )  # torch's advice to load unsafely is not passed on
     assert same_model(model, uninterrupted) and model.meta == uninterrupted.meta
 
 
-def test_every_checkpoint_refused_sets_the_folder_aside(shards, uninterrupted, tmp_path,
-                                                        caplog):
+def test_every_checkpoint_refused_sets_the_folder_aside(shards, uninterrupted, tmp_path, caplog):
     store = str(tmp_path / "store")
     folder = interrupted(shards, store, tmp_path)
     for name in ("last.pt", "last.prev.pt"):

@@ -15,9 +15,13 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow,
-              pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                 reason="the parent-death signal is Linux's")]
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's"
+    ),
+]
 
 TRAINFLOW = Path(sys.executable).with_name("trainflow")
 SERVER_APP = "prefect.server.api.server:create_app"
@@ -25,8 +29,12 @@ SERVER_APP = "prefect.server.api.server:create_app"
 
 def environment(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", OMP_NUM_THREADS="1")
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+        OMP_NUM_THREADS="1",
+    )
     return env
 
 
@@ -56,13 +64,20 @@ def answers(port: int) -> bool:
 # 0: the run's own server; else the warm server it starts, which later runs may share
 @pytest.mark.parametrize("idle_s", ["0", "600"], ids=["own server", "warm server"])
 def test_a_killed_run_takes_its_ephemeral_server_with_it(tmp_path, idle_s):
-    command = [str(TRAINFLOW), "run", str(ROOT / "pipelines" / "breast_cancer_mlp.yaml"),
-               "--set", f"outputs.store={tmp_path / 'store'}",
-               "--set", f"outputs.runs={tmp_path / 'runs'}"]
+    command = [
+        str(TRAINFLOW),
+        "run",
+        str(ROOT / "pipelines" / "breast_cancer_mlp.yaml"),
+        "--set",
+        f"outputs.store={tmp_path / 'store'}",
+        "--set",
+        f"outputs.runs={tmp_path / 'runs'}",
+    ]
     log = (tmp_path / "run.log").open("wb")
     env = {**environment(tmp_path / "home"), "TRAINFLOW_SERVER_IDLE_S": idle_s}
-    run = subprocess.Popen(command, env=env, cwd=tmp_path,
-                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    run = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     servers: dict[int, int] = {}
     try:
         deadline = time.monotonic() + 240
@@ -77,7 +92,8 @@ def test_a_killed_run_takes_its_ephemeral_server_with_it(tmp_path, idle_s):
         while any(answers(port) for port in servers.values()) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(answers(port) for port in servers.values()), (
-            f"the server of the killed run still answers on port(s) {sorted(servers.values())}")
+            f"the server of the killed run still answers on port(s) {sorted(servers.values())}"
+        )
     finally:  # nothing the run started outlives the test, whatever it asserted
         for pid in servers:
             try:

@@ -8,30 +8,49 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import PIPELINES
 from trainflow.engine.checks import check_model_and_training
 from trainflow.errors import TrainflowError
 from trainflow.spec.pipeline import PipelineSpec, apply_override, load_spec, validate_spec
-from tests.conftest import PIPELINES
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 SHIPPED = [yaml.safe_load(path.read_text()) for path in PIPELINES]
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
     st.sampled_from([0, -1, 1e12, math.inf, -math.inf, math.nan, "", "auto", "..", "/", "type"]),
-    st.text(max_size=12), st.binary(max_size=8))
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.one_of(st.text(max_size=8), st.integers()),
-                                                 inner, max_size=3)), max_leaves=6)
-SETTINGS = settings(max_examples=500, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    st.text(max_size=12),
+    st.binary(max_size=8),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.one_of(st.text(max_size=8), st.integers()), inner, max_size=3),
+    ),
+    max_leaves=6,
+)
+SETTINGS = settings(
+    max_examples=500,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def paths(node, prefix=()):
     """Every (path, value) in a raw spec."""
     yield prefix, node
-    items = node.items() if isinstance(node, dict) else enumerate(node) \
-        if isinstance(node, list) else ()
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
     for key, value in items:
         yield from paths(value, (*prefix, key))
 
@@ -46,8 +65,12 @@ def mutate(raw, data) -> object:
     """One of: drop a key, rename it, give it another value (scalar, list for a mapping, ...)."""
     path, value = data.draw(st.sampled_from(list(paths(raw))))
     kind = data.draw(st.sampled_from(["drop", "rename", "scalar", "value", "list", "mapping"]))
-    replacement = {"scalar": SCALARS, "value": VALUES, "list": st.just([value]),
-                   "mapping": st.just({"type": value})}.get(kind)
+    replacement = {
+        "scalar": SCALARS,
+        "value": VALUES,
+        "list": st.just([value]),
+        "mapping": st.just({"type": value}),
+    }.get(kind)
     if not path:
         return data.draw(replacement) if replacement is not None else raw
     container, key = parent(raw, path), path[-1]
@@ -95,9 +118,25 @@ def test_overrides_of_any_key_and_value_apply_or_name_the_problem(data):
     raw = copy.deepcopy(data.draw(st.sampled_from(SHIPPED)))
     path, _ = data.draw(st.sampled_from(list(paths(raw))))
     key = ".".join(map(str, path)) + data.draw(st.sampled_from(["", ".0", ".type", "..x", "."]))
-    text = data.draw(st.one_of(st.text(max_size=20), st.sampled_from(
-        ["{type: x}", "[", "{a: 1, a: 2}", "!!python/object:os.system ls", "*x", "&a [*a]",
-         "!!binary AAAA", "1e12", ".nan", "{name: x}"])))
+    text = data.draw(
+        st.one_of(
+            st.text(max_size=20),
+            st.sampled_from(
+                [
+                    "{type: x}",
+                    "[",
+                    "{a: 1, a: 2}",
+                    "!!python/object:os.system ls",
+                    "*x",
+                    "&a [*a]",
+                    "!!binary AAAA",
+                    "1e12",
+                    ".nan",
+                    "{name: x}",
+                ]
+            ),
+        )
+    )
 
     def override():
         apply_override(raw, f"{key}={text}")
@@ -112,8 +151,9 @@ def test_damaged_spec_files_load_or_name_the_problem(tmp_path_factory, data):
     text = PIPELINES[data.draw(st.integers(0, len(PIPELINES) - 1))].read_bytes()
     at = data.draw(st.integers(0, len(text)))
     noise = data.draw(st.binary(min_size=1, max_size=16))
-    damaged = data.draw(st.sampled_from([text[:at] + noise + text[at:], text[:at], noise,
-                                         text[:at] + noise]))
+    damaged = data.draw(
+        st.sampled_from([text[:at] + noise + text[at:], text[:at], noise, text[:at] + noise])
+    )
     path = tmp_path_factory.getbasetemp() / "fuzzed.yaml"
     path.write_bytes(damaged)
     only_trainflow_errors(lambda: load_spec(path))

@@ -24,17 +24,27 @@ from trainflow.tasks.split import SplitParams, split
 pytestmark = pytest.mark.faults
 
 SPEC = ROOT / "pipelines" / "breast_cancer_mlp.yaml"
-SMALL = ("train.epochs=2", "evaluate.cv=null", "ensemble=null", "compress.quantize=null",
-         "compress.prune=null")
+SMALL = (
+    "train.epochs=2",
+    "evaluate.cv=null",
+    "ensemble=null",
+    "compress.quantize=null",
+    "compress.prune=null",
+)
 # what a probe found deleted by the old sweep: a user's files named like the old temporaries
-USERS = {".tmp-999999-notes.txt": "notes", "project/.tmp-3999999-draft.md": "draft",
-         "project/.tmp-123456-build/main.o": "build"}
+USERS = {
+    ".tmp-999999-notes.txt": "notes",
+    "project/.tmp-3999999-draft.md": "draft",
+    "project/.tmp-123456-build/main.o": "build",
+}
 LIMIT = 16 * 1024  # bytes a file may grow to in the disk-full runs: every data file is larger
 # Ignore SIGXFSZ (so a write past the limit fails with EFBIG instead of killing the process),
 # lower the file-size limit, then become the command: both survive exec.
-LIMITED = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-           "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), "
-           "resource.getrlimit(resource.RLIMIT_FSIZE)[1])); os.execv(sys.argv[2], sys.argv[2:])")
+LIMITED = (
+    "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), "
+    "resource.getrlimit(resource.RLIMIT_FSIZE)[1])); os.execv(sys.argv[2], sys.argv[2:])"
+)
 
 
 def plant(folder: Path) -> None:
@@ -48,19 +58,28 @@ def intact(folder: Path) -> bool:
 
 
 def dead_pid() -> int:
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(done.stdout)
 
 
 def test_a_users_files_beside_and_inside_the_store_survive_runs(prefect_engine, tmp_path):
     user = tmp_path / "user"
     plant(user)
-    with pytest.raises(StoreError, match=rf"{user} is an existing folder that trainflow did not "
-                                         r"create.*set outputs.store to a new or empty folder"):
+    with pytest.raises(
+        StoreError,
+        match=rf"{user} is an existing folder that trainflow did not "
+        r"create.*set outputs.store to a new or empty folder",
+    ):
         run("breast_cancer_mlp", tmp_path, *SMALL, f"outputs.store={user}")
-    assert intact(user) and sorted(p.name for p in user.iterdir()) == [".tmp-999999-notes.txt",
-                                                                       "project"]
+    assert intact(user) and sorted(p.name for p in user.iterdir()) == [
+        ".tmp-999999-notes.txt",
+        "project",
+    ]
 
     store = user / "store"  # beside the user's files
     run("breast_cancer_mlp", tmp_path, *SMALL, f"outputs.store={store}")
@@ -105,11 +124,20 @@ def snapshot(store: Path) -> dict[str, bytes]:
 
 
 def limited(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
-           "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+    }
     trainflow = str(Path(sys.executable).with_name("trainflow"))
-    return subprocess.run([sys.executable, "-c", LIMITED, str(LIMIT), trainflow, *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", LIMITED, str(LIMIT), trainflow, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
@@ -117,8 +145,9 @@ def limited(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 def test_a_full_disk_is_one_message_and_leaves_the_store_as_it_was(stored, tmp_path, task):
     store, splits, before = stored
     inputs = ["--input", str(splits)] if task == "shard" else []
-    done = limited(tmp_path, "task", task, "--spec", str(SPEC), "--set",
-                   f"outputs.store={store}", *inputs)
+    done = limited(
+        tmp_path, "task", task, "--spec", str(SPEC), "--set", f"outputs.store={store}", *inputs
+    )
     out = done.stdout + done.stderr
     assert done.returncode != 0, out
     assert "Traceback" not in out and "Errno" not in out, out
@@ -162,10 +191,20 @@ def test_a_full_disk_is_not_retried_by_prefect(prefect_engine, stored, tmp_path)
     from prefect.settings import get_current_settings
 
     store, splits, before = stored
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
-           "PREFECT_API_URL": get_current_settings().api.url, "PREFECT_LOGGING_LEVEL": "INFO"}
-    done = subprocess.run([sys.executable, "-c", SHARD_FLOW, str(SPEC), str(store), str(splits),
-                           str(LIMIT)], capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PREFECT_API_URL": get_current_settings().api.url,
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SHARD_FLOW, str(SPEC), str(store), str(splits), str(LIMIT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     out = done.stdout + done.stderr
     result = json.loads(done.stdout.split("RESULT ", 1)[1])
     assert result["state"] == "Failed" and result["error"] == "StoreFullError", out

@@ -23,10 +23,15 @@ def worker(tmp_path, monkeypatch):
     folder.mkdir()
     rows = "".join(f"{i},{i % 3},{'a' if i % 2 else 'b'}\n" for i in range(60))
     (folder / "table.csv").write_text("x,z,label\n" + rows)
-    spec = {"name": "tabular", "data": {"source": {"type": "csv", "path": "table.csv",
-                                                   "target": "label"},
-                                        "steps": [{"type": "split"}]},
-            "model": {"type": "mlp", "units": 8}, "train": {"epochs": 1}}
+    spec = {
+        "name": "tabular",
+        "data": {
+            "source": {"type": "csv", "path": "table.csv", "target": "label"},
+            "steps": [{"type": "split"}],
+        },
+        "model": {"type": "mlp", "units": 8},
+        "train": {"epochs": 1},
+    }
     (folder / "tabular.yaml").write_text(yaml.safe_dump(spec))
     secret = tmp_path / "passwd"
     secret.write_text(f"{SECRET_LINE}\nx,y\n1,2\n")
@@ -41,10 +46,17 @@ def refused(override: str) -> tuple[str, str]:
     return caught.value.problems[0]
 
 
-@pytest.mark.parametrize("key", [
-    "data..source.path", "data.source..path", ".data.source.path", "data.source.path.",
-    "data...source.path", "data.source.path..",
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "data..source.path",
+        "data.source..path",
+        ".data.source.path",
+        "data.source.path.",
+        "data...source.path",
+        "data.source.path..",
+    ],
+)
 def test_empty_segments_are_refused_naming_the_parameter(worker, key):
     where, why = refused(f"{key}={worker}")
     assert where == "overrides.0" and "empty segment" in why
@@ -53,16 +65,24 @@ def test_empty_segments_are_refused_naming_the_parameter(worker, key):
 # Spellings the old check let through (the first ones) and ones it already refused, kept here
 # so a change to the allowlist cannot reopen them.
 WORKER_ONLY = [
-    "data . source . path={secret}", "train.pretrained.path={secret}",
-    "train.pretrained={{path: {secret}}}", "train.distill.teacher={secret}",
-    "train.log.tensorboard=/tmp/tb", "data.steps.0.columns=[x]",
+    "data . source . path={secret}",
+    "train.pretrained.path={secret}",
+    "train.pretrained={{path: {secret}}}",
+    "train.distill.teacher={secret}",
+    "train.log.tensorboard=/tmp/tb",
+    "data.steps.0.columns=[x]",
     "train.augment.transforms.0.params.x=1",
-    " data.source.path ={secret}", "data.source.path={secret}",
+    " data.source.path ={secret}",
+    "data.source.path={secret}",
     "data.source={{type: csv, path: {secret}, target: x}}",
     "data={{source: {{type: csv, path: {secret}, target: x}}, steps: [{{type: split}}]}}",
-    "train.loader.cache_dir=/tmp/cache", "train={{loader: {{cache_dir: /tmp/cache}}}}",
-    "outputs.store=/tmp/elsewhere", "outputs.runs=/tmp/runs", "outputs={{runs: /x}}",
-    "runner.address=tcp://10.0.0.1:8786", "runner={{type: dask, address: tcp://10.0.0.1:1}}",
+    "train.loader.cache_dir=/tmp/cache",
+    "train={{loader: {{cache_dir: /tmp/cache}}}}",
+    "outputs.store=/tmp/elsewhere",
+    "outputs.runs=/tmp/runs",
+    "outputs={{runs: /x}}",
+    "runner.address=tcp://10.0.0.1:8786",
+    "runner={{type: dask, address: tcp://10.0.0.1:1}}",
 ]
 
 
@@ -99,15 +119,30 @@ def _is_list(field):
 def test_the_ui_sets_numbers_switches_and_choices_but_no_text(worker):
     paths = {".".join(keys): (keys, ann) for keys, ann in _leaves(PipelineSpec)}
     texts = [p for p, (keys, ann) in paths.items() if free_text(ann)]
-    for known in ("data.source.path", "outputs.store", "train.loader.cache_dir",
-                  "train.pretrained.path", "train.distill.teacher", "runner.address"):
+    for known in (
+        "data.source.path",
+        "outputs.store",
+        "train.loader.cache_dir",
+        "train.pretrained.path",
+        "train.distill.teacher",
+        "runner.address",
+    ):
         assert known in texts
     assert all(refusal(paths[p][0], PipelineSpec) for p in texts)
     for knob in ("train.epochs", "train.lr", "train.batch_size", "evaluate.cv.folds"):
         assert refusal(knob.split("."), PipelineSpec) is None
-    spec = spec_from_parameters("tabular", {"epochs": 2, "lr": 0.01}, [
-        "train.optimizer.type=sgd", "data.steps.0.test=0.3", "model.init.linear=orthogonal",
-        "train.early_stopping={patience: 3}", "train.loader.workers=0", "seed=7"])
+    spec = spec_from_parameters(
+        "tabular",
+        {"epochs": 2, "lr": 0.01},
+        [
+            "train.optimizer.type=sgd",
+            "data.steps.0.test=0.3",
+            "model.init.linear=orthogonal",
+            "train.early_stopping={patience: 3}",
+            "train.loader.workers=0",
+            "seed=7",
+        ],
+    )
     assert spec.train.epochs == 2 and spec.train.optimizer.type == "sgd"
     assert spec.data.split.test == 0.3 and spec.model.init == {"linear": "orthogonal"}
     assert spec.train.early_stopping.patience == 3 and spec.seed == 7
@@ -131,8 +166,7 @@ def test_a_field_added_later_is_worker_only_by_default():
 def test_a_ui_run_never_reads_a_file_outside_the_pipelines_folder(worker, prefect_engine):
     from trainflow.flows.deployments import train
 
-    state = train(pipeline="tabular", overrides=[f"data..source.path={worker}"],
-                  return_state=True)
+    state = train(pipeline="tabular", overrides=[f"data..source.path={worker}"], return_state=True)
     assert state.is_failed()
     message = str(state.message)
     assert "overrides.0" in message and "empty segment" in message

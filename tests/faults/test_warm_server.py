@@ -16,13 +16,22 @@ import pytest
 from tests.conftest import ROOT
 from tests.faults.test_server_lifetime import answers, environment
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow,
-              pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                 reason="leases name processes by /proc")]
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="leases name processes by /proc"
+    ),
+]
 
 TRAINFLOW = Path(sys.executable).with_name("trainflow")
-SMALL = ["train.epochs=3", "evaluate.cv=null", "ensemble=null", "compress.quantize=null",
-         "compress.prune=null"]
+SMALL = [
+    "train.epochs=3",
+    "evaluate.cv=null",
+    "ensemble=null",
+    "compress.quantize=null",
+    "compress.prune=null",
+]
 IDLE_S = 600  # longer than a busy machine takes to start the second command
 
 
@@ -39,22 +48,36 @@ def run(tmp_path: Path, home: Path) -> subprocess.CompletedProcess:
     sets = [*SMALL, f"outputs.store={tmp_path / 'store'}", f"outputs.runs={tmp_path / 'runs'}"]
     spec = ROOT / "pipelines" / "breast_cancer_mlp.yaml"
     overrides = [a for s in sets for a in ("--set", s)]
-    return subprocess.run([str(TRAINFLOW), "run", str(spec), *overrides],
-                          env=warm_environment(home), cwd=tmp_path, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [str(TRAINFLOW), "run", str(spec), *overrides],
+        env=warm_environment(home),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def task_states(port: int) -> dict[str, str]:
     """Task name -> state name of the latest pipeline run's tasks (its subflows' too), as the
     UI reads them."""
     api = f"http://127.0.0.1:{port}/api"
-    flows = httpx.post(f"{api}/flow_runs/filter", json={
-        "sort": "START_TIME_DESC", "limit": 1,
-        "flows": {"name": {"any_": ["trainflow-pipeline"]}}}).json()
-    subflows = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {
-        "parent_flow_run_id": {"any_": [flows[0]["id"]]}}}).json()  # prepare-data, the folds
-    runs = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {
-        "any_": [flows[0]["id"], *(f["id"] for f in subflows)]}}}).json()
+    flows = httpx.post(
+        f"{api}/flow_runs/filter",
+        json={
+            "sort": "START_TIME_DESC",
+            "limit": 1,
+            "flows": {"name": {"any_": ["trainflow-pipeline"]}},
+        },
+    ).json()
+    subflows = httpx.post(
+        f"{api}/flow_runs/filter",
+        json={"flow_runs": {"parent_flow_run_id": {"any_": [flows[0]["id"]]}}},
+    ).json()  # prepare-data, the folds
+    runs = httpx.post(
+        f"{api}/task_runs/filter",
+        json={"flow_runs": {"id": {"any_": [flows[0]["id"], *(f["id"] for f in subflows)]}}},
+    ).json()
     return {r["name"].rsplit("-", 1)[0]: r["state"]["name"] for r in runs}
 
 
@@ -94,17 +117,26 @@ def test_runs_in_a_row_share_one_server_which_shows_their_cached_tasks(tmp_path)
         stop([*found, *servers(home)])
 
 
-ATTACH = ("import sys, time; from trainflow import warmserver; "
-          "pid, port = warmserver.attach(float(sys.argv[1])); "
-          "warmserver.wait_ready(pid, port, 180); print(pid, port, flush=True); time.sleep(1)")
+ATTACH = (
+    "import sys, time; from trainflow import warmserver; "
+    "pid, port = warmserver.attach(float(sys.argv[1])); "
+    "warmserver.wait_ready(pid, port, 180); print(pid, port, flush=True); time.sleep(1)"
+)
 
 
 def test_commands_started_together_start_one_server_which_ends_when_idle(tmp_path):
     home = tmp_path / "home"
     env = {**warm_environment(home), "PREFECT_HOME": str(home)}
-    commands = [subprocess.Popen([sys.executable, "-c", ATTACH, "3"], env=env, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                for _ in range(3)]
+    commands = [
+        subprocess.Popen(
+            [sys.executable, "-c", ATTACH, "3"],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
     outputs = [c.communicate(timeout=300) for c in commands]
     found = servers(home)
     try:

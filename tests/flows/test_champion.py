@@ -68,33 +68,38 @@ def test_retraining_must_beat_the_champion(tmp_path, pipelines, capsys):
     assert worse["package"] == first["package"]
     kept = worse["champion"]
     assert kept["decision"] == "kept" and not kept["promoted"]
-    assert kept["challenger"]["metrics"]["f1_macro"] < kept["champion_before"]["metrics"][
-        "f1_macro"]
+    assert (
+        kept["challenger"]["metrics"]["f1_macro"] < kept["champion_before"]["metrics"]["f1_macro"]
+    )
     assert "must be more than min_delta 0 higher" in kept["reason"]
     assert champion.champion_package(NAME) == Path(better["package"])
 
     # the run's report: the package, its input, the command, and the decision side by side
     report = (Path(worse["run_dir"]) / "report.md").read_text()
-    model = report[report.index("## Model\n"):]
+    model = report[report.index("## Model\n") :]
     assert f"trainflow predict {worse['package']} DATA --output preds.csv" in model
     assert f"trainflow predict {NAME} DATA --output preds.csv" in model
     assert "| mean radius | Float64 |" in model
     assert "decision: **kept**" in model and kept["reason"] in model
     assert "| metric | this run (challenger) | champion before this run |" in model
     f1_row = next(line for line in model.splitlines() if line.startswith("| **f1_macro**"))
-    assert f1_row == (f"| **f1_macro** | {kept['challenger']['metrics']['f1_macro']:.4f} | "
-                      f"{kept['champion_before']['metrics']['f1_macro']:.4f} |")
+    assert f1_row == (
+        f"| **f1_macro** | {kept['challenger']['metrics']['f1_macro']:.4f} | "
+        f"{kept['champion_before']['metrics']['f1_macro']:.4f} |"
+    )
     assert f"champion now: `{better['package']}`" in model
     metrics = json.loads((Path(worse["run_dir"]) / "metrics.json").read_text())
     assert metrics["champion"]["decision"] == "kept"
 
     # the champion still scores new rows by the pipeline's name
     data, spec = worse["data"], load_spec(ROOT / "pipelines" / f"{NAME}.yaml")
-    spec_rows = raw_test_rows(data["ingested"], data["steps"], spec.data.pre_split,
-                              data["raw_splits"], spec.seed)
+    spec_rows = raw_test_rows(
+        data["ingested"], data["steps"], spec.data.pre_split, data["raw_splits"], spec.seed
+    )
     spec_rows.drop("target").write_csv(tmp_path / "new.csv")
-    code, out, err = cli(capsys, "predict", NAME, str(tmp_path / "new.csv"),
-                         "--output", str(tmp_path / "preds.csv"))
+    code, out, err = cli(
+        capsys, "predict", NAME, str(tmp_path / "new.csv"), "--output", str(tmp_path / "preds.csv")
+    )
     assert code == 0, err
     predicted = pl.read_csv(tmp_path / "preds.csv")["prediction"].to_list()
     assert predicted == load_model(better["package"]).predict(spec_rows).tolist()
@@ -120,13 +125,16 @@ def test_retraining_must_beat_the_champion(tmp_path, pipelines, capsys):
     code, _, err = cli(capsys, "models", "promote", NAME, better["package"])
     assert code == 0, err
     assert champion.champion_package(NAME) == Path(better["package"])
-    code, _, err = cli(capsys, "models", "promote", "digits_cnn", better["package"],
-                       "--store", str(store))
+    code, _, err = cli(
+        capsys, "models", "promote", "digits_cnn", better["package"], "--store", str(store)
+    )
     assert code == 2
     assert f"is a package of pipeline {NAME!r}, not of 'digits_cnn'" in err
     assert champion.read_pointer(store, "digits_cnn") is None
     assert [e.decision for e in champion.read_pointer(store, NAME).history][-2:] == [
-        "rolled back", "promoted by hand"]
+        "rolled back",
+        "promoted by hand",
+    ]
 
 
 def test_predict_on_a_pipeline_without_a_champion_is_refused(tmp_path, pipelines, capsys):
@@ -138,11 +146,16 @@ def test_predict_on_a_pipeline_without_a_champion_is_refused(tmp_path, pipelines
     assert str(tmp_path / "store") in err  # the store it looked in: the spec's outputs.store
 
 
-@pytest.mark.parametrize("metric, new, old, promoted", [
-    ("f1_macro", 0.91, 0.90, True), ("f1_macro", 0.90, 0.90, False),
-    ("f1_macro", 0.85, 0.90, False),
-    ("log_loss", 0.20, 0.30, True), ("log_loss", 0.30, 0.20, False),  # lower is better
-])
+@pytest.mark.parametrize(
+    "metric, new, old, promoted",
+    [
+        ("f1_macro", 0.91, 0.90, True),
+        ("f1_macro", 0.90, 0.90, False),
+        ("f1_macro", 0.85, 0.90, False),
+        ("log_loss", 0.20, 0.30, True),
+        ("log_loss", 0.30, 0.20, False),  # lower is better
+    ],
+)
 def test_the_rule_higher_is_better_except_loss(metric, new, old, promoted):
     rule = PromoteSpec(metric=metric)
     assert champion.judge(rule, {metric: new}, {metric: old})[0] is promoted
@@ -154,4 +167,6 @@ def test_min_delta_is_a_margin_the_challenger_must_exceed():
     assert not held and "higher by 0.0300" in reason and "min_delta 0.05" in reason
     assert champion.judge(rule, {"f1_macro": 0.96}, {"f1_macro": 0.90})[0]
     assert champion.judge(rule, {"f1_macro": 0.0}, None) == (
-        True, "the first model of this pipeline: there is no champion yet")
+        True,
+        "the first model of this pipeline: there is no champion yet",
+    )

@@ -18,8 +18,13 @@ from trainflow.testrows import raw_test_rows
 mlflow = pytest.importorskip("mlflow")
 
 NAME = "breast_cancer_mlp"
-SMALL = ("train.epochs=2", "evaluate.cv.folds=2", "ensemble=null", "compress.quantize=null",
-         "compress.prune=null")
+SMALL = (
+    "train.epochs=2",
+    "evaluate.cv.folds=2",
+    "ensemble=null",
+    "compress.quantize=null",
+    "compress.prune=null",
+)
 BAD = ("train.epochs=1", "evaluate.cv=null", "train.lr=0.5")  # worse: the champion stays
 
 
@@ -45,8 +50,9 @@ def test_a_run_is_logged_to_mlflow_and_promotion_moves_the_alias(tmp_path, monke
     assert [m.step for m in loss] == [1, 2]
     assert parent.data.metrics["test/f1_macro"] == result["test"]["f1_macro"]
 
-    folds = client.search_runs([logged["experiment_id"]],
-                               f"tags.mlflow.parentRunId = '{logged['run_id']}'")
+    folds = client.search_runs(
+        [logged["experiment_id"]], f"tags.mlflow.parentRunId = '{logged['run_id']}'"
+    )
     assert sorted(r.info.run_name for r in folds) == ["fold-0", "fold-1"]
     by_fold = {r.data.tags["trainflow.fold"]: r for r in folds}
     for ref in result["folds"]:
@@ -55,13 +61,22 @@ def test_a_run_is_logged_to_mlflow_and_promotion_moves_the_alias(tmp_path, monke
         assert len(client.get_metric_history(fold.info.run_id, "val_loss")) == 2
 
     files = {f.path for f in client.list_artifacts(logged["run_id"], "report")}
-    assert {"report/report.md", "report/metrics.json", "report/confusion.png",
-            "report/curves.png"} <= files
+    assert {
+        "report/report.md",
+        "report/metrics.json",
+        "report/confusion.png",
+        "report/curves.png",
+    } <= files
 
     # the registered champion scores new rows as trainflow's own package does
     data, spec = result["data"], load_spec(ROOT / "pipelines" / f"{NAME}.yaml")
-    rows = raw_test_rows(data["ingested"], data["steps"], spec.data.pre_split,
-                         data["raw_splits"], spec.seed).drop("target").to_pandas()
+    rows = (
+        raw_test_rows(
+            data["ingested"], data["steps"], spec.data.pre_split, data["raw_splits"], spec.seed
+        )
+        .drop("target")
+        .to_pandas()
+    )
     ours = load_model(result["package"])
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)  # models:/ URIs resolve against the global registry

@@ -9,8 +9,8 @@ from tests.conftest import ROOT
 from tests.flows.helpers import run, task_states
 from trainflow.errors import DataError
 from trainflow.flows.pipeline import pipeline
-from trainflow.task_options import step
 from trainflow.spec.pipeline import load_spec
+from trainflow.task_options import step
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
@@ -21,8 +21,9 @@ SMALL = ("train.epochs=4", "evaluate.cv.folds=2", "compress.prune.finetune_epoch
 def attempts_until_done(name: str, error: Exception, spec_overrides=()) -> tuple[list, str]:
     """Run a task called `name` (so it gets that step's options) that fails once with
     `error`; return its attempts and the flow's final state."""
-    spec = load_spec(SPEC, [f"orchestration.steps={{{name}: {{retry_delay_s: [0]}}}}",
-                            *spec_overrides])
+    spec = load_spec(
+        SPEC, [f"orchestration.steps={{{name}: {{retry_delay_s: [0]}}}}", *spec_overrides]
+    )
     attempts = []
 
     @task(name=name)
@@ -48,15 +49,23 @@ def test_io_steps_retry_transient_errors_but_never_deterministic_ones():
     assert (len(attempts), state) == (1, "FAILED")  # the same input fails the same way
     attempts, state = attempts_until_done("train", OSError("disk full"))
     assert (len(attempts), state) == (1, "FAILED")  # training is not retried by default
-    attempts, state = attempts_until_done("train", OSError("disk full"),
-                                          ["orchestration.steps.train.retries=1"])
+    attempts, state = attempts_until_done(
+        "train", OSError("disk full"), ["orchestration.steps.train.retries=1"]
+    )
     assert (len(attempts), state) == (2, "COMPLETED")  # unless the spec asks for it
 
 
 def test_a_step_timeout_fails_the_run_at_that_step(tmp_path):
     outputs = [f"outputs.store={tmp_path / 'store'}", f"outputs.runs={tmp_path / 'runs'}"]
-    slow = load_spec(SPEC, [*outputs, "train.epochs=2000", "train.early_stopping=null",
-                            "orchestration.steps={train: {timeout_s: 1.5}}"])
+    slow = load_spec(
+        SPEC,
+        [
+            *outputs,
+            "train.epochs=2000",
+            "train.early_stopping=null",
+            "orchestration.steps={train: {timeout_s: 1.5}}",
+        ],
+    )
     tag = f"timeout-{uuid4().hex[:8]}"
     with tags(tag):
         state = pipeline(slow, return_state=True)
@@ -70,8 +79,9 @@ def test_a_step_timeout_fails_the_run_at_that_step(tmp_path):
 
 def test_dask_runner_gives_the_thread_pool_cv_metrics(tmp_path):
     threads, states = run("breast_cancer_mlp", tmp_path / "threads", *SMALL)
-    dask, dask_states = run("breast_cancer_mlp", tmp_path / "dask", *SMALL, "runner.type=dask",
-                            "runner.workers=1")
+    dask, dask_states = run(
+        "breast_cancer_mlp", tmp_path / "dask", *SMALL, "runner.type=dask", "runner.workers=1"
+    )
     assert len(dask_states["train_fold"]) == 2
     assert all(s == "Completed" for s in dask_states["train_fold"])
     assert [f.meta for f in dask["folds"]] == [f.meta for f in threads["folds"]]

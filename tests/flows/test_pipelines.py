@@ -13,24 +13,40 @@ from tests.flows.helpers import run
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
 CASES = {
-    "digits_cnn": (["train.epochs=8", "evaluate.cv.folds=2",
-                    "compress.prune.finetune_epochs=2"], 0.95),
+    "digits_cnn": (
+        ["train.epochs=8", "evaluate.cv.folds=2", "compress.prune.finetune_epochs=2"],
+        0.95,
+    ),
     "breast_cancer_mlp": (["train.epochs=30", "evaluate.cv.folds=2"], 0.93),
     "credit_smote_mlp": (["train.epochs=15", "evaluate.cv.folds=2"], 0.70),
 }
-STEPS = {"digits_cnn": {"clean", "split", "normalize"},
-         "breast_cancer_mlp": {"clean", "split", "normalize"},
-         "credit_smote_mlp": {"clean", "split", "normalize", "encode", "anomalies", "resample"}}
+STEPS = {
+    "digits_cnn": {"clean", "split", "normalize"},
+    "breast_cancer_mlp": {"clean", "split", "normalize"},
+    "credit_smote_mlp": {"clean", "split", "normalize", "encode", "anomalies", "resample"},
+}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_shipped_pipeline_end_to_end(name, tmp_path):
     overrides, floor = CASES[name]
     result, states = run(name, tmp_path, *overrides)
-    assert set(states) == STEPS[name] | {"ingest", "expect", "shard", "train", "evaluate",
-                                         "train_fold",
-                                         "ensemble", "quantize", "prune", "measure_latency",
-                                         "package", "promote", "report", "publish_report"}
+    assert set(states) == STEPS[name] | {
+        "ingest",
+        "expect",
+        "shard",
+        "train",
+        "evaluate",
+        "train_fold",
+        "ensemble",
+        "quantize",
+        "prune",
+        "measure_latency",
+        "package",
+        "promote",
+        "report",
+        "publish_report",
+    }
     assert all(s == "Completed" for names in states.values() for s in names)
     assert len(states["train_fold"]) == 2
     assert result["test"]["accuracy"] >= floor
@@ -39,12 +55,22 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
     assert run_dir.parent == tmp_path / "runs" / name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     report = (run_dir / "report.md").read_text()
-    for section in ("## Data", "## Data profile", "## Test metrics", "Confusion matrix", "## Cross-validation",
-                    "## Ensemble", "## Compression: quantize", "## Compression: prune",
-                    "## Models written"):
+    for section in (
+        "## Data",
+        "## Data profile",
+        "## Test metrics",
+        "Confusion matrix",
+        "## Cross-validation",
+        "## Ensemble",
+        "## Compression: quantize",
+        "## Compression: prune",
+        "## Models written",
+    ):
         assert section in report
     assert metrics["test"]["accuracy"] == result["test"]["accuracy"]
-    assert len(metrics["cv"]["folds"]) == 2 and set(metrics["cv"]["std"]) == set(metrics["cv"]["mean"])
+    assert len(metrics["cv"]["folds"]) == 2 and set(metrics["cv"]["std"]) == set(
+        metrics["cv"]["mean"]
+    )
     if "resample" not in STEPS[name]:
         assert sum(metrics["data"]["rows"].values()) == metrics["data"]["ingested_rows"]
     else:  # SMOTE balanced the training part, and only it; anomalies were reported
@@ -53,7 +79,10 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
         sample = metrics["training_sample"][0]
         assert isinstance(sample["Home"], str) and not any(k.startswith("Home=") for k in sample)
         assert len(set(metrics["data"]["classes"]["train"].values())) == 1
-        assert metrics["data"]["train_before_post_split_steps"]["rows"] < metrics["data"]["rows"]["train"]
+        assert (
+            metrics["data"]["train_before_post_split_steps"]["rows"]
+            < metrics["data"]["rows"]["train"]
+        )
     assert all(Path(path).exists() for path in metrics["models"].values())
 
     quantized, pruned = metrics["compress"]["quantize"], metrics["compress"]["prune"]
@@ -76,7 +105,8 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
     key = name.replace("_", "-") + "-report"
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
     expected = report
     for image in ("augment_preview.png", "curves.png", "confusion.png"):  # inline in the UI
         if (run_dir / image).exists():
@@ -86,7 +116,8 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
     # training moved a progress artifact of its task run to 100 %
     with get_client(sync_client=True) as client:
         progress = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-progress"])))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["train-progress"]))
+        )
     assert progress and all(a.type == "progress" for a in progress)
     assert any(a.data == 100.0 for a in progress)
 
@@ -95,9 +126,20 @@ def test_trainflow_run_command_prints_metrics_and_run_folder(tmp_path, capsys):
     from trainflow.cli import main
 
     spec = Path(__file__).resolve().parents[2] / "pipelines" / "breast_cancer_mlp.yaml"
-    code = main(["run", str(spec), "--set", "train.epochs=5", "--set", "evaluate.cv.folds=2",
-                 "--set", f"outputs.store={tmp_path / 'store'}",
-                 "--set", f"outputs.runs={tmp_path / 'runs'}"])
+    code = main(
+        [
+            "run",
+            str(spec),
+            "--set",
+            "train.epochs=5",
+            "--set",
+            "evaluate.cv.folds=2",
+            "--set",
+            f"outputs.store={tmp_path / 'store'}",
+            "--set",
+            f"outputs.runs={tmp_path / 'runs'}",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert (Path(printed["run_dir"]) / "report.md").is_file()
@@ -108,20 +150,37 @@ def test_trainflow_run_command_prints_metrics_and_run_folder(tmp_path, capsys):
 def test_minimal_spec_without_optional_sections(tmp_path):
     from prefect import tags
 
+    from tests.flows.helpers import task_states
     from trainflow.flows.pipeline import pipeline
     from trainflow.spec.pipeline import validate_spec
-    from tests.flows.helpers import task_states
 
-    spec = validate_spec({
-        "name": "iris_minimal",
-        "data": {"source": {"type": "sklearn", "dataset": "iris"}, "steps": [{"type": "split"}]},
-        "model": {"type": "mlp"}, "train": {"epochs": 3},
-        "outputs": {"store": str(tmp_path / "store"), "runs": str(tmp_path / "runs")}})
+    spec = validate_spec(
+        {
+            "name": "iris_minimal",
+            "data": {
+                "source": {"type": "sklearn", "dataset": "iris"},
+                "steps": [{"type": "split"}],
+            },
+            "model": {"type": "mlp"},
+            "train": {"epochs": 3},
+            "outputs": {"store": str(tmp_path / "store"), "runs": str(tmp_path / "runs")},
+        }
+    )
     with tags("iris-minimal-" + tmp_path.name):
         result = pipeline(spec)
     states = task_states("iris-minimal-" + tmp_path.name)
-    assert set(states) == {"ingest", "expect", "split", "shard", "train", "evaluate", "package",
-                           "promote", "report", "publish_report"}
+    assert set(states) == {
+        "ingest",
+        "expect",
+        "split",
+        "shard",
+        "train",
+        "evaluate",
+        "package",
+        "promote",
+        "report",
+        "publish_report",
+    }
     report = (Path(result["run_dir"]) / "report.md").read_text()
     assert "## Test metrics" in report and "Cross-validation" not in report
     assert result["folds"] == [] and result["ensemble"] is None and result["compressed"] == {}

@@ -36,7 +36,8 @@ def trained(prefect_engine, tmp_path_factory):
     (root / "pipelines").mkdir()
     (root / "pipelines" / "breast_cancer_mlp.yaml").write_text(yaml.safe_dump(spec))
     (root / "pipelines" / "never_trained.yaml").write_text(
-        yaml.safe_dump({**spec, "name": "never_trained"}))
+        yaml.safe_dump({**spec, "name": "never_trained"})
+    )
     with pytest.MonkeyPatch.context() as env:
         env.setenv("TRAINFLOW_PIPELINES_DIR", str(root / "pipelines"))
         env.setenv("TRAINFLOW_SCORING_DIR", str(root / "scoring"))
@@ -66,8 +67,9 @@ def run_score(**parameters):
 
 def artifacts(flow_run_id) -> dict:
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     return {a.key: a for a in found}
 
 
@@ -80,9 +82,12 @@ def test_a_score_run_writes_a_prediction_per_row_and_flags_the_shifted_feature(t
     rows = new_rows(shift=True)
     rows.write_csv(incoming)
 
-    state, run_id = run_score(pipeline="breast_cancer_mlp",
-                              data="breast_cancer_mlp/incoming.csv",
-                              output="breast_cancer_mlp/out/predictions-{date}.csv", proba=True)
+    state, run_id = run_score(
+        pipeline="breast_cancer_mlp",
+        data="breast_cancer_mlp/incoming.csv",
+        output="breast_cancer_mlp/out/predictions-{date}.csv",
+        proba=True,
+    )
     assert state.is_completed(), state.message
     summary = state.result()
     written = list((root / "scoring" / "breast_cancer_mlp" / "out").iterdir())
@@ -95,8 +100,10 @@ def test_a_score_run_writes_a_prediction_per_row_and_flags_the_shifted_feature(t
     assert predictions.columns == ["prediction", "proba_malignant", "proba_benign"]
     assert summary["package"] == str(package)
     counts = predictions["prediction"].value_counts()
-    assert summary["classes"] == {c: int(counts.filter(pl.col("prediction") == c)["count"].sum())
-                                  for c in ("malignant", "benign")}
+    assert summary["classes"] == {
+        c: int(counts.filter(pl.col("prediction") == c)["count"].sum())
+        for c in ("malignant", "benign")
+    }
 
     drift = {row["column"]: row for row in summary["drift"]}
     assert len(drift) == 30  # every feature the model reads
@@ -119,8 +126,12 @@ def test_a_named_package_scores_to_parquet_and_unshifted_rows_drift_nowhere(trai
     rows = new_rows(shift=False)
     rows.write_parquet(incoming)
 
-    state, _ = run_score(pipeline="breast_cancer_mlp", data="unshifted.parquet",
-                         output="scored.parquet", package=package.name)
+    state, _ = run_score(
+        pipeline="breast_cancer_mlp",
+        data="unshifted.parquet",
+        output="scored.parquet",
+        package=package.name,
+    )
     assert state.is_completed(), state.message
     summary = state.result()
     predictions = pl.read_parquet(root / "scoring" / "scored.parquet")
@@ -130,7 +141,8 @@ def test_a_named_package_scores_to_parquet_and_unshifted_rows_drift_nowhere(trai
 
 
 def test_parameters_that_point_outside_the_scoring_folder_fail_before_any_file_is_read(
-        trained, tmp_path):
+    trained, tmp_path
+):
     root, _ = trained
     outside = tmp_path / "secret.csv"
     new_rows(shift=False).write_csv(outside)
@@ -138,17 +150,22 @@ def test_parameters_that_point_outside_the_scoring_folder_fail_before_any_file_i
     (root / "scoring" / "escape").symlink_to(tmp_path)
     before = sorted(p for p in root.rglob("*"))
 
-    state, run_id = run_score(pipeline="breast_cancer_mlp", data=str(outside),
-                              output="../predictions.csv", package="../../store/package/x",
-                              drift_threshold=0.0)
+    state, run_id = run_score(
+        pipeline="breast_cancer_mlp",
+        data=str(outside),
+        output="../predictions.csv",
+        package="../../store/package/x",
+        drift_threshold=0.0,
+    )
     assert state.is_failed()
     message = state.message
     assert "- data: " in message and "is not a path relative to the scoring folder" in message
     assert "- output: '../predictions.csv' is not a path relative" in message
     assert "- package: '../../store/package/x' is not a model package" in message
     assert "- drift_threshold: 0.0 is not a PSI threshold" in message
-    state, _ = run_score(pipeline="breast_cancer_mlp", data="escape/secret.csv",
-                         output="/tmp/predictions.csv")
+    state, _ = run_score(
+        pipeline="breast_cancer_mlp", data="escape/secret.csv", output="/tmp/predictions.csv"
+    )
     assert "leads outside the scoring folder" in state.message
     assert "- output: '/tmp/predictions.csv' is not a path" in state.message
     assert sorted(p for p in root.rglob("*")) == before  # nothing written
@@ -159,8 +176,7 @@ def test_a_pipeline_without_a_champion_is_named_with_the_way_to_make_one(trained
     root, _ = trained
     (root / "scoring" / "never_trained.csv").parent.mkdir(exist_ok=True)
     new_rows(shift=False).write_csv(root / "scoring" / "never_trained.csv")
-    state, _ = run_score(pipeline="never_trained", data="never_trained.csv",
-                         output="never.csv")
+    state, _ = run_score(pipeline="never_trained", data="never_trained.csv", output="never.csv")
     assert state.is_failed()
     assert "pipeline 'never_trained' has no champion yet" in state.message
     assert not (root / "scoring" / "never.csv").exists()
@@ -176,8 +192,12 @@ def test_predict_to_a_file_reads_numbers_once_and_still_names_a_bad_value(traine
     root, package = trained
     rows = new_rows(shift=False).head(20).with_columns(pl.col(SHIFTED).cast(pl.String))
     padded = root / "padded.csv"
-    rows.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(pl.lit("   "))
-                      .otherwise(pl.col(SHIFTED)).alias(SHIFTED)).write_csv(padded)
+    rows.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3)
+        .then(pl.lit("   "))
+        .otherwise(pl.col(SHIFTED))
+        .alias(SHIFTED)
+    ).write_csv(padded)
     assert main(["predict", str(package), str(padded), "--output", str(root / "p.csv")]) == 0
     capsys.readouterr()
     assert main(["predict", str(package), str(padded)]) == 0
@@ -185,8 +205,12 @@ def test_predict_to_a_file_reads_numbers_once_and_still_names_a_bad_value(traine
     assert len((root / "p.csv").read_text().splitlines()) == 21
 
     bad = root / "bad.csv"
-    rows.with_columns(pl.when(pl.int_range(pl.len()) == 7).then(pl.lit("12,5"))
-                      .otherwise(pl.col(SHIFTED)).alias(SHIFTED)).write_csv(bad)
+    rows.with_columns(
+        pl.when(pl.int_range(pl.len()) == 7)
+        .then(pl.lit("12,5"))
+        .otherwise(pl.col(SHIFTED))
+        .alias(SHIFTED)
+    ).write_csv(bad)
     assert main(["predict", str(package), str(bad), "--output", str(root / "b.csv")]) == 2
     error = capsys.readouterr().err
     assert f"column '{SHIFTED}': 1 value(s) do not convert to Float64" in error

@@ -25,8 +25,16 @@ def test_sequence_pipeline_trains_a_gru_with_truncated_bptt(tmp_path):
 
 
 def test_tbptt_on_a_non_recurrent_model_fails_before_any_task(tmp_path, capsys):
-    code = main(["run", str(ROOT / "pipelines" / "sequences_gru.yaml"),
-                 "--set", "model={type: mlp}", "--set", f"outputs.store={tmp_path / 'store'}"])
+    code = main(
+        [
+            "run",
+            str(ROOT / "pipelines" / "sequences_gru.yaml"),
+            "--set",
+            "model={type: mlp}",
+            "--set",
+            f"outputs.store={tmp_path / 'store'}",
+        ]
+    )
     assert code == 2
     assert "train.tbptt" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()  # nothing ran, nothing written
@@ -35,8 +43,10 @@ def test_tbptt_on_a_non_recurrent_model_fails_before_any_task(tmp_path, capsys):
 def test_multitask_pipeline_trains_both_heads(tmp_path):
     result, states = run("sequences_multitask", tmp_path, "train.epochs=14")
     assert all(s == "Completed" for names in states.values() for s in names)
-    rows = [json.loads(line) for line in
-            (Path(result["model"].path) / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (Path(result["model"].path) / "metrics.jsonl").read_text().splitlines()
+    ]
     assert rows[-1]["val_accuracy"] >= 0.8 and rows[-1]["val_amplitude_accuracy"] >= 0.7
     info = json.loads((Path(result["model"].path) / "model.json").read_text())
     assert info["aux_targets"] == {"amplitude": ["high", "low"]}
@@ -44,9 +54,15 @@ def test_multitask_pipeline_trains_both_heads(tmp_path):
 
 
 def test_report_shows_robust_accuracy_beside_accuracy(tmp_path):
-    result, _ = run("breast_cancer_mlp", tmp_path, "train.epochs=5", "evaluate.cv=null",
-                    "ensemble=null", "compress={}",
-                    "train.adversarial={method: fgsm, epsilon: 0.3}")
+    result, _ = run(
+        "breast_cancer_mlp",
+        tmp_path,
+        "train.epochs=5",
+        "evaluate.cv=null",
+        "ensemble=null",
+        "compress={}",
+        "train.adversarial={method: fgsm, epsilon: 0.3}",
+    )
     report = (Path(result["run_dir"]) / "report.md").read_text()
     test_table = report.split("## Test metrics")[1].split("Confusion matrix")[0]
     assert "| accuracy |" in test_table and "| robust_accuracy |" in test_table

@@ -17,16 +17,26 @@ def table(tmp_path):
 
 def test_every_failed_expectation_is_listed_at_once(table):
     store, ref = table
-    expect = ExpectSpec(columns=["age", "income"], dtypes={"city": "numeric"},
-                        ranges={"age": (0, 120)}, not_null=["city"], label_not_null=True,
-                        classes=["yes", "no"])
+    expect = ExpectSpec(
+        columns=["age", "income"],
+        dtypes={"city": "numeric"},
+        ranges={"age": (0, 120)},
+        not_null=["city"],
+        label_not_null=True,
+        classes=["yes", "no"],
+    )
     with pytest.raises(DataError) as caught:
         check_expectations.fn(ref, expect, store)
     message = str(caught.value)
     assert message.startswith("6 data expectation(s) failed")
-    for part in ("column 'income' is missing", "column 'city' should be numeric, is String",
-                 "column 'age': 1 value(s) below 0, 1 above 120", "column 'city' has 1 missing",
-                 "label 'label' is missing in 1 row(s)", "values ['maybe'] outside ['yes', 'no']"):
+    for part in (
+        "column 'income' is missing",
+        "column 'city' should be numeric, is String",
+        "column 'age': 1 value(s) below 0, 1 above 120",
+        "column 'city' has 1 missing",
+        "label 'label' is missing in 1 row(s)",
+        "values ['maybe'] outside ['yes', 'no']",
+    ):
         assert part in message
 
 

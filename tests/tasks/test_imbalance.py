@@ -7,8 +7,8 @@ import pytest
 from trainflow.errors import SpecError
 from trainflow.spec.pipeline import validate_spec
 from trainflow.steps import read_parts
-from trainflow.tasks.fold import fold_data
 from trainflow.tasks.encode import EncodeParams, encode
+from trainflow.tasks.fold import fold_data
 from trainflow.tasks.ingest import FileSource, SklearnSource, ingest
 from trainflow.tasks.resample import SAMPLERS, ResampleParams, resample
 from trainflow.tasks.split import SplitParams, split
@@ -28,10 +28,14 @@ def test_resampling_equals_imbalanced_learn_and_spares_val_and_test(cancer_split
     out = resample.fn(splits, params, 7, store)
     before, after = read_parts(splits), read_parts(out)
     df, schema = before["train"]
-    kwargs = {"random_state": 7} if method not in ("tomek_links", "edited_nearest_neighbours",
-                                                  "near_miss") else {}
-    x, y = SAMPLERS[method](**kwargs).fit_resample(df.select(schema.features).to_numpy(),
-                                                   df["target"].to_numpy())
+    kwargs = (
+        {"random_state": 7}
+        if method not in ("tomek_links", "edited_nearest_neighbours", "near_miss")
+        else {}
+    )
+    x, y = SAMPLERS[method](**kwargs).fit_resample(
+        df.select(schema.features).to_numpy(), df["target"].to_numpy()
+    )
     got = after["train"][0]
     assert np.array_equal(got.select(schema.features).to_numpy(), x)
     assert got["target"].to_list() == list(y)
@@ -43,27 +47,33 @@ def test_resampling_equals_imbalanced_learn_and_spares_val_and_test(cancer_split
 
 def test_smotenc_with_a_categorical_column(tmp_path):
     rng = np.random.default_rng(0)
-    rows = ["a,colour,label"] + [f"{rng.normal():.4f},{['red', 'blue'][i % 2]},"
-                                 f"{'rare' if i < 12 else 'common'}" for i in range(60)]
+    rows = ["a,colour,label"] + [
+        f"{rng.normal():.4f},{['red', 'blue'][i % 2]},{'rare' if i < 12 else 'common'}"
+        for i in range(60)
+    ]
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
     store = str(tmp_path / "store")
     table = ingest.fn(FileSource(type="csv", path=str(tmp_path / "d.csv"), target="label"), store)
     parts = split.fn(table, SplitParams(type="split", validation=0.2, test=0.2), 0, store)
     encoded = encode.fn(parts, EncodeParams(type="encode", method="ordinal"), 0, store)
-    params = ResampleParams(type="resample", method="smotenc",
-                            options={"categorical_features": [1], "k_neighbors": 3})
+    params = ResampleParams(
+        type="resample", method="smotenc", options={"categorical_features": [1], "k_neighbors": 3}
+    )
     out = read_parts(resample.fn(encoded, params, 0, store))["train"][0]
     counts = out["label"].value_counts()
-    assert dict(zip(counts["label"], counts["count"]))["rare"] == dict(
-        zip(counts["label"], counts["count"]))["common"]
+    assert (
+        dict(zip(counts["label"], counts["count"]))["rare"]
+        == dict(zip(counts["label"], counts["count"]))["common"]
+    )
     assert set(out["colour"].unique()) <= {0, 1}  # categories stay categories
 
 
 def test_one_hot_and_ordinal_encoding_learn_categories_from_train(tmp_path):
     path = tmp_path / "c.csv"
     colours = ["red", "blue"] * 15 + ["green"] * 2  # green is rare: may miss the training part
-    path.write_text("colour,x,label\n" + "".join(
-        f"{c},{i},{'ab'[i % 2]}\n" for i, c in enumerate(colours)))
+    path.write_text(
+        "colour,x,label\n" + "".join(f"{c},{i},{'ab'[i % 2]}\n" for i, c in enumerate(colours))
+    )
     store = str(tmp_path / "store")
     table = ingest.fn(FileSource(type="csv", path=str(path), target="label"), store)
     parts = split.fn(table, SplitParams(type="split"), 0, store)
@@ -82,8 +92,9 @@ def test_text_features_without_encode_are_a_clear_error(tmp_path):
     from trainflow.tasks.shard import ShardParams, shard
 
     path = tmp_path / "t.csv"
-    path.write_text("colour,label\n" + "".join(f"{'rb'[i % 2]},{'xy'[i % 3 == 0]}\n"
-                                               for i in range(40)))
+    path.write_text(
+        "colour,label\n" + "".join(f"{'rb'[i % 2]},{'xy'[i % 3 == 0]}\n" for i in range(40))
+    )
     store = str(tmp_path / "store")
     table = ingest.fn(FileSource(type="csv", path=str(path), target="label"), store)
     with pytest.raises(DataError, match=r"\['colour'\] hold text.*`encode`"):
@@ -96,21 +107,43 @@ def test_resampling_inside_cv_folds_touches_fold_training_rows_only(cancer_split
     plain, _ = fold_data(splits, 0, 3, [], 0)
     resampled, _ = fold_data(splits, 0, 3, steps, 0)
     assert len(resampled["train"]) > len(plain["train"])
-    assert np.bincount(resampled["train"].y.numpy()).tolist() == [
-        np.bincount(plain["train"].y.numpy()).max()] * 2
+    assert (
+        np.bincount(resampled["train"].y.numpy()).tolist()
+        == [np.bincount(plain["train"].y.numpy()).max()] * 2
+    )
     assert resampled["val"].y.tolist() == plain["val"].y.tolist()
     assert resampled["test"].y.tolist() == plain["test"].y.tolist()
 
 
 def test_spec_rejects_resampling_before_split_and_unknown_options():
-    base = {"name": "t", "model": {"type": "mlp"},
-            "data": {"source": {"type": "sklearn", "dataset": "iris"}}}
+    base = {
+        "name": "t",
+        "model": {"type": "mlp"},
+        "data": {"source": {"type": "sklearn", "dataset": "iris"}},
+    }
     with pytest.raises(SpecError, match="training part only and must come after `split`"):
-        validate_spec({**base, "data": {**base["data"], "steps": [
-            {"type": "resample", "method": "smote"}, {"type": "split"}]}})
+        validate_spec(
+            {
+                **base,
+                "data": {
+                    **base["data"],
+                    "steps": [{"type": "resample", "method": "smote"}, {"type": "split"}],
+                },
+            }
+        )
     with pytest.raises(SpecError, match=r"smote has no option\(s\) \['k'\].*k_neighbors"):
-        validate_spec({**base, "data": {**base["data"], "steps": [
-            {"type": "split"}, {"type": "resample", "method": "smote", "options": {"k": 3}}]}})
+        validate_spec(
+            {
+                **base,
+                "data": {
+                    **base["data"],
+                    "steps": [
+                        {"type": "split"},
+                        {"type": "resample", "method": "smote", "options": {"k": 3}},
+                    ],
+                },
+            }
+        )
 
 
 def test_k_neighbors_not_below_the_smallest_class_is_named(tmp_path):
@@ -174,6 +207,7 @@ def test_synthesis_fills_scarce_classes_in_train_only_and_marks_rows(cancer_spli
     assert fake[column].min() > lo - (hi - lo) and fake[column].max() < hi + (hi - lo)
     for part in ("val", "test"):  # never synthesized
         assert after[part][0].equals(before[part][0])
-    again = read_parts(synthesize.fn(splits, SynthesizeParams(type="synthesize", method=method),
-                                     0, store + "2"))["train"][0]
+    again = read_parts(
+        synthesize.fn(splits, SynthesizeParams(type="synthesize", method=method), 0, store + "2")
+    )["train"][0]
     assert again.equals(train)  # seeded

@@ -15,8 +15,14 @@ import torch
 from trainflow.engine.augment import Augmenter
 from trainflow.errors import ArtifactError
 from trainflow.loader import StreamConfig, batches_per_rank, check_url, decode_record, loader
-from trainflow.shards import (MANIFEST, read_paths, read_split, read_split_checked, shard_paths,
-                              write_split)
+from trainflow.shards import (
+    MANIFEST,
+    read_paths,
+    read_split,
+    read_split_checked,
+    shard_paths,
+    write_split,
+)
 from trainflow.spec.augment import AugmentSpec
 from trainflow.spec.train import LoaderSpec
 from trainflow.tasks.train import load_training_splits
@@ -30,17 +36,26 @@ def make_shards(folder, n=1000, features=4, max_samples=200, per_record=50, copi
     x = np.arange(n * features, dtype=np.float32).reshape(n, features)
     y = np.arange(n) % len(CLASSES)
     train_x, train_y = np.concatenate([x] * copies), np.concatenate([y] * copies)
-    manifest = {"classes": CLASSES, "input_shape": [features], "splits": {
-        "train": write_split(folder, "train", train_x, train_y, CLASSES, max_samples, per_record),
-        "val": write_split(folder, "val", x[:60], y[:60], CLASSES, max_samples, per_record)}}
+    manifest = {
+        "classes": CLASSES,
+        "input_shape": [features],
+        "splits": {
+            "train": write_split(
+                folder, "train", train_x, train_y, CLASSES, max_samples, per_record
+            ),
+            "val": write_split(folder, "val", x[:60], y[:60], CLASSES, max_samples, per_record),
+        },
+    }
     (folder / MANIFEST).write_text(json.dumps(manifest))
     return folder
 
 
 def epoch_ids(urls, config, epoch, workers=0, augment=None, samples=1000):
     """The sample ids (first feature / 4) in stream order, batch by batch."""
-    return [(xb[:, 0] / 4).long().tolist() for xb, _ in
-            loader(urls, config, epoch, samples, workers=workers, augment=augment)]
+    return [
+        (xb[:, 0] / 4).long().tolist()
+        for xb, _ in loader(urls, config, epoch, samples, workers=workers, augment=augment)
+    ]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -71,14 +86,16 @@ def test_two_workers_never_share_an_augmentation_stream(tmp_path):
     config = StreamConfig(batch_size=50, shuffle_buffer=0)
     out = [xb for xb, _ in loader(paths, config, 1, 400, workers=2, augment=augmenter.for_epoch)]
     by_worker = out[0::2], out[1::2]  # the DataLoader alternates between its workers
-    raw = [torch.from_numpy(np.arange(200 * 4, dtype=np.float32).reshape(200, 4)[i:i + 50])
-           for i in range(0, 200, 50)]
+    raw = [
+        torch.from_numpy(np.arange(200 * 4, dtype=np.float32).reshape(200, 4)[i : i + 50])
+        for i in range(0, 200, 50)
+    ]
     for worker in by_worker:
-        assert all(torch.allclose(a, b, atol=3.0) and not torch.equal(a, b)
-                   for a, b in zip(worker, raw))  # augmented copies of the same samples
+        assert all(
+            torch.allclose(a, b, atol=3.0) and not torch.equal(a, b) for a, b in zip(worker, raw)
+        )  # augmented copies of the same samples
     assert not any(torch.equal(a, b) for a, b in zip(*by_worker))
-    again = [xb for xb, _ in loader(paths, config, 1, 400, workers=2,
-                                    augment=augmenter.for_epoch)]
+    again = [xb for xb, _ in loader(paths, config, 1, 400, workers=2, augment=augmenter.for_epoch)]
     assert all(torch.equal(a, b) for a, b in zip(out, again))  # and reproducible
 
 
@@ -87,13 +104,15 @@ def test_resampled_streams_give_every_rank_the_same_batch_count(tmp_path):
     paths, _, _ = shard_paths(make_shards(tmp_path, n=1000, max_samples=150), "train")
     counts = []
     for rank in range(3):
-        config = StreamConfig(batch_size=32, shuffle_buffer=200, rank=rank, world_size=3,
-                              resampled=True)
+        config = StreamConfig(
+            batch_size=32, shuffle_buffer=200, rank=rank, world_size=3, resampled=True
+        )
         counts.append(len(epoch_ids(paths, config, 1, workers=2)))
     assert counts == [batches_per_rank(1000, StreamConfig(32, world_size=3))] * 3 == [11] * 3
     # without resampling, ranks own different shards and so different batch counts
-    plain = [len(epoch_ids(paths, StreamConfig(32, 200, rank=r, world_size=3), 1))
-             for r in range(3)]
+    plain = [
+        len(epoch_ids(paths, StreamConfig(32, 200, rank=r, world_size=3), 1)) for r in range(3)
+    ]
     assert sum(plain) >= 1000 // 32 and len(set(plain)) > 1
 
 
@@ -108,7 +127,8 @@ def served(tmp_path):
             requests.append(self.path)
 
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield folder, f"http://127.0.0.1:{server.server_port}", requests
@@ -132,8 +152,9 @@ def test_remote_shards_are_cached_locally_and_verified(tmp_path, served):
         read_split_checked(url, "train", cache_dir=tmp_path / "fresh-cache")
 
 
-@pytest.mark.parametrize("url", ["pipe:cat /etc/passwd", "ftp://example.com/a.tar",
-                                 "ssh://host/a.tar"])
+@pytest.mark.parametrize(
+    "url", ["pipe:cat /etc/passwd", "ftp://example.com/a.tar", "ssh://host/a.tar"]
+)
 def test_forbidden_url_schemes_are_refused(url):
     with pytest.raises(ArtifactError, match="allowed are plain paths and file, s3, gs, http"):
         check_url(url)
@@ -149,12 +170,20 @@ def test_records_are_never_unpickled(tmp_path):
     # A shard with a pickle member that would create a file when unpickled: it is ignored.
     marker = tmp_path / "unpickled"
     payload = pickle.dumps(marker.touch)
-    record = {name: _npy(value) for name, value in
-              (("x.npy", np.ones((2, 4), np.float32)), ("y.npy", np.zeros(2, np.int64)))}
+    record = {
+        name: _npy(value)
+        for name, value in (
+            ("x.npy", np.ones((2, 4), np.float32)),
+            ("y.npy", np.zeros(2, np.int64)),
+        )
+    }
     shard = tmp_path / "evil.tar"
     with tarfile.open(shard, mode="w") as archive:
-        for name, data in [("k.pyd", payload), ("k.pkl", payload), *(
-                (f"k.{member}", data) for member, data in record.items())]:
+        for name, data in [
+            ("k.pyd", payload),
+            ("k.pkl", payload),
+            *((f"k.{member}", data) for member, data in record.items()),
+        ]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
@@ -182,20 +211,28 @@ def test_loader_mode_streams_large_training_sets_and_keeps_small_ones_in_memory(
     assert type(tight["train"]).__name__ == "Stream"  # 1.3 MB of shards over a 1 MB limit
 
 
-@pytest.mark.parametrize("member,value,problem", [
-    ("x.npy", np.array(["a", "b"]), "holds <U1 values, not features"),
-    ("y.npy", np.array([0.5, 1.5]), "holds float64 values, not class indices"),
-    ("y.npy", np.zeros(3, np.int64), "2 samples but 3 labels"),
-])
+@pytest.mark.parametrize(
+    "member,value,problem",
+    [
+        ("x.npy", np.array(["a", "b"]), "holds <U1 values, not features"),
+        ("y.npy", np.array([0.5, 1.5]), "holds float64 values, not class indices"),
+        ("y.npy", np.zeros(3, np.int64), "2 samples but 3 labels"),
+    ],
+)
 def test_a_record_member_that_is_not_its_numeric_array_is_named(member, value, problem):
-    record = {"__key__": "train00000000", "__url__": "s/train-000000.tar",
-              "x.npy": _npy(np.ones((2, 4), np.float32)), "y.npy": _npy(np.zeros(2, np.int64))}
+    record = {
+        "__key__": "train00000000",
+        "__url__": "s/train-000000.tar",
+        "x.npy": _npy(np.ones((2, 4), np.float32)),
+        "y.npy": _npy(np.zeros(2, np.int64)),
+    }
     record[member] = _npy(value)
     with pytest.raises(ArtifactError) as err:
         decode_record(record)
     named = "x.npy" if problem.startswith("2 samples") else member
     assert f"'s/train-000000.tar', record 'train00000000', member {named}: {problem}" in str(
-        err.value)
+        err.value
+    )
 
 
 def test_a_bad_record_read_by_a_loader_worker_is_one_clean_error(tmp_path):
@@ -205,8 +242,10 @@ def test_a_bad_record_read_by_a_loader_worker_is_one_clean_error(tmp_path):
     np.save(buffer, np.array([{"evil": 1}, None], dtype=object), allow_pickle=True)
     shard = tmp_path / "train-000000.tar"
     with tarfile.open(shard, mode="w") as archive:
-        for name, data in (("k.x.npy", buffer.getvalue()),
-                           ("k.y.npy", _npy(np.zeros(2, np.int64)))):
+        for name, data in (
+            ("k.x.npy", buffer.getvalue()),
+            ("k.y.npy", _npy(np.zeros(2, np.int64))),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))

@@ -20,8 +20,10 @@ def spiky(tmp_path):
     values = rng.normal(0, 1, 200)
     values[[5, 50, 150]] = [40.0, -35.0, 60.0]
     path = tmp_path / "spiky.csv"
-    path.write_text("v,w,label\n" + "".join(f"{v:.5f},{rng.normal():.5f},{'ab'[i % 2]}\n"
-                                           for i, v in enumerate(values)))
+    path.write_text(
+        "v,w,label\n"
+        + "".join(f"{v:.5f},{rng.normal():.5f},{'ab'[i % 2]}\n" for i, v in enumerate(values))
+    )
     store = str(tmp_path / "store")
     table = ingest.fn(FileSource(type="csv", path=str(path), target="label"), store)
     return store, table, split.fn(table, SplitParams(type="split"), 0, store)
@@ -41,16 +43,18 @@ def test_outlier_clip_uses_training_bounds_in_every_part(spiky):
 def test_outlier_drop_after_split_spares_validation_and_test(spiky):
     store, _, splits = spiky
     before = read_parts(splits)
-    after = read_parts(outliers.fn(splits, OutliersParams(type="outliers", action="drop"), 0,
-                                   store))
+    after = read_parts(
+        outliers.fn(splits, OutliersParams(type="outliers", action="drop"), 0, store)
+    )
     assert len(after["train"][0]) < len(before["train"][0])
     assert after["val"][0].equals(before["val"][0]) and after["test"][0].equals(before["test"][0])
 
 
 def test_outlier_drop_before_split_cleans_the_whole_table(spiky):
     store, table, _ = spiky
-    out = read_parts(outliers.fn(table, OutliersParams(type="outliers", action="drop"), 0,
-                                 store))["all"][0]
+    out = read_parts(outliers.fn(table, OutliersParams(type="outliers", action="drop"), 0, store))[
+        "all"
+    ][0]
     assert out["v"].abs().max() < 10 and len(out) < 200
 
 
@@ -60,8 +64,12 @@ def test_isolation_forest_flags_like_scikit_learn(spiky):
     params = AnomaliesParams(type="anomalies", action="flag", contamination=0.02)
     out = anomalies.fn(splits, params, 3, store)
     train = read_parts(splits)["train"][0]
-    expected = IsolationForest(contamination=0.02, random_state=3).fit(
-        train.select("v", "w").to_numpy()).predict(train.select("v", "w").to_numpy()) == -1
+    expected = (
+        IsolationForest(contamination=0.02, random_state=3)
+        .fit(train.select("v", "w").to_numpy())
+        .predict(train.select("v", "w").to_numpy())
+        == -1
+    )
     parts = read_parts(out)
     assert parts["train"][1].features == ["v", "w", "anomaly"]
     assert np.array_equal(parts["train"][0]["anomaly"].to_numpy() == 1, expected)

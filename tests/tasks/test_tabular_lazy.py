@@ -25,18 +25,27 @@ def mixed_csv(tmp_path):
     n = 400
     a = rng.normal(size=n).round(3).astype(str).astype(object)
     a[::17] = None
-    frame = pl.DataFrame({"id": np.arange(n), "a": a.tolist(), "b": rng.integers(0, 9, n),
-                          "colour": rng.choice(["red", "green", "blue"], n),
-                          "label": rng.choice(["yes", "no"], n, p=[0.3, 0.7])})
+    frame = pl.DataFrame(
+        {
+            "id": np.arange(n),
+            "a": a.tolist(),
+            "b": rng.integers(0, 9, n),
+            "colour": rng.choice(["red", "green", "blue"], n),
+            "label": rng.choice(["yes", "no"], n, p=[0.3, 0.7]),
+        }
+    )
     path = tmp_path / "mixed.csv"
     frame.write_csv(path)
     return path
 
 
 def test_declared_schema_selects_and_converts_columns(store, mixed_csv):
-    source = FileSource(type="csv", path=str(mixed_csv), target="label",
-                        columns={"a": "float32", "b": "int16", "colour": "category",
-                                 "label": "str"})
+    source = FileSource(
+        type="csv",
+        path=str(mixed_csv),
+        target="label",
+        columns={"a": "float32", "b": "int16", "colour": "category", "label": "str"},
+    )
     df, schema = read_table(ingest.fn(source, store).path / "all.parquet")
     assert df.columns == ["a", "b", "colour", "label"]  # `id` was not declared: not read
     assert (df["a"].dtype, df["b"].dtype, df["colour"].dtype) == (pl.Float32, pl.Int16, pl.Utf8)
@@ -47,44 +56,66 @@ def test_declared_schema_selects_and_converts_columns(store, mixed_csv):
 def test_values_that_do_not_convert_are_listed_before_any_work(tmp_path, store):
     path = tmp_path / "bad.csv"
     path.write_text("a,b,label\n1.5,2,x\nabc,3,y\n2.5,oops,x\n4,4.5,y\n")
-    source = FileSource(type="csv", path=str(path), target="label",
-                        columns={"a": "float64", "b": "int64", "label": "str"})
+    source = FileSource(
+        type="csv",
+        path=str(path),
+        target="label",
+        columns={"a": "float64", "b": "int64", "label": "str"},
+    )
     with pytest.raises(DataError) as err:
         check_file(source)
     message = str(err.value)
     assert "'a' to float64: 1 value(s) such as ['abc']" in message
     assert "'b' to int64: 2 value(s) such as ['oops', '4.5']" in message
     with pytest.raises(DataError, match="'gone'"):
-        check_file(source.model_copy(update={"columns": {"gone": "float64",
-                                                                   "label": "str"}}))
+        check_file(source.model_copy(update={"columns": {"gone": "float64", "label": "str"}}))
 
 
 def _prepared(store, mixed_csv):
-    source = FileSource(type="csv", path=str(mixed_csv), target="label", keep_columns=["id"],
-                        features=["a", "b", "colour"])
+    source = FileSource(
+        type="csv",
+        path=str(mixed_csv),
+        target="label",
+        keep_columns=["id"],
+        features=["a", "b", "colour"],
+    )
     table = ingest.fn(source, store)
     table = clean.clean.fn(table, clean.CleanParams(type="clean", missing="median"), 0, store)
     return split.fn(table, SplitParams(type="split"), 0, store)
 
 
-@pytest.mark.parametrize("module,params", [
-    (clean, clean.CleanParams(type="clean", missing="mode")),
-    (encode, encode.EncodeParams(type="encode", method="one_hot")),
-    (encode, encode.EncodeParams(type="encode", method="ordinal")),
-    (normalize, normalize.NormalizeParams(type="normalize", method="robust")),
-    (normalize, normalize.NormalizeParams(type="normalize", method="quantile")),
-])
+@pytest.mark.parametrize(
+    "module,params",
+    [
+        (clean, clean.CleanParams(type="clean", missing="mode")),
+        (encode, encode.EncodeParams(type="encode", method="one_hot")),
+        (encode, encode.EncodeParams(type="encode", method="ordinal")),
+        (normalize, normalize.NormalizeParams(type="normalize", method="robust")),
+        (normalize, normalize.NormalizeParams(type="normalize", method="quantile")),
+    ],
+)
 def test_streamed_step_equals_the_in_memory_step(store, mixed_csv, module, params):
     splits = _prepared(store, mixed_csv)
     parts = read_parts(splits)
     if module is normalize:  # numbers only
-        parts = {k: encode.apply(df, s, encode.EncodeParams(type="encode"),
-                                 encode.fit(parts["train"][0], s, encode.EncodeParams(
-                                     type="encode")))
-                 for k, (df, s) in parts.items()}
+        parts = {
+            k: encode.apply(
+                df,
+                s,
+                encode.EncodeParams(type="encode"),
+                encode.fit(parts["train"][0], s, encode.EncodeParams(type="encode")),
+            )
+            for k, (df, s) in parts.items()
+        }
     eager, eager_state = fit_apply(parts, params, module.fit, module.apply, 0)
-    lazy, lazy_state = fit_apply({k: (df.lazy(), s) for k, (df, s) in parts.items()}, params,
-                                 module.fit, module.apply, 0, lazy=True)
+    lazy, lazy_state = fit_apply(
+        {k: (df.lazy(), s) for k, (df, s) in parts.items()},
+        params,
+        module.fit,
+        module.apply,
+        0,
+        lazy=True,
+    )
     assert isinstance(lazy["train"][0], pl.LazyFrame)
     assert lazy_state == eager_state
     for name in ("train", "val", "test"):
@@ -94,17 +125,35 @@ def test_streamed_step_equals_the_in_memory_step(store, mixed_csv, module, param
 def test_split_task_streams_the_same_rows_as_the_in_memory_split(store, mixed_csv):
     splits = _prepared(store, mixed_csv)
     parts = read_parts(splits)
-    whole, schema = read_parts(clean.clean.fn(
-        ingest.fn(FileSource(type="csv", path=str(mixed_csv), target="label",
-                             keep_columns=["id"], features=["a", "b", "colour"]), store),
-        clean.CleanParams(type="clean", missing="median"), 0, store))["all"]
-    expected = {name: whole[rows] for name, rows in
-                split_rows(whole, schema, SplitParams(type="split"), 0).items()}
+    whole, schema = read_parts(
+        clean.clean.fn(
+            ingest.fn(
+                FileSource(
+                    type="csv",
+                    path=str(mixed_csv),
+                    target="label",
+                    keep_columns=["id"],
+                    features=["a", "b", "colour"],
+                ),
+                store,
+            ),
+            clean.CleanParams(type="clean", missing="median"),
+            0,
+            store,
+        )
+    )["all"]
+    expected = {
+        name: whole[rows]
+        for name, rows in split_rows(whole, schema, SplitParams(type="split"), 0).items()
+    }
     for name in ("train", "val", "test"):
         assert parts[name][0].equals(expected[name])
     for name in ("train", "val", "test"):  # counted from the labels in memory
-        assert splits.meta["parts"][name] == {"rows": len(expected[name]), "synthetic": 0,
-                                              "classes": class_counts(expected[name], schema)}
+        assert splits.meta["parts"][name] == {
+            "rows": len(expected[name]),
+            "synthetic": 0,
+            "classes": class_counts(expected[name], schema),
+        }
 
 
 @pytest.mark.parametrize("method", ["one_hot", "ordinal"])
@@ -126,10 +175,10 @@ def test_encode_and_normalize_store_views_that_read_as_the_applied_steps(store, 
     norm_params = normalize.NormalizeParams(type="normalize", method="standard")
     encoded = encode.encode.fn(splits, enc_params, 0, store)
     scaled = normalize.normalize.fn(encoded, norm_params, 0, store)
-    assert sorted(p.name for p in scaled.path.iterdir()) == ["ref.json", "state.json",
-                                                              "view.json"]
-    assert scaled.base() == ArtifactRef(uri=str(encoded.path), fingerprint=encoded.fingerprint,
-                                        kind="splits")
+    assert sorted(p.name for p in scaled.path.iterdir()) == ["ref.json", "state.json", "view.json"]
+    assert scaled.base() == ArtifactRef(
+        uri=str(encoded.path), fingerprint=encoded.fingerprint, kind="splits"
+    )
     assert scaled.meta["parts"] == splits.meta["parts"] and scaled.count == splits.count
 
     parts = read_parts(splits)
@@ -137,8 +186,12 @@ def test_encode_and_normalize_store_views_that_read_as_the_applied_steps(store, 
     eager, _ = fit_apply(eager, norm_params, normalize.fit, normalize.apply, 0)
     viewed = read_parts(scaled)
     stored = materialize(scaled, store)
-    assert sorted(p.name for p in stored.path.iterdir()) == ["ref.json", "test.parquet",
-                                                             "train.parquet", "val.parquet"]
+    assert sorted(p.name for p in stored.path.iterdir()) == [
+        "ref.json",
+        "test.parquet",
+        "train.parquet",
+        "val.parquet",
+    ]
     for name in ("train", "val", "test"):
         assert viewed[name][0].equals(eager[name][0])
         assert read_table(stored.path / f"{name}.parquet")[0].equals(eager[name][0])
@@ -146,11 +199,14 @@ def test_encode_and_normalize_store_views_that_read_as_the_applied_steps(store, 
     assert materialize(stored, store) == stored
 
 
-@pytest.mark.parametrize("params", [
-    clean.CleanParams(type="clean", missing="median"),
-    clean.CleanParams(type="clean", missing="forward_fill", drop_duplicates=["id"]),
-    clean.CleanParams(type="clean", missing="drop", drop_duplicates=False),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        clean.CleanParams(type="clean", missing="median"),
+        clean.CleanParams(type="clean", missing="forward_fill", drop_duplicates=["id"]),
+        clean.CleanParams(type="clean", missing="drop", drop_duplicates=False),
+    ],
+)
 def test_clean_stores_a_view_that_reads_as_the_applied_step(store, mixed_csv, params):
     """clean on a table writes its fill values and which rows stay (one byte a row, when it
     drops duplicates), not the rows: the view reads as the in-memory step does, counts its
@@ -158,12 +214,23 @@ def test_clean_stores_a_view_that_reads_as_the_applied_step(store, mixed_csv, pa
     rows = pl.read_csv(mixed_csv, infer_schema_length=0)
     path = mixed_csv.with_name("repeated.csv")  # 20 repeated rows and one without a label
     pl.concat([rows, rows.head(20), rows.tail(1).with_columns(label=None)]).write_csv(path)
-    table = ingest.fn(FileSource(type="csv", path=str(path), target="label",
-                                 keep_columns=["id"], features=["a", "b", "colour"]), store)
+    table = ingest.fn(
+        FileSource(
+            type="csv",
+            path=str(path),
+            target="label",
+            keep_columns=["id"],
+            features=["a", "b", "colour"],
+        ),
+        store,
+    )
     cleaned = clean.clean.fn(table, params, 0, store)
     files = sorted(p.name for p in cleaned.path.iterdir())
-    assert files == (["keep.npy"] if params.drop_duplicates else []) + ["ref.json", "state.json",
-                                                                        "view.json"]
+    assert files == (["keep.npy"] if params.drop_duplicates else []) + [
+        "ref.json",
+        "state.json",
+        "view.json",
+    ]
     eager, _ = fit_apply(read_parts(table), params, clean.fit, clean.apply, 0)
     viewed, schema = read_parts(cleaned)["all"]
     assert viewed.equals(eager["all"][0]) and len(viewed) < table.count
@@ -177,7 +244,10 @@ def test_a_view_is_valid_only_while_its_base_is(store, mixed_csv):
     splits = _prepared(store, mixed_csv)
     scaled = normalize.normalize.fn(
         encode.encode.fn(splits, encode.EncodeParams(type="encode"), 0, store),
-        normalize.NormalizeParams(type="normalize"), 0, store)
+        normalize.NormalizeParams(type="normalize"),
+        0,
+        store,
+    )
     assert scaled.is_valid()
     (splits.path / "val.parquet").write_bytes(b"tampered")  # two views down
     with pytest.raises(ArtifactError, match="was altered"):
@@ -187,8 +257,11 @@ def test_a_view_is_valid_only_while_its_base_is(store, mixed_csv):
         read_parts(scaled)
 
     view = scaled.path / "view.json"  # a base outside the store is never followed
-    view.write_text(json.dumps({**json.loads(view.read_text()),
-                                "base": {"kind": "splits", "fingerprint": "../../etc"}}))
+    view.write_text(
+        json.dumps(
+            {**json.loads(view.read_text()), "base": {"kind": "splits", "fingerprint": "../../etc"}}
+        )
+    )
     with pytest.raises(ArtifactError, match="not a readable view .*'../../etc' is not a sha256"):
         scaled.base()
 
@@ -229,10 +302,10 @@ def test_an_unclosed_quote_is_named_at_its_line_not_read_to_the_end(tmp_path):
     from trainflow.csvscan import scan_csv
 
     path = tmp_path / "unclosed.csv"
-    path.write_text("x,note,label\n1,ok,yes\n2,\"never closed,no\n" + "3,n,yes\n" * 300_000)
+    path.write_text('x,note,label\n1,ok,yes\n2,"never closed,no\n' + "3,n,yes\n" * 300_000)
     with pytest.raises(DataError, match="line 3 of .* longer than 1 MiB: a quoted field"):
         scan_csv(path, 1 << 20)
-    path.write_text("x,note,label\n1,ok,yes\n2,\"never closed,no\n3,n,yes\n")
+    path.write_text('x,note,label\n1,ok,yes\n2,"never closed,no\n3,n,yes\n')
     with pytest.raises(DataError, match="line 3 of .* never closed"):
         scan_csv(path, 1 << 20)
 
@@ -252,8 +325,9 @@ def test_a_declared_encoding_is_read_through_a_utf8_copy(tmp_path, store):
 def test_declared_values_that_do_not_convert_name_the_first_line(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("a,label\n1.5,x\n2,y\nabc,x\n")
-    source = FileSource(type="csv", path=str(path), target="label",
-                        columns={"a": "float64", "label": "str"})
+    source = FileSource(
+        type="csv", path=str(path), target="label", columns={"a": "float64", "label": "str"}
+    )
     with pytest.raises(DataError, match=r"\['abc'\] \(the first on line 4\)"):
         check_file(source)
 
@@ -262,8 +336,10 @@ def test_a_label_past_the_inferred_rows_names_its_line(tmp_path):
     """Labels read as numbers from the first rows, then a word: named before any task (the
     target is checked like the features)."""
     path = tmp_path / "labels.csv"
-    path.write_text("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(10_100))
-                    + "5,unknown\n")
-    with pytest.raises(DataError, match="column 'label' .* first 10000 rows, which set its "
-                                        "type, but line 10102 holds 'unknown'"):
+    path.write_text("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(10_100)) + "5,unknown\n")
+    with pytest.raises(
+        DataError,
+        match="column 'label' .* first 10000 rows, which set its "
+        "type, but line 10102 holds 'unknown'",
+    ):
         check_file(FileSource(type="csv", path=str(path), target="label"))

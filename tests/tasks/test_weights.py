@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from trainflow.engine.data import Split, balanced_weights, batches, weighted_loss
+from trainflow.engine.loop import fit
+from trainflow.engine.training import optimizer_factory
 from trainflow.errors import DataError
 from trainflow.models.mlp import mlp
-from trainflow.engine.training import optimizer_factory
-from trainflow.engine.loop import fit
 from trainflow.shards import read_split_weighted
 from trainflow.spec.train import LoaderSpec, TrainSpec
 from trainflow.steps import read_parts
@@ -25,9 +25,14 @@ def weighted_csv(tmp_path):
     rng = np.random.default_rng(0)
     n = 300
     label = np.where(rng.random(n) < 0.25, "rare", "common")
-    frame = pl.DataFrame({"a": rng.normal(size=n) + (label == "rare"),
-                          "b": rng.normal(size=n), "w": rng.uniform(0.5, 2.0, n).round(3),
-                          "label": label})
+    frame = pl.DataFrame(
+        {
+            "a": rng.normal(size=n) + (label == "rare"),
+            "b": rng.normal(size=n),
+            "w": rng.uniform(0.5, 2.0, n).round(3),
+            "label": label,
+        }
+    )
     path = tmp_path / "weighted.csv"
     frame.write_csv(path)
     return path
@@ -66,8 +71,9 @@ def test_weighted_loss_counts_a_weight_of_two_like_a_duplicated_row():
     ones = weighted_loss(logits, y, None, torch.ones(6))
     assert torch.allclose(ones, torch.nn.functional.cross_entropy(logits, y))
     doubled = weighted_loss(logits, y, None, torch.tensor([2.0, 1, 1, 1, 1, 1]))
-    duplicated = torch.nn.functional.cross_entropy(torch.cat([logits, logits[:1]]),
-                                                   torch.cat([y, y[:1]]))
+    duplicated = torch.nn.functional.cross_entropy(
+        torch.cat([logits, logits[:1]]), torch.cat([y, y[:1]])
+    )
     assert torch.allclose(doubled, duplicated)
 
 
@@ -81,38 +87,52 @@ def test_per_row_weights_train_exactly_like_the_same_class_weights():
     val = Split.from_arrays(x[:40], y[:40])
     runs = []
     for train, train_spec in (
-            (Split.from_arrays(x, y), spec.model_copy(update={"class_weights": "balanced"})),
-            (Split.from_arrays(x, y, class_w[y].numpy()), spec)):
+        (Split.from_arrays(x, y), spec.model_copy(update={"class_weights": "balanced"})),
+        (Split.from_arrays(x, y, class_w[y].numpy()), spec),
+    ):
         torch.manual_seed(0)
         net = mlp([5], 2, [16])
         runs.append(fit(net, train, val, train_spec, 0, optimizer_factory(train_spec)))
     losses = [[row["train_loss"] for row in run.history] for run in runs]
     assert np.allclose(losses[0], losses[1], rtol=1e-5)
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in
-               zip(runs[0].best_state.values(), runs[1].best_state.values()))
+    assert all(
+        torch.allclose(a, b, atol=1e-6)
+        for a, b in zip(runs[0].best_state.values(), runs[1].best_state.values())
+    )
 
 
 def test_batches_carry_weights_with_their_rows():
-    data = Split.from_arrays(np.arange(10, dtype=np.float32)[:, None], np.zeros(10, np.int64),
-                             np.arange(10, dtype=np.float32) * 10)
+    data = Split.from_arrays(
+        np.arange(10, dtype=np.float32)[:, None],
+        np.zeros(10, np.int64),
+        np.arange(10, dtype=np.float32) * 10,
+    )
     for x, _, w in batches(data, 4, torch.Generator().manual_seed(0)):
         assert torch.equal(w, x[:, 0] * 10)
 
 
 @pytest.mark.parametrize("method", ["smote", "random_under", "random_over"])
 def test_resampling_keeps_the_weights_of_kept_rows_and_gives_new_rows_weight_one(
-        weighted_csv, store, method):
+    weighted_csv, store, method
+):
     table = ingest.fn(_source(weighted_csv), store)
     splits = split.fn(table, SplitParams(type="split"), 0, store)
     before = read_parts(splits)["train"][0]
-    out = read_parts(resample.fn(splits, ResampleParams(type="resample", method=method), 0,
-                                 store))["train"][0]
+    out = read_parts(resample.fn(splits, ResampleParams(type="resample", method=method), 0, store))[
+        "train"
+    ][0]
     by_row = dict(zip(before.select("a", "b").rows(), before["w"].to_list()))
-    kept = out.filter(pl.struct("a", "b").map_elements(lambda r: (r["a"], r["b"]) in by_row,
-                                                       return_dtype=pl.Boolean))
+    kept = out.filter(
+        pl.struct("a", "b").map_elements(
+            lambda r: (r["a"], r["b"]) in by_row, return_dtype=pl.Boolean
+        )
+    )
     assert all(by_row[(a, b)] == w for a, b, w in kept.select("a", "b", "w").rows())
-    new = out.filter(pl.struct("a", "b").map_elements(lambda r: (r["a"], r["b"]) not in by_row,
-                                                      return_dtype=pl.Boolean))
+    new = out.filter(
+        pl.struct("a", "b").map_elements(
+            lambda r: (r["a"], r["b"]) not in by_row, return_dtype=pl.Boolean
+        )
+    )
     assert (new["w"] == 1.0).all()
     if method == "smote":
         assert len(new) > 0 and len(kept) == len(before)

@@ -8,14 +8,27 @@ import sys
 
 import pytest
 
-from trainflow.artifacts import (MARKER, REF_FILE, TMP_PREFIX, ArtifactRef, Store, StoreError,
-                                 atomic_write_text, fingerprint_path, sweep_temporaries)
+from trainflow.artifacts import (
+    MARKER,
+    REF_FILE,
+    TMP_PREFIX,
+    ArtifactRef,
+    Store,
+    StoreError,
+    atomic_write_text,
+    fingerprint_path,
+    sweep_temporaries,
+)
 from trainflow.errors import ArtifactError
 
 
 def dead_pid() -> str:
-    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temporary(tmp_path):
@@ -67,8 +80,12 @@ def test_a_ref_whose_numbers_differ_from_its_artifact_fails_verification(tmp_pat
         ref = store.commit(staging, "metrics", count=114, meta={"accuracy": 0.921})
     assert json.loads((ref.path / REF_FILE).read_text())["meta"] == {"accuracy": 0.921}
     ref.verify()
-    for change in ({"meta": {"accuracy": 0.911}}, {"count": 115},
-                   {"data_schema": {"classes": ["a"]}}, {"meta": {"accuracy": 0.921, "x": 1}}):
+    for change in (
+        {"meta": {"accuracy": 0.911}},
+        {"count": 115},
+        {"data_schema": {"classes": ["a"]}},
+        {"meta": {"accuracy": 0.921, "x": 1}},
+    ):
         forged = ArtifactRef.model_validate({**ref.model_dump(), **change})
         with pytest.raises(ArtifactError, match="differ from what the artifact holds"):
             forged.verify()
@@ -77,8 +94,14 @@ def test_a_ref_whose_numbers_differ_from_its_artifact_fails_verification(tmp_pat
 
 
 def test_ref_round_trips_through_json():
-    ref = ArtifactRef(uri="/x", fingerprint="ab", kind="shards", count=3,
-                      data_schema={"classes": ["a"]}, meta={"samples": {"train": 3}})
+    ref = ArtifactRef(
+        uri="/x",
+        fingerprint="ab",
+        kind="shards",
+        count=3,
+        data_schema={"classes": ["a"]},
+        meta={"samples": {"train": 3}},
+    )
     assert ArtifactRef.model_validate_json(ref.model_dump_json()) == ref
 
 
@@ -98,8 +121,11 @@ def test_sweep_removes_temporaries_of_dead_processes_only(tmp_path):
 def test_sweep_leaves_what_the_store_did_not_write(tmp_path):
     store = Store(tmp_path / "store")
     pid = dead_pid()
-    users = [store.root / f".tmp-{pid}-notes.txt", store.root / "project" / f".tmp-{pid}-a.md",
-             store.root / f".trainflow-tmp-{pid}-draft.md"]  # no hex token: not the store's
+    users = [
+        store.root / f".tmp-{pid}-notes.txt",
+        store.root / "project" / f".tmp-{pid}-a.md",
+        store.root / f".trainflow-tmp-{pid}-draft.md",
+    ]  # no hex token: not the store's
     for path in users:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("mine")
@@ -118,8 +144,11 @@ def test_a_store_is_a_folder_trainflow_created_and_marked(tmp_path):
     Store(tmp_path / "empty")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("my own")
-    with pytest.raises(StoreError, match=r"mine is an existing folder that trainflow did not "
-                                         r"create.*set outputs.store to a new or empty folder"):
+    with pytest.raises(
+        StoreError,
+        match=r"mine is an existing folder that trainflow did not "
+        r"create.*set outputs.store to a new or empty folder",
+    ):
         Store(tmp_path / "mine")
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["thesis.tex"]
     for refused, why in (("/", "the filesystem root"), (os.path.expanduser("~"), "home folder")):

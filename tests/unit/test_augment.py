@@ -4,14 +4,18 @@ import pytest
 import torch
 
 from trainflow.engine.augment import Augmenter, augmentation_seed, preview_png
-from trainflow.engine.training import optimizer_factory
 from trainflow.engine.data import Split
 from trainflow.engine.loop import fit
+from trainflow.engine.training import optimizer_factory
 from trainflow.spec.augment import AugmentSpec, TransformSpec
 from trainflow.spec.train import TrainSpec
 
-ERASING = AugmentSpec(transforms=[TransformSpec(name="Erasing", params={"p": 1.0}),
-                                  TransformSpec(name="HorizontalFlip", params={"p": 0.5})])
+ERASING = AugmentSpec(
+    transforms=[
+        TransformSpec(name="Erasing", params={"p": 1.0}),
+        TransformSpec(name="HorizontalFlip", params={"p": 0.5}),
+    ]
+)
 IMAGES = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
@@ -33,8 +37,9 @@ def test_epochs_and_workers_get_different_streams():
 
 
 def test_random_erasing_blanks_a_patch():
-    spec = AugmentSpec(transforms=[TransformSpec(name="Erasing",
-                                                 params={"p": 1.0, "scale": [0.2, 0.3]})])
+    spec = AugmentSpec(
+        transforms=[TransformSpec(name="Erasing", params={"p": 1.0, "scale": [0.2, 0.3]})]
+    )
     ones = torch.ones(4, 1, 8, 8)
     out = Augmenter(spec, 0, True).for_epoch(0)(ones)
     zeros = (out == 0).flatten(1).sum(1)
@@ -55,6 +60,7 @@ def test_training_with_augmentation_differs_and_preview_is_a_png():
     plain = TrainSpec(epochs=2, lr=0.01)
     augmented = plain.model_copy(update={"augment": ERASING})
     from trainflow.models.cnn import cnn
+
     losses = []
     for spec in (plain, augmented):
         result = fit(cnn([1, 8, 8], 2, [4]), data, data, spec, 0, optimizer_factory(spec))
@@ -76,7 +82,10 @@ def test_mixup_blends_pairs_reproducibly_and_changes_training():
     assert Augmenter(AugmentSpec(), 3, True).mixer(1) is None
     data = Split(IMAGES, y)
     from trainflow.models.cnn import cnn
+
     plain = TrainSpec(epochs=1, lr=0.01)
-    losses = [fit(cnn([1, 8, 8], 2, [4]), data, data, s, 0, optimizer_factory(s)).history[0][
-        "train_loss"] for s in (plain, plain.model_copy(update={"augment": spec}))]
+    losses = [
+        fit(cnn([1, 8, 8], 2, [4]), data, data, s, 0, optimizer_factory(s)).history[0]["train_loss"]
+        for s in (plain, plain.model_copy(update={"augment": spec}))
+    ]
     assert losses[0] != losses[1]

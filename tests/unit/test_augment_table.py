@@ -9,11 +9,11 @@ from importlib import metadata
 
 import pytest
 
+from tests.conftest import ROOT
 from trainflow.errors import SpecError
 from trainflow.preflight import check_data
 from trainflow.spec.augment import TABLE, live_signatures
 from trainflow.spec.pipeline import load_spec
-from tests.conftest import ROOT
 
 DIGITS = ROOT / "pipelines" / "digits_cnn.yaml"
 
@@ -30,8 +30,11 @@ def test_the_shipped_table_is_the_installed_librarys_signatures():
 
 
 def test_a_misspelt_keyword_is_named_without_the_library(tmp_path):
-    with pytest.raises(SpecError, match=r"Erasing has no parameter\(s\) \['scal'\]; did you mean "
-                                        "`scale`"):
+    with pytest.raises(
+        SpecError,
+        match=r"Erasing has no parameter\(s\) \['scal'\]; did you mean "
+        "`scale`",
+    ):
         load_spec(DIGITS, ["train.augment.transforms.0={name: Erasing, params: {scal: 0.2}}"])
 
 

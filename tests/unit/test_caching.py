@@ -31,7 +31,10 @@ def test_code_fingerprint_covers_imported_trainflow_modules():
     import trainflow.tasks.clean  # noqa: F401  (loaded so its imports can be walked)
     import trainflow.tasks.split  # noqa: F401
 
-    clean, split = code_fingerprint("trainflow.tasks.clean"), code_fingerprint("trainflow.tasks.split")
+    clean, split = (
+        code_fingerprint("trainflow.tasks.clean"),
+        code_fingerprint("trainflow.tasks.split"),
+    )
     assert len(clean) == 64 and clean != split
     assert code_fingerprint("trainflow.tasks.clean") == clean  # stable
 

@@ -6,15 +6,19 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from trainflow.cli import main
 from tests.conftest import ROOT
+from trainflow.cli import main
 
 
 def write_spec(tmp_path: Path, source: dict, folds: int | None = 2) -> Path:
-    spec = {"name": "bad", "data": {"source": source, "steps": [{"type": "split"}]},
-            "model": {"type": "mlp"}, "train": {"epochs": 1},
-            "evaluate": {"cv": {"folds": folds}} if folds else {},
-            "outputs": {"store": str(tmp_path / "store"), "runs": str(tmp_path / "runs")}}
+    spec = {
+        "name": "bad",
+        "data": {"source": source, "steps": [{"type": "split"}]},
+        "model": {"type": "mlp"},
+        "train": {"epochs": 1},
+        "evaluate": {"cv": {"folds": folds}} if folds else {},
+        "outputs": {"store": str(tmp_path / "store"), "runs": str(tmp_path / "runs")},
+    }
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -95,17 +99,49 @@ def test_task_command_runs_any_registered_step_and_names_unknown_ones(tmp_path, 
     store = ["--set", f"outputs.store={tmp_path / 'store'}"]
     assert main(["task", "ingest", "--spec", str(spec), *store]) == 0
     (tmp_path / "table.json").write_text(capsys.readouterr().out)
-    assert main(["task", "split", "--spec", str(spec), *store,
-                 "--input", str(tmp_path / "table.json")]) == 0
+    assert (
+        main(
+            ["task", "split", "--spec", str(spec), *store, "--input", str(tmp_path / "table.json")]
+        )
+        == 0
+    )
     (tmp_path / "splits.json").write_text(capsys.readouterr().out)
-    assert main(["task", "encode", "--spec", str(spec), *store,
-                 "--input", str(tmp_path / "splits.json")]) == 0
+    assert (
+        main(
+            [
+                "task",
+                "encode",
+                "--spec",
+                str(spec),
+                *store,
+                "--input",
+                str(tmp_path / "splits.json"),
+            ]
+        )
+        == 0
+    )
     encoded = json.loads(capsys.readouterr().out)
     assert "Home=owner" in encoded["data_schema"]["features"]
-    assert sorted(p.name for p in Path(encoded["uri"]).iterdir()) == ["ref.json", "state.json",
-                                                                      "view.json"]
-    assert main(["task", "encode", "--spec", str(spec), *store, "--materialize",
-                 "--input", str(tmp_path / "splits.json")]) == 0
+    assert sorted(p.name for p in Path(encoded["uri"]).iterdir()) == [
+        "ref.json",
+        "state.json",
+        "view.json",
+    ]
+    assert (
+        main(
+            [
+                "task",
+                "encode",
+                "--spec",
+                str(spec),
+                *store,
+                "--materialize",
+                "--input",
+                str(tmp_path / "splits.json"),
+            ]
+        )
+        == 0
+    )
     written = Path(json.loads(capsys.readouterr().out)["uri"])
     train = pl.read_parquet(written / "train.parquet")
     assert "Home=owner" in train.columns and "Home" not in train.columns
@@ -115,10 +151,20 @@ def test_task_command_runs_any_registered_step_and_names_unknown_ones(tmp_path, 
 
 # ---- orchestration: runner, schedules, server ----------------------------------------------
 
+
 def test_unknown_runner_type_and_step_options_are_named(capsys):
     spec = ROOT / "pipelines" / "breast_cancer_mlp.yaml"
-    err = run_error(capsys, ["validate", str(spec), "--set", "runner.type=ray",
-                             "--set", "orchestration.steps={trian: {timeout_s: 5}}"])
+    err = run_error(
+        capsys,
+        [
+            "validate",
+            str(spec),
+            "--set",
+            "runner.type=ray",
+            "--set",
+            "orchestration.steps={trian: {timeout_s: 5}}",
+        ],
+    )
     assert "runner.type: Input should be 'thread' or 'dask' (got 'ray')" in err
     assert "orchestration.steps: unknown step(s) 'trian'" in err
     err = run_error(capsys, ["validate", str(spec), "--set", "runner.address=tcp://h:8786"])
@@ -127,23 +173,36 @@ def test_unknown_runner_type_and_step_options_are_named(capsys):
 
 def test_an_unreachable_dask_scheduler_is_named_before_any_task(tmp_path, capsys):
     spec = ROOT / "pipelines" / "breast_cancer_mlp.yaml"
-    err = run_error(capsys, ["run", str(spec), "--set", "runner.type=dask",
-                             "--set", "runner.address=tcp://127.0.0.1:9",
-                             "--set", f"outputs.store={tmp_path / 'store'}"])
+    err = run_error(
+        capsys,
+        [
+            "run",
+            str(spec),
+            "--set",
+            "runner.type=dask",
+            "--set",
+            "runner.address=tcp://127.0.0.1:9",
+            "--set",
+            f"outputs.store={tmp_path / 'store'}",
+        ],
+    )
     assert "runner.address: no Dask scheduler answers at tcp://127.0.0.1:9" in err
     assert not (tmp_path / "store").exists()
 
 
 def test_invalid_cron_or_timezone_in_the_deployments_file_is_named(tmp_path, capsys):
     config = yaml.safe_load((ROOT / "deploy" / "prefect.yaml").read_text())
-    config["deployments"][0]["schedules"] = [{"cron": "61 3 * * 1", "timezone": "UTC"},
-                                             {"cron": "0 3 * * 1", "timezone": "Mars/Base"}]
+    config["deployments"][0]["schedules"] = [
+        {"cron": "61 3 * * 1", "timezone": "UTC"},
+        {"cron": "0 3 * * 1", "timezone": "Mars/Base"},
+    ]
     path = tmp_path / "prefect.yaml"
     path.write_text(yaml.safe_dump(config))
     for command in ("deploy", "serve"):  # named before any server is contacted
         err = run_error(capsys, [command, "--file", str(path)])
-        assert "deployments.0 (digits_cnn).schedules.0.cron: Invalid cron string: " \
-               "\"61 3 * * 1\"" in err
+        assert (
+            'deployments.0 (digits_cnn).schedules.0.cron: Invalid cron string: "61 3 * * 1"' in err
+        )
         assert "deployments.0 (digits_cnn).schedules.1.timezone: Invalid timezone" in err
 
 

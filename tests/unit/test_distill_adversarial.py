@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from trainflow.engine.adversarial import attack, robust_accuracy
-from trainflow.engine.training import train_into
-from trainflow.engine.distill import Distiller
 from trainflow.engine.data import Split
+from trainflow.engine.distill import Distiller
+from trainflow.engine.training import train_into
 from trainflow.errors import TrainflowError
 from trainflow.spec.model import MLPParams
 from trainflow.spec.train import Adversarial, TrainSpec
@@ -30,10 +30,18 @@ def blobs(n=600, seed=0, shuffle_labels=False):
 
 def train(folder, spec, model=None, data=None):
     folder.mkdir(parents=True, exist_ok=True)
-    spec = TrainSpec.model_validate({"device": "cpu", "batch_size": 32, "lr": 0.01,
-                                     "checkpoint_every": 0, **spec})
-    return train_into(folder, model or MLPParams(type="mlp", hidden_layers=2, units=32), spec,
-                      0, data or blobs(), [6], CLASSES)
+    spec = TrainSpec.model_validate(
+        {"device": "cpu", "batch_size": 32, "lr": 0.01, "checkpoint_every": 0, **spec}
+    )
+    return train_into(
+        folder,
+        model or MLPParams(type="mlp", hidden_layers=2, units=32),
+        spec,
+        0,
+        data or blobs(),
+        [6],
+        CLASSES,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +61,7 @@ def test_distillation_loss_mixes_soft_and_hard_terms():
     assert Distiller(teacher, 3.0, 0.0)(hard, torch.randn(8, 3), x) == hard
     other = torch.randn(8, 3)
     soft = Distiller(teacher, 3.0, 1.0)(hard, other, x)
-    assert torch.isclose(Distiller(teacher, 3.0, 0.25)(hard, other, x),
-                         0.25 * soft + 0.75 * hard)
+    assert torch.isclose(Distiller(teacher, 3.0, 0.25)(hard, other, x), 0.25 * soft + 0.75 * hard)
 
 
 @pytest.mark.slow
@@ -62,8 +69,12 @@ def test_a_student_learns_from_the_teacher_when_the_labels_say_nothing(teacher, 
     noisy = blobs(shuffle_labels=True)  # training labels shuffled: no signal in them
     small = MLPParams(type="mlp", hidden_layers=1, units=8)
     _, alone = train(tmp_path / "alone", {"epochs": 15}, small, noisy)
-    _, taught = train(tmp_path / "taught", {"epochs": 15, "distill": {
-        "teacher": str(teacher), "temperature": 2.0, "alpha": 1.0}}, small, noisy)
+    _, taught = train(
+        tmp_path / "taught",
+        {"epochs": 15, "distill": {"teacher": str(teacher), "temperature": 2.0, "alpha": 1.0}},
+        small,
+        noisy,
+    )
     best = lambda r: max(row["val_accuracy"] for row in r.history)  # noqa: E731
     assert best(alone) < 0.6 and best(taught) > 0.9
 
@@ -73,8 +84,11 @@ def test_a_teacher_that_does_not_fit_the_student_is_named(teacher, tmp_path):
     other = tmp_path / "four-classes"
     other.mkdir()
     (other / "model.json").write_text(json.dumps({**info, "classes": ["a", "b", "c", "d"]}))
-    with pytest.raises(TrainflowError, match=r"train.distill.teacher: the teacher predicts 4 "
-                                             r"classes .* the student 3"):
+    with pytest.raises(
+        TrainflowError,
+        match=r"train.distill.teacher: the teacher predicts 4 "
+        r"classes .* the student 3",
+    ):
         train(tmp_path / "run", {"epochs": 1, "distill": {"teacher": str(other)}})
     with pytest.raises(TrainflowError, match="is not a trainflow model folder"):
         train(tmp_path / "run2", {"epochs": 1, "distill": {"teacher": str(tmp_path)}})
@@ -112,13 +126,20 @@ def test_adversarial_training_raises_robust_accuracy(tmp_path):
     data = weak_features()
     spec = {"device": "cpu", "batch_size": 32, "lr": 0.01, "checkpoint_every": 0, "epochs": 12}
     nets = {}
-    for name, extra in (("plain", {}), ("robust", {"adversarial": {
-            "method": "pgd", "epsilon": 0.3, "steps": 5, "ratio": 0.5}})):
+    for name, extra in (
+        ("plain", {}),
+        ("robust", {"adversarial": {"method": "pgd", "epsilon": 0.3, "steps": 5, "ratio": 0.5}}),
+    ):
         (tmp_path / name).mkdir()
-        nets[name], _ = train_into(tmp_path / name, MLPParams(type="mlp", hidden_layers=2,
-                                                              units=32),
-                                   TrainSpec.model_validate({**spec, **extra}), 0, data, [32],
-                                   CLASSES)
+        nets[name], _ = train_into(
+            tmp_path / name,
+            MLPParams(type="mlp", hidden_layers=2, units=32),
+            TrainSpec.model_validate({**spec, **extra}),
+            0,
+            data,
+            [32],
+            CLASSES,
+        )
     x, y = data["val"].x, data["val"].y
     clean = {k: (net(x).argmax(1) == y).float().mean().item() for k, net in nets.items()}
     robust = {k: robust_accuracy(net, x, y, "pgd", 0.3, 5) for k, net in nets.items()}

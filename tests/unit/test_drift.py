@@ -11,12 +11,14 @@ from trainflow import drift
 
 def training(rows=5000) -> pl.DataFrame:
     rng = np.random.default_rng(0)
-    return pl.DataFrame({
-        "income": rng.lognormal(3, 1, rows),
-        "age": rng.integers(18, 90, rows),
-        "home": rng.choice(["rent", "owner", "parents", None], rows, p=[.4, .4, .15, .05]),
-        "score": np.where(rng.random(rows) < 0.1, np.nan, rng.normal(size=rows)),
-    })
+    return pl.DataFrame(
+        {
+            "income": rng.lognormal(3, 1, rows),
+            "age": rng.integers(18, 90, rows),
+            "home": rng.choice(["rent", "owner", "parents", None], rows, p=[0.4, 0.4, 0.15, 0.05]),
+            "score": np.where(rng.random(rows) < 0.1, np.nan, rng.normal(size=rows)),
+        }
+    )
 
 
 def table(train: pl.DataFrame, scored: pl.DataFrame, batch=700) -> dict:
@@ -33,13 +35,17 @@ def test_rows_like_training_drift_nowhere_and_each_kind_of_shift_is_flagged_alon
 
     shifted = train.sample(2000, seed=2).with_columns(
         pl.col("income") * 3,  # a number moved
-        pl.when(pl.col("home") == "parents").then(pl.lit("rent")).otherwise(pl.col("home"))
+        pl.when(pl.col("home") == "parents")
+        .then(pl.lit("rent"))
+        .otherwise(pl.col("home"))
         .alias("home"),  # a category gone
-        pl.when(pl.int_range(pl.len()) % 2 == 0).then(None).otherwise(pl.col("score"))
-        .alias("score"))  # half the values missing
+        pl.when(pl.int_range(pl.len()) % 2 == 0)
+        .then(None)
+        .otherwise(pl.col("score"))
+        .alias("score"),
+    )  # half the values missing
     got = table(train, shifted)
-    assert {c for c, row in got.items() if row["status"] == "drift"} == {
-        "income", "home", "score"}
+    assert {c for c, row in got.items() if row["status"] == "drift"} == {"income", "home", "score"}
     assert got["age"]["status"] == "ok"
     assert got["score"]["scored_missing"] > 0.5 > got["score"]["train_missing"]
     assert got["income"]["scored_mean"] > 2.5 * got["income"]["train_mean"]
@@ -47,8 +53,9 @@ def test_rows_like_training_drift_nowhere_and_each_kind_of_shift_is_flagged_alon
 
 def test_psi_is_the_textbook_sum_and_an_empty_bin_is_finite():
     expected, actual = [0.5, 0.5], [0.25, 0.75]
-    assert math.isclose(drift.psi(expected, actual),
-                        0.25 * math.log(0.75 / 0.5) - 0.25 * math.log(0.25 / 0.5))
+    assert math.isclose(
+        drift.psi(expected, actual), 0.25 * math.log(0.75 / 0.5) - 0.25 * math.log(0.25 / 0.5)
+    )
     assert math.isfinite(drift.psi([1.0, 0.0], [0.0, 1.0]))
     assert drift.psi([0.2] * 5, [0.2] * 5) == 0.0
 

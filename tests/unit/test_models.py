@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainflow.engine.model_folder import build_model
 from trainflow.engine.checks import check_model_and_training
+from trainflow.engine.model_folder import build_model
 from trainflow.engine.update import Update
 from trainflow.errors import TrainflowError
 from trainflow.spec.model import RecurrentParams, TransformerParams
@@ -24,8 +24,13 @@ def test_recurrent_models_carry_their_state_across_calls(cell):
 
 def test_transformer_pools_by_cls_or_mean_and_reads_every_token():
     for pooling in ("cls", "mean"):
-        net = build_model(TransformerParams(type="transformer", d_model=16, heads=2, layers=1,
-                                            pooling=pooling, dropout=0.0), [6, 2], 3).eval()
+        net = build_model(
+            TransformerParams(
+                type="transformer", d_model=16, heads=2, layers=1, pooling=pooling, dropout=0.0
+            ),
+            [6, 2],
+            3,
+        ).eval()
         x = torch.randn(4, 6, 2)
         changed = x.clone()
         changed[:, 0] += 1.0  # the first step changes the output (attention sees all steps)
@@ -35,8 +40,9 @@ def test_transformer_pools_by_cls_or_mean_and_reads_every_token():
 
 
 def test_init_per_layer_type():
-    params = RecurrentParams(type="lstm", hidden=6, init={"recurrent": "orthogonal",
-                                                          "linear": "xavier_uniform"})
+    params = RecurrentParams(
+        type="lstm", hidden=6, init={"recurrent": "orthogonal", "linear": "xavier_uniform"}
+    )
     net = build_model(params, [5, 4], 3)
     weight_hh = net.rnn.weight_hh_l0.detach()
     for gate in weight_hh.chunk(4):  # each gate's square block is orthogonal
@@ -49,8 +55,9 @@ def test_init_per_layer_type():
     torch.manual_seed(0)
     plain = build_model(RecurrentParams(type="lstm", hidden=6), [5, 4], 3)
     torch.manual_seed(0)
-    linear_only = build_model(RecurrentParams(type="lstm", hidden=6,
-                                              init={"linear": "orthogonal"}), [5, 4], 3)
+    linear_only = build_model(
+        RecurrentParams(type="lstm", hidden=6, init={"linear": "orthogonal"}), [5, 4], 3
+    )
     assert torch.equal(plain.rnn.weight_hh_l0, linear_only.rnn.weight_hh_l0)
     assert not torch.equal(plain.head.weight, linear_only.head.weight)
 

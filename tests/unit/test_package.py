@@ -33,20 +33,33 @@ def credit_like(path: Path, rows: int = 160, seed: int = 0) -> Path:
     income = rng.normal(100, 30, rows).round(1)
     home = rng.choice(HOMES, rows)
     status = np.where((income > 100) | (home == "owner"), "good", "bad")
-    df = pl.DataFrame({"id": [f"c{i:04d}" for i in range(rows)], "age": age,
-                       "income": income, "home": home, "status": status})
-    df = df.with_columns(pl.when(pl.int_range(rows) % 9 == 1).then(None)
-                         .otherwise(pl.col("income")).alias("income"),
-                         pl.when(pl.int_range(rows) % 11 == 2).then(None)
-                         .otherwise(pl.col("home")).alias("home"))
+    df = pl.DataFrame(
+        {
+            "id": [f"c{i:04d}" for i in range(rows)],
+            "age": age,
+            "income": income,
+            "home": home,
+            "status": status,
+        }
+    )
+    df = df.with_columns(
+        pl.when(pl.int_range(rows) % 9 == 1).then(None).otherwise(pl.col("income")).alias("income"),
+        pl.when(pl.int_range(rows) % 11 == 2).then(None).otherwise(pl.col("home")).alias("home"),
+    )
     df.write_csv(path)
     return path
 
 
 def spec_of(tmp: Path, source: dict, steps: list[dict], model: dict):
-    return validate_spec({"name": "tiny", "data": {"source": source, "steps": steps},
-                          "model": model, "train": {"epochs": 1, "batch_size": 16},
-                          "outputs": {"store": str(tmp / "store"), "runs": str(tmp / "runs")}})
+    return validate_spec(
+        {
+            "name": "tiny",
+            "data": {"source": source, "steps": steps},
+            "model": model,
+            "train": {"epochs": 1, "batch_size": 16},
+            "outputs": {"store": str(tmp / "store"), "runs": str(tmp / "runs")},
+        }
+    )
 
 
 def build(spec) -> Path | None:
@@ -70,13 +83,25 @@ def build(spec) -> Path | None:
 
 
 def tabular_spec(tmp: Path, unknown: str, *more: dict):
-    return spec_of(tmp, {"type": "csv", "path": str(credit_like(tmp / "credit.csv")),
-                         "target": "status", "keep_columns": ["id"]},
-                   [{"type": "clean", "missing": "keep"}, {"type": "split"},
-                    {"type": "clean", "missing": "median"},
-                    {"type": "encode", "unknown": unknown}, {"type": "normalize"},
-                    *more, {"type": "resample", "method": "random_over"}],
-                   {"type": "mlp", "hidden_layers": 1, "units": [8]})
+    return spec_of(
+        tmp,
+        {
+            "type": "csv",
+            "path": str(credit_like(tmp / "credit.csv")),
+            "target": "status",
+            "keep_columns": ["id"],
+        },
+        [
+            {"type": "clean", "missing": "keep"},
+            {"type": "split"},
+            {"type": "clean", "missing": "median"},
+            {"type": "encode", "unknown": unknown},
+            {"type": "normalize"},
+            *more,
+            {"type": "resample", "method": "random_over"},
+        ],
+        {"type": "mlp", "hidden_layers": 1, "units": [8]},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,16 +118,21 @@ def images(tmp_path_factory) -> Path:
         for i in range(12):
             pixels = np.clip(rng.normal(level, 20, (6, 6)), 0, 255).astype(np.uint8)
             cv2.imwrite(str(tmp / "train" / label / f"{i}.png"), pixels)
-    return build(spec_of(tmp, {"type": "image_folder", "path": str(tmp / "train")},
-                         [{"type": "split", "validation": 0.25, "test": 0.25},
-                          {"type": "normalize"}],
-                         {"type": "cnn", "channels": [4], "hidden": 8}))
+    return build(
+        spec_of(
+            tmp,
+            {"type": "image_folder", "path": str(tmp / "train")},
+            [{"type": "split", "validation": 0.25, "test": 0.25}, {"type": "normalize"}],
+            {"type": "cnn", "channels": [4], "hidden": 8},
+        )
+    )
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     """The `trainflow` command in a process of its own."""
-    return subprocess.run([sys.executable, "-m", "trainflow.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "trainflow.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def cli_here(capsys, *args: str) -> subprocess.CompletedProcess:
@@ -127,9 +157,14 @@ def one_error(result: subprocess.CompletedProcess, *words: str) -> str:
 
 
 def rows_to_score(n: int = 5) -> pl.DataFrame:
-    return pl.DataFrame({"id": [f"n{i}" for i in range(n)], "age": [30 + i for i in range(n)],
-                         "income": [50.0, None, 150.0, 120.0, 80.0][:n],
-                         "home": ["rent", "owner", None, "parents", "rent"][:n]})
+    return pl.DataFrame(
+        {
+            "id": [f"n{i}" for i in range(n)],
+            "age": [30 + i for i in range(n)],
+            "income": [50.0, None, 150.0, 120.0, 80.0][:n],
+            "home": ["rent", "owner", None, "parents", "rent"][:n],
+        }
+    )
 
 
 def test_every_data_step_has_a_prediction_mode_or_is_training_only():
@@ -155,8 +190,12 @@ def test_package_holds_schema_steps_labels_spec_metrics_and_a_manifest(tabular):
     assert {"accuracy", "f1_macro", "confusion_matrix"} <= set(info.metrics)
     assert {"torch", "polars", "trainflow"} <= set(info.libraries)
     manifest = json.loads((tabular / MANIFEST).read_text())
-    assert set(manifest["files"]) == {"package.json", "spec.json", "members/0/model.json",
-                                      "members/0/best.pt"}
+    assert set(manifest["files"]) == {
+        "package.json",
+        "spec.json",
+        "members/0/model.json",
+        "members/0/best.pt",
+    }
     weights = torch.load(tabular / "members/0/best.pt", weights_only=True)
     assert set(weights) >= {"model"}
 
@@ -184,15 +223,24 @@ def test_a_pandas_frame_scores_like_a_polars_one(tabular):
     assert np.array_equal(model.predict_proba(frame), model.predict_proba(rows))
 
 
-@pytest.mark.parametrize("change, words", [
-    (lambda df: df.drop("income"), ["missing column(s) ['income']", "add them"]),
-    (lambda df: df.with_columns(pl.col("age").cast(pl.String).replace("32", "thirty-two")),
-     ["column 'age'", "Int64", "'thirty-two'", "row 3"]),
-    (lambda df: df.with_columns(pl.col("age").cast(pl.Float64) + 0.5),
-     ["column 'age'", "do not convert to Int64"]),
-    (lambda df: df.with_columns(pl.col("home").replace("parents", "castle")),
-     ["column 'home'", "['castle']", "row 4", "unknown: error", "owner, parents, rent"]),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda df: df.drop("income"), ["missing column(s) ['income']", "add them"]),
+        (
+            lambda df: df.with_columns(pl.col("age").cast(pl.String).replace("32", "thirty-two")),
+            ["column 'age'", "Int64", "'thirty-two'", "row 3"],
+        ),
+        (
+            lambda df: df.with_columns(pl.col("age").cast(pl.Float64) + 0.5),
+            ["column 'age'", "do not convert to Int64"],
+        ),
+        (
+            lambda df: df.with_columns(pl.col("home").replace("parents", "castle")),
+            ["column 'home'", "['castle']", "row 4", "unknown: error", "owner, parents, rent"],
+        ),
+    ],
+)
 def test_bad_rows_are_refused_naming_the_column_before_any_is_scored(tabular, change, words):
     model = trainflow.load_model(tabular)
     with pytest.raises(DataError) as caught:
@@ -212,8 +260,7 @@ def test_an_unseen_category_under_unknown_ignore_is_scored(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_fitted_scikit_learn_detector_is_refused_in_a_package_with_a_warning(
-        tmp_path, caplog):
+def test_a_fitted_scikit_learn_detector_is_refused_in_a_package_with_a_warning(tmp_path, caplog):
     flag = {"type": "anomalies", "method": "isolation_forest", "action": "flag"}
     with caplog.at_level("WARNING", logger="trainflow"):
         assert build(tabular_spec(tmp_path, "ignore", flag)) is None
@@ -223,8 +270,10 @@ def test_a_fitted_scikit_learn_detector_is_refused_in_a_package_with_a_warning(
 
 
 def test_zscore_anomaly_flags_and_dropped_outliers_are_packaged(tmp_path):
-    steps = ({"type": "anomalies", "method": "zscore", "action": "flag"},
-             {"type": "outliers", "action": "drop"})
+    steps = (
+        {"type": "anomalies", "method": "zscore", "action": "flag"},
+        {"type": "outliers", "action": "drop"},
+    )
     model = trainflow.load_model(build(tabular_spec(tmp_path, "ignore", *steps)))
     flagged = model.info.members[0].steps[-1]
     assert flagged.type == "anomalies" and set(flagged.state) == {"bounds"}  # no rows in it
@@ -252,12 +301,16 @@ def test_an_image_of_the_wrong_shape_is_refused_naming_it(images, tmp_path, caps
     for name, size in (("a.png", 6), ("b.png", 8)):
         cv2.imwrite(str(folder / name), np.full((size, size), 100, np.uint8))
     output = tmp_path / "out.csv"
-    one_error(cli_here(capsys, "predict", str(images), str(folder), "--output", str(output)),
-              "b.png", "[1, 8, 8]", "[1, 6, 6]", "resize it to 6x6")
+    one_error(
+        cli_here(capsys, "predict", str(images), str(folder), "--output", str(output)),
+        "b.png",
+        "[1, 8, 8]",
+        "[1, 6, 6]",
+        "resize it to 6x6",
+    )
     assert not output.exists()  # nothing written
     (folder / "b.png").unlink()
-    done = cli_here(capsys, "predict", str(images), str(folder), "--output", str(output),
-                    "--proba")
+    done = cli_here(capsys, "predict", str(images), str(folder), "--output", str(output), "--proba")
     assert done.returncode == 0, done.stderr
     scored = pl.read_csv(output)
     assert scored.columns == ["path", "prediction", "proba_dark", "proba_light"]
@@ -285,13 +338,13 @@ def test_a_tampered_file_is_refused_naming_it(tabular, tmp_path):
     one_error(cli("predict", str(copy), str(tmp_path / "x.csv")), "best.pt", "sha256")
 
 
-def test_weights_that_need_unpickling_are_refused_even_with_a_matching_manifest(
-        tabular, tmp_path):
+def test_weights_that_need_unpickling_are_refused_even_with_a_matching_manifest(tabular, tmp_path):
     copy = tampered_copy(tabular, tmp_path)
     weights = copy / "members/0/best.pt"
     torch.save({"model": {}, "payload": Path("anything")}, weights)  # an object, not tensors
     manifest = json.loads((copy / MANIFEST).read_text())
     from trainflow.artifacts import sha256_file
+
     manifest["files"]["members/0/best.pt"] = sha256_file(weights)
     (copy / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="weights_only"):
@@ -305,8 +358,10 @@ def test_a_folder_that_is_not_a_package_is_refused(tabular, tmp_path, capsys):
         trainflow.load_model(some_model)
     with pytest.raises(ArtifactError, match="is a file, not a trainflow model package"):
         trainflow.load_model(some_model / "best.pt")
-    one_error(cli_here(capsys, "predict", str(some_model), str(tmp_path / "x.csv")),
-              "not a trainflow model package")
+    one_error(
+        cli_here(capsys, "predict", str(some_model), str(tmp_path / "x.csv")),
+        "not a trainflow model package",
+    )
 
 
 @pytest.mark.parametrize("file", [MANIFEST, "package.json"])
@@ -317,11 +372,15 @@ def test_a_package_of_a_newer_format_is_refused_naming_the_file(tabular, tmp_pat
     (copy / file).write_text(json.dumps(raw))
     if file != MANIFEST:  # a consistent package of a newer trainflow: its manifest matches
         from trainflow.artifacts import sha256_file
+
         manifest = json.loads((copy / MANIFEST).read_text())
         manifest["files"][file] = sha256_file(copy / file)
         (copy / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=rf"{file}: the package has format {FORMAT + 1}, "
-                                            r"newer than this trainflow reads.*upgrade"):
+    with pytest.raises(
+        ArtifactError,
+        match=rf"{file}: the package has format {FORMAT + 1}, "
+        r"newer than this trainflow reads.*upgrade",
+    ):
         trainflow.load_model(copy)
 
 
@@ -330,8 +389,7 @@ def test_cli_scores_a_csv_file_in_order_and_names_bad_input(tabular, tmp_path, c
     data = tmp_path / "new.csv"
     rows_to_score().write_csv(data)
     output = tmp_path / "scored.parquet"
-    done = cli_here(capsys, "predict", str(tabular), str(data), "--output", str(output),
-                    "--proba")
+    done = cli_here(capsys, "predict", str(tabular), str(data), "--output", str(output), "--proba")
     assert done.returncode == 0, done.stderr
     assert "5 prediction(s) written" in done.stdout
     scored = pl.read_parquet(output)
@@ -341,9 +399,15 @@ def test_cli_scores_a_csv_file_in_order_and_names_bad_input(tabular, tmp_path, c
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.splitlines()[0] == "id,prediction"
     assert len(printed.stdout.splitlines()) == 6
-    one_error(cli_here(capsys, "predict", str(tabular), str(data), "--output",
-                       str(tmp_path / "o.txt")), "--output", ".csv or .parquet")
+    one_error(
+        cli_here(capsys, "predict", str(tabular), str(data), "--output", str(tmp_path / "o.txt")),
+        "--output",
+        ".csv or .parquet",
+    )
     rows_to_score().drop("income").write_csv(data)
-    one_error(cli_here(capsys, "predict", str(tabular), str(data), "--output",
-                       str(tmp_path / "o.csv")), str(data), "missing column(s) ['income']")
+    one_error(
+        cli_here(capsys, "predict", str(tabular), str(data), "--output", str(tmp_path / "o.csv")),
+        str(data),
+        "missing column(s) ['income']",
+    )
     assert not (tmp_path / "o.csv").exists()

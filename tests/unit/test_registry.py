@@ -14,15 +14,22 @@ from trainflow.spec.train import TrainSpec
 from trainflow.steps import json_state
 from trainflow.tables import TableSchema
 
-ALL = {"sources": registry.SOURCES, "steps": registry.STEPS, "models": registry.MODELS,
-       "optimizers": registry.OPTIMIZERS, "schedules": registry.SCHEDULES,
-       "ensembles": registry.ENSEMBLES, "quantizers": registry.QUANTIZERS,
-       "pruners": registry.PRUNERS}
+ALL = {
+    "sources": registry.SOURCES,
+    "steps": registry.STEPS,
+    "models": registry.MODELS,
+    "optimizers": registry.OPTIMIZERS,
+    "schedules": registry.SCHEDULES,
+    "ensembles": registry.ENSEMBLES,
+    "quantizers": registry.QUANTIZERS,
+    "pruners": registry.PRUNERS,
+}
 # Every Entry table of registry.py is here (a new kind is tested the day it is added).
-assert {id(r) for r in ALL.values()} == {id(v) for v in vars(registry).values()
-                                         if isinstance(v, dict) and v
-                                         and all(isinstance(e, registry.Entry)
-                                                 for e in v.values())}
+assert {id(r) for r in ALL.values()} == {
+    id(v)
+    for v in vars(registry).values()
+    if isinstance(v, dict) and v and all(isinstance(e, registry.Entry) for e in v.values())
+}
 
 
 @pytest.mark.parametrize("kind,name", [(k, n) for k, r in ALL.items() for n in r])
@@ -32,12 +39,21 @@ def test_entry_name_is_the_yaml_type(kind, name):
     assert params.model_config.get("extra") == "forbid"
 
 
-FRAME = pl.DataFrame({"a": [1.0, None, 3.0, 4.0, 4.0], "b": [0.5, 0.1, None, 2.0, 2.0],
-                      "y": ["p", "q", "p", "q", "q"]})
+FRAME = pl.DataFrame(
+    {
+        "a": [1.0, None, 3.0, 4.0, 4.0],
+        "b": [0.5, 0.1, None, 2.0, 2.0],
+        "y": ["p", "q", "p", "q", "q"],
+    }
+)
 # complete and imbalanced, for the training-only steps (samplers need both)
-IMBALANCED = pl.DataFrame({"a": [float(i % 7) for i in range(30)],
-                           "b": [float(i * i % 11) for i in range(30)],
-                           "y": ["p"] * 8 + ["q"] * 22})
+IMBALANCED = pl.DataFrame(
+    {
+        "a": [float(i % 7) for i in range(30)],
+        "b": [float(i * i % 11) for i in range(30)],
+        "y": ["p"] * 8 + ["q"] * 22,
+    }
+)
 SCHEMA = TableSchema(target="y", features=["a", "b"], classes=["p", "q"])
 
 
@@ -70,8 +86,11 @@ def test_fit_apply_steps_contract(name):
 
 # The input shapes each architecture takes: images (C, H, W), sequences (steps, channels),
 # tabular rows (features,).
-SHAPES = {"mlp": ([1, 8, 8], [12, 3], [10]), "cnn": ([1, 8, 8],),
-          **dict.fromkeys(("rnn", "lstm", "gru", "transformer"), ([12, 3], [10]))}
+SHAPES = {
+    "mlp": ([1, 8, 8], [12, 3], [10]),
+    "cnn": ([1, 8, 8],),
+    **dict.fromkeys(("rnn", "lstm", "gru", "transformer"), ([12, 3], [10])),
+}
 
 
 @pytest.mark.parametrize("name", registry.MODELS)
@@ -175,10 +194,16 @@ def test_resample_option_names_are_the_samplers_own():
         assert taken == set(options), method
 
 
-PLACES = {"sources": "data.source", "steps": "data.steps.0", "models": "model",
-          "optimizers": "train.optimizer", "schedules": "train.schedule",
-          "ensembles": "ensemble", "quantizers": "compress.quantize",
-          "pruners": "compress.prune"}
+PLACES = {
+    "sources": "data.source",
+    "steps": "data.steps.0",
+    "models": "model",
+    "optimizers": "train.optimizer",
+    "schedules": "train.schedule",
+    "ensembles": "ensemble",
+    "quantizers": "compress.quantize",
+    "pruners": "compress.prune",
+}
 
 
 @pytest.mark.parametrize("kind", ALL)

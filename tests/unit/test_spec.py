@@ -5,10 +5,10 @@ import json
 import pytest
 import yaml
 
+from tests.conftest import PIPELINES
 from trainflow.cli import main
 from trainflow.errors import SpecError
 from trainflow.spec.pipeline import PipelineSpec, apply_override, load_spec, validate_spec
-from tests.conftest import PIPELINES
 
 MINIMAL = {
     "name": "t",
@@ -62,7 +62,9 @@ def test_all_errors_reported_at_once_with_yaml_paths_not_union_tags():
     raw["seed"] = -1
     found = problems(raw)
     assert set(found) == {"data.steps.0.missing", "model", "seed"}
-    assert "'guess'" in found["data.steps.0.missing"] and "'median'" in found["data.steps.0.missing"]
+    assert (
+        "'guess'" in found["data.steps.0.missing"] and "'median'" in found["data.steps.0.missing"]
+    )
     assert "odd" in found["model"]
 
 

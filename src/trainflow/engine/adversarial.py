@@ -8,8 +8,15 @@ import torch
 from torch import nn
 
 
-def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str, epsilon: float,
-           steps: int | None = None, step_size: float | None = None) -> torch.Tensor:
+def attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    method: str,
+    epsilon: float,
+    steps: int | None = None,
+    step_size: float | None = None,
+) -> torch.Tensor:
     """Inputs within `epsilon` (max-norm) of `x` that raise the model's loss on `y`.
 
     FGSM is one signed-gradient step of size epsilon; PGD starts at a random point of the
@@ -32,23 +39,36 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str, epsi
             module.training = training
 
 
-def _signed_step(model: nn.Module, adv: torch.Tensor, y: torch.Tensor, origin: torch.Tensor,
-                 size: float, epsilon: float) -> torch.Tensor:
+def _signed_step(
+    model: nn.Module,
+    adv: torch.Tensor,
+    y: torch.Tensor,
+    origin: torch.Tensor,
+    size: float,
+    epsilon: float,
+) -> torch.Tensor:
     adv = adv.detach().requires_grad_(True)
     with torch.enable_grad():
         loss = nn.functional.cross_entropy(model(adv).float(), y)
-        grad, = torch.autograd.grad(loss, adv)
+        (grad,) = torch.autograd.grad(loss, adv)
     moved = adv.detach() + size * grad.sign()
     return torch.max(torch.min(moved, origin + epsilon), origin - epsilon)
 
 
-def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str,
-                    epsilon: float, steps: int | None = None, step_size: float | None = None,
-                    batch_size: int = 256) -> float:
+def robust_accuracy(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    method: str,
+    epsilon: float,
+    steps: int | None = None,
+    step_size: float | None = None,
+    batch_size: int = 256,
+) -> float:
     """Accuracy on adversarial versions of (x, y) made against this model."""
     correct = 0
     for start in range(0, len(y), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         adv = attack(model, xb, yb, method, epsilon, steps, step_size)
         with torch.no_grad():
             correct += int((model(adv).argmax(1) == yb).sum())

@@ -22,8 +22,10 @@ class Augmenter:
 
     def __init__(self, spec: AugmentSpec, seed: int, image_input: bool):
         if spec.transforms and not image_input:
-            raise TrainflowError("train.augment.transforms apply to image inputs; for tabular "
-                                 "features use train.augment.gaussian_noise")
+            raise TrainflowError(
+                "train.augment.transforms apply to image inputs; for tabular "
+                "features use train.augment.gaussian_noise"
+            )
         self.spec, self.seed = spec, seed
         self.compose = spec.build()
 
@@ -37,6 +39,7 @@ class Augmenter:
             lam = float(rng.beta(self.spec.mixup, self.spec.mixup))
             partner = torch.from_numpy(rng.permutation(len(y)))
             return lam * x + (1 - lam) * x[partner], y, y[partner], lam
+
         return mix
 
     def for_epoch(self, epoch: int, worker: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -48,17 +51,28 @@ class Augmenter:
         def augment(x: torch.Tensor) -> torch.Tensor:
             if self.compose is not None:  # (N, C, H, W) -> HWC numpy per image and back
                 images = x.permute(0, 2, 3, 1).numpy()
-                x = torch.from_numpy(np.stack([
-                    self.compose(image=np.ascontiguousarray(image))["image"] for image in images
-                ]).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+                x = (
+                    torch.from_numpy(
+                        np.stack(
+                            [
+                                self.compose(image=np.ascontiguousarray(image))["image"]
+                                for image in images
+                            ]
+                        ).astype(np.float32)
+                    )
+                    .permute(0, 3, 1, 2)
+                    .contiguous()
+                )
             if self.spec.gaussian_noise:
                 x = x + self.spec.gaussian_noise * torch.randn(x.shape, generator=noise)
             return x
+
         return augment
 
 
-def preview_png(augmenter: Augmenter, images: torch.Tensor, columns: int = 8,
-                scale: int = 4) -> bytes:
+def preview_png(
+    augmenter: Augmenter, images: torch.Tensor, columns: int = 8, scale: int = 4
+) -> bytes:
     """A grid PNG: the first row the originals, the second the same images augmented."""
     import cv2
 

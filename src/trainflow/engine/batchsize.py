@@ -25,13 +25,20 @@ def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
         nonlocal total
         total += tensor.numel() * tensor.element_size()
         return tensor
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         model(x)
     return total
 
 
-def largest_batch(model: nn.Module, x: torch.Tensor, start: int, maximum: int,
-                  memory_mb: float, device: torch.device) -> int:
+def largest_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    start: int,
+    maximum: int,
+    memory_mb: float,
+    device: torch.device,
+) -> int:
     """The largest batch size start * 2^k (<= maximum, <= len(x)) whose training step fits
     in `memory_mb`: weights, gradients and two optimizer moments, plus the activations
     autograd saves, measured per sample at two batch sizes (so tensors saved once per batch,
@@ -44,18 +51,19 @@ def largest_batch(model: nn.Module, x: torch.Tensor, start: int, maximum: int,
     try:
         k = max(1, min(8, len(x) // 2))
         one = _saved_bytes(model, x[:k].to(device))
-        two = _saved_bytes(model, x[:2 * k].to(device))
+        two = _saved_bytes(model, x[: 2 * k].to(device))
         per_sample = max(two - one, 0) / k + x[0].numel() * x.element_size()
-        fixed = one - per_sample * k + 4 * sum(p.numel() * p.element_size()
-                                               for p in model.parameters())
+        fixed = (
+            one - per_sample * k + 4 * sum(p.numel() * p.element_size() for p in model.parameters())
+        )
         budget = memory_mb * 2**20
         if fixed + per_sample * start > budget:
             raise TrainflowError(
                 f"train.auto_batch: even batch_size {start} needs about "
-                f"{(fixed + per_sample * start) / 2**20:.0f} MiB, over memory_mb {memory_mb:g}")
+                f"{(fixed + per_sample * start) / 2**20:.0f} MiB, over memory_mb {memory_mb:g}"
+            )
         size = start
-        while (size * 2 <= min(maximum, len(x))
-               and fixed + per_sample * size * 2 <= budget):
+        while size * 2 <= min(maximum, len(x)) and fixed + per_sample * size * 2 <= budget:
             size *= 2
         while device.type == "cuda" and size > start and not _fits(model, x[:size], device):
             size //= 2

@@ -29,12 +29,10 @@ class Split:
         labels = torch.from_numpy(y)
         aux = labels[:, 1:].contiguous() if labels.dim() == 2 else None
         main = labels[:, 0].contiguous() if labels.dim() == 2 else labels
-        return cls(torch.from_numpy(x), main, torch.from_numpy(w) if w is not None else None,
-                   aux)
+        return cls(torch.from_numpy(x), main, torch.from_numpy(w) if w is not None else None, aux)
 
     def __len__(self) -> int:
         return len(self.y)
-
 
 
 def balanced_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -48,9 +46,12 @@ def weights_from_counts(counts: torch.Tensor) -> torch.Tensor:
     return torch.where(counts > 0, counts.sum() / (present * counts.clamp(min=1)), 0.0)
 
 
-def batches(data: Split, batch_size: int, generator: torch.Generator | None = None,
-            sample_weights: torch.Tensor | None = None
-            ) -> Iterator[tuple[torch.Tensor, ...]]:
+def batches(
+    data: Split,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    sample_weights: torch.Tensor | None = None,
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """Mini-batches (x, y), or (x, y, w) with loss weights, in a random order drawn from
     `generator`, or in order without one.
 
@@ -66,21 +67,28 @@ def batches(data: Split, batch_size: int, generator: torch.Generator | None = No
     columns = (data.x, labels) if data.w is None else (data.x, labels, data.w)
     for start in range(0, n, batch_size):
         if order is None:
-            yield tuple(c[start:start + batch_size] for c in columns)
+            yield tuple(c[start : start + batch_size] for c in columns)
         else:
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             yield tuple(c[index] for c in columns)
 
 
-def weighted_loss(logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None,
-                  w: torch.Tensor | None, label_smoothing: float = 0.0) -> torch.Tensor:
+def weighted_loss(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    class_weights: torch.Tensor | None,
+    w: torch.Tensor | None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Cross-entropy, weighted per class and per sample and normalized by the total weight (with
     all sample weights 1 it equals cross_entropy's weighted mean)."""
     logits = logits.float()  # the loss in fp32 also under autocast
     if w is None:
-        return nn.functional.cross_entropy(logits, y, weight=class_weights,
-                                           label_smoothing=label_smoothing)
-    per_sample = nn.functional.cross_entropy(logits, y, weight=class_weights, reduction="none",
-                                             label_smoothing=label_smoothing)
+        return nn.functional.cross_entropy(
+            logits, y, weight=class_weights, label_smoothing=label_smoothing
+        )
+    per_sample = nn.functional.cross_entropy(
+        logits, y, weight=class_weights, reduction="none", label_smoothing=label_smoothing
+    )
     total = w * class_weights[y] if class_weights is not None else w
     return (per_sample * w).sum() / total.sum().clamp_min(1e-12)

@@ -18,25 +18,35 @@ from trainflow.spec.optimizers import (
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d)
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, no_decay: list[str],
-                 lr_multipliers: dict[str, float]) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    no_decay: list[str],
+    lr_multipliers: dict[str, float],
+) -> list[dict]:
     """Parameters grouped by (lr, weight decay): biases and norm-layer parameters lose their
     decay when `no_decay` says so; names matching an `lr_multipliers` glob get lr x factor."""
-    in_norm = {id(p) for m in model.modules() if isinstance(m, NORMS)
-               for p in m.parameters(recurse=False)}
+    in_norm = {
+        id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters(recurse=False)
+    }
     groups: dict[tuple[float, float], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decay = weight_decay
-        if ("bias" in no_decay and name.endswith("bias")) or ("norm" in no_decay
-                                                              and id(param) in in_norm):
+        if ("bias" in no_decay and name.endswith("bias")) or (
+            "norm" in no_decay and id(param) in in_norm
+        ):
             decay = 0.0
-        factor = next((f for pattern, f in lr_multipliers.items()
-                       if fnmatch.fnmatch(name, pattern)), 1.0)
+        factor = next(
+            (f for pattern, f in lr_multipliers.items() if fnmatch.fnmatch(name, pattern)), 1.0
+        )
         groups.setdefault((lr * factor, decay), []).append(param)
-    return [{"params": params, "lr": group_lr, "weight_decay": decay}
-            for (group_lr, decay), params in groups.items()]
+    return [
+        {"params": params, "lr": group_lr, "weight_decay": decay}
+        for (group_lr, decay), params in groups.items()
+    ]
 
 
 def sgd(groups: list[dict], opt: SGDParams, lr: float) -> torch.optim.Optimizer:
@@ -49,8 +59,9 @@ def adam(groups: list[dict], opt: AdamParams, lr: float) -> torch.optim.Optimize
 
 
 def rmsprop(groups: list[dict], opt: RMSpropParams, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.RMSprop(groups, lr=lr, alpha=opt.alpha, eps=opt.eps,
-                               momentum=opt.momentum, centered=opt.centered)
+    return torch.optim.RMSprop(
+        groups, lr=lr, alpha=opt.alpha, eps=opt.eps, momentum=opt.momentum, centered=opt.centered
+    )
 
 
 def adagrad(groups: list[dict], opt: AdagradParams, lr: float) -> torch.optim.Optimizer:

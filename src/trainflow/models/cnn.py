@@ -6,9 +6,17 @@ from trainflow.models.layers import activation as make_activation
 from trainflow.models.layers import initialize
 
 
-def cnn(input_shape: list[int], num_classes: int, channels: list[int], kernel_size: int = 3,
-        hidden: int = 128, activation: str = "relu", dropout: float = 0.0, norm: str = "batch",
-        init: str = "default") -> nn.Sequential:
+def cnn(
+    input_shape: list[int],
+    num_classes: int,
+    channels: list[int],
+    kernel_size: int = 3,
+    hidden: int = 128,
+    activation: str = "relu",
+    dropout: float = 0.0,
+    norm: str = "batch",
+    init: str = "default",
+) -> nn.Sequential:
     if len(input_shape) != 3:
         raise ValueError(f"cnn needs image inputs (C, H, W); the data has shape {input_shape}")
     c, h, w = input_shape

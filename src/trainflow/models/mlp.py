@@ -10,15 +10,21 @@ from trainflow.models.layers import initialize
 NORMS = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 
 
-def mlp(input_shape: list[int], num_classes: int, hidden: list[int], activation: str = "relu",
-        dropout: float = 0.0, norm: str = "none", spectral_norm: bool = False,
-        init: str = "default") -> nn.Sequential:
+def mlp(
+    input_shape: list[int],
+    num_classes: int,
+    hidden: list[int],
+    activation: str = "relu",
+    dropout: float = 0.0,
+    norm: str = "none",
+    spectral_norm: bool = False,
+    init: str = "default",
+) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten()]
     width = prod(input_shape)
     for units in hidden:
         linear = nn.Linear(width, units)
-        layers.append(nn.utils.parametrizations.spectral_norm(linear) if spectral_norm
-                      else linear)
+        layers.append(nn.utils.parametrizations.spectral_norm(linear) if spectral_norm else linear)
         if norm != "none":
             layers.append(NORMS[norm](units))
         layers.append(make_activation(activation))

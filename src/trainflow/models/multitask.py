@@ -22,8 +22,9 @@ class MultiTask(nn.Module):
         super().__init__()
         self.model = model
         name, head = _last_linear(model)
-        self.aux = nn.ModuleDict({task: nn.Linear(head.in_features, n)
-                                  for task, n in aux_classes.items()})
+        self.aux = nn.ModuleDict(
+            {task: nn.Linear(head.in_features, n) for task, n in aux_classes.items()}
+        )
         self._features: torch.Tensor | None = None
         head.register_forward_pre_hook(self._keep_features)
 
@@ -45,10 +46,12 @@ def share_parameters(model: nn.Module, groups: list[list[str]]) -> nn.Module:
     for group in groups:
         missing = [n for n in group if n not in modules]
         if missing:
-            names = [n for n, m in modules.items() if n and next(m.parameters(False), None)
-                     is not None]
-            raise ValueError(f"share: no module named {missing}; modules with parameters are "
-                             f"{names[:20]}")
+            names = [
+                n for n, m in modules.items() if n and next(m.parameters(False), None) is not None
+            ]
+            raise ValueError(
+                f"share: no module named {missing}; modules with parameters are {names[:20]}"
+            )
         first = modules[group[0]]
         for name in group[1:]:
             other = modules[name]
@@ -58,6 +61,7 @@ def share_parameters(model: nn.Module, groups: list[list[str]]) -> nn.Module:
                     raise ValueError(
                         f"share: {group[0]}.{pname} {tuple(param.shape)} cannot be shared with "
                         f"{name}.{pname} "
-                        f"{tuple(theirs.shape) if theirs is not None else '(missing)'}")
+                        f"{tuple(theirs.shape) if theirs is not None else '(missing)'}"
+                    )
                 setattr(other, pname, param)
     return model

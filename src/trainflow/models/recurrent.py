@@ -21,13 +21,28 @@ class Recurrent(nn.Module):
 
     recurrent = True  # the loop may truncate backpropagation through time on this model
 
-    def __init__(self, cell: str, channels: int, num_classes: int, hidden: int, layers: int,
-                 dropout: float, bidirectional: bool, nonlinearity: str):
+    def __init__(
+        self,
+        cell: str,
+        channels: int,
+        num_classes: int,
+        hidden: int,
+        layers: int,
+        dropout: float,
+        bidirectional: bool,
+        nonlinearity: str,
+    ):
         super().__init__()
         extra = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
-        self.rnn = CELLS[cell](channels, hidden, num_layers=layers, batch_first=True,
-                               dropout=dropout if layers > 1 else 0.0,
-                               bidirectional=bidirectional, **extra)
+        self.rnn = CELLS[cell](
+            channels,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            dropout=dropout if layers > 1 else 0.0,
+            bidirectional=bidirectional,
+            **extra,
+        )
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden * (2 if bidirectional else 1), num_classes)
 
@@ -40,15 +55,25 @@ class Recurrent(nn.Module):
 
 
 def _builder(cell: str):
-    def build(input_shape: list[int], num_classes: int, hidden: int = 64, layers: int = 1,
-              dropout: float = 0.0, bidirectional: bool = False, nonlinearity: str = "tanh",
-              init: str = "default") -> Recurrent:
+    def build(
+        input_shape: list[int],
+        num_classes: int,
+        hidden: int = 64,
+        layers: int = 1,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        nonlinearity: str = "tanh",
+        init: str = "default",
+    ) -> Recurrent:
         if len(input_shape) not in (1, 2):
-            raise ValueError(f"{cell} needs sequences (steps, channels) or tabular rows; the "
-                             f"data has shape {input_shape}")
+            raise ValueError(
+                f"{cell} needs sequences (steps, channels) or tabular rows; the "
+                f"data has shape {input_shape}"
+            )
         channels = input_shape[1] if len(input_shape) == 2 else 1
-        model = Recurrent(cell, channels, num_classes, hidden, layers, dropout, bidirectional,
-                          nonlinearity)
+        model = Recurrent(
+            cell, channels, num_classes, hidden, layers, dropout, bidirectional, nonlinearity
+        )
         return initialize(model, init, nonlinearity)
 
     build.__name__ = cell

@@ -14,9 +14,19 @@ from trainflow.models.layers import initialize
 
 
 class Transformer(nn.Module):
-    def __init__(self, input_shape: list[int], num_classes: int, d_model: int, heads: int,
-                 layers: int, ff: int, dropout: float, activation: str, norm_first: bool,
-                 pooling: str):
+    def __init__(
+        self,
+        input_shape: list[int],
+        num_classes: int,
+        d_model: int,
+        heads: int,
+        layers: int,
+        ff: int,
+        dropout: float,
+        activation: str,
+        norm_first: bool,
+        pooling: str,
+    ):
         super().__init__()
         self.tabular = len(input_shape) == 1
         tokens, channels = (input_shape[0], 1) if self.tabular else input_shape
@@ -29,8 +39,9 @@ class Transformer(nn.Module):
         extra = 1 if pooling == "cls" else 0
         self.cls = nn.Parameter(torch.zeros(1, 1, d_model)) if extra else None
         self.position = nn.Parameter(torch.randn(1, tokens + extra, d_model) * 0.02)
-        layer = nn.TransformerEncoderLayer(d_model, heads, ff, dropout, activation,
-                                           batch_first=True, norm_first=norm_first)
+        layer = nn.TransformerEncoderLayer(
+            d_model, heads, ff, dropout, activation, batch_first=True, norm_first=norm_first
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, num_classes)
@@ -47,15 +58,36 @@ class Transformer(nn.Module):
         return self.head(self.norm(pooled))
 
 
-def transformer(input_shape: list[int], num_classes: int, d_model: int = 64, heads: int = 4,
-                layers: int = 2, ff: int = 128, dropout: float = 0.1, activation: str = "gelu",
-                norm_first: bool = True, pooling: str = "cls",
-                init: str = "default") -> Transformer:
+def transformer(
+    input_shape: list[int],
+    num_classes: int,
+    d_model: int = 64,
+    heads: int = 4,
+    layers: int = 2,
+    ff: int = 128,
+    dropout: float = 0.1,
+    activation: str = "gelu",
+    norm_first: bool = True,
+    pooling: str = "cls",
+    init: str = "default",
+) -> Transformer:
     if len(input_shape) not in (1, 2):
-        raise ValueError(f"transformer needs sequences (steps, channels) or tabular rows; the "
-                         f"data has shape {input_shape}")
+        raise ValueError(
+            f"transformer needs sequences (steps, channels) or tabular rows; the "
+            f"data has shape {input_shape}"
+        )
     if d_model % heads:
         raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
-    model = Transformer(input_shape, num_classes, d_model, heads, layers, ff, dropout,
-                        activation, norm_first, pooling)
+    model = Transformer(
+        input_shape,
+        num_classes,
+        d_model,
+        heads,
+        layers,
+        ff,
+        dropout,
+        activation,
+        norm_first,
+        pooling,
+    )
     return initialize(model, init, activation)

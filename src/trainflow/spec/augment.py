@@ -29,10 +29,14 @@ def live_signatures() -> dict[str, list[str]]:
 
     compose = A.BaseCompose if hasattr(A, "BaseCompose") else ()
     return {
-        name: [p for p in inspect.signature(cls.__init__).parameters
-               if p not in ("self", "args", "kwargs")]
+        name: [
+            p
+            for p in inspect.signature(cls.__init__).parameters
+            if p not in ("self", "args", "kwargs")
+        ]
         for name, cls in sorted(vars(A).items())
-        if inspect.isclass(cls) and issubclass(cls, A.BasicTransform)
+        if inspect.isclass(cls)
+        and issubclass(cls, A.BasicTransform)
         and not issubclass(cls, compose)
     }
 

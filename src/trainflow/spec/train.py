@@ -50,21 +50,36 @@ class LoaderSpec(Section):
     memory). Streamed order is reproducible for a given seed and worker count."""
 
     mode: Literal["auto", "memory", "stream"] = Field(
-        "auto", description="auto: in memory when the training shards fit in memory_limit_mb")
+        "auto", description="auto: in memory when the training shards fit in memory_limit_mb"
+    )
     memory_limit_mb: PositiveInt = 2048
-    workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes, started "
-                         "each epoch: worth it when per-sample work (image augmentation) "
-                         "outweighs their start-up")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="DataLoader worker processes, started "
+        "each epoch: worth it when per-sample work (image augmentation) "
+        "outweighs their start-up",
+    )
     prefetch: int = Field(2, gt=0, le=64, description="batches each worker prepares ahead")
-    shuffle_buffer: int = Field(10_000, ge=0, le=10_000_000, description="samples pooled and "
-                                "permuted (records are also drawn from a buffer of 8); 0: file "
-                                "order")
+    shuffle_buffer: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description="samples pooled and "
+        "permuted (records are also drawn from a buffer of 8); 0: file "
+        "order",
+    )
     pin_memory: Literal["auto"] | bool = Field("auto", description="auto: on when on CUDA")
     resampled: bool = Field(
-        False, description="draw shards with replacement so every rank gets the same number "
-        "of batches per epoch (distributed training)")
-    cache_dir: str | None = Field(None, description="where shards from remote URLs are kept "
-                                  "(default ~/.cache/trainflow/shards)")
+        False,
+        description="draw shards with replacement so every rank gets the same number "
+        "of batches per epoch (distributed training)",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="where shards from remote URLs are kept (default ~/.cache/trainflow/shards)",
+    )
 
 
 class Pretrained(Section):
@@ -72,8 +87,11 @@ class Pretrained(Section):
     trainflow checkpoint or a plain PyTorch state dict, loaded with weights_only=True."""
 
     path: str
-    replace_head: bool = Field(False, description="keep the output layer fresh (a new number "
-                               "of classes); every other key must match")
+    replace_head: bool = Field(
+        False,
+        description="keep the output layer fresh (a new number "
+        "of classes); every other key must match",
+    )
 
 
 class Distill(Section):
@@ -91,39 +109,55 @@ class Adversarial(Section):
 
     method: Literal["fgsm", "pgd"] = "pgd"
     epsilon: float = Field(..., gt=0)
-    steps: int | None = Field(None, gt=0, le=1000, description="PGD steps (default 7; FGSM takes "
-                                      "one)")
-    step_size: float | None = Field(None, gt=0, description="PGD step (default 2.5 * "
-                                    "epsilon / steps)")
+    steps: int | None = Field(
+        None, gt=0, le=1000, description="PGD steps (default 7; FGSM takes one)"
+    )
+    step_size: float | None = Field(
+        None, gt=0, description="PGD step (default 2.5 * epsilon / steps)"
+    )
     ratio: float = Field(0.5, gt=0, le=1, description="fraction of each batch attacked")
 
     @model_validator(mode="after")
     def _fgsm_one_step(self):
         if self.method == "fgsm" and (self.steps is not None or self.step_size is not None):
-            raise ValueError("fgsm takes one step of size epsilon: drop steps and step_size "
-                             "(or use method: pgd)")
+            raise ValueError(
+                "fgsm takes one step of size epsilon: drop steps and step_size (or use method: pgd)"
+            )
         return self
 
 
 class LogSpec(Section):
     """What training records besides the per-epoch rows of metrics.jsonl."""
 
-    every_steps: int = Field(0, ge=0, description="also a metrics.jsonl row (step, epoch, "
-                             "loss, lr, grad_norm) every N optimizer steps (0: per epoch only)")
-    tensorboard: str | None = Field(None, description="a folder for TensorBoard event files "
-                                    "(a subfolder per run); needs trainflow[tensorboard]")
+    every_steps: int = Field(
+        0,
+        ge=0,
+        description="also a metrics.jsonl row (step, epoch, "
+        "loss, lr, grad_norm) every N optimizer steps (0: per epoch only)",
+    )
+    tensorboard: str | None = Field(
+        None,
+        description="a folder for TensorBoard event files "
+        "(a subfolder per run); needs trainflow[tensorboard]",
+    )
 
 
 class DebugSpec(Section):
     """Model debugging output, per epoch, in debug.jsonl (and TensorBoard when on)."""
 
-    layer_norms: bool = Field(False, description="each parameter's weight norm and its mean "
-                              "gradient norm over the epoch")
-    dead_units: bool = Field(False, description="per ReLU layer, the fraction of units that "
-                             "never fire on the validation set")
-    detect_anomaly: bool = Field(False, description="autograd anomaly detection: a NaN in "
-                                 "the backward pass stops training naming the operation "
-                                 "(slow: debugging only)")
+    layer_norms: bool = Field(
+        False, description="each parameter's weight norm and its mean gradient norm over the epoch"
+    )
+    dead_units: bool = Field(
+        False,
+        description="per ReLU layer, the fraction of units that never fire on the validation set",
+    )
+    detect_anomaly: bool = Field(
+        False,
+        description="autograd anomaly detection: a NaN in "
+        "the backward pass stops training naming the operation "
+        "(slow: debugging only)",
+    )
 
 
 class BatchRamp(Section):
@@ -146,77 +180,116 @@ class TrainSpec(Section):
     schedule: Schedule | None = None
     weight_decay: float = Field(0.0, ge=0)
     no_decay: list[Literal["bias", "norm"]] = Field(
-        default_factory=list, description="parameters without weight decay: biases, norm layers")
+        default_factory=list, description="parameters without weight decay: biases, norm layers"
+    )
     lr_multipliers: dict[str, float] = Field(
-        default_factory=dict, description="parameter-name glob -> factor on lr (e.g. a lower "
-        "lr for a pretrained backbone: {'0.*': 0.1})")
+        default_factory=dict,
+        description="parameter-name glob -> factor on lr (e.g. a lower "
+        "lr for a pretrained backbone: {'0.*': 0.1})",
+    )
     l1: float = Field(0.0, ge=0, description="L1 penalty on weights (not biases) in the loss")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     batch_size: int = Field(64, gt=0, le=MAX_BATCH)
     batch_ramp: BatchRamp | None = None
-    auto_batch: AutoBatch | None = Field(None, description="search the largest batch that "
-                                         "fits, starting from batch_size")
+    auto_batch: AutoBatch | None = Field(
+        None, description="search the largest batch that fits, starting from batch_size"
+    )
     accumulate: int = Field(1, gt=0, le=4096, description="batches per optimizer step")
     tbptt: PositiveInt | None = Field(
-        None, description="truncated backpropagation through time (recurrent models): the "
+        None,
+        description="truncated backpropagation through time (recurrent models): the "
         "gradient flows through the last `tbptt` steps of each sequence; the state over the "
-        "steps before them is computed without a graph and detached")
+        "steps before them is computed without a graph and detached",
+    )
     grad_clip: GradClip | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="mixed precision: bf16 autocast (CPU or CUDA), fp16 with a grad "
+        "auto",
+        description="mixed precision: bf16 autocast (CPU or CUDA), fp16 with a grad "
         "scaler (CUDA only); auto: bf16 where the device has bf16 units and a short probe of "
         "the model measures it faster, else fp32 (the choice is remembered per machine and "
-        "model, and recorded in model.json)")
+        "model, and recorded in model.json)",
+    )
     threads: Literal["auto"] | Annotated[int, Field(ge=1, le=1024)] = Field(
-        "auto", description="torch threads while training; auto: one, or all usable cores "
+        "auto",
+        description="torch threads while training; auto: one, or all usable cores "
         "where a short probe of the model measures them faster (remembered per machine and "
-        "model, recorded in model.json)")
+        "model, recorded in model.json)",
+    )
     epochs: int = Field(20, gt=0, le=MAX_EPOCHS)
-    max_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="stop after this many "
-                                  "optimizer steps (epochs is then an upper bound)")
+    max_steps: int | None = Field(
+        None,
+        gt=0,
+        le=MAX_STEPS,
+        description="stop after this many optimizer steps (epochs is then an upper bound)",
+    )
     class_weights: Literal["none", "balanced"] = Field(
-        "none", description="balanced: weight each class's loss by n / (classes * count)")
+        "none", description="balanced: weight each class's loss by n / (classes * count)"
+    )
     sampler: Literal["shuffle", "weighted"] = Field(
-        "shuffle", description="weighted: draw rows with replacement, classes equally likely")
+        "shuffle", description="weighted: draw rows with replacement, classes equally likely"
+    )
     augment: AugmentSpec | None = None
     early_stopping: EarlyStopping | None = None
     checkpoint_every: int = Field(1, ge=0, description="Write last.pt every N epochs (0: at end)")
     checkpoint_every_steps: int = Field(
-        0, ge=0, description="also write last.pt every N optimizer steps, mid-epoch (0: off); "
-        "a resume continues from the batch position, bit-identical to an uninterrupted run")
-    keep_last: int = Field(2, ge=1, le=100, description="resumable checkpoints kept while "
-                           "training (last.pt, last.prev.pt, last.prev2.pt, ...); a damaged "
-                           "one falls back to the next older")
+        0,
+        ge=0,
+        description="also write last.pt every N optimizer steps, mid-epoch (0: off); "
+        "a resume continues from the batch position, bit-identical to an uninterrupted run",
+    )
+    keep_last: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="resumable checkpoints kept while "
+        "training (last.pt, last.prev.pt, last.prev2.pt, ...); a damaged "
+        "one falls back to the next older",
+    )
     checkpoint_interval_s: float = Field(
-        30.0, ge=0, description="...but at most once per this many seconds (0: no limit)")
+        30.0, ge=0, description="...but at most once per this many seconds (0: no limit)"
+    )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    compile: bool = Field(False, description="run the model through torch.compile (the "
-                          "first steps pay for compilation; needs a C++ compiler on CPU)")
+    compile: bool = Field(
+        False,
+        description="run the model through torch.compile (the "
+        "first steps pay for compilation; needs a C++ compiler on CPU)",
+    )
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
-    deterministic: bool = Field(False, description="torch deterministic algorithms only (an "
-                                "error where an op has none; slower on CUDA)")
+    deterministic: bool = Field(
+        False,
+        description="torch deterministic algorithms only (an "
+        "error where an op has none; slower on CUDA)",
+    )
     loader: LoaderSpec = Field(default_factory=LoaderSpec)
-    pretrained: Pretrained | None = Field(None, description="start from these weights "
-                                          "(a warm start); without it, a fresh initialization")
-    freeze: list[str] = Field(default_factory=list, description="parameter-name globs "
-                              "(e.g. '0.*') that do not train")
+    pretrained: Pretrained | None = Field(
+        None,
+        description="start from these weights (a warm start); without it, a fresh initialization",
+    )
+    freeze: list[str] = Field(
+        default_factory=list, description="parameter-name globs (e.g. '0.*') that do not train"
+    )
     unfreeze: dict[PositiveInt, list[str]] = Field(
-        default_factory=dict, description="epoch -> globs of `freeze` that train from that "
-        "epoch on (gradual unfreezing)")
+        default_factory=dict,
+        description="epoch -> globs of `freeze` that train from that epoch on (gradual unfreezing)",
+    )
 
     distill: Distill | None = None
     adversarial: Adversarial | None = None
     task_weights: dict[str, float] = Field(
-        default_factory=dict, description="multi-task: loss weight of each auxiliary target's "
-        "head (data.source.aux_targets), 1 when not given; the main target weighs 1")
+        default_factory=dict,
+        description="multi-task: loss weight of each auxiliary target's "
+        "head (data.source.aux_targets), 1 when not given; the main target weighs 1",
+    )
     log: LogSpec = Field(default_factory=LogSpec)
     debug: DebugSpec = Field(default_factory=DebugSpec)
 
     @model_validator(mode="after")
     def _ramp_below_batch_size(self):
         if self.batch_ramp and self.batch_ramp.start >= self.batch_size:
-            raise ValueError(f"batch_ramp.start ({self.batch_ramp.start}) must be below "
-                             f"batch_size ({self.batch_size})")
+            raise ValueError(
+                f"batch_ramp.start ({self.batch_ramp.start}) must be below "
+                f"batch_size ({self.batch_size})"
+            )
         if self.batch_ramp and self.auto_batch:
             raise ValueError("batch_ramp and auto_batch both set the batch size: choose one")
         return self
@@ -227,9 +300,11 @@ class TrainSpec(Section):
         # `start: cold|warm` repeated what `pretrained` says; a spec that still sets it is told
         # the fix rather than getting pydantic's bare "extra inputs are not permitted".
         if isinstance(data, dict) and "start" in data:
-            raise ValueError(f"train.start ({data['start']!r}) was removed: `pretrained` alone "
-                             "says how training starts. Delete `start`; for a warm start give "
-                             "pretrained: {path: ...}, for a cold one leave pretrained out")
+            raise ValueError(
+                f"train.start ({data['start']!r}) was removed: `pretrained` alone "
+                "says how training starts. Delete `start`; for a warm start give "
+                "pretrained: {path: ...}, for a cold one leave pretrained out"
+            )
         return data
 
     def content_paths(self) -> list[Path]:
@@ -241,9 +316,13 @@ class TrainSpec(Section):
     @model_validator(mode="after")
     def _precision_on_device(self):
         if self.precision == "fp16" and self.device in ("cpu", "mps"):
-            raise ValueError(f"precision fp16 needs a CUDA device (device is {self.device}); "
-                             "use bf16 on CPU")
+            raise ValueError(
+                f"precision fp16 needs a CUDA device (device is {self.device}); use bf16 on CPU"
+            )
         return self
+
     on_corrupt: Literal["error", "skip"] = Field(
-        "error", description="a training shard that fails its sha256: stop, or skip it and "
-        "report the samples lost")
+        "error",
+        description="a training shard that fails its sha256: stop, or skip it and "
+        "report the samples lost",
+    )
