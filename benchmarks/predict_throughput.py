@@ -136,8 +136,7 @@ def hand_written(package: Path, data: Path, output: Path) -> Iterator[None]:
 def trainflow_predict(package: Path, data: Path, output: Path) -> Iterator[None]:
     """`trainflow predict PACKAGE DATA --output OUTPUT`, as its console script runs it."""
     from trainflow.cli import main
-    from trainflow.logs import quiet_user_errors  # noqa: F401 - what the command imports
-    from trainflow.predictor import predict_command  # noqa: F401 - when it runs
+    from trainflow.predictor import predict_command  # noqa: F401 - what the command imports
     from trainflow.scorefiles import read_rows  # noqa: F401
 
     yield  # imports done
