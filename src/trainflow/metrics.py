@@ -1,33 +1,175 @@
-"""Classification metrics from class probabilities, via scikit-learn."""
+"""Classification metrics from class probabilities and predicted labels, via scikit-learn.
+
+Each function of the metric table (trainflow.spec.metric_table, which names them) takes
+(y_true, probs, y_pred, num_classes): the true class indices, the class probabilities
+(rows, classes), the predicted class indices (the argmax, or a tuned threshold's decision)
+and the number of classes. scikit-learn is imported inside them: it costs seconds to import,
+and what only loads a model (trainflow predict) never scores one against labels.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import numpy as np
 
-METRICS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro")
+from trainflow.errors import DataError
+from trainflow.registry import resolve
+from trainflow.spec.metric_table import BASE
+from trainflow.spec.metric_table import METRICS as TABLE
+
+METRICS = BASE  # what every evaluation reports (the report's and the CV summary's columns)
+RANKING = ("roc_auc", "pr_auc")  # defined only on rows of every class
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, num_classes: int) -> dict:
-    # imported here: scikit-learn (and scipy, pandas) cost seconds to import, and what only
-    # loads a model (trainflow predict) never scores one against labels
-    from sklearn.metrics import (
-        accuracy_score,
-        balanced_accuracy_score,
-        confusion_matrix,
-        precision_recall_fscore_support,
+def _labels(num_classes: int) -> list[int]:
+    return list(range(num_classes))
+
+
+def accuracy(y_true, probs, y_pred, num_classes: int) -> float:
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(y_true, y_pred))
+
+
+def balanced_accuracy(y_true, probs, y_pred, num_classes: int) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+
+    return float(balanced_accuracy_score(y_true, y_pred))
+
+
+def _macro(y_true, y_pred, num_classes: int, which: int) -> float:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    found = precision_recall_fscore_support(
+        y_true, y_pred, labels=_labels(num_classes), average="macro", zero_division=0
+    )
+    return float(found[which])
+
+
+def precision_macro(y_true, probs, y_pred, num_classes: int) -> float:
+    return _macro(y_true, y_pred, num_classes, 0)
+
+
+def recall_macro(y_true, probs, y_pred, num_classes: int) -> float:
+    return _macro(y_true, y_pred, num_classes, 1)
+
+
+def f1_macro(y_true, probs, y_pred, num_classes: int) -> float:
+    return _macro(y_true, y_pred, num_classes, 2)
+
+
+def roc_auc(y_true, probs, y_pred, num_classes: int) -> float:
+    """Binary: the positive (second) class's ROC AUC; more classes: one-vs-rest, macro."""
+    from sklearn.metrics import roc_auc_score
+
+    if num_classes == 2:
+        return float(roc_auc_score(y_true, probs[:, 1]))
+    return float(
+        roc_auc_score(
+            y_true, probs, multi_class="ovr", average="macro", labels=_labels(num_classes)
+        )
     )
 
-    y_pred = np.asarray(probs).argmax(axis=1)
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=list(range(num_classes)), average="macro", zero_division=0
+
+def pr_auc(y_true, probs, y_pred, num_classes: int) -> float:
+    """Average precision (the area under the precision-recall curve, as scikit-learn steps
+    it): binary, of the positive (second) class; more classes, one-vs-rest, macro."""
+    from sklearn.metrics import average_precision_score
+    from sklearn.preprocessing import label_binarize
+
+    if num_classes == 2:
+        return float(average_precision_score(y_true, probs[:, 1]))
+    onehot = label_binarize(y_true, classes=_labels(num_classes))
+    return float(average_precision_score(onehot, probs, average="macro"))
+
+
+def log_loss(y_true, probs, y_pred, num_classes: int) -> float:
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    return float(sk_log_loss(y_true, np.asarray(probs, np.float64), labels=_labels(num_classes)))
+
+
+def brier(y_true, probs, y_pred, num_classes: int) -> float:
+    """scikit-learn's Brier score: binary, the positive class's mean squared error; more
+    classes, the squared error summed over classes, averaged over rows."""
+    from sklearn.metrics import brier_score_loss
+
+    return float(
+        brier_score_loss(y_true, np.asarray(probs, np.float64), labels=_labels(num_classes))
     )
+
+
+def ece(y_true, probs, y_pred, num_classes: int) -> float:
+    """Expected calibration error of the top-label confidence (Guo et al. 2017), over
+    ECE_BINS equal-width bins of [0, 1]: the rows-weighted mean of |accuracy - confidence|.
+    (scikit-learn has no ECE; its calibration_curve drops empty bins and their weights.)"""
+    probs = np.asarray(probs, np.float64)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(y_true)
+    # bin i holds (i/B, (i+1)/B]; a confidence of exactly 0 cannot occur (it is a max)
+    bins = np.clip(np.ceil(confidence * ECE_BINS).astype(int) - 1, 0, ECE_BINS - 1)
+    total = 0.0
+    for b in range(ECE_BINS):
+        inside = bins == b
+        if inside.any():
+            total += inside.sum() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(total / max(len(probs), 1))
+
+
+def undefined(name: str, y_true: np.ndarray, num_classes: int) -> str | None:
+    """Why metric `name` has no value on rows labelled `y_true`, or None: a ranking metric
+    needs rows of every class (scikit-learn would give NaN)."""
+    if name not in RANKING:
+        return None
+    missing = sorted(set(range(num_classes)) - set(np.asarray(y_true).tolist()))
+    if missing:
+        return f"it needs rows of every class, and there are none of class index(es) {missing}"
+    return None
+
+
+def metric_value(name: str, y_true, probs, y_pred, num_classes: int, where: str) -> float:
+    """One metric of the table; a DataError naming it and `where` when it has no value."""
+    reason = undefined(name, y_true, num_classes)
+    if reason:
+        raise DataError(f"{name} cannot be computed on {where}: {reason}")
+    function: Any = resolve(TABLE[name].at)
+    return function(np.asarray(y_true), np.asarray(probs), np.asarray(y_pred), num_classes)
+
+
+def classification_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    num_classes: int,
+    extra: Iterable[str] = (),
+    y_pred: np.ndarray | None = None,
+    where: str = "the rows scored",
+) -> dict:
+    """The BASE metrics, the confusion matrix and the `extra` metrics of the table, of
+    predictions `y_pred` (default: the most probable class)."""
+    from sklearn.metrics import confusion_matrix
+
+    probs = np.asarray(probs)
+    if y_pred is None:
+        y_pred = probs.argmax(axis=1)
+    names = dict.fromkeys([*BASE, *extra])
+    out: dict[str, Any] = {
+        name: metric_value(name, y_true, probs, y_pred, num_classes, where) for name in names
+    }
+    out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=_labels(num_classes)).tolist()
+    return out
+
+
+def binary_curves(y_true: np.ndarray, positive_probs: np.ndarray) -> dict[str, dict]:
+    """The ROC curve (false and true positive rates) and the precision-recall curve of the
+    positive class's probability, as scikit-learn computes them (lists, for JSON)."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    fpr, tpr, _ = roc_curve(y_true, positive_probs)
+    precision, recall, _ = precision_recall_curve(y_true, positive_probs)
     return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        "precision_macro": float(precision),
-        "recall_macro": float(recall),
-        "f1_macro": float(f1),
-        "confusion_matrix": confusion_matrix(
-            y_true, y_pred, labels=list(range(num_classes))
-        ).tolist(),
+        "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
+        "pr": {"recall": recall.tolist(), "precision": precision.tolist()},
     }

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from trainflow.engine import transfer
 from trainflow.engine.data import Split
 from trainflow.engine.inference import aux_accuracy, predict
+from trainflow.engine.monitor import check_monitor, monitored
 from trainflow.engine.outputs import Outputs
 from trainflow.engine.setup import Setup, anomaly_detection, deterministic, freeze_for, setup
 from trainflow.engine.state import Position, TrainingState
@@ -52,6 +53,7 @@ def fit(
     `teacher` is the model to distill from (train.distill).
     """
     run, state = setup(model, train, val, spec, seed, build_optimizer, teacher)
+    check_monitor(run, state)
     if resume is not None:
         state.resume(resume)
     result = FitResult(batch_size=run.batch_size)
@@ -181,6 +183,7 @@ def epoch_row(run: Setup, state: TrainingState, train_loss: float) -> dict:
         "train_loss": train_loss,
         "val_loss": val_loss,
         "val_accuracy": val_acc,
+        **monitored(run.stopping.monitor, val, probs),
         "lr": state.optimizer.param_groups[0]["lr"],
         "steps": state.steps,
         "batch_size": run.size_at(state.epoch),

@@ -10,15 +10,18 @@ from pydantic import Field, PositiveInt, model_validator
 from trainflow import registry
 from trainflow.spec.augment import AugmentSpec
 from trainflow.spec.base import MAX_BATCH, MAX_EPOCHS, MAX_STEPS, Section
+from trainflow.spec.metric_table import MONITORS, monitor_mode
 from trainflow.spec.optimizers import AdamParams
 
 # The unions of the registry's kinds: a new optimizer or schedule is one line there.
 if TYPE_CHECKING:  # built at run time from the registry's tables: opaque to mypy
     Optimizer = Any
     Schedule = Any
+    Monitor = str
 else:
     Optimizer = registry.union(registry.OPTIMIZERS)
     Schedule = registry.union(registry.SCHEDULES)
+    Monitor = Literal[MONITORS]  # the metric table's names (trainflow.spec.metric_table)
 
 
 class GradClip(Section):
@@ -35,13 +38,23 @@ class GradClip(Section):
 
 
 class EarlyStopping(Section):
-    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    """Stop when `monitor` has not improved by more than `min_delta` for `patience` epochs;
+    the epoch it was best at gives best.pt (the model every later step uses). Its direction
+    (`mode`) follows from the metric (trainflow.spec.metric_table): lower for the losses,
+    higher for the others."""
+
+    monitor: Monitor = Field(
+        "val_loss",
+        description="the validation metric that picks the best epoch: "
+        + ", ".join(MONITORS)
+        + " (the loop computes it each epoch, beside val_loss and val_accuracy)",
+    )
     patience: PositiveInt = 5
     min_delta: float = Field(0.0, ge=0.0)
 
     @property
     def mode(self) -> Literal["min", "max"]:
-        return "min" if self.monitor == "val_loss" else "max"
+        return monitor_mode(self.monitor)
 
 
 class LoaderSpec(Section):
