@@ -22,8 +22,9 @@ import numpy as np
 import polars as pl
 from imblearn.over_sampling import SMOTE
 
+from trainflow.spec.steps import ResampleParams
 from trainflow.tables import TableSchema
-from trainflow.tasks.resample import ResampleParams, apply
+from trainflow.transforms.resample import apply
 
 
 def frame(rows: int) -> tuple[pl.DataFrame, TableSchema]:

@@ -30,10 +30,10 @@ from trainflow.package import (
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.steps import scan_parts
 from trainflow.tables import TableSchema
+from trainflow.tasks.fold import FOLD_STEPS
 
 # imported so this task's code fingerprint covers the steps' prediction code it runs
-from trainflow.tasks import anomalies, clean, encode, normalize, outliers, smooth  # noqa: F401
-from trainflow.tasks.fold import FOLD_STEPS
+from trainflow.transforms import anomalies, clean, encode, normalize, outliers, smooth  # noqa: F401
 
 # How rows pass each data step at prediction (trainflow.package.PREDICTION_MODES, resolved).
 AT_PREDICTION: dict[str, tuple[Callable, tuple[str, ...] | None]] = {

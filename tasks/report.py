@@ -26,7 +26,7 @@ from trainflow.metrics import METRICS
 from trainflow.plots import confusion_png, curves_png
 from trainflow.steps import scan_parts
 from trainflow.tables import IMAGE_COLUMN
-from trainflow.tasks.encode import decode
+from trainflow.transforms.encode import decode
 
 PREVIEW = "augment_preview.png"
 CURVES = "curves.png"

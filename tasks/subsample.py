@@ -1,31 +1,14 @@
-"""Subsample: keep a (stratified) fraction of the rows, for faster experiments."""
+"""The subsample task: stores the output of trainflow.transforms.subsample (what the step does)."""
 
 from __future__ import annotations
 
-import numpy as np
-import polars as pl
 from prefect import task
-from sklearn.model_selection import train_test_split
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.caching import CACHED
 from trainflow.spec.steps import SubsampleParams
-from trainflow.steps import State, transform
-from trainflow.tables import TableSchema
-
-
-def fit(df: pl.DataFrame, schema: TableSchema, params: SubsampleParams, seed: int = 0) -> State:
-    return {"seed": seed}
-
-
-def apply(
-    df: pl.DataFrame, schema: TableSchema, params: SubsampleParams, state: State
-) -> tuple[pl.DataFrame, TableSchema]:
-    labels = df[schema.target].to_numpy() if params.stratify else None
-    keep, _ = train_test_split(
-        np.arange(len(df)), train_size=params.fraction, random_state=state["seed"], stratify=labels
-    )
-    return df[np.sort(keep)], schema
+from trainflow.steps import transform
+from trainflow.transforms.subsample import apply, fit
 
 
 @task(name="subsample", **CACHED)

@@ -64,7 +64,7 @@ DTYPES: dict[str, Any] = {
 }
 
 # How rows pass each data step at prediction: the function of the step's module
-# (trainflow.tasks.<type>) that applies it, its own `apply` or its `apply_at_prediction` (the
+# (trainflow.transforms.<type>) that applies it, its own `apply` or its `apply_at_prediction` (the
 # same, keeping every row: each input row gets a prediction), and the entries of its fitted
 # state that prediction reads (None: all). Named, not imported: loading a package imports only
 # the steps it holds. A step named neither here nor in tasks/package.py TRAINING_ONLY cannot be
@@ -81,7 +81,7 @@ PREDICTION_MODES: dict[str, tuple[str, tuple[str, ...] | None]] = {
 
 def prediction_mode(step_type: str) -> Callable:
     """The function that applies a data step to rows at prediction (see PREDICTION_MODES)."""
-    module = importlib.import_module(f"trainflow.tasks.{step_type}")
+    module = importlib.import_module(f"trainflow.transforms.{step_type}")
     return getattr(module, PREDICTION_MODES[step_type][0])
 
 

@@ -35,8 +35,9 @@ def resolve(at: str) -> Any:
 class Entry:
     """A params model and where its implementation lives ("module:attribute").
 
-    A stateful data step (`stateful=True`) also has `fit` and `apply` in that module: the
-    scikit-learn contract its task, CV folds and prediction share.
+    A stateful data step (`stateful=True`) has its `fit` and `apply` in
+    `trainflow.transforms.<name>`: the scikit-learn contract its task, CV folds and prediction
+    share, importable without Prefect.
     """
 
     params: type[BaseModel]
@@ -52,12 +53,17 @@ class Entry:
         return resolve(self.at)
 
     @property
+    def transforms(self) -> str:
+        """The Prefect-free module of a stateful step's fit and apply."""
+        return "trainflow.transforms." + self.module.rpartition(".")[2]
+
+    @property
     def fit(self) -> Any:
-        return resolve(f"{self.module}:fit") if self.stateful else None
+        return resolve(f"{self.transforms}:fit") if self.stateful else None
 
     @property
     def apply(self) -> Any:
-        return resolve(f"{self.module}:apply") if self.stateful else None
+        return resolve(f"{self.transforms}:apply") if self.stateful else None
 
 
 def modules_of(entry: Entry) -> list[str]:

@@ -29,7 +29,6 @@ from pydantic import BaseModel
 
 from trainflow import registry
 from trainflow.artifacts import REF_FILE, VIEW_FILE, ArtifactRef, Kind, Store
-from trainflow.caching import code_fingerprint
 from trainflow.errors import ArtifactError, DataError
 from trainflow.tables import (
     SYNTHETIC_COLUMN,
@@ -262,6 +261,8 @@ def write_view(
     ways = {
         name: STORED if name in stored else APPLIED if name in applied else INPUT for name in names
     }
+    from trainflow.caching import code_fingerprint  # Prefect's; prediction never writes a view
+
     with store.writer(kind) as staging:
         view = {
             "base": {"kind": ref.kind, "fingerprint": ref.fingerprint},

@@ -10,8 +10,9 @@ from trainflow.steps import read_parts
 from trainflow.tasks.encode import EncodeParams, encode
 from trainflow.tasks.fold import fold_data
 from trainflow.tasks.ingest import FileSource, SklearnSource, ingest
-from trainflow.tasks.resample import SAMPLERS, ResampleParams, resample
+from trainflow.tasks.resample import ResampleParams, resample
 from trainflow.tasks.split import SplitParams, split
+from trainflow.transforms.resample import SAMPLERS
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,7 @@ def test_a_step_that_empties_a_part_is_a_clear_error(tmp_path):
 def test_unseen_category_policy(tmp_path):
     from trainflow.errors import DataError
     from trainflow.tables import TableSchema
-    from trainflow.tasks.encode import apply, fit
+    from trainflow.transforms.encode import apply, fit
 
     schema = TableSchema(target="y", features=["c"], classes=["a", "b"])
     train = pl.DataFrame({"c": ["red", "blue"], "y": ["a", "b"]})

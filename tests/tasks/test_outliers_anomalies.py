@@ -91,7 +91,7 @@ def test_report_only_changes_nothing_and_counts(spiky, method):
 def test_anomalies_need_complete_numeric_features(tmp_path):
     from trainflow.errors import DataError
     from trainflow.tables import TableSchema
-    from trainflow.tasks.anomalies import fit
+    from trainflow.transforms.anomalies import fit
 
     df = pl.DataFrame({"v": [1.0, None, 2.0], "label": ["a", "b", "a"]})
     schema = TableSchema(target="label", features=["v"], classes=["a", "b"])

@@ -47,7 +47,8 @@ def test_every_step_stores_a_view_that_reads_as_the_step(inputs, name, kind):
     assert out.base() == data.model_copy(update={"count": 0, "data_schema": {}, "meta": {}})
     view = json.loads((out.path / "view.json").read_text())
     assert (view["step"], view["params"]) == (name, params.model_dump(mode="json"))
-    assert view["code"] == code_fingerprint(entry.module)
+    applies = entry.transforms if entry.stateful else entry.module  # the code readers run
+    assert view["code"] == code_fingerprint(applies)
     assert out.meta["step"] == name and (out.path / "state.json").is_file()
     stored = {f"{part}.parquet" for part, way in view["parts"].items() if way == STORED}
     files = {p.name for p in out.path.iterdir()} - {"view.json", "state.json", "ref.json"}
