@@ -49,6 +49,10 @@ ON_CUDA = TrainSpec.model_validate(
     {**MID_EPOCH.model_dump(), "device": "cuda", "precision": "fp16"}
 )
 CUDA_ONLY = {"scaler", "rng.cuda"}
+# Stochastic weight averaging from epoch 2: the averaged model and SWALR are pieces too.
+SWA_MID_EPOCH = TrainSpec.model_validate(
+    {**MID_EPOCH.model_dump(), "swa": {"start_epoch": 2, "lr": 0.005, "anneal_epochs": 3}}
+)
 
 
 class Crash(Exception):
@@ -109,9 +113,15 @@ def same(full: dict, resumed: dict) -> bool:
 SPECS = {
     "mid-epoch": MID_EPOCH,
     "epoch-end": EPOCH_END,
+    "swa-mid-epoch": SWA_MID_EPOCH,
     **({"cuda-fp16-mid-epoch": ON_CUDA} if torch.cuda.is_available() else {}),
 }
 CASES = list(SPECS)
+# Pieces a case's checkpoint holds but its remaining epochs never read, reviewed: killed in
+# an SWA epoch, the run continues on SWALR, so the schedule's and the plateau's states are
+# not stepped again, and it ends with the averaged weights, not the best epoch's (the other
+# cases drop them).
+IDLE = {"swa-mid-epoch": {"scheduler", "plateau", "run.best_epoch", "run.best_state"}}
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +142,9 @@ def interrupted(tmp_path_factory):
 def interrupt(case, root):
     spec = SPECS[case]
     full = train(spec, root / "full")
-    assert full["best_epoch"] == 1 and full["stopped_early"]  # what the data promises
+    # what the data promises (with SWA, the weights are the average up to the last epoch)
+    last = full["history"][-1]["epoch"]
+    assert full["best_epoch"] == (last if spec.swa else 1) and full["stopped_early"]
 
     def kill():
         raise Crash
@@ -207,6 +219,8 @@ def test_each_piece_of_the_state_is_needed(interrupted, case, piece, tmp_path):
     spec, full, saved, _ = interrupted(case)
     if held(saved, piece) is None:
         pytest.skip(f"this checkpoint holds no {piece} (test_every_piece_is_dropped_somewhere)")
+    if piece in IDLE.get(case, ()):
+        pytest.skip(f"{case} never reads {piece} again (IDLE)")
     checkpoint.save_rotating(tmp_path / "partial.pt", drop(saved, piece, spec))
     assert not same(full, train(spec, tmp_path / "resumed", resume=tmp_path / "partial.pt"))
 

@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from trainflow.engine import transfer
+from trainflow.engine.averaging import average_epoch, final_weights
 from trainflow.engine.data import Split
 from trainflow.engine.inference import aux_accuracy, predict
 from trainflow.engine.monitor import check_monitor, monitored
@@ -71,10 +72,21 @@ def fit(
     if record.best_state is None:  # no finite validation score (e.g. no validation rows)
         record.best_epoch = len(record.history)
         record.best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
-    outputs.finish(record.best_state, record.best_epoch)
-    result.history, result.best_epoch = record.history, record.best_epoch
-    result.best_state = record.best_state
+    result.best_state, result.best_epoch = record.best_state, record.best_epoch
+    if state.averaged is not None:  # train.swa / train.ema: the average is the model
+        result.best_state, result.best_epoch = averaged_weights(run, state), state.epoch
+    outputs.finish(result.best_state, result.best_epoch)
+    result.history = record.history
     return result
+
+
+def averaged_weights(run: Setup, state: TrainingState) -> dict:
+    """The averaged model's weights; SWA's batch-norm statistics recomputed over the training
+    batches (drawn in a fixed order, so a resumed run recomputes the same)."""
+    assert state.averaged is not None
+    order = torch.Generator().manual_seed(run.seed)
+    batches = run.batches(state.epoch, order) if run.spec.swa else []
+    return final_weights(run.spec, state.averaged, batches, run.update.device, state.epoch)
 
 
 def run_epoch(run: Setup, state: TrainingState, outputs: Outputs, epoch: int) -> None:
@@ -90,8 +102,10 @@ def run_epoch(run: Setup, state: TrainingState, outputs: Outputs, epoch: int) ->
     )
     with anomaly_detection(run.spec.debug.detect_anomaly, epoch):
         train_loss = train_epoch(run.runner, state, batches, run.update, outputs.after_step)
+    if run.update.swa_phase(epoch) and state.averaged and state.swa_lr:
+        average_epoch(state.averaged, state.swa_lr, state.model)  # train.swa
     row = epoch_row(run, state, train_loss)
-    if state.plateau:
+    if state.plateau and not run.update.swa_phase(epoch):
         state.plateau.step(row[run.plateau_monitor])
     state.run.history.append(row)
     state.run.observe(run.stopping.score(row), epoch, state.model, run.stopping.min_delta)

@@ -16,6 +16,7 @@ from torch import nn
 
 from trainflow.engine import schedule, transfer
 from trainflow.engine.augment import Augmenter
+from trainflow.engine.averaging import averaged_model, swa_schedule
 from trainflow.engine.batchsize import largest_batch, ramped
 from trainflow.engine.data import Split, balanced_weights, batches, weights_from_counts
 from trainflow.engine.distill import Distiller
@@ -174,6 +175,8 @@ def setup(
         layer_grads,
         spec_digest(spec),
         device.type == "cuda",
+        averaged_model(model, spec),  # train.swa / train.ema (after model.to(device))
+        swa_schedule(optimizer, spec),  # train.swa
     )
     return Setup(
         spec, seed, train, val, runner, update, batch_size, sample_weights, augmenter, pin, stopping

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import SWALR, AveragedModel
 
 from trainflow.engine import checkpoint
 from trainflow.engine.tracking import GradientNorms
@@ -134,6 +135,8 @@ class TrainingState:
         "steps",
         "position",
         "run",
+        "averaged",
+        "swa_lr",
     )
 
     def __init__(
@@ -147,8 +150,12 @@ class TrainingState:
         layer_grads: GradientNorms | None = None,
         spec_digest: str = "",
         cuda: bool = False,
+        averaged: AveragedModel | None = None,
+        swa_lr: SWALR | None = None,
     ):
         self.model, self.optimizer = model, optimizer
+        # train.swa / train.ema: the running average of the weights, SWA's lr schedule
+        self.averaged, self.swa_lr = averaged, swa_lr
         self.scheduler, self.plateau, self.scaler = scheduler, plateau, scaler
         self.layer_grads = layer_grads
         self.generator = generator or torch.Generator()

@@ -19,7 +19,7 @@ from trainflow.engine.adversarial import attack
 from trainflow.engine.data import weighted_loss
 from trainflow.engine.state import TrainingState
 from trainflow.errors import TrainflowError
-from trainflow.spec.train import Adversarial, GradClip, TrainSpec
+from trainflow.spec.train import Adversarial, GradClip, Swa, TrainSpec
 
 # "auto" reaches here only when the loop is called directly, not through train_into
 # (which resolves it, engine.compute): it trains at fp32, the reproducible baseline.
@@ -41,6 +41,8 @@ class Update:
     distiller: Callable | None = None  # (hard loss, student logits, x) -> loss
     task_weights: dict[str, float] | None = None  # multi-task: auxiliary head -> loss weight
     log_every: int = 0  # measure the gradient norm on these steps (per-step rows)
+    ema: bool = False  # train.ema: the average follows every optimizer step
+    swa: Swa | None = None  # train.swa: its epochs run SWALR instead of the schedule
 
     @classmethod
     def from_spec(
@@ -70,7 +72,13 @@ class Update:
             distiller,
             task_weights,
             spec.log.every_steps,
+            spec.ema is not None,
+            spec.swa,
         )
+
+    def swa_phase(self, epoch: int) -> bool:
+        """An epoch of train.swa's: the average and SWALR run it, not the schedule."""
+        return self.swa is not None and epoch >= self.swa.start_epoch
 
     def done(self, steps: int) -> bool:
         return self.max_steps is not None and steps >= self.max_steps
@@ -174,8 +182,10 @@ class Update:
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if state.scheduler:
+        if state.scheduler and not self.swa_phase(state.epoch):
             state.scheduler.step()
+        if self.ema and state.averaged is not None:
+            state.averaged.update_parameters(model)  # train.ema
         state.steps += 1
         return norm
 

@@ -187,6 +187,25 @@ class AutoBatch(Section):
     max: int = Field(8192, gt=0, le=MAX_BATCH, description="upper bound of the search")
 
 
+class Swa(Section):
+    """Stochastic weight averaging (torch.optim.swa_utils): from `start_epoch` on, the
+    learning rate anneals to `lr` (SWALR) and the weights at each epoch's end join a running
+    average; batch-norm statistics are recomputed over the training rows at the end. The
+    averaged weights are the model evaluated and packaged."""
+
+    start_epoch: PositiveInt
+    lr: float = Field(..., gt=0, le=10, description="the SWA learning rate (SWALR's swa_lr)")
+    anneal_epochs: PositiveInt = Field(1, description="epochs SWALR takes to reach `lr`")
+
+
+class Ema(Section):
+    """An exponential moving average of the weights (and buffers), updated after every
+    optimizer step: avg = decay * avg + (1 - decay) * weights. The average is the model
+    evaluated and packaged."""
+
+    decay: float = Field(..., gt=0, lt=1)
+
+
 class TrainSpec(Section):
     optimizer: Optimizer = Field(default_factory=lambda: AdamParams(type="adamw"))
     lr: float = Field(1e-3, gt=0, le=10)
@@ -295,6 +314,20 @@ class TrainSpec(Section):
     )
     log: LogSpec = Field(default_factory=LogSpec)
     debug: DebugSpec = Field(default_factory=DebugSpec)
+    swa: Swa | None = None
+    ema: Ema | None = None
+
+    @model_validator(mode="after")
+    def _one_average(self):
+        if self.swa and self.ema:
+            raise ValueError("swa and ema both average the weights into one model: choose one")
+        if self.swa and self.swa.start_epoch > self.epochs:
+            raise ValueError(
+                f"swa.start_epoch ({self.swa.start_epoch}) is after the last epoch "
+                f"(epochs: {self.epochs}): no weights would be averaged; start at an epoch "
+                f"from 1 to {self.epochs}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ramp_below_batch_size(self):
