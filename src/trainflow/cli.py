@@ -18,6 +18,7 @@ PREFECT_DEFAULTS = {
 # Commands that only read a spec: they import pydantic and YAML, never Prefect or torch.
 LIGHT = ("validate", "schema")
 EXPORT_FORMATS = ("onnx", "torchscript", "exported_program")  # trainflow.export.FORMATS
+SEARCH_SUMMARY = ("run_dir", "study", "storage", "best_value", "trials")  # flows/search.py
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("schema", help="print the JSON Schema of pipeline specs")
     run = commands.add_parser("run", parents=[overrides], help="run a pipeline on Prefect")
     run.add_argument("spec")
+    search = commands.add_parser(
+        "search", parents=[overrides], help="run a spec's hyperparameter study (its `search`)"
+    )
+    search.add_argument("spec")
     step = commands.add_parser("task", parents=[overrides], help="run one step locally")
     step.add_argument(
         "step",
@@ -314,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # checking a spec loads no Prefect (issue 15); a run installs it after its checks
-        if args.command not in (*LIGHT, "run", "predict"):
+        if args.command not in (*LIGHT, "run", "search", "predict"):
             from trainflow.logs import quiet_user_errors
 
             quiet_user_errors()
@@ -371,7 +376,14 @@ def _command(args) -> int:
         from trainflow.deploy import require_server
 
         require_server()
-    result = run_pipeline(spec)
+    if args.command == "search" and spec.search is None:
+        from trainflow.errors import TrainflowError
+
+        raise TrainflowError(f"{args.spec}: no `search` section: add one, or use trainflow run")
+    result = run_pipeline(spec)  # a spec with a search runs its study (flows/search.py)
+    if spec.search is not None:
+        print(json.dumps({k: result[k] for k in SEARCH_SUMMARY}, indent=1, default=str))
+        return 0
     print(
         json.dumps(
             {

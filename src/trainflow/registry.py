@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from trainflow.spec import after_training as after
 from trainflow.spec import model as models
 from trainflow.spec import optimizers as optim
-from trainflow.spec import schedule, sources, steps
+from trainflow.spec import samplers, schedule, sources, steps
 
 
 @cache
@@ -133,6 +133,21 @@ QUANTIZERS = {
 PRUNERS = {
     "l1_unstructured": Entry(after.L1UnstructuredParams, "trainflow.compress:prune_l1_unstructured")
 }
+# search.sampler and search.pruner: Optuna's, built by trainflow.study
+SEARCH_SAMPLERS = {
+    "grid": Entry(samplers.GridParams, "trainflow.study:grid_sampler"),
+    "random": Entry(samplers.RandomParams, "trainflow.study:random_sampler"),
+    "tpe": Entry(samplers.TPEParams, "trainflow.study:tpe_sampler"),
+    "cmaes": Entry(samplers.CmaEsParams, "trainflow.study:cmaes_sampler"),
+    "gp": Entry(samplers.GPParams, "trainflow.study:gp_sampler"),
+}
+SEARCH_PRUNERS = {
+    "median": Entry(samplers.MedianParams, "trainflow.study:median_pruner"),
+    "successive_halving": Entry(
+        samplers.SuccessiveHalvingParams, "trainflow.study:successive_halving_pruner"
+    ),
+    "hyperband": Entry(samplers.HyperbandParams, "trainflow.study:hyperband_pruner"),
+}
 
 
 @dataclass(frozen=True)
@@ -203,6 +218,9 @@ TASKS = {
     "report": Task("trainflow.tasks.report:write_report", None),
     "publish_report": Task("trainflow.tasks.report:publish_report", None),
     "mlflow_log": Task("trainflow.tasks.mlflow_log:log_to_mlflow", None),
+    # a search's trial (flows/search.py): cross-validates one variant of the spec
+    "trial": Task("trainflow.tasks.trial:run_trial", None, trains=True),
+    "report_study": Task("trainflow.tasks.trial:report_study", None),
 }
 # The spec sections a task may run without (`trainflow task ensemble` on a spec with no
 # ensemble): the kind whose first entry's defaults it then takes.

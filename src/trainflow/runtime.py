@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 from trainflow.spec.pipeline import PipelineSpec
@@ -45,6 +46,12 @@ def run_pipeline(spec: PipelineSpec) -> dict:
         pid, port = warmserver.attach(_idle_seconds())
     from trainflow.flows.pipeline import pipeline  # the heavy imports, while it starts
 
+    flow: Any = pipeline
+    if spec.search is not None:  # a study of the spec's variants (flows/search.py)
+        from trainflow.flows.search import search_flow
+
+        flow = search_flow(spec)
+
     updates: dict = {}
     if embedded:
         if warm:
@@ -55,7 +62,7 @@ def run_pipeline(spec: PipelineSpec) -> dict:
         # heartbeat thread costs up to 1 s per flow.
         updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
     with temporary_settings(updates=updates):
-        state = pipeline(spec, return_state=True)
+        state = flow(spec, return_state=True)
         if embedded:
             wait_until_recorded(state.state_details.flow_run_id)
         return state.result()

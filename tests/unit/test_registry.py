@@ -23,6 +23,8 @@ ALL = {
     "ensembles": registry.ENSEMBLES,
     "quantizers": registry.QUANTIZERS,
     "pruners": registry.PRUNERS,
+    "search_samplers": registry.SEARCH_SAMPLERS,
+    "search_pruners": registry.SEARCH_PRUNERS,
 }
 # Every Entry table of registry.py is here (a new kind is tested the day it is added).
 assert {id(r) for r in ALL.values()} == {
@@ -203,6 +205,8 @@ PLACES = {
     "ensembles": "ensemble",
     "quantizers": "compress.quantize",
     "pruners": "compress.prune",
+    "search_samplers": "search.sampler",
+    "search_pruners": "search.pruner",
 }
 
 

@@ -20,6 +20,7 @@ from trainflow.spec.data import ExpectSpec, ShardParams
 from trainflow.spec.loading import load_raw, parse_yaml
 from trainflow.spec.orchestration import OrchestrationSpec, RunnerSpec
 from trainflow.spec.promote import PromoteSpec
+from trainflow.spec.search import SearchSpec, check_space
 from trainflow.spec.train import TrainSpec
 
 if TYPE_CHECKING:  # built at run time from the registry's tables: opaque to mypy
@@ -95,6 +96,7 @@ class PipelineSpec(Section):
     promote: PromoteSpec = PromoteSpec()
     runner: RunnerSpec = RunnerSpec()
     orchestration: OrchestrationSpec = OrchestrationSpec()
+    search: SearchSpec | None = None  # a study of variants of this spec (flows/search.py)
 
     @model_validator(mode="after")
     def _ensemble_needs_folds(self):
@@ -274,13 +276,19 @@ def validate_spec(raw: Any, source: str = "spec") -> PipelineSpec:
     if not isinstance(raw, dict):
         raise SpecError(source, [("(top level)", f"expected a mapping, got {type(raw).__name__}")])
     try:
-        return PipelineSpec.model_validate(raw)
+        spec = PipelineSpec.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         problems = [_describe(e, raw) for e in errors[:MAX_PROBLEMS]]
         if len(errors) > MAX_PROBLEMS:
             problems.append(("...", f"and {len(errors) - MAX_PROBLEMS} more problem(s)"))
         raise SpecError(source, problems) from None
+    if spec.search is not None:  # every value of the space, at its path, before any trial
+        try:
+            check_space(raw, spec.search, validate_spec)
+        except SpecError as exc:
+            raise SpecError(source, exc.problems) from None
+    return spec
 
 
 def resolve_data_paths(raw: dict, base: Path) -> None:

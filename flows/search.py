@@ -1,0 +1,150 @@
+"""The search flow: an Optuna study whose trials are Prefect tasks, then its report and refit.
+
+Each trial runs its spec's data subflow (its tasks served from the cache when the trial only
+varies training knobs) and a `trial` task that cross-validates the variant. Optuna's ask/tell
+interface keeps the study in its database, so a rerun after a crash continues the study.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from prefect import flow
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from trainflow import study as studies
+from trainflow.artifacts import Store
+from trainflow.flows.data import prepare_data
+from trainflow.flows.pipeline import pipeline
+from trainflow.spec.pipeline import PipelineSpec, validate_spec
+from trainflow.spec.search import grid_values
+from trainflow.task_options import cv_task_runner, step
+from trainflow.tasks.trial import report_study, run_trial
+
+
+@flow(name="trainflow-search")
+def search(spec: PipelineSpec) -> dict:
+    assert spec.search is not None  # (search_flow is only built for a spec with a search)
+    store = str(Path(spec.outputs.store).resolve())
+    Store(store).sweep()
+    study = studies.open_study(spec, store)
+    name, url = study.study_name, studies.storage_url(spec.search, store, study.study_name)
+    run_trials(spec, study, store, url)
+    best = best_spec(spec, study)
+    run_dir = step(report_study, spec)(url, name, best, spec.name, spec.outputs.runs)
+    refit = None
+    if spec.search.refit and best is not None:  # the best spec, as a normal run of it
+        refit = pipeline(validate_spec(best, "the best trial's spec"))
+    return {
+        "run_dir": run_dir,
+        "study": name,
+        "storage": url,
+        "best": best,
+        "best_value": study.best_value if best is not None else None,
+        "trials": len(studies.finished(study)),
+        "refit": refit,
+    }
+
+
+def search_flow(spec: PipelineSpec) -> Any:
+    """The search flow on its task runner: `search.parallel` trials at once on threads, or
+    on the spec's Dask cluster (`runner: {type: dask}`), one trial per worker process.
+    Threads share torch's process-wide RNG, so parallel trials on threads are not
+    reproducible run to run; on Dask, and one at a time, they are."""
+    assert spec.search is not None
+    runner = (
+        ThreadPoolTaskRunner(max_workers=spec.search.parallel)
+        if spec.runner.type == "thread"
+        else cv_task_runner(spec)
+    )
+    return search.with_options(task_runner=runner)  # type: ignore[arg-type]
+
+
+def run_trials(spec: PipelineSpec, study: optuna.Study, store: str, url: str) -> None:
+    """Stale trials first (a killed run's), then new ones, `search.parallel` at once, each
+    told to the study as it finishes, until the budget is spent."""
+    assert spec.search is not None
+    began = time.monotonic()
+    queue = [studies.rerun(study, spec, t) for t in studies.stale_trials(study)]
+    pending: dict[Any, optuna.trial.Trial] = {}
+    while True:
+        while len(pending) < spec.search.parallel:
+            if queue:
+                trial = queue.pop(0)
+            elif budget_left(spec, study, began, len(pending)):
+                trial = studies.ask(study, spec)
+            else:
+                break
+            pending[submit(spec, study, trial, store, url)] = trial
+        if not pending:
+            return
+        done = next(iter(as_completed(list(pending))))
+        tell(study, pending.pop(done), done)
+
+
+def budget_left(spec: PipelineSpec, study: optuna.Study, began: float, running: int) -> bool:
+    """Another trial fits: below n_trials (finished and running), before timeout_s (this
+    run's clock), and, for a grid, a point not yet taken."""
+    search = spec.search
+    assert search is not None
+    limit = search.n_trials if search.n_trials is not None else math.inf
+    if search.sampler.type == "grid":
+        size = math.prod(len(grid_values(p, q)) for p, q in search.space.items())
+        limit = min(limit, size)
+    if len(studies.finished(study)) + running >= limit:
+        return False
+    return search.timeout_s is None or time.monotonic() - began < search.timeout_s
+
+
+def submit(spec: PipelineSpec, study: optuna.Study, trial: optuna.trial.Trial, store, url):
+    """Draw the trial's spec, prepare its data (cached across trials), start its task."""
+    assert spec.search is not None
+    variant = studies.variant(trial, spec)
+    data = prepare_data(variant, store)
+    label = f"trial-{trial.number} {studies.describe(trial.params)}"
+    task = step(run_trial, spec).with_options(
+        task_run_name=lambda: label, tags={f"study:{study.study_name}", f"trial:{trial.number}"}
+    )
+    return task.submit(
+        variant,
+        data["raw_splits"],
+        spec.search,
+        url,
+        study.study_name,
+        trial.number,
+        studies.epoch_stride(spec),
+    )
+
+
+def tell(study: optuna.Study, trial: optuna.trial.Trial, future: Any) -> None:
+    """Record a finished trial task in the study (a failed one as FAIL, then its error)."""
+    try:
+        result = future.result()
+    except BaseException:
+        study.tell(trial.number, state=TrialState.FAIL)
+        raise
+    trial.set_user_attr("folds", [_fold_row(f) for f in result["folds"]])
+    if result["state"] == "pruned":
+        trial.set_user_attr("pruned_at", result["pruned_at"])
+        study.tell(trial.number, state=TrialState.PRUNED)
+    else:
+        study.tell(trial.number, result["value"])
+
+
+def _fold_row(fold: dict) -> dict:
+    return {"fold": fold["fold"], "best_epoch": fold["best_epoch"], "val": fold["val"]}
+
+
+def best_spec(spec: PipelineSpec, study: optuna.Study) -> dict | None:
+    """The best complete trial's whole spec (plain data, no search section), or None."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    best = study.best_trial
+    fixed = optuna.trial.FixedTrial(best.params, number=best.number)
+    return studies.variant(fixed, spec).model_dump(mode="json", exclude={"search"})
