@@ -36,7 +36,7 @@ def pipeline(spec: PipelineSpec) -> dict:
     Store(store).sweep()  # opening refuses a folder trainflow did not create and mark
     data = prepare_data(spec, store)
     model = step(train_model, spec)(data["shards"], spec.model, spec.train, spec.seed, store)
-    test = step(evaluate_model, spec)(model, data["shards"], store)
+    test = step(evaluate_model, spec)(model, data["shards"], store, spec.evaluate)
     folds = run_folds(spec, data["raw_splits"], store) if spec.evaluate.cv else []
     ensemble = step(ensemble_folds, spec)(folds, spec.ensemble, store) if spec.ensemble else None
     compressed = {}

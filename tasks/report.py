@@ -22,16 +22,19 @@ from prefect.runtime import flow_run
 
 from trainflow.artifacts import ArtifactRef, Store, atomic_write_bytes, atomic_write_text
 from trainflow.caching import CACHED
-from trainflow.metrics import METRICS
+from trainflow.metrics import EVALUATED, METRICS
 from trainflow.plots import confusion_png, curves_png
 from trainflow.steps import scan_parts
 from trainflow.tables import IMAGE_COLUMN
+from trainflow.tasks.evaluate import CURVES as TEST_CURVES
+from trainflow.tasks.evaluate import evaluation_images, evaluation_lines
 from trainflow.transforms.encode import decode
 
 PREVIEW = "augment_preview.png"
 CURVES = "curves.png"
 CONFUSION = "confusion.png"
-IMAGES = (PREVIEW, CURVES, CONFUSION)  # copied beside the report and embedded in the UI artifact
+# copied beside the report and embedded in the UI artifact (roc.png, pr.png: evaluate's)
+IMAGES = (PREVIEW, CURVES, CONFUSION, "roc.png", "pr.png")
 SHOWN = 10  # categories a column's row lists
 MAX_COLUMNS = 40  # input columns the Model section lists (sequences have hundreds)
 
@@ -97,6 +100,7 @@ def collect(
         "compress": {kind: dict(ref.meta) for kind, ref in compressed.items()},
         "augment_preview": (model.path / PREVIEW).is_file(),
         "curves": (model.path / "metrics.jsonl").is_file(),
+        "binary_curves": (test.path / TEST_CURVES).is_file(),  # ROC and PR (evaluate)
         "models": {
             "model": address(model),
             **{kind: address(ref) for kind, ref in compressed.items()},
@@ -220,7 +224,7 @@ def render(summary: dict) -> str:
         "## Test metrics",
         _table(
             ["metric", "value"],
-            [[m, summary["test"][m]] for m in METRICS if m in summary["test"]]
+            [[m, summary["test"][m]] for m in EVALUATED if m in summary["test"]]
             # adversarially trained: accuracy under the same attack, beside accuracy
             + [[m, summary["test"][m]] for m in ("robust_accuracy",) if m in summary["test"]],
         ),
@@ -234,6 +238,7 @@ def render(summary: dict) -> str:
         "",
         f"![confusion matrix]({CONFUSION})",
     ]
+    out += evaluation_lines(summary["test"], summary.get("binary_curves", False))
     if summary["cv"]:
         cv = summary["cv"]
         out += [
@@ -429,6 +434,8 @@ def write_report(
         (staging / CONFUSION).write_bytes(
             confusion_png(summary["test"]["confusion_matrix"], classes)
         )
+        for image, png in evaluation_images(test).items():  # ROC and PR of a binary target
+            (staging / image).write_bytes(png)
         if summary["curves"]:
             history = [
                 json.loads(line) for line in (model.path / "metrics.jsonl").read_text().splitlines()

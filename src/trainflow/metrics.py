@@ -20,12 +20,19 @@ from trainflow.spec.metric_table import BASE
 from trainflow.spec.metric_table import METRICS as TABLE
 
 METRICS = BASE  # what every evaluation reports (the report's and the CV summary's columns)
+EVALUATED = tuple(TABLE)  # what an evaluation may report (evaluate.metrics), in table order
 RANKING = ("roc_auc", "pr_auc")  # defined only on rows of every class
 ECE_BINS = 15  # equal-width confidence bins of the expected calibration error
 
 
 def _labels(num_classes: int) -> list[int]:
     return list(range(num_classes))
+
+
+def _distribution(probs) -> np.ndarray:
+    """float32 softmax rows in float64, summing to one again (scikit-learn checks the sum)."""
+    p = np.asarray(probs, np.float64)
+    return p / p.sum(axis=1, keepdims=True)
 
 
 def accuracy(y_true, probs, y_pred, num_classes: int) -> float:
@@ -89,7 +96,7 @@ def pr_auc(y_true, probs, y_pred, num_classes: int) -> float:
 def log_loss(y_true, probs, y_pred, num_classes: int) -> float:
     from sklearn.metrics import log_loss as sk_log_loss
 
-    return float(sk_log_loss(y_true, np.asarray(probs, np.float64), labels=_labels(num_classes)))
+    return float(sk_log_loss(y_true, _distribution(probs), labels=_labels(num_classes)))
 
 
 def brier(y_true, probs, y_pred, num_classes: int) -> float:
@@ -97,9 +104,7 @@ def brier(y_true, probs, y_pred, num_classes: int) -> float:
     classes, the squared error summed over classes, averaged over rows."""
     from sklearn.metrics import brier_score_loss
 
-    return float(
-        brier_score_loss(y_true, np.asarray(probs, np.float64), labels=_labels(num_classes))
-    )
+    return float(brier_score_loss(y_true, _distribution(probs), labels=_labels(num_classes)))
 
 
 def ece(y_true, probs, y_pred, num_classes: int) -> float:

@@ -57,3 +57,50 @@ def confusion_png(matrix: list[list[int]], classes: list[str]) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
+
+
+def binary_curves_png(curves: dict) -> dict[str, bytes]:
+    """The ROC curve and the precision-recall curve of a binary target's test part (as
+    trainflow.metrics.binary_curves gives them), one PNG each: roc.png, pr.png."""
+    positive = f"(test, positive class {curves['positive']})"
+    roc, pr = curves["roc"], curves["pr"]
+    return {
+        # the ROC curve joins its points (the trapezoids roc_auc sums), beside chance
+        "roc.png": _curve_png(
+            roc["fpr"],
+            roc["tpr"],
+            "false positive rate",
+            "true positive rate",
+            f"ROC {positive}",
+            "default",
+            chance=True,
+        ),
+        # the PR curve in steps, as scikit-learn's PrecisionRecallDisplay draws it
+        "pr.png": _curve_png(
+            pr["recall"],
+            pr["precision"],
+            "recall",
+            "precision",
+            f"precision-recall {positive}",
+            "steps-post",
+        ),
+    }
+
+
+def _curve_png(
+    x: list, y: list, xlabel: str, ylabel: str, title: str, style: str, chance: bool = False
+) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4.5, 4), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    axes.plot(x, y, drawstyle=style)
+    if chance:
+        axes.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    axes.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02), title=title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()

@@ -191,7 +191,9 @@ TASKS = {
         {"model": "model", "train": "train"},
         trains=True,
     ),
-    "evaluate": Task("trainflow.tasks.evaluate:evaluate_model", ("model", "shards")),
+    "evaluate": Task(
+        "trainflow.tasks.evaluate:evaluate_model", ("model", "shards"), {"evaluate": "evaluate"}
+    ),
     "train_fold": Task(
         "trainflow.tasks.fold:train_fold",
         ("splits",),

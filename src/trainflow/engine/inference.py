@@ -3,29 +3,40 @@ metrics, and the accuracy of each auxiliary head of a multi-task model."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 from torch import nn
 
+from trainflow.calibration import Decision, decide
 from trainflow.engine.data import Split
 from trainflow.engine.setup import resolve_device
 from trainflow.metrics import classification_metrics
 
 
 @torch.no_grad()
+def predict_logits(
+    model: nn.Module, data: Split, batch_size: int, device: torch.device
+) -> tuple[float, torch.Tensor]:
+    """Mean cross-entropy and float logits (N, classes) on CPU."""
+    model.eval()
+    losses, logits = [], []
+    for start in range(0, len(data), batch_size):
+        x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
+        z = model(x.to(device))
+        losses.append(nn.functional.cross_entropy(z, y.to(device), reduction="sum"))
+        logits.append(z.float().cpu())
+    loss = torch.stack(losses).sum().item() / max(len(data), 1) if losses else float("nan")
+    return loss, torch.cat(logits) if logits else torch.zeros(0)
+
+
 def predict(
     model: nn.Module, data: Split, batch_size: int, device: torch.device
 ) -> tuple[float, torch.Tensor]:
     """Mean cross-entropy and class probabilities (N, classes) on CPU."""
-    model.eval()
-    losses, probs = [], []
-    for start in range(0, len(data), batch_size):
-        x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
-        logits = model(x.to(device))
-        losses.append(nn.functional.cross_entropy(logits, y.to(device), reduction="sum"))
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-    loss = torch.stack(losses).sum().item() / max(len(data), 1) if losses else float("nan")
-    return loss, torch.cat(probs) if probs else torch.zeros(0)
+    loss, logits = predict_logits(model, data, batch_size, device)
+    return loss, torch.softmax(logits, dim=1) if len(logits) else logits
 
 
 @torch.no_grad()
@@ -46,9 +57,24 @@ def aux_accuracy(
 
 
 def score(
-    net: nn.Module, data: Split, num_classes: int, batch_size: int = 256, device: str = "cpu"
+    net: nn.Module,
+    data: Split,
+    num_classes: int,
+    batch_size: int = 256,
+    device: str = "cpu",
+    extra: Iterable[str] = (),
+    decision: Decision | None = None,
+    where: str = "the rows scored",
 ) -> tuple[dict, np.ndarray]:
-    """Classification metrics and class probabilities of `net` on `data`."""
-    loss, probs = predict(net, data, batch_size, resolve_device(device))
-    metrics = classification_metrics(data.y.numpy(), probs.numpy(), num_classes)
-    return {"loss": loss, **metrics}, probs.numpy()
+    """Classification metrics (the BASE ones, and `extra` of the metric table) and class
+    probabilities of `net` on `data`; with a `decision`, of its temperature's probabilities
+    and its threshold's predictions (the loss is then the calibrated probabilities')."""
+    decision = decision or Decision()
+    loss, logits = predict_logits(net, data, batch_size, resolve_device(device))
+    if decision.temperature != 1.0 and len(logits):
+        logits = logits / decision.temperature
+        loss = nn.functional.cross_entropy(logits, data.y).item()
+    probs = (torch.softmax(logits, dim=1) if len(logits) else logits).numpy()
+    y_pred = decide(probs, decision.threshold, decision.positive) if len(probs) else None
+    metrics = classification_metrics(data.y.numpy(), probs, num_classes, extra, y_pred, where)
+    return {"loss": loss, **metrics}, probs

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from trainflow.spec.base import Section
 from trainflow.spec.metric_table import BASE, METRICS
@@ -14,10 +14,35 @@ if TYPE_CHECKING:  # the metric table's names (trainflow.spec.metric_table): opa
     Metric = str
 else:
     Metric = Literal[tuple(METRICS)]
+SKLEARN_CLASSES = {"breast_cancer": 2, "digits": 10, "wine": 3, "iris": 3}  # their targets
 
 
 class CVSpec(Section):
     folds: int = Field(5, ge=2, le=50)
+
+
+class ThresholdSpec(Section):
+    """Tune the decision threshold of a binary target on the validation part: the model
+    predicts `positive` when its probability is at least the threshold. Either maximize
+    `metric` over the thresholds, or take the highest threshold whose validation recall of
+    `positive` reaches `min_recall` (the most precise one that does)."""
+
+    metric: Literal["f1", "f1_macro", "balanced_accuracy"] | None = Field(
+        None, description="f1: the positive class's F1"
+    )
+    min_recall: float | None = Field(None, gt=0.0, le=1.0)
+    positive: str | None = Field(
+        None, description="the positive class's name (default: the second of the sorted classes)"
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self):
+        if (self.metric is None) == (self.min_recall is None):
+            raise ValueError(
+                "give evaluate.threshold one of metric (f1, f1_macro, balanced_accuracy) "
+                "or min_recall (e.g. 0.9)"
+            )
+        return self
 
 
 class EvaluateSpec(Section):
@@ -28,7 +53,24 @@ class EvaluateSpec(Section):
         "recall_macro and f1_macro always are): " + ", ".join(METRICS) + "; ece is the "
         "expected calibration error of the top-label confidence over 15 equal-width bins",
     )
+    calibrate: Literal["temperature"] | None = Field(
+        None,
+        description="temperature: divide the logits by one temperature fitted on the "
+        "validation part (minimum log loss); the package applies it",
+    )
+    threshold: ThresholdSpec | None = None
     cv: CVSpec | None = None
+
+    def threshold_refusal(self, source: Any) -> str | None:
+        """Why evaluate.threshold cannot apply to `source`'s target, where the spec alone
+        tells (a scikit-learn dataset's class count); other targets are checked at evaluate."""
+        classes = SKLEARN_CLASSES.get(getattr(source, "dataset", ""), 2)
+        if self.threshold is None or source.type != "sklearn" or classes == 2:
+            return None
+        return (
+            f"evaluate.threshold: a decision threshold needs a binary target; the "
+            f"{source.dataset} dataset has {classes} classes: remove evaluate.threshold"
+        )
 
 
 class SoftVoteParams(Section):

@@ -107,6 +107,13 @@ class PipelineSpec(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _threshold_on_a_binary_target(self):
+        reason = self.evaluate.threshold_refusal(self.data.source)
+        if reason:
+            raise ValueError(reason)
+        return self
+
     def fingerprint(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
