@@ -15,6 +15,7 @@ from trainflow.spec.pipeline import PipelineSpec
 from trainflow.task_options import step
 from trainflow.tasks.ensemble import ensemble_folds
 from trainflow.tasks.evaluate import evaluate_model
+from trainflow.tasks.explain import explain_model
 from trainflow.tasks.latency import measure_latency
 from trainflow.tasks.mlflow_log import log_to_mlflow
 from trainflow.tasks.package import package_model
@@ -55,6 +56,10 @@ def pipeline(spec: PipelineSpec) -> dict:
             {"model": model, **compressed}, data["shards"], spec.train.batch_size, repeats
         )
     packages = package_all(spec, data, model, test, folds, ensemble, compressed, store)
+    explained = None  # evaluate.explain: on the test part, through the package for tables
+    if spec.evaluate.explain:
+        args = (model, data, packages["model"], spec.data.pre_split, spec.evaluate.explain)
+        explained = step(explain_model, spec)(*args, spec.seed, store)
     # every run: the champion may have changed since (not cached), like the latency
     champion = step(promote_model, spec)(packages["model"], data, spec, store)
     report = step(write_report, spec)(
@@ -68,6 +73,7 @@ def pipeline(spec: PipelineSpec) -> dict:
         compressed,
         store,
         packages["model"],
+        explained,
     )
     run_dir = step(publish_report, spec)(report, spec.name, spec.outputs.runs, latency, champion)
     logged = None

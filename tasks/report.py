@@ -28,13 +28,15 @@ from trainflow.steps import scan_parts
 from trainflow.tables import IMAGE_COLUMN
 from trainflow.tasks.evaluate import CURVES as TEST_CURVES
 from trainflow.tasks.evaluate import evaluation_images, evaluation_lines
+from trainflow.tasks.explain import PNG as EXPLAIN_PNG
+from trainflow.tasks.explain import explanation_lines, publish_explanation
 from trainflow.transforms.encode import decode
 
 PREVIEW = "augment_preview.png"
 CURVES = "curves.png"
 CONFUSION = "confusion.png"
 # copied beside the report and embedded in the UI artifact (roc.png, pr.png: evaluate's)
-IMAGES = (PREVIEW, CURVES, CONFUSION, "roc.png", "pr.png")
+IMAGES = (PREVIEW, CURVES, CONFUSION, "roc.png", "pr.png", EXPLAIN_PNG)
 SHOWN = 10  # categories a column's row lists
 MAX_COLUMNS = 40  # input columns the Model section lists (sequences have hundreds)
 
@@ -270,6 +272,7 @@ def render(summary: dict) -> str:
             "",
             f"![augmentation preview]({PREVIEW})",
         ]
+    out += explanation_lines(summary.get("explain"))  # evaluate.explain
     out += [
         "",
         "## Models written",
@@ -420,12 +423,14 @@ def write_report(
     compressed: dict[str, ArtifactRef],
     store: str,
     package: str | None = None,
+    explained: ArtifactRef | None = None,
 ) -> ArtifactRef:
     """Render report.md and metrics.json into the store (`package`: the run's model
     package, named by its store address)."""
     summary = collect(
         name, spec_fingerprint, data, model, test, folds, ensemble, compressed, package
     )
+    summary["explain"] = explained.meta["explain"] if explained else None  # evaluate.explain
     target = Store(store)
     with target.writer("report") as staging:
         (staging / "metrics.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
@@ -443,6 +448,8 @@ def write_report(
             (staging / CURVES).write_bytes(curves_png(history))
         if summary["augment_preview"]:
             shutil.copyfile(model.path / PREVIEW, staging / PREVIEW)
+        if explained:
+            shutil.copyfile(explained.path / EXPLAIN_PNG, staging / EXPLAIN_PNG)
         return target.commit(staging, "report")
 
 
@@ -504,6 +511,7 @@ def artifact_key(name: str) -> str:
 def publish_tables_and_links(summary: dict, key: str, run: Path) -> None:
     """The per-fold CV metrics as a table artifact, and a link artifact per model file and to
     the run folder, so that the UI leads to the files on the machine that ran the flow."""
+    publish_explanation(summary.get("explain"), summary["pipeline"], key)
     if summary["cv"]:
         cv = summary["cv"]
         rows = [{"fold": str(r["fold"]), **{m: r[m] for m in METRICS}} for r in cv["folds"]]

@@ -216,6 +216,7 @@ TASKS = {
     ),
     "measure_latency": Task("trainflow.tasks.latency:measure_latency", None),
     "package": Task("trainflow.tasks.package:package_model", None),
+    "explain": Task("trainflow.tasks.explain:explain_model", None),  # evaluate.explain
     "promote": Task("trainflow.tasks.promote:promote_model", None),
     "report": Task("trainflow.tasks.report:write_report", None),
     "publish_report": Task("trainflow.tasks.report:publish_report", None),

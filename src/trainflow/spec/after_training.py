@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from trainflow.spec.base import Section
+from trainflow.spec.explain import ExplainSpec
 from trainflow.spec.metric_table import BASE, METRICS
 
 if TYPE_CHECKING:  # the metric table's names (trainflow.spec.metric_table): opaque to mypy
@@ -59,6 +60,7 @@ class EvaluateSpec(Section):
         "validation part (minimum log loss); the package applies it",
     )
     threshold: ThresholdSpec | None = None
+    explain: ExplainSpec | None = None
     cv: CVSpec | None = None
 
     def threshold_refusal(self, source: Any) -> str | None:

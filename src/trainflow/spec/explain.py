@@ -1,0 +1,34 @@
+"""The evaluate.explain section: why the model decides (trainflow.explain computes it)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from trainflow.spec.base import Section
+
+Method = Literal["auto", "permutation", "integrated_gradients", "saliency"]
+
+
+class ExplainSpec(Section):
+    """Explain the trained model on the test part. `permutation`: scikit-learn's permutation
+    importance of each raw input column (by its name before any data step), scored through
+    the model package, for tabular models; `integrated_gradients` or `saliency` (Captum, the
+    `trainflow[explain]` extra): attributions of the predicted class over `samples` test
+    inputs of an image or sequence model, drawn as a PNG grid. `auto` takes permutation for
+    tables, integrated gradients for images and sequences."""
+
+    method: Method = "auto"
+    top_k: int = Field(10, ge=1, le=100, description="features the report's chart and table show")
+    samples: int = Field(
+        8, ge=1, le=64, description="test inputs whose attributions are drawn (seeded choice)"
+    )
+    n_repeats: int = Field(
+        5, ge=1, le=100, description="permutations per column (permutation importance)"
+    )
+    metric: Literal["accuracy", "balanced_accuracy", "f1_macro", "log_loss"] = Field(
+        "accuracy",
+        description="the test score whose drop under a column's permutation is its importance",
+    )
+    steps: int = Field(32, ge=2, le=512, description="integration steps (integrated gradients)")
