@@ -1,8 +1,10 @@
-"""The data subflow: ingest -> pre-split steps -> split -> post-split steps -> shard."""
+"""The data side: ingest -> pre-split steps -> split -> post-split steps -> shard.
+
+Tasks of the flow that calls it (the pipeline, a study), not a subflow of their own: a subflow
+costs a flow run's round trips to the server, and the UI shows each task either way.
+"""
 
 from __future__ import annotations
-
-from prefect import flow
 
 from trainflow import registry
 from trainflow.spec.pipeline import PipelineSpec
@@ -12,7 +14,6 @@ from trainflow.tasks.ingest import ingest
 from trainflow.tasks.shard import shard
 
 
-@flow(name="prepare-data")
 def prepare_data(spec: PipelineSpec, store: str) -> dict:
     table = ingested = step(ingest, spec)(spec.data.source, store)
     profile = step(check_expectations, spec)(table, spec.data.expect, store)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import types
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import metadata
@@ -27,7 +29,7 @@ from pydantic import BaseModel, TypeAdapter
 from trainflow.artifacts import ArtifactRef, fingerprint_path
 from trainflow.errors import ArtifactError
 from trainflow.logs import run_logger
-from trainflow.sourcegraph import code_scope, source
+from trainflow.sourcegraph import code_scope, source, tree_digest
 
 # What `result_serializer="json"` writes into a record's metadata: the only serializer a
 # record may name (any other, pickle above all, would run what the record holds).
@@ -58,16 +60,54 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-@cache
 def code_fingerprint(module_name: str) -> str:
     """sha256 over the source of the code a task's module runs (trainflow.sourcegraph): the
     module, the trainflow modules it imports, transitively, and the implementations of the
     registry kinds it looks up; nothing else, so that editing a data step leaves the key of
-    training alone."""
-    digest = hashlib.sha256()
-    for name in code_scope(module_name):
-        digest.update(f"{name}\0{source(name)}\n".encode())
-    return digest.hexdigest()
+    training alone.
+
+    Finding that scope parses every module (about 1 s on an idle machine, per process), so
+    the fingerprints are remembered on disk under the digest of all of trainflow's sources:
+    any edit anywhere is another digest, computed afresh; the same code reads them back."""
+    known = _remembered()
+    if module_name not in known:
+        digest = hashlib.sha256()
+        for name in code_scope(module_name):
+            digest.update(f"{name}\0{source(name)}\n".encode())
+        known[module_name] = digest.hexdigest()
+        _remember(known)
+    return known[module_name]
+
+
+def _memo_path() -> Path:
+    home = Path(get_current_settings().home).expanduser()
+    return home / "trainflow-code" / f"{tree_digest()}.json"
+
+
+@cache
+def _remembered() -> dict[str, str]:
+    """The fingerprints computed before for this very code (empty when none or unreadable)."""
+    try:
+        known = json.loads(_memo_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    valid = isinstance(known, dict) and all(
+        isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in known.items()
+    )
+    return known if valid else {}
+
+
+def _remember(known: dict[str, str]) -> None:
+    """Write the memo atomically (two commands writing at once: the last one wins, and a
+    fingerprint it lacks is computed again next time); a read-only home just skips it."""
+    path = _memo_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(known, sort_keys=True))
+        os.replace(temporary, path)
+    except OSError:
+        pass
 
 
 def canonical(value: Any) -> Any:
@@ -102,8 +142,14 @@ def record_path(key: str) -> Path:
 def result_type(fn: Any) -> Any:
     """The result a task declares (its return annotation), or None when it declares none
     (then no record of it is ever served, and the warning says so)."""
+    if "return" not in getattr(fn, "__annotations__", {}):
+        return None
+    # The return annotation alone: a parameter's (an nn.Module a task module imports inside
+    # the function, so that importing the flow loads no torch) need not resolve.
+    returns = types.FunctionType((lambda: None).__code__, fn.__globals__)
+    returns.__annotations__ = {"return": fn.__annotations__["return"]}
     try:
-        return get_type_hints(fn).get("return")
+        return get_type_hints(returns).get("return")
     except (NameError, TypeError):  # an annotation that does not resolve: nothing declared
         return None
 

@@ -2,24 +2,95 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import sys
+from importlib import metadata
+from pathlib import Path
 
 import polars as pl
 
 from trainflow.engine.checks import check_model_and_training
 from trainflow.errors import DataError, SpecError
 from trainflow.readers import check_file, read_labels
+from trainflow.sourcegraph import tree_digest
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.spec.sources import FileSource, SequenceSource
 
 # A target of decimal numbers with more distinct values than this is a regression target.
 MAX_DECIMAL_CLASSES = 20
 LISTED = 5  # classes or values named in a message; the rest are counted
+# Passed checks, per machine (TRAINFLOW_PREFLIGHT_CACHE moves them), beside the compute probe's.
+VERDICTS = Path(
+    os.environ.get("TRAINFLOW_PREFLIGHT_CACHE")
+    or Path.home() / ".cache" / "trainflow" / "preflight"
+)
+CHECKED_WITH = ("polars", "numpy", "scikit-learn", "torch", "albumentations", "pyarrow")
 
 
 def check_data(spec: PipelineSpec) -> None:
     """Raise DataError when the source, its target or its class counts cannot work, and
-    TrainflowError when the model and training knobs cannot work together."""
+    TrainflowError when the model and training knobs cannot work together.
+
+    A spec that passed on this very data and code passes again without the checks (see
+    `verdict_key`): they load the data (for scikit-learn's tables, scikit-learn itself) and
+    build the model (torch), seconds a rerun need not spend before its cached tasks."""
+    key = verdict_key(spec)
+    verdict = VERDICTS / f"{key}.json" if key else None
+    if verdict is not None and verdict.is_file():
+        return
+    _check_data(spec)
+    if verdict is not None:
+        _remember(verdict)
+
+
+def verdict_key(spec: PipelineSpec) -> str | None:
+    """What the checks' verdict depends on: the whole spec, the data's files (path, size,
+    modification time, inode: the checks read them whole otherwise), the versions of the
+    libraries that read the data and build the model, and trainflow's own sources (any
+    edit: checked again). None for a folder of images (a stat per file is a read)."""
+    paths = getattr(spec.data.source, "content_paths", list)()
+    files = []
+    for path in paths:
+        try:
+            info = Path(path).stat()
+        except OSError:
+            return None  # missing: the checks name it
+        if not Path(path).is_file():
+            return None
+        files.append([str(Path(path).resolve()), info.st_size, info.st_mtime_ns, info.st_ino])
+    material = {
+        "spec": spec.model_dump(mode="json"),
+        "files": files,
+        "libraries": {name: _version(name) for name in CHECKED_WITH},
+        "python": sys.version,
+        "code": tree_digest(),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _remember(verdict: Path) -> None:
+    """Record a pass (atomically; an unwritable cache folder only costs the next run the
+    checks)."""
+    try:
+        verdict.parent.mkdir(parents=True, exist_ok=True)
+        temporary = verdict.with_name(f".{verdict.name}.{os.getpid()}.tmp")
+        temporary.write_text('{"passed": true}')
+        os.replace(temporary, verdict)
+    except OSError:
+        pass
+
+
+def _check_data(spec: PipelineSpec) -> None:
     source = spec.data.source
     shape = [source.length, source.channels] if isinstance(source, SequenceSource) else None
     aux = (

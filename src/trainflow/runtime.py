@@ -13,8 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from uuid import UUID
 
 from trainflow.spec.pipeline import PipelineSpec
@@ -30,6 +30,7 @@ def run_pipeline(spec: PipelineSpec) -> dict:
 
     quiet_user_errors()
     from prefect.settings import (
+        PREFECT_API_URL,
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         get_current_settings,
         temporary_settings,
@@ -46,26 +47,41 @@ def run_pipeline(spec: PipelineSpec) -> dict:
         pid, port = warmserver.attach(_idle_seconds())
     from trainflow.flows.pipeline import pipeline  # the heavy imports, while it starts
 
-    flow: Any = pipeline
-    if spec.search is not None:  # a study of the spec's variants (flows/search.py)
-        from trainflow.flows.search import search_flow
-
-        flow = search_flow(spec)
-
     updates: dict = {}
     if embedded:
-        if warm:
-            warmserver.wait_ready(pid, port, _startup_timeout())
+        if warm:  # Prefect pointed at it like any server: its server package stays unloaded
+            updates[PREFECT_API_URL] = warmserver.wait_ready(pid, port, _startup_timeout())
         else:
             start_embedded_server()
         # Nothing reads crash-detection heartbeats of a local server's runs; and joining the
         # heartbeat thread costs up to 1 s per flow.
         updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
-    with temporary_settings(updates=updates):
-        state = flow(spec, return_state=True)
+    with temporary_settings(updates=updates), api_url_in_environment(updates.get(PREFECT_API_URL)):
+        state = pipeline(spec, return_state=True)
         if embedded:
             wait_until_recorded(state.state_details.flow_run_id)
         return state.result()
+
+
+@contextmanager
+def api_url_in_environment(url: str | None) -> Iterator[None]:
+    """PREFECT_API_URL in the environment too while the flow runs: Prefect's service threads
+    (events, logs) read their settings from it, not from the caller's settings context; and
+    TRAINFLOW_LOCAL_API_URL, which says that this URL is the warm local server's."""
+    if not url:
+        yield
+        return
+    names = ("PREFECT_API_URL", "TRAINFLOW_LOCAL_API_URL")  # the second: task_options
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update(dict.fromkeys(names, url))
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def ties_here() -> bool:

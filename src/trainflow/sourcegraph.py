@@ -8,6 +8,7 @@ looks up (`registry.MODELS[...]`), and nothing else. The layer tests read the sa
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
 from functools import cache, lru_cache
 from pathlib import Path
@@ -44,6 +45,15 @@ def module_files() -> dict[str, Path]:
 @cache
 def source(name: str) -> str:
     return module_files()[name].read_text(encoding="utf-8")
+
+
+@cache
+def tree_digest() -> str:
+    """sha256 over every trainflow module's name and source: the code this process runs."""
+    digest = hashlib.sha256()
+    for name in sorted(module_files()):
+        digest.update(f"{name}\0{source(name)}\0".encode())
+    return digest.hexdigest()
 
 
 def _resolved(module: str | None, level: int, here: str) -> str | None:

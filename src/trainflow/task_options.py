@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect import Task
@@ -57,10 +58,12 @@ def step(task: Task, spec: Any) -> Task:
 def reports_to_a_server() -> bool:
     """True when runs go to the server in PREFECT_API_URL, where a limit on the device tag can
     be set. The embedded server of `trainflow run` has none, and a tagged task pays a slot
-    request there for nothing (at times a 2 s retry: see BENCHMARKS.md)."""
+    request there for nothing (at times a 2 s retry: see BENCHMARKS.md); nor has the warm
+    local server, which the run points PREFECT_API_URL at (trainflow.runtime)."""
     from prefect.settings import get_current_settings
 
-    return bool(get_current_settings().api.url)
+    url = get_current_settings().api.url
+    return bool(url) and url != os.environ.get("TRAINFLOW_LOCAL_API_URL")
 
 
 def cv_task_runner(spec: Any):

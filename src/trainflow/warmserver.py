@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -113,25 +114,6 @@ class Place:
 _KEPT: list[object] = []  # the server process we started: kept so it is never collected
 
 
-class Attached:
-    """Stands for the warm server's process in Prefect's ephemeral-server object. Prefect only
-    checks that there is one; it is never stopped from here (it ends by its leases)."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-
-    def poll(self) -> int | None:
-        return None if Path(f"/proc/{self.pid}").exists() else 0
-
-    def terminate(self) -> None:
-        """Not this command's to stop."""
-
-    kill = terminate
-
-    def wait(self, timeout: float | None = None) -> int:
-        return 0
-
-
 def settings_key(environment: dict[str, str]) -> str:
     import prefect
 
@@ -171,9 +153,7 @@ def attach(idle_s: float) -> tuple[int, int]:
 
 
 def _spawn(place: Place, environment: dict[str, str], idle_s: float) -> dict:
-    from prefect.server.api.server import SubprocessASGIServer
-
-    port = SubprocessASGIServer().find_available_port()
+    port = free_port()
     with open(place.log, "ab") as log:
         process = subprocess.Popen(
             [
@@ -202,10 +182,18 @@ def _spawn(place: Place, environment: dict[str, str], idle_s: float) -> dict:
     return state
 
 
-def wait_ready(pid: int, port: int, timeout: float) -> None:
-    """Wait until the warm server answers, then make it the ephemeral server Prefect uses."""
+def free_port() -> int:
+    """A port of 127.0.0.1 free now (the kernel's pick). Prefect's own port finder lives in
+    its server package, whose import costs the client seconds it never needs otherwise."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_ready(pid: int, port: int, timeout: float) -> str:
+    """Wait until the warm server answers; its API URL, for the command to point Prefect at
+    (runtime.run_pipeline), so that the client never imports Prefect's server package."""
     import httpx
-    from prefect.server.api.server import SubprocessASGIServer
 
     from trainflow.errors import TrainflowError
 
@@ -214,7 +202,7 @@ def wait_ready(pid: int, port: int, timeout: float) -> None:
         while True:
             try:
                 if client.get(f"http://127.0.0.1:{port}/api/health").status_code == 200:
-                    break
+                    return f"http://127.0.0.1:{port}/api"
             except httpx.HTTPError:
                 pass
             ended = not Path(f"/proc/{pid}").exists()
@@ -227,9 +215,6 @@ def wait_ready(pid: int, port: int, timeout: float) -> None:
                     "set TRAINFLOW_SERVER_IDLE_S=0 to use a server of this run's own"
                 )
             time.sleep(0.05)
-    server = SubprocessASGIServer()  # the instance Prefect's clients use without a URL
-    server.port, server.running = port, True
-    server.server_process = Attached(pid)  # type: ignore[assignment]
 
 
 def get_home() -> str:
