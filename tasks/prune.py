@@ -13,7 +13,7 @@ from prefect import task
 from trainflow import compress, registry
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
-from trainflow.engine import checkpoint
+from trainflow.engine import checkpoint, compute
 from trainflow.engine.loop import fit
 from trainflow.engine.model_folder import WEIGHTS, describe, load_model
 from trainflow.engine.training import optimizer_factory
@@ -22,16 +22,21 @@ from trainflow.tasks.quantize import measure
 from trainflow.tasks.train import load_splits
 
 
-def finetune_spec(train: TrainSpec, params: Any) -> TrainSpec:
+def finetune_spec(train: TrainSpec, params: Any, used: dict | None) -> TrainSpec:
     """The train section of the fine-tune: its epochs, no early stopping or epoch
-    checkpoints, and its rate as train.lr, the one rate the optimizer and the schedule (a
-    one_cycle's peak, a cyclic's top) both read."""
+    checkpoints, its rate as train.lr, the one rate the optimizer and the schedule (a
+    one_cycle's peak, a cyclic's top) both read, and the threads and precision the model's
+    training resolved `auto` to (model.json's `compute`), so the fine-tune needs no probe."""
+    threads = used["threads"] if used and train.threads == "auto" else train.threads
+    precision = used["precision"] if used and train.precision == "auto" else train.precision
     return train.model_copy(
         update={
             "epochs": params.finetune_epochs,
             "early_stopping": None,
             "checkpoint_every": 0,
             "lr": params.finetune_lr or train.lr / 10,
+            "threads": 1 if threads == "auto" else threads,  # a model from before the probe
+            "precision": "fp32" if precision == "auto" else precision,
         }
     )
 
@@ -45,9 +50,10 @@ def prune_model(
     classes = len(info["classes"])
     before = measure(net, data["test"], classes)
     targets = registry.PRUNERS[params.type].impl(net, params)
+    tune = finetune_spec(train, params, info.get("compute"))
     if params.finetune_epochs:
-        tune = finetune_spec(train, params)
-        fit(net, data["train"], data["val"], tune, seed, optimizer_factory(tune))
+        with compute.threads_set(tune.threads):
+            fit(net, data["train"], data["val"], tune, seed, optimizer_factory(tune))
     compress.make_permanent(targets)
     net = net.cpu().eval()
     after = measure(net, data["test"], classes)
@@ -57,6 +63,11 @@ def prune_model(
         "sparsity": compress.sparsity(net),
         "target_sparsity": params.sparsity,
         "finetune_epochs": params.finetune_epochs,
+        "finetune_compute": (
+            {"threads": tune.threads, "precision": tune.precision}
+            if params.finetune_epochs
+            else None
+        ),
     }
     target = Store(store)
     with target.writer("model") as staging:

@@ -190,6 +190,34 @@ def test_a_prune_fine_tune_with_one_cycle_peaks_at_the_fine_tune_rate(prepared, 
     assert used[0] < peak / 10 and used[-1] < used[0]  # the cycle: up, then far below
 
 
+def test_a_prune_fine_tune_trains_with_the_threads_and_precision_its_model_trained_with(prepared):
+    """train.threads/precision `auto` resolved once, for the model (model.json's `compute`):
+    the fine-tune reuses that choice rather than torch's default thread count."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    recorded = json.loads((prepared["model"].path / "model.json").read_text())["compute"]
+    params = L1UnstructuredParams(type="l1_unstructured", sparsity=0.5, finetune_epochs=1)
+    threads = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: threads.append(torch.get_num_threads())
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(recorded["threads"] + 1)  # not the choice: the task must set it
+    try:
+        ref = prune_model.fn(
+            prepared["model"], prepared["shards"], params, TRAIN, 0, prepared["store"]
+        )
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
+    assert threads and set(threads) == {recorded["threads"]}
+    table = json.loads((ref.path / "compression.json").read_text())
+    assert table["finetune_compute"] == {
+        "threads": recorded["threads"],
+        "precision": recorded["precision"],
+    }
+
+
 def test_balanced_class_weights_match_scikit_learn():
     from sklearn.utils.class_weight import compute_class_weight
 
