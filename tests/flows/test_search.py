@@ -1,0 +1,133 @@
+"""Searches through the real Prefect engine: the grid is the grid, seeded samplers repeat,
+pruning prunes, data tasks are cached across trials, the shipped study runs end to end."""
+
+import itertools
+import time
+from pathlib import Path
+from uuid import uuid4
+
+import optuna
+import pytest
+from prefect import tags
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterTags
+
+from trainflow.flows.search import search_flow
+from trainflow.spec.pipeline import load_spec
+from trainflow.study_report import BEST_SPEC
+
+pytestmark = pytest.mark.usefixtures("prefect_engine")
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "pipelines" / "breast_cancer_search.yaml"
+# CI-sized: two folds of two epochs, one torch thread and fp32 (no probes), a few trials
+SMALL = (
+    "train.epochs=2",
+    "evaluate.cv.folds=2",
+    "train.threads=1",
+    "train.precision=fp32",
+    "search.n_trials=3",
+)
+DATA_TASKS = ("ingest", "expect", "clean", "split", "normalize", "shard")
+
+
+def spec_for(tmp_path: Path, *overrides: str):
+    return load_spec(
+        SPEC,
+        [f"outputs.store={tmp_path / 'store'}", f"outputs.runs={tmp_path / 'runs'}", *SMALL]
+        + list(overrides),
+    )
+
+
+def search(tmp_path: Path, *overrides: str) -> tuple[dict, dict[str, list[str]]]:
+    spec = spec_for(tmp_path, *overrides)
+    tag = f"test-{uuid4().hex[:12]}"
+    with tags(tag):
+        result = search_flow(spec)(spec)
+    return result, states(tag)
+
+
+def states(tag: str, timeout: float = 30.0) -> dict[str, list[str]]:
+    """Task name (a trial's: `trial`) -> the final state names of its runs carrying `tag`."""
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[tag]))
+            )
+            if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    found: dict[str, list[str]] = {}
+    for run in runs:
+        name = "trial" if run.name.startswith("trial-") else run.name.rsplit("-", 1)[0]
+        found.setdefault(name, []).append(run.state.name)
+    return found
+
+
+def trials(result: dict) -> list[tuple]:
+    study = optuna.load_study(study_name=result["study"], storage=result["storage"])
+    return [(t.number, t.state.name, t.params, t.value) for t in study.get_trials()]
+
+
+def test_a_grid_search_runs_the_grid_and_reuses_the_data_tasks(tmp_path):
+    space = (
+        "search.space={train.lr: {type: categorical, choices: [0.01, 0.001]}, "
+        "model.dropout: {type: float, low: 0.0, high: 0.2, step: 0.2}}"
+    )
+    result, found = search(tmp_path, "search.sampler={type: grid}", "search.n_trials=null", space)
+    drawn = [(t[2]["train.lr"], t[2]["model.dropout"]) for t in trials(result)]
+    assert sorted(drawn) == sorted(itertools.product([0.01, 0.001], [0.0, 0.2]))
+    assert all(t[1] == "COMPLETE" for t in trials(result))
+    # each trial is a Prefect task; the data subflow of every trial after the first is cached
+    assert found["trial"] == ["Completed"] * 4
+    for task in DATA_TASKS:
+        assert sorted(found[task]) == ["Cached"] * 3 + ["Completed"], (task, found[task])
+
+
+def test_a_seeded_tpe_study_repeats_itself(tmp_path):
+    overrides = ("search.sampler={type: tpe, seed: 3, n_startup_trials: 1}", "search.pruner=null")
+    first, _ = search(tmp_path / "a", *overrides)
+    second, _ = search(tmp_path / "b", *overrides)
+    assert trials(first) == trials(second)
+    assert len({str(t[2]) for t in trials(first)}) == 3  # three different draws
+
+
+def test_pruning_prunes_a_hopeless_trial_and_its_task_completes(tmp_path):
+    # grid seed 3 orders the points 0.01, 0.03, 1e-6: the last learns nothing in two epochs
+    result, found = search(
+        tmp_path,
+        "search.sampler={type: grid, seed: 3}",
+        "search.pruner={type: median, n_startup_trials: 2, n_warmup_steps: 0}",
+        "search.space={train.lr: {type: categorical, choices: [0.03, 0.01, 1.0e-6]}}",
+    )
+    study = optuna.load_study(study_name=result["study"], storage=result["storage"])
+    by_lr = {t.params["train.lr"]: t for t in study.get_trials()}
+    assert by_lr[1.0e-6].state == optuna.trial.TrialState.PRUNED
+    assert by_lr[1.0e-6].user_attrs["pruned_at"] == 1  # fold 0, epoch 1
+    assert {by_lr[0.01].state, by_lr[0.03].state} == {optuna.trial.TrialState.COMPLETE}
+    assert found["trial"] == ["Completed"] * 3  # pruned is a result, not a crash
+    report = (Path(result["run_dir"]) / "report.md").read_text()
+    assert "| 2 | pruned |" in report
+
+
+def test_the_shipped_study_writes_a_best_spec_that_reproduces_its_trial(tmp_path):
+    result, found = search(tmp_path, "search.refit=true", "ensemble=null")
+    run = Path(result["run_dir"])
+    for name in (BEST_SPEC, "report.md", "trials.json", "history.png"):
+        assert (run / name).is_file(), name
+    best = load_spec(run / BEST_SPEC)  # validates as a spec of its own, with no search
+    assert best.search is None
+    study = optuna.load_study(study_name=result["study"], storage=result["storage"])
+    for path, value in study.best_params.items():
+        node = best.model_dump(mode="json")
+        for key in path.split("."):
+            node = node[int(key)] if key.isdecimal() else node[key]
+        assert node == value, path
+    # refit: the best spec run as a pipeline; its CV folds are the best trial's folds
+    refit = result["refit"]
+    assert [f.meta["val"]["loss"] for f in refit["folds"]] == [
+        f["val"]["loss"] for f in study.best_trial.user_attrs["folds"]
+    ]
+    assert refit["package"] and Path(refit["run_dir"]).is_dir()
+    assert found["trial"] == ["Completed"] * 3
