@@ -207,3 +207,38 @@ def test_the_spec_names_the_allowed_methods():
             }
         )
     assert "permutation" in str(refused.value) and "integrated_gradients" in str(refused.value)
+
+
+@pytest.mark.usefixtures("prefect_engine")
+def test_an_image_model_gets_attributions_of_seeded_samples_in_the_report(tmp_path):
+    """digits_cnn, one epoch: the explain task draws Captum's attributions over a seeded
+    choice of test images; the report lists them beside explain.png."""
+    from trainflow.flows.pipeline import pipeline
+    from trainflow.spec.pipeline import load_spec
+
+    root = Path(__file__).resolve().parents[2]
+    spec = load_spec(
+        root / "pipelines" / "digits_cnn.yaml",
+        [
+            f"outputs.store={tmp_path / 'store'}",
+            f"outputs.runs={tmp_path / 'runs'}",
+            "train.epochs=1",
+            "train.augment=null",
+            "evaluate.cv=null",
+            "ensemble=null",
+            "compress={}",
+            "evaluate.explain={method: auto, samples: 4, steps: 8}",
+        ],
+    )
+    result = pipeline(spec)
+    run_dir = Path(result["run_dir"])
+    explained = json.loads((run_dir / "metrics.json").read_text())["explain"]
+    assert explained["method"] == "integrated_gradients" and explained["kind"] == "image"
+    tested = result["data"]["splits"].meta["parts"]["test"]["rows"]
+    chosen = explain.sample_indices(tested, 4, spec.seed).tolist()
+    assert [s["sample"] for s in explained["samples"]] == chosen
+    assert all(s["attribution"] > 0 for s in explained["samples"])
+    report = (run_dir / "report.md").read_text()
+    assert "## Why the model decides (integrated gradients, test part)" in report
+    assert f"| {chosen[0]} | " in report
+    assert (run_dir / "explain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
