@@ -121,10 +121,12 @@ def base_raw(spec: Any) -> dict:
 
 
 def study_name(spec: Any) -> str:
-    """The spec's name and a digest of what its trials mean (the spec and the space, not the
-    budget): the same spec resumes its study, a changed one starts another."""
+    """The spec's name and a digest of what its trials mean (the spec and the space; not the
+    budget, nor where outputs go): the same spec resumes its study, a changed one starts
+    another."""
     search = spec.search.model_dump(mode="json", exclude={"n_trials", "timeout_s", "parallel"})
-    text = json.dumps({"spec": base_raw(spec), "search": search}, sort_keys=True)
+    trial = {k: v for k, v in base_raw(spec).items() if k != "outputs"}  # not where it writes
+    text = json.dumps({"spec": trial, "search": search}, sort_keys=True)
     return f"{spec.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 

@@ -1,0 +1,129 @@
+"""The search section: every bad path or value is named before a study starts; a trial's
+spec is the base spec with the drawn values at their paths."""
+
+import copy
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from trainflow import study as studies
+from trainflow.errors import SpecError, TrainflowError
+from trainflow.spec.pipeline import load_spec, validate_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+RAW = yaml.safe_load((ROOT / "pipelines" / "breast_cancer_search.yaml").read_text())
+
+
+def with_search(**changes) -> dict:
+    raw = copy.deepcopy(RAW)
+    raw["search"].update(changes)
+    return raw
+
+
+def problem(raw: dict) -> tuple[str, str]:
+    with pytest.raises(SpecError) as error:
+        validate_spec(raw, "spec.yaml")
+    assert len(error.value.problems) == 1, error.value.problems
+    return error.value.problems[0]
+
+
+def test_the_shipped_search_validates():
+    spec = load_spec(ROOT / "pipelines" / "breast_cancer_search.yaml")
+    assert spec.search.sampler.type == "tpe" and spec.search.pruner.type == "median"
+    assert spec.search.objective.goal == "minimize"
+
+
+def test_a_path_that_is_not_a_spec_field_is_named_with_the_closest_field():
+    path, message = problem(
+        with_search(space={"train.lrr": {"type": "float", "low": 0.1, "high": 1}})
+    )
+    assert path == "search.space.train.lrr"
+    assert "unknown key 'lrr'" in message and "did you mean `lr`" in message
+
+
+def test_a_value_outside_the_fields_limits_is_named():
+    path, message = problem(
+        with_search(space={"model.dropout": {"type": "float", "low": 0.0, "high": 1.5}})
+    )
+    assert path == "search.space.model.dropout"
+    assert "1.5" in message and "model.dropout" in message and "less than 1" in message
+    path, message = problem(
+        with_search(space={"model.units.4": {"type": "int", "low": 1, "high": 8}})
+    )
+    assert path == "search.space.model.units.4" and "no list item 4" in message
+
+
+def test_a_grid_over_a_float_range_needs_a_step():
+    raw = with_search(sampler={"type": "grid"})
+    path, message = problem(raw)
+    assert path == "search.space.train.lr" and "needs a step" in message
+
+
+def test_range_rules():
+    path, message = problem(
+        with_search(space={"train.lr": {"type": "float", "low": 0.0, "high": 1.0, "log": True}})
+    )
+    assert path == "search.space.train.lr" and "log range needs low > 0" in message
+    path, message = problem(
+        with_search(space={"train.lr": {"type": "float", "low": 1, "high": 0.1}})
+    )
+    assert path == "search.space.train.lr" and "above high" in message
+
+
+def test_conditional_parameters():
+    models = [
+        {"type": "mlp", "hidden_layers": 1, "units": [32]},
+        {"type": "mlp", "hidden_layers": 2, "units": [64, 32]},
+    ]
+    space = {
+        "model": {"type": "categorical", "choices": models},
+        "model.units.1": {"type": "int", "low": 8, "high": 64, "when": {"model.hidden_layers": 2}},
+    }
+    spec = validate_spec(with_search(space=space))
+    one = studies.variant(optuna.trial.FixedTrial({"model": studies.encode(models[0])}), spec)
+    assert one.model.units == [32]  # the conditional parameter is not drawn
+    two = studies.variant(
+        optuna.trial.FixedTrial({"model": studies.encode(models[1]), "model.units.1": 16}), spec
+    )
+    assert two.model.units == [64, 16] and two.search is None
+    space["model.units.1"]["when"] = {"model.hidden_layers": 3}
+    path, message = problem(with_search(space=space))
+    assert path == "search.space.model.units.1" and "never holds" in message
+    space["model.units.1"]["when"] = {"train.lr": 3}
+    path, message = problem(with_search(space=space))
+    assert "not an earlier path" in message
+
+
+def test_an_objective_the_search_cannot_give_is_refused_with_the_closest():
+    path, message = problem(with_search(objective={"metric": "val_f1"}))
+    assert path == "search.objective.metric" and "val_f1_macro" in message
+
+
+def test_a_search_needs_folds_and_a_budget():
+    raw = with_search()
+    raw["evaluate"], raw["ensemble"] = {}, None
+    assert problem(raw) == ("search", "each trial is cross-validated: set evaluate.cv.folds")
+    raw = with_search()
+    del raw["search"]["n_trials"], raw["search"]["timeout_s"]
+    assert "budget" in problem(raw)[1]
+
+
+def test_trial_n_draws_with_seed_plus_n():
+    spec = validate_spec(with_search(sampler={"type": "random", "seed": 7}))
+    assert studies.sampler_for(spec.search, spec.seed, 3)._rng.rng.randint(1000) == (
+        optuna.samplers.RandomSampler(seed=10)._rng.rng.randint(1000)
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:////no/such/folder/study.db", "postgresql://me:secret@127.0.0.1:1/db"]
+)
+def test_a_storage_that_cannot_be_reached_is_named(tmp_path, url):
+    spec = validate_spec(with_search(storage=url))
+    with pytest.raises(TrainflowError) as error:
+        studies.open_study(spec, str(tmp_path))
+    message = str(error.value)
+    assert message.startswith("search.storage: cannot open the study's database")
+    assert "secret" not in message
