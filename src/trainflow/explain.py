@@ -13,13 +13,13 @@ import polars as pl
 import torch
 
 from trainflow.errors import ArtifactError, SpecError, TrainflowError
+from trainflow.spec.explain import mismatch
 
 KINDS = {
     1: "table",
     2: "sequence",
     3: "image",
 }  # by the model's input rank: (F,), (T, F), (C, H, W)
-ATTRIBUTIONS = ("integrated_gradients", "saliency")
 EXTRA = "pip install 'trainflow[explain]'"
 
 
@@ -35,18 +35,8 @@ def chosen_method(method: str, kind: str) -> str:
         return "permutation" if kind == "table" else "integrated_gradients"
     if (method == "permutation") == (kind == "table"):
         return method
-    serves = "tabular" if method == "permutation" else "image and sequence"
-    fix = "permutation" if kind == "table" else "integrated_gradients or saliency"
-    raise SpecError(
-        "the pipeline spec",
-        [
-            (
-                "evaluate.explain.method",
-                f"{method!r} explains {serves} models; this model takes {kind} inputs: "
-                f"use {fix} (or auto)",
-            )
-        ],
-    )
+    path, message = mismatch(method, kind).split(": ", 1)
+    raise SpecError("the pipeline spec", [(path, message)])
 
 
 # ---- permutation importance through the model package ---------------------------------

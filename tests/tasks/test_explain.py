@@ -209,6 +209,22 @@ def test_the_spec_names_the_allowed_methods():
     assert "permutation" in str(refused.value) and "integrated_gradients" in str(refused.value)
 
 
+def test_permutation_on_an_image_model_is_refused_before_any_task_runs():
+    from trainflow.spec.pipeline import load_spec
+
+    root = Path(__file__).resolve().parents[2]
+    with pytest.raises(SpecError) as refused:
+        load_spec(
+            root / "pipelines" / "digits_cnn.yaml", ["evaluate.explain={method: permutation}"]
+        )
+    assert (
+        "evaluate.explain.method: 'permutation' explains tabular models; this model takes "
+        "image inputs: use integrated_gradients or saliency (or auto)"
+    ) in str(refused.value)
+    spec = load_spec(root / "pipelines" / "digits_cnn.yaml", ["evaluate.explain={}"])
+    assert spec.evaluate.explain.method == "auto"  # auto serves any model
+
+
 @pytest.mark.usefixtures("prefect_engine")
 def test_an_image_model_gets_attributions_of_seeded_samples_in_the_report(tmp_path):
     """digits_cnn, one epoch: the explain task draws Captum's attributions over a seeded

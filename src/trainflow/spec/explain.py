@@ -32,3 +32,21 @@ class ExplainSpec(Section):
         description="the test score whose drop under a column's permutation is its importance",
     )
     steps: int = Field(32, ge=2, le=512, description="integration steps (integrated gradients)")
+
+    def refusal(self, source_type: str, model_type: str) -> str | None:
+        """Why `method` cannot serve the model, where the spec alone tells its inputs (a cnn
+        or an image folder: images; a sequences source: sequences); the explain task checks
+        the rest, from the trained model's input shape."""
+        kind = "image" if model_type == "cnn" or source_type == "image_folder" else None
+        kind = "sequence" if source_type == "sequences" else kind
+        return mismatch(self.method, kind) if kind and self.method == "permutation" else None
+
+
+def mismatch(method: str, kind: str) -> str:
+    """The message for a method that cannot explain a model of `kind` inputs."""
+    serves = "tabular" if method == "permutation" else "image and sequence"
+    fix = "permutation" if kind == "table" else "integrated_gradients or saliency"
+    return (
+        f"evaluate.explain.method: {method!r} explains {serves} models; this model takes "
+        f"{kind} inputs: use {fix} (or auto)"
+    )

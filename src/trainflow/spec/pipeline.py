@@ -114,6 +114,14 @@ class PipelineSpec(Section):
             raise ValueError(reason)
         return self
 
+    @model_validator(mode="after")
+    def _explain_serves_the_model(self):  # else the explain task says so, after training
+        explain = self.evaluate.explain
+        reason = explain.refusal(self.data.source.type, self.model.type) if explain else None
+        if reason:
+            raise ValueError(reason)
+        return self
+
     def fingerprint(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
