@@ -15,11 +15,8 @@ import torch
 from trainflow.errors import ArtifactError, SpecError, TrainflowError
 from trainflow.spec.explain import mismatch
 
-KINDS = {
-    1: "table",
-    2: "sequence",
-    3: "image",
-}  # by the model's input rank: (F,), (T, F), (C, H, W)
+# a model's inputs by their rank: (features,), (steps, channels), (channels, height, width)
+KINDS = {1: "table", 2: "sequence", 3: "image"}
 EXTRA = "pip install 'trainflow[explain]'"
 
 
