@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from prefect import flow, unmapped
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.artifacts import ArtifactRef
+from trainflow.errors import TrainflowError
+from trainflow.flows.data import prepare_data
+from trainflow.spec.ensemble import variant_specs
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.task_options import cv_task_runner, step
 from trainflow.tasks.fold import train_fold
@@ -29,12 +31,14 @@ def map_folds(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> list[A
     return [future.result() for future in futures]
 
 
-# One worker: each fold seeds torch's process-wide RNG, so folds must not interleave in threads
-# (subflows do not inherit the parent's task runner). Parallel folds belong on separate
-# processes: `runner: {type: dask}` swaps in a Dask task runner (see `run_folds`).
-@flow(name="cross-validate", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]
 def cross_validate(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> list[ArtifactRef]:
-    return map_folds(spec, raw_splits, store)
+    """The folds as a flow of their own, on a Dask task runner (`runner: {type: dask}`): each
+    worker is its own process, so folds run in parallel and each sees only its own seed.
+    Built per run, not at import: Prefect derives a flow's parameter schema when the flow is
+    made, and the schema of a PipelineSpec costs a command that never uses it most of a
+    second (the thread pool's folds are tasks of the calling flow, see `run_folds`)."""
+    subflow = flow(name="cross-validate", task_runner=cv_task_runner(spec))(map_folds)
+    return subflow(spec, raw_splits, store)
 
 
 def run_folds(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> list[ArtifactRef]:
@@ -44,4 +48,32 @@ def run_folds(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> list[A
     one way to give them another task runner."""
     if spec.runner.type == "thread":
         return map_folds(spec, raw_splits, store)
-    return cross_validate.with_options(task_runner=cv_task_runner(spec))(spec, raw_splits, store)
+    return cross_validate(spec, raw_splits, store)
+
+
+def ensemble_members(
+    spec: PipelineSpec, folds: list[ArtifactRef], raw_splits: ArtifactRef, store: str
+) -> list[ArtifactRef]:
+    """The fold models an ensemble combines: the spec's, then each of `ensemble.variants`'s
+    (cross-validated on the same folds, their data steps served from the cache)."""
+    if spec.ensemble is not None and spec.ensemble.type == "top_k_trials":
+        raise TrainflowError(
+            "ensemble.type top_k_trials combines a study's best trials: the search flow "
+            "makes it (trainflow search SPEC, or trainflow run on a spec with a search section)"
+        )
+    if spec.ensemble is None or not getattr(spec.ensemble, "variants", None):
+        return folds
+    variants = [run_folds(variant, raw_splits, store) for variant in variant_specs(spec)]
+    return [*folds, *(ref for member in variants for ref in member)]
+
+
+def trial_members(spec: PipelineSpec, trials: list[PipelineSpec], store: str) -> list[ArtifactRef]:
+    """top_k_trials: the fold models of the study's `ensemble.k` best trials (`trials`, best
+    first), each cross-validated on its own data (its tasks served from the cache)."""
+    assert spec.ensemble is not None and spec.ensemble.type == "top_k_trials"
+    chosen = trials[: spec.ensemble.k]
+    return [
+        ref
+        for trial in chosen
+        for ref in run_folds(trial, prepare_data(trial, store)["raw_splits"], store)
+    ]

@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.artifacts import ArtifactRef, Store
-from trainflow.flows.cross_validate import run_folds
+from trainflow.flows.cross_validate import ensemble_members, run_folds
 from trainflow.flows.data import prepare_data
 from trainflow.mlflow_log import mlflow_module
 from trainflow.spec.pipeline import PipelineSpec
@@ -39,7 +39,8 @@ def pipeline(spec: PipelineSpec) -> dict:
     model = step(train_model, spec)(data["shards"], spec.model, spec.train, spec.seed, store)
     test = step(evaluate_model, spec)(model, data["shards"], store, spec.evaluate)
     folds = run_folds(spec, data["raw_splits"], store) if spec.evaluate.cv else []
-    ensemble = step(ensemble_folds, spec)(folds, spec.ensemble, store) if spec.ensemble else None
+    members = ensemble_members(spec, folds, data["raw_splits"], store)  # + ensemble.variants
+    ensemble = step(ensemble_folds, spec)(members, spec.ensemble, store) if spec.ensemble else None
     compressed = {}
     if spec.compress.quantize:
         compressed["quantize"] = step(quantize_model, spec)(
@@ -55,7 +56,7 @@ def pipeline(spec: PipelineSpec) -> dict:
         latency = step(measure_latency, spec)(
             {"model": model, **compressed}, data["shards"], spec.train.batch_size, repeats
         )
-    packages = package_all(spec, data, model, test, folds, ensemble, compressed, store)
+    packages = package_all(spec, data, model, test, folds, ensemble, compressed, store, members)
     explained = None  # evaluate.explain: on the test part, through the package for tables
     if spec.evaluate.explain:
         args = (model, data, packages["model"], spec.data.pre_split, spec.evaluate.explain)
@@ -90,6 +91,7 @@ def pipeline(spec: PipelineSpec) -> dict:
         "data": data,
         "folds": folds,
         "ensemble": ensemble,
+        "ensemble_members": members,
         "compressed": compressed,
         "package": packages["model"],
         "packages": packages,
@@ -107,6 +109,7 @@ def package_all(
     ensemble: ArtifactRef | None,
     compressed: dict[str, ArtifactRef],
     store: str,
+    members: list[ArtifactRef] | None = None,
 ) -> dict:
     """A model package for every model of the run (their paths; None where a step of the
     spec cannot be packaged): the model, each fold, the ensemble, each compressed model."""
@@ -122,7 +125,9 @@ def package_all(
         "folds": [package("fold", [fold], None) for fold in folds],
     }
     if ensemble:
-        packages["ensemble"] = package("ensemble", folds, ensemble)
+        soup = spec.ensemble is not None and spec.ensemble.type == "soup"  # one network
+        models = [ensemble] if soup else members or folds
+        packages["ensemble"] = package("ensemble", models, ensemble)
     for kind, ref in compressed.items():
         packages[kind] = package(kind, [ref], None)
     return packages

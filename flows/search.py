@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 from prefect import flow
 from prefect.futures import as_completed
@@ -20,11 +21,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow import study as studies
 from trainflow.artifacts import Store
+from trainflow.flows.cross_validate import trial_members
 from trainflow.flows.data import prepare_data
 from trainflow.flows.pipeline import pipeline
 from trainflow.spec.pipeline import PipelineSpec, validate_spec
 from trainflow.spec.search import grid_values
 from trainflow.task_options import cv_task_runner, step
+from trainflow.tasks.ensemble import ensemble_folds
 from trainflow.tasks.trial import report_study, run_trial
 
 
@@ -36,6 +39,7 @@ def search(spec: PipelineSpec) -> dict:
     study = studies.open_study(spec, store)
     name, url = study.study_name, studies.storage_url(spec.search, store, study.study_name)
     run_trials(spec, study, store, url)
+    ensemble = top_trials_ensemble(spec, study, store)  # ensemble.type: top_k_trials
     best = best_spec(spec, study)
     run_dir = step(report_study, spec)(url, name, best, spec.name, spec.outputs.runs)
     refit = None
@@ -49,6 +53,7 @@ def search(spec: PipelineSpec) -> dict:
         "best_value": study.best_value if best is not None else None,
         "trials": len(studies.finished(study)),
         "refit": refit,
+        "ensemble": ensemble,
     }
 
 
@@ -148,3 +153,23 @@ def best_spec(spec: PipelineSpec, study: optuna.Study) -> dict | None:
     best = study.best_trial
     fixed = optuna.trial.FixedTrial(best.params, number=best.number)
     return studies.variant(fixed, spec).model_dump(mode="json", exclude={"search"})
+
+
+def top_trials_ensemble(spec: PipelineSpec, study: optuna.Study, store: str) -> Any:
+    """The ensemble of the study's k best complete trials (ensemble.type top_k_trials), each
+    cross-validated with its fold models kept; None for another ensemble or no trials."""
+    if spec.ensemble is None or spec.ensemble.type != "top_k_trials":
+        return None
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    best_first = sorted(
+        complete,
+        key=lambda t: t.value if study.direction == StudyDirection.MINIMIZE else -t.value,
+    )
+    trials = [
+        studies.variant(optuna.trial.FixedTrial(t.params, number=t.number), spec)
+        for t in best_first
+    ]
+    members = trial_members(spec, trials, store)
+    return step(ensemble_folds, spec)(members, spec.ensemble, store)

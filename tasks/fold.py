@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,9 +19,10 @@ from trainflow.engine.training import train_into
 from trainflow.spec.train import TrainSpec
 from trainflow.steps import fit_apply, json_state, read_parts
 from trainflow.tables import sample_weights, to_arrays
-from trainflow.tasks.split import fold_frames
+from trainflow.tasks.split import fold_indices
 
 FOLD_STEPS = "steps.json"  # the post-split steps' states as fitted in the fold
+FEATURES_MB = 256  # a fold keeps its held-out and test inputs up to this size (model soups)
 
 
 def fold_data(
@@ -49,10 +51,24 @@ def fold_data_and_states(
 ) -> tuple[dict[str, Split], Any, list[dict]]:
     """`fold_data`, and the state each step fitted on the fold's training rows (a fold
     model's package applies them to the rows it scores)."""
+    data, schema, states, _ = fold_parts(splits, fold, folds, steps, seed, group_column)
+    return data, schema, states
+
+
+def fold_parts(
+    splits: ArtifactRef,
+    fold: int,
+    folds: int,
+    steps: list[Any],
+    seed: int,
+    group_column: str | None = None,
+) -> tuple[dict[str, Split], Any, list[dict], np.ndarray]:
+    """`fold_data_and_states`, and the held-out rows' positions in the train+val pool."""
     parts = read_parts(splits)
     schema = parts["train"][1]
     pool = pl.concat([parts["train"][0], parts["val"][0]])
-    train, val = fold_frames(pool, schema, folds, fold, seed, group_column)
+    train_rows, held = fold_indices(pool, schema, folds, fold, seed, group_column)
+    train, val = pool[train_rows], pool[held]
     frames = {"train": (train, schema), "val": (val, schema), "test": parts["test"]}
     states = []
     for step in steps:
@@ -65,7 +81,26 @@ def fold_data_and_states(
         )
         for name in frames
     }
-    return data, frames["train"][1], states
+    return data, frames["train"][1], states, held
+
+
+def save_out_of_fold(folder: Path, probs: np.ndarray, val: Split, held: np.ndarray) -> None:
+    """The fold model's predictions on its held-out rows, their labels and their positions
+    in the train+val pool: the out-of-fold predictions weighted and stacking ensembles fit
+    on (not when a step dropped held-out rows: their positions are then unknown)."""
+    np.save(folder / "val_probs.npy", probs.astype(np.float32), allow_pickle=False)
+    np.save(folder / "val_labels.npy", val.y.numpy(), allow_pickle=False)
+    if len(val) == len(held):
+        np.save(folder / "val_rows.npy", held.astype(np.int64), allow_pickle=False)
+
+
+def save_features(folder: Path, data: dict[str, Split]) -> None:
+    """The held-out and test rows as the fold's steps made them (the model's inputs): a
+    model soup scores its candidates on them. Left out past FEATURES_MB (no soup then)."""
+    if sum(data[name].x.numel() for name in ("val", "test")) * 4 > FEATURES_MB * 2**20:
+        return
+    for name in ("val", "test"):
+        np.save(folder / f"{name}_x.npy", data[name].x.float().numpy(), allow_pickle=False)
 
 
 @task(name="train_fold", **CACHED)
@@ -81,7 +116,7 @@ def train_fold(
     group_column: str | None = None,
 ) -> ArtifactRef:
     """Train and score one fold; keeps its test-set probabilities for ensembling."""
-    data, schema, states = fold_data_and_states(splits, fold, folds, steps, seed, group_column)
+    data, schema, states, held = fold_parts(splits, fold, folds, steps, seed, group_column)
     target = Store(store)
     with target.writer("model") as staging:
         net, result = train_into(
@@ -94,10 +129,12 @@ def train_fold(
             schema.classes,
             aux_targets=schema.aux_targets,
         )
-        val, _ = score(net, data["val"], len(schema.classes))
+        val, val_probs = score(net, data["val"], len(schema.classes))
         test, probs = score(net, data["test"], len(schema.classes))
         np.save(staging / "test_probs.npy", probs.astype(np.float32), allow_pickle=False)
         np.save(staging / "test_labels.npy", data["test"].y.numpy(), allow_pickle=False)
+        save_out_of_fold(staging, val_probs, data["val"], held)
+        save_features(staging, data)
         (staging / FOLD_STEPS).write_text(json.dumps(states, indent=1, sort_keys=True))
         (staging / "fold.json").write_text(
             json.dumps({"fold": fold, "val": val, "test": test}, indent=1, sort_keys=True)

@@ -137,6 +137,12 @@ def _metrics(kind: Kind, models: list[ArtifactRef], metrics: ArtifactRef | None)
     return dict(models[0].meta)  # quantize, prune: the before/after table
 
 
+def combined_state(kind: Kind, metrics: ArtifactRef | None) -> dict:
+    """What an ensemble fitted to combine its members (tasks/ensemble.py COMBINE)."""
+    saved = metrics.path / "combine.json" if metrics is not None else None
+    return json.loads(saved.read_text()) if kind == "ensemble" and saved and saved.is_file() else {}
+
+
 @task(name="package", **CACHED)
 def package_model(
     kind: Kind,
@@ -178,6 +184,7 @@ def package_model(
         steps=shared,
         members=members,
         combine=spec.ensemble.type if kind == "ensemble" else None,
+        combine_state=combined_state(kind, metrics),
         training_only=[
             p.type
             for i, p in enumerate(spec.data.steps)

@@ -162,6 +162,20 @@ def fold_frames(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Training and held-out rows of one stratified k-fold split of `pool`; with a group
     column, no group is on both sides (StratifiedGroupKFold)."""
+    train, held = fold_indices(pool, schema, folds, fold, seed, group_column)
+    return pool[train], pool[held]
+
+
+def fold_indices(
+    pool: pl.DataFrame,
+    schema: TableSchema,
+    folds: int,
+    fold: int,
+    seed: int,
+    group_column: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`fold_frames`'s rows as positions in `pool` (the held-out ones place a fold's
+    out-of-fold predictions, which weighted and stacking ensembles fit on)."""
     check_stratifiable(pool, schema, folds, f"{folds}-fold stratified cross-validation")
     labels = pool[schema.target].to_numpy()
     if group_column:
@@ -171,8 +185,7 @@ def fold_frames(
     else:
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
         chosen = list(splitter.split(np.zeros(len(pool)), labels))[fold]
-    train, held = chosen
-    return pool[train], pool[held]
+    return chosen[0], chosen[1]
 
 
 @task(name="split", **CACHED)

@@ -128,6 +128,7 @@ class PackageInfo(_Strict):
     steps: list[PackageStep]  # pre-split steps, shared by every member
     members: list[Member]
     combine: str | None = None  # how members' probabilities combine (an ensemble's rule)
+    combine_state: dict[str, Any] = {}  # what it fitted (trainflow.ensembles; JSON, no pickle)
     training_only: list[str]  # steps the rows skip at prediction, as the test rows did
     metrics: dict[str, Any]
     libraries: dict[str, str]

@@ -107,6 +107,7 @@ class Model:
         if info.combine is not None and info.combine not in registry.ENSEMBLES:
             raise ArtifactError(f"{where}: unknown way to combine members {info.combine!r}")
         self._combine = registry.ENSEMBLES[info.combine].impl if info.combine else None
+        self._combine_state = info.combine_state  # weights, a meta-model's coefficients
         pixels = math.prod(info.input.image_shape or [1])
         self.batch_rows = max(1, min(BATCH_ROWS, BATCH_BYTES // (4 * pixels)))
 
@@ -228,7 +229,7 @@ class Model:
         ]
         if self._combine is None:
             return probs[0]
-        return np.asarray(self._combine(probs), dtype=np.float32)
+        return np.asarray(self._combine(probs, self._combine_state), dtype=np.float32)
 
 
 def _loaded(step: PackageStep, where: str) -> Step:

@@ -19,9 +19,9 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, Field
 
 from trainflow.spec import after_training as after
+from trainflow.spec import ensemble, samplers, schedule, sources, steps
 from trainflow.spec import model as models
 from trainflow.spec import optimizers as optim
-from trainflow.spec import samplers, schedule, sources, steps
 
 
 @cache
@@ -69,11 +69,6 @@ class Entry:
 def modules_of(entry: Entry) -> list[str]:
     """The modules an entry's code lives in: its params model's and its implementation's."""
     return [entry.params.__module__, entry.module]
-
-
-def soft_vote(probs: list) -> Any:
-    """Mean of the members' class probabilities."""
-    return sum(probs) / len(probs)
 
 
 SOURCES = {
@@ -126,7 +121,14 @@ SCHEDULES = {
     "polynomial": Entry(schedule.PolynomialSchedule, "trainflow.engine.schedule:polynomial"),
     "plateau": Entry(schedule.PlateauSchedule, "trainflow.engine.schedule:plateau"),
 }
-ENSEMBLES = {"soft_vote": Entry(after.SoftVoteParams, "trainflow.registry:soft_vote")}
+ENSEMBLES = {
+    "soft_vote": Entry(ensemble.SoftVoteParams, "trainflow.ensembles:combine_soft_vote"),
+    "hard_vote": Entry(ensemble.HardVoteParams, "trainflow.ensembles:combine_hard_vote"),
+    "weighted": Entry(ensemble.WeightedParams, "trainflow.ensembles:combine_weighted"),
+    "stacking": Entry(ensemble.StackingParams, "trainflow.ensembles:combine_stacking"),
+    "soup": Entry(ensemble.SoupParams, "trainflow.ensembles:combine_one"),
+    "top_k_trials": Entry(ensemble.TopKTrialsParams, "trainflow.ensembles:combine_chosen"),
+}
 QUANTIZERS = {
     "dynamic_int8": Entry(after.DynamicInt8Params, "trainflow.compress:quantize_dynamic_int8")
 }

@@ -117,6 +117,8 @@ def base_raw(spec: Any) -> dict:
     """The spec as plain data without its search section: what each trial's variant starts from."""
     raw = spec.model_dump(mode="json")
     raw.pop("search", None)
+    if (raw.get("ensemble") or {}).get("type") == "top_k_trials":
+        raw["ensemble"] = None  # the study's ensemble (flows/search.py), not a trial's
     return raw
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from trainflow.spec.base import Section
+from trainflow.spec.ensemble import SoftVoteParams  # noqa: F401 (spec/ensemble.py)
 from trainflow.spec.explain import ExplainSpec
 from trainflow.spec.metric_table import BASE, METRICS
 
@@ -73,12 +74,6 @@ class EvaluateSpec(Section):
             f"evaluate.threshold: a decision threshold needs a binary target; the "
             f"{source.dataset} dataset has {classes} classes: remove evaluate.threshold"
         )
-
-
-class SoftVoteParams(Section):
-    """Average the class probabilities of the cross-validation fold models."""
-
-    type: Literal["soft_vote"]
 
 
 class DynamicInt8Params(Section):

@@ -17,6 +17,7 @@ from trainflow.errors import SpecError, did_you_mean
 from trainflow.spec.after_training import EvaluateSpec, OutputsSpec
 from trainflow.spec.base import Section
 from trainflow.spec.data import ExpectSpec, ShardParams
+from trainflow.spec.ensemble import check_ensemble
 from trainflow.spec.loading import load_raw, parse_yaml
 from trainflow.spec.orchestration import OrchestrationSpec, RunnerSpec
 from trainflow.spec.promote import PromoteSpec
@@ -105,6 +106,7 @@ class PipelineSpec(Section):
                 "ensemble combines the cross-validation fold models: set "
                 "evaluate.cv.folds or remove ensemble"
             )
+        check_ensemble(self)  # a study for top_k_trials, variants that validate
         return self
 
     @model_validator(mode="after")

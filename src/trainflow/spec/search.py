@@ -235,6 +235,8 @@ def check_space(raw: dict, search: SearchSpec, validate: Callable[[Any, str], An
     """Every value the space can give, at its path, validates as part of the spec; grid and
     conditional rules hold. Raises one SpecError naming search.space.<path>."""
     base = {k: v for k, v in raw.items() if k != "search"}
+    if (base.get("ensemble") or {}).get("type") == "top_k_trials":
+        base["ensemble"] = None  # the study's ensemble (flows/search.py), not a trial's
     if validate(base, "search").evaluate.cv is None:
         raise SpecError(
             "search", [("search", "each trial is cross-validated: set evaluate.cv.folds")]
