@@ -51,7 +51,7 @@ def verdict_key(spec: PipelineSpec) -> str | None:
     modification time, inode: the checks read them whole otherwise), the versions of the
     libraries that read the data and build the model, and trainflow's own sources (any
     edit: checked again). None for a folder of images (a stat per file is a read)."""
-    paths = getattr(spec.data.source, "content_paths", list)()
+    paths: list[Path] = getattr(spec.data.source, "content_paths", list)()
     files = []
     for path in paths:
         try:
