@@ -1,6 +1,8 @@
 """Shared fixtures: an isolated Prefect home and one real Prefect engine for the session."""
 
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -37,9 +39,10 @@ _GROUPS = {"prefect_server": "server", "served": "server", "package_run": "packa
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects and xdist reads the groups
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     """Mark `slow` every test that runs flows (`pytest -m "not slow"` is the fast run); the
     other slow ones (CLI subprocesses, long training) carry `@pytest.mark.slow` themselves."""
+    groups = {}
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if _ENGINES & fixtures or item.nodeid.startswith(_FLOW_FOLDERS):
@@ -47,6 +50,50 @@ def pytest_collection_modifyitems(items):
         shared = sorted(_GROUPS[name] for name in fixtures & _GROUPS.keys())
         group = shared[0] if shared else item.nodeid.split("::")[0]  # else the test's file
         item.add_marker(pytest.mark.xdist_group(group))
+        groups[item.nodeid] = group
+    folder = os.environ.get(_GROUPS_DIR)
+    if hasattr(config, "workerinput") and folder:  # an xdist worker: tell the controller
+        mine = Path(folder) / f"{config.workerinput['workerid']}.json"
+        mine.with_suffix(".part").write_text(json.dumps(groups))
+        mine.with_suffix(".part").replace(mine)  # whole or absent when the controller reads
+
+
+# pytest-xdist 3.8 puts a test in its xdist_group by renaming the item (`item._nodeid`), which
+# pytest 9.2 no longer reads (the id lives elsewhere): every test was then a group of its own,
+# and a file's module fixtures and the session fixtures above were built on both workers. So
+# the workers write each test's group into this folder, and the controller schedules by it.
+_GROUPS_DIR = "TRAINFLOW_TEST_GROUPS"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
+        os.environ[_GROUPS_DIR] = tempfile.mkdtemp(prefix="trainflow-test-groups-")
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ.pop(_GROUPS_DIR, ""), ignore_errors=True)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ByGroup(LoadGroupScheduling):
+        """--dist loadgroup with the groups the workers wrote (all collected alike)."""
+
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # first called once every worker has collected
+                self.groups = {}
+                for file in Path(os.environ[_GROUPS_DIR]).glob("*.json"):
+                    self.groups.update(json.loads(file.read_text()))
+            return self.groups.get(nodeid) or super()._split_scope(nodeid)
+
+    return ByGroup(config, log)
 
 
 @pytest.fixture(scope="session")
