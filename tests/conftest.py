@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -132,3 +134,49 @@ def package_run(prefect_engine, tmp_path_factory):
         return runs[name]
 
     return get
+
+
+# The database migrations a Prefect home's first server start runs, as a child process would
+# (its own PREFECT_HOME): tens of seconds on a small machine, once per fresh home.
+_MIGRATE = """
+import asyncio
+from prefect.server.database import provide_database_interface
+asyncio.run(provide_database_interface().create_db())
+"""
+
+
+@pytest.fixture(scope="session")
+def prefect_home(tmp_path_factory):
+    """`prefect_home(path)`: make `path` a Prefect home whose database is migrated already,
+    and return it (the child's PREFECT_HOME).
+
+    A fresh home's first server start migrates its empty database, and that is most of its
+    start-up; tests about what a run does then each paid it. They get a copy of one empty
+    database migrated once per session (under pytest-xdist, once for all workers): the same
+    empty database a fresh home's first start makes. Tests of two first starts at once in one
+    fresh home do not use this.
+    """
+    import filelock
+
+    # under xdist the workers' base temps share a parent: one template for them all
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    template = shared / "prefect-home-template"
+    with filelock.FileLock(str(shared / "prefect-home-template.lock")):
+        if not (template / "prefect.db").exists():
+            building = shared / "prefect-home-template.building"
+            shutil.rmtree(building, ignore_errors=True)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+            env.update(PREFECT_HOME=str(building), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            subprocess.run(
+                [sys.executable, "-c", _MIGRATE], env=env, check=True, capture_output=True
+            )
+            building.rename(template)
+
+    def make(home: Path) -> Path:
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(template / "prefect.db", home / "prefect.db")
+        return home
+
+    return make

@@ -160,14 +160,14 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def prefect_server():
-    """`prefect server start` on 127.0.0.1 and a free port, with a fresh database."""
+def prefect_server(prefect_home):
+    """`prefect server start` on 127.0.0.1 and a free port, with a fresh (migrated) database."""
     root = Path(tempfile.mkdtemp(prefix="trainflow-server-"))
     port = free_port()
     server = Server(root, port)
     process = start(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        child_env(root / "server-home", None, PREFECT_UI_API_URL=server.api_url),
+        child_env(prefect_home(root / "server-home"), None, PREFECT_UI_API_URL=server.api_url),
         root,
         root / "server.log",
     )

@@ -139,8 +139,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    running = Server(tmp_path_factory.mktemp("server-home"))
+def server(tmp_path_factory, prefect_home):
+    running = Server(prefect_home(tmp_path_factory.mktemp("server-home")))
     yield running
     running.stop()
 
@@ -221,5 +221,6 @@ def test_two_runs_at_once_against_a_server(server, lone, tmp_path, case):
 
 
 def test_two_runs_of_one_spec_at_once_with_their_embedded_servers(lone, tmp_path):
-    case = "one spec, one home"  # one Prefect home, as one user's runs have
+    # one fresh Prefect home, as one user's runs have: both first starts migrate it at once
+    case = "one spec, one home"
     assert together(pair(case, tmp_path, None)) == expected(case, lone)

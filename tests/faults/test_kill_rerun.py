@@ -12,8 +12,8 @@ from benchmarks.reliability import artifacts, complete, environment, kill_after
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
-def test_runs_killed_at_random_points_rerun_to_the_uninterrupted_bytes(tmp_path):
-    env = environment(tmp_path / "prefect")
+def test_runs_killed_at_random_points_rerun_to_the_uninterrupted_bytes(tmp_path, prefect_home):
+    env = environment(prefect_home(tmp_path / "prefect"))
     reference = complete(tmp_path / "reference", env)
     rng = random.Random(13)
     # one kill at a random point of the data steps, one at a random point of training

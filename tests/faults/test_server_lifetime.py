@@ -63,7 +63,7 @@ def answers(port: int) -> bool:
 
 # 0: the run's own server; else the warm server it starts, which later runs may share
 @pytest.mark.parametrize("idle_s", ["0", "600"], ids=["own server", "warm server"])
-def test_a_killed_run_takes_its_ephemeral_server_with_it(tmp_path, idle_s):
+def test_a_killed_run_takes_its_ephemeral_server_with_it(tmp_path, idle_s, prefect_home):
     command = [
         str(TRAINFLOW),
         "run",
@@ -74,7 +74,7 @@ def test_a_killed_run_takes_its_ephemeral_server_with_it(tmp_path, idle_s):
         f"outputs.runs={tmp_path / 'runs'}",
     ]
     log = (tmp_path / "run.log").open("wb")
-    env = {**environment(tmp_path / "home"), "TRAINFLOW_SERVER_IDLE_S": idle_s}
+    env = {**environment(prefect_home(tmp_path / "home")), "TRAINFLOW_SERVER_IDLE_S": idle_s}
     run = subprocess.Popen(
         command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )

@@ -98,8 +98,8 @@ def stop(states: list[dict]) -> None:
             pass
 
 
-def test_runs_in_a_row_share_one_server_which_shows_their_cached_tasks(tmp_path):
-    home = tmp_path / "home"
+def test_runs_in_a_row_share_one_server_which_shows_their_cached_tasks(tmp_path, prefect_home):
+    home = prefect_home(tmp_path / "home")
     first = run(tmp_path, home)
     found = servers(home)
     try:

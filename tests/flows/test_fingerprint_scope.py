@@ -20,12 +20,12 @@ SMALL = [
     "compress.quantize=null",
     "compress.prune=null",
 ]
+# The real engine on the child's Prefect home (its ephemeral server), migrated once by the
+# `prefect_home` fixture: a test harness here would migrate a new database in every run.
 RUN = """
 import json, sys
-from prefect.testing.utilities import prefect_test_harness
 from tests.flows.helpers import run
-with prefect_test_harness(server_startup_timeout=120):
-    _, states = run("breast_cancer_mlp", __import__("pathlib").Path(sys.argv[1]), *sys.argv[2:])
+_, states = run("breast_cancer_mlp", __import__("pathlib").Path(sys.argv[1]), *sys.argv[2:])
 print("STATES " + json.dumps(states))
 """
 
@@ -40,11 +40,12 @@ def copy_of_trainflow(folder: Path) -> Path:
     return package
 
 
-def run_copy(code: Path, work: Path) -> dict[str, list[str]]:
+def run_copy(code: Path, work: Path, home: Path) -> dict[str, list[str]]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(code), str(ROOT)]),
-        "PREFECT_HOME": str(work / "prefect"),
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "OMP_NUM_THREADS": "1",
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(work / "results"),
     }
@@ -65,7 +66,10 @@ def edit(path: Path) -> None:
     path.write_text(path.read_text() + "\n# an edit (tests/flows/test_fingerprint_scope.py)\n")
 
 
-def test_editing_a_data_step_keeps_training_cached_editing_the_loop_does_not(tmp_path):
+def test_editing_a_data_step_keeps_training_cached_editing_the_loop_does_not(
+    tmp_path, prefect_home
+):
+    home = prefect_home(tmp_path / "prefect")
     code = tmp_path / "code"
     package = copy_of_trainflow(code)
     probe = subprocess.run(
@@ -77,15 +81,15 @@ def test_editing_a_data_step_keeps_training_cached_editing_the_loop_does_not(tmp
     )
     assert probe.stdout.strip().startswith(str(package))  # the copy is what runs
 
-    first = run_copy(code, tmp_path)
+    first = run_copy(code, tmp_path, home)
     assert first["train"] == ["Completed"]
 
     edit(package / "tasks" / "clean.py")
-    states = run_copy(code, tmp_path)
+    states = run_copy(code, tmp_path, home)
     assert states["clean"] == ["Completed"]  # the edited step itself recomputes
     assert states["train"] == ["Cached"], states
 
     edit(package / "engine" / "loop.py")
-    states = run_copy(code, tmp_path)
+    states = run_copy(code, tmp_path, home)
     assert states["clean"] == ["Cached"]
     assert states["train"] == ["Completed"], states
