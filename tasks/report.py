@@ -257,7 +257,7 @@ def render(summary: dict) -> str:
         out += [
             "",
             f"## Ensemble ({e['type']}, {e['members']} fold models, test part)",
-            _table(["metric", "value"], [[m, e[m]] for m in METRICS]),
+            *ensemble_comparison(e, summary["test"]),
             "",
             f"members' test accuracy: {', '.join(f'{a:.4f}' for a in e['members_accuracy'])}",
         ]
@@ -379,6 +379,20 @@ def champion_section(champion: dict | None) -> list[str]:
         f"champion now: `{champion['champion']}`",
     ]
     return out
+
+
+def ensemble_comparison(ensemble: dict, test: dict) -> list[str]:
+    """The ensemble beside the best single fold model (lowest validation loss, so chosen
+    without the test part) and the trained model, on the test part."""
+    best = ensemble.get("best_single")
+    if not best:  # an ensemble made before the comparison was recorded
+        return [_table(["metric", "value"], [[m, ensemble[m]] for m in METRICS])]
+    header = ["metric", "ensemble", f"best single (fold {best['fold']}, member {best['member']})"]
+    rows = [[m, ensemble[m], best[m], test.get(m)] for m in METRICS]
+    table = [_table([*header, "trained model"], rows)]
+    if "weights" in ensemble:  # weighted: the fitted weights of the members
+        table += ["", f"member weights: {', '.join(f'{w:.3f}' for w in ensemble['weights'])}"]
+    return table
 
 
 def compression_sections(compressed: dict, latency: dict | None) -> list[str]:

@@ -189,3 +189,12 @@ def test_top_k_trials_combines_the_best_trials_of_a_study(tmp_path):
 def test_top_k_trials_without_a_study_is_refused_by_name():
     with pytest.raises(trainflow.errors.SpecError, match="top_k_trials combines the k best"):
         load_spec(ROOT / "pipelines" / "breast_cancer_mlp.yaml", ["ensemble={type: top_k_trials}"])
+
+
+def test_the_report_sets_the_ensemble_beside_the_best_single_model(cv_run):
+    _, result, _, _ = cv_run
+    report = (Path(result["run_dir"]) / "report.md").read_text()
+    best = result["ensemble"].meta["best_single"]
+    assert f"| metric | ensemble | best single (fold {best['fold']}, member {best['member']})" in (
+        report
+    )
