@@ -19,6 +19,7 @@ from trainflow.package import (
     DTYPES,
     FORMAT,
     PREDICTION_MODES,
+    Decision,
     InputSchema,
     Kind,
     Member,
@@ -143,6 +144,20 @@ def combined_state(kind: Kind, metrics: ArtifactRef | None) -> dict:
     return json.loads(saved.read_text()) if kind == "ensemble" and saved and saved.is_file() else {}
 
 
+def _decision(kind: Kind, metrics: ArtifactRef | None, classes: list[str]) -> Decision | None:
+    """The temperature and threshold evaluate fitted for the trained model (its package
+    applies them, so it predicts what evaluate reported); None without them."""
+    found = metrics.meta if kind == "model" and metrics is not None else {}
+    calibration, threshold = found.get("calibration"), found.get("threshold")
+    if not (calibration or threshold):
+        return None
+    return Decision(
+        temperature=calibration["temperature"] if calibration else 1.0,
+        threshold=threshold["value"] if threshold else None,
+        positive=classes.index(threshold["positive"]) if threshold else None,
+    )
+
+
 @task(name="package", **CACHED)
 def package_model(
     kind: Kind,
@@ -184,6 +199,7 @@ def package_model(
         steps=shared,
         members=members,
         combine=spec.ensemble.type if kind == "ensemble" else None,
+        decision=_decision(kind, metrics, table.classes),
         combine_state=combined_state(kind, metrics),
         training_only=[
             p.type

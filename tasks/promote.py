@@ -32,7 +32,8 @@ def scores(model: Model, rows: pl.DataFrame, target: str, classes: list[str]) ->
     index = {c: i for i, c in enumerate(classes)}
     y = np.asarray([index[v] for v in rows[target].cast(pl.Utf8).to_list()], dtype=np.int64)
     probs = model.predict_proba(rows)
-    pred = np.asarray([index.get(c, -1) for c in model.classes])[probs.argmax(axis=1)]
+    # the package's own decision (its threshold, where evaluate tuned one), as it predicts
+    pred = np.asarray([index.get(c, -1) for c in model.classes])[model.predicted_indices(probs)]
     column = {c: j for j, c in enumerate(model.classes)}
     p_true = np.asarray(
         [probs[i, column[classes[t]]] if classes[t] in column else 0.0 for i, t in enumerate(y)],

@@ -47,15 +47,19 @@ class Exported(nn.Module):
     """Raw numeric columns -> class probabilities: each member's folded steps and network,
     softmax of its float logits, and the members' mean (the soft vote) for an ensemble."""
 
-    def __init__(self, preps: list[Prep], nets: list[nn.Module]):
+    def __init__(self, preps: list[Prep], nets: list[nn.Module], temperature: float = 1.0):
         super().__init__()
         self.preps = nn.ModuleList(preps)
         self.nets = nn.ModuleList(nets)
+        self.temperature = temperature  # the package's (evaluate.calibrate), a constant
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         total = None
         for prep, net in zip(self.preps, self.nets):
-            probs = torch.softmax(net(prep(features)).float(), dim=1)
+            logits = net(prep(features)).float()
+            if self.temperature != 1.0:
+                logits = logits / self.temperature
+            probs = torch.softmax(logits, dim=1)
             total = probs if total is None else total + probs
         return total / len(self.nets) if len(self.nets) > 1 else total
 
@@ -106,6 +110,17 @@ def export_model(model: str | Path, fmt: str, output: str | Path) -> dict[str, A
 SUFFIX = {"onnx": "onnx", "torchscript": "pt", "exported_program": "pt2"}
 
 
+def prediction_rule(info: Any) -> str:
+    """How a serving runtime turns the probabilities into a class, as the package does."""
+    d = info.decision
+    if d is None or d.threshold is None or d.positive is None:
+        return "classes[argmax]"
+    return (
+        f"classes[{d.positive}] where probabilities[{d.positive}] >= {d.threshold!r}, "
+        f"else classes[{1 - d.positive}] (evaluate.threshold)"
+    )
+
+
 def sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
@@ -133,7 +148,9 @@ def build(package: Package) -> Built:
     width = list(table.image_shape) if table.image_shape else [len(first.inputs)]
     nets, names = zip(*(_network(package.member_folder(m)) for m in info.members))
     preps = [build_prep(p, first.inputs, shape) for p in plans]
-    return Built(package, Exported(preps, list(nets)).eval(), first, width, list(names))
+    temperature = info.decision.temperature if info.decision else 1.0
+    module = Exported(preps, list(nets), temperature).eval()
+    return Built(package, module, first, width, list(names))
 
 
 def _network(folder: Path) -> tuple[nn.Module, str]:
@@ -361,7 +378,7 @@ def describe(built: Built, fmt: str, path: Path, difference: float) -> dict[str,
             "dtype": "float32",
             "shape": ["batch", len(info.classes)],
             "classes": list(info.classes),
-            "prediction": "classes[argmax]",
+            "prediction": prediction_rule(info),
         },
         "outside": p.outside,
         "folded": p.folded,

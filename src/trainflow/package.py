@@ -117,6 +117,17 @@ class InputSchema(_Strict):
     target: str  # the predicted column (the main target of a multi-task model)
 
 
+class Decision(_Strict):
+    """How prediction turns the network's logits into probabilities and a class, as the
+    evaluate task did: divided by `temperature` (evaluate.calibrate) before the softmax;
+    with a `threshold` (evaluate.threshold, a binary model), class `positive` where its
+    probability is at least the threshold, else the other class."""
+
+    temperature: float = 1.0
+    threshold: float | None = None
+    positive: int | None = None
+
+
 class PackageInfo(_Strict):
     format: int
     kind: Kind
@@ -128,6 +139,7 @@ class PackageInfo(_Strict):
     steps: list[PackageStep]  # pre-split steps, shared by every member
     members: list[Member]
     combine: str | None = None  # how members' probabilities combine (an ensemble's rule)
+    decision: Decision | None = None  # the trained model's calibration and threshold
     combine_state: dict[str, Any] = {}  # what it fitted (trainflow.ensembles; JSON, no pickle)
     training_only: list[str]  # steps the rows skip at prediction, as the test rows did
     metrics: dict[str, Any]

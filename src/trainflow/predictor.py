@@ -18,10 +18,12 @@ import polars as pl
 import torch
 
 from trainflow import registry
+from trainflow.calibration import decide
 from trainflow.engine.model_folder import build_from_folder
 from trainflow.errors import ArtifactError, DataError, TrainflowError
 from trainflow.package import (
     PREDICTION_MODES,
+    Decision,
     Member,
     Package,
     PackageStep,
@@ -107,6 +109,7 @@ class Model:
         if info.combine is not None and info.combine not in registry.ENSEMBLES:
             raise ArtifactError(f"{where}: unknown way to combine members {info.combine!r}")
         self._combine = registry.ENSEMBLES[info.combine].impl if info.combine else None
+        self.decision = info.decision or Decision()  # evaluate.calibrate / evaluate.threshold
         self._combine_state = info.combine_state  # weights, a meta-model's coefficients
         pixels = math.prod(info.input.image_shape or [1])
         self.batch_rows = max(1, min(BATCH_ROWS, BATCH_BYTES // (4 * pixels)))
@@ -136,7 +139,11 @@ class Model:
 
     def predict(self, frame: Any) -> np.ndarray:
         """The predicted class of each row (labels as in `classes`)."""
-        return np.asarray(self.classes)[self.predict_proba(frame).argmax(axis=1)]
+        return np.asarray(self.classes)[self.predicted_indices(self.predict_proba(frame))]
+
+    def predicted_indices(self, probs: np.ndarray) -> np.ndarray:
+        """Each row's class index: the most probable, or the package's threshold's."""
+        return decide(probs, self.decision.threshold, self.decision.positive)
 
     def score(self, frame: Any, proba: bool = False) -> pl.DataFrame:
         """What `trainflow predict` writes: the id columns present, `prediction`, and with
@@ -206,7 +213,7 @@ class Model:
             pl.lit(
                 pl.Series(
                     "prediction",
-                    np.asarray(self.classes, dtype=object)[probs.argmax(axis=1)],
+                    np.asarray(self.classes, dtype=object)[self.predicted_indices(probs)],
                     dtype=pl.String,
                 )
             ),
@@ -224,7 +231,11 @@ class Model:
         frame = batch.select(*self.converted(batch.collect_schema()).values())
         frame, schema = _through(self._steps, frame, self._table)
         probs = [
-            _forward(net, _features(*_through(steps, frame, schema), where, first_row))
+            _forward(
+                net,
+                _features(*_through(steps, frame, schema), where, first_row),
+                self.decision.temperature,
+            )
             for steps, net in self._members
         ]
         if self._combine is None:
@@ -279,14 +290,19 @@ def _features(frame: pl.DataFrame, schema: TableSchema, where: str, first_row: i
 
 
 @torch.no_grad()
-def _forward(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    """Class probabilities as the evaluate task computes them (softmax of float logits)."""
+def _forward(net: torch.nn.Module, x: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities as the evaluate task computes them (softmax of float logits,
+    divided by the package's temperature when evaluate calibrated them)."""
     rows = max(FORWARD_ROWS, FORWARD_VALUES // max(1, math.prod(x.shape[1:])))
     out = [
-        torch.softmax(net(torch.from_numpy(x[i : i + rows])).float(), dim=1)
+        torch.softmax(_calibrated(net(torch.from_numpy(x[i : i + rows])).float(), temperature), 1)
         for i in range(0, len(x), rows)
     ]
     return torch.cat(out).numpy().astype(np.float32, copy=False)
+
+
+def _calibrated(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits / temperature if temperature != 1.0 else logits
 
 
 def _polars(frame: Any) -> pl.DataFrame:
