@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from trainflow.artifacts import ArtifactRef
 from trainflow.engine.inference import score
 from trainflow.engine.training import train_into
+from trainflow.spec.metric_table import BASE
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.spec.search import SearchSpec
 from trainflow.study import pruner_for
@@ -78,7 +79,9 @@ def cross_validate_fold(
             on_epoch=on_epoch,
             aux_targets=schema.aux_targets,
         )
-    val, _ = score(net, data["val"], len(schema.classes))
+    name = on_epoch.metric.removeprefix("val_")
+    extra = [] if name == "loss" or name in BASE else [name]
+    val, _ = score(net, data["val"], len(schema.classes), extra=extra)
     return {"fold": fold, "val": val, "best_epoch": result.best_epoch}
 
 

@@ -131,3 +131,20 @@ def test_the_shipped_study_writes_a_best_spec_that_reproduces_its_trial(tmp_path
     ]
     assert refit["package"] and Path(refit["run_dir"]).is_dir()
     assert found["trial"] == ["Completed"] * 3
+
+
+def test_parallel_trials_run_at_once_on_the_thread_pool(tmp_path):
+    tag = f"test-{uuid4().hex[:12]}"
+    spec = spec_for(
+        tmp_path, "search.parallel=2", "search.n_trials=2", "search.sampler={type: random}"
+    )
+    with tags(tag):
+        result = search_flow(spec)(spec)
+    assert [t[1] for t in trials(result)] == ["COMPLETE", "COMPLETE"]
+    states(tag)  # (every run final)
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[tag]))
+        )
+    spans = sorted((r.start_time, r.end_time) for r in runs if r.name.startswith("trial-"))
+    assert len(spans) == 2 and spans[1][0] < spans[0][1]  # the second began before the first ended

@@ -127,3 +127,19 @@ def test_a_storage_that_cannot_be_reached_is_named(tmp_path, url):
     message = str(error.value)
     assert message.startswith("search.storage: cannot open the study's database")
     assert "secret" not in message
+
+
+def test_any_metric_of_the_table_is_an_objective_and_a_pruner_needs_it_per_epoch():
+    spec = validate_spec(with_search(objective={"metric": "val_roc_auc"}, pruner=None))
+    assert spec.search.objective.goal == "maximize"
+    assert (
+        validate_spec(
+            with_search(objective={"metric": "val_ece"}, pruner=None)
+        ).search.objective.goal
+        == "minimize"
+    )
+    path, message = problem(with_search(objective={"metric": "val_f1_macro"}))
+    assert path == "search.pruner" and "train.early_stopping.monitor" in message
+    raw = with_search(objective={"metric": "val_f1_macro"})
+    raw["train"]["early_stopping"]["monitor"] = "val_f1_macro"
+    validate_spec(raw)

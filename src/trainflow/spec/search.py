@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 from trainflow import registry
 from trainflow.errors import SpecError
 from trainflow.spec.base import Section
+from trainflow.spec.metric_table import METRICS
 
 if TYPE_CHECKING:  # built at run time from the registry's tables: opaque to mypy
     Sampler = Any
@@ -86,14 +87,8 @@ def _check_range(low: float, high: float, log: bool) -> None:
 
 
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
-OBJECTIVES = (
-    "val_loss",
-    "val_accuracy",
-    "val_balanced_accuracy",
-    "val_precision_macro",
-    "val_recall_macro",
-    "val_f1_macro",
-)
+# The loss, and every metric of the metric table, as measured on a fold's validation part.
+OBJECTIVES = ("val_loss", *(f"val_{name}" for name in METRICS))
 
 
 class ObjectiveSpec(Section):
@@ -101,14 +96,16 @@ class ObjectiveSpec(Section):
         "val_loss", description="the cross-validated metric: its mean over the folds"
     )
     direction: Literal["minimize", "maximize"] | None = Field(
-        None, description="default: minimize a loss, maximize any other metric"
+        None, description="default: the metric's own (minimize a loss, maximize a score)"
     )
 
     @property
     def goal(self) -> Literal["minimize", "maximize"]:
         if self.direction is not None:
             return self.direction
-        return "minimize" if self.metric.endswith("loss") else "maximize"
+        if self.metric == "val_loss":
+            return "minimize"
+        return METRICS[self.metric.removeprefix("val_")].direction
 
 
 class SearchSpec(Section):
@@ -237,10 +234,12 @@ def check_space(raw: dict, search: SearchSpec, validate: Callable[[Any, str], An
     base = {k: v for k, v in raw.items() if k != "search"}
     if (base.get("ensemble") or {}).get("type") == "top_k_trials":
         base["ensemble"] = None  # the study's ensemble (flows/search.py), not a trial's
-    if validate(base, "search").evaluate.cv is None:
+    spec = validate(base, "search")
+    if spec.evaluate.cv is None:
         raise SpecError(
             "search", [("search", "each trial is cross-validated: set evaluate.cv.folds")]
         )
+    _check_pruned_metric(spec, search)
     paths = list(search.space)
     for index, (path, param) in enumerate(search.space.items()):
         for key in param.when:
@@ -297,3 +296,23 @@ def _context_for(base: dict, search: SearchSpec, index: int) -> dict | None:
                 context = trial
                 break
     return context if active(param, context) else None
+
+
+def _check_pruned_metric(spec: Any, search: SearchSpec) -> None:
+    """A pruner needs the objective each epoch: the loop measures val_loss, val_accuracy and
+    the early-stopping monitor, nothing else."""
+    stopping = spec.train.early_stopping
+    per_epoch = {"val_loss", "val_accuracy", *([stopping.monitor] if stopping else [])}
+    metric = search.objective.metric
+    if search.pruner is not None and metric not in per_epoch:
+        raise SpecError(
+            "search",
+            [
+                (
+                    "search.pruner",
+                    f"prunes on {metric} per epoch, which training measures only when it "
+                    f"is train.early_stopping.monitor: set that monitor to {metric}, or "
+                    f"remove the pruner",
+                )
+            ],
+        )
