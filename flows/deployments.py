@@ -39,6 +39,11 @@ def train(
     spec = spec_from_parameters(pipeline, knobs, overrides or [])
     check_data(spec)
     check_runner(spec)
+    if spec.search is not None:  # a study (flows/search.py), its trials on this run's runner
+        from trainflow.flows.search import search
+
+        found = search.fn(spec)
+        return {"pipeline": spec.name, **{k: found[k] for k in ("run_dir", "study", "best_value")}}
     result = pipeline_flow.fn(spec)  # its promote step applies the spec's rule (`promote`)
     decision = result["champion"]
     return {
