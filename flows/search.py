@@ -163,10 +163,8 @@ def top_trials_ensemble(spec: PipelineSpec, study: optuna.Study, store: str) -> 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return None
-    best_first = sorted(
-        complete,
-        key=lambda t: t.value if study.direction == StudyDirection.MINIMIZE else -t.value,
-    )
+    sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
+    best_first = sorted(complete, key=lambda t: sign * float(t.value or 0.0))
     trials = [
         studies.variant(optuna.trial.FixedTrial(t.params, number=t.number), spec)
         for t in best_first
