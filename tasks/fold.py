@@ -22,7 +22,7 @@ from trainflow.tables import sample_weights, to_arrays
 from trainflow.tasks.split import fold_indices
 
 FOLD_STEPS = "steps.json"  # the post-split steps' states as fitted in the fold
-FEATURES_MB = 256  # a fold keeps its held-out and test inputs up to this size (model soups)
+FEATURES_MB = 64  # a fold keeps its held-out and test inputs up to this size (model soups)
 
 
 def fold_data(
