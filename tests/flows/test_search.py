@@ -2,6 +2,7 @@
 pruning prunes, data tasks are cached across trials, the shipped study runs end to end."""
 
 import itertools
+import json
 import time
 from pathlib import Path
 from uuid import uuid4
@@ -10,7 +11,12 @@ import optuna
 import pytest
 from prefect import tags
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterTags
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    TaskRunFilter,
+    TaskRunFilterTags,
+)
 
 from trainflow.flows.search import search_flow
 from trainflow.spec.pipeline import load_spec
@@ -131,6 +137,17 @@ def test_the_shipped_study_writes_a_best_spec_that_reproduces_its_trial(tmp_path
     ]
     assert refit["package"] and Path(refit["run_dir"]).is_dir()
     assert found["trial"] == ["Completed"] * 3
+    # the UI's trials table: one row per trial, with its parameters, value and state
+    with get_client(sync_client=True) as client:
+        tables = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["breast-cancer-search-trials"])
+            )
+        )
+    ours = [json.dumps(t.params, sort_keys=True) for t in study.get_trials()]
+    rows = next(r for r in (_rows(t.data) for t in tables) if [x["params"] for x in r] == ours)
+    assert [r["trial"] for r in rows] == [0, 1, 2]
+    assert {"params", "value", "state", "pruned_at"} <= set(rows[0])
 
 
 def test_parallel_trials_run_at_once_on_the_thread_pool(tmp_path):
@@ -148,3 +165,7 @@ def test_parallel_trials_run_at_once_on_the_thread_pool(tmp_path):
         )
     spans = sorted((r.start_time, r.end_time) for r in runs if r.name.startswith("trial-"))
     assert len(spans) == 2 and spans[1][0] < spans[0][1]  # the second began before the first ended
+
+
+def _rows(data) -> list[dict]:
+    return json.loads(data) if isinstance(data, str) else data
