@@ -108,7 +108,9 @@ def render(study: optuna.Study, rows: list[dict], scores: dict[str, float], best
         lines.append(f"({BEST_SPEC} holds its whole spec: `trainflow run {BEST_SPEC}`)")
         lines += ["", "| parameter | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in study.best_trial.params.items()]
-    lines += ["", "## Trials", "", "| trial | state | value | pruned at | seconds | params |"]
+    lines += ["", "## Trials", "", "A pruned trial's value is its last reported one; its step"]
+    lines.append("counts epochs over its folds (fold j's epoch e: j * epochs + e).")
+    lines += ["", "| trial | state | value | pruned at | seconds | params |"]
     lines.append("|---|---|---|---|---|---|")
     for r in rows:
         value = "" if r["value"] is None else f"{r['value']:.6g}"
