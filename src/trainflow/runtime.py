@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 from uuid import UUID
 
 from trainflow.spec.pipeline import PipelineSpec
@@ -47,6 +48,12 @@ def run_pipeline(spec: PipelineSpec) -> dict:
         pid, port = warmserver.attach(_idle_seconds())
     from trainflow.flows.pipeline import pipeline  # the heavy imports, while it starts
 
+    flow: Any = pipeline
+    if spec.search is not None:  # a study of the spec's variants (flows/search.py)
+        from trainflow.flows.search import search_flow
+
+        flow = search_flow(spec)
+
     updates: dict = {}
     if embedded:
         if warm:  # Prefect pointed at it like any server: its server package stays unloaded
@@ -57,7 +64,7 @@ def run_pipeline(spec: PipelineSpec) -> dict:
         # heartbeat thread costs up to 1 s per flow.
         updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
     with temporary_settings(updates=updates), api_url_in_environment(updates.get(PREFECT_API_URL)):
-        state = pipeline(spec, return_state=True)
+        state = flow(spec, return_state=True)
         if embedded:
             wait_until_recorded(state.state_details.flow_run_id)
         return state.result()
