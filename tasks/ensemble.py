@@ -47,7 +47,7 @@ def test_labels(folds: list[ArtifactRef]) -> np.ndarray:
         if ref.data_schema.get("classes") != classes:
             raise ArtifactError(
                 f"ensemble: fold {ref.meta.get('fold')} ({ref.path}) predicts the classes "
-                f"{ref.schema.get('classes')}, the first member {classes}: an ensemble "
+                f"{ref.data_schema.get('classes')}, the first member {classes}: an ensemble "
                 "combines models of the same classes"
             )
         y = load(ref, "test_labels")

@@ -198,3 +198,20 @@ def test_the_report_sets_the_ensemble_beside_the_best_single_model(cv_run):
     assert f"| metric | ensemble | best single (fold {best['fold']}, member {best['member']})" in (
         report
     )
+
+
+def test_an_ensemble_of_models_with_other_classes_is_refused(cv_run):
+    """A fold model of the wine table (3 classes) beside the breast cancer folds (2)."""
+    from trainflow.errors import ArtifactError
+    from trainflow.flows.data import prepare_data
+    from trainflow.tasks.fold import train_fold
+
+    spec, result, _, store = cv_run
+    wine = load_spec(
+        ROOT / "pipelines" / "breast_cancer_mlp.yaml",
+        [*OVERRIDES, "data.source.dataset=wine", "train.epochs=1", f"outputs.store={store}"],
+    )
+    splits = prepare_data(wine, store)["raw_splits"]
+    other = train_fold(splits, 0, 3, wine.data.post_split, wine.model, wine.train, wine.seed, store)
+    with pytest.raises(ArtifactError, match="an ensemble combines models of the same classes"):
+        ensemble_folds([*result["folds"], other], spec.ensemble, store)
