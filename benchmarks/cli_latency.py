@@ -9,7 +9,10 @@ Per run, in a new folder with an empty store and an empty Prefect home, in this 
    reused, as when a user reruns within TRAINFLOW_SERVER_IDLE_S);
 5. the cost of a cached task: from the server's records of the rerun, the median time between
    one cached task's end and the next one's in the same flow (the thread pool runs a flow's
-   tasks one after another, so the gap is what one more cached task costs).
+   tasks one after another, so the gap is what one more cached task costs);
+6. where the rerun's wall time went: the pipeline flow run's own span on the server (from its
+   start to its end) against the command's wall time (the rest is the process: imports, the
+   preflight, finding the server, waiting for the run's records, exit).
 The warm server is stopped at the end of each run, so the next run's cold start is cold.
 
 Method (benchmarks/harness.py): threads pinned (--threads, default 1); a fixed --runs, no
@@ -88,10 +91,14 @@ def warm_server(folder: Path) -> dict:
     return json.loads(states[0].read_text())
 
 
-def cached_task_gaps(port: int) -> tuple[list[float], list[str]]:
-    """Seconds between consecutive cached tasks' ends within each flow of the latest run, and
-    the tasks of that run that were not Cached (the uncached ones by design, promote,
-    publish_report and measure_latency, and any that recomputed)."""
+def _seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def cached_task_gaps(port: int) -> tuple[list[float], list[str], float]:
+    """Seconds between consecutive cached tasks' ends within each flow of the latest run, the
+    tasks of that run that were not Cached (the uncached ones by design, promote,
+    publish_report and measure_latency, and any that recomputed), and the run's own span."""
     api = f"http://127.0.0.1:{port}/api"
     latest = httpx.post(
         f"{api}/flow_runs/filter",
@@ -113,7 +120,7 @@ def cached_task_gaps(port: int) -> tuple[list[float], list[str]]:
     computed = sorted(r["name"].rsplit("-", 1)[0] for r in runs if r["state"]["name"] != "Cached")
     for r in runs:
         if r["end_time"]:
-            end = datetime.fromisoformat(r["end_time"].replace("Z", "+00:00")).timestamp()
+            end = _seconds(r["end_time"])
             by_flow.setdefault(r["flow_run_id"], []).append((end, r["state"]["name"]))
     gaps = []
     for ends in by_flow.values():
@@ -121,10 +128,11 @@ def cached_task_gaps(port: int) -> tuple[list[float], list[str]]:
         gaps += [
             b[0] - a[0] for a, b in zip(ends, ends[1:]) if a[1] == "Cached" and b[1] == "Cached"
         ]
-    return gaps, computed
+    span = _seconds(latest["end_time"]) - _seconds(latest["start_time"])
+    return gaps, computed, span
 
 
-def one_run(spec: Path, folder: Path) -> tuple[dict[str, harness.Sample], float, list[str]]:
+def one_run(spec: Path, folder: Path) -> tuple[dict[str, harness.Sample], float, list[str], float]:
     folder.mkdir(parents=True)
     env = environment(folder)
     outputs = [f"outputs.store={folder / 'store'}", f"outputs.runs={folder / 'runs'}"]
@@ -139,10 +147,10 @@ def one_run(spec: Path, folder: Path) -> tuple[dict[str, harness.Sample], float,
     }
     server = warm_server(folder)
     try:
-        gaps, computed = cached_task_gaps(server["port"])
+        gaps, computed, span = cached_task_gaps(server["port"])
     finally:
         os.kill(server["pid"], signal.SIGTERM)
-    return got, harness.median(gaps) if gaps else float("nan"), computed
+    return got, harness.median(gaps) if gaps else float("nan"), computed, span
 
 
 def interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -170,17 +178,19 @@ def main() -> None:
     spec = ROOT / "pipelines" / f"{args.pipeline}.yaml"
     samples: dict[str, list[harness.Sample]] = {name: [] for name in FIGURES}
     gaps = []
+    spans = []
     recomputed: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="trainflow-cli-") as tmp:
         for run in range(args.runs):
-            got, gap, computed = one_run(spec, Path(tmp) / f"run{run}")
+            got, gap, computed, span = one_run(spec, Path(tmp) / f"run{run}")
             for name, sample in got.items():
                 samples[name].append(sample)
             gaps.append(gap)
+            spans.append(span)
             shown = ", ".join(f"{n} {s.wall_s:.2f} s" for n, s in got.items())
             print(
-                f"# run {run + 1}: {shown}, cached task {gap * 1e3:.0f} ms; not Cached in "
-                f"the rerun: {', '.join(computed)}",
+                f"# run {run + 1}: {shown}, cached task {gap * 1e3:.0f} ms, the rerun's flow "
+                f"run {span:.2f} s of its wall; not Cached in the rerun: {', '.join(computed)}",
                 flush=True,
             )
             recomputed.append(computed)
@@ -196,6 +206,12 @@ def main() -> None:
     task = interval([g for g in gaps if g == g] or [float("nan")])  # nan: nothing was Cached
     result["cached task"] = {"wall_s": task, "runs": gaps}
     print(f"| cached task | {task[0] * 1e3:.0f} ms ({task[1] * 1e3:.0f}-{task[2] * 1e3:.0f}) | |")
+    flow_span = interval(spans)
+    result["rerun flow run"] = {"wall_s": flow_span, "runs": spans}
+    print(
+        f"| the rerun's flow run (server's span) | {flow_span[0]:.2f} "
+        f"({flow_span[1]:.2f}-{flow_span[2]:.2f}) | |"
+    )
     harness.finish(
         "cli_latency",
         before,
