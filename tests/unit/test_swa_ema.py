@@ -50,6 +50,7 @@ def train(folder, spec, resume=None):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [SWA, EMA], ids=["swa", "ema"])
 def test_the_averaged_weights_differ_from_the_last_and_are_the_ones_evaluated(spec, tmp_path):
     net, result = train(tmp_path / "model", spec)
@@ -70,6 +71,7 @@ def test_the_averaged_weights_differ_from_the_last_and_are_the_ones_evaluated(sp
         assert not torch.equal(best[key], last[key])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [SWA, EMA], ids=["swa", "ema"])
 def test_a_resume_mid_average_ends_with_the_same_bytes(spec, tmp_path):
     train(tmp_path / "full", spec)
@@ -106,6 +108,7 @@ def test_swa_starting_after_the_last_epoch_is_refused_by_name():
         )
 
 
+@pytest.mark.slow
 def test_training_that_stops_before_swa_starts_says_so(tmp_path):
     spec = SWA.model_copy(update={"max_steps": 10})  # epoch 2 of 6: SWA starts at 3
     with pytest.raises(TrainflowError, match=r"stopped at epoch 2, before swa.start_epoch \(3\)"):
