@@ -153,7 +153,13 @@ def test_the_shipped_study_writes_a_best_spec_that_reproduces_its_trial(tmp_path
 def test_parallel_trials_run_at_once_on_the_thread_pool(tmp_path):
     tag = f"test-{uuid4().hex[:12]}"
     spec = spec_for(
-        tmp_path, "search.parallel=2", "search.n_trials=2", "search.sampler={type: random}"
+        tmp_path,
+        "search.parallel=2",
+        "search.n_trials=2",
+        "search.sampler={type: random}",
+        "search.pruner=null",
+        "train.early_stopping=null",
+        "train.epochs=8",  # a trial outlasts the (cached) data tasks of the next one's start
     )
     with tags(tag):
         result = search_flow(spec)(spec)
