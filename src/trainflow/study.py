@@ -53,12 +53,42 @@ def grid_sampler(params: Any, seed: int, search: SearchSpec) -> optuna.samplers.
     return _Grid(space, seed=seed)
 
 
+class PerParameterSeed(optuna.samplers.BaseSampler):
+    """A sampler whose draw of each parameter is seeded by (seed, trial number, parameter
+    name), with a sampler built for that draw: a trial killed between two of its draws and
+    run again draws the rest as the uninterrupted trial did (one sampler's RNG stream would
+    restart at the first missing parameter instead)."""
+
+    def __init__(self, build: Any, seed: int):
+        self.build, self.seed, self.base = build, seed, build(seed)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.base.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        text = f"{self.seed}:{trial.number}:{param_name}".encode()
+        seed = int(hashlib.sha256(text).hexdigest()[:8], 16)
+        return self.build(seed).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self.base.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.base.after_trial(study, trial, state, values)
+
+
 def random_sampler(params: Any, seed: int, search: SearchSpec) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.RandomSampler(seed=seed)
+    return PerParameterSeed(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
 
 
 def tpe_sampler(params: Any, seed: int, search: SearchSpec) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=params.n_startup_trials)
+    startup = params.n_startup_trials
+    return PerParameterSeed(
+        lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=startup), seed
+    )
 
 
 def cmaes_sampler(params: Any, seed: int, search: SearchSpec) -> optuna.samplers.BaseSampler:
