@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import socket
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -221,9 +222,21 @@ def stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     stale = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         who, _, pid = str(trial.user_attrs.get("owner", "")).rpartition(":")
-        if who == host and pid.isdecimal() and not _alive(int(pid)):
+        dead = who == host and pid.isdecimal() and not _alive(int(pid))
+        unclaimed = not who and _older_than(trial, UNCLAIMED_S)  # died between ask and claim
+        if dead or unclaimed:
             stale.append(trial)
     return stale
+
+
+# A live process claims a trial milliseconds after asking for it: one unclaimed for longer
+# was asked by a process that died in between.
+UNCLAIMED_S = 10.0
+
+
+def _older_than(trial: optuna.trial.FrozenTrial, seconds: float) -> bool:
+    started = trial.datetime_start
+    return started is not None and (datetime.now() - started).total_seconds() > seconds
 
 
 def _alive(pid: int) -> bool:
