@@ -76,12 +76,12 @@ def parameter_overrides(knobs: dict[str, Any], overrides: list[str]) -> list[str
     problems, set_keys = [], set()
     for i, assignment in enumerate(overrides):
         try:
-            keys, _ = parse_assignment(assignment)
+            keys, value = parse_assignment(assignment)
         except ValueError as exc:
             problems.append((f"overrides.{i}", str(exc)))
             continue
         set_keys.add(".".join(keys))
-        why = refusal(keys, PipelineSpec)
+        why = refusal(keys, PipelineSpec, value)
         if why:
             problems.append((f"overrides.{i}", why))
     result = list(overrides)

@@ -32,6 +32,10 @@ class ArtifactError(TrainflowError):
 def did_you_mean(written: object, allowed: Iterable[object]) -> str:
     """ "; did you mean `epochs`?" when one of `allowed` is close to what was written, else ""
     (for messages that list the allowed values: the closest is the likely typo's fix)."""
-    choices = {str(a): a for a in allowed}
-    close = difflib.get_close_matches(str(written), list(choices), n=1, cutoff=0.6)
+    choices = [str(a) for a in allowed]
+    typed = str(written)
+    # two letters swapped ("trian") is the likelier slip than one changed ("trial" for it)
+    swaps = {typed[:i] + typed[i + 1] + typed[i] + typed[i + 2 :] for i in range(len(typed) - 1)}
+    swapped = [c for c in choices if c in swaps and c != typed]
+    close = swapped[:1] or difflib.get_close_matches(typed, choices, n=1, cutoff=0.6)
     return f"; did you mean `{close[0]}`?" if close else ""

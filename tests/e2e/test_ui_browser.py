@@ -97,7 +97,7 @@ def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_pa
             page.get_by_text("breast-cancer-mlp-report", exact=True).first.click()
             page.get_by_text("Cross-validation (2 folds, validation metrics)").wait_for()
             images = page.locator("img[src^='data:image/png']")
-            expect(images).to_have_count(2)  # loss curves, confusion matrix
+            expect(images).to_have_count(4)  # loss curves, confusion matrix, ROC and PR (binary)
             widths = images.evaluate_all("all => all.map(i => i.naturalWidth)")
             assert all(width > 100 for width in widths)
         finally:

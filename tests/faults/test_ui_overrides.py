@@ -161,6 +161,17 @@ def test_a_field_added_later_is_worker_only_by_default():
     assert refusal(["weights", "location"], Root)
     assert refusal(["weights"], Root) and refusal(["extra", "k"], Root)
     assert refusal(["weights", "scale"], Root) is None
+    # turning the section off brings no text: allowed; a value for it is not
+    assert refusal(["weights"], Root, None) is None
+    assert refusal(["weights"], Root, {"location": "/etc"})
+    assert refusal(["extra"], Root, None)  # not optional: None is no way to turn it off
+
+
+def test_a_ui_run_may_turn_an_optional_stage_off_but_not_set_its_text(worker):
+    spec = spec_from_parameters("tabular", {}, ["ensemble=null", "train.pretrained=null"])
+    assert spec.ensemble is None and spec.train.pretrained is None
+    where, why = refused("ensemble={type: soft_vote, variants: [{model.type: mlp}]}")
+    assert where == "overrides.0" and "cannot be set from a run's parameters" in why
 
 
 def test_a_ui_run_never_reads_a_file_outside_the_pipelines_folder(worker, prefect_engine):

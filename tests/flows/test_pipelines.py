@@ -9,6 +9,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from tests.flows.helpers import run
+from trainflow.tasks.report import IMAGES
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
@@ -95,6 +96,9 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
     assert "![training curves](curves.png)" in report
     assert (run_dir / "confusion.png").read_bytes()[:4] == b"\x89PNG"  # test confusion matrix
     assert "![confusion matrix](confusion.png)" in report
+    binary = len(metrics["test"]["confusion_matrix"]) == 2
+    for curve in ("roc.png", "pr.png"):  # a binary target's ROC and PR curves, beside the report
+        assert (run_dir / curve).is_file() == binary, (name, curve)
     if name == "digits_cnn":  # random erasing: a preview of augmented samples beside the model
         preview = Path(metrics["models"]["model"]) / "augment_preview.png"
         assert preview.read_bytes()[:4] == b"\x89PNG"
@@ -108,7 +112,7 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
         )
     expected = report
-    for image in ("augment_preview.png", "curves.png", "confusion.png"):  # inline in the UI
+    for image in IMAGES:  # inline in the UI
         if (run_dir / image).exists():
             inline = base64.b64encode((run_dir / image).read_bytes()).decode()
             expected = expected.replace(f"]({image})", f"](data:image/png;base64,{inline})")

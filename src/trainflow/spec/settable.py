@@ -63,9 +63,20 @@ def _step(annotations: list[Any], key: str) -> list[Any] | None:
     return found or None
 
 
-def refusal(keys: list[str], root: type[BaseModel]) -> str | None:
-    """Why the value at `keys` may not be set from a run's parameters; None when it may (or
-    when it names no field at all, which validation reports as an unknown key)."""
+def _optional(annotation: Any) -> bool:
+    """True when the field may be None (an optional section or value: None turns it off)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _optional(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_optional(arg) for arg in typing.get_args(annotation))
+    return annotation is type(None)
+
+
+def refusal(keys: list[str], root: type[BaseModel], value: Any = ...) -> str | None:
+    """Why `value` at `keys` may not be set from a run's parameters; None when it may (or
+    when it names no field at all, which validation reports as an unknown key). Turning an
+    optional field off (`null`) is allowed even where it could hold text: no text arrives."""
     annotations: list[Any] = [root]
     for key in keys:
         if any(typing.get_origin(m) is dict for a in annotations for m in _members(a)):
@@ -74,6 +85,8 @@ def refusal(keys: list[str], root: type[BaseModel]) -> str | None:
         if found is None:
             return None
         annotations = found
+    if value is None and any(_optional(a) for a in annotations):
+        return None
     if any(free_text(a) for a in annotations):
         return (
             f"{'.'.join(keys)} cannot be set from a run's parameters: it is or holds "
