@@ -260,7 +260,13 @@ def test_new_data_event_retrains_and_a_cancelled_run_retried_reuses_the_cache(
         return {t["name"].rsplit("-", 1)[0] for t in tasks if _state(t, "name") == "Cached"}
 
     wait_for(lambda: data_steps <= cached_steps(), 120, "the retried run's cached data steps")
-    wait_for(lambda: training(first["id"]), 120, "the retried run to reach training")
+    # training again, or (where the first run's training ended before the cancel reached it,
+    # as on a loaded machine) its trained model served from the cache as well
+    wait_for(
+        lambda: training(first["id"]) or "train" in cached_steps(),
+        120,
+        "the retried run to reach training",
+    )
     assert prefect_server.flow_run(first["id"])["run_count"] == 2
     prefect_server.post(
         f"/flow_runs/{first['id']}/set_state", {"state": {"type": "CANCELLING"}, "force": True}
