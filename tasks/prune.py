@@ -52,6 +52,7 @@ def prune_model(
     targets = registry.PRUNERS[params.type].impl(net, params)
     tune = finetune_spec(train, params, info.get("compute"))
     if params.finetune_epochs:
+        assert isinstance(tune.threads, int)  # finetune_spec resolved `auto`
         with compute.threads_set(tune.threads):
             fit(net, data["train"], data["val"], tune, seed, optimizer_factory(tune))
     compress.make_permanent(targets)
