@@ -3,7 +3,6 @@ pruning prunes, data tasks are cached across trials, the shipped study runs end 
 
 import itertools
 import json
-import time
 from pathlib import Path
 from uuid import uuid4
 
@@ -14,10 +13,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterKey,
-    TaskRunFilter,
-    TaskRunFilterTags,
 )
 
+from tests.flows.helpers import task_states
 from trainflow.flows.search import search_flow
 from trainflow.spec.pipeline import load_spec
 from trainflow.study_report import BEST_SPEC
@@ -53,21 +51,12 @@ def search(tmp_path: Path, *overrides: str) -> tuple[dict, dict[str, list[str]]]
     return result, states(tag)
 
 
-def states(tag: str, timeout: float = 30.0) -> dict[str, list[str]]:
-    """Task name (a trial's: `trial`) -> the final state names of its runs carrying `tag`."""
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(
-                task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[tag]))
-            )
-            if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+def states(tag: str) -> dict[str, list[str]]:
+    """Task name -> final state names of the runs carrying `tag`, a trial's under `trial`
+    (its run name also holds its parameters)."""
     found: dict[str, list[str]] = {}
-    for run in runs:
-        name = "trial" if run.name.startswith("trial-") else run.name.rsplit("-", 1)[0]
-        found.setdefault(name, []).append(run.state.name)
+    for name, names in task_states(tag).items():
+        found.setdefault("trial" if name.partition("-")[0] == "trial" else name, []).extend(names)
     return found
 
 
