@@ -8,6 +8,7 @@ from uuid import uuid4
 from prefect import tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterTags
+from prefect.events.worker import EventsWorker
 
 from trainflow.flows.pipeline import pipeline
 from trainflow.spec.pipeline import load_spec
@@ -46,16 +47,24 @@ def run(name: str, tmp_path: Path, *overrides: str) -> tuple[dict, dict[str, lis
 def task_states(tag: str, timeout: float = 30.0) -> dict[str, list[str]]:
     """Task name -> final state names of the task runs that carry `tag`.
 
-    Task-run states reach the API as events, a moment after the flow returns: poll until
-    every run has a final state.
+    Task runs reach the API as events, a moment after the flow returns: send what this process
+    still holds, then poll until every run has a final state and no run has appeared or changed
+    for three polls in a row (the last task's run can still be on its way when all the others
+    read final).
     """
+    EventsWorker.drain_all(timeout=timeout, at_exit=False)
     deadline = time.monotonic() + timeout
+    seen, steady = None, 0
     with get_client(sync_client=True) as client:
         while True:
             runs = client.read_task_runs(
                 task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=[tag]))
             )
-            if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+            now = sorted((str(r.id), r.state.name if r.state else "") for r in runs)
+            final = all(r.state and r.state.is_final() for r in runs)
+            steady = steady + 1 if final and now == seen else 0
+            seen = now
+            if steady >= 3 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
     states = defaultdict(list)
