@@ -45,6 +45,9 @@ LIBRARIES = (
     "imbalanced-learn",
     "webdataset",
     "albumentations",
+    "scipy",  # normalize's robust statistics, the weighted ensemble's solver
+    "optuna",  # a trial's draws
+    "captum",  # explanations (absent unless trainflow[explain])
     "trainflow",
 )
 

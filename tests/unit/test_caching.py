@@ -42,6 +42,8 @@ def test_code_fingerprint_covers_imported_trainflow_modules():
 def test_library_versions_name_the_numeric_stack():
     versions = library_versions()
     assert versions["torch"].startswith("2.") and versions["polars"] != "absent"
+    # a study's draws and an explanation depend on these too (captum may be "absent")
+    assert versions["optuna"] != "absent" and {"scipy", "captum"} <= set(versions)
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
