@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def svm_on_same_folds(spec, raw_splits) -> float:
     scores = []
     for fold in range(spec.evaluate.cv.folds):
-        data, _ = fold_data(
+        data = fold_data(
             raw_splits, fold, spec.evaluate.cv.folds, spec.data.post_split, spec.seed
-        )
+        ).data
         train, held = data["train"], data["val"]
         model = SVC(kernel="rbf").fit(train.x.flatten(1).numpy(), train.y.numpy())
         scores.append(float((model.predict(held.x.flatten(1).numpy()) == held.y.numpy()).mean()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,18 @@ FOLD_STEPS = "steps.json"  # the post-split steps' states as fitted in the fold
 FEATURES_MB = 64  # a fold keeps its held-out and test inputs up to this size (model soups)
 
 
+@dataclass(frozen=True)
+class FoldData:
+    """One fold's data as its training sees it, and what its package and ensembles need."""
+
+    data: dict[str, Split]  # train/val from the train+val pool, and the test part
+    schema: Any  # the schema after the post-split steps
+    states: list[dict]  # each step's state fitted on the fold's training rows
+    held: np.ndarray  # the held-out rows' positions in the train+val pool
+    train_rows: np.ndarray | None = None  # the training rows' positions in that pool
+    test_rows: np.ndarray | None = None  # nested CV: the outer fold's rows scored as test
+
+
 def fold_data(
     splits: ArtifactRef,
     fold: int,
@@ -32,44 +45,28 @@ def fold_data(
     steps: list[Any],
     seed: int,
     group_column: str | None = None,
-) -> tuple[dict[str, Split], Any]:
+    outer: tuple[int, int] | None = None,
+) -> FoldData:
     """Fold train/val from the train+val pool and the test part, each step fitted on fold train.
 
-    Nothing learned from the fold's held-out rows or from the test part reaches training.
+    Nothing learned from the fold's held-out rows or from the test part reaches training;
+    the states are kept because a fold model's package applies them to the rows it scores.
+    With `outer` (nested CV: outer folds, outer fold), the folds are drawn from that outer
+    fold's training rows only and its held-out rows take the test part's place.
     """
-    data, schema, _ = fold_data_and_states(splits, fold, folds, steps, seed, group_column)
-    return data, schema
-
-
-def fold_data_and_states(
-    splits: ArtifactRef,
-    fold: int,
-    folds: int,
-    steps: list[Any],
-    seed: int,
-    group_column: str | None = None,
-) -> tuple[dict[str, Split], Any, list[dict]]:
-    """`fold_data`, and the state each step fitted on the fold's training rows (a fold
-    model's package applies them to the rows it scores)."""
-    data, schema, states, _ = fold_parts(splits, fold, folds, steps, seed, group_column)
-    return data, schema, states
-
-
-def fold_parts(
-    splits: ArtifactRef,
-    fold: int,
-    folds: int,
-    steps: list[Any],
-    seed: int,
-    group_column: str | None = None,
-) -> tuple[dict[str, Split], Any, list[dict], np.ndarray]:
-    """`fold_data_and_states`, and the held-out rows' positions in the train+val pool."""
     parts = read_parts(splits)
     schema = parts["train"][1]
     pool = pl.concat([parts["train"][0], parts["val"][0]])
-    train_rows, held = fold_indices(pool, schema, folds, fold, seed, group_column)
+    within, test_rows = np.arange(len(pool)), None
+    if outer is not None:
+        within, test_rows = fold_indices(pool, schema, *outer, seed, group_column)
+    source = pool if outer is None else pool[within]
+    train_rows, held = (
+        within[r] for r in fold_indices(source, schema, folds, fold, seed, group_column)
+    )
     train, val = pool[train_rows], pool[held]
-    frames = {"train": (train, schema), "val": (val, schema), "test": parts["test"]}
+    test = parts["test"] if test_rows is None else (pool[test_rows], schema)
+    frames = {"train": (train, schema), "val": (val, schema), "test": test}
     states = []
     for step in steps:
         entry = registry.STEPS[step.type]
@@ -81,7 +78,7 @@ def fold_parts(
         )
         for name in frames
     }
-    return data, frames["train"][1], states, held
+    return FoldData(data, frames["train"][1], states, held, train_rows, test_rows)
 
 
 def save_out_of_fold(folder: Path, probs: np.ndarray, val: Split, held: np.ndarray) -> None:
@@ -116,7 +113,8 @@ def train_fold(
     group_column: str | None = None,
 ) -> ArtifactRef:
     """Train and score one fold; keeps its test-set probabilities for ensembling."""
-    data, schema, states, held = fold_parts(splits, fold, folds, steps, seed, group_column)
+    prepared = fold_data(splits, fold, folds, steps, seed, group_column)
+    data, schema = prepared.data, prepared.schema
     target = Store(store)
     with target.writer("model") as staging:
         net, result = train_into(
@@ -133,9 +131,9 @@ def train_fold(
         test, probs = score(net, data["test"], len(schema.classes))
         np.save(staging / "test_probs.npy", probs.astype(np.float32), allow_pickle=False)
         np.save(staging / "test_labels.npy", data["test"].y.numpy(), allow_pickle=False)
-        save_out_of_fold(staging, val_probs, data["val"], held)
+        save_out_of_fold(staging, val_probs, data["val"], prepared.held)
         save_features(staging, data)
-        (staging / FOLD_STEPS).write_text(json.dumps(states, indent=1, sort_keys=True))
+        (staging / FOLD_STEPS).write_text(json.dumps(prepared.states, indent=1, sort_keys=True))
         (staging / "fold.json").write_text(
             json.dumps({"fold": fold, "val": val, "test": test}, indent=1, sort_keys=True)
         )

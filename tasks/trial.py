@@ -18,7 +18,7 @@ from trainflow.spec.metric_table import BASE
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.spec.search import SearchSpec
 from trainflow.study import pruner_for
-from trainflow.tasks.fold import fold_data_and_states
+from trainflow.tasks.fold import fold_data
 
 
 class Reporter:
@@ -59,7 +59,7 @@ def cross_validate_fold(
     """One fold as tasks/fold.py's train_fold trains it (the same data, seed and model), so a
     run of the trial's spec gives the same fold metrics; the weights are not kept."""
     assert spec.evaluate.cv is not None  # (a search's spec cross-validates: check_space)
-    data, schema, _ = fold_data_and_states(
+    prepared = fold_data(
         splits,
         fold,
         spec.evaluate.cv.folds,
@@ -67,6 +67,7 @@ def cross_validate_fold(
         spec.seed,
         spec.data.split.group_column,
     )
+    data, schema = prepared.data, prepared.schema
     with tempfile.TemporaryDirectory(prefix="trainflow-trial-") as folder:
         net, result = train_into(
             Path(folder),

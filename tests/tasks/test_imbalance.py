@@ -105,8 +105,8 @@ def test_text_features_without_encode_are_a_clear_error(tmp_path):
 def test_resampling_inside_cv_folds_touches_fold_training_rows_only(cancer_splits):
     _, splits = cancer_splits
     steps = [ResampleParams(type="resample", method="random_over")]
-    plain, _ = fold_data(splits, 0, 3, [], 0)
-    resampled, _ = fold_data(splits, 0, 3, steps, 0)
+    plain = fold_data(splits, 0, 3, [], 0).data
+    resampled = fold_data(splits, 0, 3, steps, 0).data
     assert len(resampled["train"]) > len(plain["train"])
     assert (
         np.bincount(resampled["train"].y.numpy()).tolist()

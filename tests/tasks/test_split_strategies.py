@@ -64,7 +64,7 @@ def test_group_aware_cv_folds(grouped):
     splits = split.fn(table, params, 0, store)
     pool = read_parts(splits)
     for fold in range(3):
-        data, _ = fold_data(splits, fold, 3, [], 0, "patient")
+        data = fold_data(splits, fold, 3, [], 0, "patient").data
         assert len(data["train"]) + len(data["val"]) == len(pool["train"][0]) + len(pool["val"][0])
     import polars as pl
 

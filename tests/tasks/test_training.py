@@ -110,7 +110,7 @@ def test_non_finite_loss_is_a_clear_error():
 
 def test_cv_fold_refits_steps_on_fold_training_rows_only(prepared):
     steps = [NormalizeParams(type="normalize")]
-    data, _ = fold_data(prepared["raw"], fold=1, folds=3, steps=steps, seed=0)
+    data = fold_data(prepared["raw"], fold=1, folds=3, steps=steps, seed=0).data
     # fold train is standardised with its own statistics: mean 0, std 1 per feature
     assert data["train"].x.mean(0).abs().max() < 1e-4
     assert (data["train"].x.std(0, unbiased=False) - 1).abs().max() < 1e-3
