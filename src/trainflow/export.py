@@ -2,7 +2,7 @@
 
 The graph takes the raw numeric feature columns (float32, missing as NaN) and returns class
 probabilities: the fitted numeric steps run inside it (trainflow.folding), then the network,
-then softmax (the members' mean for a soft-vote ensemble). Beside the file, `<file>.json`
+then softmax, then an ensemble's rule (trainflow.export_graph). Beside the file, `<file>.json`
 (the sidecar) names the input columns in order, the classes, and what a serving runtime
 must still do itself before the graph (text columns to codes). Every export is run right
 after it is written (onnxruntime for ONNX, the saved TorchScript file, the ExportedProgram's
@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from trainflow.engine.model_folder import build_from_folder
-from trainflow.folding import ExportError, Plan, Prep, build_prep, plan
+from trainflow.export_graph import Exported, combination
+from trainflow.folding import ExportError, Plan, build_prep, plan
 from trainflow.models.multitask import MultiTask
 from trainflow.package import Package, load_package
 from trainflow.predictor import resolve_model
@@ -41,27 +42,6 @@ SIDECAR_FORMAT = 1
 TOLERANCE = 1e-5  # largest |probability difference| an export may show against eager torch
 EXAMPLE_ROWS = 2  # the traced batch: a batch of 1 would let an exporter fix the batch size
 CHECK_ROWS = (1, 7)  # batch sizes the written file is run on, other than the example's
-
-
-class Exported(nn.Module):
-    """Raw numeric columns -> class probabilities: each member's folded steps and network,
-    softmax of its float logits, and the members' mean (the soft vote) for an ensemble."""
-
-    def __init__(self, preps: list[Prep], nets: list[nn.Module], temperature: float = 1.0):
-        super().__init__()
-        self.preps = nn.ModuleList(preps)
-        self.nets = nn.ModuleList(nets)
-        self.temperature = temperature  # the package's (evaluate.calibrate), a constant
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        total = None
-        for prep, net in zip(self.preps, self.nets):
-            logits = net(prep(features)).float()
-            if self.temperature != 1.0:
-                logits = logits / self.temperature
-            probs = torch.softmax(logits, dim=1)
-            total = probs if total is None else total + probs
-        return total / len(self.nets) if len(self.nets) > 1 else total
 
 
 @dataclass
@@ -128,11 +108,7 @@ def sidecar_path(path: Path) -> Path:
 def build(package: Package) -> Built:
     """The eager module an export traces: every member's folded steps and network."""
     info = package.info
-    if info.combine not in (None, "soft_vote"):
-        raise ExportError(
-            f"{package.path}: members combined by {info.combine!r}, which "
-            "export does not fold (soft_vote only)"
-        )
+    combine = combination(info.combine, info.combine_state, len(info.members), str(package.path))
     table = TableSchema(**info.table_schema)
     plans = [plan(table, info.input.columns, [*info.steps, *m.steps]) for m in info.members]
     first = plans[0]
@@ -149,7 +125,7 @@ def build(package: Package) -> Built:
     nets, names = zip(*(_network(package.member_folder(m)) for m in info.members))
     preps = [build_prep(p, first.inputs, shape) for p in plans]
     temperature = info.decision.temperature if info.decision else 1.0
-    module = Exported(preps, list(nets), temperature).eval()
+    module = Exported(preps, list(nets), temperature, combine).eval()
     return Built(package, module, first, width, list(names))
 
 

@@ -96,6 +96,19 @@ def test_each_kind_packages_and_predicts_as_the_ensemble_task_scored(cv_run, kin
     assert {"fold", "member", "accuracy", "f1_macro"} <= set(ref.meta["best_single"])
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_each_kind_exports_and_the_file_scores_as_its_package(cv_run, kind, tmp_path, capsys):
+    """ONNX (run by onnxruntime) and TorchScript (the saved file) give the package's
+    probabilities on the raw test rows: the rule is folded into the graph, not refused."""
+    from tests.flows.test_export import assert_exports_score_like
+
+    _, package = ensembled(cv_run, kind)
+    sidecar = assert_exports_score_like(
+        str(package.path), cv_run[2], tmp_path, capsys, ("onnx", "torchscript")
+    )
+    assert sidecar["package"]["kind"] == "ensemble"
+
+
 def test_hard_vote_gives_the_majority_class_and_vote_shares(cv_run):
     _, result, _, _ = cv_run
     ref, _ = ensembled(cv_run, "hard_vote")
