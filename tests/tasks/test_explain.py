@@ -258,3 +258,21 @@ def test_an_image_model_gets_attributions_of_seeded_samples_in_the_report(tmp_pa
     assert "## Why the model decides (integrated gradients, test part)" in report
     assert f"| {chosen[0]} | " in report
     assert (run_dir / "explain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_permutation_importance_of_a_run_that_cannot_package_is_refused_at_validation():
+    """It scores through the model package: a flag from a fitted isolation forest cannot
+    be packaged, so the spec is refused before any task runs (not at the explain task)."""
+    from trainflow.spec.pipeline import load_spec
+
+    root = Path(__file__).resolve().parents[2]
+    flagged = (
+        "data.steps=[{type: anomalies, method: isolation_forest, action: flag}, {type: split}]"
+    )
+    with pytest.raises(SpecError) as refused:
+        load_spec(root / "pipelines" / "breast_cancer_mlp.yaml", [flagged, "evaluate.explain={}"])
+    message = str(refused.value)
+    assert "evaluate.explain: permutation importance" in message
+    assert "data.steps.0 cannot be packaged" in message and "use method zscore or iqr" in message
+    # without explain the run is allowed (it trains, with no package and a warning)
+    load_spec(root / "pipelines" / "breast_cancer_mlp.yaml", [flagged])

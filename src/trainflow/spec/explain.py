@@ -41,6 +41,12 @@ class ExplainSpec(Section):
         kind = "sequence" if source_type == "sequences" else kind
         return mismatch(self.method, kind) if kind and self.method == "permutation" else None
 
+    def scores_a_package(self, source_type: str, model_type: str) -> bool:
+        """Whether the method is permutation importance (which needs the model package),
+        as far as the spec alone tells."""
+        tabular = model_type != "cnn" and source_type not in ("image_folder", "sequences")
+        return self.method == "permutation" or (self.method == "auto" and tabular)
+
 
 def mismatch(method: str, kind: str) -> str:
     """The message for a method that cannot explain a model of `kind` inputs."""

@@ -120,12 +120,33 @@ class PipelineSpec(Section):
     def _explain_serves_the_model(self):  # else the explain task says so, after training
         explain = self.evaluate.explain
         reason = explain.refusal(self.data.source.type, self.model.type) if explain else None
+        if (
+            explain
+            and not reason
+            and explain.scores_a_package(self.data.source.type, self.model.type)
+        ):
+            reason = _unpackaged_step(self.data.steps)
         if reason:
             raise ValueError(reason)
         return self
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+def _unpackaged_step(steps: list[Any]) -> str | None:
+    """Permutation importance scores the raw test rows through the run's model package:
+    the first data step whose fitted state a package cannot hold, as a refusal."""
+    for index, step in enumerate(steps):
+        check = getattr(step, "prediction_refusal", None)
+        why = check() if callable(check) else None
+        if why:
+            return (
+                "evaluate.explain: permutation importance scores the raw test rows through "
+                f"the run's model package, and data.steps.{index} cannot be packaged: {why}; "
+                "or remove evaluate.explain"
+            )
+    return None
 
 
 # ---- overrides -------------------------------------------------------------------------------

@@ -211,6 +211,19 @@ class AnomaliesParams(Section):
     def train_only(self) -> bool:
         return self.action == "drop"
 
+    def prediction_refusal(self) -> str | None:
+        """Why rows cannot pass this step at prediction, or None: a `flag` from a fitted
+        scikit-learn detector needs the detector, which trainflow never stores (a fitted
+        estimator is stored by pickling it, and a model package loads without pickle)."""
+        if self.action != "flag" or self.method not in ("isolation_forest", "lof"):
+            return None
+        return (
+            f"the anomalies step (method {self.method}, action flag) feeds the model a "
+            f"flag computed by a fitted scikit-learn {self.method} detector, which a model "
+            "package does not hold (it would need pickle): use method zscore or iqr (their "
+            "bounds are stored), or action report or drop (rows then pass unchanged)"
+        )
+
 
 class SubsampleParams(Section):
     """Before `split`: a fraction of the whole table; after it: of the training part only.

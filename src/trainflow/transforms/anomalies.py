@@ -105,14 +105,5 @@ def apply_at_prediction(
 
 
 def prediction_refusal(params: AnomaliesParams) -> str | None:
-    """Why rows cannot pass this step at prediction, or None: a `flag` from a fitted
-    scikit-learn detector needs the detector, which trainflow never stores (a fitted
-    estimator is stored by pickling it, and a model package loads without pickle)."""
-    if params.action != "flag" or params.method not in ("isolation_forest", "lof"):
-        return None
-    return (
-        f"the anomalies step (method {params.method}, action flag) feeds the model a "
-        f"flag computed by a fitted scikit-learn {params.method} detector, which a model "
-        "package does not hold (it would need pickle): use method zscore or iqr (their "
-        "bounds are stored), or action report or drop (rows then pass unchanged)"
-    )
+    """Why rows cannot pass this step at prediction (the spec's own answer), or None."""
+    return params.prediction_refusal()
