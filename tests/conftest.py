@@ -21,6 +21,9 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # Each `trainflow run` of a test gets a server of its own that ends with it, not a warm server
 # left running for the next command (tests/faults/test_warm_server.py tests that one).
 os.environ.setdefault("TRAINFLOW_SERVER_IDLE_S", "0")
+# Nor a warm worker (trainflow.warmworker), even where a test turns the warm server on: only
+# tests/faults/test_warm_worker.py starts one, and stops it.
+os.environ.setdefault("TRAINFLOW_WORKER_IDLE_S", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = sorted((ROOT / "pipelines").glob("*.yaml"))

@@ -318,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     from trainflow.errors import TrainflowError
 
     try:
+        if argv is None and args.command in ("run", "search"):  # the `trainflow` command itself
+            from trainflow.warmworker import serve_elsewhere
+
+            served = serve_elsewhere()  # in a warm worker's fork; None: here, as before
+            if served is not None:
+                return served
         # checking a spec loads no Prefect (issue 15); a run installs it after its checks
         if args.command not in (*LIGHT, "run", "search", "predict"):
             from trainflow.logs import quiet_user_errors

@@ -27,7 +27,7 @@ HEAVY = (
     "webdataset",
 )
 # The entry points: they start flows, so they may import them.
-ENTRY_POINTS = {"trainflow.cli", "trainflow.runtime"}
+ENTRY_POINTS = {"trainflow.cli", "trainflow.runtime", "trainflow.warmfork"}  # warmfork: runs cli
 
 
 def layer(name: str) -> str:
