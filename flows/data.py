@@ -11,6 +11,7 @@ from trainflow.spec.pipeline import PipelineSpec
 from trainflow.task_options import step
 from trainflow.tasks.expect import check_expectations
 from trainflow.tasks.ingest import ingest
+from trainflow.tasks.pool import pool_validation
 from trainflow.tasks.shard import shard
 
 
@@ -22,7 +23,9 @@ def prepare_data(spec: PipelineSpec, store: str) -> dict:
         table = step(registry.STEPS[params.type].impl, spec)(table, params, spec.seed, store)
         steps.append(table)
     raw_splits = step(registry.STEPS["split"].impl, spec)(table, spec.data.split, spec.seed, store)
-    splits = raw_splits
+    splits = raw_splits  # the folds re-split raw_splits' train + validation themselves
+    if spec.train.fit_on == "train+validation":  # the steps below fit on the rows it trains on
+        splits = step(pool_validation, spec)(raw_splits, store)
     for params in spec.data.post_split:
         splits = step(registry.STEPS[params.type].impl, spec)(splits, params, spec.seed, store)
         steps.append(splits)

@@ -216,7 +216,11 @@ def render(summary: dict) -> str:
         "## Training",
         f"best epoch {t['best_epoch']} of {t['epochs_run']} run"
         f"{' (stopped early)' if t['stopped_early'] else ''}; "
-        f"validation accuracy {t['val_accuracy']:.4f}, loss {t['val_loss']:.4f}"
+        + (
+            f"validation accuracy {t['val_accuracy']:.4f}, loss {t['val_loss']:.4f}"
+            if t.get("val_loss") is not None
+            else "trained on train + validation (train.fit_on), its last epoch the model"
+        )
         + (
             f"; **{t['samples_lost']} samples lost to corrupt shards (skipped)**"
             if t.get("samples_lost")

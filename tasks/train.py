@@ -1,4 +1,5 @@
-"""Train: fit the declared model on the training shards, early-stopped on validation."""
+"""Train: fit the declared model on the training shards (early-stopped on validation), or on
+train + validation for a fixed count of epochs (train.fit_on)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from trainflow.errors import ArtifactError
 from trainflow.loader import DEFAULT_CACHE, Stream
 from trainflow.logs import Progress, run_logger
 from trainflow.shards import read_paths, read_split, read_split_checked, shard_paths
+from trainflow.spec.fit_on import POOLED
 from trainflow.spec.train import LoaderSpec, TrainSpec
 
 
@@ -143,6 +145,22 @@ def resume_point(folder: Path, logger: logging.Logger | logging.LoggerAdapter) -
     return saved
 
 
+def fitted_spec(train: TrainSpec) -> TrainSpec:
+    """The train section the loop runs: as given, or for fit_on: train+validation (whose
+    training part the data flow pooled, tasks/pool.py) fit_epochs epochs, no early stopping."""
+    if train.fit_on != POOLED:
+        return train
+    epochs = train.fit_epochs or train.epochs
+    return train.model_copy(update={"epochs": epochs, "early_stopping": None})
+
+
+def held_out_none(val: Split) -> Split:
+    """No validation rows: the pooled training part holds them, so a score on them would
+    pick an epoch by rows the model trained on. Without a score the loop keeps its last
+    epoch (engine.loop.fit), and the metrics rows carry val_loss NaN."""
+    return Split.from_arrays(val.x[:0].numpy(), val.y[:0].numpy())
+
+
 @task(name="train", **CACHED)
 def train_model(
     shards: ArtifactRef, model: Any, train: TrainSpec, seed: int, store: str
@@ -154,6 +172,11 @@ def train_model(
         logger.warning(
             "%d training/validation samples lost to corrupt shards (on_corrupt: skip)", lost
         )
+    given, train = train, fitted_spec(train)  # `given`: as the spec says (the resume key)
+    if train.fit_on == POOLED:
+        val = data["val"]
+        assert isinstance(val, Split)  # (validation is always read into memory)
+        data["val"] = held_out_none(val)
 
     progress = Progress("train-progress", f"training: up to {train.epochs} epochs")
 
@@ -167,7 +190,7 @@ def train_model(
         )
 
     target = Store(store)
-    resume_dir = resume_folder(target, shards, model, train, seed)
+    resume_dir = resume_folder(target, shards, model, given, seed)
     with held_alone(resume_dir, logger), target.writer("model") as staging:
         _, result = train_into(
             staging,
@@ -184,6 +207,7 @@ def train_model(
         )
         progress.update(1.0)  # early stopping ends before the last epoch
         best = result.history[result.best_epoch - 1]
+        held_out = train.fit_on != POOLED  # else no validation score: the last epoch's model
         return target.commit(
             staging,
             "model",
@@ -195,8 +219,9 @@ def train_model(
                 "samples_lost": lost,
                 "batch_size": result.batch_size,
                 "stopped_early": result.stopped_early,
-                "val_accuracy": best["val_accuracy"],
-                "val_loss": best["val_loss"],
+                "val_accuracy": best["val_accuracy"] if held_out else None,
+                "val_loss": best["val_loss"] if held_out else None,
+                "fit_on": train.fit_on,
                 "compute": json.loads((staging / "model.json").read_text())["compute"],
             },
         )  # the threads and precision used

@@ -68,7 +68,7 @@ def train_into(
     teacher = load_teacher(train.distill.teacher, input_shape, classes) if train.distill else None
     work = resume_dir or folder
     work.mkdir(parents=True, exist_ok=True)
-    choice = compute.choose(net, train, data["val"], resolve_device(train.device))
+    choice = compute.choose(net, train, probe_rows(data), resolve_device(train.device))
     with compute.threads_set(choice.threads):
         result = fit(
             net,
@@ -104,6 +104,19 @@ def train_into(
         **({"adversarial": train.adversarial.model_dump()} if train.adversarial else {}),
     )
     return net, result
+
+
+def probe_rows(data: dict[str, Split | Stream]) -> Split:
+    """The rows the threads/precision probe times a step on: validation rows, or training
+    rows where there are none (train.fit_on: train+validation trains on them)."""
+    val, train = data["val"], data["train"]
+    assert isinstance(val, Split)
+    if len(val) or not len(train):
+        return val
+    if isinstance(train, Split):
+        return train
+    x, y = next(iter(train.epoch(0, 256, seed=0)))[:2]
+    return Split(x, y if y.dim() == 1 else y[:, 0])
 
 
 def preview_images(train: Split | Stream, count: int = 8) -> torch.Tensor:

@@ -18,6 +18,7 @@ from trainflow.spec.after_training import EvaluateSpec, OutputsSpec
 from trainflow.spec.base import Section
 from trainflow.spec.data import ExpectSpec, ShardParams
 from trainflow.spec.ensemble import check_ensemble
+from trainflow.spec.fit_on import pipeline_refusal
 from trainflow.spec.loading import load_raw, parse_yaml
 from trainflow.spec.orchestration import OrchestrationSpec, RunnerSpec
 from trainflow.spec.promote import PromoteSpec
@@ -112,6 +113,13 @@ class PipelineSpec(Section):
     @model_validator(mode="after")
     def _threshold_on_a_binary_target(self):
         reason = self.evaluate.threshold_refusal(self.data.source)
+        if reason:
+            raise ValueError(reason)
+        return self
+
+    @model_validator(mode="after")
+    def _fit_on_leaves_validation(self):  # train.fit_on, search.refit (trainflow.spec.fit_on)
+        reason = pipeline_refusal(self)
         if reason:
             raise ValueError(reason)
         return self

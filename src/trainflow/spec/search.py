@@ -122,7 +122,10 @@ class SearchSpec(Section):
     )
     parallel: int = Field(1, ge=1, le=256, description="trials at once")
     refit: bool = Field(
-        False, description="train the best trial's spec on train + validation, then package"
+        False,
+        description="run the best trial's spec as a pipeline, its model trained on train + "
+        "validation (train.fit_on) for the median epoch its CV folds chose (train.fit_epochs): "
+        "best_spec.yaml holds that spec; ensembling, compression and promotion follow",
     )
 
     @model_validator(mode="after")

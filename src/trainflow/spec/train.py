@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, PositiveInt, model_validator
 
 from trainflow import registry
+from trainflow.spec import fit_on as fitting
 from trainflow.spec.augment import AugmentSpec
 from trainflow.spec.base import MAX_BATCH, MAX_EPOCHS, MAX_STEPS, Section
 from trainflow.spec.metric_table import MONITORS, monitor_mode
@@ -316,6 +317,22 @@ class TrainSpec(Section):
     debug: DebugSpec = Field(default_factory=DebugSpec)
     swa: Swa | None = None
     ema: Ema | None = None
+    fit_on: Literal["train", "train+validation"] = Field(
+        "train",
+        description="the parts the model trains on: train (validation picks the best epoch "
+        "and early-stops), or train+validation (the data steps fitted on both, a fixed "
+        "fit_epochs, the last epoch the model; the CV folds are unchanged): trainflow.spec.fit_on",
+    )
+    fit_epochs: int | None = Field(
+        None, gt=0, le=MAX_EPOCHS, description="epochs on train+validation (default: epochs)"
+    )
+
+    @model_validator(mode="after")
+    def _fit_on_knobs(self):
+        reason = fitting.train_refusal(self)
+        if reason:
+            raise ValueError(reason)
+        return self
 
     @model_validator(mode="after")
     def _one_average(self):
