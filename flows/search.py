@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.study import StudyDirection
@@ -21,15 +21,21 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow import study as studies
 from trainflow.artifacts import Store
+from trainflow.errors import TrainflowError
 from trainflow.flows.cross_validate import trial_members
 from trainflow.flows.data import prepare_data
 from trainflow.flows.pipeline import pipeline
-from trainflow.spec.fit_on import refit_spec
 from trainflow.spec.pipeline import PipelineSpec, validate_spec
 from trainflow.spec.search import grid_values
 from trainflow.task_options import cv_task_runner, step
 from trainflow.tasks.ensemble import ensemble_folds
-from trainflow.tasks.trial import report_study, run_trial
+from trainflow.tasks.trial import (
+    check_nested,
+    report_nested,
+    report_study,
+    run_trial,
+    score_outer_fold,
+)
 
 
 @flow(name="trainflow-search")
@@ -37,16 +43,19 @@ def search(spec: PipelineSpec) -> dict:
     assert spec.search is not None  # (search_flow is only built for a spec with a search)
     store = str(Path(spec.outputs.store).resolve())
     Store(store).sweep()
+    if spec.search.nested is not None:  # before any trial: the outer folds must fit the rows
+        check_nested(spec, prepare_data(spec, store)["raw_splits"])
     study = studies.open_study(spec, store)
     name, url = study.study_name, studies.storage_url(spec.search, store, study.study_name)
     run_trials(spec, study, store, url)
+    nested = nested_cv(spec, store, url) if spec.search.nested is not None else None
     ensemble = top_trials_ensemble(spec, study, store)  # ensemble.type: top_k_trials
     best = best_spec(spec, study)
-    if spec.search.refit and best is not None:  # best_spec.yaml is what the refit runs
-        best = refit_spec(best, study.best_trial.user_attrs.get("folds", []))
     run_dir = step(report_study, spec)(url, name, best, spec.name, spec.outputs.runs)
+    if nested is not None:
+        run_dir = step(report_nested, spec)(run_dir, studies.without_rows(nested), spec.name)
     refit = None
-    if spec.search.refit and best is not None:  # on train + validation (spec.fit_on)
+    if spec.search.refit and best is not None:  # the best spec, as a normal run of it
         refit = pipeline(validate_spec(best, "the best trial's spec"))
     return {
         "run_dir": run_dir,
@@ -57,6 +66,7 @@ def search(spec: PipelineSpec) -> dict:
         "trials": len(studies.finished(study)),
         "refit": refit,
         "ensemble": ensemble,
+        "nested": nested,
     }
 
 
@@ -74,9 +84,16 @@ def search_flow(spec: PipelineSpec) -> Any:
     return search.with_options(task_runner=runner)  # type: ignore[arg-type]
 
 
-def run_trials(spec: PipelineSpec, study: optuna.Study, store: str, url: str) -> None:
+def run_trials(
+    spec: PipelineSpec,
+    study: optuna.Study,
+    store: str,
+    url: str,
+    outer: tuple[int, int] | None = None,
+) -> None:
     """Stale trials first (a killed run's), then new ones, `search.parallel` at once, each
-    told to the study as it finishes, until the budget is spent."""
+    told to the study as it finishes, until the budget is spent (`outer`: nested CV's outer
+    folds and the outer fold whose training rows the trials split)."""
     assert spec.search is not None
     began = time.monotonic()
     queue = [studies.rerun(study, spec, t) for t in studies.stale_trials(study)]
@@ -89,7 +106,7 @@ def run_trials(spec: PipelineSpec, study: optuna.Study, store: str, url: str) ->
                 trial = studies.ask(study, spec)
             else:
                 break
-            pending[submit(spec, study, trial, store, url)] = trial
+            pending[submit(spec, study, trial, store, url, outer)] = trial
         if not pending:
             return
         done = next(iter(as_completed(list(pending))))
@@ -110,12 +127,13 @@ def budget_left(spec: PipelineSpec, study: optuna.Study, began: float, running: 
     return search.timeout_s is None or time.monotonic() - began < search.timeout_s
 
 
-def submit(spec: PipelineSpec, study: optuna.Study, trial: optuna.trial.Trial, store, url):
+def submit(spec: PipelineSpec, study: optuna.Study, trial: optuna.trial.Trial, store, url, outer):
     """Draw the trial's spec, prepare its data (cached across trials), start its task."""
     assert spec.search is not None
     variant = studies.variant(trial, spec)
     data = prepare_data(variant, store)
-    label = f"trial-{trial.number} {studies.describe(trial.params)}"
+    where = "" if outer is None else f" outer-{outer[1]}"
+    label = f"trial-{trial.number}{where} {studies.describe(trial.params)}"
     task = step(run_trial, spec).with_options(
         task_run_name=lambda: label, tags={f"study:{study.study_name}", f"trial:{trial.number}"}
     )
@@ -127,6 +145,7 @@ def submit(spec: PipelineSpec, study: optuna.Study, trial: optuna.trial.Trial, s
         study.study_name,
         trial.number,
         studies.epoch_stride(spec),
+        outer,
     )
 
 
@@ -138,6 +157,8 @@ def tell(study: optuna.Study, trial: optuna.trial.Trial, future: Any) -> None:
         study.tell(trial.number, state=TrialState.FAIL)
         raise
     trial.set_user_attr("folds", [_fold_row(f) for f in result["folds"]])
+    if "rows" in result:  # nested CV: the digest of the rows the trial's folds used
+        trial.set_user_attr("rows", result["rows"])
     if result["state"] == "pruned":
         trial.set_user_attr("pruned_at", result["pruned_at"])
         study.tell(trial.number, state=TrialState.PRUNED)
@@ -147,6 +168,37 @@ def tell(study: optuna.Study, trial: optuna.trial.Trial, future: Any) -> None:
 
 def _fold_row(fold: dict) -> dict:
     return {"fold": fold["fold"], "best_epoch": fold["best_epoch"], "val": fold["val"]}
+
+
+def nested_cv(spec: PipelineSpec, store: str, url: str) -> dict:
+    """Nested CV: for each outer fold of the searchable rows, a study of its own (in the same
+    storage, resumed as the main one is) over the other outer folds' rows, then its best spec
+    trained on those rows and scored on the outer fold; the outer scores' mean and spread."""
+    assert spec.search is not None and spec.search.nested is not None
+    outer = spec.search.nested.outer_folds
+    folds = [outer_fold(spec, store, url, (outer, fold)) for fold in range(outer)]
+    return studies.nested_summary(folds, spec.search.objective.metric)
+
+
+def outer_fold(spec: PipelineSpec, store: str, url: str, outer: tuple[int, int]) -> dict:
+    """One outer fold: its study's trials (their folds split the outer fold's training rows),
+    then its best spec scored on the outer fold (tasks/trial.py score_outer_fold)."""
+    assert spec.search is not None
+    inner = studies.open_study(spec, store, outer_fold=outer[1])
+    run_trials(spec, inner, store, url, outer)
+    best = best_spec(spec, inner)
+    if best is None:
+        raise TrainflowError(
+            f"search.nested: outer fold {outer[1]}'s study ({inner.study_name}) has no "
+            f"complete trial (each was pruned or failed): raise search.n_trials or loosen "
+            f"search.pruner"
+        )
+    chosen = validate_spec(best, f"outer fold {outer[1]}'s best trial")
+    label = f"outer-{outer[1]} {studies.describe(inner.best_params)}"
+    task = step(score_outer_fold, spec).with_options(task_run_name=lambda: label)
+    metric = spec.search.objective.metric
+    scored = cast(dict, task(chosen, prepare_data(chosen, store)["raw_splits"], metric, outer))
+    return studies.outer_row(inner, scored)
 
 
 def best_spec(spec: PipelineSpec, study: optuna.Study) -> dict | None:

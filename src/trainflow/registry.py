@@ -186,8 +186,6 @@ TASKS = {
     "expect": Task(
         "trainflow.tasks.expect:check_expectations", ("table",), {"expect": "data.expect"}
     ),
-    # train.fit_on: train+validation: after split, before the post-split steps
-    "pool_validation": Task("trainflow.tasks.pool:pool_validation", ("splits",), io=True),
     "shard": Task("trainflow.tasks.shard:shard", ("splits",), {"params": "data.shard"}, io=True),
     "train": Task(
         "trainflow.tasks.train:train_model",
@@ -228,6 +226,9 @@ TASKS = {
     # a search's trial (flows/search.py): cross-validates one variant of the spec
     "trial": Task("trainflow.tasks.trial:run_trial", None, trains=True),
     "report_study": Task("trainflow.tasks.trial:report_study", None),
+    # search.nested: an outer fold's best spec scored on it, and the outer folds' report
+    "outer_fold": Task("trainflow.tasks.trial:score_outer_fold", None, trains=True),
+    "report_nested": Task("trainflow.tasks.trial:report_nested", None),
 }
 # The spec sections a task may run without (`trainflow task ensemble` on a spec with no
 # ensemble): the kind whose first entry's defaults it then takes.

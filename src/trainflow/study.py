@@ -14,10 +14,12 @@ import hashlib
 import json
 import os
 import socket
+import statistics
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -157,7 +159,9 @@ def study_name(spec: Any) -> str:
     """The spec's name and a digest of what its trials mean (the spec and the space; not the
     budget, nor where outputs go): the same spec resumes its study, a changed one starts
     another."""
-    search = spec.search.model_dump(mode="json", exclude={"n_trials", "timeout_s", "parallel"})
+    search = spec.search.model_dump(
+        mode="json", exclude={"n_trials", "timeout_s", "parallel", "nested"}
+    )  # nested CV adds outer studies; the study over all the rows means the same
     trial = {k: v for k, v in base_raw(spec).items() if k != "outputs"}  # not where it writes
     text = json.dumps({"spec": trial, "search": search}, sort_keys=True)
     return f"{spec.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
@@ -171,11 +175,21 @@ def storage_url(search: SearchSpec, store: str, name: str) -> str:
     return f"sqlite:///{folder / name}.sqlite3"
 
 
-def open_study(spec: Any, store: str, number: int = 0) -> optuna.Study:
-    """The spec's study in its storage (created on first use; search.storage reached first)."""
+def outer_study_name(name: str, outer_fold: int) -> str:
+    """Nested CV: the study of outer fold `outer_fold`, beside the main one in its storage."""
+    return f"{name}-outer{outer_fold}"
+
+
+def open_study(
+    spec: Any, store: str, number: int = 0, outer_fold: int | None = None
+) -> optuna.Study:
+    """The spec's study in its storage (created on first use; search.storage reached first);
+    with `outer_fold`, that outer fold's study (nested CV) in the same storage."""
     search = spec.search
-    name = study_name(spec)
-    url = storage_url(search, store, name)
+    url = storage_url(search, store, study_name(spec))
+    name = (
+        study_name(spec) if outer_fold is None else outer_study_name(study_name(spec), outer_fold)
+    )
     try:
         storage = optuna.storages.RDBStorage(
             url, engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
@@ -313,6 +327,14 @@ def epoch_stride(spec: Any) -> int:
     return int(param.high)
 
 
+def rows_digest(rows: Any) -> str:
+    """A set of row positions as a short sha256 of the sorted unique int64s: a nested trial
+    records by it the rows it trained and validated on (thousands of numbers would not
+    belong in the study's database), to compare with an outer fold's training rows."""
+    unique = np.unique(np.asarray(rows, dtype=np.int64))
+    return hashlib.sha256(unique.tobytes()).hexdigest()[:16]
+
+
 def describe(params: dict) -> str:
     """A trial's parameters, short, for its task-run name in the UI."""
     return " ".join(f"{path.split('.', 1)[-1]}={_short(v)}" for path, v in params.items())
@@ -323,3 +345,40 @@ def _short(value: Any) -> str:
         return f"{value:.4g}"
     text = str(value)
     return text if len(text) <= 24 else text[:21] + "..."
+
+
+# ---- nested cross-validation -----------------------------------------------------------------
+
+
+def outer_row(inner: optuna.Study, scored: dict) -> dict:
+    """One outer fold's line: its outer score (and rows) beside its study's inner best."""
+    best = inner.best_trial
+    return {
+        **scored,
+        "study": inner.study_name,
+        "inner_best": best.value,
+        "trial": best.number,
+        "params": best.params,
+    }
+
+
+def nested_summary(folds: list[dict], metric: str) -> dict:
+    """The outer scores' mean and spread (sample standard deviation): the estimate of the
+    tuned pipeline, beside the mean of the inner bests (optimistic: each chose its best)."""
+    scores = [f["score"] for f in folds]
+    return {
+        "metric": metric,
+        "folds": folds,
+        "mean": statistics.fmean(scores),
+        "std": statistics.stdev(scores),
+        "inner_mean": statistics.fmean(f["inner_best"] for f in folds),
+    }
+
+
+def without_rows(nested: dict) -> dict:
+    """The summary for a report: each fold's row count in place of its rows."""
+    folds = [
+        {**{k: v for k, v in f.items() if k != "rows"}, "scored_rows": len(f["rows"])}
+        for f in nested["folds"]
+    ]
+    return {**nested, "folds": folds}

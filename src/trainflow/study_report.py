@@ -152,7 +152,70 @@ def publish(storage: str, name: str, best: dict | None, pipeline: str, runs_dir:
         atomic_write_bytes(run / image, png)
         inline = "data:image/png;base64," + base64.b64encode(png).decode()
         markdown = markdown.replace(f"]({image})", f"]({inline})")
-    key = re.sub(r"[^a-z0-9-]+", "-", pipeline.lower())
+    key = _key(pipeline)
     create_table_artifact(rows, key=f"{key}-trials", description=f"{name}: the study's trials")
     create_markdown_artifact(markdown, key=f"{key}-search", description=f"search {name}")
     return str(run.resolve())
+
+
+def _key(pipeline: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", pipeline.lower())
+
+
+# ---- nested cross-validation (search.nested) -------------------------------------------------
+
+
+def nested_rows(nested: dict) -> list[dict]:
+    """One row per outer fold: its outer score beside its study's inner best and choice."""
+    return [
+        {
+            "outer_fold": f["outer_fold"],
+            "outer_score": f["score"],
+            "inner_best": f["inner_best"],
+            "trial": f["trial"],
+            "scored_rows": f["scored_rows"],
+            "params": json.dumps(f["params"], sort_keys=True),
+        }
+        for f in nested["folds"]
+    ]
+
+
+def render_nested(nested: dict) -> str:
+    name = nested["metric"].removeprefix("val_")
+    folds = nested["folds"]
+    lines = ["", "## Nested cross-validation", ""]
+    lines.append(
+        f"Each outer fold's study searched the other outer folds' rows; its best spec was "
+        f"trained on them and its {name} measured on the outer fold, which no trial saw."
+    )
+    lines += [
+        "",
+        f"**Outer {name} (the tuned pipeline's estimate): {nested['mean']:.6g} "
+        f"+/- {nested['std']:.3g}** (sample std over {len(folds)} outer folds); the inner "
+        f"bests' mean, {nested['inner_mean']:.6g}, is optimistic (each study kept its best).",
+        "",
+        "| outer fold | outer score | inner best | trial | scored rows | params |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in nested_rows(nested):
+        lines.append(
+            f"| {r['outer_fold']} | {r['outer_score']:.6g} | {r['inner_best']:.6g} "
+            f"| {r['trial']} | {r['scored_rows']} | `{r['params']}` |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def publish_nested(run_dir: str, nested: dict, pipeline: str) -> None:
+    """Add the nested CV's section to the run folder's report.md, write nested.json, and give
+    the UI a table of the outer folds and a markdown artifact of the section."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    run = Path(run_dir)
+    section = render_nested(nested)
+    atomic_write_text(run / "nested.json", json.dumps(nested, indent=1))
+    atomic_write_text(run / "report.md", (run / "report.md").read_text() + section)
+    key = _key(pipeline)
+    create_table_artifact(
+        nested_rows(nested), key=f"{key}-nested", description="nested CV: the outer folds"
+    )
+    create_markdown_artifact(section, key=f"{key}-nested-cv", description="nested CV")

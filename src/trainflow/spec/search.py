@@ -108,6 +108,16 @@ class ObjectiveSpec(Section):
         return METRICS[self.metric.removeprefix("val_")].direction
 
 
+class NestedSpec(Section):
+    """Nested cross-validation: the searchable rows (the train + validation parts; never the
+    pipeline's test part) split into stratified outer folds by the spec's seed; for each, the
+    study over the other outer folds' rows, its best spec scored on the held-out outer fold
+    (flows/search.py). The outer scores estimate the tuned pipeline without the optimism of
+    the inner best."""
+
+    outer_folds: int = Field(5, ge=2, le=100, description="outer folds (each its own study)")
+
+
 class SearchSpec(Section):
     space: dict[str, Param] = Field(..., min_length=1, max_length=100)
     sampler: Sampler = Field(default_factory=lambda: registry.SEARCH_SAMPLERS["tpe"].params())
@@ -121,11 +131,11 @@ class SearchSpec(Section):
         "default: a SQLite file in the store, studies/<name>.sqlite3",
     )
     parallel: int = Field(1, ge=1, le=256, description="trials at once")
+    nested: NestedSpec | None = Field(
+        None, description="nested CV: the study repeated inside each outer fold, scored on it"
+    )
     refit: bool = Field(
-        False,
-        description="run the best trial's spec as a pipeline, its model trained on train + "
-        "validation (train.fit_on) for the median epoch its CV folds chose (train.fit_epochs): "
-        "best_spec.yaml holds that spec; ensembling, compression and promotion follow",
+        False, description="train the best trial's spec on train + validation, then package"
     )
 
     @model_validator(mode="after")
@@ -243,6 +253,8 @@ def check_space(raw: dict, search: SearchSpec, validate: Callable[[Any, str], An
             "search", [("search", "each trial is cross-validated: set evaluate.cv.folds")]
         )
     _check_pruned_metric(spec, search)
+    if search.nested is not None:
+        _check_nested_space(base, search)
     paths = list(search.space)
     for index, (path, param) in enumerate(search.space.items()):
         for key in param.when:
@@ -299,6 +311,25 @@ def _context_for(base: dict, search: SearchSpec, index: int) -> dict | None:
                 context = trial
                 break
     return context if active(param, context) else None
+
+
+def _check_nested_space(base: dict, search: SearchSpec) -> None:
+    """Nested CV splits the same searchable rows into the same outer folds for every trial:
+    a parameter that changes those rows (the data source, a step up to the split) or the
+    seed that draws the folds cannot vary."""
+    steps = (base.get("data") or {}).get("steps") or []
+    split = next((i for i, s in enumerate(steps) if s.get("type") == "split"), len(steps))
+    for path in search.space:
+        keys = keys_of(path)
+        step = keys[2] if len(keys) > 2 and keys[:2] == ["data", "steps"] else None
+        after = isinstance(step, int) and step > split  # a post-split step: fitted per fold
+        if keys[0] == "seed" or (keys[0] == "data" and not after):
+            raise _problem(
+                path,
+                "search.nested scores every trial on the same outer folds of the same rows: "
+                "this path changes those rows (the source, a step up to the split) or the "
+                "seed that draws the folds; keep it fixed, or remove search.nested",
+            )
 
 
 def _check_pruned_metric(spec: Any, search: SearchSpec) -> None:
