@@ -25,6 +25,7 @@ from trainflow.errors import TrainflowError
 from trainflow.flows.cross_validate import trial_members
 from trainflow.flows.data import prepare_data
 from trainflow.flows.pipeline import pipeline
+from trainflow.spec.fit_on import refit_spec
 from trainflow.spec.pipeline import PipelineSpec, validate_spec
 from trainflow.spec.search import grid_values
 from trainflow.task_options import cv_task_runner, step
@@ -51,11 +52,13 @@ def search(spec: PipelineSpec) -> dict:
     nested = nested_cv(spec, store, url) if spec.search.nested is not None else None
     ensemble = top_trials_ensemble(spec, study, store)  # ensemble.type: top_k_trials
     best = best_spec(spec, study)
+    if spec.search.refit and best is not None:  # best_spec.yaml is what the refit runs
+        best = refit_spec(best, study.best_trial.user_attrs.get("folds", []))
     run_dir = step(report_study, spec)(url, name, best, spec.name, spec.outputs.runs)
     if nested is not None:
         run_dir = step(report_nested, spec)(run_dir, studies.without_rows(nested), spec.name)
     refit = None
-    if spec.search.refit and best is not None:  # the best spec, as a normal run of it
+    if spec.search.refit and best is not None:  # on train + validation (spec.fit_on)
         refit = pipeline(validate_spec(best, "the best trial's spec"))
     return {
         "run_dir": run_dir,

@@ -186,6 +186,8 @@ TASKS = {
     "expect": Task(
         "trainflow.tasks.expect:check_expectations", ("table",), {"expect": "data.expect"}
     ),
+    # train.fit_on: train+validation: after split, before the post-split steps
+    "pool_validation": Task("trainflow.tasks.pool:pool_validation", ("splits",), io=True),
     "shard": Task("trainflow.tasks.shard:shard", ("splits",), {"params": "data.shard"}, io=True),
     "train": Task(
         "trainflow.tasks.train:train_model",

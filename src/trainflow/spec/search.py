@@ -135,7 +135,10 @@ class SearchSpec(Section):
         None, description="nested CV: the study repeated inside each outer fold, scored on it"
     )
     refit: bool = Field(
-        False, description="train the best trial's spec on train + validation, then package"
+        False,
+        description="run the best trial's spec as a pipeline, its model trained on train + "
+        "validation (train.fit_on) for the median epoch its CV folds chose (train.fit_epochs): "
+        "best_spec.yaml holds that spec; ensembling, compression and promotion follow",
     )
 
     @model_validator(mode="after")
