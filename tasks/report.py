@@ -22,8 +22,10 @@ from prefect.runtime import flow_run
 
 from trainflow.artifacts import ArtifactRef, Store, atomic_write_bytes, atomic_write_text
 from trainflow.caching import CACHED
-from trainflow.metrics import EVALUATED, METRICS
+from trainflow.metrics import METRICS
 from trainflow.plots import confusion_png, curves_png
+from trainflow.reporting import markdown
+from trainflow.reporting.markdown import CONFUSION, CURVES, PREVIEW
 from trainflow.steps import scan_parts
 from trainflow.tables import IMAGE_COLUMN
 from trainflow.tasks.evaluate import CURVES as TEST_CURVES
@@ -32,13 +34,8 @@ from trainflow.tasks.explain import PNG as EXPLAIN_PNG
 from trainflow.tasks.explain import explanation_lines, publish_explanation
 from trainflow.transforms.encode import decode
 
-PREVIEW = "augment_preview.png"
-CURVES = "curves.png"
-CONFUSION = "confusion.png"
 # copied beside the report and embedded in the UI artifact (roc.png, pr.png: evaluate's)
 IMAGES = (PREVIEW, CURVES, CONFUSION, "roc.png", "pr.png", EXPLAIN_PNG)
-SHOWN = 10  # categories a column's row lists
-MAX_COLUMNS = 40  # input columns the Model section lists (sequences have hundreds)
 
 
 def cv_summary(folds: list[ArtifactRef]) -> dict:
@@ -132,301 +129,13 @@ def address(ref: ArtifactRef) -> str:
     return f"{ref.kind}/{ref.fingerprint}"
 
 
-def _table(header: list[str], rows: list[list]) -> str:
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def render(summary: dict) -> str:
-    out = [
-        f"# trainflow report: {summary['pipeline']}",
-        f"spec fingerprint `{summary['spec_fingerprint'][:16]}`",
-        "",
-        "## Data",
-    ]
-    data = summary["data"]
-    classes = list(next(iter(data["classes"].values())))
-    raw = data["train_before_post_split_steps"]
-    out.append(
-        _table(
-            ["split", "rows", *classes],
-            [[s, n, *data["classes"][s].values()] for s, n in data["rows"].items()]
-            + [
-                [
-                    "train, before post-split steps",
-                    raw["rows"],
-                    *(raw["classes"][c] for c in classes),
-                ]
-            ],
-        )
+    """report.md, with the sections evaluate and explain write of their own results."""
+    return markdown.render(
+        summary,
+        evaluation_lines(summary["test"], summary.get("binary_curves", False)),
+        explanation_lines(summary.get("explain")),  # evaluate.explain
     )
-    if any(data["synthetic_rows"].values()):
-        out.append(
-            "\nsynthetic rows (marked `synthetic` = 1): "
-            + ", ".join(f"{k} {v}" for k, v in data["synthetic_rows"].items())
-        )
-    numbers = [r for r in summary["profile"] if "mean" in r]
-    others = [r for r in summary["profile"] if "mean" not in r]
-    out += ["", "## Data profile (ingested table)"]
-    if numbers:
-        out += [
-            "",
-            _table(
-                ["column", "type", "missing", "min", "mean", "max"],
-                [
-                    [r["column"], r["dtype"], r["missing"], r["min"], r["mean"], r["max"]]
-                    for r in numbers
-                ],
-            ),
-        ]
-    if others:
-        out += [
-            "",
-            _table(
-                ["column", "type", "missing", "distinct"],
-                [[r["column"], r["dtype"], r["missing"], r.get("distinct", "")] for r in others],
-            ),
-        ]
-    sample = summary.get("training_sample")
-    if sample and len(sample[0]) > 1:
-        keys = list(sample[0])[:12]
-        out += [
-            "",
-            f"## Training rows as prepared (first {len(sample)}; encoded categories shown by name)",
-            "",
-            _table(keys, [[row[k] for k in keys] for row in sample]),
-        ]
-    for found in summary["anomalies"]:
-        out += [
-            "",
-            "## Anomalies",
-            f"{found['anomalies']} of {found['rows']} rows flagged where the detector was "
-            f"fitted; a sample:",
-        ]
-        if found["sample"]:
-            keys = list(found["sample"][0])
-            out += ["", _table(keys, [[row[k] for k in keys] for row in found["sample"]])]
-    t = summary["train"]
-    out += [
-        "",
-        "## Training",
-        f"best epoch {t['best_epoch']} of {t['epochs_run']} run"
-        f"{' (stopped early)' if t['stopped_early'] else ''}; "
-        + (
-            f"validation accuracy {t['val_accuracy']:.4f}, loss {t['val_loss']:.4f}"
-            if t.get("val_loss") is not None
-            else "trained on train + validation (train.fit_on), its last epoch the model"
-        )
-        + (
-            f"; **{t['samples_lost']} samples lost to corrupt shards (skipped)**"
-            if t.get("samples_lost")
-            else ""
-        ),
-        "",
-        "## Test metrics",
-        _table(
-            ["metric", "value"],
-            [[m, summary["test"][m]] for m in EVALUATED if m in summary["test"]]
-            # adversarially trained: accuracy under the same attack, beside accuracy
-            + [[m, summary["test"][m]] for m in ("robust_accuracy",) if m in summary["test"]],
-        ),
-        "",
-        "Confusion matrix (rows: true class, columns: predicted):",
-        "",
-        _table(
-            ["", *classes],
-            [[c, *row] for c, row in zip(classes, summary["test"]["confusion_matrix"])],
-        ),
-        "",
-        f"![confusion matrix]({CONFUSION})",
-    ]
-    out += evaluation_lines(summary["test"], summary.get("binary_curves", False))
-    if summary["cv"]:
-        cv = summary["cv"]
-        out += [
-            "",
-            f"## Cross-validation ({len(cv['folds'])} folds, validation metrics)",
-            _table(
-                ["fold", *METRICS],
-                [[r["fold"], *(r[m] for m in METRICS)] for r in cv["folds"]]
-                + [["mean", *cv["mean"].values()], ["std", *cv["std"].values()]],
-            ),
-        ]
-    if summary["ensemble"]:
-        e = summary["ensemble"]
-        out += [
-            "",
-            f"## Ensemble ({e['type']}, {e['members']} fold models, test part)",
-            *ensemble_comparison(e, summary["test"]),
-            "",
-            f"members' test accuracy: {', '.join(f'{a:.4f}' for a in e['members_accuracy'])}",
-        ]
-    out += compression_sections(summary["compress"], summary.get("latency"))
-    if summary.get("curves"):
-        out += ["", "## Training curves", "", f"![training curves]({CURVES})"]
-    if summary.get("augment_preview"):
-        out += [
-            "",
-            "## Augmentation preview",
-            "originals above, augmented below",
-            "",
-            f"![augmentation preview]({PREVIEW})",
-        ]
-    out += explanation_lines(summary.get("explain"))  # evaluate.explain
-    out += [
-        "",
-        "## Models written",
-        _table(["model", "path"], [[k, v] for k, v in summary["models"].items()]),
-    ]
-    out += model_section(summary)
-    return "\n".join(out) + "\n"
-
-
-def model_section(summary: dict) -> list[str]:
-    """The package (where, what input it takes, the command that scores new data with it)
-    and, in a run's report, the champion decision with both models' metrics side by side."""
-    package, champion = summary.get("package"), summary.get("champion")
-    if package is None:
-        return [
-            "",
-            "## Model",
-            "no model package was made for this run (see the package "
-            "step's warning in the run's log)",
-        ]
-    schema = package["input"]
-    # the store's copy names the package by its address in the store (the same anywhere)
-    where = (
-        package["address"]
-        if Path(package["address"]).is_absolute()
-        else f"<store>/{package['address']}"
-    )
-    out = [
-        "",
-        "## Model",
-        f"package: `{where}` ({package['kind']}; classes {', '.join(package['classes'])})",
-        "",
-        "Score new data with it (CSV, Parquet or "
-        "an image folder; `--proba` adds a probability per class):",
-        "",
-        f"    trainflow predict {where} DATA --output preds.csv",
-        "",
-        "or with the pipeline's current champion:",
-        "",
-        f"    trainflow predict {summary['pipeline']} DATA --output preds.csv",
-        "",
-        f"Input schema ({schema['source']} source; the model predicts `{schema['target']}`):",
-        "",
-    ]
-    columns = list(schema["columns"].items())
-    out.append(
-        _table(
-            ["column", "type", "categories seen in training (unseen: policy)"],
-            [
-                [
-                    c,
-                    t,
-                    (
-                        f"{', '.join(schema['categories'][c][:SHOWN])}"
-                        f"{' ...' if len(schema['categories'][c]) > SHOWN else ''} "
-                        f"({schema['unknown'].get(c, 'ignore')})"
-                    )
-                    if c in schema["categories"]
-                    else "",
-                ]
-                for c, t in columns[:MAX_COLUMNS]
-            ],
-        )
-    )
-    if len(columns) > MAX_COLUMNS:
-        out.append(f"\nand {len(columns) - MAX_COLUMNS} more columns (package.json lists all)")
-    for label, key in (
-        ("image shape (C, H, W)", "image_shape"),
-        ("sequence shape (steps, channels)", "sequence_shape"),
-    ):
-        if schema.get(key):
-            out.append(f"\n{label}: {schema[key]}")
-    if schema["keep_columns"]:
-        out.append(f"\nid columns carried to the predictions: {', '.join(schema['keep_columns'])}")
-    return out + champion_section(champion)
-
-
-def champion_section(champion: dict | None) -> list[str]:
-    if champion is None:  # the store's report: the decision is a run's, in its run folder
-        return ["", "### Champion", "decided on each run: see the run folder's report"]
-    out = ["", "### Champion", f"decision: **{champion['decision']}**: {champion['reason']}"]
-    if champion["decision"] == "none":
-        return out
-    before = champion["champion_before"]
-    theirs = before["metrics"] or {}
-    rule = (
-        f"rule: {champion['metric']} must beat the champion by more than {champion['min_delta']:g}"
-    )
-    out += [
-        "",
-        rule,
-        f"both scored on this run's test split ({champion['rows']} raw rows)",
-        "",
-        _table(
-            ["metric", "this run (challenger)", "champion before this run"],
-            [
-                [("**" + m + "**") if m == champion["metric"] else m, v, theirs.get(m, "-")]
-                for m, v in champion["challenger"]["metrics"].items()
-            ],
-        ),
-        "",
-        f"challenger: `{champion['challenger']['package']}`",
-        f"champion before: `{before['package'] or 'none (first run)'}`",
-        f"champion now: `{champion['champion']}`",
-    ]
-    return out
-
-
-def ensemble_comparison(ensemble: dict, test: dict) -> list[str]:
-    """The ensemble beside the best single fold model (lowest validation loss, so chosen
-    without the test part) and the trained model, on the test part."""
-    best = ensemble.get("best_single")
-    if not best:  # an ensemble made before the comparison was recorded
-        return [_table(["metric", "value"], [[m, ensemble[m]] for m in METRICS])]
-    header = ["metric", "ensemble", f"best single (fold {best['fold']}, member {best['member']})"]
-    rows = [[m, ensemble[m], best[m], test.get(m)] for m in METRICS]
-    table = [_table([*header, "trained model"], rows)]
-    if "weights" in ensemble:  # weighted: the fitted weights of the members
-        table += ["", f"member weights: {', '.join(f'{w:.3f}' for w in ensemble['weights'])}"]
-    return table
-
-
-def compression_sections(compressed: dict, latency: dict | None) -> list[str]:
-    """A before/after table per compression; with `latency` (this run's timings), a column
-    of CPU milliseconds per batch (before: the trained model)."""
-    out = []
-    for kind, c in compressed.items():
-        header = ["", "size on disk (bytes)", "linear weights (bytes)", "test accuracy"]
-        rows = [
-            [label, c[label]["size_bytes"], c[label]["linear_weight_bytes"], c[label]["accuracy"]]
-            for label in ("before", "after")
-        ]
-        if latency:
-            header.insert(3, f"CPU latency per batch of {latency['batch_size']} (ms)")
-            for row, name in zip(rows, ("model", kind)):
-                row.insert(3, latency["ms_per_batch"][name])
-        out += ["", f"## Compression: {kind} ({c['type']})", _table(header, rows)]
-        if kind == "quantize":
-            out.append(f"\nlinear weights {c['linear_weights_smaller_x']:.2f}x smaller")
-        else:
-            out.append(
-                f"\nsparsity {c['sparsity']:.4f} (target {c['target_sparsity']}), "
-                f"fine-tuned {c['finetune_epochs']} epoch(s)"
-            )
-    if latency:
-        out.append(
-            f"\nlatency: median of {latency['repeats']} forward passes on this "
-            "machine's CPU, measured on this run"
-        )
-    return out
 
 
 @task(name="report", **CACHED)
