@@ -179,14 +179,7 @@ def run_child(connection: socket.socket, request: dict, fds: list[int]) -> int:
     os.environ.update(request["env"])
     sys.argv[:] = request["argv"]
     sys.path[:] = request["path"]
-    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
-    streams = (sys.stdin, sys.stdout, sys.stderr)
-    for stream, mode in zip(streams, request["stdio"], strict=True):
-        if isinstance(stream, io.TextIOWrapper) and mode is not None:
-            encoding, errors, line_buffering = mode
-            stream.reconfigure(encoding=encoding, errors=errors, line_buffering=line_buffering)
-            if stream is not sys.stdin:
-                stream.reconfigure(write_through=unbuffered)
+    take_stdio(request["stdio"])
     if "prefect.logging.configuration" in sys.modules:  # its console: this terminal's colours
         sys.modules["prefect.logging.configuration"].setup_logging(incremental=False)
     if "numpy" in sys.modules:  # a fresh process's global generator, not the worker's copy
@@ -195,6 +188,16 @@ def run_child(connection: socket.socket, request: dict, fds: list[int]) -> int:
     from trainflow.cli import main
 
     return main(sys.argv[1:])
+
+
+def take_stdio(modes: list) -> None:
+    """Buffer sys.stdout and sys.stderr as the command's were (a terminal's line by line, a
+    file's in blocks). Their encoding is the locale's, the same by the worker's key; stdin is
+    the command's file under the worker's reader, which has read nothing."""
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+    for stream, mode in zip((sys.stdout, sys.stderr), modes[1:], strict=True):
+        if isinstance(stream, io.TextIOWrapper) and mode is not None:
+            stream.reconfigure(line_buffering=mode[2], write_through=unbuffered)
 
 
 def die_with(connection: socket.socket) -> None:

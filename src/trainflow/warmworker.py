@@ -38,7 +38,8 @@ from pathlib import Path
 from trainflow.warmserver import alive, start_time
 
 SERVED = ("run", "search")
-KEYED_PREFIXES = ("PREFECT_", "TRAINFLOW_", "CUDA_", "PYTHON")
+# read at import (Prefect its settings), or how stdout encodes (the locale): a worker has them
+KEYED_PREFIXES = ("PREFECT_", "TRAINFLOW_", "CUDA_", "PYTHON", "LC_", "LANG")
 KEYED_SUFFIXES = ("_NUM_THREADS",)
 VERSIONED = ("torch", "prefect", "polars", "scikit-learn", "numpy")
 # files Prefect reads its settings from, besides the environment (relative: the command's cwd)
