@@ -6,14 +6,19 @@ Per run, in a new folder with an empty store and an empty Prefect home, in this 
    the time to its `error:` line and exit 2;
 3. the cold run of the pipeline (it starts the warm local server, trainflow.warmserver);
 4. the fully cached rerun of the same spec (every computing task `Cached`, the warm server
-   reused, as when a user reruns within TRAINFLOW_SERVER_IDLE_S);
+   reused, as when a user reruns within TRAINFLOW_SERVER_IDLE_S), a fresh `trainflow` process
+   that the warm worker serves when it is ready (trainflow.warmworker: the first `run` started
+   it; the script says whether it did), then the same rerun without a worker
+   (TRAINFLOW_WORKER_IDLE_S=0: everything imported in the command, as before the worker);
 5. the cost of a cached task: from the server's records of the rerun, the median time between
    one cached task's end and the next one's in the same flow (the thread pool runs a flow's
    tasks one after another, so the gap is what one more cached task costs);
 6. where the rerun's wall time went: the pipeline flow run's own span on the server (from its
    start to its end) against the command's wall time (the rest is the process: imports, the
    preflight, finding the server, waiting for the run's records, exit).
-The warm server is stopped at the end of each run, so the next run's cold start is cold.
+The warm server and the warm worker are stopped at the end of each run, so the next run's
+cold start is cold. A command the worker serves runs in the worker's child, not its own: its
+CPU time here is the command's plus that child's (from the worker's log).
 
 Method (benchmarks/harness.py): threads pinned (--threads, default 1); a fixed --runs, no
 warm-up (cold starts are what is measured); wall time and the command's own CPU time (rusage
@@ -45,7 +50,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINFLOW = Path(sys.executable).with_name("trainflow")
-FIGURES = ("validate", "preflight failure", "cold run", "cached rerun")
+FIGURES = ("validate", "preflight failure", "cold run", "cached rerun", "rerun, no worker")
 
 
 def environment(folder: Path) -> dict:
@@ -56,6 +61,8 @@ def environment(folder: Path) -> dict:
         PREFECT_LOCAL_STORAGE_PATH=str(folder / "prefect" / "storage"),
         PREFECT_LOGGING_LEVEL="WARNING",
         TRAINFLOW_SERVER_IDLE_S="600",
+        TRAINFLOW_WORKER_IDLE_S="600",
+        TRAINFLOW_WORKER_DIR=str(folder / "w"),  # this run's worker, found and stopped here
     )
     env.pop("PREFECT_API_URL", None)  # the local server, as a user without a server gets
     return env
@@ -132,6 +139,30 @@ def cached_task_gaps(port: int) -> tuple[list[float], list[str], float]:
     return gaps, computed, span
 
 
+def worker_log(folder: Path) -> list[str]:
+    return [line for p in (folder / "w").glob("*.log") for line in p.read_text().splitlines()]
+
+
+def by_worker(argv: list[str], env: dict, folder: Path) -> tuple[harness.Sample, bool]:
+    """A fresh command's time; whether the warm worker served it, and then its CPU time with
+    the worker's child that ran it (the command itself only waits)."""
+    before = len(worker_log(folder))
+    sample = timed(argv, env, folder)
+    ended = [line for line in worker_log(folder)[before:] if " exited " in line]
+    if not ended:
+        return sample, False
+    child_cpu = float(ended[-1].rsplit("(", 1)[1].split()[0])
+    return harness.Sample(sample.wall_s, sample.cpu_s + child_cpu), True
+
+
+def stop_worker(folder: Path) -> None:
+    for state in (folder / "w").glob("*.json"):
+        try:
+            os.kill(json.loads(state.read_text())["pid"], signal.SIGTERM)
+        except (ProcessLookupError, ValueError, KeyError):
+            pass
+
+
 def one_run(spec: Path, folder: Path) -> tuple[dict[str, harness.Sample], float, list[str], float]:
     folder.mkdir(parents=True)
     env = environment(folder)
@@ -142,14 +173,23 @@ def one_run(spec: Path, folder: Path) -> tuple[dict[str, harness.Sample], float,
     got = {
         "validate": timed([str(TRAINFLOW), "validate", str(spec)], env, folder),
         "preflight failure": timed([*run, "--set", bad], env, folder, exit_code=2),
-        "cold run": timed(run, env, folder),
-        "cached rerun": timed(run, env, folder),
     }
-    server = warm_server(folder)
     try:
-        gaps, computed, span = cached_task_gaps(server["port"])
+        got["cold run"], cold_served = by_worker(run, env, folder)
+        got["cached rerun"], served = by_worker(run, env, folder)
+        server = warm_server(folder)
+        try:
+            gaps, computed, span = cached_task_gaps(server["port"])  # the worker's rerun
+            got["rerun, no worker"] = timed(run, {**env, "TRAINFLOW_WORKER_IDLE_S": "0"}, folder)
+        finally:
+            os.kill(server["pid"], signal.SIGTERM)
     finally:
-        os.kill(server["pid"], signal.SIGTERM)
+        stop_worker(folder)
+    print(
+        f"# the warm worker served the cold run: {'yes' if cold_served else 'no'}, "
+        f"the cached rerun: {'yes' if served else 'no'}",
+        flush=True,
+    )
     return got, harness.median(gaps) if gaps else float("nan"), computed, span
 
 

@@ -135,7 +135,7 @@ def reap(children: dict[int, socket.socket]) -> None:
     """Send each ended child's exit status to its command (negative: the signal it died of)."""
     while children:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
@@ -144,7 +144,7 @@ def reap(children: dict[int, socket.socket]) -> None:
         if connection is None:
             continue
         code = os.waitstatus_to_exitcode(status)
-        log(f"child {pid} exited {code}")
+        log(f"child {pid} exited {code} ({usage.ru_utime + usage.ru_stime:.2f} s CPU)")
         try:
             connection.send(str(code).encode())
         except OSError:
