@@ -1,7 +1,7 @@
 """Nested CV (search.nested) through the real Prefect engine: the outer folds partition the
 searchable rows, no model that scores an outer fold (nor any trial of its study) saw its
-rows, and the report holds one outer score per fold and their mean; bad values are refused
-before any trial."""
+rows, and the report holds one outer score per fold and their mean; outer folds the rows cannot give
+are refused before any trial (bad values of the spec alone: tests/unit/test_search_spec.py)."""
 
 import json
 import math
@@ -110,23 +110,3 @@ def test_outer_folds_the_rows_cannot_give_are_refused_before_any_trial(tmp_path)
     assert "6 stratified outer folds" in message and "class 'b' has" in message, message
     assert "lower outer_folds to" in message, message
     assert not (tmp_path / "store" / "studies").exists()  # no study was opened
-
-
-@pytest.mark.parametrize(
-    ("override", "where", "words"),
-    [
-        ("search.nested={outer_folds: 1}", "search.nested.outer_folds", "greater than or equal"),
-        ("search.nested={outer: 3}", "search.nested.outer", "did you mean `outer_folds`"),
-        (
-            "search.space={data.steps.1.test: {type: categorical, choices: [0.2, 0.3]}}",
-            "search.space.data.steps.1.test",
-            "the same outer folds",
-        ),
-        ("search.space={seed: {type: int, low: 0, high: 2}}", "search.space.seed", "seed"),
-    ],
-)
-def test_a_bad_nested_value_is_one_spec_error(tmp_path, override, where, words):
-    with pytest.raises(SpecError) as error:
-        spec_for(tmp_path, override)
-    ((path, message),) = error.value.problems
-    assert path == where and words in message, (path, message)

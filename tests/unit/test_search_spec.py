@@ -101,6 +101,34 @@ def test_an_objective_the_search_cannot_give_is_refused_with_the_closest():
     assert path == "search.objective.metric" and "val_f1_macro" in message
 
 
+@pytest.mark.parametrize(
+    ("nested", "space", "where", "words"),
+    [
+        ({"outer_folds": 1}, None, "search.nested.outer_folds", "greater than or equal to 2"),
+        ({"outer": 3}, None, "search.nested.outer", "did you mean `outer_folds`"),
+        (
+            {"outer_folds": 3},
+            {"data.steps.1.test": {"type": "categorical", "choices": [0.2, 0.3]}},
+            "search.space.data.steps.1.test",
+            "the same outer folds of the same rows",
+        ),
+        (
+            {"outer_folds": 3},
+            {"seed": {"type": "int", "low": 0, "high": 2}},
+            "search.space.seed",
+            "the seed that draws the folds",
+        ),
+    ],
+)
+def test_a_bad_nested_value_is_one_spec_error(nested, space, where, words):
+    # (outer folds the data cannot fill: tests/flows/test_search_nested.py)
+    path, message = problem(with_search(nested=nested, **({"space": space} if space else {})))
+    assert path == where and words in message, (path, message)
+    # a space over a step after the split (re-fitted in every fold) nests
+    space = {"data.steps.2.method": {"type": "categorical", "choices": ["standard", "minmax"]}}
+    assert validate_spec(with_search(nested={"outer_folds": 3}, space=space), "spec.yaml")
+
+
 def test_a_search_needs_folds_and_a_budget():
     raw = with_search()
     raw["evaluate"], raw["ensemble"] = {}, None
