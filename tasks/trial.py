@@ -79,6 +79,8 @@ def cross_validate_fold(
 def trial_fold(
     spec: PipelineSpec, splits: ArtifactRef, fold: int, outer: tuple[int, int] | None
 ) -> FoldData:
+    """Inner fold `fold` of the spec's CV: of the train + validation pool, or in nested CV of
+    the outer fold's training rows (the outer fold's rows then stand in for the test part)."""
     assert spec.evaluate.cv is not None  # (a search's spec cross-validates: check_space)
     return fold_data(
         splits,
