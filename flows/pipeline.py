@@ -11,6 +11,7 @@ from trainflow.artifacts import ArtifactRef, Store
 from trainflow.flows.cross_validate import ensemble_members, run_folds
 from trainflow.flows.data import prepare_data
 from trainflow.mlflow_log import mlflow_module
+from trainflow.run_outputs import RunOutputs
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.task_options import step
 from trainflow.tasks.ensemble import ensemble_folds
@@ -56,7 +57,16 @@ def pipeline(spec: PipelineSpec) -> dict:
         latency = step(measure_latency, spec)(
             {"model": model, **compressed}, data["shards"], spec.train.batch_size, repeats
         )
-    packages = package_all(spec, data, model, test, folds, ensemble, compressed, store, members)
+    outputs = RunOutputs(
+        data=data,
+        model=model,
+        test=test,
+        folds=folds,
+        members=members,
+        ensemble=ensemble,
+        compressed=compressed,
+    )
+    packages = package_all(spec, outputs, store)
     explained = None  # evaluate.explain: on the test part, through the package for tables
     if spec.evaluate.explain:
         args = (model, data, packages["model"], spec.data.pre_split, spec.evaluate.explain)
@@ -64,23 +74,13 @@ def pipeline(spec: PipelineSpec) -> dict:
     # every run: the champion may have changed since (not cached), like the latency
     champion = step(promote_model, spec)(packages["model"], data, spec, store)
     report = step(write_report, spec)(
-        spec.name,
-        spec.fingerprint(),
-        data,
-        model,
-        test,
-        folds,
-        ensemble,
-        compressed,
-        store,
-        packages["model"],
-        explained,
+        spec.name, spec.fingerprint(), outputs, store, packages["model"], explained
     )
     run_dir = step(publish_report, spec)(report, spec.name, spec.outputs.runs, latency, champion)
     logged = None
     if spec.outputs.mlflow:  # a team's MLflow (the trainflow[mlflow] extra)
         logged = step(log_to_mlflow, spec)(
-            spec, model, test, folds, report, run_dir, packages["model"], champion
+            spec, outputs, report, run_dir, packages["model"], champion
         )
     return {
         "run_dir": run_dir,
@@ -100,34 +100,25 @@ def pipeline(spec: PipelineSpec) -> dict:
     }
 
 
-def package_all(
-    spec: PipelineSpec,
-    data: dict,
-    model: ArtifactRef,
-    test: ArtifactRef,
-    folds: list[ArtifactRef],
-    ensemble: ArtifactRef | None,
-    compressed: dict[str, ArtifactRef],
-    store: str,
-    members: list[ArtifactRef] | None = None,
-) -> dict:
+def package_all(spec: PipelineSpec, outputs: RunOutputs, store: str) -> dict:
     """A model package for every model of the run (their paths; None where a step of the
     spec cannot be packaged): the model, each fold, the ensemble, each compressed model."""
 
     def package(kind: str, models: list[ArtifactRef], metrics: ArtifactRef | None):
+        data = outputs.data
         ref = step(package_model, spec)(
             kind, models, metrics, spec, data["ingested"], data["steps"], store
         )
         return str(ref.path) if ref else None
 
     packages = {
-        "model": package("model", [model], test),
-        "folds": [package("fold", [fold], None) for fold in folds],
+        "model": package("model", [outputs.model], outputs.test),
+        "folds": [package("fold", [fold], None) for fold in outputs.folds],
     }
-    if ensemble:
+    if outputs.ensemble:
         soup = spec.ensemble is not None and spec.ensemble.type == "soup"  # one network
-        models = [ensemble] if soup else members or folds
-        packages["ensemble"] = package("ensemble", models, ensemble)
-    for kind, ref in compressed.items():
+        models = [outputs.ensemble] if soup else outputs.members or outputs.folds
+        packages["ensemble"] = package("ensemble", models, outputs.ensemble)
+    for kind, ref in outputs.compressed.items():
         packages[kind] = package(kind, [ref], None)
     return packages

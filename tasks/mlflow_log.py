@@ -9,15 +9,14 @@ from prefect.cache_policies import NO_CACHE
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.logs import run_logger
+from trainflow.run_outputs import RunOutputs
 from trainflow.spec.pipeline import PipelineSpec
 
 
 @task(name="mlflow_log", cache_policy=NO_CACHE, persist_result=False)
 def log_to_mlflow(
     spec: PipelineSpec,
-    model: ArtifactRef,
-    test: ArtifactRef,
-    folds: list[ArtifactRef],
+    outputs: RunOutputs,
     report: ArtifactRef,
     run_dir: str,
     package: str | None,
@@ -27,7 +26,7 @@ def log_to_mlflow(
     model version, and the `champion` alias when this run promoted (trainflow.mlflow_log)."""
     from trainflow.mlflow_log import log_run  # mlflow only for specs that ask for it
 
-    logged = log_run(spec, model, test, folds, report, run_dir, package, champion)
+    logged = log_run(spec, outputs, report, run_dir, package, champion)
     run_logger().info(
         "MLflow run %s in experiment %s (model version %s%s)",
         logged["run_id"],

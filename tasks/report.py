@@ -26,6 +26,7 @@ from trainflow.metrics import METRICS
 from trainflow.plots import confusion_png, curves_png
 from trainflow.reporting import markdown
 from trainflow.reporting.markdown import CONFUSION, CURVES, PREVIEW
+from trainflow.run_outputs import RunOutputs
 from trainflow.steps import scan_parts
 from trainflow.tables import IMAGE_COLUMN
 from trainflow.tasks.evaluate import CURVES as TEST_CURVES
@@ -62,17 +63,11 @@ def training_sample(splits: ArtifactRef, steps: list[ArtifactRef], rows: int = 5
 
 
 def collect(
-    name: str,
-    spec_fingerprint: str,
-    data: dict,
-    model: ArtifactRef,
-    test: ArtifactRef,
-    folds: list[ArtifactRef],
-    ensemble: ArtifactRef | None,
-    compressed: dict[str, ArtifactRef],
-    package: str | None = None,
+    name: str, spec_fingerprint: str, outputs: RunOutputs, package: str | None = None
 ) -> dict:
     """Everything the run measured, as one JSON-ready dict (metrics.json)."""
+    data, model, test, folds = outputs.data, outputs.model, outputs.test, outputs.folds
+    ensemble, compressed = outputs.ensemble, outputs.compressed
     parts = data["splits"].meta["parts"]
     return {
         "package": package_summary(package),
@@ -142,21 +137,15 @@ def render(summary: dict) -> str:
 def write_report(
     name: str,
     spec_fingerprint: str,
-    data: dict,
-    model: ArtifactRef,
-    test: ArtifactRef,
-    folds: list[ArtifactRef],
-    ensemble: ArtifactRef | None,
-    compressed: dict[str, ArtifactRef],
+    outputs: RunOutputs,
     store: str,
     package: str | None = None,
     explained: ArtifactRef | None = None,
 ) -> ArtifactRef:
     """Render report.md and metrics.json into the store (`package`: the run's model
     package, named by its store address)."""
-    summary = collect(
-        name, spec_fingerprint, data, model, test, folds, ensemble, compressed, package
-    )
+    summary = collect(name, spec_fingerprint, outputs, package)
+    model, test = outputs.model, outputs.test
     summary["explain"] = explained.meta["explain"] if explained else None  # evaluate.explain
     target = Store(store)
     with target.writer("report") as staging:

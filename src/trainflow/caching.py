@@ -117,6 +117,8 @@ def canonical(value: Any) -> Any:
     """A JSON-ready form of a task input; artifacts are represented by their fingerprint."""
     if isinstance(value, ArtifactRef):
         return {"artifact": value.kind, "fingerprint": value.fingerprint}
+    if isinstance(value, BaseModel) and _refs_in(value):  # artifacts in a model (RunOutputs)
+        return {name: canonical(getattr(value, name)) for name in type(value).model_fields}
     if isinstance(value, BaseModel):
         dumped = canonical(value.model_dump(mode="json"))
         paths = getattr(value, "content_paths", None)

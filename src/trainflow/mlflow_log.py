@@ -18,6 +18,7 @@ from typing import Any
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.errors import TrainflowError
+from trainflow.run_outputs import RunOutputs
 
 ALIAS = "champion"
 CODE = Path(__file__).with_name("mlflow_model.py")  # the pyfunc model, logged as code
@@ -112,9 +113,7 @@ def _experiment(client: Any, name: str) -> str:
 
 def log_run(
     spec: Any,
-    model: ArtifactRef,
-    test: ArtifactRef,
-    folds: list[ArtifactRef],
+    outputs: RunOutputs,
     report: ArtifactRef,
     run_dir: str,
     package: str | None,
@@ -129,7 +128,7 @@ def log_run(
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(settings.tracking_uri)  # log_model reads the global URI
     try:
-        return _log(mlflow, spec, model, test, folds, report, run_dir, package, champion)
+        return _log(mlflow, spec, outputs, report, run_dir, package, champion)
     except MlflowException as exc:
         raise TrainflowError(
             f"outputs.mlflow: logging to {settings.tracking_uri!r} failed: "
@@ -143,9 +142,7 @@ def log_run(
 def _log(
     mlflow: Any,
     spec: Any,
-    model: ArtifactRef,
-    test: ArtifactRef,
-    folds: list[ArtifactRef],
+    outputs: RunOutputs,
     report: ArtifactRef,
     run_dir: str,
     package: str | None,
@@ -163,8 +160,8 @@ def _log(
         run_id = run.info.run_id
         params = flat_params(spec.model_dump(mode="json"))
         mlflow.log_params(params)
-        _metrics(client, run_id, model.path, {"test": test.meta})
-        for fold in folds:
+        _metrics(client, run_id, outputs.model.path, {"test": outputs.test.meta})
+        for fold in outputs.folds:
             with mlflow.start_run(
                 experiment_id=experiment,
                 nested=True,
