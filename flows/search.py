@@ -25,11 +25,13 @@ from trainflow.errors import TrainflowError
 from trainflow.flows.cross_validate import trial_members
 from trainflow.flows.data import prepare_data
 from trainflow.flows.pipeline import pipeline
+from trainflow.logs import run_logger
 from trainflow.spec.fit_on import refit_spec
 from trainflow.spec.pipeline import PipelineSpec, validate_spec
 from trainflow.spec.search import grid_values
 from trainflow.task_options import cv_task_runner, step
 from trainflow.tasks.ensemble import ensemble_folds
+from trainflow.tasks.package import package_model
 from trainflow.tasks.trial import (
     check_nested,
     report_nested,
@@ -50,7 +52,7 @@ def search(spec: PipelineSpec) -> dict:
     name, url = study.study_name, studies.storage_url(spec.search, store, study.study_name)
     run_trials(spec, study, store, url)
     nested = nested_cv(spec, store, url) if spec.search.nested is not None else None
-    ensemble = top_trials_ensemble(spec, study, store)  # ensemble.type: top_k_trials
+    ensemble, ensemble_package = top_trials_ensemble(spec, study, store)  # top_k_trials
     best = best_spec(spec, study)
     if spec.search.refit and best is not None:  # best_spec.yaml is what the refit runs
         best = refit_spec(best, study.best_trial.user_attrs.get("folds", []))
@@ -69,6 +71,7 @@ def search(spec: PipelineSpec) -> dict:
         "trials": len(studies.finished(study)),
         "refit": refit,
         "ensemble": ensemble,
+        "ensemble_package": ensemble_package,
         "nested": nested,
     }
 
@@ -208,19 +211,25 @@ def best_spec(spec: PipelineSpec, study: optuna.Study) -> dict | None:
     """The best complete trial's whole spec (plain data, no search section), or None."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return None
-    best = study.best_trial
-    fixed = optuna.trial.FixedTrial(best.params, number=best.number)
-    return studies.variant(fixed, spec).model_dump(mode="json", exclude={"search"})
+    trial = study.best_trial
+    fixed = optuna.trial.FixedTrial(trial.params, number=trial.number)
+    best = studies.variant(fixed, spec).model_dump(mode="json", exclude={"search"})
+    if best.get("ensemble") and best["ensemble"]["type"] == "top_k_trials":
+        best["ensemble"] = None  # the study's own ensemble (top_trials_ensemble), not a run's
+    return best
 
 
-def top_trials_ensemble(spec: PipelineSpec, study: optuna.Study, store: str) -> Any:
+def top_trials_ensemble(
+    spec: PipelineSpec, study: optuna.Study, store: str
+) -> tuple[Any, str | None]:
     """The ensemble of the study's k best complete trials (ensemble.type top_k_trials), each
-    cross-validated with its fold models kept; None for another ensemble or no trials."""
+    cross-validated with its fold models kept, and its model package; (None, None) for
+    another ensemble or no trials."""
     if spec.ensemble is None or spec.ensemble.type != "top_k_trials":
-        return None
+        return None, None
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
-        return None
+        return None, None
     sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
     best_first = sorted(complete, key=lambda t: sign * float(t.value or 0.0))
     trials = [
@@ -228,4 +237,26 @@ def top_trials_ensemble(spec: PipelineSpec, study: optuna.Study, store: str) -> 
         for t in best_first
     ]
     members = trial_members(spec, trials, store)
-    return step(ensemble_folds, spec)(members, spec.ensemble, store)
+    ensemble = step(ensemble_folds, spec)(members, spec.ensemble, store)
+    return ensemble, top_trials_package(spec, members, ensemble, store)
+
+
+def top_trials_package(spec: PipelineSpec, members: list, ensemble: Any, store: str) -> str | None:
+    """The top_k_trials ensemble as a model package: the trials' fold models, each with the
+    post-split states its fold fitted. A space over the data steps' knobs would give members
+    whose steps' parameters differ from the spec's, which a package applies to every member:
+    no package then, with a warning that says so."""
+    assert spec.search is not None
+    varied = sorted(path for path in spec.search.space if path.startswith("data."))
+    if varied:
+        run_logger().warning(
+            "no model package for the top_k_trials ensemble: the study varies data steps "
+            "(%s), and a package applies the spec's steps to every member",
+            ", ".join(varied),
+        )
+        return None
+    data = prepare_data(spec, store)
+    found = step(package_model, spec)(
+        "ensemble", members, ensemble, spec, data["ingested"], data["steps"], store
+    )
+    return str(found.path) if found else None

@@ -19,6 +19,7 @@ PREFECT_DEFAULTS = {
 LIGHT = ("validate", "schema")
 EXPORT_FORMATS = ("onnx", "torchscript", "exported_program")  # trainflow.export.FORMATS
 SEARCH_SUMMARY = ("run_dir", "study", "storage", "best_value", "trials")  # flows/search.py
+NESTED_SUMMARY = ("metric", "mean", "std", "inner_mean")  # trainflow.study.nested_summary
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -388,7 +389,10 @@ def _command(args) -> int:
         raise TrainflowError(f"{args.spec}: no `search` section: add one, or use trainflow run")
     result = run_pipeline(spec)  # a spec with a search runs its study (flows/search.py)
     if spec.search is not None:
-        print(json.dumps({k: result[k] for k in SEARCH_SUMMARY}, indent=1, default=str))
+        summary = {k: result[k] for k in SEARCH_SUMMARY}
+        if result.get("nested"):  # the outer estimate of the tuned pipeline (search.nested)
+            summary["nested"] = {k: result["nested"][k] for k in NESTED_SUMMARY}
+        print(json.dumps(summary, indent=1, default=str))
         return 0
     print(
         json.dumps(

@@ -197,6 +197,19 @@ def test_top_k_trials_combines_the_best_trials_of_a_study(tmp_path):
     values = sorted(t.value for t in study.get_trials() if t.value is not None)
     combine = json.loads((ensemble.path / "combine.json").read_text())
     assert combine["groups"] == [0, 0, 1, 1] and len(values) == 3
+    # its model package predicts the raw test rows as the ensemble task scored them
+    from trainflow.flows.data import prepare_data
+
+    data = prepare_data(spec, str(tmp_path / "store"))
+    raw = raw_test_rows(
+        data["ingested"], data["steps"], spec.data.pre_split, data["raw_splits"], spec.seed
+    )
+    model = trainflow.load_model(result["ensemble_package"])
+    expected = np.load(ensemble.path / "test_probs.npy", allow_pickle=False)
+    assert model.info.combine == "top_k_trials" and len(model.info.members) == 4
+    assert np.abs(model.predict_proba(raw) - expected).max() <= 1e-5
+    # and the best spec a person can run again holds no study-only ensemble
+    assert result["best"]["ensemble"] is None
 
 
 def test_top_k_trials_without_a_study_is_refused_by_name():
