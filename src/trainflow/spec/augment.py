@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import json
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,8 @@ def live_signatures() -> dict[str, list[str]]:
 @lru_cache(maxsize=1)
 def signatures() -> dict[str, list[str]]:
     """The shipped table when it describes the installed release, the library's own else."""
+    from importlib import metadata  # here: importing it costs a spec check ~30 ms
+
     table = json.loads(TABLE.read_text())
     try:
         installed = metadata.version("albumentations")
