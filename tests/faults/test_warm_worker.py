@@ -185,13 +185,7 @@ def test_a_users_mistake_through_the_worker_is_one_error_line_and_exit_2(warm):
 def test_a_command_killed_mid_run_leaves_no_child_and_the_rerun_completes(warm):
     run = command(warm)
     try:
-        wait_for(lambda: child_of(warm, run.pid), 60, f"not served:\n{warm.log()}")
-        child = child_of(warm, run.pid)
-
-        def leased() -> bool:  # the child is in its flow: it holds the warm server's lease
-            return any(warm.home.glob(f"trainflow-servers/*.leases/{child}-*"))
-
-        wait_for(leased, 120, "the child never leased the warm server")
+        child = in_flow(warm, run)
         run.send_signal(signal.SIGKILL)
         run.wait(30)
         wait_for(lambda: not running(child), 5, f"child {child} outlived its killed command")
@@ -202,6 +196,38 @@ def test_a_command_killed_mid_run_leaves_no_child_and_the_rerun_completes(warm):
     code, _, err = finish(rerun)
     assert code == 0, err[-3000:]
     assert served(warm, rerun.pid), warm.log()
+
+
+def in_flow(warm: Warm, run: subprocess.Popen) -> int:
+    """Wait until the worker's child runs command `run`'s flow (it holds the warm server's
+    lease); the child's pid."""
+    wait_for(lambda: child_of(warm, run.pid), 60, f"not served:\n{warm.log()}")
+    child = child_of(warm, run.pid)
+    leases = f"trainflow-servers/*.leases/{child}-*"
+    wait_for(lambda: any(warm.home.glob(leases)), 120, "the child never leased the server")
+    return child
+
+
+# what an in-process run does on each (the same code runs in the child)
+@pytest.mark.parametrize(
+    ("signum", "code", "printed"),
+    [(signal.SIGINT, 130, "interrupted\n"), (signal.SIGTERM, -signal.SIGTERM, "")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_signal_to_the_command_reaches_its_child_and_ends_it_as_in_process(
+    warm, signum, code, printed
+):
+    run = command(warm)
+    try:
+        child = in_flow(warm, run)
+        run.send_signal(signum)
+        got, out, err = finish(run)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert (got, out) == (code, "") and err.endswith(printed), err[-3000:]
+    wait_for(lambda: not running(child), 5, f"child {child} outlived its command")
 
 
 def test_other_settings_get_a_worker_of_their_own_which_ends_when_idle(warm):
