@@ -20,7 +20,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow import study as studies
-from trainflow.artifacts import Store
+from trainflow.artifacts import ArtifactRef, Store
 from trainflow.errors import TrainflowError
 from trainflow.flows.cross_validate import trial_members
 from trainflow.flows.data import prepare_data
@@ -259,4 +259,4 @@ def top_trials_package(spec: PipelineSpec, members: list, ensemble: Any, store: 
     found = step(package_model, spec)(
         "ensemble", members, ensemble, spec, data["ingested"], data["steps"], store
     )
-    return str(found.path) if found else None
+    return str(cast(ArtifactRef, found).path) if found else None
