@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
+from urllib.parse import urlparse
 
 from prefect import Task
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -67,14 +69,17 @@ def reports_to_a_server() -> bool:
 
 
 def cv_task_runner(spec: Any):
-    """The task runner of the cross-validation subflow.
+    """The task runner of the cross-validation subflow (and of the search's trials).
 
     The thread pool has one worker: each fold seeds torch's process-wide RNG, so folds must not
-    interleave in threads. On Dask every worker is its own single-threaded process, so folds run
-    in parallel and each still sees only its own seed.
+    interleave in threads. On Dask every worker is its own single-threaded process, and on Ray
+    every task takes one CPU of a worker process of its own, so folds run in parallel and each
+    still sees only its own seed.
     """
     if spec.runner.type == "thread":
         return ThreadPoolTaskRunner(max_workers=1)
+    if spec.runner.type == "ray":
+        return ray_task_runner(spec)
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:  # pragma: no cover - a dependency of trainflow
@@ -95,23 +100,81 @@ def cv_task_runner(spec: Any):
     )
 
 
-def check_runner(spec: Any, timeout: float = 5.0) -> None:
-    """A Dask scheduler named in the spec must answer before any task runs (else the run
-    would train first and fail at cross-validation)."""
-    import socket
-    from urllib.parse import urlparse
+def ray_task_runner(spec: Any):
+    """prefect-ray's runner: the cluster at runner.address, or a local Ray it starts (and
+    stops) when there is none. Ray ships tasks and results between processes with
+    cloudpickle, as Dask does: our own objects in transit; results stay ArtifactRefs."""
+    check_runner(spec)  # the extra is installed and the address answers, else one clear error
+    from prefect_ray import RayTaskRunner
 
-    address = spec.runner.address if spec.runner.type == "dask" else None
-    if not address or not address.startswith(("tcp://", "tls://")):
+    return RayTaskRunner(address=spec.runner.address, init_kwargs=ray_init_kwargs(spec))
+
+
+def ray_init_kwargs(spec: Any) -> dict[str, Any]:
+    """ray.init's arguments. A local Ray: `runner.workers` CPUs on 127.0.0.1, no dashboard
+    (a web server per run for nothing). Its workers report to this process's API (else each
+    would start an embedded server of its own); on a cluster, only to a PREFECT_API_URL that
+    is set, since this process's embedded server is out of the cluster's reach."""
+    if spec.runner.address:
+        from prefect.settings import get_current_settings
+
+        url = get_current_settings().api.url
+        return {"runtime_env": {"env_vars": {"PREFECT_API_URL": url}}} if url else {}
+    return {
+        "num_cpus": spec.runner.workers,  # a task takes one CPU (Ray's default): one per worker
+        "include_dashboard": False,
+        "_node_ip_address": "127.0.0.1",
+        "runtime_env": {"env_vars": {"PREFECT_API_URL": api_url()}},
+    }
+
+
+def check_runner(spec: Any, timeout: float = 5.0) -> None:
+    """The runner named in the spec must be usable before any task runs (else the run would
+    train first and fail at cross-validation): Ray's extra installed, and the Dask scheduler
+    or Ray cluster at runner.address answering."""
+    if spec.runner.type == "ray":
+        try:
+            import prefect_ray  # noqa: F401
+            import ray  # noqa: F401
+        except ImportError:
+            raise TrainflowError(
+                "runner.type: ray needs Ray and prefect-ray, which are not installed: "
+                "pip install 'trainflow[ray]' (or set runner.type: thread or dask)"
+            ) from None
+    address = spec.runner.address
+    if not address:
         return
-    parsed = urlparse(address)
+    if spec.runner.type == "ray":
+        _answers(address, *_ray_host_port(address), "Ray cluster", "`ray start --head`", timeout)
+    elif address.startswith(("tcp://", "tls://")):
+        parsed = urlparse(address)
+        _answers(
+            address,
+            parsed.hostname,
+            parsed.port or 8786,
+            "Dask scheduler",
+            "`dask scheduler`",
+            timeout,
+        )
+
+
+def _ray_host_port(address: str) -> tuple[str, int]:
+    """ray://host[:port] (Ray Client, 10001 by default) or host:port (the head's GCS)."""
+    if address.startswith("ray://"):
+        parsed = urlparse(address)
+        return parsed.hostname or "", parsed.port or 10001
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def _answers(address: str, host, port: int, what: str, start: str, timeout: float) -> None:
     try:
-        with socket.create_connection((parsed.hostname, parsed.port or 8786), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             pass
     except (OSError, ValueError) as exc:
         raise TrainflowError(
-            f"runner.address: no Dask scheduler answers at {address} "
-            f"({exc.__class__.__name__}); start one (`dask scheduler`) or "
+            f"runner.address: no {what} answers at {address} "
+            f"({exc.__class__.__name__}, {timeout:g} s); start one ({start}) or "
             f"remove runner.address to use a local cluster"
         ) from None
 

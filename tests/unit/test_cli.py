@@ -160,12 +160,12 @@ def test_unknown_runner_type_and_step_options_are_named(capsys):
             "validate",
             str(spec),
             "--set",
-            "runner.type=ray",
+            "runner.type=spark",
             "--set",
             "orchestration.steps={trian: {timeout_s: 5}}",
         ],
     )
-    assert "runner.type: Input should be 'thread' or 'dask' (got 'ray')" in err
+    assert "runner.type: Input should be 'thread', 'dask' or 'ray' (got 'spark')" in err
     assert "orchestration.steps: unknown step(s) 'trian'" in err
     err = run_error(capsys, ["validate", str(spec), "--set", "runner.address=tcp://h:8786"])
     assert "runner: address is a Dask scheduler address: set type: dask" in err

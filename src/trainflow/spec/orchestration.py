@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -14,27 +15,46 @@ from trainflow.spec.base import Section
 TASK_NAMES = registry.task_names()
 # The tasks that train a model (and so occupy a device): they carry the device tag.
 TRAINING_TASKS = tuple(name for name, task in registry.TASKS.items() if task.trains)
+# ray://host[:port] (Ray Client, port 10001 by default) or host:port (the head's GCS)
+RAY_ADDRESS = re.compile(r"^(ray://[A-Za-z0-9.\-]+(:\d{1,5})?|[A-Za-z0-9.\-]+:\d{1,5})$")
 
 
 class RunnerSpec(Section):
-    """Where the cross-validation folds run: a one-worker thread pool in the flow's process
-    (`thread`), or a Dask cluster (`dask`: the scheduler at `address`, or a LocalCluster of
-    `workers` single-threaded processes when no address is given)."""
+    """Where the cross-validation folds and search trials run: a one-worker thread pool in the
+    flow's process (`thread`), a Dask cluster (`dask`: the scheduler at `address`, or a
+    LocalCluster of `workers` single-threaded processes when no address is given), or Ray
+    (`ray`: the cluster at `address`, or a local Ray of `workers` CPUs, one task per CPU)."""
 
-    type: Literal["thread", "dask"] = "thread"
-    address: str | None = Field(None, description="Dask scheduler, e.g. tcp://10.0.0.5:8786")
-    workers: int = Field(2, ge=1, le=256, description="LocalCluster worker processes")
+    type: Literal["thread", "dask", "ray"] = "thread"
+    address: str | None = Field(
+        None,
+        description="Dask scheduler (tcp://10.0.0.5:8786) or Ray cluster (ray://10.0.0.5:10001,"
+        " or the head's host:port, 10.0.0.5:6379)",
+    )
+    workers: int = Field(
+        2, ge=1, le=256, description="Local worker processes (Dask LocalCluster, local Ray's CPUs)"
+    )
 
     @model_validator(mode="after")
-    def _address_needs_dask(self):
-        if self.address is not None and self.type != "dask":
-            raise ValueError("address is a Dask scheduler address: set type: dask or remove it")
-        if self.address is not None and not self.address.startswith(
+    def _address_fits_the_type(self):
+        if self.address is None:
+            return self
+        if self.type == "thread":
+            raise ValueError(
+                "address is a Dask scheduler address: set type: dask (or type: ray for a Ray "
+                "cluster) or remove it"
+            )
+        if self.type == "dask" and not self.address.startswith(
             ("tcp://", "tls://", "ucx://", "inproc://")
         ):
             raise ValueError(
                 f"address must be a Dask scheduler URL (tcp://host:port, tls://...),"
                 f" got {self.address!r}"
+            )
+        if self.type == "ray" and not RAY_ADDRESS.match(self.address):
+            raise ValueError(
+                f"address must be a Ray cluster address (ray://host:port for Ray Client, or "
+                f"the head node's host:port), got {self.address!r}"
             )
         return self
 
