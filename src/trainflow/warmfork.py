@@ -78,12 +78,23 @@ def listen(place: Place) -> socket.socket | None:
 def serve(place: Place, listener: socket.socket, idle_s: float) -> tuple | None:
     """Serve until idle for `idle_s`; in a forked child, return what it is to run."""
     children: dict[int, socket.socket] = {}
+    # a child's end wakes the loop at once (its command waits for the status), not at a tick
+    woken, wake = os.pipe()
+    os.set_blocking(wake, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake)
     last_used = time.monotonic()
     while True:
-        readable, _, _ = select.select([listener], [], [], TICK_S)
-        if readable:
+        readable, _, _ = select.select([listener.fileno(), woken], [], [], TICK_S)
+        if woken in readable:
+            os.read(woken, 4096)
+        if listener.fileno() in readable:
             forked = accept(listener, children)
-            if forked is not None:
+            if forked is not None:  # the child: none of the worker's wake-up is its own
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.close(woken)
+                os.close(wake)
                 return forked
         reap(children)
         if children:

@@ -248,7 +248,10 @@ def exit_like(code: int) -> int:
     """The child's exit code; a child killed by a signal: this command dies of it too."""
     if code >= 0:
         return code
-    signal.signal(-code, signal.SIG_DFL)
+    try:
+        signal.signal(-code, signal.SIG_DFL)
+    except (OSError, ValueError):  # SIGKILL's action is the default already, and fixed
+        pass
     os.kill(os.getpid(), -code)
     return 128 - code  # not reached for a deadly signal
 
