@@ -163,7 +163,7 @@ def stop_worker(folder: Path) -> None:
             pass
 
 
-def one_run(spec: Path, folder: Path) -> tuple[dict[str, harness.Sample], float, list[str], float]:
+def one_run(spec: Path, folder: Path) -> tuple[dict, float, list[str], float, dict[str, bool]]:
     folder.mkdir(parents=True)
     env = environment(folder)
     outputs = [f"outputs.store={folder / 'store'}", f"outputs.runs={folder / 'runs'}"]
@@ -190,7 +190,8 @@ def one_run(spec: Path, folder: Path) -> tuple[dict[str, harness.Sample], float,
         f"the cached rerun: {'yes' if served else 'no'}",
         flush=True,
     )
-    return got, harness.median(gaps) if gaps else float("nan"), computed, span
+    gap = harness.median(gaps) if gaps else float("nan")
+    return got, gap, computed, span, {"cold run": cold_served, "cached rerun": served}
 
 
 def interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -220,9 +221,11 @@ def main() -> None:
     gaps = []
     spans = []
     recomputed: list[list[str]] = []
+    by_the_worker: list[dict[str, bool]] = []  # which commands the warm worker served
     with tempfile.TemporaryDirectory(prefix="trainflow-cli-") as tmp:
         for run in range(args.runs):
-            got, gap, computed, span = one_run(spec, Path(tmp) / f"run{run}")
+            got, gap, computed, span, served = one_run(spec, Path(tmp) / f"run{run}")
+            by_the_worker.append(served)
             for name, sample in got.items():
                 samples[name].append(sample)
             gaps.append(gap)
@@ -261,6 +264,7 @@ def main() -> None:
             "threads": args.threads,
             "figures": result,
             "not_cached_in_rerun": recomputed,
+            "served_by_warm_worker": by_the_worker,
         },
     )
 
