@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +18,10 @@ from prefect import task
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
-from trainflow.engine import checkpoint
+from trainflow.engine import checkpoint, ddp
 from trainflow.engine.data import Split
+from trainflow.engine.loop import FitResult
+from trainflow.engine.setup import resolve_device
 from trainflow.engine.state import load_resumable
 from trainflow.engine.training import train_into
 from trainflow.errors import ArtifactError
@@ -86,7 +89,8 @@ def resume_folder(
         {
             "shards": shards.fingerprint,
             "model": model.model_dump(mode="json"),
-            "train": train.model_dump(mode="json"),
+            # (not the world size: a run on another one finds the folder and is told)
+            "train": train.model_dump(mode="json", exclude={"distributed"}),
             "seed": seed,
         },
         sort_keys=True,
@@ -161,6 +165,41 @@ def held_out_none(val: Split) -> Split:
     return Split.from_arrays(val.x[:0].numpy(), val.y[:0].numpy())
 
 
+def train_ranks(
+    staging: Path,
+    shards: ArtifactRef,
+    model: Any,
+    train: TrainSpec,
+    seed: int,
+    data: dict[str, Split | Stream],
+    resume_dir: Path,
+    saved: dict | None,
+) -> FitResult:
+    """train.distributed: torchrun starts the ranks on a job file (engine.ddp); each reads its
+    own shards and trains through the one loop; rank 0 writes into `staging`."""
+    spec, device = train.distributed, resolve_device(train.device).type
+    assert spec is not None
+    ddp.check_ranks(spec, device)
+    loader = train.loader
+    cache = Path(loader.cache_dir) if loader.cache_dir else DEFAULT_CACHE
+    stream, _ = training_stream(shards.path, loader, train.on_corrupt, cache)
+    where = {
+        "shards": shards.path,
+        "cache_dir": cache,
+        "on_corrupt": train.on_corrupt,
+        "pooled": train.fit_on == POOLED,
+        "staging": staging,
+        "resume_dir": resume_dir,
+        "resume": saved is not None,
+        "device": device,
+    }
+    with tempfile.TemporaryDirectory(prefix="trainflow-ddp-") as work:
+        streamed = isinstance(data["train"], Stream)
+        job = ddp.job(train, model, seed, stream, streamed, shards.data_schema, where)
+        job["work"] = work
+        return FitResult(**ddp.launch(spec, job, Path(work), job["threads"]))
+
+
 @task(name="train", **CACHED)
 def train_model(
     shards: ArtifactRef, model: Any, train: TrainSpec, seed: int, store: str
@@ -192,19 +231,24 @@ def train_model(
     target = Store(store)
     resume_dir = resume_folder(target, shards, model, given, seed)
     with held_alone(resume_dir, logger), target.writer("model") as staging:
-        _, result = train_into(
-            staging,
-            model,
-            train,
-            seed,
-            data,
-            shards.data_schema["input_shape"],
-            shards.data_schema["classes"],
-            log_epoch,
-            resume_dir,
-            shards.data_schema.get("aux_targets"),
-            resume_point(resume_dir, logger),
-        )
+        saved = resume_point(resume_dir, logger)
+        ddp.check_world(saved, train.distributed, resume_dir)  # exact resume: same world size
+        if train.distributed:  # the ranks train (torchrun); rank 0 writes into staging
+            result = train_ranks(staging, shards, model, train, seed, data, resume_dir, saved)
+        else:
+            _, result = train_into(
+                staging,
+                model,
+                train,
+                seed,
+                data,
+                shards.data_schema["input_shape"],
+                shards.data_schema["classes"],
+                log_epoch,
+                resume_dir,
+                shards.data_schema.get("aux_targets"),
+                saved,
+            )
         progress.update(1.0)  # early stopping ends before the last epoch
         best = result.history[result.best_epoch - 1]
         held_out = train.fit_on != POOLED  # else no validation score: the last epoch's model

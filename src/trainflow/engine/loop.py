@@ -102,6 +102,8 @@ def run_epoch(run: Setup, state: TrainingState, outputs: Outputs, epoch: int) ->
     )
     with anomaly_detection(run.spec.debug.detect_anomaly, epoch):
         train_loss = train_epoch(run.runner, state, batches, run.update, outputs.after_step)
+    pos = state.position  # DDP: the mean over every rank's rows
+    train_loss = run.world.mean_loss(pos.loss_sum, pos.seen, train_loss)
     if run.update.swa_phase(epoch) and state.averaged and state.swa_lr:
         average_epoch(state.averaged, state.swa_lr, state.model)  # train.swa
     row = epoch_row(run, state, train_loss)

@@ -24,12 +24,13 @@ class Outputs:
         on_epoch: Callable[[dict], None] | None = None,
     ):
         spec = run.spec
+        out_dir = out_dir if run.world.writes else None  # DDP: rank 0 alone writes
         self.out_dir, self.run, self.state, self.on_epoch = out_dir, run, state, on_epoch
         self.every, self.every_steps = spec.checkpoint_every, spec.checkpoint_every_steps
         self.interval, self.keep = spec.checkpoint_interval_s, spec.keep_last
         self.tracker = Tracker(
             out_dir,
-            spec.log.tensorboard,
+            spec.log.tensorboard if run.world.writes else None,
             spec.log.every_steps,
             state.run.history,
             state.run.step_rows,
@@ -57,8 +58,13 @@ class Outputs:
 
     def _save(self) -> None:
         assert self.writer is not None and self.out_dir is not None  # (_due says so)
-        self.writer.save(self.out_dir / "last.pt", self.state.state_dict(), self.keep)
+        self.writer.save(self.out_dir / "last.pt", self.saved_state(), self.keep)
         self.saved_at = time.monotonic()
+
+    def saved_state(self) -> dict:
+        """last.pt: the training state and the world size it ran on (a resume on another
+        is refused: engine.ddp.check_world)."""
+        return {**self.state.state_dict(), "world_size": self.run.world.size}
 
     def after_step(self, loss: torch.Tensor, grad_norm: float | None) -> None:
         """train.checkpoint_every_steps (a diverged run is never saved) and train.log's
@@ -111,6 +117,6 @@ class Outputs:
         self.writer.wait()
         last = self.out_dir / "last.pt"
         if self.saved_epoch != self.state.epoch and self.state.run.history:
-            checkpoint.save_rotating(last, self.state.state_dict(), self.keep)
+            checkpoint.save_rotating(last, self.saved_state(), self.keep)
         checkpoint.save(self.out_dir / "best.pt", {"model": best_state, "epoch": best_epoch})
         checkpoint.drop_rotation(last)

@@ -7,7 +7,7 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
@@ -19,6 +19,7 @@ from trainflow.engine.augment import Augmenter
 from trainflow.engine.averaging import averaged_model, swa_schedule
 from trainflow.engine.batchsize import largest_batch, ramped
 from trainflow.engine.data import Split, balanced_weights, batches, weights_from_counts
+from trainflow.engine.ddp import World
 from trainflow.engine.distill import Distiller
 from trainflow.engine.state import TrainingState, spec_digest
 from trainflow.engine.tracking import GradientNorms
@@ -83,6 +84,9 @@ class Setup:
     augmenter: Augmenter | None
     pin_memory: bool
     stopping: Stopping
+    world: World = field(
+        default_factory=World
+    )  # train.distributed: this rank among the ranks (engine.ddp)
 
     @property
     def streamed(self) -> bool:
@@ -103,12 +107,17 @@ class Setup:
         size, aug = self.size_at(epoch), self.augmenter
         if isinstance(self.train, Stream):
             return iter(
-                self.train.epoch(
-                    epoch, size, self.seed, self.pin_memory, aug.for_epoch if aug else None
+                self.train.epoch(  # (a stream gives each rank its own shards)
+                    epoch,
+                    size // self.world.size,
+                    self.seed,
+                    self.pin_memory,
+                    aug.for_epoch if aug else None,
                 )
             )
         assert isinstance(self.train, Split)
-        return batches(self.train, size, generator, self.sample_weights)
+        # DDP: this rank's share of each of the one-process run's global batches
+        return map(self.world.local, batches(self.train, size, generator, self.sample_weights))
 
     def augment(self, epoch: int) -> Callable | None:
         """In-memory batches' augmentation (a stream's runs in its workers)."""
@@ -160,9 +169,11 @@ def setup(
         if early
         else Stopping()
     )
+    world = World.current()  # train.distributed: rank and world size (one process: 0 of 1)
+    runner = world.wrap(model, device)  # DDP: backward averages the gradients across ranks
     # torch.compile: the compiled module runs the batches; `model` keeps the state dicts.
     runner = (
-        cast(nn.Module, torch.compile(model, mode=spec.compile_mode)) if spec.compile else model
+        cast(nn.Module, torch.compile(runner, mode=spec.compile_mode)) if spec.compile else runner
     )
     layer_grads = GradientNorms() if spec.debug.layer_norms else None
     state = TrainingState(
@@ -179,7 +190,18 @@ def setup(
         swa_schedule(optimizer, spec),  # train.swa
     )
     return Setup(
-        spec, seed, train, val, runner, update, batch_size, sample_weights, augmenter, pin, stopping
+        spec,
+        seed,
+        train,
+        val,
+        runner,
+        update,
+        batch_size,
+        sample_weights,
+        augmenter,
+        pin,
+        stopping,
+        world,
     ), state
 
 

@@ -16,6 +16,7 @@ from trainflow.engine import compute, optim, transfer
 from trainflow.engine.augment import Augmenter, preview_png
 from trainflow.engine.checks import check_model_and_training
 from trainflow.engine.data import Split
+from trainflow.engine.ddp import World
 from trainflow.engine.distill import load_teacher
 from trainflow.engine.loop import FitResult, fit
 from trainflow.engine.model_folder import build_model, describe
@@ -82,7 +83,7 @@ def train_into(
             resume=resume if resume_dir else None,
             teacher=teacher,
         )
-    if resume_dir:
+    if resume_dir and World.current().writes:  # DDP: rank 0 alone wrote the checkpoints
         for name in ("metrics.jsonl", "last.pt", "best.pt"):
             shutil.copy2(work / name, folder / name)
         shutil.rmtree(work)

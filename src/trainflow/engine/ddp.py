@@ -1,0 +1,210 @@
+"""Data-parallel training (train.distributed: ddp) on torchrun and torch.distributed.
+
+The train task writes a job file and starts the ranks with torchrun (`launch`); each rank runs
+trainflow.engine.ddp_worker, which trains through the one loop (engine.loop.fit). The loop
+sees the rank only through `World`: setup wraps the model in DistributedDataParallel and
+takes this rank's share of each global batch, outputs write on rank 0 alone, and the epoch's
+training loss is the mean over every rank's rows.
+
+The rule for the batch: train.batch_size is the global batch. Each in-memory global batch
+(the one-process run's, drawn by the same generator) is cut into nproc_per_node equal
+contiguous parts, one per rank, and the gradients are summed weighted by each part's share
+of the batch's rows (`World.wrap`'s comm hook; DDP's own hook averages, which is the same
+for equal parts, and not for an epoch's last, uneven batch): the one-process mean gradient,
+up to the order of float additions, wherever the loss is an unweighted mean (with class or
+sample weights each rank normalizes by its own rows' weights: close, not equal). A streamed
+loader gives each rank its own shards and batches of batch_size / nproc_per_node rows (the
+same global batch size, another order). An epoch's last batch needs at least one row per rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from trainflow.errors import SpecError, TrainflowError
+from trainflow.spec.train import Distributed
+
+
+@dataclass
+class World:
+    """This process's place among the ranks: rank 0 of 1 without torch.distributed; `share`
+    is this rank's fraction of the rows of the global batch running now."""
+
+    rank: int = 0
+    size: int = 1
+    share: float = 1.0
+
+    @classmethod
+    def current(cls) -> World:
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    @property
+    def writes(self) -> bool:
+        """Rank 0 alone writes checkpoints, metrics and artifacts."""
+        return self.rank == 0
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """DistributedDataParallel around `model` (its backward averages the gradients);
+        one process trains `model` itself."""
+        if self.size == 1:
+            return model
+        ids = [device.index or 0] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        wrapped.register_comm_hook(self, weighted_sum)
+        return wrapped
+
+    def local(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """This rank's contiguous share of a global batch (x, y and any weights)."""
+        if self.size == 1:
+            return batch
+        parts = tuple(column.tensor_split(self.size)[self.rank] for column in batch)
+        self.share = len(parts[0]) / max(len(batch[0]), 1)
+        return parts
+
+    def mean_loss(self, loss_sum: torch.Tensor, seen: int, local: float) -> float:
+        """The epoch's training loss over every rank's rows (`local`: this rank's mean)."""
+        if self.size == 1:
+            return local
+        total = torch.tensor([loss_sum.item(), float(seen)], dtype=torch.float64)
+        total = total.to(loss_sum.device)  # (NCCL reduces CUDA tensors only)
+        dist.all_reduce(total)
+        return float(total[0] / total[1].clamp_min(1))
+
+
+def weighted_sum(world: World, bucket):  # (unannotated: DDP checks the real classes)
+    """DDP's gradient reduction of a dist.GradBucket: each rank's mean gradient times its
+    share of the rows, summed over the ranks (the mean gradient over all the batch's rows)."""
+    grads = bucket.buffer().mul_(world.share)
+    work = dist.all_reduce(grads, async_op=True)
+    assert work is not None
+    return work.get_future().then(lambda done: done.value()[0])
+
+
+def backend(spec: Distributed, device: str) -> str:
+    """distributed.backend: auto is NCCL on CUDA, gloo on CPU."""
+    if spec.backend != "auto":
+        return spec.backend
+    return "nccl" if device == "cuda" else "gloo"
+
+
+def check_ranks(spec: Distributed, device: str) -> None:
+    """nproc_per_node against what this machine has: CUDA devices, or usable CPU cores."""
+    if spec.nnodes > 1:
+        return  # (every node checks its own at its launch)
+    if device == "cuda":
+        have, what = torch.cuda.device_count(), "CUDA devices"
+    else:
+        have, what = len(os.sched_getaffinity(0)), "usable CPU cores"
+    if spec.nproc_per_node > have:
+        raise SpecError(
+            "train.distributed",
+            [
+                (
+                    "train.distributed.nproc_per_node",
+                    f"{spec.nproc_per_node} ranks is more than this machine's {have} {what}; "
+                    f"set nproc_per_node to at most {have}",
+                )
+            ],
+        )
+
+
+def check_world(saved: dict | None, spec: Distributed | None, folder: Path) -> None:
+    """Exact resume holds for the same world size only: refuse another one, naming both."""
+    if saved is None:
+        return
+    was, now = int(saved.get("world_size", 1)), spec.nproc_per_node * spec.nnodes if spec else 1
+    if was != now:
+        raise TrainflowError(
+            f"cannot resume the interrupted training in {folder}: it ran on {was} rank(s), "
+            f"this run has {now} (exact resume needs the same world size). Rerun with "
+            f"train.distributed giving {was} rank(s) to resume it, or delete {folder} to "
+            "train afresh"
+        )
+
+
+def command(spec: Distributed, job: Path) -> list[str]:
+    """torchrun's argv (no shell): a standalone rendezvous, or the given c10d endpoint."""
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={spec.nproc_per_node}",
+    ]
+    if spec.rdzv_endpoint is None:
+        argv.append("--standalone")
+    else:
+        argv += [f"--nnodes={spec.nnodes}", "--rdzv_backend=c10d"]
+        argv += [f"--rdzv_endpoint={spec.rdzv_endpoint}"]
+    return [*argv, "-m", "trainflow.engine.ddp_worker", str(job)]
+
+
+def launch(spec: Distributed, job: dict[str, Any], work: Path, threads: int) -> dict:
+    """Run the ranks on `job` (written to work/job.json), wait for them, and return rank 0's
+    result; a failed rank becomes one TrainflowError with its last error lines."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "job.json"
+    path.write_text(json.dumps(job))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torchrun's default is 1 too
+    done = subprocess.run(command(spec, path), env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise TrainflowError(failure(work, spec, done.stdout + done.stderr))
+    return json.loads((work / "result.json").read_text())
+
+
+def failure(work: Path, spec: Distributed, output: str) -> str:
+    """The first rank to fail (its error file is the oldest; the others fail after it, when
+    torchrun stops them or their peer's connection closes) and its last lines."""
+    errors = sorted(work.glob("rank*.err"), key=lambda p: p.stat().st_mtime)
+    if errors:
+        rank = errors[0].stem.removeprefix("rank")
+        lines = errors[0].read_text().strip().splitlines()[-6:]
+    else:  # killed before it could write (a signal, out of memory): torchrun's own lines
+        rank, lines = "?", output.strip().splitlines()[-6:]
+    return (
+        f"distributed training ({spec.strategy}, {spec.nproc_per_node} ranks per node) "
+        f"failed on rank {rank}: " + "\n".join(lines)
+    )
+
+
+def job(
+    train: Any,
+    model: Any,
+    seed: int,
+    stream: Any,
+    streamed: bool,
+    schema: dict,
+    where: dict[str, Any],
+) -> dict[str, Any]:
+    """The job file's inputs: the spec sections, the shards (`stream`: the training split's
+    verified paths and loader knobs) and the folders in `where` (shards, cache_dir,
+    on_corrupt, pooled, staging, resume_dir, resume, work). threads and precision `auto` are
+    fixed before the ranks start: one thread each (they share the cores), and fp32, since a
+    probe on each rank could choose differently and the ranks must train alike."""
+    threads = train.threads if train.threads != "auto" else 1
+    precision = train.precision if train.precision != "auto" else "fp32"
+    fixed = train.model_copy(update={"threads": threads, "precision": precision})
+    return {
+        "train": fixed.model_dump(mode="json"),
+        "model": model.model_dump(mode="json"),
+        "seed": seed,
+        "stream": {k: v for k, v in vars(stream).items() if k not in ("rank", "world_size")},
+        "streamed": streamed,
+        "input_shape": schema["input_shape"],
+        "classes": schema["classes"],
+        "aux_targets": schema.get("aux_targets"),
+        "backend": backend(train.distributed, where.pop("device")),
+        "threads": threads,
+        **{k: str(v) if isinstance(v, Path) else v for k, v in where.items()},
+    }
