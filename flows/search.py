@@ -78,9 +78,9 @@ def search(spec: PipelineSpec) -> dict:
 
 def search_flow(spec: PipelineSpec) -> Any:
     """The search flow on its task runner: `search.parallel` trials at once on threads, or
-    on the spec's Dask cluster (`runner: {type: dask}`), one trial per worker process.
-    Threads share torch's process-wide RNG, so parallel trials on threads are not
-    reproducible run to run; on Dask, and one at a time, they are."""
+    on the spec's Dask cluster or Ray (`runner: {type: dask}` or `{type: ray}`), one trial
+    per worker process. Threads share torch's process-wide RNG, so parallel trials on
+    threads are not reproducible run to run; on Dask or Ray, and one at a time, they are."""
     assert spec.search is not None
     runner = (
         ThreadPoolTaskRunner(max_workers=spec.search.parallel)

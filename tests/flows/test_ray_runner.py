@@ -2,6 +2,8 @@
 the folds and a search's trials give the thread pool's numbers, a dead address is one error."""
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -96,3 +98,21 @@ def test_an_unreachable_ray_address_is_one_error_naming_it(tmp_path, capsys):
 def test_a_ray_address_of_another_shape_is_refused_by_the_spec():
     with pytest.raises(SpecError, match="address must be a Ray cluster address"):
         load_spec(SPEC, ["runner.type=ray", "runner.address=tcp://10.0.0.5:8786"])
+
+
+def test_without_the_ray_extra_a_ray_runner_is_one_error_naming_the_install(tmp_path):
+    # a real `trainflow run` in a process where Ray cannot be imported (as without the extra)
+    code = (
+        "import sys; sys.modules['ray'] = None; sys.modules['prefect_ray'] = None\n"
+        "from trainflow.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    store = tmp_path / "store"
+    argv = [str(SPEC), "--set", "runner.type=ray", "--set", f"outputs.store={store}"]
+    done = subprocess.run(
+        [sys.executable, "-c", code, "run", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    assert "runner.type: ray needs Ray and prefect-ray" in done.stderr
+    assert "pip install 'trainflow[ray]'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not store.exists()
