@@ -1,0 +1,138 @@
+"""train.distributed (ddp) through the train task: real torchrun ranks (gloo, CPU, 2 processes)
+on real shards. At the same global batch the 2-rank run ends with the 1-process weights and
+metrics; rank 0 alone writes; a failed rank, another world size and too many ranks are each one
+clear error."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainflow.artifacts import Store
+from trainflow.engine import checkpoint
+from trainflow.errors import SpecError, TrainflowError
+from trainflow.spec.model import MLPParams
+from trainflow.spec.pipeline import load_spec
+from trainflow.spec.train import TrainSpec
+from trainflow.tasks.ingest import SklearnSource, ingest
+from trainflow.tasks.normalize import NormalizeParams, normalize
+from trainflow.tasks.shard import ShardParams, shard
+from trainflow.tasks.split import SplitParams, split
+from trainflow.tasks.train import resume_folder, train_model
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = MLPParams(type="mlp", hidden_layers=2, units=[32, 16])
+# 369 training rows: 11 batches of 32 and a last, odd one of 17 (9 + 8 rows on two ranks)
+ONE = TrainSpec(
+    lr=1e-2, batch_size=32, epochs=3, threads=1, precision="fp32", device="cpu",
+    loader={"mode": "memory"},
+)  # fmt: skip
+TWO = TrainSpec.model_validate({**ONE.model_dump(), "distributed": {"nproc_per_node": 2}})
+# Measured (3 epochs, 36 steps, AdamW): largest weight difference 9e-8, metrics within 1e-8;
+# the float sums run in another order on two ranks, so bit equality is not expected.
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    store = str(tmp_path_factory.mktemp("store"))
+    table = ingest.fn(SklearnSource(type="sklearn", dataset="breast_cancer"), store)
+    raw = split.fn(table, SplitParams(type="split"), 0, store)
+    scaled = normalize.fn(raw, NormalizeParams(type="normalize"), 0, store)
+    shards = shard.fn(scaled, ShardParams(max_samples=128), store)
+    one = train_model.fn(shards, MODEL, ONE, 0, store)
+    two = train_model.fn(shards, MODEL, TWO, 0, store)
+    return {"store": store, "shards": shards, "one": one, "two": two}
+
+
+def rows(model) -> list[dict]:
+    return [json.loads(line) for line in (model.path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_ranks_end_with_the_one_process_weights_and_metrics(runs):
+    one, two = (checkpoint.load(runs[k].path / "best.pt")["model"] for k in ("one", "two"))
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], rtol=0, atol=ATOL), name
+    a, b = rows(runs["one"]), rows(runs["two"])
+    assert [r.keys() for r in a] == [r.keys() for r in b] and len(a) == 3
+    for x, y in zip(a, b):
+        assert x == pytest.approx(y, abs=ATOL, rel=0)
+    assert runs["two"].meta["batch_size"] == 32  # the global batch
+    two_json = json.loads((runs["two"].path / "model.json").read_text())
+    assert two_json["compute"]["threads"] == 1
+
+
+@pytest.mark.slow
+def test_rank_zero_alone_writes(runs):
+    """The 2-rank model folder holds exactly the 1-process files (one metrics log of one row
+    per epoch, one best.pt and last.pt), and nothing else in the store names a rank."""
+    names = {p.name for p in runs["two"].path.iterdir()}
+    assert names == {p.name for p in runs["one"].path.iterdir()}
+    assert "metrics.jsonl" in names and "best.pt" in names
+    assert [r["epoch"] for r in rows(runs["two"])] == [1, 2, 3]  # not written twice
+    assert not [p for p in Path(runs["store"]).rglob("*") if "rank" in p.name]
+    saved = checkpoint.load(runs["two"].path / "last.pt")
+    assert saved["world_size"] == 2
+
+
+def left_by_two_ranks(runs, spec: TrainSpec, changes: dict | None = None) -> Path:
+    """A resume folder for `spec` holding the 2-rank run's last.pt (with `changes`): as a
+    2-rank run killed after its last epoch would have left it."""
+    folder = resume_folder(Store(runs["store"]), runs["shards"], MODEL, spec, 0)
+    saved = checkpoint.load(runs["two"].path / "last.pt")
+    checkpoint.save_rotating(folder / "last.pt", {**saved, **(changes or {})})
+    return folder
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_world_size_is_refused_naming_both(runs):
+    spec = TrainSpec.model_validate({**ONE.model_dump(), "epochs": 4})  # (a key of its own)
+    folder = left_by_two_ranks(runs, spec)
+    with pytest.raises(TrainflowError, match="it ran on 2 rank.*this run has 1") as caught:
+        train_model.fn(runs["shards"], MODEL, spec, 0, runs["store"])
+    assert "train.distributed" in str(caught.value) and str(folder) in str(caught.value)
+
+
+@pytest.mark.slow
+def test_a_failed_rank_is_one_error_with_its_last_lines(runs):
+    spec = TrainSpec.model_validate({**TWO.model_dump(), "epochs": 5})
+    left_by_two_ranks(runs, spec, {"spec": "another spec's digest"})
+    with pytest.raises(TrainflowError, match=r"failed on rank [01]:") as caught:
+        train_model.fn(runs["shards"], MODEL, spec, 0, runs["store"])
+    assert "written by a different train spec" in str(caught.value)
+
+
+def test_more_ranks_than_cores_is_one_spec_error():
+    cores = len(os.sched_getaffinity(0))
+    with pytest.raises(SpecError) as caught:
+        load_spec(
+            ROOT / "pipelines" / "breast_cancer_mlp.yaml",
+            ["train.device=cpu", f"train.distributed.nproc_per_node={cores + 1}"],
+        )
+    assert len(caught.value.problems) == 1
+    assert f"({cores + 1})" in str(caught.value) and f"{cores} usable CPU cores" in str(
+        caught.value
+    )
+
+
+@pytest.mark.parametrize(
+    ("distributed", "words"),
+    [
+        ({"nproc_per_node": 2, "nnodes": 2}, "give rdzv_endpoint"),
+        ({"nproc_per_node": 1, "rdzv_endpoint": "not an endpoint"}, "rdzv_endpoint"),
+    ],
+)
+def test_a_rendezvous_of_the_wrong_shape_is_refused(distributed, words):
+    with pytest.raises(ValueError, match=words):
+        TrainSpec(distributed=distributed)
+
+
+def test_ddp_refuses_a_batch_it_cannot_split_and_knobs_that_cannot_hold():
+    with pytest.raises(ValueError, match=r"batch_size \(33\) is the global batch"):
+        TrainSpec(batch_size=33, distributed={"nproc_per_node": 2})
+    with pytest.raises(ValueError, match="auto_batch cannot run under distributed"):
+        TrainSpec(auto_batch={"memory_mb": 100}, distributed={"nproc_per_node": 1})
