@@ -18,7 +18,7 @@ from prefect import task
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
-from trainflow.engine import checkpoint, ddp
+from trainflow.engine import checkpoint, ddp, ddp_worker
 from trainflow.engine.data import Split
 from trainflow.engine.loop import FitResult
 from trainflow.engine.setup import resolve_device
@@ -197,7 +197,9 @@ def train_ranks(
         streamed = isinstance(data["train"], Stream)
         job = ddp.job(train, model, seed, stream, streamed, shards.data_schema, where)
         job["work"] = work
-        return FitResult(**ddp.launch(spec, job, Path(work), job["threads"]))
+        # (the ranks' module imported here: its code is in this task's cache key)
+        out = ddp.launch(spec, job, Path(work), job["threads"], ddp_worker.__name__)
+        return FitResult(**out)
 
 
 @task(name="train", **CACHED)

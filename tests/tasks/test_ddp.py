@@ -25,9 +25,9 @@ from trainflow.tasks.train import resume_folder, train_model
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = MLPParams(type="mlp", hidden_layers=2, units=[32, 16])
 # 369 training rows: 11 batches of 32 and a last, odd one of 17 (9 + 8 rows on two ranks)
-ONE = TrainSpec(
-    lr=1e-2, batch_size=32, epochs=3, threads=1, precision="fp32", device="cpu",
-    loader={"mode": "memory"},
+ONE = TrainSpec.model_validate(
+    {"lr": 1e-2, "batch_size": 32, "epochs": 3, "threads": 1, "precision": "fp32",
+     "device": "cpu", "loader": {"mode": "memory"}}
 )  # fmt: skip
 TWO = TrainSpec.model_validate({**ONE.model_dump(), "distributed": {"nproc_per_node": 2}})
 # Measured (3 epochs, 36 steps, AdamW): largest weight difference 9e-8, metrics within 1e-8;
@@ -104,6 +104,14 @@ def test_a_failed_rank_is_one_error_with_its_last_lines(runs):
     with pytest.raises(TrainflowError, match=r"failed on rank [01]:") as caught:
         train_model.fn(runs["shards"], MODEL, spec, 0, runs["store"])
     assert "written by a different train spec" in str(caught.value)
+
+
+def test_the_ranks_code_is_in_the_train_tasks_cache_key():
+    """The ranks run trainflow.engine.ddp_worker in their own processes: an edit there must
+    change the train task's key as an edit of the loop does."""
+    from trainflow.sourcegraph import code_scope
+
+    assert "trainflow.engine.ddp_worker" in code_scope("trainflow.tasks.train")
 
 
 def test_more_ranks_than_cores_is_one_spec_error():

@@ -134,7 +134,7 @@ def check_world(saved: dict | None, spec: Distributed | None, folder: Path) -> N
         )
 
 
-def command(spec: Distributed, job: Path) -> list[str]:
+def command(spec: Distributed, job: Path, entry: str) -> list[str]:
     """torchrun's argv (no shell): a standalone rendezvous, or the given c10d endpoint."""
     argv = [
         sys.executable,
@@ -147,17 +147,18 @@ def command(spec: Distributed, job: Path) -> list[str]:
     else:
         argv += [f"--nnodes={spec.nnodes}", "--rdzv_backend=c10d"]
         argv += [f"--rdzv_endpoint={spec.rdzv_endpoint}"]
-    return [*argv, "-m", "trainflow.engine.ddp_worker", str(job)]
+    return [*argv, "-m", entry, str(job)]
 
 
-def launch(spec: Distributed, job: dict[str, Any], work: Path, threads: int) -> dict:
-    """Run the ranks on `job` (written to work/job.json), wait for them, and return rank 0's
-    result; a failed rank becomes one TrainflowError with its last error lines."""
+def launch(spec: Distributed, job: dict[str, Any], work: Path, threads: int, entry: str) -> dict:
+    """Run the ranks (module `entry`, trainflow.engine.ddp_worker) on `job` (written to
+    work/job.json), wait for them, and return rank 0's result; a failed rank becomes one
+    TrainflowError with its last error lines."""
     work.mkdir(parents=True, exist_ok=True)
     path = work / "job.json"
     path.write_text(json.dumps(job))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torchrun's default is 1 too
-    done = subprocess.run(command(spec, path), env=env, capture_output=True, text=True)
+    done = subprocess.run(command(spec, path, entry), env=env, capture_output=True, text=True)
     if done.returncode:
         raise TrainflowError(failure(work, spec, done.stdout + done.stderr))
     return json.loads((work / "result.json").read_text())
