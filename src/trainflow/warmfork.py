@@ -26,6 +26,7 @@ import warnings
 from trainflow.warmworker import MESSAGE_LIMIT, Place, peer_pid, peer_uid, worker_key
 
 TICK_S = 0.25  # how often the worker reaps its children and looks at its idle time
+STALE_CHECK_S = 5.0  # how often an idle worker compares its key with the files (about 20 ms)
 FLOWS = ("trainflow.cli", "trainflow.runtime", "trainflow.flows.pipeline", "trainflow.flows.search")
 # imported inside the functions of a run (the report's plots); absent ones are skipped
 LIBRARIES = ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg")
@@ -83,7 +84,7 @@ def serve(place: Place, listener: socket.socket, idle_s: float) -> tuple | None:
     os.set_blocking(wake, False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake)
-    last_used = time.monotonic()
+    last_used = checked = time.monotonic()
     while True:
         readable, _, _ = select.select([listener.fileno(), woken], [], [], TICK_S)
         if woken in readable:
@@ -102,6 +103,21 @@ def serve(place: Place, listener: socket.socket, idle_s: float) -> tuple | None:
         elif time.monotonic() - last_used >= idle_s and end(place, listener):
             log("idle: ended")
             return None
+        elif time.monotonic() - checked >= STALE_CHECK_S:
+            checked = time.monotonic()
+            if stale(place.key) and end(place, listener):
+                log("trainflow's sources or settings changed: ended")
+                return None
+
+
+def stale(key: str) -> bool:
+    """Whether the sources or settings files changed since the worker imported them: no later
+    command has its key, so it ends now rather than after its idle time."""
+    from trainflow import sourcegraph
+
+    for cached in (sourcegraph.module_files, sourcegraph.source, sourcegraph.tree_digest):
+        cached.cache_clear()  # the files as they are now; the same values while unchanged
+    return worker_key(os.environ) != key
 
 
 def accept(listener: socket.socket, children: dict[int, socket.socket]) -> tuple | None:

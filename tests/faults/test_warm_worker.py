@@ -37,7 +37,7 @@ SPEC = ROOT / "pipelines" / "breast_cancer_mlp.yaml"
 SMALL = ("train.epochs=1", "evaluate.cv=null", "ensemble=null", "compress={}")
 MISSING = "data.source={type: csv, path: missing.csv, target: label}"  # a user's mistake
 UNCACHED = {"promote", "publish_report", "measure_latency"}  # run every time by design
-IDLE_S = "60"
+IDLE_S = "600"  # the module's worker outlives every gap between its tests
 READY_S = 300  # a busy machine imports torch, scikit-learn and Prefect slowly
 
 
@@ -48,6 +48,7 @@ class Warm:
     home: Path
     env: dict[str, str]
     first: tuple[int, str, str] = (0, "", "")  # the in-process cold run's code, stdout, stderr
+    worker: int = 0  # the pid of the worker that first run started
 
     @property
     def workers(self) -> Path:
@@ -149,6 +150,7 @@ def warm(prefect_home):
         setup.first = finish(command(setup))  # no worker yet: in-process, and starts one
         assert setup.first[0] == 0, setup.first[2][-3000:]
         wait_for(lambda: ready_workers(setup), READY_S, f"no worker got ready:\n{setup.log()}")
+        setup.worker = ready_workers(setup)[0]
         yield setup
     finally:
         stop_everything(setup)
@@ -247,14 +249,17 @@ def test_other_settings_get_a_worker_of_their_own_which_ends_when_idle(warm):
     assert not log.with_suffix(".sock").exists() and not log.with_suffix(".json").exists()
 
 
-def test_an_edited_source_is_not_served_by_the_old_worker(warm):
+def test_an_edited_source_is_not_served_by_the_old_worker_which_ends(warm):
     edited = warm.tree / "trainflow" / "errors.py"
     original = edited.read_text()
     edited.write_text(original + "\n# an edit\n")
     try:
         mistake = command(warm, MISSING)
         code, _, err = finish(mistake)
+        # no command can have its key any more: it ends within seconds, not after its idle time
+        wait_for(lambda: not running(warm.worker), 30, "the stale worker did not end")
     finally:
         edited.write_text(original)
     assert code == 2 and err.startswith("error: ")
     assert not served(warm, mistake.pid), "the worker of the old sources served the command"
+    assert f"worker {warm.worker}: trainflow's sources or settings changed: ended" in warm.log()
