@@ -19,8 +19,10 @@ same global batch size, another order). An epoch's last batch needs at least one
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -158,10 +160,23 @@ def launch(spec: Distributed, job: dict[str, Any], work: Path, threads: int, ent
     path = work / "job.json"
     path.write_text(json.dumps(job))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torchrun's default is 1 too
-    done = subprocess.run(command(spec, path, entry), env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        command(spec, path, entry),
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=stop_with_parent,  # noqa: PLW1509 (a prctl only, before exec)
+    )
     if done.returncode:
         raise TrainflowError(failure(work, spec, done.stdout + done.stderr))
     return json.loads((work / "result.json").read_text())
+
+
+def stop_with_parent() -> None:
+    """torchrun gets SIGTERM when the task's process dies (killed, even by SIGKILL), and
+    then stops its ranks: none outlives the task to write into a folder a rerun resumes."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def failure(work: Path, spec: Distributed, output: str) -> str:

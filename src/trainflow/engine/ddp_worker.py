@@ -10,6 +10,8 @@ import json
 import os
 import sys
 import tempfile
+import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -90,7 +92,20 @@ def run(job: dict, data: dict[str, Split | Stream]) -> None:
         (Path(job["work"]) / "result.json").write_text(json.dumps(out))
 
 
+def watch_parent() -> None:
+    """Exit when torchrun's agent is gone (killed by SIGKILL, it cannot stop its ranks)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="trainflow-parent-watch").start()
+
+
 def main(path: str) -> None:
+    watch_parent()
     job = json.loads(Path(path).read_text())
     rank = int(os.environ["RANK"])  # torchrun's
     torch.set_num_threads(job["threads"])
