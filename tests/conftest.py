@@ -43,6 +43,22 @@ _FLOW_FOLDERS = ("tests/flows/", "tests/e2e/")
 _GROUPS = {"prefect_server": "server", "served": "server", "package_run": "package_run"}
 
 
+# The order xdist hands groups out in: by default, the groups with the most tests first, which
+# left the slowest one-test files (minutes each) for the end, on one worker while the other sat
+# idle. These files go first, the slowest first (durations from CI logs); the rest follow in
+# collection order (e2e, faults, flows, tasks, then the many short unit tests that fill gaps).
+_FIRST = (
+    "tests/faults/test_kill_rerun.py",
+    "tests/flows/test_fingerprint_scope.py",
+    "tests/flows/test_search_resume.py",
+    "tests/flows/test_ray_runner.py",
+    "tests/faults/test_warm_worker.py",
+    "tests/flows/test_search_nested.py",
+    "tests/tasks/test_fit_on.py",
+    "tests/tasks/test_ddp.py",
+)
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects and xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Mark `slow` every test that runs flows (`pytest -m "not slow"` is the fast run); the
@@ -56,6 +72,8 @@ def pytest_collection_modifyitems(config, items):
         group = shared[0] if shared else item.nodeid.split("::")[0]  # else the test's file
         item.add_marker(pytest.mark.xdist_group(group))
         groups[item.nodeid] = group
+    first = {name: rank for rank, name in enumerate(_FIRST)}
+    items.sort(key=lambda item: first.get(item.nodeid.split("::")[0], len(first)))  # stable
     folder = os.environ.get(_GROUPS_DIR)
     if hasattr(config, "workerinput") and folder:  # an xdist worker: tell the controller
         mine = Path(folder) / f"{config.workerinput['workerid']}.json"
@@ -84,6 +102,7 @@ def pytest_unconfigure(config):
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "loadgroup":
         return None
+    config.option.loadscopereorder = False  # hand groups out in collection order (_FIRST)
     from xdist.scheduler import LoadGroupScheduling
 
     class ByGroup(LoadGroupScheduling):
