@@ -5,6 +5,10 @@ clear error."""
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +16,7 @@ import torch
 
 from trainflow.artifacts import Store
 from trainflow.engine import checkpoint
-from trainflow.errors import SpecError, TrainflowError
+from trainflow.errors import ArtifactError, SpecError, TrainflowError
 from trainflow.spec.model import MLPParams
 from trainflow.spec.pipeline import load_spec
 from trainflow.spec.train import TrainSpec
@@ -144,3 +148,59 @@ def test_ddp_refuses_a_batch_it_cannot_split_and_knobs_that_cannot_hold():
         TrainSpec(batch_size=33, distributed={"nproc_per_node": 2})
     with pytest.raises(ValueError, match="auto_batch cannot run under distributed"):
         TrainSpec(auto_batch={"memory_mb": 100}, distributed={"nproc_per_node": 1})
+
+
+STEPPED = TrainSpec.model_validate(
+    {**TWO.model_dump(), "epochs": 6, "checkpoint_every_steps": 1, "checkpoint_interval_s": 0}
+)
+CHILD = """
+import sys
+from trainflow.artifacts import ArtifactRef
+from trainflow.spec.model import MLPParams
+from trainflow.spec.train import TrainSpec
+from trainflow.tasks.train import train_model
+shards, model, spec, store = sys.argv[1:]
+train_model.fn(ArtifactRef.model_validate_json(shards), MLPParams.model_validate_json(model),
+               TrainSpec.model_validate_json(spec), 0, store)
+"""
+
+
+def killed_mid_epoch(runs, store: str) -> dict:
+    """Run STEPPED's training in a child process, SIGKILL it once its last.pt is inside an
+    epoch after the first (its torchrun and ranks stop with it), and return that last.pt."""
+    folder = resume_folder(Store(store), runs["shards"], MODEL, STEPPED, 0)
+    argv = [runs["shards"].model_dump_json(), MODEL.model_dump_json(), STEPPED.model_dump_json()]
+    child = subprocess.Popen([sys.executable, "-c", CHILD, *argv, store])
+    try:
+        deadline = time.monotonic() + 300
+        while child.poll() is None and time.monotonic() < deadline:
+            try:
+                saved = checkpoint.load(folder / "last.pt")
+            except ArtifactError:  # not written yet
+                saved = {}
+            if saved.get("position") and saved["epoch"] >= 2:
+                break
+            time.sleep(0.05)
+    finally:
+        child.kill()  # SIGKILL
+        child.wait()
+    assert saved.get("position"), "the run ended before a mid-epoch checkpoint was seen"
+    time.sleep(3)  # torchrun stops its ranks on its parent's death (engine.ddp)
+    return checkpoint.load(folder / "last.pt")
+
+
+@pytest.mark.slow
+def test_a_ddp_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(runs, tmp_path):
+    full = train_model.fn(runs["shards"], MODEL, STEPPED, 0, str(tmp_path / "full"))
+    store = str(tmp_path / "killed")
+    shutil.copytree(runs["store"], store)  # (the shards' paths are absolute: the same files)
+    left = killed_mid_epoch(runs, store)
+    assert left["position"]["batch"] > 0 and left["world_size"] == 2
+    resumed = train_model.fn(runs["shards"], MODEL, STEPPED, 0, store)
+    a = checkpoint.load(full.path / "best.pt")["model"]
+    b = checkpoint.load(resumed.path / "best.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+    x, y = rows(full), rows(resumed)
+    assert len(x) == len(y) == 6
+    for one, other in zip(x, y):  # (the resumed epoch's loss sums add in another order)
+        assert one == pytest.approx(other, abs=1e-6, rel=0)

@@ -45,6 +45,7 @@ class World:
     rank: int = 0
     size: int = 1
     share: float = 1.0
+    device: torch.device = torch.device("cpu")  # where its collectives' tensors live (NCCL: CUDA)
 
     @classmethod
     def current(cls) -> World:
@@ -62,6 +63,7 @@ class World:
         one process trains `model` itself."""
         if self.size == 1:
             return model
+        self.device = device
         ids = [device.index or 0] if device.type == "cuda" else None
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         wrapped.register_comm_hook(self, weighted_sum)
@@ -83,6 +85,27 @@ class World:
         total = total.to(loss_sum.device)  # (NCCL reduces CUDA tensors only)
         dist.all_reduce(total)
         return float(total[0] / total[1].clamp_min(1))
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's `flag` on every rank (whether a mid-epoch checkpoint is due)."""
+        told = torch.tensor([int(flag)], device=self.device)
+        dist.broadcast(told, 0)
+        return bool(told.item())
+
+    def pooled(self, position: Any) -> dict | None:
+        """A mid-epoch position's loss sum and row count over every rank, for the
+        checkpoint (one process: None, the position is saved as it is)."""
+        if self.size == 1:
+            return None
+        sums = [position.loss_sum.item(), float(position.seen)]
+        total = torch.tensor(sums, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return {"loss_sum": total[0].float().cpu(), "seen": int(total[1])}
+
+    def resumed(self, position: Any) -> None:
+        """After a mid-epoch resume every rank holds the pooled sums: rank 0 keeps them."""
+        if self.rank:
+            position.loss_sum, position.seen = torch.zeros(()), 0
 
 
 def weighted_sum(world: World, bucket):  # (unannotated: DDP checks the real classes)

@@ -57,6 +57,7 @@ def fit(
     check_monitor(run, state)
     if resume is not None:
         state.resume(resume)
+        run.world.resumed(state.position)  # DDP: the saved sums count once, on rank 0
     result = FitResult(batch_size=run.batch_size)
     with Outputs(out_dir, run, state, on_epoch) as outputs, deterministic(spec.deterministic):
         for epoch in tqdm(

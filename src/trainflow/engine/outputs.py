@@ -37,6 +37,7 @@ class Outputs:
         )
         self.writer = checkpoint.BackgroundWriter() if out_dir else None
         self.saved_at, self.saved_epoch = time.monotonic(), 0
+        self.pooled: dict | None = None
 
     def __enter__(self) -> Outputs:
         return self
@@ -64,15 +65,23 @@ class Outputs:
     def saved_state(self) -> dict:
         """last.pt: the training state and the world size it ran on (a resume on another
         is refused: engine.ddp.check_world)."""
-        return {**self.state.state_dict(), "world_size": self.run.world.size}
+        saved = {**self.state.state_dict(), "world_size": self.run.world.size}
+        if saved["position"] and self.pooled:  # mid-epoch under DDP: the sums of all ranks
+            saved["position"] = {**saved["position"], **self.pooled}
+        return saved
 
     def after_step(self, loss: torch.Tensor, grad_norm: float | None) -> None:
         """train.checkpoint_every_steps (a diverged run is never saved) and train.log's
         per-step rows."""
-        state = self.state
-        if self._due(self.every_steps, state.steps):
+        state, world = self.state, self.run.world
+        due = self._due(self.every_steps, state.steps)
+        if self.every_steps and world.size > 1:  # DDP: every rank follows rank 0's choice
+            due = world.agree(due)
+        if due:
             state.position.mean_loss()  # raises for a diverged run
-            self._save()
+            self.pooled = world.pooled(state.position)  # DDP: every rank's rows so far
+            if self.writer:
+                self._save()
         if self.tracker.wants_step(state.steps):
             self.tracker.step(
                 {
