@@ -204,3 +204,16 @@ def test_a_ddp_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(runs, t
     assert len(x) == len(y) == 6
     for one, other in zip(x, y):  # (the resumed epoch's loss sums add in another order)
         assert one == pytest.approx(other, abs=1e-6, rel=0)
+
+
+@pytest.mark.slow
+def test_a_streamed_split_trains_each_rank_on_its_shards_when_resampled(runs, tmp_path):
+    streamed = {**TWO.model_dump(), "loader": {"mode": "stream", "shuffle_buffer": 64}}
+    with pytest.raises(TrainflowError, match="needs train.loader.resampled: true"):
+        train_model.fn(runs["shards"], MODEL, TrainSpec.model_validate(streamed), 0, runs["store"])
+    streamed["loader"]["resampled"] = True
+    model = train_model.fn(
+        runs["shards"], MODEL, TrainSpec.model_validate(streamed), 0, str(tmp_path)
+    )
+    assert [r["epoch"] for r in rows(model)] == [1, 2, 3]
+    assert rows(model)[-1]["val_accuracy"] > 0.9

@@ -231,6 +231,12 @@ def job(
     on_corrupt, pooled, staging, resume_dir, resume, work). threads and precision `auto` are
     fixed before the ranks start: one thread each (they share the cores), and fp32, since a
     probe on each rank could choose differently and the ranks must train alike."""
+    if streamed and not train.loader.resampled:
+        raise TrainflowError(
+            "train.distributed with a streamed training split needs train.loader.resampled: "
+            "true (each rank then gets the same number of batches per epoch; without it a "
+            "rank that runs out first leaves the others waiting), or train.loader.mode: memory"
+        )
     threads = train.threads if train.threads != "auto" else 1
     precision = train.precision if train.precision != "auto" else "fp32"
     fixed = train.model_copy(update={"threads": threads, "precision": precision})
