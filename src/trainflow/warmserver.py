@@ -68,6 +68,32 @@ def alive(pid: int, started: str | None) -> bool:
     return started is not None and start_time(pid) == started
 
 
+@contextmanager
+def flocked(path: Path, blocking: bool = True):
+    """An exclusive lock on the file `path` while the block runs: yields True, or False at once
+    when `blocking` is off and another process holds it (the warm server's and worker's
+    place of finding, starting and ending them)."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def live_state(path: Path) -> dict | None:
+    """The JSON state at `path` while the process it names (pid and start time) runs."""
+    try:
+        state = json.loads(path.read_text())
+        return state if alive(state["pid"], state["started"]) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class Place:
     """The files of one warm server: its state, its lock, its leases, its log."""
 
@@ -78,26 +104,12 @@ class Place:
         self.leases = self.root / f"{key}.leases"
         self.log = self.root / f"{key}.log"
 
-    @contextmanager
     def lock(self, blocking: bool = True):
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_file, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return flocked(self.lock_file, blocking)
 
     def read_state(self) -> dict | None:
-        try:
-            state = json.loads(self.state.read_text())
-            return state if alive(state["pid"], state["started"]) else None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        return live_state(self.state)
 
     def lease_states(self) -> tuple[list[Path], list[Path]]:
         """(live, dead) lease files: a dead one's command ended without removing it."""

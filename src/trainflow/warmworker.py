@@ -23,7 +23,6 @@ with TRAINFLOW_DEBUG=1 only).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -35,7 +34,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from trainflow.warmserver import alive, start_time
+from trainflow.warmserver import flocked, live_state, start_time
 
 SERVED = ("run", "search")
 # read at import (Prefect its settings), or how stdout encodes (the locale): a worker has them
@@ -127,25 +126,11 @@ class Place:
         mine = info.st_uid == os.getuid() and (info.st_mode & 0o077) == 0
         return mine and self.root.is_dir() and not self.root.is_symlink()
 
-    @contextmanager
     def lock(self, blocking: bool = True):
-        with open(self.lock_file, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return flocked(self.lock_file, blocking)
 
     def read_state(self) -> dict | None:
-        try:
-            state = json.loads(self.state.read_text())
-            return state if alive(state["pid"], state["started"]) else None
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        return live_state(self.state)
 
 
 def usable() -> bool:
