@@ -40,18 +40,23 @@ APP = "prefect.server.api.server:create_app"
 
 def idle_seconds() -> float:
     """TRAINFLOW_SERVER_IDLE_S: how long the server outlives its last command (0: not at all)."""
+    return seconds_setting(
+        "TRAINFLOW_SERVER_IDLE_S", DEFAULT_IDLE_S, "no warm server, each run's server ends with it"
+    )
+
+
+def seconds_setting(name: str, default: float, zero: str) -> float:
+    """The environment variable `name` as seconds >= 0 (`default` when unset); a bad value is
+    one error naming it, the value, and what 0 means (`zero`)."""
     from trainflow.errors import TrainflowError
 
-    text = os.environ.get("TRAINFLOW_SERVER_IDLE_S", str(DEFAULT_IDLE_S))
+    text = os.environ.get(name, str(default))
     try:
         value = float(text)
     except ValueError:
         value = -1.0
     if not value >= 0:
-        raise TrainflowError(
-            f"TRAINFLOW_SERVER_IDLE_S must be a number of seconds >= 0, got "
-            f"{text!r} (0: no warm server, each run's server ends with it)"
-        )
+        raise TrainflowError(f"{name} must be a number of seconds >= 0, got {text!r} (0: {zero})")
     return value
 
 

@@ -48,23 +48,15 @@ REPLY_TIMEOUT_S = 10.0  # a worker that does not fork within this is not used
 
 
 def idle_seconds() -> float:
-    """TRAINFLOW_WORKER_IDLE_S: how long the worker outlives its last command (0: no worker)."""
-    from trainflow.errors import TrainflowError
+    """TRAINFLOW_WORKER_IDLE_S: how long the worker outlives its last command (0: no worker;
+    unset: the warm server's idle time)."""
     from trainflow.warmserver import idle_seconds as server_idle
+    from trainflow.warmserver import seconds_setting
 
-    text = os.environ.get("TRAINFLOW_WORKER_IDLE_S")
-    if text is None:
+    if "TRAINFLOW_WORKER_IDLE_S" not in os.environ:
         return server_idle()
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise TrainflowError(
-            f"TRAINFLOW_WORKER_IDLE_S must be a number of seconds >= 0, got {text!r} "
-            "(0: no warm worker, each command imports what it runs)"
-        )
-    return value
+    zero = "no warm worker, each command imports what it runs"
+    return seconds_setting("TRAINFLOW_WORKER_IDLE_S", 0.0, zero)
 
 
 def debug(message: str) -> None:
