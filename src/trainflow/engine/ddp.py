@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import nn
 
 from trainflow.errors import SpecError, TrainflowError
-from trainflow.spec.train import Distributed
+from trainflow.spec.distributed import Distributed
 
 
 @dataclass
