@@ -1,4 +1,5 @@
-"""The train.distributed section (data-parallel training, DDP) and what cannot run under it."""
+"""The train.distributed section (training across processes: ddp, fsdp, pipeline,
+parameter_server) and what cannot run under it."""
 
 from __future__ import annotations
 
@@ -11,12 +12,22 @@ from trainflow.spec.base import Section
 
 
 class Distributed(Section):
-    """Data-parallel training (DDP): the train task starts `nproc_per_node` ranks with
-    torchrun; each takes batch_size / nproc_per_node rows of every global batch (the same
-    global batch as one process), gradients are averaged across ranks, rank 0 alone writes.
-    `nnodes` > 1 with `rdzv_endpoint` joins a multi-node rendezvous (trainflow.engine.ddp)."""
+    """Training across processes: the train task starts `nproc_per_node` ranks with
+    torchrun and waits for them; rank 0 alone writes. `nnodes` > 1 with `rdzv_endpoint`
+    joins a multi-node rendezvous (trainflow.engine.ddp).
 
-    strategy: Literal["ddp"] = "ddp"
+    - ddp: each rank takes batch_size / nproc_per_node rows of every global batch (the
+      same global batch as one process); gradients are averaged across ranks.
+    - fsdp: the same batches, with parameters, gradients and optimizer state sharded
+      across the ranks (torch.distributed.fsdp.fully_shard); checkpoints through
+      torch.distributed.checkpoint.
+    - pipeline: the model cut into one stage per rank (torch.distributed.pipelining), each
+      global batch run as `microbatches` micro-batches.
+    - parameter_server: rank 0 holds the parameters and applies the optimizer; the other
+      ranks compute gradients on their shares (torch.distributed.rpc), in step (`sync`)
+      or up to `staleness` updates behind (`async`)."""
+
+    strategy: Literal["ddp", "fsdp", "pipeline", "parameter_server"] = "ddp"
     nproc_per_node: int = Field(2, ge=1, le=1024, description="ranks on this machine")
     backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto", description="auto: nccl on CUDA, gloo on CPU"
@@ -26,6 +37,20 @@ class Distributed(Section):
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9.\-]*:[0-9]{1,5}$",
         description="host:port of the rendezvous (c10d) all nodes join; needed when nnodes > 1",
+    )
+    microbatches: int = Field(
+        4, ge=1, le=4096, description="pipeline: micro-batches each global batch is cut into"
+    )
+    schedule: Literal["gpipe", "1f1b"] = Field(
+        "gpipe", description="pipeline: the micro-batch schedule (torch.distributed.pipelining)"
+    )
+    mode: Literal["sync", "async"] = Field(
+        "sync",
+        description="parameter_server: sync (the server waits for every worker's gradient "
+        "each step) or async (a worker goes on with weights up to `staleness` updates old)",
+    )
+    staleness: int = Field(
+        0, ge=0, le=1024, description="parameter_server async: the most updates a gradient may lag"
     )
 
     @model_validator(mode="after")
@@ -37,6 +62,40 @@ class Distributed(Section):
             )
         return self  # (the CUDA device count is checked at launch: the spec loads no torch)
 
+    @model_validator(mode="after")
+    def _strategy_knobs(self):
+        own = {
+            "microbatches": "pipeline",
+            "schedule": "pipeline",
+            "mode": "parameter_server",
+            "staleness": "parameter_server",
+        }
+        for knob, strategy in own.items():
+            moved = getattr(self, knob) != type(self).model_fields[knob].default
+            if moved and self.strategy != strategy:  # (a dumped default round-trips)
+                raise ValueError(
+                    f"distributed.{knob} is a knob of strategy {strategy}, and strategy is "
+                    f"{self.strategy}: drop {knob} or set strategy: {strategy}"
+                )
+        if self.strategy == "parameter_server" and self.nproc_per_node * self.nnodes < 2:
+            raise ValueError(
+                "strategy parameter_server needs at least 2 ranks (rank 0 is the server, the "
+                "others compute gradients): set nproc_per_node to 2 or more"
+            )
+        if self.staleness and self.mode != "async":
+            raise ValueError(
+                f"distributed.staleness ({self.staleness}) bounds async updates, and mode is "
+                "sync: set mode: async or drop staleness"
+            )
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
+# Strategies the spec names whose engines are still being built (removed one by one).
+NOT_BUILT = {"fsdp", "pipeline", "parameter_server"}
 
 # Knobs that cannot hold under DDP: each rank would decide them on its own rows.
 DDP_REFUSED = {
@@ -51,6 +110,8 @@ def ddp_refusal(train: Any) -> str | None:
     d = train.distributed
     if d is None:
         return None
+    if d.strategy in NOT_BUILT:
+        return f"distributed.strategy {d.strategy} is not built yet: use strategy: ddp"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if (
         d.nnodes == 1
