@@ -197,9 +197,15 @@ def train_ranks(
         streamed = isinstance(data["train"], Stream)
         job = ddp.job(train, model, seed, stream, streamed, shards.data_schema, where)
         job["work"] = work
-        # (the ranks' module imported here: its code is in this task's cache key)
-        out = ddp.launch(spec, job, Path(work), job["threads"], ddp_worker.__name__)
+        entry = RANK_MODULES[spec.strategy].__name__
+        out = ddp.launch(spec, job, Path(work), job["threads"], entry)
         return FitResult(**out)
+
+
+# The module each strategy's ranks run (imported here: its code is in this task's cache key).
+RANK_MODULES = {
+    "ddp": ddp_worker,
+}
 
 
 @task(name="train", **CACHED)
