@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+
+from trainflow.cli_parser import parser
+from trainflow.cli_task import run_step
 
 ENV_DEFAULTS = {
     # The ephemeral server's first start migrates its database: slow on a small machine.
@@ -21,142 +22,8 @@ ENV_DEFAULTS = {
 
 # Commands that only read a spec: they import pydantic and YAML, never Prefect or torch.
 LIGHT = ("validate", "schema")
-EXPORT_FORMATS = ("onnx", "torchscript", "exported_program")  # trainflow.export.FORMATS
 SEARCH_SUMMARY = ("run_dir", "study", "storage", "best_value", "trials")  # flows/search.py
 NESTED_SUMMARY = ("metric", "mean", "std", "inner_mean")  # trainflow.study.nested_summary
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainflow", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    overrides = argparse.ArgumentParser(add_help=False)
-    overrides.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a spec value (YAML syntax)",
-    )
-    validate = commands.add_parser("validate", parents=[overrides], help="check a spec file")
-    validate.add_argument("spec")
-    commands.add_parser("schema", help="print the JSON Schema of pipeline specs")
-    run = commands.add_parser("run", parents=[overrides], help="run a pipeline on Prefect")
-    run.add_argument("spec")
-    search = commands.add_parser(
-        "search", parents=[overrides], help="run a spec's hyperparameter study (its `search`)"
-    )
-    search.add_argument("spec")
-    step = commands.add_parser("task", parents=[overrides], help="run one step locally")
-    step.add_argument(
-        "step",
-        help="a task of the pipeline (trainflow.registry.TASKS): "
-        "ingest, expect, a data step of the spec (clean, split, "
-        "...), shard, train, evaluate, train_fold, ensemble, ...",
-    )
-    step.add_argument("--spec", required=True)
-    step.add_argument(
-        "--input",
-        dest="inputs",
-        action="append",
-        default=[],
-        metavar="REF",
-        help="an input ref: JSON text or a file holding it (repeat for several)",
-    )
-    step.add_argument(
-        "--index",
-        type=int,
-        default=None,
-        help="which data.steps entry to run when the spec has several of a type",
-    )
-    step.add_argument("--fold", type=int, default=0, help="fold number for train_fold")
-    step.add_argument(
-        "--materialize",
-        action="store_true",
-        help="write a view's rows (encode, normalize) as Parquet parts and print "
-        "that artifact's ref, to look at the data",
-    )
-    server = commands.add_parser("server", help="start a local Prefect server and UI")
-    server.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
-    )
-    server.add_argument("--port", type=int, default=4200)
-    deployments = argparse.ArgumentParser(add_help=False)
-    deployments.add_argument(
-        "--file",
-        default=None,
-        metavar="PREFECT_YAML",
-        help="deployments file (default: deploy/prefect.yaml)",
-    )
-    deployments.add_argument(
-        "--max-trainings",
-        type=int,
-        default=None,
-        metavar="N",
-        help="at most N training tasks at once on the server (tag limit)",
-    )
-    serve = commands.add_parser(
-        "serve", parents=[deployments], help="serve every shipped deployment from this process"
-    )
-    serve.add_argument("--limit", type=int, default=None, help="at most this many runs at once")
-    deploy = commands.add_parser(
-        "deploy", parents=[deployments], help="register the deployments for a process work pool"
-    )
-    deploy.add_argument("--pool", default=None, help="work pool (default: from prefect.yaml)")
-    notify = commands.add_parser(
-        "notify-data", help="announce new data for a pipeline: its deployment retrains"
-    )
-    notify.add_argument("pipeline")
-    notify.add_argument("--note", default=None, help="text carried in the event's payload")
-    predict = commands.add_parser(
-        "predict", help="score a CSV, Parquet file or image folder with a model package"
-    )
-    predict.add_argument("model", help="a model package folder (printed by `trainflow run`)")
-    predict.add_argument("data", help="a .csv or .parquet file, or a folder of images")
-    predict.add_argument(
-        "--output",
-        default=None,
-        metavar="FILE",
-        help="write .csv or .parquet (default: CSV on stdout)",
-    )
-    predict.add_argument(
-        "--proba", action="store_true", help="add a proba_<class> column per class"
-    )
-    export = commands.add_parser(
-        "export", help="write a model package as one ONNX, TorchScript or ExportedProgram file"
-    )
-    export.add_argument("model", help="a model package folder, or a pipeline (its champion)")
-    export.add_argument("--format", required=True, choices=EXPORT_FORMATS)
-    export.add_argument(
-        "--output",
-        required=True,
-        metavar="FILE",
-        help="the file to write; its sidecar goes to FILE.json",
-    )
-    _models_parser(commands)
-    return parser
-
-
-def _models_parser(commands) -> None:
-    """`trainflow models list|promote|rollback PIPELINE`: a pipeline's champion by hand."""
-    models = commands.add_parser(
-        "models", help="a pipeline's champion: its history, promote a package, roll back"
-    )
-    actions = models.add_subparsers(dest="action", required=True)
-    where = argparse.ArgumentParser(add_help=False)
-    where.add_argument("pipeline", help="the pipeline's name (its spec's `name`)")
-    where.add_argument(
-        "--store",
-        default=None,
-        help="the store holding the champion "
-        "(default: outputs.store of pipelines/PIPELINE.yaml, else .trainflow)",
-    )
-    actions.add_parser("list", parents=[where], help="the champion and its history")
-    promote = actions.add_parser(
-        "promote", parents=[where], help="make a package of the pipeline its champion"
-    )
-    promote.add_argument("model", help="a model package folder of this pipeline")
-    actions.add_parser("rollback", parents=[where], help="the previous champion again")
 
 
 def _models(args) -> int:
@@ -171,94 +38,6 @@ def _models(args) -> int:
         event = champion.rollback(args.pipeline, args.store)
     print(f"{event.decision}: the champion of {args.pipeline} is now {event.champion}")
     return 0
-
-
-def _read_ref(text: str):
-    from pydantic import ValidationError
-
-    from trainflow.artifacts import ArtifactRef
-    from trainflow.errors import TrainflowError
-
-    try:
-        raw = Path(text).read_bytes() if Path(text).is_file() else text
-    except OSError:  # JSON text too long to be a file name, or an unreadable file
-        raw = text
-    try:
-        return ArtifactRef.model_validate_json(raw)
-    except ValidationError as exc:
-        raise TrainflowError(
-            f"--input {text[:60]!r} is not an artifact ref (JSON printed by "
-            f"`trainflow task`): {exc.errors()[0]['msg']}"
-        ) from None
-
-
-def _run_step(args, spec) -> Any:
-    """One task of the pipeline, bare (`.fn`), with its refs and the spec sections it reads
-    (trainflow.registry.TASKS)."""
-    import inspect
-
-    from trainflow import registry
-    from trainflow.errors import TrainflowError, did_you_mean
-
-    task = registry.task(args.step)
-    if task is None or task.inputs is None:
-        names = [
-            n
-            for n in registry.task_names()
-            if getattr(registry.task(n), "inputs", None) is not None
-        ]
-        raise TrainflowError(
-            f"unknown step {args.step!r}{did_you_mean(args.step, names)} "
-            f"(steps: {', '.join(names)})"
-        )
-    refs = [_read_ref(text) for text in args.inputs]
-    many = bool(task.inputs) and task.inputs[0].startswith("*")  # `*folds`: one or more
-    if (many and not refs) or (not many and len(refs) != len(task.inputs)):
-        count = "one or more" if many else len(task.inputs)
-        raise TrainflowError(
-            f"task {args.step} takes {count} --input ref(s), got "
-            f"{len(refs)}" + (f" (in order: {', '.join(task.inputs)})" if task.inputs else "")
-        )
-    fn = task.impl.fn
-    kwargs: dict[str, object] = (
-        {task.inputs[0][1:]: refs} if many else dict(zip(task.inputs, refs, strict=True))
-    )
-    for name, section in task.reads.items():
-        kwargs[name] = _section(args, spec, section)
-    given = {
-        "store": str(Path(spec.outputs.store).resolve()),
-        "seed": spec.seed,
-        "fold": args.fold,
-        "folds": spec.evaluate.cv.folds if spec.evaluate.cv else 5,
-    }
-    takes = inspect.signature(fn).parameters
-    kwargs.update({k: v for k, v in given.items() if k in takes and k not in kwargs})
-    return fn(**kwargs)
-
-
-def _section(args, spec, path: str) -> object:
-    """The spec value at `path` a task reads: the chosen `data.steps` entry of its type, or
-    an optional section's default when the spec leaves it out."""
-    from trainflow import registry
-    from trainflow.errors import TrainflowError
-
-    if path == "data.steps":
-        chosen = [(i, s) for i, s in enumerate(spec.data.steps) if s.type == args.step]
-        if args.index is not None:
-            chosen = [(i, s) for i, s in chosen if i == args.index]
-        if not chosen:
-            raise TrainflowError(
-                f"the spec has no `{args.step}` step"
-                + (f" at data.steps.{args.index}" if args.index is not None else "")
-            )
-        return chosen[0][1]
-    value = spec
-    for key in path.split("."):
-        value = getattr(value, key)
-    if value is None and path in registry.OPTIONAL_SECTIONS:
-        name, entry = next(iter(registry.OPTIONAL_SECTIONS[path].items()))
-        return entry.params(type=name)
-    return value
 
 
 def _start_server(args) -> int:
@@ -319,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     trainflow (one `internal error` line and where its traceback is)."""
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     from trainflow.errors import TrainflowError
 
     try:
@@ -374,7 +153,7 @@ def _command(args) -> int:
         print(f"{args.spec}: valid pipeline spec {spec.name!r}")
         return 0
     if args.command == "task":
-        ref = _run_step(args, spec)
+        ref = run_step(args, spec)
         if args.materialize:
             from trainflow.steps import materialize
 
