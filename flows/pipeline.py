@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from trainflow import placement
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.flows.cross_validate import ensemble_members, run_folds
 from trainflow.flows.data import prepare_data
 from trainflow.mlflow_log import mlflow_module
+from trainflow.remote import store_folder
 from trainflow.run_outputs import RunOutputs
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.task_options import step
@@ -32,9 +32,17 @@ from trainflow.tasks.train import train_model
 # `step(task, spec)` adds the spec's timeouts and retries (spec `orchestration`).
 @flow(name="trainflow-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]
 def pipeline(spec: PipelineSpec) -> dict:
+    # each task records where it ran (trainflow.placement); the run folder's report shows it
+    with placement.recording(spec.outputs.runs, spec.name) as records:
+        return run_pipeline(spec, records)
+
+
+def run_pipeline(spec: PipelineSpec, records: str) -> dict:
+    """The pipeline's tasks, in the order a run reaches them (`records`: where each task
+    records where it ran, for the report)."""
     if spec.outputs.mlflow:  # the extra missing is an error before any work, not after it
         mlflow_module()
-    store = str(Path(spec.outputs.store).resolve())
+    store = str(store_folder(spec.outputs))  # s3://: its local mirror
     Store(store).sweep()  # opening refuses a folder trainflow did not create and mark
     data = prepare_data(spec, store)
     model = step(train_model, spec)(data["shards"], spec.model, spec.train, spec.seed, store)
@@ -76,7 +84,9 @@ def pipeline(spec: PipelineSpec) -> dict:
     report = step(write_report, spec)(
         spec.name, spec.fingerprint(), outputs, store, packages["model"], explained
     )
-    run_dir = step(publish_report, spec)(report, spec.name, spec.outputs.runs, latency, champion)
+    run_dir = step(publish_report, spec)(
+        report, spec.name, spec.outputs.runs, latency, champion, records
+    )
     logged = None
     if spec.outputs.mlflow:  # a team's MLflow (the trainflow[mlflow] extra)
         logged = step(log_to_mlflow, spec)(

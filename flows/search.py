@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any, cast
 
 import optuna
@@ -26,6 +25,7 @@ from trainflow.flows.cross_validate import trial_members
 from trainflow.flows.data import prepare_data
 from trainflow.flows.pipeline import pipeline
 from trainflow.logs import run_logger
+from trainflow.remote import store_folder
 from trainflow.spec.fit_on import refit_spec
 from trainflow.spec.pipeline import PipelineSpec, validate_spec
 from trainflow.spec.search import grid_values
@@ -44,7 +44,7 @@ from trainflow.tasks.trial import (
 @flow(name="trainflow-search")
 def search(spec: PipelineSpec) -> dict:
     assert spec.search is not None  # (search_flow is only built for a spec with a search)
-    store = str(Path(spec.outputs.store).resolve())
+    store = str(store_folder(spec.outputs))  # s3://: its local mirror
     Store(store).sweep()
     if spec.search.nested is not None:  # before any trial: the outer folds must fit the rows
         check_nested(spec, prepare_data(spec, store)["raw_splits"])

@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict
 
 from trainflow.errors import ArtifactError
+from trainflow.remote import bucket_of
 
 # the store's folder and its writes live in trainflow.storage; named here for the callers
 from trainflow.storage import (  # noqa: F401
@@ -74,6 +75,13 @@ class ArtifactRef(BaseModel):
         return self.model_dump(mode="json", include=set(BACKED))
 
     def _verify_content(self) -> None:
+        bucket = bucket_of(self.path.parent.parent)  # the store's, when it is a bucket's mirror
+        if bucket is not None:  # the bucket is the truth: one that lost the artifact recomputes
+            problem = bucket.problem(self.kind, self.fingerprint)
+            if problem is not None:
+                raise ArtifactError(problem)
+            if not self.path.exists():  # another machine's, or a fresh mirror: fetch it
+                bucket.fetch(self.kind, self.fingerprint, self.path)
         if not self.path.exists():
             raise ArtifactError(f"{self.kind} artifact is missing: {self.path}")
         actual = fingerprint_path(self.path)
@@ -179,7 +187,8 @@ def _fsync_files(folder: Path) -> None:
 
 
 class Store:
-    """A folder of immutable artifacts, each under `<kind>/<fingerprint>`, written atomically.
+    """A folder of immutable artifacts, each under `<kind>/<fingerprint>`, written atomically;
+    for an object store (`s3://`), the local mirror whose commits are published to the bucket.
 
     Opening one creates (and marks) a missing or empty folder; the filesystem root, the home
     folder and any folder of the user's own are refused with a StoreError."""
@@ -187,6 +196,8 @@ class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         open_store(self.root, {*get_args(Kind), "resume"})
+        # a local mirror of an object store (trainflow.remote): commits are published there
+        self.bucket = bucket_of(self.root)
 
     @contextmanager
     def writer(self, kind: Kind) -> Iterator[Path]:
@@ -248,6 +259,8 @@ class Store:
                 shutil.rmtree(staging)
             else:
                 fsync_dir(final.parent)
+        if self.bucket is not None:  # files first, manifest last; a no-op when it is there
+            self.bucket.publish(final, kind, fingerprint)
         return draft.model_copy(update={"uri": str(final), "fingerprint": fingerprint})
 
     def sweep(self) -> int:

@@ -15,6 +15,7 @@ import polars as pl
 from trainflow.engine.checks import check_model_and_training
 from trainflow.errors import DataError, SpecError
 from trainflow.readers import check_file, read_labels
+from trainflow.remote import store_folder
 from trainflow.sourcegraph import tree_digest
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.spec.sources import FileSource, SequenceSource
@@ -37,6 +38,7 @@ def check_data(spec: PipelineSpec) -> None:
     A spec that passed on this very data and code passes again without the checks (see
     `verdict_key`): they load the data (for scikit-learn's tables, scikit-learn itself) and
     build the model (torch), seconds a rerun need not spend before its cached tasks."""
+    store_folder(spec.outputs)  # an s3:// store's bucket answers (and accepts us) first
     key = verdict_key(spec)
     verdict = VERDICTS / f"{key}.json" if key else None
     if verdict is not None and verdict.is_file():
@@ -122,7 +124,7 @@ def _check_data(spec: PipelineSpec) -> None:
         _check_stratified_split(counts, target, split.validation, split.test)
     if spec.evaluate.cv:
         folds = spec.evaluate.cv.folds
-        keep = 1 - split.test
+        keep = 1 - split.test if isinstance(split.test, float) else 1.0  # (column: given)
         scarce = {c: n for c, n in counts.items() if int(n * keep) < folds}
         if scarce:
             raise DataError(
@@ -208,6 +210,8 @@ def _check_stratified_split(
     n_test = math.ceil(test * rows)
     n_val = math.ceil(validation / (1 - test) * (rows - n_test))
     parts = {"test": n_test, "validation": n_val, "train": rows - n_test - n_val}
+    if not validation:  # validation: 0, no validation part
+        del parts["validation"]
     small = {name: n for name, n in parts.items() if n < len(counts)}
     if small:
         raise DataError(

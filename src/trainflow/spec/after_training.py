@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
@@ -104,11 +105,27 @@ class MlflowSpec(Section):
     experiment: str | None = Field(None, min_length=1, description="Default: the pipeline's name")
 
 
+# An object-store URL (trainflow.remote); any other `scheme://` is refused, not a folder name.
+OBJECT_STORES = ("s3", "gs")
+URL = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)")
+
+
 class OutputsSpec(Section):
     store: str = Field(
         ".trainflow",
         description="A folder trainflow creates and marks as its "
-        "store (an existing one must be empty or a trainflow store)",
+        "store (an existing one must be empty or a trainflow store), or s3://bucket/prefix "
+        "(gs:// too): artifacts published to the bucket from a local mirror (trainflow[s3])",
+    )
+    store_options: dict[str, Any] = Field(
+        {},
+        description="fsspec options of an s3:// or gs:// store (endpoint_url, anon, "
+        "client_kwargs, ...); credentials are best left to AWS_* variables or profiles",
+    )
+    mirror: str | None = Field(
+        None,
+        description="the local copy of an s3:// or gs:// store that tasks write and read "
+        "(default ~/.cache/trainflow/stores/<hash of the URL>)",
     )
     runs: str = "runs"
     mlflow: MlflowSpec | None = None
@@ -120,6 +137,17 @@ class OutputsSpec(Section):
         store); an existing folder of the user's is refused when the run opens the store."""
         if not store.strip():
             raise ValueError("the store folder is empty: name a folder such as .trainflow")
+        url = URL.fullmatch(store)
+        if url is not None:
+            scheme, rest = url[1].lower(), url[2]
+            if scheme not in OBJECT_STORES:
+                raise ValueError(
+                    f"{store!r}: {scheme}:// is not a store; use a folder, "
+                    "s3://bucket/prefix or gs://bucket/prefix"
+                )
+            if not rest.split("/")[0]:
+                raise ValueError(f"{store!r} names no bucket: write {scheme}://BUCKET/PREFIX")
+            return store
         expanded = os.path.normpath(os.path.expanduser(store))
         root = expanded.strip("/") == ""
         if root or expanded == os.path.normpath(os.path.expanduser("~")):
@@ -130,3 +158,14 @@ class OutputsSpec(Section):
                 "folder such as .trainflow (the default)"
             )
         return store
+
+    @model_validator(mode="after")
+    def _options_of_an_object_store(self) -> OutputsSpec:
+        remote = URL.fullmatch(self.store) is not None
+        if not remote and (self.store_options or self.mirror):
+            given = "store_options" if self.store_options else "mirror"
+            raise ValueError(
+                f"outputs.{given} is for an s3:// or gs:// store; outputs.store is the "
+                f"folder {self.store!r}: remove {given}"
+            )
+        return self
