@@ -5,7 +5,6 @@ from __future__ import annotations
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from trainflow import placement
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.flows.cross_validate import ensemble_members, run_folds
 from trainflow.flows.data import prepare_data
@@ -32,14 +31,6 @@ from trainflow.tasks.train import train_model
 # `step(task, spec)` adds the spec's timeouts and retries (spec `orchestration`).
 @flow(name="trainflow-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]
 def pipeline(spec: PipelineSpec) -> dict:
-    # each task records where it ran (trainflow.placement); the run folder's report shows it
-    with placement.recording(spec.outputs.runs, spec.name) as records:
-        return run_pipeline(spec, records)
-
-
-def run_pipeline(spec: PipelineSpec, records: str) -> dict:
-    """The pipeline's tasks, in the order a run reaches them (`records`: where each task
-    records where it ran, for the report)."""
     if spec.outputs.mlflow:  # the extra missing is an error before any work, not after it
         mlflow_module()
     store = str(store_folder(spec.outputs))  # s3://: its local mirror
@@ -84,9 +75,7 @@ def run_pipeline(spec: PipelineSpec, records: str) -> dict:
     report = step(write_report, spec)(
         spec.name, spec.fingerprint(), outputs, store, packages["model"], explained
     )
-    run_dir = step(publish_report, spec)(
-        report, spec.name, spec.outputs.runs, latency, champion, records
-    )
+    run_dir = step(publish_report, spec)(report, spec.name, spec.outputs.runs, latency, champion)
     logged = None
     if spec.outputs.mlflow:  # a team's MLflow (the trainflow[mlflow] extra)
         logged = step(log_to_mlflow, spec)(
