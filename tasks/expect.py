@@ -1,4 +1,6 @@
-"""Expectations and profile: check declared facts about the ingested table, all at once."""
+"""Expectations and profile: check declared facts about the ingested table, all at once, and
+profile its columns (flagging id-like, constant and almost-numeric ones, see
+trainflow.columnflags)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ from prefect import task
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
+from trainflow.columnflags import column_flags
 from trainflow.errors import DataError
+from trainflow.logs import run_logger
 from trainflow.spec.data import ExpectSpec
 from trainflow.steps import read_parts
 from trainflow.tables import IMAGE_COLUMN
@@ -66,8 +70,10 @@ def failures(df: pl.DataFrame, target: str, expect: ExpectSpec) -> list[str]:
     return found
 
 
-def profile(df: pl.DataFrame) -> list[dict]:
-    """Per column: type, missing values and, for numbers, min/mean/max."""
+def profile(df: pl.DataFrame, features: list[str] | None = None) -> list[dict]:
+    """Per column: type, missing values and, for numbers, min/mean/max; a feature column
+    worth a second look has a `note` saying why and what to do."""
+    flags = column_flags(df, features or [])
     rows = []
     for column in df.columns:
         series = df[column]
@@ -82,6 +88,8 @@ def profile(df: pl.DataFrame) -> list[dict]:
             )
         else:
             row["distinct"] = series.n_unique()
+        if column in flags:
+            row["note"] = flags[column]
         rows.append(row)
     return rows
 
@@ -98,6 +106,9 @@ def check_expectations(table: ArtifactRef, expect: ExpectSpec, store: str) -> Ar
         )
     target = Store(store)
     with target.writer("report") as staging:
-        rows = profile(df)
+        rows = profile(df, schema.features)
+        for row in rows:
+            if "note" in row:
+                run_logger().warning("data profile: column %r is %s", row["column"], row["note"])
         (staging / "profile.json").write_text(json.dumps(rows, indent=1, default=str))
         return target.commit(staging, "report", count=len(df), meta={"profile": rows})

@@ -1,7 +1,8 @@
 """Bounded reading of CSV files: one streamed pass over the bytes, before polars reads them, that
 checks the longest line, the field count of every line against the header and the encoding, so
 a malformed file fails fast with a message naming its line (polars would read a file without
-newlines into memory whole, and name no line)."""
+newlines into memory whole, and name no line). The delimiter, when the source does not declare
+it, is sniffed from the first lines."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import numpy as np
 from trainflow.errors import DataError
 
 BLOCK = 4 << 20  # bytes read at a time: memory stays near BLOCK + the longest line
-NEWLINE, DELIMITER, QUOTE = 10, 44, 34
+NEWLINE, QUOTE = 10, 34
+DELIMITERS = ",;\t|"  # the ones sniffed (others are rarer than a comma inside a value)
+SNIFF_BYTES, SNIFF_LINES = 64 << 10, 50
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class CsvLayout:
     columns: list[str]
     rows: int
     lines_are_rows: bool  # no quoted field spans lines: data row i (from 0) is line i + 2
+    delimiter: str = ","
 
     def where(self, row: int) -> str:
         """Where data row `row` (counted from 0, as polars counts) is, in a user's words."""
@@ -41,20 +45,41 @@ _SCANNED: dict[tuple, CsvLayout] = {}  # the checks and copies run once per file
 _COPIES: list[Path] = []
 
 
-def scan_csv(path: Path, max_line_bytes: int, encoding: str = "utf-8") -> CsvLayout:
+def scan_csv(
+    path: Path, max_line_bytes: int, encoding: str = "utf-8", delimiter: str | None = None
+) -> CsvLayout:
     """Check a CSV file line by line in blocks of bounded memory (see module docstring); with
-    another `encoding` than UTF-8, also write the UTF-8 copy that polars reads."""
+    another `encoding` than UTF-8, also write the UTF-8 copy that polars reads. Without a
+    `delimiter`, the one of the first lines is used."""
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, max_line_bytes, encoding)
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, max_line_bytes, encoding, delimiter)
     with _LOCK:
         if key not in _SCANNED:
-            _SCANNED[key] = _scan(path, max_line_bytes, encoding)
+            _SCANNED[key] = _scan(path, max_line_bytes, encoding, delimiter)
         return _SCANNED[key]
 
 
-def _scan(path: Path, max_line_bytes: int, encoding: str) -> CsvLayout:
+def sniff_delimiter(path: Path, encoding: str) -> str:
+    """The delimiter of the first lines (csv.Sniffer, among DELIMITERS); a comma when they
+    show none, or when the header line does not hold the one found."""
+    with open(path, "rb") as source:
+        sample = source.read(SNIFF_BYTES)
+    lines = sample.decode(encoding, errors="replace").splitlines()
+    if len(sample) == SNIFF_BYTES:
+        lines = lines[:-1]  # the last line read may be cut short
+    lines = lines[:SNIFF_LINES]
+    try:
+        found = csv.Sniffer().sniff("\n".join(lines), delimiters=DELIMITERS).delimiter
+    except csv.Error:  # one column, or no delimiter used alike on every line
+        return ","
+    return found if lines and found in lines[0] else ","
+
+
+def _scan(path: Path, max_line_bytes: int, encoding: str, delimiter: str | None) -> CsvLayout:
     copy = None if encoding == "utf-8" else _copy_path(path)
-    scan = _Scan(path, max_line_bytes, encoding)
+    sniffed = delimiter is None
+    delimiter = delimiter or sniff_delimiter(path, encoding)
+    scan = _Scan(path, max_line_bytes, encoding, delimiter, sniffed)
     with open(path, "rb") as source, open(copy, "wb") if copy else _NoCopy() as sink:
         carry = b""
         while True:
@@ -72,7 +97,7 @@ def _scan(path: Path, max_line_bytes: int, encoding: str) -> CsvLayout:
             f"data.source.path: {path} is empty: a CSV file starts with a header "
             "line naming its columns"
         )
-    return CsvLayout(copy or path, scan.header, scan.rows, scan.lines_are_rows)
+    return CsvLayout(copy or path, scan.header, scan.rows, scan.lines_are_rows, delimiter)
 
 
 class _NoCopy:
@@ -93,8 +118,11 @@ def _copy_path(path: Path) -> Path:
 class _Scan:
     """The state of one pass: the line number reached, the header, the rows seen so far."""
 
-    def __init__(self, path: Path, max_line_bytes: int, encoding: str):
+    def __init__(
+        self, path: Path, max_line_bytes: int, encoding: str, delimiter: str, sniffed: bool
+    ):
         self.path, self.limit, self.encoding = path, max_line_bytes, encoding
+        self.delimiter, self.sniffed = ord(delimiter), sniffed
         self.line = 1  # the line number of the first byte not yet checked
         self.header: list[str] | None = None
         self.rows = 0
@@ -122,10 +150,10 @@ class _Scan:
         if self.header is None:
             self._decoded(data[: int(ends[0])], newlines, ends, quotes)  # named if not text
             line = data[: int(ends[0])].decode(self.encoding).removeprefix("\ufeff")
-            self.header = next(csv.reader([line]), [])
+            self.header = next(csv.reader([line], delimiter=chr(self.delimiter)), [])
             first = 1
         self.text = self._decoded(data[:used], newlines, ends, quotes)
-        delims = np.flatnonzero(buf[:used] == DELIMITER)
+        delims = np.flatnonzero(buf[:used] == self.delimiter)
         if quotes is not None:
             delims = delims[_outside(quotes, delims)]
         # delimiters before each record's end, differenced: far fewer searches than one
@@ -192,7 +220,7 @@ class _Scan:
         line = self.line + int(np.searchsorted(newlines, exc.start))
         record = int(np.searchsorted(ends, exc.start))
         start = int(ends[record - 1]) + 1 if record else 0
-        before = np.flatnonzero(np.frombuffer(chunk, np.uint8)[start : exc.start] == DELIMITER)
+        before = np.flatnonzero(np.frombuffer(chunk, np.uint8)[start : exc.start] == self.delimiter)
         if quotes is not None:
             before = before[_outside(quotes, before + start)]
         column = (
@@ -201,10 +229,12 @@ class _Scan:
             else ""
         )
         begin = start + int(before[-1]) + 1 if len(before) else start
-        value = chunk[begin : begin + 24].split(b"\n")[0].split(b",")[0]
+        value = chunk[begin : begin + 24].split(b"\n")[0].split(bytes([self.delimiter]))[0]
+        # bytes 0x80-0x9f are control codes in latin-1 but letters and quotes in cp1252
+        likely = "cp1252" if 0x80 <= chunk[exc.start] <= 0x9F else "latin-1"
         fix = (
-            "set data.source.encoding to the file's encoding (latin-1 or cp1252 for most "
-            "Western European files), or save the file as UTF-8"
+            f"set the file's encoding, likely data.source.encoding: {likely} (latin-1 or "
+            "cp1252 for most Western European files), or save the file as UTF-8"
             if self.encoding == "utf-8"
             else "set data.source.encoding to the file's encoding, or save the file as UTF-8"
         )
@@ -227,10 +257,18 @@ class _Scan:
                 if len(bad) > 1
                 else ""
             )
+            delimiter = repr(chr(self.delimiter))
+            sniffed = (
+                f"; the delimiter {delimiter} was sniffed from the first lines: if the file "
+                "uses another, set data.source.delimiter"
+                if self.sniffed
+                else ""
+            )
             raise DataError(
                 f"data.source.path: line {line} of {self.path} has {int(fields[k])} fields, the "
                 f"header (line 1) has {self.expected}{more}: a missing or extra delimiter, or a "
-                "value holding a comma that needs double quotes; fix or remove the line"
+                f"value holding a {delimiter} that needs double quotes; fix or remove the "
+                f"line{sniffed}"
             )
 
 

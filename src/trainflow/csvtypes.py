@@ -4,6 +4,8 @@ read; either is one message naming the column, the line, the value and the fix."
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import polars as pl
@@ -14,17 +16,31 @@ from trainflow.errors import DataError
 INFER_ROWS = 10_000  # rows polars reads to infer the column types
 SPEC_TYPES = {pl.Int64: "int64", pl.Float64: "float64", pl.Boolean: "bool", pl.Utf8: "str"}
 SUGGESTED_COLUMNS = 8  # the declaration to paste is spelled out for files this narrow
+MAX_TOKENS = 3  # distinct words among a numeric column's values that may be missing-value marks
 
 
-def scan_csv_file(layout: CsvLayout, text: list[str]) -> pl.LazyFrame:
-    """The lazy scan of a checked CSV file (the columns in `text` read as text)."""
+def scan_csv_file(
+    layout: CsvLayout, text: list[str], null_values: Sequence[str] = (), infer: bool = True
+) -> pl.LazyFrame:
+    """The lazy scan of a checked CSV file (the columns in `text` read as text; every column
+    without `infer`), its `null_values` read as missing."""
     return pl.scan_csv(
-        layout.path, infer_schema_length=INFER_ROWS, schema_overrides=dict.fromkeys(text, pl.Utf8)
+        layout.path,
+        separator=layout.delimiter,
+        null_values=list(null_values) or None,
+        infer_schema=infer,
+        infer_schema_length=INFER_ROWS,
+        schema_overrides=dict.fromkeys(text, pl.Utf8) if infer else None,
     )
 
 
 def check_inferred_types(
-    lf: pl.LazyFrame, layout: CsvLayout, path: Path, columns: list[str], read: list[str]
+    lf: pl.LazyFrame,
+    layout: CsvLayout,
+    path: Path,
+    columns: list[str],
+    read: list[str],
+    null_values: Sequence[str] = (),
 ) -> None:
     """Raise a DataError when the whole file contradicts a type inferred for a column it
     reads (`read`: text past the inferred rows of a numeric column), or when one of `columns`
@@ -44,7 +60,7 @@ def check_inferred_types(
     try:
         found = lf.select(counts + parsed).collect(engine="streaming").row(0, named=True)
     except pl.exceptions.ComputeError as exc:
-        raise _past_inferred_rows(exc, layout, path, schema, read) from None
+        raise _past_inferred_rows(exc, layout, path, schema, read, null_values) from None
     for c in text:
         numbers, values = found[f"n:{c}"], found[f"v:{c}"]
         if numbers and numbers < values and 2 * numbers >= values:
@@ -53,16 +69,43 @@ def check_inferred_types(
             raise DataError(
                 f"data.source.path: column {c!r} of {path} mixes numbers and text: {numbers} of "
                 f"its {values} values are numbers, but {layout.where(row)} holds {value!r} "
-                f"({_such(values - numbers)}); {_fix(c, schema, read)}"
+                f"({_such(values - numbers)}); {token_hint(lf, c, bad, null_values)}"
+                f"{_fix(c, schema, read)}"
             )
 
 
+def token_hint(lf: pl.LazyFrame, column: str, bad: pl.Expr, null_values: Sequence[str]) -> str:
+    """Where the `bad` values of a column are a few words (`-`, `missing`), the fix that
+    reads them as missing: the null_values list to paste (JSON is YAML), else ""."""
+    found = (
+        lf.filter(bad)
+        .group_by(column)
+        .len()
+        .sort(["len", column], descending=[True, False])
+        .head(MAX_TOKENS + 1)
+        .collect()
+    )
+    if found.height > MAX_TOKENS:
+        return ""
+    tokens = found[column].to_list()
+    counted = " and ".join(f"{t!r} ({n} row{'s' * (n > 1)})" for t, n in found.iter_rows())
+    return (
+        f"if {counted} {'marks' if len(tokens) == 1 else 'mark'} a missing value, read it as "
+        f"one: data.source.null_values: {json.dumps([*null_values, *tokens])}; otherwise, "
+    )
+
+
 def _past_inferred_rows(
-    exc: Exception, layout: CsvLayout, path: Path, schema: pl.Schema, read: list[str]
+    exc: Exception,
+    layout: CsvLayout,
+    path: Path,
+    schema: pl.Schema,
+    read: list[str],
+    null_values: Sequence[str],
 ) -> DataError:
     """Which value past the inferred rows does not parse as its column's type, and where."""
     typed = [c for c in read if schema[c] != pl.Utf8]
-    raw = pl.scan_csv(layout.path, infer_schema=False).select(typed)
+    raw = scan_csv_file(layout, [], null_values, infer=False).select(typed)
     bad = {c: pl.col(c).is_not_null() & _parsed(c, schema[c]).is_null() for c in typed}
     rows = (
         raw.with_row_index("__row")
@@ -85,7 +128,7 @@ def _past_inferred_rows(
     return DataError(
         f"data.source.path: column {c!r} of {path} holds {kind} values in its first "
         f"{INFER_ROWS} rows, which set its type, but {layout.where(rows[c])} holds {value!r} "
-        f"({_such(count)}); {_fix(c, schema, read)}"
+        f"({_such(count)}); {token_hint(raw, c, bad[c], null_values)}{_fix(c, schema, read)}"
     )
 
 

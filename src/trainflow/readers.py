@@ -19,7 +19,7 @@ import polars as pl
 from trainflow import registry
 from trainflow.csvscan import CsvLayout, scan_csv
 from trainflow.csvtypes import check_inferred_types, scan_csv_file
-from trainflow.errors import DataError
+from trainflow.errors import DataError, did_you_mean
 from trainflow.spec.sources import FileSource, ImageFolderSource, SequenceSource, SklearnSource
 from trainflow.tables import IMAGE_COLUMN, TableSchema
 
@@ -27,6 +27,7 @@ Table = tuple[pl.DataFrame | pl.LazyFrame, TableSchema]
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+LISTED = 5  # values named in a message
 
 
 DTYPES = {
@@ -76,10 +77,16 @@ def _scan_file(source: FileSource) -> tuple[pl.LazyFrame, CsvLayout | None]:
     if not path.is_file():
         raise DataError(f"data.source.path: file not found: {path}")
     layout = (
-        scan_csv(path, source.max_line_bytes, source.encoding) if source.type == "csv" else None
+        scan_csv(path, source.max_line_bytes, source.encoding, source.delimiter)
+        if source.type == "csv"
+        else None
     )
     try:
-        lf = scan_csv_file(layout, list(source.columns or {})) if layout else pl.scan_parquet(path)
+        lf = (
+            scan_csv_file(layout, list(source.columns or {}), source.null_values)
+            if layout
+            else pl.scan_parquet(path)
+        )
         names = lf.collect_schema().names()
     except Exception as exc:  # polars raises several types for unreadable files
         raise DataError(
@@ -139,19 +146,24 @@ def _declared(lf: pl.LazyFrame, declared: Mapping[str, str]) -> pl.LazyFrame:
     return lf.with_columns(pl.col(c).cast(DTYPES[t]) for c, t in declared.items())
 
 
-def _roles(source: FileSource, dtypes: pl.Schema, path: Path) -> tuple[list[str], list[str]]:
+def _roles(source: FileSource, names: list[str], path: Path) -> tuple[list[str], list[str]]:
     """The feature columns and the columns carried along (not features, not the target)."""
     kept = (
         source.keep_columns
         + ([source.weight_column] if source.weight_column else [])
         + source.aux_targets
     )
-    features = source.features or [c for c in dtypes if c not in (source.target, *kept)]
-    missing = [c for c in features + kept if c not in dtypes]
-    if missing:
+    unknown = [c for c in source.drop if c not in names]
+    if unknown:
         raise DataError(
-            f"data.source: columns {missing} not in {path}; columns are {dtypes.names()}"
+            f"data.source.drop: {unknown[0]!r} is not a column of {path}"
+            f"{did_you_mean(unknown[0], names)}; its columns are {names}"
         )
+    left_out = (source.target, *kept, *source.drop)
+    features = source.features or [c for c in names if c not in left_out]
+    missing = [c for c in features + kept if c not in names]
+    if missing:
+        raise DataError(f"data.source: columns {missing} not in {path}; columns are {names}")
     return features, kept
 
 
@@ -169,6 +181,7 @@ def check_file(source: FileSource) -> None:
     if key in _CHECKED:
         return
     lf, layout = _scan_file(source)
+    features, kept = _roles(source, list(source.columns or lf.collect_schema().names()), path)
     if source.columns:
         _check_conversions(
             _blank_as_missing(lf.select(list(source.columns)), source.columns),
@@ -177,9 +190,9 @@ def check_file(source: FileSource) -> None:
             layout,
         )
     elif layout:
-        features, kept = _roles(source, lf.collect_schema(), path)
         weight = [source.weight_column] if source.weight_column else []
-        check_inferred_types(lf, layout, path, features + weight, [*features, *kept, source.target])
+        read = [*features, *kept, source.target]
+        check_inferred_types(lf, layout, path, features + weight, read, source.null_values)
     _CHECKED.add(key)
 
 
@@ -190,7 +203,7 @@ def _load_file(source: FileSource) -> tuple[pl.LazyFrame, TableSchema]:
     if source.columns:
         lf = _declared(lf, source.columns)
     dtypes = lf.collect_schema()
-    features, kept = _roles(source, dtypes, path)
+    features, kept = _roles(source, dtypes.names(), path)
     # Text columns stay text (categories); an `encode` step turns them into numbers.
     lf = lf.select(
         *(pl.col(c) if dtypes[c].is_numeric() else pl.col(c).cast(pl.Utf8) for c in features),
@@ -314,10 +327,26 @@ def _generate_sequences(source: SequenceSource) -> tuple[pl.DataFrame, TableSche
 
 
 def _file_labels(source: FileSource) -> pl.Series:
-    lf, _ = _scan_file(source)
+    lf, layout = _scan_file(source)
     if source.columns:
         lf = _declared(lf, {source.target: source.columns.get(source.target, "str")})
-    return lf.select(source.target).collect().to_series()
+    labels = lf.select(source.target).collect().to_series()
+    if len(labels) and labels.null_count() == len(labels) and layout:
+        _refuse_nulled_target(source, layout)
+    return labels
+
+
+def _refuse_nulled_target(source: FileSource, layout: CsvLayout) -> None:
+    """A target that null_values made missing in every row: name the tokens it holds."""
+    raw = scan_csv_file(layout, [], (), infer=False).select(source.target)
+    tokens = raw.drop_nulls().unique().head(LISTED).collect()[source.target].to_list()
+    if tokens:
+        raise DataError(
+            f"data.source.null_values: every value of the target {source.target!r} in "
+            f"{source.path} is read as missing: it holds only {tokens}, which "
+            f"null_values ({source.null_values}) lists; remove them from "
+            "data.source.null_values"
+        )
 
 
 def _folder_labels(source: ImageFolderSource) -> pl.Series:

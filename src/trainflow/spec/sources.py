@@ -28,6 +28,11 @@ DType = Literal[
 ]
 # Encodings whose newline, comma and quote are the ASCII bytes (the line scan reads bytes).
 Encoding = Literal["utf-8", "latin-1", "cp1252", "iso-8859-15"]
+# The delimiters a CSV file may use (sniffed from its first lines when not declared).
+Delimiter = Literal[",", ";", "\t", "|"]
+# Cells read as missing values by default: what R, pandas, spreadsheets and UCI files write.
+NULL_VALUES = ("", "NA", "N/A", "NaN", "null", "None", "?")
+CSV_ONLY = ("encoding", "max_line_bytes", "null_values", "delimiter")
 
 
 class SklearnSource(Section):
@@ -50,6 +55,11 @@ class FileSource(Section):
         None, description="Declared schema: column -> type; only these columns are read"
     )
     features: list[str] | None = Field(None, description="Feature columns; default all but target")
+    drop: list[str] = Field(
+        default_factory=list,
+        description="Columns left out of the features (ids, constants); the features are "
+        "then every other column; give `features` or `drop`, not both",
+    )
     keep_columns: list[str] = Field(
         default_factory=list,
         description="Columns carried along but not used as features "
@@ -70,6 +80,17 @@ class FileSource(Section):
         description="The CSV file's text encoding (others "
         "than UTF-8 are read through a UTF-8 copy)",
     )
+    null_values: list[str] = Field(
+        default_factory=lambda: list(NULL_VALUES),
+        description="CSV cells read as missing values (exact matches); a list given here "
+        "replaces the default list NA, N/A, NaN, null, None, ? (an empty cell is always "
+        "missing)",
+    )
+    delimiter: Delimiter | None = Field(
+        None,
+        description="The CSV field delimiter; default: sniffed from the first lines "
+        "among comma, semicolon, tab and |",
+    )
     max_line_bytes: int = Field(
         8 * 2**20,
         ge=1024,
@@ -80,8 +101,25 @@ class FileSource(Section):
 
     @model_validator(mode="after")
     def _csv_only(self):
-        if self.type != "csv" and {"encoding", "max_line_bytes"} & self.model_fields_set:
-            raise ValueError("encoding and max_line_bytes apply to csv files only")
+        if self.type != "csv" and set(CSV_ONLY) & self.model_fields_set:
+            raise ValueError(f"{', '.join(CSV_ONLY)} apply to csv files only")
+        return self
+
+    @model_validator(mode="after")
+    def _dropped(self):
+        """`drop` leaves columns out of the default features: beside a `features` list it
+        would say the same twice, and a column it names cannot also have a role."""
+        if self.drop and self.features is not None:
+            raise ValueError(
+                "give `features` (the columns to use) or `drop` (the columns to leave "
+                "out), not both"
+            )
+        roles = {self.target: "the target", self.weight_column: "the weight_column"}
+        roles |= dict.fromkeys(self.keep_columns, "in keep_columns")
+        roles |= dict.fromkeys(self.aux_targets, "in aux_targets")
+        clash = [f"{c!r} is {roles[c]}" for c in self.drop if c in roles]
+        if clash:
+            raise ValueError(f"drop names columns that have a role: {'; '.join(clash)}")
         return self
 
     def content_paths(self) -> list[Path]:
