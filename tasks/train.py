@@ -27,6 +27,7 @@ from trainflow.engine.training import train_into
 from trainflow.errors import ArtifactError
 from trainflow.loader import DEFAULT_CACHE, Stream
 from trainflow.logs import Progress, run_logger
+from trainflow.remote import shards_url
 from trainflow.shards import read_paths, read_split, read_split_checked, shard_paths
 from trainflow.spec.fit_on import POOLED
 from trainflow.spec.train import LoaderSpec, TrainSpec
@@ -67,6 +68,8 @@ def load_training_splits(
     corrupt shards when told to; also the count of samples lost."""
     loader = loader or LoaderSpec(mode="memory")
     base = shards.path if isinstance(shards, ArtifactRef) else shards
+    if isinstance(shards, ArtifactRef) and loader.mode == "stream":  # an s3:// store's shards
+        base = shards_url(shards.path.parent.parent, shards.fingerprint) or base  # (cache_dir)
     cache_dir = Path(loader.cache_dir) if loader.cache_dir else DEFAULT_CACHE
     stream, lost = training_stream(base, loader, on_corrupt, cache_dir)
     in_memory = loader.mode == "memory" or (

@@ -56,12 +56,18 @@ def local_path(url: str) -> Path:
 
 def _download(url: str, target: Path) -> None:
     scheme = urlparse(url).scheme
+    data: bytes | None
     if scheme in ("http", "https"):
         with urllib.request.urlopen(
             url, timeout=60
         ) as response:  # the scheme was allowlisted above
             data = response.read()
     else:  # s3, gs: through fsspec and its backend (s3fs, gcsfs), when installed
+        from trainflow.remote import read_bytes
+
+        # an s3:// store's own shards: read with the store's options (endpoint, credentials)
+        data = read_bytes(url)
+    if data is None:
         try:
             import fsspec
 
