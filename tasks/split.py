@@ -51,7 +51,8 @@ def _column(df: pl.DataFrame, name: str, field: str) -> pl.Series:
 
 def key_columns(schema: TableSchema, params: SplitParams) -> list[str]:
     """The columns a split decision reads (the rest of the row never matters)."""
-    return [c for c in (schema.target, params.group_column, params.time_column) if c]
+    named = (schema.target, params.group_column, params.time_column, params.column)
+    return list(dict.fromkeys(c for c in named if c))
 
 
 def split_rows(
@@ -59,6 +60,9 @@ def split_rows(
 ) -> dict[str, np.ndarray]:
     """Sorted row numbers of each part; `df` needs only the `key_columns`."""
     index = np.arange(len(df), dtype=np.int32 if len(df) < 2**31 else np.int64)
+    if params.strategy == "column":
+        return given_rows(df, schema, params, seed, index)
+    assert isinstance(params.test, float) and isinstance(params.validation, float)
     val_share = params.validation / (1 - params.test)
     if params.strategy == "time":
         order = _column(df, params.time_column, "time_column").arg_sort(nulls_last=True)
@@ -72,30 +76,88 @@ def split_rows(
         }
     if params.strategy == "group":
         groups = _column(df, params.group_column, "group_column").to_numpy()
+        _check_groups(groups, params)
         outer = GroupShuffleSplit(1, test_size=params.test, random_state=seed)
         rest, test = next(outer.split(index, groups=groups))
+        if not val_share:
+            return {"train": np.sort(rest), "val": rest[:0], "test": np.sort(test)}
         inner = GroupShuffleSplit(1, test_size=val_share, random_state=seed)
         train, val = next(inner.split(rest, groups=groups[rest]))
         return {"train": np.sort(rest[train]), "val": np.sort(rest[val]), "test": np.sort(test)}
-    codes = None
     if params.strategy == "stratified":
         check_stratifiable(df, schema, 3, "a stratified train/validation/test split")
-        labels = df[schema.target]
-        if labels.dtype != pl.Enum(schema.classes):  # the split task hands in Enum labels
-            labels = labels.cast(pl.Utf8).cast(pl.Enum(schema.classes))
-        if labels.null_count():
-            raise DataError(
-                f"target {schema.target!r} has {labels.null_count()} missing "
-                "value(s): add a `clean` step (drop_missing_label) before `split`"
-            )
-        # Integer class codes in the classes' order: scikit-learn sorts strings slowly.
-        codes = labels.to_physical().to_numpy()
+        codes = label_codes(df, schema)
         rest, test = stratified_shuffle_split(codes, params.test, seed)
+        if not val_share:
+            return {"train": np.sort(rest), "val": rest[:0], "test": np.sort(test)}
         train, val = stratified_shuffle_split(codes[rest], val_share, seed, in_order=True)
         return {"train": np.sort(rest[train]), "val": np.sort(rest[val]), "test": np.sort(test)}
     rest, test = train_test_split(index, test_size=params.test, random_state=seed)
+    if not val_share:
+        return {"train": np.sort(rest), "val": rest[:0], "test": np.sort(test)}
     train, val = train_test_split(rest, test_size=val_share, random_state=seed)
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def label_codes(df: pl.DataFrame, schema: TableSchema) -> np.ndarray:
+    """Integer class codes in the classes' order (scikit-learn sorts strings slowly)."""
+    labels = df[schema.target]
+    if labels.dtype != pl.Enum(schema.classes):  # the split task hands in Enum labels
+        labels = labels.cast(pl.Utf8).cast(pl.Enum(schema.classes))
+    if labels.null_count():
+        raise DataError(
+            f"target {schema.target!r} has {labels.null_count()} missing "
+            "value(s): add a `clean` step (drop_missing_label) before `split`"
+        )
+    return labels.to_physical().to_numpy()
+
+
+def given_rows(
+    df: pl.DataFrame, schema: TableSchema, params: SplitParams, seed: int, index: np.ndarray
+) -> dict[str, np.ndarray]:
+    """strategy: column: each row's part as the data's `column` names it; validation rows
+    given by value too, or a stratified share carved from the training rows."""
+    values = _column(df, params.column or "", "column").cast(pl.Utf8)
+    parts = {"train": params.train or [], "test": params.test}
+    if isinstance(params.validation, list):
+        parts["val"] = params.validation
+    listed = {v for vs in parts.values() for v in vs}
+    unlisted = values.filter(~values.is_in(list(listed)) | values.is_null()).value_counts()
+    if len(unlisted):
+        found = dict(zip(unlisted[:, 0].to_list(), unlisted["count"].to_list(), strict=True))
+        raise DataError(
+            f"split.column {params.column!r} has values that no part lists: "
+            f"{dict(list(found.items())[:5])} (value: rows). List each value under "
+            "split.train, split.test or split.validation, or drop those rows before split"
+        )
+    rows = {name: index[values.is_in(list(vs)).to_numpy()] for name, vs in parts.items()}
+    for name in ("train", "test"):
+        if not len(rows[name]):
+            raise DataError(
+                f"split.column {params.column!r}: no row has a value in split.{name} "
+                f"{parts[name]}; the column's values are {sorted(set(values.to_list()))[:10]}"
+            )
+    if "val" not in rows:
+        rows["val"] = rows["train"][:0]
+        if params.validation:
+            codes = label_codes(df[rows["train"]], schema)
+            train, val = stratified_shuffle_split(codes, params.validation, seed, in_order=True)
+            rows["train"], rows["val"] = rows["train"][train], rows["train"][val]
+    return {name: np.sort(found) for name, found in rows.items()}
+
+
+def _check_groups(groups: np.ndarray, params: SplitParams) -> None:
+    """A group split needs a group for each part: two groups (a train/test column) would
+    leave one part empty, which scikit-learn reports as a train set that would be empty."""
+    count = len(np.unique(groups))
+    need = 3 if params.validation else 2
+    if count < need:
+        raise DataError(
+            f"split.group_column {params.group_column!r} has {count} distinct value(s): a "
+            f"group split needs at least {need}, each part getting whole groups. If the column "
+            "says which rows are train and test, split with {strategy: column, column: "
+            f"{params.group_column}, train: [...], test: [...]}}"
+        )
 
 
 def stratified_shuffle_split(
@@ -195,7 +257,7 @@ def split(data: ArtifactRef, params: SplitParams, seed: int, store: str) -> Arti
     split decision reads (`key_columns`) are read."""
     ((lf, schema),) = scan_parts(data).values()
     names = lf.collect_schema().names()
-    for field in ("group_column", "time_column"):
+    for field in ("group_column", "time_column", "column"):
         if getattr(params, field) and getattr(params, field) not in names:
             _column(pl.DataFrame(schema=names), getattr(params, field), field)
     # The labels as an Enum (4-byte codes, not strings): millions of rows stay small in memory.

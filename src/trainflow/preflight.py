@@ -124,7 +124,7 @@ def _check_data(spec: PipelineSpec) -> None:
         _check_stratified_split(counts, target, split.validation, split.test)
     if spec.evaluate.cv:
         folds = spec.evaluate.cv.folds
-        keep = 1 - split.test
+        keep = 1 - split.test if isinstance(split.test, float) else 1.0  # (column: given)
         scarce = {c: n for c, n in counts.items() if int(n * keep) < folds}
         if scarce:
             raise DataError(
@@ -210,6 +210,8 @@ def _check_stratified_split(
     n_test = math.ceil(test * rows)
     n_val = math.ceil(validation / (1 - test) * (rows - n_test))
     parts = {"test": n_test, "validation": n_val, "train": rows - n_test - n_val}
+    if not validation:  # validation: 0, no validation part
+        del parts["validation"]
     small = {name: n for name, n in parts.items() if n < len(counts)}
     if small:
         raise DataError(

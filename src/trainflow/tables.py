@@ -90,7 +90,7 @@ def read_table(path: Path) -> tuple[pl.DataFrame, TableSchema]:
 def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.ndarray]:
     """Features as float32 (N, *input_shape) and labels as int64 class indices."""
     x = feature_array(df, schema)
-    bad = ~np.isfinite(x.reshape(len(df), -1))
+    bad = ~np.isfinite(x.reshape(len(df), -1) if len(df) else x.reshape(0, 0))  # (val: 0)
     if bad.any():
         if schema.image_shape:
             where = "image pixels"

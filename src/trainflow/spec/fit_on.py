@@ -68,6 +68,27 @@ def evaluate_refusal(evaluate: Any, why: str) -> str | None:
     return None
 
 
+def no_validation_refusal(spec: Any) -> str | None:
+    """Why a spec whose split leaves no validation part (split.validation: 0) cannot run, or
+    None: the knobs that watch or fit on the validation rows have none to use."""
+    split = spec.data.split
+    if isinstance(split.validation, list) or split.validation or spec.train.fit_on == POOLED:
+        return None  # (fit_on: train+validation says the same through train_refusal)
+    why = "split.validation is 0, so there is no validation part"
+    fix = "or give split.validation a share"
+    train = spec.train
+    if train.early_stopping:
+        return f"{why} for train.early_stopping to stop on: drop early_stopping, {fix}"
+    if train.schedule is not None and train.schedule.type == "plateau":
+        return f"{why} for the plateau schedule's monitor: use a schedule by steps, {fix}"
+    if train.debug.dead_units:
+        return f"{why} for train.debug.dead_units to count on: drop dead_units, {fix}"
+    for knob in ("calibrate", "threshold"):
+        if getattr(spec.evaluate, knob) is not None:
+            return f"{why} for evaluate.{knob} to be fitted on: drop it, {fix}"
+    return None
+
+
 def pipeline_refusal(spec: Any) -> str | None:
     """Why a whole spec's fit_on (or its search's refit, which sets it) cannot hold, or None:
     said when the spec is validated, before any work (a study's refit runs after it)."""

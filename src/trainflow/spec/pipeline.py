@@ -18,7 +18,7 @@ from trainflow.spec.after_training import EvaluateSpec, OutputsSpec
 from trainflow.spec.base import Section
 from trainflow.spec.data import ExpectSpec, ShardParams
 from trainflow.spec.ensemble import check_ensemble
-from trainflow.spec.fit_on import pipeline_refusal
+from trainflow.spec.fit_on import no_validation_refusal, pipeline_refusal
 from trainflow.spec.loading import load_raw, parse_yaml
 from trainflow.spec.orchestration import OrchestrationSpec, RunnerSpec
 from trainflow.spec.promote import PromoteSpec
@@ -60,6 +60,27 @@ class DataSpec(Section):
         if early:
             raise ValueError(
                 f"{', '.join(early)} change(s) the training part only and must come after `split`"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _split_column_is_kept(self):
+        """split strategy column: the column names each row's part, it is no feature (a
+        feature equal to the part would teach nothing and could not be given at predict)."""
+        split = self.split
+        if split.strategy != "column":
+            return self
+        kept = getattr(self.source, "keep_columns", None)
+        if kept is None:
+            raise ValueError(
+                f"split strategy column reads each row's part from a column, and a "
+                f"{self.source.type} source has none: use a csv or parquet source, or "
+                "another strategy"
+            )
+        if split.column not in kept:
+            raise ValueError(
+                f"split.column {split.column!r} names each row's part and is not a feature: "
+                f"add it to data.source.keep_columns (keep_columns: [{split.column}])"
             )
         return self
 
@@ -119,7 +140,7 @@ class PipelineSpec(Section):
 
     @model_validator(mode="after")
     def _fit_on_leaves_validation(self):  # train.fit_on, search.refit (trainflow.spec.fit_on)
-        reason = pipeline_refusal(self)
+        reason = pipeline_refusal(self) or no_validation_refusal(self)
         if reason:
             raise ValueError(reason)
         return self

@@ -8,7 +8,7 @@ imports imbalanced-learn only when options are given).
 from __future__ import annotations
 
 import importlib
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -91,27 +91,77 @@ class SplitParams(Section):
 
     stratified: class proportions kept in every part; random: shuffled by the seed; group: all
     rows of a `group_column` value land in one part (shares are of groups); time: ordered by
-    `time_column`, the latest rows are test and the ones before them validation.
+    `time_column`, the latest rows are test and the ones before them validation; column: the
+    data says each row's part (a benchmark's own train/test split): `column` holds it, the
+    rows whose value is in `train` train and those in `test` test; `validation` is a share
+    carved from the training rows (stratified), or the values of its own rows. The column
+    is not a feature: list it in data.source.keep_columns.
+
+    validation: 0 leaves no validation part (then nothing can early-stop or pick a best
+    epoch: the last epoch is the model, as with train.fit_on: train+validation).
     """
 
     type: Literal["split"]
-    strategy: Literal["stratified", "random", "group", "time"] = "stratified"
-    validation: float = Field(0.15, gt=0, lt=1)
-    test: float = Field(0.2, gt=0, lt=1)
+    strategy: Literal["stratified", "random", "group", "time", "column"] = "stratified"
+    validation: Annotated[float, Field(ge=0, lt=1)] | list[str] = Field(
+        0.15,
+        description="the validation share (of the table; with strategy column, of the "
+        "training rows), or with strategy column the column's values of validation rows",
+    )
+    test: Annotated[float, Field(gt=0, lt=1)] | list[str] = Field(
+        0.2, description="the test share, or with strategy column the values of test rows"
+    )
     group_column: str | None = None
     time_column: str | None = None
+    column: str | None = Field(None, description="strategy column: the column naming the part")
+    train: list[str] | None = Field(
+        None, description="strategy column: the values of the training rows"
+    )
 
     @model_validator(mode="after")
     def _consistent(self):
+        if (self.strategy == "group") != (self.group_column is not None):
+            raise ValueError("group_column is required by strategy: group, and only by it")
+        if (self.strategy == "time") != (self.time_column is not None):
+            raise ValueError("time_column is required by strategy: time, and only by it")
+        if self.strategy == "column":
+            return self._given_parts()
+        if self.train is not None or self.column is not None:
+            raise ValueError(
+                "column and train name the rows of each part for strategy: column only: "
+                "set strategy: column, or drop them"
+            )
+        if isinstance(self.validation, list) or isinstance(self.test, list):
+            raise ValueError(
+                "validation and test are shares (numbers from 0 to 1) unless strategy is "
+                "column, where they may list the column's values of their rows"
+            )
         if self.validation + self.test >= 0.9:
             raise ValueError(
                 f"validation + test = {self.validation + self.test:g} leaves "
                 "less than 10% for training; lower them"
             )
-        if (self.strategy == "group") != (self.group_column is not None):
-            raise ValueError("group_column is required by strategy: group, and only by it")
-        if (self.strategy == "time") != (self.time_column is not None):
-            raise ValueError("time_column is required by strategy: time, and only by it")
+        return self
+
+    def _given_parts(self):
+        if self.column is None or not self.train or not isinstance(self.test, list):
+            raise ValueError(
+                "strategy: column takes the part from the data: give column (its name), "
+                "train (its values for training rows) and test (its values for test rows), "
+                "e.g. {strategy: column, column: part, train: [train], test: [test]}"
+            )
+        given = {"train": self.train, "test": self.test}
+        if isinstance(self.validation, list):
+            given["validation"] = self.validation
+        seen: dict[str, str] = {}
+        for part, values in given.items():
+            for value in values:
+                if value in seen:
+                    raise ValueError(
+                        f"split value {value!r} is listed for both {seen[value]} and {part}: "
+                        "each value names one part"
+                    )
+                seen[value] = part
         return self
 
 
