@@ -85,12 +85,14 @@ def store_for(pipeline: str, store: str | Path | None = None) -> Path:
     from trainflow.spec.loading import load_raw
 
     spec = pipelines_dir() / f"{checked_name(pipeline)}.yaml"
-    declared = DEFAULT_STORE
+    declared, mirror = DEFAULT_STORE, None
     if spec.is_file():
         outputs = load_raw(spec).get("outputs")
         if isinstance(outputs, dict) and isinstance(outputs.get("store"), str):
-            declared = outputs["store"]
-    return Path(declared).resolve()
+            declared, mirror = outputs["store"], outputs.get("mirror")
+    from trainflow.remote import local_folder  # an s3:// store: its local mirror
+
+    return local_folder(declared, mirror if isinstance(mirror, str) else None)
 
 
 def pointer_file(store: Path, pipeline: str) -> Path:

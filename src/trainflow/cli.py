@@ -150,14 +150,20 @@ def _command(args) -> int:
 
     spec = load_spec(args.spec, args.overrides)
     if args.command == "validate":
-        print(f"{args.spec}: valid pipeline spec {spec.name!r}")
+        if not args.schema_only:  # the checks `run` makes before any work (trainflow.preflight)
+            from trainflow.preflight import check_data
+
+            check_data(spec)
+        what = "the spec alone; its data not read" if args.schema_only else "and its data"
+        print(f"{args.spec}: valid pipeline spec {spec.name!r} ({what})")
         return 0
     if args.command == "task":
         ref = run_step(args, spec)
         if args.materialize:
+            from trainflow.remote import store_folder
             from trainflow.steps import materialize
 
-            ref = materialize(ref, Path(spec.outputs.store).resolve())
+            ref = materialize(ref, store_folder(spec.outputs))
         print(ref.model_dump_json(indent=1))
         return 0
     from trainflow.runtime import run_pipeline

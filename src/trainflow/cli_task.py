@@ -53,6 +53,8 @@ def run_step(args, spec) -> Any:
             f"task {args.step} takes {count} --input ref(s), got "
             f"{len(refs)}" + (f" (in order: {', '.join(task.inputs)})" if task.inputs else "")
         )
+    from trainflow.remote import store_folder
+
     fn = task.impl.fn
     kwargs: dict[str, object] = (
         {task.inputs[0][1:]: refs} if many else dict(zip(task.inputs, refs, strict=True))
@@ -60,7 +62,7 @@ def run_step(args, spec) -> Any:
     for name, path in task.reads.items():
         kwargs[name] = spec_value(args, spec, path)
     given = {
-        "store": str(Path(spec.outputs.store).resolve()),
+        "store": str(store_folder(spec.outputs)),  # s3://: its mirror, tied to the bucket
         "seed": spec.seed,
         "fold": args.fold,
         "folds": spec.evaluate.cv.folds if spec.evaluate.cv else 5,

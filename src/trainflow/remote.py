@@ -225,7 +225,7 @@ def open_outputs(
 ) -> Path:
     """`store_folder` of the three settings."""
     if not is_remote_store(store):
-        return Path(store).expanduser().resolve()
+        return Path(store).resolve()  # (as runs always read it: relative to the working folder)
     _checked(store.rstrip("/"), json.dumps(options or {}, sort_keys=True))
     folder = mirror_folder(store, mirror)
     tie = {"url": store.rstrip("/"), "options": options or {}}
@@ -244,6 +244,12 @@ def open_outputs(
     Store(folder)
     atomic_write_text(file, json.dumps(tie, sort_keys=True))
     return folder
+
+
+def local_folder(store: str, mirror: str | None = None) -> Path:
+    """Where `outputs.store`'s artifacts lie on this machine, without reaching a bucket (for
+    lookups: the champion pointer, a package by name)."""
+    return mirror_folder(store, mirror) if is_remote_store(store) else Path(store).resolve()
 
 
 def bucket_of(root: Path) -> Bucket | None:

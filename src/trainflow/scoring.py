@@ -112,7 +112,9 @@ def locations(
     from trainflow.spec.pipeline import load_spec
 
     spec = load_spec(spec_file(pipeline))  # a SpecError naming the pipeline parameter
-    store = Path(spec.outputs.store).resolve()  # the spec file's store, as runs write it
+    from trainflow.remote import local_folder  # an s3:// store: its local mirror
+
+    store = local_folder(spec.outputs.store, spec.outputs.mirror)  # as runs write it
     problems: list[tuple[str, str]] = []
 
     def checked(check, *args):

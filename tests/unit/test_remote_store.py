@@ -166,3 +166,13 @@ def test_without_s3fs_the_error_names_the_extra(tmp_path):
 
 def test_a_folder_store_has_no_bucket(tmp_path):
     assert bucket_of(Store(tmp_path / "store").root) is None
+
+
+def test_the_champion_of_an_s3_pipeline_lives_in_its_mirror(tmp_path, monkeypatch):
+    from trainflow.champion import store_for
+
+    (tmp_path / "churn.yaml").write_text(
+        f"outputs: {{store: 's3://b/p', mirror: '{tmp_path / 'mirror'}'}}\n"
+    )
+    monkeypatch.setenv("TRAINFLOW_PIPELINES_DIR", str(tmp_path))
+    assert store_for("churn") == tmp_path / "mirror"  # looked up without reaching the bucket
