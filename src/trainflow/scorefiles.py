@@ -4,6 +4,7 @@ complete or absent (a temporary name, renamed at the end)."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import uuid
@@ -17,6 +18,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from trainflow.csvscan import sniff_delimiter
 from trainflow.errors import DataError, TrainflowError
 from trainflow.readers import IMAGE_SUFFIXES, read_image
 from trainflow.storage import TMP_PREFIX, out_of_space
@@ -85,13 +87,25 @@ def _scan_csv(path: Path, model: Model, typed: bool) -> pl.LazyFrame:
     """The CSV as text: each column converts to its training type, as ingest's. With
     `typed`, the number columns are parsed as their training types straight away (one parse,
     not text and then a conversion); a value that does not parse raises NotTyped when read."""
-    text = pl.scan_csv(path, infer_schema=False)
+    read = _read_options(path, model)
+    text = pl.scan_csv(path, infer_schema=False, **read)
     if not typed:
         return text
     with _reading(path):
         header = text.collect_schema().names()
     numbers = {c: t for c, t in model.types.items() if c in header and t.is_numeric()}
-    return pl.scan_csv(path, infer_schema=False, schema_overrides=numbers) if numbers else text
+    return (
+        pl.scan_csv(path, infer_schema=False, schema_overrides=numbers, **read) if numbers else text
+    )
+
+
+def _read_options(path: Path, model: Model) -> dict:
+    """The missing-value tokens (`NA`) training read its file with, and this file's
+    delimiter, so that rows score as ingest read them (None: a package before the tokens)."""
+    source = json.loads((model.path / "spec.json").read_text()).get("data", {}).get("source", {})
+    with _reading(path):
+        delimiter = sniff_delimiter(path, "utf-8")
+    return {"null_values": source.get("null_values") or None, "separator": delimiter}
 
 
 class NotTyped(Exception):
