@@ -18,7 +18,7 @@ from prefect import task
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
-from trainflow.engine import checkpoint, ddp, ddp_worker
+from trainflow.engine import checkpoint, ddp, ddp_worker, ps_worker
 from trainflow.engine.data import Split
 from trainflow.engine.loop import FitResult
 from trainflow.engine.setup import resolve_device
@@ -182,7 +182,8 @@ def train_ranks(
     own shards and trains through the one loop; rank 0 writes into `staging`."""
     spec, device = train.distributed, resolve_device(train.device).type
     assert spec is not None
-    ddp.check_ranks(spec, device)
+    if spec.strategy != "parameter_server":  # (it counts its trainers: spec.distributed)
+        ddp.check_ranks(spec, device)
     loader = train.loader
     cache = Path(loader.cache_dir) if loader.cache_dir else DEFAULT_CACHE
     stream, _ = training_stream(shards.path, loader, train.on_corrupt, cache)
@@ -208,6 +209,7 @@ def train_ranks(
 # The module each strategy's ranks run (imported here: its code is in this task's cache key).
 RANK_MODULES = {
     "ddp": ddp_worker,
+    "parameter_server": ps_worker,
 }
 
 

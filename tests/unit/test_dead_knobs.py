@@ -38,8 +38,6 @@ DOCUMENTING = {
     # strategies in spec.distributed.NOT_BUILT: validated, refused until their engine lands
     "train.distributed.microbatches": "strategy pipeline is in NOT_BUILT",
     "train.distributed.schedule": "strategy pipeline is in NOT_BUILT",
-    "train.distributed.mode": "strategy parameter_server is in NOT_BUILT",
-    "train.distributed.staleness": "strategy parameter_server is in NOT_BUILT",
     "train.distributed.world_size": "read by the engines of NOT_BUILT strategies",
 }
 

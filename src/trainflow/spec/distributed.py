@@ -95,7 +95,7 @@ class Distributed(Section):
 
 
 # Strategies the spec names whose engines are still being built (removed one by one).
-NOT_BUILT = {"fsdp", "pipeline", "parameter_server"}
+NOT_BUILT = {"fsdp", "pipeline"}
 
 # Knobs that cannot hold under DDP: each rank would decide them on its own rows.
 DDP_REFUSED = {
@@ -112,6 +112,8 @@ def ddp_refusal(train: Any) -> str | None:
         return None
     if d.strategy in NOT_BUILT:
         return f"distributed.strategy {d.strategy} is not built yet: use strategy: ddp"
+    if d.strategy == "parameter_server":  # (its own rules: the server holds no share)
+        return ps_refusal(train)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if (
         d.nnodes == 1
@@ -131,4 +133,54 @@ def ddp_refusal(train: Any) -> str | None:
         value = getattr(train, knob)
         if value and value != "shuffle":
             return f"train.{knob} cannot run under distributed (ddp): {why}; drop it"
+    return None
+
+
+# Knobs that cannot hold under parameter_server: the trainers compute gradients of single
+# batches in RPC threads; the server steps on them and keeps nothing else.
+PS_REFUSED = {
+    "accumulate": "the server steps on each global batch's gradient; raise batch_size instead",
+    "ema": "the server keeps no running average of the weights",
+    "swa": "the server keeps no running average of the weights",
+    "distill": "the trainers load no teacher",
+    "compile": "the trainers run eagerly in RPC threads",
+    "deterministic": "the trainers run in RPC threads, outside the deterministic block",
+    "debug.detect_anomaly": "the trainers' backward runs outside anomaly detection",
+    "checkpoint_every_steps": "the server checkpoints between epochs (a resume starts an epoch)",
+    "auto_batch": "the trainers would each measure a batch size",
+    "sampler": "weighted draws rows with replacement from the whole set on one process",
+    "loader.mode": "every rank reads the training split into memory (loader.mode: memory)",
+    "device": "the server and trainers exchange CPU tensors (device: cpu or auto)",
+}
+
+
+def ps_refusal(train: Any) -> str | None:
+    """Why this train section cannot run under strategy parameter_server, or None. Its rank
+    0 only steps and validates while the trainers compute, so the trainers alone are counted
+    against the cores (1 server + 2 trainers on 2 cores)."""
+    d = train.distributed
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if d.nnodes == 1 and d.nproc_per_node - 1 > (cores or 1):
+        return (
+            f"distributed.nproc_per_node ({d.nproc_per_node}) gives {d.nproc_per_node - 1} "
+            f"trainers (rank 0 is the server), more than this machine's {cores} usable CPU "
+            f"cores: set nproc_per_node to at most {(cores or 1) + 1}"
+        )
+    moved = {
+        "accumulate": train.accumulate > 1,
+        "ema": train.ema is not None,
+        "swa": train.swa is not None,
+        "distill": train.distill is not None,
+        "compile": train.compile,
+        "deterministic": train.deterministic,
+        "debug.detect_anomaly": train.debug.detect_anomaly,
+        "checkpoint_every_steps": train.checkpoint_every_steps > 0,
+        "auto_batch": train.auto_batch is not None,
+        "sampler": train.sampler == "weighted",
+        "loader.mode": train.loader.mode == "stream",
+        "device": train.device in ("cuda", "mps"),
+    }
+    for knob, why in PS_REFUSED.items():
+        if moved[knob]:
+            return f"train.{knob} cannot run under distributed (parameter_server): {why}; drop it"
     return None
