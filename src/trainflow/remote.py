@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import uuid
-from functools import cache, cached_property
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -66,9 +66,17 @@ class Bucket:
         self.url = url.rstrip("/")
         self.root = f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
         self.options = dict(options or {})
+        self._fs: tuple[int, Any] | None = None
 
-    @cached_property
+    @property
     def fs(self) -> Any:
+        """The fsspec filesystem, made afresh in a forked child (the warm worker forks; an
+        async filesystem's event loop does not survive that)."""
+        if self._fs is None or self._fs[0] != os.getpid():
+            self._fs = (os.getpid(), self._filesystem())
+        return self._fs[1]
+
+    def _filesystem(self) -> Any:
         try:
             import fsspec
 
