@@ -18,7 +18,14 @@ from prefect import task
 
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
-from trainflow.engine import checkpoint, ddp, ddp_worker, ps_worker
+from trainflow.engine import (
+    checkpoint,
+    ddp,
+    ddp_worker,
+    pipeline_parallel,
+    pipeline_worker,
+    ps_worker,
+)
 from trainflow.engine.data import Split
 from trainflow.engine.loop import FitResult
 from trainflow.engine.setup import resolve_device
@@ -199,6 +206,8 @@ def train_ranks(
     }
     with tempfile.TemporaryDirectory(prefix="trainflow-ddp-") as work:
         streamed = isinstance(data["train"], Stream)
+        if spec.strategy == "pipeline":  # a model it cannot cut is refused before any rank
+            pipeline_parallel.check(model, spec.world_size, shards.data_schema, streamed)
         job = ddp.job(train, model, seed, stream, streamed, shards.data_schema, where)
         job["work"] = work
         entry = RANK_MODULES[spec.strategy].__name__
@@ -209,6 +218,7 @@ def train_ranks(
 # The module each strategy's ranks run (imported here: its code is in this task's cache key).
 RANK_MODULES = {
     "ddp": ddp_worker,
+    "pipeline": pipeline_worker,
     "parameter_server": ps_worker,
 }
 

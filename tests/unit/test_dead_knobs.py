@@ -36,8 +36,6 @@ CODE = (
 DOCUMENTING = {
     "name": "the pipeline's name: names runs, deployments and the champion, not a result",
     # strategies in spec.distributed.NOT_BUILT: validated, refused until their engine lands
-    "train.distributed.microbatches": "strategy pipeline is in NOT_BUILT",
-    "train.distributed.schedule": "strategy pipeline is in NOT_BUILT",
     "train.distributed.world_size": "read by the engines of NOT_BUILT strategies",
 }
 

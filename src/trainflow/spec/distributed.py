@@ -95,7 +95,7 @@ class Distributed(Section):
 
 
 # Strategies the spec names whose engines are still being built (removed one by one).
-NOT_BUILT = {"fsdp", "pipeline"}
+NOT_BUILT = {"fsdp"}
 
 # Knobs that cannot hold under DDP: each rank would decide them on its own rows.
 DDP_REFUSED = {
@@ -124,6 +124,8 @@ def ddp_refusal(train: Any) -> str | None:
             f"distributed.nproc_per_node ({d.nproc_per_node}) is more than this machine's "
             f"{cores} usable CPU cores: lower it to at most {cores}"
         )
+    if d.strategy == "pipeline":  # (the batch is not cut across the ranks, but in time)
+        return pipeline_refusal(train)
     if train.batch_size % d.nproc_per_node:
         return (
             f"batch_size ({train.batch_size}) is the global batch: nproc_per_node "
@@ -183,4 +185,74 @@ def ps_refusal(train: Any) -> str | None:
     for knob, why in PS_REFUSED.items():
         if moved[knob]:
             return f"train.{knob} cannot run under distributed (parameter_server): {why}; drop it"
+    return None
+
+
+# Knobs that cannot hold under pipeline: each stage holds and steps only its own parameters,
+# and sees a batch one micro-batch at a time.
+PIPELINE_REFUSED = {
+    "accumulate": "each step already accumulates its micro-batches; raise batch_size instead",
+    "grad_clip": "clipping by norm needs the norm over every stage's gradients",
+    "l1": "the penalty sums over every stage's weights",
+    "precision": "the stages exchange fp32 activations (use fp32 or auto)",
+    "compile": "torch.compile would wrap the whole model, not a stage",
+    "ema": "the average would span every stage's weights",
+    "swa": "the average would span every stage's weights",
+    "adversarial": "attacks need the gradient with respect to the input through every stage",
+    "distill": "the teacher's soft targets need the student's whole output per batch",
+    "tbptt": "truncated backpropagation through time is for recurrent models",
+    "freeze": "parameter globs name layers of the whole model, not of a stage",
+    "task_weights": "multi-task heads branch off the trunk, not a plain sequence",
+    "auto_batch": "the stages' buffers are shaped by a fixed batch size",
+    "batch_ramp": "the stages' buffers are shaped by a fixed batch size",
+    "checkpoint_every_steps": "a pipeline run checkpoints per epoch and does not resume",
+    "log.every_steps": "the step's loss is on the last stage, the log on rank 0",
+    "debug.layer_norms": "the model's layers are spread over the ranks",
+    "augment.mixup": "mixup blends targets, and the last stage alone holds them",
+}
+
+
+def pipeline_refusal(train: Any) -> str | None:
+    """Why this train section cannot run under strategy pipeline, or None."""
+    d = train.distributed
+    if d.world_size < 2:
+        return (
+            "strategy pipeline cuts the model into one stage per rank: give it at least 2 "
+            "ranks (distributed.nproc_per_node: 2)"
+        )
+    if train.batch_size % d.microbatches:
+        return (
+            f"batch_size ({train.batch_size}) is cut into distributed.microbatches "
+            f"({d.microbatches}) equal micro-batches: pick a batch_size that is a multiple "
+            f"of {d.microbatches}, or a microbatches count that divides {train.batch_size}"
+        )
+    if d.schedule == "1f1b" and d.microbatches < d.world_size:
+        return (
+            f"distributed.schedule 1f1b needs at least one micro-batch per stage: "
+            f"microbatches ({d.microbatches}) is less than the {d.world_size} stages; raise "
+            f"microbatches to {d.world_size} or more, or use schedule: gpipe"
+        )
+    moved = {
+        "accumulate": train.accumulate > 1,
+        "grad_clip": train.grad_clip is not None,
+        "l1": train.l1 > 0,
+        "precision": train.precision in ("bf16", "fp16"),
+        "compile": train.compile,
+        "ema": train.ema is not None,
+        "swa": train.swa is not None,
+        "adversarial": train.adversarial is not None,
+        "distill": train.distill is not None,
+        "tbptt": train.tbptt is not None,
+        "freeze": bool(train.freeze or train.unfreeze),
+        "task_weights": bool(train.task_weights),
+        "auto_batch": train.auto_batch is not None,
+        "batch_ramp": train.batch_ramp is not None,
+        "checkpoint_every_steps": train.checkpoint_every_steps > 0,
+        "log.every_steps": train.log.every_steps > 0,
+        "debug.layer_norms": train.debug.layer_norms or train.debug.dead_units,
+        "augment.mixup": bool(train.augment and train.augment.mixup),
+    }
+    for knob, why in PIPELINE_REFUSED.items():
+        if moved[knob]:
+            return f"train.{knob} cannot run under distributed (pipeline): {why}; drop it"
     return None

@@ -1,0 +1,181 @@
+"""train.distributed (pipeline) through the train task: real torchrun ranks (gloo, CPU, 2
+processes), the model cut into one stage per rank, each global batch run as micro-batches.
+Equal micro-batch gradients add up to the full batch's: the 2-stage run ends with the
+1-process weights and metrics; each stage holds only its part of the parameters; the
+assembled model packages and predicts; a model or batch the pipeline cannot take is one
+clear error before any rank starts."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import trainflow
+from trainflow.engine import checkpoint
+from trainflow.errors import SpecError, TrainflowError
+from trainflow.spec.model import MLPParams, TransformerParams
+from trainflow.spec.pipeline import PipelineSpec
+from trainflow.spec.train import TrainSpec
+from trainflow.tasks.ingest import SklearnSource, ingest
+from trainflow.tasks.normalize import NormalizeParams, normalize
+from trainflow.tasks.package import package_model
+from trainflow.tasks.shard import ShardParams, shard
+from trainflow.tasks.split import SplitParams, split
+from trainflow.tasks.train import train_model
+
+# Layers: Flatten, Linear(30, 32), ReLU, Linear(32, 16), ReLU, Linear(16, 2): 992, 528 and 34
+# parameters, cut into [Flatten, Linear] (992) and the rest (562).
+MODEL = MLPParams(type="mlp", hidden_layers=2, units=[32, 16])
+# 369 training rows: 11 batches of 32 (4 micro-batches of 8) and a last one of 17 (prime:
+# one micro-batch of 17, a second schedule of its own)
+ONE = TrainSpec.model_validate(
+    {"lr": 1e-2, "batch_size": 32, "epochs": 3, "threads": 1, "precision": "fp32",
+     "device": "cpu", "loader": {"mode": "memory"}}
+)  # fmt: skip
+PIPE = {"strategy": "pipeline", "nproc_per_node": 2, "microbatches": 4}
+GPIPE = TrainSpec.model_validate({**ONE.model_dump(), "distributed": PIPE})
+ONE_F_ONE_B = TrainSpec.model_validate(
+    {**ONE.model_dump(), "distributed": {**PIPE, "schedule": "1f1b"}}
+)
+# Measured (3 epochs, 36 AdamW steps): largest weight difference about 1e-7 (the micro-batch
+# gradients are summed in another order than one batch's), metrics within 1e-7.
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    store = str(tmp_path_factory.mktemp("store"))
+    table = ingest.fn(SklearnSource(type="sklearn", dataset="breast_cancer"), store)
+    raw = split.fn(table, SplitParams(type="split"), 0, store)
+    scaled = normalize.fn(raw, NormalizeParams(type="normalize"), 0, store)
+    shards = shard.fn(scaled, ShardParams(max_samples=128), store)
+    return {"store": store, "shards": shards, "table": table, "scaled": scaled}
+
+
+@pytest.fixture(scope="module")
+def runs(data):
+    """The one-process run and the two pipeline runs (one torchrun launch each)."""
+    trained = {
+        name: train_model.fn(data["shards"], MODEL, spec, 0, data["store"])
+        for name, spec in (("one", ONE), ("gpipe", GPIPE), ("1f1b", ONE_F_ONE_B))
+    }
+    return {**data, **trained}
+
+
+def rows(model) -> list[dict]:
+    return [json.loads(line) for line in (model.path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_two_stages_end_with_the_one_process_weights_and_loss_curve(runs, schedule):
+    one, two = (checkpoint.load(runs[k].path / "best.pt")["model"] for k in ("one", schedule))
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], rtol=0, atol=ATOL), name
+    a, b = rows(runs["one"]), rows(runs[schedule])
+    assert [r.keys() for r in a] == [r.keys() for r in b] and len(a) == 3
+    for x, y in zip(a, b):
+        assert x == pytest.approx(y, abs=ATOL, rel=0)  # train_loss, val_loss, lr, steps...
+    assert a[-1]["train_loss"] < a[0]["train_loss"]  # (it learns: the curve is not flat)
+    assert runs[schedule].meta["best_epoch"] == runs["one"].meta["best_epoch"]
+    names = {p.name for p in runs[schedule].path.iterdir()}
+    assert names == {p.name for p in runs["one"].path.iterdir()}  # the one-process files
+
+
+@pytest.mark.slow
+def test_each_stage_holds_and_steps_only_its_part_of_the_parameters(runs):
+    info = json.loads((runs["gpipe"].path / "model.json").read_text())
+    stages = info["pipeline"]["stages"]
+    whole = sum(v.numel() for v in checkpoint.load(runs["one"].path / "best.pt")["model"].values())
+    assert [s["parameters"] for s in stages] == [992, 562]
+    assert sum(s["parameters"] for s in stages) == whole == 1554
+    for stage in stages:
+        assert 0 < stage["parameters"] < whole
+        assert stage["optimized"] == stage["parameters"]  # its optimizer: its part only
+    # contiguous parts covering the six layers in order
+    assert [(s["first_layer"], s["end_layer"]) for s in stages][0][0] == 0
+    assert stages[0]["end_layer"] == stages[1]["first_layer"] and stages[1]["end_layer"] == 6
+    assert info["pipeline"]["microbatches"] == 4 and info["pipeline"]["schedule"] == "gpipe"
+
+
+@pytest.mark.slow
+def test_the_assembled_model_packages_and_predicts_as_the_one_process_model(runs, tmp_path):
+    spec = PipelineSpec.model_validate(
+        {
+            "name": "pipelined",
+            "data": {
+                "source": {"type": "sklearn", "dataset": "breast_cancer"},
+                "steps": [{"type": "split"}, {"type": "normalize"}],
+            },
+            "model": MODEL.model_dump(),
+            "train": GPIPE.model_dump(),
+        }
+    )
+    store, frame = runs["store"], None
+    packages = {}
+    for name in ("one", "gpipe"):
+        packages[name] = package_model.fn(
+            "model", [runs[name]], None, spec, runs["table"], [runs["scaled"]], store
+        )
+    import polars as pl
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer(as_frame=True)
+    frame = pl.from_pandas(bunch.frame.drop(columns=["target"]))
+    one = trainflow.load_model(packages["one"].path).predict_proba(frame)
+    two = trainflow.load_model(packages["gpipe"].path).predict_proba(frame)
+    assert one.shape == (569, 2)
+    assert np.abs(one - two).max() <= 1e-4
+
+
+def test_more_stages_than_layers_is_one_spec_error_before_any_rank_starts(data):
+    bare = MLPParams(type="mlp", hidden_layers=0)  # Flatten, Linear: one layer with weights
+    with pytest.raises(SpecError) as caught:
+        train_model.fn(data["shards"], bare, GPIPE, 0, data["store"])
+    message = str(caught.value)
+    assert "2 stages" in message and "model mlp has 1 top-level layer" in message
+    assert "nproc_per_node to at most 1" in message
+
+
+def test_a_model_that_is_not_a_plain_sequence_is_refused_naming_it(data):
+    model = TransformerParams(type="transformer")
+    with pytest.raises(SpecError, match="model transformer builds a") as caught:
+        train_model.fn(data["shards"], model, GPIPE, 0, data["store"])
+    assert "strategy: ddp" in str(caught.value)
+
+
+def test_a_microbatch_count_that_does_not_divide_the_batch_is_refused():
+    with pytest.raises(ValueError, match=r"batch_size \(30\) is cut into .*microbatches \(4\)"):
+        TrainSpec(batch_size=30, distributed=PIPE)
+    with pytest.raises(ValueError, match="at least 2 ranks"):
+        TrainSpec(batch_size=32, distributed={**PIPE, "nproc_per_node": 1})
+
+
+@pytest.mark.parametrize(
+    ("knob", "words"),
+    [
+        ({"accumulate": 2}, "train.accumulate cannot run under distributed \\(pipeline\\)"),
+        ({"ema": {"decay": 0.9}}, "train.ema cannot run"),
+        ({"checkpoint_every_steps": 5}, "does not resume"),
+    ],
+)
+def test_knobs_that_cannot_hold_under_pipeline_are_refused(knob, words):
+    with pytest.raises(ValueError, match=words):
+        TrainSpec(batch_size=32, distributed=PIPE, **knob)
+
+
+def test_a_streamed_training_split_is_refused(data):
+    spec = TrainSpec.model_validate(
+        {**GPIPE.model_dump(), "loader": {"mode": "stream", "resampled": True}}
+    )
+    with pytest.raises(TrainflowError, match="train.loader.mode: memory"):
+        train_model.fn(data["shards"], MODEL, spec, 0, data["store"])
+
+
+def test_the_ranks_code_is_in_the_train_tasks_cache_key():
+    from trainflow.sourcegraph import code_scope
+
+    scope = code_scope("trainflow.tasks.train")
+    assert {"trainflow.engine.pipeline_worker", "trainflow.engine.pipeline_parallel"} <= set(scope)
