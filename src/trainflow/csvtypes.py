@@ -5,6 +5,7 @@ read; either is one message naming the column, the line, the value and the fix."
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -175,3 +176,38 @@ def _fix(column: str | None, schema: pl.Schema, read: list[str]) -> str:
 
 def _such(count: int) -> str:
     return "the only such value" if count == 1 else f"one of {count} such values"
+
+
+def check_target_tokens(
+    layout: CsvLayout, labels: pl.Series, null_values: Sequence[str], path: Path
+) -> None:
+    """Labels that `null_values` reads as missing (a class called `None`?): refused when that
+    is every label, else a warning naming them, since their rows count as unlabelled (a
+    `clean` step drops them)."""
+    target = str(labels.name)
+    raw = scan_csv_file(layout, [], (), infer=False).select(target)
+    found = (
+        raw.filter(pl.col(target).is_in([t for t in null_values if t]))
+        .group_by(target)
+        .len()
+        .sort(["len", target], descending=[True, False])
+        .collect()
+    )
+    if found.is_empty():
+        return
+    counted = ", ".join(f"{t!r} ({n} row{'s' * (n > 1)})" for t, n in found.iter_rows())
+    kept = json.dumps([t for t in null_values if t not in found[target].to_list()])
+    fix = f"if they are classes, read them as labels: data.source.null_values: {kept}"
+    if labels.null_count() == len(labels):
+        raise DataError(
+            f"data.source.null_values: every label of the target {target!r} in {path} is "
+            f"read as missing: it holds only {counted}, which null_values lists; {fix}"
+        )
+    logging.getLogger("trainflow").warning(
+        "data.source.null_values: labels %s of the target %r in %s are read as missing: "
+        "their rows are unlabelled (a clean step drops them); %s",
+        counted,
+        target,
+        path,
+        fix,
+    )

@@ -18,7 +18,7 @@ import polars as pl
 
 from trainflow import registry
 from trainflow.csvscan import CsvLayout, scan_csv
-from trainflow.csvtypes import check_inferred_types, scan_csv_file
+from trainflow.csvtypes import check_inferred_types, check_target_tokens, scan_csv_file
 from trainflow.errors import DataError, did_you_mean
 from trainflow.spec.sources import FileSource, ImageFolderSource, SequenceSource, SklearnSource
 from trainflow.tables import IMAGE_COLUMN, TableSchema
@@ -27,7 +27,6 @@ Table = tuple[pl.DataFrame | pl.LazyFrame, TableSchema]
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-LISTED = 5  # values named in a message
 
 
 DTYPES = {
@@ -331,22 +330,9 @@ def _file_labels(source: FileSource) -> pl.Series:
     if source.columns:
         lf = _declared(lf, {source.target: source.columns.get(source.target, "str")})
     labels = lf.select(source.target).collect().to_series()
-    if len(labels) and labels.null_count() == len(labels) and layout:
-        _refuse_nulled_target(source, layout)
+    if layout and labels.null_count():
+        check_target_tokens(layout, labels, source.null_values, Path(source.path))
     return labels
-
-
-def _refuse_nulled_target(source: FileSource, layout: CsvLayout) -> None:
-    """A target that null_values made missing in every row: name the tokens it holds."""
-    raw = scan_csv_file(layout, [], (), infer=False).select(source.target)
-    tokens = raw.drop_nulls().unique().head(LISTED).collect()[source.target].to_list()
-    if tokens:
-        raise DataError(
-            f"data.source.null_values: every value of the target {source.target!r} in "
-            f"{source.path} is read as missing: it holds only {tokens}, which "
-            f"null_values ({source.null_values}) lists; remove them from "
-            "data.source.null_values"
-        )
 
 
 def _folder_labels(source: ImageFolderSource) -> pl.Series:

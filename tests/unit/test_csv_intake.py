@@ -216,5 +216,16 @@ def test_null_values_that_null_every_label_are_refused(tmp_path):
     with pytest.raises(DataError) as caught:
         read_labels(FileSource(type="csv", path=path, target="y"))
     message = str(caught.value)
-    assert "every value of the target 'y'" in message and "'NA'" in message
-    assert "data.source.null_values" in message
+    assert "every label of the target 'y'" in message
+    assert "holds only 'NA' (5 rows), 'None' (5 rows)" in message
+    assert 'data.source.null_values: ["", "N/A", "NaN", "null", "?"]' in message
+
+
+def test_a_class_named_like_a_token_is_a_warning_naming_it(tmp_path, caplog):
+    """Severity `None` is a class here: its rows would be unlabelled, which the log says."""
+    labels = ["None", "mild", "severe"]
+    path = write(tmp_path, ["x,y"] + [f"{i},{labels[i % 3]}" for i in range(30)])
+    with caplog.at_level(logging.WARNING, logger="trainflow"):
+        assert read_labels(FileSource(type="csv", path=path, target="y")).null_count() == 10
+    (record,) = [r for r in caplog.records if "null_values" in r.getMessage()]
+    assert "labels 'None' (10 rows) of the target 'y'" in record.getMessage()
