@@ -175,14 +175,29 @@ def test_drop_leaves_columns_out_and_refuses_a_name_that_is_not_a_column(tmp_pat
     assert "did you mean `area_code`" in message and "'minutes'" in message
 
 
+def test_drop_applies_to_parquet_files_too(tmp_path):
+    path = tmp_path / "t.parquet"
+    pl.DataFrame(
+        {"id": range(30), "x": [i % 4 for i in range(30)], "y": ["ab"[i % 2] for i in range(30)]}
+    ).write_parquet(path)
+    source = FileSource(type="parquet", path=str(path), target="y", drop=["id"])
+    assert read_table(ingest.fn(source, str(tmp_path / "s")).path / "all.parquet")[1].features == [
+        "x"
+    ]
+
+
 @pytest.mark.parametrize(
     "extra,refusal",
     [
         ({"drop": ["churn"]}, "'churn' is the target"),
         ({"drop": ["state"], "features": ["calls"]}, "not both"),
+        ({"drop": ["group"], "keep_columns": ["group"]}, "'group' is in keep_columns"),
+        ({"type": "parquet", "null_values": ["-"]}, "apply to csv files only"),
     ],
 )
-def test_drop_of_the_target_or_beside_features_is_a_spec_error(tmp_path, extra, refusal):
+def test_drop_of_a_column_with_a_role_and_csv_options_elsewhere_are_spec_errors(
+    tmp_path, extra, refusal
+):
     spec = {
         "name": "drop",
         "data": {
