@@ -22,7 +22,17 @@ pytestmark = pytest.mark.usefixtures("prefect_engine")
 pytest.importorskip("s3fs")
 
 BUCKET, PREFIX = "team-artifacts", "trainflow/store"
-COMPUTING = ("ingest", "expect", "clean", "split", "normalize", "shard", "train", "evaluate")
+COMPUTING = (
+    "ingest",
+    "expect",
+    "clean",
+    "split",
+    "normalize",
+    "shard",
+    "train",
+    "evaluate",
+    "report",
+)
 
 
 def run_s3(endpoint: str, tmp_path: Path, *overrides: str) -> tuple[dict, dict[str, list[str]]]:

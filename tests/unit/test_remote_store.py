@@ -176,3 +176,19 @@ def test_the_champion_of_an_s3_pipeline_lives_in_its_mirror(tmp_path, monkeypatc
     )
     monkeypatch.setenv("TRAINFLOW_PIPELINES_DIR", str(tmp_path))
     assert store_for("churn") == tmp_path / "mirror"  # looked up without reaching the bucket
+
+
+def test_preflight_names_a_missing_bucket_before_any_work(endpoint, bucket, tmp_path):
+    from trainflow.preflight import check_data
+
+    spec = load_spec(
+        ROOT / "pipelines" / "breast_cancer_mlp.yaml",
+        [
+            "outputs.store=s3://not-created/store",
+            f'outputs.store_options={{endpoint_url: "{endpoint}"}}',
+            f"outputs.mirror={tmp_path / 'mirror'}",
+        ],
+    )
+    with pytest.raises(TrainflowError, match=r"s3://not-created/store: no such bucket"):
+        check_data(spec)
+    assert not (tmp_path / "mirror").exists()
