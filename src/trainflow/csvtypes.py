@@ -90,10 +90,13 @@ def token_hint(lf: pl.LazyFrame, column: str, bad: pl.Expr, null_values: Sequenc
         return ""
     tokens = found[column].to_list()
     counted = " and ".join(f"{t!r} ({n} row{'s' * (n > 1)})" for t, n in found.iter_rows())
-    return (
-        f"if {counted} {'marks' if len(tokens) == 1 else 'mark'} a missing value, read it as "
-        f"one: data.source.null_values: {json.dumps([*null_values, *tokens])}; otherwise, "
+    how = (
+        "marks a missing value, read it as one"
+        if len(tokens) == 1
+        else "mark missing values, read them as such"
     )
+    listed = json.dumps([*null_values, *tokens])
+    return f"if {counted} {how}: data.source.null_values: {listed}; otherwise, "
 
 
 def _past_inferred_rows(
