@@ -150,7 +150,12 @@ def _command(args) -> int:
 
     spec = load_spec(args.spec, args.overrides)
     if args.command == "validate":
-        print(f"{args.spec}: valid pipeline spec {spec.name!r}")
+        if not args.schema_only:  # the checks `run` makes before any work (trainflow.preflight)
+            from trainflow.preflight import check_data
+
+            check_data(spec)
+        what = "the spec alone; its data not read" if args.schema_only else "and its data"
+        print(f"{args.spec}: valid pipeline spec {spec.name!r} ({what})")
         return 0
     if args.command == "task":
         ref = run_step(args, spec)

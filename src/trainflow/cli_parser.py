@@ -39,8 +39,18 @@ def _overrides() -> argparse.ArgumentParser:
 
 def _spec_commands(commands, overrides: argparse.ArgumentParser) -> None:
     """validate, schema, run, search: a spec file and what to do with it."""
-    validate = commands.add_parser("validate", parents=[overrides], help="check a spec file")
+    validate = commands.add_parser(
+        "validate",
+        parents=[overrides],
+        help="check a spec and its data as `run` does before any work (nothing is written "
+        "but the checks' verdict)",
+    )
     validate.add_argument("spec")
+    validate.add_argument(
+        "--schema-only",
+        action="store_true",
+        help="check the spec file alone, without reading its data (fast: no torch, no polars)",
+    )
     commands.add_parser("schema", help="print the JSON Schema of pipeline specs")
     run = commands.add_parser("run", parents=[overrides], help="run a pipeline on Prefect")
     run.add_argument("spec")

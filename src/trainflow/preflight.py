@@ -14,7 +14,8 @@ import polars as pl
 
 from trainflow.engine.checks import check_model_and_training
 from trainflow.errors import DataError, SpecError
-from trainflow.readers import check_file, read_labels
+from trainflow.feature_check import check_text_features
+from trainflow.readers import check_file, load_source, read_labels
 from trainflow.remote import store_folder
 from trainflow.sourcegraph import tree_digest
 from trainflow.spec.pipeline import PipelineSpec
@@ -133,6 +134,9 @@ def _check_data(spec: PipelineSpec) -> None:
                 f"cross-validation after the test split; lower evaluate.cv.folds or add data"
             )
     _check_transform_values(spec)
+    if isinstance(source, FileSource):
+        table, schema = load_source(source)
+        check_text_features(spec.data.steps, table, schema.features)
     # last: its size check builds the model on torch's meta device, and a run whose data
     # cannot work answers without importing torch
     check_model_and_training(spec.model, spec.train, shape, dict.fromkeys(aux, []))

@@ -119,7 +119,7 @@ def test_validating_a_spec_loads_nothing_heavy(tmp_path, pipeline):
         "import sys\n"
         "import trainflow.spec, trainflow.spec.pipeline, trainflow.registry\n"
         "from trainflow.cli import main\n"
-        f"code = main(['validate', {str(ROOT / 'pipelines' / pipeline)!r}])\n"
+        f"code = main(['validate', '--schema-only', {str(ROOT / 'pipelines' / pipeline)!r}])\n"
         f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     out = subprocess.run(
