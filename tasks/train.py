@@ -218,6 +218,7 @@ def train_ranks(
 # The module each strategy's ranks run (imported here: its code is in this task's cache key).
 RANK_MODULES = {
     "ddp": ddp_worker,
+    "fsdp": ddp_worker,  # (the same rank: engine.ddp.World shards the model instead)
     "pipeline": pipeline_worker,
     "parameter_server": ps_worker,
 }

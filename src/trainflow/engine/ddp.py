@@ -36,6 +36,8 @@ from torch import nn
 from trainflow.errors import SpecError, TrainflowError
 from trainflow.spec.distributed import Distributed
 
+STRATEGY = "TRAINFLOW_DISTRIBUTED_STRATEGY"  # the ranks' environment: which strategy they run
+
 
 @dataclass
 class World:
@@ -46,22 +48,38 @@ class World:
     size: int = 1
     share: float = 1.0
     device: torch.device = torch.device("cpu")  # where its collectives' tensors live (NCCL: CUDA)
+    strategy: str = "ddp"  # train.distributed.strategy, told to the ranks by `launch`
 
     @classmethod
     def current(cls) -> World:
         if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
+            strategy = os.environ.get(STRATEGY, "ddp")
+            return cls(dist.get_rank(), dist.get_world_size(), strategy=strategy)
         return cls()
+
+    @property
+    def sharded(self) -> bool:
+        """fsdp: parameters, gradients and optimizer state sharded (engine.fsdp), on any
+        number of ranks (one, too: it reads a checkpoint of more)."""
+        return self.strategy == "fsdp"
 
     @property
     def writes(self) -> bool:
         """Rank 0 alone writes checkpoints, metrics and artifacts."""
         return self.rank == 0
 
+    def shard(self, model: nn.Module, device: torch.device) -> None:
+        """fsdp: shard `model` in place (before the optimizer takes its parameters)."""
+        if self.sharded:
+            from trainflow.engine import fsdp  # (only ranks of fsdp load FSDP and DCP)
+
+            self.device = device
+            fsdp.shard(model, device, lambda: self.share * self.size)
+
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
         """DistributedDataParallel around `model` (its backward averages the gradients);
-        one process trains `model` itself."""
-        if self.size == 1:
+        one process, or fsdp (sharded by `shard`), trains `model` itself."""
+        if self.size == 1 or self.sharded:
             return model
         self.device = device
         ids = [device.index or 0] if device.type == "cuda" else None
@@ -182,7 +200,7 @@ def launch(spec: Distributed, job: dict[str, Any], work: Path, threads: int, ent
     work.mkdir(parents=True, exist_ok=True)
     path = work / "job.json"
     path.write_text(json.dumps(job))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torchrun's default is 1 too
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), STRATEGY: spec.strategy}
     done = subprocess.run(
         command(spec, path, entry),
         env=env,
@@ -237,6 +255,14 @@ def job(
             "true (each rank then gets the same number of batches per epoch; without it a "
             "rank that runs out first leaves the others waiting), or train.loader.mode: memory"
         )
+    if train.distributed.strategy == "fsdp":  # (before any rank starts)
+        from trainflow.engine import fsdp
+        from trainflow.engine.model_folder import build_model
+
+        net = build_model(
+            model, schema["input_shape"], len(schema["classes"]), schema.get("aux_targets")
+        )
+        fsdp.check_shardable(net, train.distributed.world_size)
     threads = train.threads if train.threads != "auto" else 1
     precision = train.precision if train.precision != "auto" else "fp32"
     fixed = train.model_copy(update={"threads": threads, "precision": precision})

@@ -72,6 +72,10 @@ def run(job: dict, data: dict[str, Split | Stream]) -> None:
     folder = Path(job["staging"]) if world.writes else Path(scratch.name)
     resume_dir = Path(job["resume_dir"])
     resume = load_resumable(resume_dir / "last.pt") if job["resume"] else None
+    if world.sharded:  # fsdp: its own checkpoint folder, of any world size (engine.fsdp)
+        from trainflow.engine import fsdp
+
+        resume = fsdp.resume_point(resume_dir)
     _, result = train_into(
         folder,
         model,

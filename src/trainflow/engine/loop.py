@@ -19,7 +19,7 @@ from trainflow.engine.inference import aux_accuracy, predict
 from trainflow.engine.monitor import check_monitor, monitored
 from trainflow.engine.outputs import Outputs
 from trainflow.engine.setup import Setup, anomaly_detection, deterministic, freeze_for, setup
-from trainflow.engine.state import Position, TrainingState
+from trainflow.engine.state import Position, TrainingState, weights
 from trainflow.engine.update import Update
 from trainflow.loader import Stream
 from trainflow.spec.train import TrainSpec
@@ -72,7 +72,7 @@ def fit(
     record = state.run
     if record.best_state is None:  # no finite validation score (e.g. no validation rows)
         record.best_epoch = len(record.history)
-        record.best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+        record.best_state = weights(model)
     result.best_state, result.best_epoch = record.best_state, record.best_epoch
     if state.averaged is not None:  # train.swa / train.ema: the average is the model
         result.best_state, result.best_epoch = averaged_weights(run, state), state.epoch

@@ -24,6 +24,8 @@ class Outputs:
         on_epoch: Callable[[dict], None] | None = None,
     ):
         spec = run.spec
+        # fsdp: every rank writes its shards of each checkpoint into out_dir (engine.fsdp)
+        self.shared = out_dir if run.world.sharded else None
         out_dir = out_dir if run.world.writes else None  # DDP: rank 0 alone writes
         self.out_dir, self.run, self.state, self.on_epoch = out_dir, run, state, on_epoch
         self.every, self.every_steps = spec.checkpoint_every, spec.checkpoint_every_steps
@@ -58,8 +60,14 @@ class Outputs:
         )
 
     def _save(self) -> None:
-        assert self.writer is not None and self.out_dir is not None  # (_due says so)
-        self.writer.save(self.out_dir / "last.pt", self.saved_state(), self.keep)
+        if self.shared is not None:  # fsdp: a checkpoint folder, every rank its shards
+            from trainflow.engine import fsdp
+
+            state = self.state
+            fsdp.save(self.shared / "last.dcp", state.model, state.optimizer, self.saved_state())
+        else:
+            assert self.writer is not None and self.out_dir is not None  # (_due says so)
+            self.writer.save(self.out_dir / "last.pt", self.saved_state(), self.keep)
         self.saved_at = time.monotonic()
 
     def saved_state(self) -> dict:
@@ -80,7 +88,7 @@ class Outputs:
         if due:
             state.position.mean_loss()  # raises for a diverged run
             self.pooled = world.pooled(state.position)  # DDP: every rank's rows so far
-            if self.writer:
+            if self.writer or self.shared:
                 self._save()
         if self.tracker.wants_step(state.steps):
             self.tracker.step(
@@ -114,18 +122,28 @@ class Outputs:
             )
         if self.on_epoch:
             self.on_epoch({**row, "seconds": seconds, "samples_per_s": len(run.train) / seconds})
-        if self._due(self.every, state.epoch):
+        due = self._due(self.every, state.epoch)
+        if self.shared is not None:  # fsdp: every rank saves its shards when rank 0 is due
+            due = run.world.agree(due)
+        if due:
             self._save()
             self.saved_epoch = state.epoch
 
     def finish(self, best_state: dict, best_epoch: int) -> None:
         """last.pt of the last epoch (when its schedule skipped it), best.pt, and only
         last.pt kept of the rotation."""
+        whole = None
+        if self.shared is not None:  # fsdp: last.pt whole, gathered from every rank's shards
+            from trainflow.engine import fsdp
+
+            whole = fsdp.gathered(self.state.model, self.state.optimizer)
         if self.out_dir is None or self.writer is None:
             return
         self.writer.wait()
         last = self.out_dir / "last.pt"
-        if self.saved_epoch != self.state.epoch and self.state.run.history:
+        if whole is not None and self.state.run.history:
+            checkpoint.save_rotating(last, {**self.saved_state(), **whole}, self.keep)
+        elif self.saved_epoch != self.state.epoch and self.state.run.history:
             checkpoint.save_rotating(last, self.saved_state(), self.keep)
         checkpoint.save(self.out_dir / "best.pt", {"model": best_state, "epoch": best_epoch})
         checkpoint.drop_rotation(last)

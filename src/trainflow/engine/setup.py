@@ -140,6 +140,8 @@ def setup(
     generator = seed_everything(seed)
     device = resolve_device(spec.device)
     model.to(device)
+    world = World.current()  # train.distributed: rank and world size (one process: 0 of 1)
+    world.shard(model, device)  # fsdp: parameters sharded in place, before the optimizer
     optimizer = build_optimizer(model)
     balanced = class_balance(train, val, spec)
     batch_size = full_batch_size(model, train, spec, device)
@@ -169,7 +171,6 @@ def setup(
         if early
         else Stopping()
     )
-    world = World.current()  # train.distributed: rank and world size (one process: 0 of 1)
     runner = world.wrap(model, device)  # DDP: backward averages the gradients across ranks
     # torch.compile: the compiled module runs the batches; `model` keeps the state dicts.
     runner = (

@@ -14,6 +14,7 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel
 
 from trainflow.engine import checkpoint
+from trainflow.engine.ddp import World
 from trainflow.engine.tracking import GradientNorms
 from trainflow.errors import TrainflowError
 from trainflow.spec.train import TrainSpec
@@ -108,7 +109,7 @@ class Record(Plain):
     def observe(self, score: float, epoch: int, model: nn.Module, min_delta: float) -> None:
         if score < self.best - min_delta:
             self.best, self.waited, self.best_epoch = score, 0, epoch
-            self.best_state = {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
+            self.best_state = weights(model)
         else:
             self.waited += 1
 
@@ -222,6 +223,10 @@ class TrainingState:
                 torch.__version__,
             )
         self.load_state_dict(saved)
+        if "sharded" in saved:  # fsdp: the model's and optimizer's shards, from DCP's files
+            from trainflow.engine import fsdp
+
+            fsdp.load(saved, self.model, self.optimizer)
 
     def replayed(self) -> None:
         """The consumed batches of a mid-epoch resume are passed: the RNGs continue as saved."""
@@ -231,7 +236,20 @@ class TrainingState:
 
 
 def spec_digest(spec: TrainSpec) -> str:
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+    # fsdp resumes on another world size (DCP reshards): its digest leaves the ranks out
+    sharded = spec.distributed is not None and spec.distributed.strategy == "fsdp"
+    text = spec.model_dump_json(exclude={"distributed"}) if sharded else spec.model_dump_json()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def weights(model: nn.Module) -> dict:
+    """A CPU copy of the model's weights that training no longer changes (fsdp: gathered
+    whole from every rank's shards)."""
+    if World.current().sharded:
+        from trainflow.engine import fsdp
+
+        return fsdp.full_weights(model)
+    return {k: v.detach().clone().cpu() for k, v in model.state_dict().items()}
 
 
 def load_resumable(path: Path) -> dict:

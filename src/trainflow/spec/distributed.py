@@ -95,7 +95,7 @@ class Distributed(Section):
 
 
 # Strategies the spec names whose engines are still being built (removed one by one).
-NOT_BUILT = {"fsdp"}
+NOT_BUILT: set[str] = set()
 
 # Knobs that cannot hold under DDP: each rank would decide them on its own rows.
 DDP_REFUSED = {
@@ -134,8 +134,8 @@ def ddp_refusal(train: Any) -> str | None:
     for knob, why in DDP_REFUSED.items():
         value = getattr(train, knob)
         if value and value != "shuffle":
-            return f"train.{knob} cannot run under distributed (ddp): {why}; drop it"
-    return None
+            return f"train.{knob} cannot run under distributed ({d.strategy}): {why}; drop it"
+    return fsdp_refusal(train) if d.strategy == "fsdp" else None
 
 
 # Knobs that cannot hold under parameter_server: the trainers compute gradients of single
@@ -255,4 +255,36 @@ def pipeline_refusal(train: Any) -> str | None:
     for knob, why in PIPELINE_REFUSED.items():
         if moved[knob]:
             return f"train.{knob} cannot run under distributed (pipeline): {why}; drop it"
+    return None
+
+
+# Knobs that cannot hold under fsdp: each rank holds a shard of every parameter (a DTensor),
+# never the whole model, between its forward and backward passes.
+FSDP_REFUSED = {
+    "swa": "the running average would copy the sharded model (FSDP2 modules cannot be copied)",
+    "ema": "the running average would copy the sharded model (FSDP2 modules cannot be copied)",
+    "l1": "the penalty would add sharded weights to the plain loss",
+    "precision": "fp16's grad scaler would unscale each rank's shard on its own (bf16 or fp32)",
+    "compile": "torch.compile would trace the sharding hooks of the whole model at once",
+    "freeze": "FSDP fixes which parameters train when it shards the model",
+    "adversarial": "the attack's extra backward passes would reduce the shards' gradients",
+    "debug.layer_norms": "each rank sees the gradients and weights of its shards only",
+}
+
+
+def fsdp_refusal(train: Any) -> str | None:
+    """Why this train section cannot run under strategy fsdp, or None."""
+    moved = {
+        "swa": train.swa is not None,
+        "ema": train.ema is not None,
+        "l1": train.l1 > 0,
+        "precision": train.precision == "fp16",
+        "compile": train.compile,
+        "freeze": bool(train.freeze or train.unfreeze),
+        "adversarial": train.adversarial is not None,
+        "debug.layer_norms": train.debug.layer_norms or train.debug.dead_units,
+    }
+    for knob, why in FSDP_REFUSED.items():
+        if moved[knob]:
+            return f"train.{knob} cannot run under distributed (fsdp): {why}; drop it"
     return None
