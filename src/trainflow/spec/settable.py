@@ -73,6 +73,13 @@ def _optional(annotation: Any) -> bool:
     return annotation is type(None)
 
 
+def _takes_scalar(annotations: list[Any], value: Any) -> bool:
+    """True when an alternative of `annotations` is a number or switch type that `value` is
+    (bool counts as bool only: True is no share)."""
+    kinds = {bool} if isinstance(value, bool) else {int, float}
+    return any(m in kinds for a in annotations for m in _members(a) if isinstance(m, type))
+
+
 def refusal(keys: list[str], root: type[BaseModel], value: Any = ...) -> str | None:
     """Why `value` at `keys` may not be set from a run's parameters; None when it may (or
     when it names no field at all, which validation reports as an unknown key). Turning an
@@ -87,6 +94,8 @@ def refusal(keys: list[str], root: type[BaseModel], value: Any = ...) -> str | N
         annotations = found
     if value is None and any(_optional(a) for a in annotations):
         return None
+    if isinstance(value, SAFE_SCALARS) and _takes_scalar(annotations, value):
+        return None  # a number where text is one alternative (split.test: a share or values)
     if any(free_text(a) for a in annotations):
         return (
             f"{'.'.join(keys)} cannot be set from a run's parameters: it is or holds "
