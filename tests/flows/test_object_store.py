@@ -85,6 +85,9 @@ def test_a_pipeline_on_s3_publishes_reruns_cached_and_recomputes_a_lost_object(
             written = [v["LastModified"] for v in listing.values()]
             assert listing[manifest]["LastModified"] == max(written)
 
+        package = Path(first["package"])  # a model package is an artifact of the store too
+        assert s3(endpoint).exists(f"{BUCKET}/{PREFIX}/package/{package.name}/{PUBLISHED}")
+
         # 1. unchanged: every computing task is served from the cache
         _, states = run_s3(endpoint, tmp_path)
         for task in COMPUTING:
