@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -277,15 +278,19 @@ def fit(
     whole: nn.Sequential | None,
     parts: list[range],
     outputs: Outputs | None,
+    save: Callable[[bool], None],
 ) -> FitResult:
-    """The epochs of engine.loop.fit, through the pipeline: each epoch trains every stage,
-    gathers the weights into rank 0's whole model, which validates it with the one loop's
-    epoch row, keeps the best weights and writes; rank 0's plateau metric and early-stopping
-    decision reach every rank. `whole` and `outputs`: rank 0's, None on the other ranks."""
+    """The epochs of engine.loop.fit, through the pipeline (from the state's next epoch):
+    each epoch trains every stage, gathers the weights into rank 0's whole model, which
+    validates it with the one loop's epoch row, keeps the best weights and writes; rank 0's
+    plateau metric and early-stopping decision reach every rank. `whole` and `outputs`: rank
+    0's, None on the other ranks; `save(last)` checkpoints each rank's state at an epoch's
+    end (`last`: the run's)."""
     result = FitResult(batch_size=run.batch_size)
-    for epoch in range(1, run.spec.epochs + 1):
+    for epoch in range(state.next_epoch, run.spec.epochs + 1):
         began = time.perf_counter()
         train_loss = train_epoch(run, state, pipe, epoch)
+        state.position = Position()  # between epochs (a checkpoint now resumes the next)
         gather(whole or pipe.stage, parts, pipe.index)
         told = [0.0, 0.0]
         if whole is not None:
@@ -299,11 +304,13 @@ def fit(
             state.plateau.step(value)
         if outputs is not None:
             outputs.after_epoch(row, time.perf_counter() - began)
+        save(False)
         if stop:
             result.stopped_early = True
             break
         if run.update.done(state.steps):  # train.max_steps reached
             break
+    save(True)
     if whole is not None:
         finish(state, whole, result, outputs)
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import traceback
 from contextlib import ExitStack
@@ -19,7 +20,7 @@ import torch.distributed as dist
 from pydantic import TypeAdapter
 
 from trainflow import registry
-from trainflow.engine import compute, transfer
+from trainflow.engine import checkpoint, compute, transfer
 from trainflow.engine import pipeline_parallel as pp
 from trainflow.engine.augment import Augmenter, preview_png
 from trainflow.engine.checks import check_model_and_training
@@ -30,6 +31,7 @@ from trainflow.engine.model_folder import build_model, describe
 from trainflow.engine.monitor import check_monitor
 from trainflow.engine.outputs import Outputs
 from trainflow.engine.setup import deterministic, resolve_device, setup
+from trainflow.engine.state import TrainingState
 from trainflow.engine.training import optimizer_factory, preview_images, probe_rows
 from trainflow.errors import TrainflowError
 from trainflow.loader import Stream
@@ -40,11 +42,11 @@ def prepare(job: dict, data: dict[str, Split | Stream], rank: int, size: int) ->
     """Everything this rank trains with, built before the process group exists (so that
     engine.setup sees one process and wraps nothing): the whole model from the seed, the
     cut, this rank's stage, its optimizer, schedule and the run's components."""
-    if job["resume"]:
+    if job["resume"] and not Checkpoints.left(Path(job["resume_dir"]), rank):
         raise TrainflowError(
-            f"a pipeline run does not resume: {job['resume_dir']} holds an interrupted "
-            "training of these inputs under another strategy; rerun with that strategy to "
-            "resume it, or delete the folder to train afresh with strategy: pipeline"
+            f"cannot resume the interrupted training in {job['resume_dir']}: no pipeline "
+            f"run left it (stage {rank}'s checkpoint is not there); rerun with the strategy "
+            "that left it to resume it, or delete the folder to train afresh"
         )
     train = TrainSpec.model_validate(job["train"])
     model = TypeAdapter(registry.union(registry.MODELS)).validate_python(job["model"])
@@ -89,19 +91,78 @@ def prepare(job: dict, data: dict[str, Split | Stream], rank: int, size: int) ->
     }
 
 
+class Checkpoints:
+    """Each rank's state at the end of its epochs (train.checkpoint_every, and the last), in
+    the resume folder: rank 0's as last.pt (the whole model, its stage's optimizer, the run's
+    record, the world size: what the train task's resume finds and checks), the others' as
+    stage<k>.pt, each a rotation of train.keep_last files."""
+
+    def __init__(self, folder: Path, rank: int, size: int, spec: TrainSpec):
+        self.path = folder / Checkpoints.name(rank)
+        self.rank, self.size, self.spec, self.saved = rank, size, spec, 0
+
+    @staticmethod
+    def name(rank: int) -> str:
+        return "last.pt" if rank == 0 else f"stage{rank}.pt"
+
+    @staticmethod
+    def left(folder: Path, rank: int) -> bool:
+        """Whether a pipeline run left this rank's checkpoint in `folder`."""
+        found = checkpoint.rotation(folder / Checkpoints.name(rank))
+        return bool(found) and (rank > 0 or "pipeline_stage" in checkpoint.load(found[0]))
+
+    def save(self, state: TrainingState, last: bool, outputs: Outputs | None) -> None:
+        every = self.spec.checkpoint_every
+        if self.saved != state.epoch and (last or (every and state.epoch % every == 0)):
+            payload = {**state.state_dict(), "world_size": self.size, "pipeline_stage": self.rank}
+            checkpoint.save_rotating(self.path, payload, self.spec.keep_last)
+            self.saved = state.epoch
+        if outputs is not None:  # (its own last.pt, of one process, is then not written)
+            outputs.saved_epoch = self.saved
+
+    def resume(self, state: TrainingState) -> None:
+        """Continue from the newest epoch every rank saved (a kill between two ranks' writes
+        leaves one a rotation ahead: it takes its previous file)."""
+        newest = checkpoint.load_latest_good(self.path, TrainingState.PIECES)
+        common = torch.tensor([int(newest["epoch"])])
+        dist.all_reduce(common, op=dist.ReduceOp.MIN)
+        for candidate in checkpoint.rotation(self.path):
+            saved = newest if candidate == self.path else checkpoint.load(candidate)
+            if saved["epoch"] == common.item():
+                state.resume(saved)
+                self.saved = state.epoch
+                return
+        raise TrainflowError(
+            f"cannot resume from {self.path}: no checkpoint of epoch {common.item()}, the "
+            "newest every stage saved; delete the folder to train afresh"
+        )
+
+
 def train_stage(job: dict, data: dict[str, Split | Stream], ready: dict) -> None:
     """Train (the process group is up); rank 0 writes the model folder and result.json."""
     run, state, pipe, whole = ready["run"], ready["state"], ready["pipe"], ready["whole"]
     train, model, parts = ready["train"], ready["model"], ready["parts"]
     report = pp.stage_report(pipe.stage, state.optimizer, parts[pipe.index])
-    folder = Path(job["staging"])
+    folder, work = Path(job["staging"]), Path(job["resume_dir"])
+    work.mkdir(parents=True, exist_ok=True)
+    saves = Checkpoints(work, pipe.index, pipe.count, train)
+    if job["resume"]:
+        saves.resume(state)
     with ExitStack() as stack:
         stack.enter_context(compute.threads_set(ready["choice"].threads))
         stack.enter_context(deterministic(train.deterministic))
-        outputs = stack.enter_context(Outputs(folder, run, state)) if whole else None
-        result = pp.fit(run, state, pipe, whole, parts, outputs)
+        outputs = stack.enter_context(Outputs(work, run, state)) if whole else None
+        if outputs is not None:
+            outputs.every = 0  # (the epochs' checkpoints are Checkpoints', with the stage's)
+        result = pp.fit(
+            run, state, pipe, whole, parts, outputs, lambda last: saves.save(state, last, outputs)
+        )
+    dist.barrier()  # every stage's last checkpoint is written: the folder can go
     if whole is None:
         return
+    for name in ("metrics.jsonl", "last.pt", "best.pt"):
+        shutil.copy2(work / name, folder / name)
+    shutil.rmtree(work)
     whole.load_state_dict(result.best_state)
     shape = job["input_shape"]
     if train.augment and len(shape) == 3 and train.augment.transforms:
