@@ -27,6 +27,7 @@ def map_folds(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> list[A
         seed=unmapped(spec.seed),
         store=unmapped(store),
         group_column=unmapped(spec.data.split.group_column),
+        rows=unmapped(spec.evaluate.cv.rows),
     )
     return [future.result() for future in futures]
 

@@ -46,17 +46,21 @@ def fold_data(
     seed: int,
     group_column: str | None = None,
     outer: tuple[int, int] | None = None,
+    rows: str = "train+validation",
 ) -> FoldData:
     """Fold train/val from the train+val pool and the test part, each step fitted on fold train.
 
     Nothing learned from the fold's held-out rows or from the test part reaches training;
     the states are kept because a fold model's package applies them to the rows it scores.
     With `outer` (nested CV: outer folds, outer fold), the folds are drawn from that outer
-    fold's training rows only and its held-out rows take the test part's place.
+    fold's training rows only and its held-out rows take the test part's place. With
+    `rows` all (evaluate.cv.rows) the pool holds the test part too, and each fold's held-out
+    rows are also its test rows: no row stays outside the folds.
     """
     parts = read_parts(splits)
     schema = parts["train"][1]
-    pool = pl.concat([parts["train"][0], parts["val"][0]])
+    pooled = ("train", "val", "test") if rows == "all" else ("train", "val")
+    pool = pl.concat([parts[name][0] for name in pooled])
     within, test_rows = np.arange(len(pool)), None
     if outer is not None:
         within, test_rows = fold_indices(pool, schema, *outer, seed, group_column)
@@ -66,6 +70,8 @@ def fold_data(
     )
     train, val = pool[train_rows], pool[held]
     test = parts["test"] if test_rows is None else (pool[test_rows], schema)
+    if rows == "all":
+        test = (val, schema)
     frames = {"train": (train, schema), "val": (val, schema), "test": test}
     states = []
     for step in steps:
@@ -111,9 +117,10 @@ def train_fold(
     seed: int,
     store: str,
     group_column: str | None = None,
+    rows: str = "train+validation",
 ) -> ArtifactRef:
     """Train and score one fold; keeps its test-set probabilities for ensembling."""
-    prepared = fold_data(splits, fold, folds, steps, seed, group_column)
+    prepared = fold_data(splits, fold, folds, steps, seed, group_column, rows=rows)
     data, schema = prepared.data, prepared.schema
     target = Store(store)
     with target.writer("model") as staging:
@@ -142,5 +149,12 @@ def train_fold(
             "model",
             count=len(data["train"]),
             schema={"classes": schema.classes, "input_shape": schema.input_shape},
-            meta={"fold": fold, "val": val, "test": test, "best_epoch": result.best_epoch},
+            meta={
+                "fold": fold,
+                "val": val,
+                "test": test,
+                "best_epoch": result.best_epoch,
+                "rows": rows,  # the rows the folds were drawn from (evaluate.cv.rows)
+                "pool": int(len(prepared.held) + len(prepared.train_rows)),
+            },
         )

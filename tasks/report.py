@@ -47,6 +47,9 @@ def cv_summary(folds: list[ArtifactRef]) -> dict:
         "folds": rows,
         "mean": {m: statistics.fmean(r[m] for r in rows) for m in METRICS},
         "std": spread,
+        # the rows the folds were drawn from (evaluate.cv.rows) and how many
+        "rows": folds[0].meta.get("rows", "train+validation") if folds else None,
+        "pool": folds[0].meta.get("pool") if folds else None,
     }
 
 

@@ -66,6 +66,7 @@ def run_step(args, spec) -> Any:
         "seed": spec.seed,
         "fold": args.fold,
         "folds": spec.evaluate.cv.folds if spec.evaluate.cv else 5,
+        "rows": spec.evaluate.cv.rows if spec.evaluate.cv else "train+validation",
     }
     takes = inspect.signature(fn).parameters
     kwargs.update({k: v for k, v in given.items() if k in takes and k not in kwargs})

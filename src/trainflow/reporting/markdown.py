@@ -172,12 +172,29 @@ def cv_lines(cv: dict | None) -> list[str]:
     return [
         "",
         f"## Cross-validation ({len(cv['folds'])} folds, validation metrics)",
+        "",
+        cv_rows_line(cv),
         table(
             ["fold", *METRICS],
             [[r["fold"], *(r[m] for m in METRICS)] for r in cv["folds"]]
             + [["mean", *cv["mean"].values()], ["std", *cv["std"].values()]],
         ),
     ]
+
+
+def cv_rows_line(cv: dict) -> str:
+    """Which rows the folds were drawn from (evaluate.cv.rows), said beside the scores."""
+    rows = f"{cv['pool']} " if cv.get("pool") else ""
+    if cv.get("rows") == "all":
+        return (
+            f"The folds are drawn from all {rows}rows, the test part included "
+            "(evaluate.cv.rows: all); each fold is scored on its held-out rows."
+        )
+    return (
+        f"The folds are drawn from the {rows}train + validation rows; each fold is scored "
+        "on its held-out rows, and the test part stays out of them (evaluate.cv.rows: all "
+        "draws them from every row)."
+    )
 
 
 def ensemble_lines(e: dict | None, test: dict) -> list[str]:

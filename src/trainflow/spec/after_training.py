@@ -21,7 +21,18 @@ SKLEARN_CLASSES = {"breast_cancer": 2, "digits": 10, "wine": 3, "iris": 3}  # th
 
 
 class CVSpec(Section):
+    """k-fold cross-validation. The folds are drawn from the train + validation rows and
+    score each fold model on its held-out rows; the test part stays out of them, so the
+    ensemble of the fold models is scored on rows no fold trained on. `rows: all` draws the
+    folds from every row, the test part included (to compare with tools that
+    cross-validate the whole table); then no row is left for an ensemble's test score."""
+
     folds: int = Field(5, ge=2, le=50)
+    rows: Literal["train+validation", "all"] = Field(
+        "train+validation",
+        description="the rows the folds are drawn from: train+validation (the test part "
+        "held out), or all (the test part too)",
+    )
 
 
 class ThresholdSpec(Section):

@@ -128,6 +128,19 @@ class PipelineSpec(Section):
                 "ensemble combines the cross-validation fold models: set "
                 "evaluate.cv.folds or remove ensemble"
             )
+        if self.ensemble is not None and self.evaluate.cv.rows == "all":
+            raise ValueError(
+                "evaluate.cv.rows: all draws the folds from every row, the test part too, so "
+                "no row is left to score the ensemble of the fold models on: use rows: "
+                "train+validation, or remove ensemble"
+            )
+        cv, search = self.evaluate.cv, self.search
+        if cv and cv.rows == "all" and search is not None and search.nested:
+            raise ValueError(
+                "search.nested draws its own outer folds from the table: "
+                "evaluate.cv.rows: all would put their held-out rows in the inner "
+                "folds; use rows: train+validation"
+            )
         check_ensemble(self)  # a study for top_k_trials, variants that validate
         return self
 
