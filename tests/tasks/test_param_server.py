@@ -5,6 +5,10 @@ too stale; the model folder packages and predicts; knobs that cannot hold are re
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +17,9 @@ import pytest
 import torch
 
 import trainflow
+from trainflow.artifacts import Store
 from trainflow.engine import checkpoint
-from trainflow.errors import SpecError
+from trainflow.errors import ArtifactError, SpecError, TrainflowError
 from trainflow.spec.model import MLPParams
 from trainflow.spec.pipeline import PipelineSpec, load_spec
 from trainflow.spec.train import TrainSpec
@@ -23,7 +28,7 @@ from trainflow.tasks.normalize import NormalizeParams, normalize
 from trainflow.tasks.package import package_model
 from trainflow.tasks.shard import ShardParams, shard
 from trainflow.tasks.split import SplitParams, split
-from trainflow.tasks.train import train_model
+from trainflow.tasks.train import resume_folder, train_model
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = MLPParams(type="mlp", hidden_layers=2, units=[32, 16])
@@ -125,6 +130,62 @@ def test_the_package_of_a_parameter_server_run_predicts_like_the_one_process_one
         raw = pl.read_parquet(next(Path(runs["table"].path).glob("*.parquet")))
         probs.append(trainflow.load_model(package.path).predict_proba(raw.drop("target")))
     assert np.abs(probs[0] - probs[1]).max() <= 1e-4
+
+
+LONG = TrainSpec.model_validate({**SYNC.model_dump(), "epochs": 8, "checkpoint_interval_s": 0})
+CHILD = """
+import sys
+from trainflow.artifacts import ArtifactRef
+from trainflow.spec.model import MLPParams
+from trainflow.spec.train import TrainSpec
+from trainflow.tasks.train import train_model
+shards, model, spec, store = sys.argv[1:]
+train_model.fn(ArtifactRef.model_validate_json(shards), MLPParams.model_validate_json(model),
+               TrainSpec.model_validate_json(spec), 0, store)
+"""
+
+
+def killed_after_an_epoch(runs, store: str) -> Path:
+    """Run LONG's training in a child process and SIGKILL it once its last.pt holds an epoch
+    from the second to the sixth (torchrun and the ranks stop with it); its resume folder."""
+    folder = resume_folder(Store(store), runs["shards"], MODEL, LONG, 0)
+    argv = [runs["shards"].model_dump_json(), MODEL.model_dump_json(), LONG.model_dump_json()]
+    child = subprocess.Popen([sys.executable, "-c", CHILD, *argv, store])
+    epoch, deadline = 0, time.monotonic() + 300
+    try:
+        while child.poll() is None and time.monotonic() < deadline and not 2 <= epoch <= 6:
+            try:
+                epoch = checkpoint.load(folder / "last.pt")["epoch"]
+            except ArtifactError:  # not written yet
+                pass
+            time.sleep(0.05)
+    finally:
+        child.kill()  # SIGKILL
+        child.wait()
+    assert 2 <= epoch <= 6, f"the run was not seen between epochs 2 and 6 (at {epoch})"
+    time.sleep(3)  # torchrun stops its ranks on its parent's death (engine.ddp)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_at_its_last_epoch_to_the_uninterrupted_weights(runs, tmp_path):
+    full = train_model.fn(runs["shards"], MODEL, LONG, 0, str(tmp_path / "full"))
+    store = str(tmp_path / "killed")
+    shutil.copytree(runs["store"], store)  # (the shards' paths are absolute: the same files)
+    folder = killed_after_an_epoch(runs, store)
+    resumed = train_model.fn(runs["shards"], MODEL, LONG, 0, store)
+    a = checkpoint.load(full.path / "best.pt")["model"]
+    b = checkpoint.load(resumed.path / "best.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+    assert rows(full) == rows(resumed) and len(rows(full)) == 8
+    assert not folder.exists()  # (the resume folder is dropped once the model is committed)
+    # a checkpoint another spec wrote is one error from the server's rank, its lines named
+    checkpoint.save_rotating(
+        folder / "last.pt", {**checkpoint.load(full.path / "last.pt"), "spec": "another"}
+    )
+    with pytest.raises(TrainflowError, match=r"failed on rank 0:") as caught:
+        train_model.fn(runs["shards"], MODEL, LONG, 0, store)
+    assert "written by a different train spec" in str(caught.value)
 
 
 def test_the_server_and_trainers_code_is_in_the_train_tasks_cache_key():
