@@ -6,6 +6,7 @@ clear error."""
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -220,3 +221,28 @@ def test_a_streamed_split_trains_each_rank_on_its_shards_when_resampled(runs, tm
     )
     assert [r["epoch"] for r in rows(model)] == [1, 2, 3]
     assert rows(model)[-1]["val_accuracy"] > 0.9
+
+
+@pytest.mark.slow
+def test_a_rendezvous_that_does_not_gather_is_one_error_naming_the_endpoint(
+    runs, tmp_path, monkeypatch
+):
+    """An endpoint no other node joins (an unused port on this machine: torchrun hosts the
+    store there and waits for the second node) fails within TRAINFLOW_RDZV_TIMEOUT_S."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"127.0.0.1:{port}"
+    spec = TrainSpec.model_validate(
+        {
+            **ONE.model_dump(),
+            "distributed": {"nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": endpoint},
+        }
+    )
+    monkeypatch.setenv("TRAINFLOW_RDZV_TIMEOUT_S", "3")
+    began = time.monotonic()
+    with pytest.raises(
+        TrainflowError, match=rf"rdzv_endpoint {endpoint} did not gather its 2 nodes within 3 s"
+    ):
+        train_model.fn(runs["shards"], MODEL, spec, 0, str(tmp_path))
+    assert time.monotonic() - began < 120  # (torchrun's own wait is 600 s)

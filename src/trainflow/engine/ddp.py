@@ -189,8 +189,38 @@ def command(spec: Distributed, job: Path, entry: str) -> list[str]:
         argv.append("--standalone")
     else:
         argv += [f"--nnodes={spec.nnodes}", "--rdzv_backend=c10d"]
+        wait = join_seconds()  # (torchrun's own: 600 s to join, 60 s to reach the store)
         argv += [f"--rdzv_endpoint={spec.rdzv_endpoint}"]
+        argv += [f"--rdzv_conf=join_timeout={wait},read_timeout={wait}"]
     return [*argv, "-m", entry, str(job)]
+
+
+RDZV_TIMEOUT = "TRAINFLOW_RDZV_TIMEOUT_S"  # how long the nodes may take to meet
+
+
+def join_seconds() -> int:
+    """TRAINFLOW_RDZV_TIMEOUT_S: the seconds a node waits at the rendezvous for the others
+    (and to reach its store), 300 unless set."""
+    text = os.environ.get(RDZV_TIMEOUT, "300")
+    if not text.isdigit() or int(text) < 1:
+        raise TrainflowError(f"{RDZV_TIMEOUT} must be a whole number of seconds >= 1, got {text!r}")
+    return int(text)
+
+
+def unmet(spec: Distributed, work: Path, output: str) -> str | None:
+    """The rendezvous at rdzv_endpoint that did not answer, or not every node joined within
+    the timeout (torchrun failed before any rank started), named; else None."""
+    if spec.rdzv_endpoint is None or any(work.glob("rank*.err")):
+        return None
+    signs = ("RendezvousTimeoutError", "DistStoreError", "RendezvousConnectionError")
+    if not any(sign in output for sign in signs):
+        return None
+    return (
+        f"the rendezvous at train.distributed.rdzv_endpoint {spec.rdzv_endpoint} did not "
+        f"gather its {spec.nnodes} nodes within {join_seconds()} s (the endpoint does not "
+        "answer, or the other nodes did not join): check the host:port is reachable from "
+        f"every node and start the others, or raise {RDZV_TIMEOUT}"
+    )
 
 
 def launch(spec: Distributed, job: dict[str, Any], work: Path, threads: int, entry: str) -> dict:
@@ -209,7 +239,8 @@ def launch(spec: Distributed, job: dict[str, Any], work: Path, threads: int, ent
         preexec_fn=stop_with_parent,  # noqa: PLW1509 (a prctl only, before exec)
     )
     if done.returncode:
-        raise TrainflowError(failure(work, spec, done.stdout + done.stderr))
+        output = done.stdout + done.stderr
+        raise TrainflowError(unmet(spec, work, output) or failure(work, spec, output))
     return json.loads((work / "result.json").read_text())
 
 
