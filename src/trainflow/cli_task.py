@@ -88,6 +88,12 @@ def spec_value(args, spec, path: str) -> object:
                 f"the spec has no `{args.step}` step"
                 + (f" at data.steps.{args.index}" if args.index is not None else "")
             )
+        if len(chosen) > 1:
+            at = ", ".join(str(i) for i, _ in chosen)
+            raise TrainflowError(
+                f"the spec has {len(chosen)} `{args.step}` steps (data.steps {at}): say which "
+                f"with --index, e.g. --index {chosen[0][0]}"
+            )
         return chosen[0][1]
     value = spec
     for key in path.split("."):

@@ -222,3 +222,13 @@ def test_notify_data_names_an_unknown_pipeline(capsys, monkeypatch):
     monkeypatch.setenv("TRAINFLOW_PIPELINES_DIR", str(ROOT / "pipelines"))
     err = run_error(capsys, ["notify-data", "digits_cnm"])
     assert "no pipeline 'digits_cnm'" in err and "digits_cnn" in err
+
+
+def test_task_command_asks_which_step_when_the_spec_has_several_of_a_type(tmp_path, capsys):
+    spec = ROOT / "pipelines" / "credit_smote_mlp.yaml"  # clean at data.steps 0 and 2
+    store = ["--set", f"outputs.store={tmp_path / 'store'}"]
+    assert main(["task", "ingest", "--spec", str(spec), *store]) == 0
+    (tmp_path / "table.json").write_text(capsys.readouterr().out)
+    table = ["--input", str(tmp_path / "table.json")]
+    err = run_error(capsys, ["task", "clean", "--spec", str(spec), *store, *table])
+    assert "has 2 `clean` steps (data.steps 0, 2): say which with --index" in err
