@@ -253,3 +253,33 @@ def test_a_checkpoint_no_pipeline_run_left_is_refused_naming_its_folder(runs):
     with pytest.raises(TrainflowError, match="no pipeline run left it") as caught:
         train_model.fn(runs["shards"], MODEL, spec, 0, runs["store"])
     assert str(folder) in str(caught.value) and "delete the folder" in str(caught.value)
+
+
+@pytest.mark.parametrize("stages", [2, 3])
+def test_a_cnn_is_cut_into_contiguous_parts_of_the_smallest_largest_stage(stages):
+    """The cut of a CNN (conv, norm, pool blocks, then the head): contiguous parts covering
+    every layer, each with parameters, the largest as small as any cut can make it."""
+    from itertools import combinations
+
+    from trainflow.engine.pipeline_parallel import boundary_shapes, cut
+    from trainflow.models.cnn import cnn
+
+    net = cnn([1, 8, 8], 10, channels=[8, 16], hidden=32)
+    sizes = [sum(p.numel() for p in layer.parameters()) for layer in net]
+    parts = cut(net, stages)
+    assert [i for part in parts for i in part] == list(range(len(net)))
+    assert all(sum(sizes[i] for i in part) > 0 for part in parts)
+    best = min(
+        max(sum(sizes[a:b]) for a, b in zip((0, *ends), (*ends, len(net))))
+        for ends in combinations(range(1, len(net)), stages - 1)
+        if all(sum(sizes[a:b]) for a, b in zip((0, *ends), (*ends, len(net))))
+    )
+    assert max(sum(sizes[i] for i in part) for part in parts) == best
+    shapes = boundary_shapes(net, parts, [1, 8, 8])
+    assert shapes[0] == [1, 8, 8] and shapes[-1] == [10]
+
+
+def test_an_epochs_last_batch_runs_as_the_most_equal_micro_batches_it_splits_into():
+    from trainflow.engine.pipeline_parallel import micro
+
+    assert [micro(rows, 4) for rows in (32, 17, 18, 9, 3)] == [4, 1, 3, 3, 3]

@@ -253,9 +253,17 @@ def gather(net: nn.Sequential, parts: list[range], rank: int) -> None:
                         dist.send(tensor.contiguous(), dst=0)
 
 
+def near() -> torch.device:
+    """Where a collective's tensors live: NCCL reduces CUDA tensors only (this rank's
+    device, set from LOCAL_RANK by the worker), gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def shared(values: list[float], src: int) -> list[float]:
     """`values` as rank `src` has them, on every rank (float64)."""
-    told = torch.tensor(values, dtype=torch.float64)
+    told = torch.tensor(values, dtype=torch.float64, device=near())
     dist.broadcast(told, src)
     return told.tolist()
 
@@ -264,7 +272,7 @@ def stage_report(stage: nn.Sequential, optimizer: torch.optim.Optimizer, part: r
     """Each rank's layers, the parameters its stage holds and those its optimizer steps."""
     held = sum(p.numel() for p in stage.parameters())
     stepped = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
-    mine = torch.tensor([part.start, part.stop, held, stepped], dtype=torch.int64)
+    mine = torch.tensor([part.start, part.stop, held, stepped], dtype=torch.int64, device=near())
     every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(every, mine)
     keys = ("first_layer", "end_layer", "parameters", "optimized")

@@ -124,7 +124,7 @@ class Checkpoints:
         """Continue from the newest epoch every rank saved (a kill between two ranks' writes
         leaves one a rotation ahead: it takes its previous file)."""
         newest = checkpoint.load_latest_good(self.path, TrainingState.PIECES)
-        common = torch.tensor([int(newest["epoch"])])
+        common = torch.tensor([int(newest["epoch"])], device=pp.near())
         dist.all_reduce(common, op=dist.ReduceOp.MIN)
         for candidate in checkpoint.rotation(self.path):
             saved = newest if candidate == self.path else checkpoint.load(candidate)
@@ -192,6 +192,8 @@ def main(path: str) -> None:
     job = json.loads(Path(path).read_text())
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])  # torchrun's
     torch.set_num_threads(job["threads"])
+    if job["backend"] == "nccl":  # one GPU a rank ("cuda" then names this rank's)
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     try:
         data = read_data(job, World(rank, size))
         ready = prepare(job, data, rank, size)
