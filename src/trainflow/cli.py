@@ -79,6 +79,8 @@ def _orchestrate(args) -> int:
         return 0
     path = Path(args.file) if args.file else deploy.PREFECT_YAML
     entries = deploy.read_deployments(path)  # bad schedules are named before the server
+    if args.command == "serve":  # its runs would not find their pipelines: refused now
+        deploy.check_pipelines(entries)  # (deploy: the worker's folder decides, elsewhere)
     if args.max_trainings is not None and args.max_trainings < 1:
         raise TrainflowError(f"--max-trainings must be >= 1, got {args.max_trainings}")
     deploy.require_server()

@@ -143,6 +143,27 @@ def read_deployments(path: Path = PREFECT_YAML) -> list[dict]:
     return entries
 
 
+def check_pipelines(entries: list[dict]) -> None:
+    """Every deployment's pipeline is a spec file where its runs will look for it (the
+    pipelines folder of the folder serve or the worker starts in): else each run would fail,
+    one by one, long after `serve` said it was serving them."""
+    folder = pipelines_dir()
+    missing = sorted(
+        {
+            str(entry["parameters"]["pipeline"])
+            for entry in entries
+            if "pipeline" in (entry.get("parameters") or {})
+            and not (folder / f"{entry['parameters']['pipeline']}.yaml").is_file()
+        }
+    )
+    if missing:
+        raise TrainflowError(
+            f"the deployments run pipelines whose spec files are not in {folder}: "
+            f"{', '.join(missing)}. Start trainflow from the folder holding pipelines/ (the "
+            f"repository root), or set {PIPELINES_ENV} to the folder of the pipelines"
+        )
+
+
 def runner_deployment(entry: dict):
     """A RunnerDeployment (what `serve` and `deploy` take) from one prefect.yaml entry."""
     from prefect.events import DeploymentEventTrigger

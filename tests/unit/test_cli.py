@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -232,3 +233,13 @@ def test_task_command_asks_which_step_when_the_spec_has_several_of_a_type(tmp_pa
     table = ["--input", str(tmp_path / "table.json")]
     err = run_error(capsys, ["task", "clean", "--spec", str(spec), *store, *table])
     assert "has 2 `clean` steps (data.steps 0, 2): say which with --index" in err
+
+
+def test_serve_outside_the_repository_is_refused_before_the_server(tmp_path, capsys, monkeypatch):
+    """Started where no pipelines/ folder is, every run of every deployment would fail."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRAINFLOW_PIPELINES_DIR", raising=False)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # never reached
+    err = run_error(capsys, ["serve"])
+    assert f"spec files are not in {tmp_path.resolve() / 'pipelines'}: " in err
+    assert "digits_cnn" in err and "TRAINFLOW_PIPELINES_DIR" in err
