@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import polars as pl
-import pytest
 import yaml
 
 from tests.conftest import ROOT
