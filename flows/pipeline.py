@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from trainflow import placement
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.flows.cross_validate import ensemble_members, run_folds
 from trainflow.flows.data import prepare_data
@@ -31,6 +32,14 @@ from trainflow.tasks.train import train_model
 # `step(task, spec)` adds the spec's timeouts and retries (spec `orchestration`).
 @flow(name="trainflow-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]
 def pipeline(spec: PipelineSpec) -> dict:
+    # each task records where it ran (trainflow.placement); the run folder's report shows it
+    with placement.recording(spec.outputs.runs, spec.name) as records:
+        return run_pipeline(spec, records)
+
+
+def run_pipeline(spec: PipelineSpec, records: str) -> dict:
+    """The pipeline's tasks, in the order a run reaches them (`records`: where each task
+    records where it ran, for the report)."""
     if spec.outputs.mlflow:  # the extra missing is an error before any work, not after it
         mlflow_module()
     store = str(store_folder(spec.outputs))  # s3://: its local mirror
@@ -44,12 +53,11 @@ def pipeline(spec: PipelineSpec) -> dict:
     compressed = {}
     if spec.compress.quantize:
         compressed["quantize"] = step(quantize_model, spec)(
-            model, data["shards"], spec.compress.quantize, store
+            model, data["shards"], spec.compress.quantize, store, spec.compress.gate
         )
     if spec.compress.prune:
-        compressed["prune"] = step(prune_model, spec)(
-            model, data["shards"], spec.compress.prune, spec.train, spec.seed, store
-        )
+        args = (spec.compress.prune, spec.train, spec.seed, store, spec.compress.gate)
+        compressed["prune"] = step(prune_model, spec)(model, data["shards"], *args)
     latency = None
     if compressed:  # timings: measured on every run, for the run folder and the UI only
         repeats = spec.compress.quantize.latency_repeats if spec.compress.quantize else 30
@@ -75,7 +83,9 @@ def pipeline(spec: PipelineSpec) -> dict:
     report = step(write_report, spec)(
         spec.name, spec.fingerprint(), outputs, store, packages["model"], explained
     )
-    run_dir = step(publish_report, spec)(report, spec.name, spec.outputs.runs, latency, champion)
+    run_dir = step(publish_report, spec)(
+        report, spec.name, spec.outputs.runs, latency, champion, records
+    )
     logged = None
     if spec.outputs.mlflow:  # a team's MLflow (the trainflow[mlflow] extra)
         logged = step(log_to_mlflow, spec)(

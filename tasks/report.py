@@ -20,6 +20,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from trainflow import placement
 from trainflow.artifacts import ArtifactRef, Store, atomic_write_bytes, atomic_write_text
 from trainflow.caching import CACHED
 from trainflow.metrics import METRICS
@@ -196,14 +197,18 @@ def publish_report(
     runs_dir: str,
     latency: dict | None = None,
     champion: dict | None = None,
+    records: str | None = None,
 ) -> str:
     """Write the report into runs/<pipeline>/<run>/ and show it in the Prefect UI (every run),
-    with this run's `latency` figures (measure_latency) and `champion` decision (promote)."""
+    with this run's `latency` figures (measure_latency), `champion` decision (promote) and
+    where each of its steps ran (the trainflow.placement `records` folder)."""
     report.verify()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run = Path(runs_dir) / name / f"{stamp}-{flow_run.get_name() or 'local'}"
     run.mkdir(parents=True, exist_ok=True)
     summary = run_summary(report, latency, champion)
+    if records is not None:  # this run's, like the latency: never in the store's report
+        summary["placement"] = placement.read(records)
     markdown = render(summary)
     atomic_write_text(run / "report.md", markdown)
     atomic_write_text(run / "metrics.json", json.dumps(summary, indent=1, sort_keys=True))

@@ -11,12 +11,14 @@ from prefect import Task
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import ValidationError
 
-from trainflow import registry
+from trainflow import placement, registry
 from trainflow.errors import TrainflowError
 
 # Tasks that read or write files (registry.TASKS, io=True: a remote source, shards on a
 # network store): a transient I/O error there deserves another try after a pause.
 IO_RETRIES = (2, [2.0, 10.0])
+# The data preparation tasks (polars on the CPU; `runner.data` sends them to Dask).
+DATA_TASKS = frozenset({"ingest", "expect", "pool_validation", "shard", *registry.STEPS})
 
 
 def retry_unless_deterministic(task: Task, task_run: Any, state: Any) -> bool:
@@ -33,7 +35,8 @@ def retry_unless_deterministic(task: Task, task_run: Any, state: Any) -> bool:
 
 def step(task: Task, spec: Any) -> Task:
     """The task with the options the spec declares for it (orchestration.steps.<name>), the
-    default retries of I/O-bound steps, and the device tag on training tasks."""
+    default retries of I/O-bound steps, the device tag on training tasks, and, while a
+    pipeline run records (trainflow.placement), the hook that records where it ran."""
     entry = registry.task(task.name)
     if entry is None:  # a flow runs a task the table does not list: options would miss it
         raise LookupError(f"task {task.name!r} is not in trainflow.registry.TASKS")
@@ -54,6 +57,12 @@ def step(task: Task, spec: Any) -> Task:
         options["timeout_seconds"] = declared.timeout_s
     if entry.trains and reports_to_a_server():
         options["tags"] = {*task.tags, spec.orchestration.device_tag}
+    folder = placement.current()
+    if folder is not None:  # training tasks resolve train.device; the others use the CPU
+        device = spec.train.device if entry.trains else None
+        augment = placement.augmentation(spec.train) if entry.trains else None
+        recorder = placement.Recorder(folder, device, augment, task.name in DATA_TASKS)
+        options["on_completion"] = [*task.on_completion_hooks, recorder]
     return task.with_options(**options) if options else task
 
 
@@ -69,7 +78,8 @@ def reports_to_a_server() -> bool:
 
 
 def cv_task_runner(spec: Any):
-    """The task runner of the cross-validation subflow (and of the search's trials).
+    """The task runner of the cross-validation subflow (and of the search's trials, and of
+    the data steps with `runner.data`).
 
     The thread pool has one worker: each fold seeds torch's process-wide RNG, so folds must not
     interleave in threads. On Dask every worker is its own single-threaded process, and on Ray

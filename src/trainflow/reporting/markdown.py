@@ -6,7 +6,9 @@ The evaluation's and the explanation's lines are written by their own task modul
 from __future__ import annotations
 
 from trainflow.metrics import EVALUATED, METRICS
+from trainflow.reporting.gate_section import gate_lines
 from trainflow.reporting.model_section import model_section
+from trainflow.reporting.placement_section import placement_lines
 from trainflow.reporting.table import table
 
 PREVIEW = "augment_preview.png"
@@ -40,6 +42,7 @@ def render(summary: dict, evaluation: list[str], explanation: list[str]) -> str:
         table(["model", "path"], [[k, v] for k, v in summary["models"].items()]),
     ]
     out += model_section(summary)
+    out += placement_lines(summary.get("placement"))  # a run's report only
     return "\n".join(out) + "\n"
 
 
@@ -245,6 +248,7 @@ def compression_sections(compressed: dict, latency: dict | None) -> list[str]:
                 f"\nsparsity {c['sparsity']:.4f} (target {c['target_sparsity']}), "
                 f"fine-tuned {c['finetune_epochs']} epoch(s)"
             )
+        out += gate_lines(kind, c)  # compress.gate
     if latency:
         out.append(
             f"\nlatency: median of {latency['repeats']} forward passes on this "

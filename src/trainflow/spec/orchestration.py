@@ -1,4 +1,5 @@
-"""The runner and orchestration sections: where CV folds run, per-step timeouts and retries."""
+"""The runner and orchestration sections: where CV folds (and data steps) run, per-step
+timeouts and retries."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ class RunnerSpec(Section):
     """Where the cross-validation folds and search trials run: a one-worker thread pool in the
     flow's process (`thread`), a Dask cluster (`dask`: the scheduler at `address`, or a
     LocalCluster of `workers` single-threaded processes when no address is given), or Ray
-    (`ray`: the cluster at `address`, or a local Ray of `workers` CPUs, one task per CPU)."""
+    (`ray`: the cluster at `address`, or a local Ray of `workers` CPUs, one task per CPU).
+    `data: true` sends the data preparation steps (ingest to shard) to the Dask cluster too,
+    where the CPUs are; training stays in the flow's process, where the device is."""
 
     type: Literal["thread", "dask", "ray"] = "thread"
     address: str | None = Field(
@@ -34,6 +37,20 @@ class RunnerSpec(Section):
     workers: int = Field(
         2, ge=1, le=256, description="Local worker processes (Dask LocalCluster, local Ray's CPUs)"
     )
+    data: bool = Field(
+        False,
+        description="Run the data steps (ingest, the data.steps, shard) on the Dask cluster "
+        "too, not only the folds; their artifacts and cache keys are the in-process run's",
+    )
+
+    @model_validator(mode="after")
+    def _data_on_dask(self):
+        if self.data and self.type != "dask":
+            raise ValueError(
+                f"data: true sends the data steps to a Dask cluster, but type is "
+                f"{self.type!r}: set type: dask (Ray takes folds and trials only) or remove data"
+            )
+        return self
 
     @model_validator(mode="after")
     def _address_fits_the_type(self):
