@@ -85,6 +85,12 @@ class ArtifactRef(BaseModel):
         if not self.path.exists():
             raise ArtifactError(f"{self.kind} artifact is missing: {self.path}")
         actual = fingerprint_path(self.path)
+        if actual != self.fingerprint and bucket is not None and self.path.is_dir():
+            shutil.rmtree(self.path)  # a damaged mirror copy: the bucket's is whole, take it
+            bucket.fetch(self.kind, self.fingerprint, self.path)
+            actual = fingerprint_path(self.path)
+            if actual != self.fingerprint:  # altered in the bucket: the recompute republishes
+                bucket.unpublish(self.kind, self.fingerprint)
         if actual != self.fingerprint:
             raise ArtifactError(
                 f"{self.kind} artifact {self.path} was altered: fingerprint {actual[:12]} "

@@ -7,8 +7,8 @@ its manifest (PUBLISHED, one PUT: atomic on S3): a reader accepts an artifact on
 manifest is there, names the fingerprint and every file it lists is present with its size, so
 a publication cut short is never taken for an artifact (the next commit publishes it again).
 The bucket is the truth: verifying an artifact checks its manifest and fetches a copy the
-mirror lacks (another machine, a fresh cache); an artifact the bucket lost is not valid, so the
-cache policy recomputes it.
+mirror lacks (another machine, a fresh cache) or holds damaged; an artifact the bucket lost (or
+holds altered: then unpublished) is not valid, so the cache policy recomputes it.
 """
 
 from __future__ import annotations
@@ -149,6 +149,11 @@ class Bucket:
                 f"publishing {kind} artifact {fingerprint[:12]} to {self.url} failed "
                 f"({unreachable(exc)}); nothing a reader accepts was left, rerun to publish it"
             ) from None
+
+    def unpublish(self, kind: str, fingerprint: str) -> None:
+        """Remove the manifest of an artifact whose bytes in the bucket were found altered, so
+        that no reader accepts them and the next commit of its content publishes it again."""
+        self.fs.rm_file(self.key(kind, fingerprint, PUBLISHED))
 
     def problem(self, kind: str, fingerprint: str) -> str | None:
         """Why the bucket does not hold this artifact whole, or None when it does."""

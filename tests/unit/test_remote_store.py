@@ -192,3 +192,19 @@ def test_preflight_names_a_missing_bucket_before_any_work(endpoint, bucket, tmp_
     with pytest.raises(TrainflowError, match=r"s3://not-created/store: no such bucket"):
         check_data(spec)
     assert not (tmp_path / "mirror").exists()
+
+
+def test_a_damaged_mirror_copy_is_replaced_by_the_buckets(endpoint, bucket, tmp_path):
+    ref = table(remote_store(endpoint, bucket, tmp_path / "mirror"))
+    (ref.path / "data.csv").write_text("a,b\n9,9\n")
+    ref.verify()  # the bucket holds it whole: its copy replaces the damaged one
+    assert (ref.path / "data.csv").read_text() == "a,b\n1,2\n"
+    s3(endpoint).pipe_file(f"{bucket}/runs/table/{ref.fingerprint}/data.csv", b"a,b\n9,9\n")
+    (ref.path / "data.csv").write_text("a,b\n9,9\n")  # both damaged (same size): not valid
+    with pytest.raises(ArtifactError, match="was altered"):
+        ref.verify()
+    table(remote_store(endpoint, bucket, tmp_path / "mirror"))  # the recompute republishes
+    s3(endpoint).invalidate_cache()
+    assert s3(endpoint).cat_file(f"{bucket}/runs/table/{ref.fingerprint}/data.csv") == b"a,b\n1,2\n"
+    shutil.rmtree(ref.path)
+    ref.verify()
