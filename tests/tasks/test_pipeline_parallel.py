@@ -283,3 +283,34 @@ def test_an_epochs_last_batch_runs_as_the_most_equal_micro_batches_it_splits_int
     from trainflow.engine.pipeline_parallel import micro
 
     assert [micro(rows, 4) for rows in (32, 17, 18, 9, 3)] == [4, 1, 3, 3, 3]
+
+
+KNOBS = {
+    **ONE.model_dump(),
+    "lr": 3e-2,
+    "epochs": 12,
+    "schedule": {"type": "plateau", "patience": 0, "factor": 0.5},
+    "early_stopping": {"monitor": "val_loss", "patience": 2},
+    "class_weights": "balanced",
+    "label_smoothing": 0.1,
+    "sampler": "weighted",
+}
+
+
+@pytest.mark.slow
+def test_rank_zeros_plateau_and_early_stopping_reach_every_stage_as_in_one_process(data):
+    """A plateau schedule and early stopping decided on rank 0's validation, with class
+    weights, label smoothing and the weighted sampler (each micro-batch's loss scaled by its
+    share of the batch's class weight): the 1-process run's lr steps, stop and weights."""
+    one_spec = TrainSpec.model_validate(KNOBS)
+    pipe_spec = TrainSpec.model_validate({**KNOBS, "distributed": PIPE})
+    one = train_model.fn(data["shards"], MODEL, one_spec, 0, data["store"])
+    two = train_model.fn(data["shards"], MODEL, pipe_spec, 0, data["store"])
+    a, b = rows(one), rows(two)
+    assert len(a) == len(b) < KNOBS["epochs"] and one.meta["stopped_early"] is True
+    assert [r["lr"] for r in a] == [r["lr"] for r in b] and len({r["lr"] for r in a}) > 1
+    for x, y in zip(a, b):
+        assert x == pytest.approx(y, abs=ATOL, rel=0)
+    assert two.meta["stopped_early"] and two.meta["best_epoch"] == one.meta["best_epoch"]
+    w1, w2 = (checkpoint.load(m.path / "best.pt")["model"] for m in (one, two))
+    assert all(torch.allclose(w1[k], w2[k], rtol=0, atol=ATOL) for k in w1)
