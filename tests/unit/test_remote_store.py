@@ -20,6 +20,8 @@ from trainflow.spec.pipeline import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("s3fs")
+# A moto server (or a subprocess): not in the fast run (`-m "not slow"`), as for any server.
+SERVER = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,7 @@ def table(store: Store, text: str = "a,b\n1,2\n") -> ArtifactRef:
         return store.commit(staging, "table", count=1)
 
 
+@SERVER
 def test_a_commit_is_published_files_first_and_manifest_last(endpoint, bucket, tmp_path):
     ref = table(remote_store(endpoint, bucket, tmp_path / "mirror"))
     prefix = f"{bucket}/runs/table/{ref.fingerprint}"
@@ -68,6 +71,7 @@ def test_a_commit_is_published_files_first_and_manifest_last(endpoint, bucket, t
     assert ref.is_valid()
 
 
+@SERVER
 def test_a_lost_local_copy_is_fetched_and_a_lost_object_is_not_valid(endpoint, bucket, tmp_path):
     ref = table(remote_store(endpoint, bucket, tmp_path / "mirror"))
     shutil.rmtree(ref.path)  # the mirror lost it: fetched from the bucket
@@ -81,6 +85,7 @@ def test_a_lost_local_copy_is_fetched_and_a_lost_object_is_not_valid(endpoint, b
     assert ref.is_valid()
 
 
+@SERVER
 def test_another_mirror_reads_what_one_published(endpoint, bucket, tmp_path):
     ref = table(remote_store(endpoint, bucket, tmp_path / "one"))
     other = remote_store(endpoint, bucket, tmp_path / "two")
@@ -89,6 +94,7 @@ def test_another_mirror_reads_what_one_published(endpoint, bucket, tmp_path):
     assert (there.path / "data.csv").read_text() == "a,b\n1,2\n"
 
 
+@SERVER
 def test_a_publication_cut_before_its_manifest_leaves_nothing_a_reader_accepts(
     endpoint, bucket, tmp_path, monkeypatch
 ):
@@ -127,12 +133,14 @@ def test_a_url_without_bucket_is_refused_when_the_spec_loads():
         load_spec(ROOT / "pipelines" / "breast_cancer_mlp.yaml", ["outputs.mirror=/tmp/m"])
 
 
+@SERVER
 def test_a_missing_bucket_is_one_error_naming_it(endpoint, bucket, tmp_path):
     with pytest.raises(TrainflowError, match=r"s3://no-such-bucket/p: no such bucket"):
         open_outputs("s3://no-such-bucket/p", {"endpoint_url": endpoint}, str(tmp_path / "m"))
     assert not (tmp_path / "m").exists()
 
 
+@SERVER
 def test_an_endpoint_that_does_not_answer_is_named(bucket, tmp_path):
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -142,6 +150,7 @@ def test_an_endpoint_that_does_not_answer_is_named(bucket, tmp_path):
     assert "endpoint_url" in str(err.value)
 
 
+@SERVER
 def test_no_credentials_is_one_error_naming_where_they_go(endpoint, tmp_path, monkeypatch):
     for name in (*CREDENTIALS, "AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
@@ -152,6 +161,7 @@ def test_no_credentials_is_one_error_naming_where_they_go(endpoint, tmp_path, mo
         open_outputs("s3://creds/p", {"endpoint_url": endpoint}, str(tmp_path / "m"))
 
 
+@SERVER
 def test_without_s3fs_the_error_names_the_extra(tmp_path):
     code = (
         "import sys; sys.modules['s3fs'] = None\n"  # as if it were not installed
@@ -178,6 +188,7 @@ def test_the_champion_of_an_s3_pipeline_lives_in_its_mirror(tmp_path, monkeypatc
     assert store_for("churn") == tmp_path / "mirror"  # looked up without reaching the bucket
 
 
+@SERVER
 def test_preflight_names_a_missing_bucket_before_any_work(endpoint, bucket, tmp_path):
     from trainflow.preflight import check_data
 
@@ -194,6 +205,7 @@ def test_preflight_names_a_missing_bucket_before_any_work(endpoint, bucket, tmp_
     assert not (tmp_path / "mirror").exists()
 
 
+@SERVER
 def test_a_damaged_mirror_copy_is_replaced_by_the_buckets(endpoint, bucket, tmp_path):
     ref = table(remote_store(endpoint, bucket, tmp_path / "mirror"))
     (ref.path / "data.csv").write_text("a,b\n9,9\n")
