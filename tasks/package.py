@@ -28,6 +28,7 @@ from trainflow.package import (
     prediction_mode,
     write_package,
 )
+from trainflow.reporting.gate_section import gate_sentence
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.steps import scan_parts
 from trainflow.tables import TableSchema
@@ -171,7 +172,12 @@ def package_model(
     """Package `models` (one; the folds of an ensemble) with the pre-split steps' states from
     `steps` (the data flow's step artifacts, in spec order) and each model's post-split
     states (from `steps`, or re-fitted in its fold). None, with a warning naming the step,
-    when a step's fitted state cannot go into a package."""
+    when a step's fitted state cannot go into a package, or a compressed model failed
+    compress.gate (its verdict is in its meta)."""
+    gate = models[0].meta.get("gate") if kind in ("quantize", "prune") else None
+    if gate and not gate["passed"]:  # so it cannot be exported, promoted or scored
+        run_logger().warning("no model package: %s", gate_sentence(kind, models[0].meta))
+        return None
     reason = refusal(spec)
     if reason:
         run_logger().warning("no model package for this %s: %s", kind, reason)

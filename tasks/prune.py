@@ -17,8 +17,9 @@ from trainflow.engine import checkpoint, compute
 from trainflow.engine.loop import fit
 from trainflow.engine.model_folder import WEIGHTS, describe, load_model
 from trainflow.engine.training import optimizer_factory
+from trainflow.spec.compress import GateSpec
 from trainflow.spec.train import TrainSpec
-from trainflow.tasks.quantize import measure
+from trainflow.tasks.quantize import gate_value, measure
 from trainflow.tasks.train import load_splits
 
 
@@ -43,12 +44,20 @@ def finetune_spec(train: TrainSpec, params: Any, used: dict | None) -> TrainSpec
 
 @task(name="prune", **CACHED)
 def prune_model(
-    model: ArtifactRef, shards: ArtifactRef, params: Any, train: TrainSpec, seed: int, store: str
+    model: ArtifactRef,
+    shards: ArtifactRef,
+    params: Any,
+    train: TrainSpec,
+    seed: int,
+    store: str,
+    gate: GateSpec | None = None,
 ) -> ArtifactRef:
+    """Prune the trained `model`; with a `gate`, the verdict in the artifact's meta."""
     net, info = load_model(model)
     data = load_splits(shards)
     classes = len(info["classes"])
     before = measure(net, data["test"], classes)
+    baseline = gate_value(gate, net, data["val"], classes) if gate else None  # pruning is in place
     targets = registry.PRUNERS[params.type].impl(net, params)
     tune = finetune_spec(train, params, info.get("compute"))
     if params.finetune_epochs:
@@ -70,6 +79,9 @@ def prune_model(
             else None
         ),
     }
+    if gate and baseline is not None:  # absent without a gate: an ungated artifact is unchanged
+        value = gate_value(gate, net, data["val"], classes)
+        table["gate"] = compress.gate_decision(gate, baseline, value)
     target = Store(store)
     with target.writer("model") as staging:
         checkpoint.save(staging / WEIGHTS, {"model": net.state_dict()})

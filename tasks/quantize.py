@@ -19,6 +19,8 @@ from trainflow.engine import checkpoint
 from trainflow.engine.data import Split
 from trainflow.engine.inference import score
 from trainflow.engine.model_folder import WEIGHTS, describe, load_model
+from trainflow.spec.compress import GateSpec
+from trainflow.spec.metric_table import BASE
 from trainflow.tasks.train import load_splits
 
 
@@ -32,20 +34,37 @@ def measure(net: torch.nn.Module, test: Split, num_classes: int) -> dict:
     }
 
 
+def gate_value(gate: GateSpec, net: torch.nn.Module, val: Split, classes: int) -> float:
+    """The gate's metric of `net` on the validation part (never the test part, which stays
+    the report's unbiased figure)."""
+    extra = () if gate.metric in BASE else (gate.metric,)
+    return score(net, val, classes, extra=extra, where="the validation part")[0][gate.metric]
+
+
 @task(name="quantize", **CACHED)
-def quantize_model(model: ArtifactRef, shards: ArtifactRef, params: Any, store: str) -> ArtifactRef:
+def quantize_model(
+    model: ArtifactRef,
+    shards: ArtifactRef,
+    params: Any,
+    store: str,
+    gate: GateSpec | None = None,
+) -> ArtifactRef:
+    """Quantize the trained `model`; with a `gate`, the verdict in the artifact's meta."""
     net, info = load_model(model)
-    test = load_splits(shards, ("test",))["test"]
+    data = load_splits(shards, ("val", "test") if gate else ("test",))
     classes = len(info["classes"])
-    before = measure(net, test, classes)
+    before = measure(net, data["test"], classes)
     quantized = registry.QUANTIZERS[params.type].impl(net, params)
-    after = measure(quantized, test, classes)
+    after = measure(quantized, data["test"], classes)
     table = {
         "before": before,
         "after": after,
         "linear_weights_smaller_x": before["linear_weight_bytes"]
         / max(after["linear_weight_bytes"], 1),
     }
+    if gate:  # absent without a gate: the artifact of an ungated run is unchanged
+        baseline, value = (gate_value(gate, m, data["val"], classes) for m in (net, quantized))
+        table["gate"] = compress.gate_decision(gate, baseline, value)
     target = Store(store)
     with target.writer("model") as staging:
         checkpoint.save(staging / WEIGHTS, {"model": quantized.state_dict()})

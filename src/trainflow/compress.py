@@ -1,6 +1,7 @@
 """Model compression: dynamic int8 quantization and global L1 unstructured pruning; the sizes
-their artifacts record, and the CPU latency that only a run's report records (a timing is not a
-function of the model, so it never enters a content-addressed artifact)."""
+their artifacts record, the accuracy gate's verdict, and the CPU latency that only a run's
+report records (a timing is not a function of the model, so it never enters a
+content-addressed artifact)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from trainflow.spec.after_training import DynamicInt8Params, L1UnstructuredParams
+from trainflow.spec.compress import GateSpec
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -28,6 +30,22 @@ def quantize_dynamic_int8(model: nn.Module, params: DynamicInt8Params) -> nn.Mod
         return torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8
         )
+
+
+def gate_decision(gate: GateSpec, baseline: float, value: float) -> dict:
+    """compress.gate's verdict on a compressed model: its validation `value` of the gate's
+    metric against the trained model's `baseline`, and whether the drop is within max_drop
+    (a hair of float slack, so a drop of exactly max_drop passes)."""
+    drop = gate.drop(baseline, value)
+    return {
+        "metric": gate.metric,
+        "on": gate.on,
+        "value": value,
+        "baseline": baseline,
+        "drop": drop,
+        "max_drop": gate.max_drop,
+        "passed": drop <= gate.max_drop + 1e-9,
+    }
 
 
 def linear_weight_bytes(model: nn.Module) -> int:

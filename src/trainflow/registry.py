@@ -210,12 +210,12 @@ TASKS = {
     "quantize": Task(
         "trainflow.tasks.quantize:quantize_model",
         ("model", "shards"),
-        {"params": "compress.quantize"},
+        {"params": "compress.quantize", "gate": "compress.gate"},
     ),
     "prune": Task(
         "trainflow.tasks.prune:prune_model",
         ("model", "shards"),
-        {"params": "compress.prune", "train": "train"},
+        {"params": "compress.prune", "train": "train", "gate": "compress.gate"},
         trains=True,
     ),
     "measure_latency": Task("trainflow.tasks.latency:measure_latency", None),

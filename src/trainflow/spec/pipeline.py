@@ -16,6 +16,7 @@ from trainflow import registry
 from trainflow.errors import SpecError, did_you_mean
 from trainflow.spec.after_training import EvaluateSpec, OutputsSpec
 from trainflow.spec.base import Section
+from trainflow.spec.compress import CompressSpec, gate_refusal, with_gate_default
 from trainflow.spec.data import ExpectSpec, ShardParams
 from trainflow.spec.ensemble import check_ensemble
 from trainflow.spec.fit_on import no_validation_refusal, pipeline_refusal
@@ -30,15 +31,11 @@ if TYPE_CHECKING:  # built at run time from the registry's tables: opaque to myp
     Step = Any
     Model = Any
     Ensemble = Any
-    Quantizer = Any
-    Pruner = Any
 else:
     Source = registry.union(registry.SOURCES)
     Step = registry.union(registry.STEPS)
     Model = registry.union(registry.MODELS)
     Ensemble = registry.union(registry.ENSEMBLES)
-    Quantizer = registry.union(registry.QUANTIZERS)
-    Pruner = registry.union(registry.PRUNERS)
 
 
 class DataSpec(Section):
@@ -101,11 +98,6 @@ class DataSpec(Section):
         return self.steps[self.split_index + 1 :]
 
 
-class CompressSpec(Section):
-    quantize: Quantizer | None = None
-    prune: Pruner | None = None
-
-
 class PipelineSpec(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     seed: int = Field(0, ge=0, lt=2**32)
@@ -120,6 +112,18 @@ class PipelineSpec(Section):
     runner: RunnerSpec = RunnerSpec()
     orchestration: OrchestrationSpec = OrchestrationSpec()
     search: SearchSpec | None = None  # a study of variants of this spec (flows/search.py)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gate_metric(cls, data: Any) -> Any:  # compress.gate: the early-stopping metric
+        return with_gate_default(data)
+
+    @model_validator(mode="after")
+    def _gate_reads_a_computed_metric(self):
+        reason = gate_refusal(self)
+        if reason:
+            raise ValueError(reason)
+        return self
 
     @model_validator(mode="after")
     def _ensemble_needs_folds(self):
