@@ -102,6 +102,7 @@ class Bucket:
         credentials are accepted and the store's marker is (or can be) there."""
         marker = self.key(MARKER_OBJECT)
         fs = self.fs  # the backend is installed (else the error names the extra)
+        fs.invalidate_cache(marker)
         missing = self._no_credentials()
         if missing is not None:
             raise TrainflowError(f"outputs.store: {self.url}: {missing}")
@@ -221,12 +222,6 @@ def unreachable(exc: BaseException) -> str:
     return f"{name}: {exc}"
 
 
-@cache
-def _checked(url: str, options: str) -> None:
-    """Reach each bucket once per process (preflight, then the flow)."""
-    Bucket(url, json.loads(options)).check()
-
-
 def store_folder(outputs: OutputsSpec) -> Path:
     """The folder tasks write to for `outputs.store`: the folder itself, or, for an object
     store, its local mirror (created and tied to the bucket once the bucket answers)."""
@@ -239,7 +234,8 @@ def open_outputs(
     """`store_folder` of the three settings."""
     if not is_remote_store(store):
         return Path(store).resolve()  # (as runs always read it: relative to the working folder)
-    _checked(store.rstrip("/"), json.dumps(options or {}, sort_keys=True))
+    # every run asks (a request or two): a long-lived warm worker must not trust an old answer
+    Bucket(store, options).check()
     folder = mirror_folder(store, mirror)
     tie = {"url": store.rstrip("/"), "options": options or {}}
     file = folder / REMOTE_FILE
