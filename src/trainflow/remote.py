@@ -252,6 +252,7 @@ def open_outputs(
 
     Store(folder)
     atomic_write_text(file, json.dumps(tie, sort_keys=True))
+    os.chmod(file, 0o600)  # store_options may hold a key and secret: the owner's alone
     return folder
 
 
