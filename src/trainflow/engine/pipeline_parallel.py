@@ -161,12 +161,8 @@ class Pipeline:
         update: Update,
     ):
         self.stage, self.index, self.count = stage, index, len(shapes) - 1
-        self.shapes, self.microbatches, self.kind, self.update = (
-            shapes,
-            microbatches,
-            schedule,
-            update,
-        )
+        self.shapes, self.microbatches = shapes, microbatches
+        self.kind, self.update = schedule, update  # update: the device and the loss's knobs
         self.schedules: dict[tuple[int, int], Any] = {}
         self.total = torch.ones(())  # the running batch's loss weight (last stage)
 
@@ -179,6 +175,7 @@ class Pipeline:
         return self.index == self.count - 1
 
     def schedule_for(self, parts: int, rows: int):
+        """The schedule running `parts` micro-batches of `rows` rows (built once)."""
         key = (parts, rows)
         if key not in self.schedules:
             shape_in, shape_out = self.shapes[self.index], self.shapes[self.index + 1]
@@ -187,16 +184,16 @@ class Pipeline:
                 self.stage,
                 self.index,
                 self.count,
-                self.update.device,
+                device,
                 # (requires_grad: the gradient flows back across the stage boundaries)
                 input_args=torch.empty(rows, *shape_in, device=device).requires_grad_(
                     not self.first
                 ),
                 output_args=torch.empty(rows, *shape_out, device=device).requires_grad_(),
             )
-            # scale_grads off: the loss of each micro-batch is already scaled by its share
             # 1F1B needs a micro-batch per stage at least: a smaller last batch that splits
-            # into fewer runs GPipe's order (the same gradients, another interleaving)
+            # into fewer runs GPipe's order (the same gradients, another interleaving).
+            # scale_grads off: the loss of each micro-batch is already scaled by its share.
             kind = self.kind if parts >= self.count else "gpipe"
             self.schedules[key] = SCHEDULES[kind](
                 stage, parts, loss_fn=self.loss, scale_grads=False
