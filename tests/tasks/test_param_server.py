@@ -47,8 +47,8 @@ ASYNC = TrainSpec.model_validate(
 # Measured (3 epochs, 36 AdamW steps): largest weight difference 9e-8 (the shares' gradients
 # are summed in another order); the DDP test's tolerance.
 ATOL = 1e-5
-# Measured async, staleness 0 (5 of 36 gradients dropped) and 2: last epoch's training loss
-# 0.073 and 0.071 against 1 process's 0.075; validation accuracy within 0.02.
+# Measured async, staleness 0, 3 runs (5, 7 and 10 of 36 gradients dropped): last epoch's
+# training loss 0.073-0.078 against 1 process's 0.075; validation accuracy within 0.02.
 ASYNC_LOSS_ATOL, ASYNC_ACC_ATOL = 0.05, 0.05
 
 
@@ -218,6 +218,7 @@ def test_trainers_not_ranks_count_against_the_cores():
         ({"device": "cuda"}, "exchange CPU tensors"),
         ({"loader": {"mode": "stream"}}, "loader.mode: memory"),
         ({"distributed": {**PS, "nproc_per_node": 1}}, "at least 2 ranks"),
+        ({"distributed": {**PS, "nnodes": 2, "rdzv_endpoint": "h:29500"}}, "on one machine"),
         ({"distributed": {**PS, "staleness": 2}}, "set mode: async"),
     ],
 )

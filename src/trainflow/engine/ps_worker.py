@@ -40,9 +40,8 @@ def main(path: str) -> None:
     job = json.loads(Path(path).read_text())
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])  # torchrun's
     torch.set_num_threads(job["threads"])
-    distributed = job["train"]["distributed"]
-    if distributed["nnodes"] == 1:  # one machine: listen on the loopback only
-        os.environ.setdefault("TP_SOCKET_IFNAME", "lo")
+    # one machine (the spec refuses more nodes): TensorPipe listens on the loopback only
+    os.environ["TP_SOCKET_IFNAME"] = "lo"
     try:
         if job["streamed"]:
             raise TrainflowError(
