@@ -20,7 +20,7 @@ import trainflow
 from trainflow.artifacts import Store
 from trainflow.engine import checkpoint
 from trainflow.errors import ArtifactError, SpecError, TrainflowError
-from trainflow.spec.model import MLPParams, TransformerParams
+from trainflow.spec.model import CNNParams, MLPParams, TransformerParams
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.spec.train import TrainSpec
 from trainflow.tasks.ingest import SklearnSource, ingest
@@ -314,3 +314,26 @@ def test_rank_zeros_plateau_and_early_stopping_reach_every_stage_as_in_one_proce
     assert two.meta["stopped_early"] and two.meta["best_epoch"] == one.meta["best_epoch"]
     w1, w2 = (checkpoint.load(m.path / "best.pt")["model"] for m in (one, two))
     assert all(torch.allclose(w1[k], w2[k], rtol=0, atol=ATOL) for k in w1)
+
+
+@pytest.mark.slow
+def test_a_cnn_with_augmentation_trains_in_stages_as_in_one_process(tmp_path):
+    """Image batches (N, 1, 8, 8) through conv stages, augmented on stage 0 by the
+    one-process run's seeded transforms, under 1F1B: the 1-process weights and curve."""
+    store = str(tmp_path)
+    table = ingest.fn(SklearnSource(type="sklearn", dataset="digits"), store)
+    raw = split.fn(table, SplitParams(type="split"), 0, store)
+    scaled = normalize.fn(raw, NormalizeParams(type="normalize"), 0, store)
+    shards = shard.fn(scaled, ShardParams(max_samples=1000), store)
+    model = CNNParams(type="cnn", channels=[8, 16], hidden=32, norm="none")
+    erasing = {"name": "Erasing", "params": {"p": 0.2, "scale": [0.02, 0.06]}}
+    base = {**ONE.model_dump(), "lr": 2e-3, "epochs": 2, "augment": {"transforms": [erasing]}}
+    pipelined = {**base, "distributed": {**PIPE, "schedule": "1f1b"}}
+    one = train_model.fn(shards, model, TrainSpec.model_validate(base), 0, store)
+    two = train_model.fn(shards, model, TrainSpec.model_validate(pipelined), 0, store)
+    a, b = (checkpoint.load(m.path / "best.pt")["model"] for m in (one, two))
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=ATOL) for k in a)  # measured 1.5e-7
+    for x, y in zip(rows(one), rows(two), strict=True):
+        assert x == pytest.approx(y, abs=ATOL, rel=0)
+    stages = json.loads((two.path / "model.json").read_text())["pipeline"]["stages"]
+    assert [s["parameters"] for s in stages] == [1248, 2410]  # convs | the head's Linears
