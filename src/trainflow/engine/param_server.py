@@ -35,6 +35,7 @@ from torch import nn
 
 from trainflow import registry
 from trainflow.engine import compute, transfer
+from trainflow.engine.augment import Augmenter, preview_png
 from trainflow.engine.checks import check_model_and_training
 from trainflow.engine.data import Split, batches
 from trainflow.engine.ddp import World
@@ -44,7 +45,7 @@ from trainflow.engine.model_folder import build_model, describe
 from trainflow.engine.outputs import Outputs
 from trainflow.engine.setup import Setup, freeze_for, resolve_device, setup
 from trainflow.engine.state import Position, TrainingState
-from trainflow.engine.training import optimizer_factory, probe_rows
+from trainflow.engine.training import optimizer_factory, preview_images, probe_rows
 from trainflow.errors import TrainflowError
 from trainflow.spec.train import TrainSpec
 
@@ -269,6 +270,11 @@ def train_server(folder: Path, job: dict, data: dict, resume: dict | None) -> Fi
     for name in ("metrics.jsonl", "last.pt", "best.pt"):
         shutil.copy2(work / name, folder / name)
     shutil.rmtree(work)
+    if spec.augment and len(job["input_shape"]) == 3 and spec.augment.transforms:
+        preview = preview_png(
+            Augmenter(spec.augment, job["seed"], True), preview_images(data["train"])
+        )
+        (folder / "augment_preview.png").write_bytes(preview)  # (as train_into writes it)
     assert spec.distributed is not None
     describe(
         folder,
