@@ -4,6 +4,7 @@ metrics; rank 0 alone writes; a failed rank, another world size and too many ran
 clear error."""
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -211,7 +212,9 @@ def test_a_ddp_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(runs, t
 
 
 @pytest.mark.slow
-def test_a_streamed_split_trains_each_rank_on_its_shards_when_resampled(runs, tmp_path):
+def test_a_streamed_split_trains_each_rank_on_its_shards_when_resampled(runs, tmp_path, caplog):
+    """(and the task logs each epoch's row while the ranks train, as one process does)"""
+    caplog.set_level(logging.INFO, logger="trainflow")
     streamed = {**TWO.model_dump(), "loader": {"mode": "stream", "shuffle_buffer": 64}}
     with pytest.raises(TrainflowError, match="needs train.loader.resampled: true"):
         train_model.fn(runs["shards"], MODEL, TrainSpec.model_validate(streamed), 0, runs["store"])
@@ -221,6 +224,9 @@ def test_a_streamed_split_trains_each_rank_on_its_shards_when_resampled(runs, tm
     )
     assert [r["epoch"] for r in rows(model)] == [1, 2, 3]
     assert rows(model)[-1]["val_accuracy"] > 0.9
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split()[1] for line in logged] == ["1", "2", "3"]
+    assert "samples/s" in logged[-1] and f"{rows(model)[-1]['val_loss']:.4f}" in logged[-1]
 
 
 @pytest.mark.slow

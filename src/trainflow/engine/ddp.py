@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,17 +232,48 @@ def launch(spec: Distributed, job: dict[str, Any], work: Path, threads: int, ent
     path = work / "job.json"
     path.write_text(json.dumps(job))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), STRATEGY: spec.strategy}
-    done = subprocess.run(
-        command(spec, path, entry),
-        env=env,
-        capture_output=True,
-        text=True,
-        preexec_fn=stop_with_parent,  # noqa: PLW1509 (a prctl only, before exec)
-    )
-    if done.returncode:
-        output = done.stdout + done.stderr
+    with open(work / "torchrun.log", "w+") as log:  # (a file: no pipe fills while we wait)
+        ranks = subprocess.Popen(
+            command(spec, path, entry),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=stop_with_parent,  # noqa: PLW1509 (a prctl only, before exec)
+        )
+        follow_epochs(ranks, work / EPOCHS)
+        log.seek(0)
+        output = log.read()
+    if ranks.returncode:
         raise TrainflowError(unmet(spec, work, output) or failure(work, spec, output))
     return json.loads((work / "result.json").read_text())
+
+
+EPOCHS = "epochs.jsonl"  # rank 0 appends each epoch's row (ddp_worker) as the task follows it
+
+
+def follow_epochs(ranks: subprocess.Popen, rows: Path) -> None:
+    """Until the ranks exit, log each epoch row rank 0 appends to `rows` in the train task's
+    log, as a one-process training logs them."""
+    from trainflow.logs import run_logger  # (the task's Prefect logger, or "trainflow")
+
+    logger, done = run_logger(), 0
+    while True:
+        ended = ranks.poll() is not None
+        lines = rows.read_text().splitlines(keepends=True) if rows.is_file() else []
+        for line in lines[done:]:
+            if not line.endswith("\n"):  # (rank 0 is writing it)
+                break
+            done += 1
+            logger.info(
+                "epoch %(epoch)d  train_loss %(train_loss).4f  val_loss %(val_loss).4f  "
+                "val_accuracy %(val_accuracy).4f  (%(seconds).2fs, %(samples_per_s).0f "
+                "samples/s)",
+                json.loads(line),
+            )
+        if ended:
+            return
+        time.sleep(0.5)
 
 
 def stop_with_parent() -> None:

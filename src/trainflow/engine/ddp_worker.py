@@ -23,7 +23,7 @@ from pydantic import TypeAdapter
 
 from trainflow import registry
 from trainflow.engine.data import Split
-from trainflow.engine.ddp import World
+from trainflow.engine.ddp import EPOCHS, World
 from trainflow.engine.state import load_resumable
 from trainflow.engine.training import train_into
 from trainflow.loader import Stream
@@ -76,6 +76,7 @@ def run(job: dict, data: dict[str, Split | Stream]) -> None:
         from trainflow.engine import fsdp
 
         resume = fsdp.resume_point(resume_dir)
+    rows = Path(job["work"]) / EPOCHS  # the task logs each as it comes (engine.ddp)
     _, result = train_into(
         folder,
         model,
@@ -84,7 +85,7 @@ def run(job: dict, data: dict[str, Split | Stream]) -> None:
         data,
         job["input_shape"],
         job["classes"],
-        None,
+        (lambda row: append_row(rows, row)) if world.writes else None,
         resume_dir,
         job["aux_targets"],
         resume,
@@ -94,6 +95,12 @@ def run(job: dict, data: dict[str, Split | Stream]) -> None:
         fields = ("history", "best_epoch", "stopped_early", "batch_size")
         out = {name: getattr(result, name) for name in fields}
         (Path(job["work"]) / "result.json").write_text(json.dumps(out))
+
+
+def append_row(path: Path, row: dict) -> None:
+    """One epoch's row, written whole in one call (the task reads only complete lines)."""
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
 
 
 def watch_parent() -> None:

@@ -17,10 +17,12 @@ class Distributed(Section):
     joins a multi-node rendezvous (trainflow.engine.ddp).
 
     - ddp: each rank takes batch_size / nproc_per_node rows of every global batch (the
-      same global batch as one process); gradients are averaged across ranks.
+      same global batch as one process); gradients are averaged across ranks. Exact
+      resume needs the same world size.
     - fsdp: the same batches, with parameters, gradients and optimizer state sharded
       across the ranks (torch.distributed.fsdp.fully_shard); checkpoints through
-      torch.distributed.checkpoint.
+      torch.distributed.checkpoint, which a run on another world size resumes (it
+      reshards).
     - pipeline: the model cut into one stage per rank (torch.distributed.pipelining), each
       global batch run as `microbatches` micro-batches.
     - parameter_server: rank 0 holds the parameters and applies the optimizer; the other
@@ -161,13 +163,8 @@ def ps_refusal(train: Any) -> str | None:
     0 only steps and validates while the trainers compute, so the trainers alone are counted
     against the cores (1 server + 2 trainers on 2 cores)."""
     d = train.distributed
-    if d.nnodes > 1:  # (RPC carries pickled Python calls: a listener off the loopback is open)
-        return (
-            f"distributed.nnodes ({d.nnodes}): strategy parameter_server runs on one machine, "
-            "its RPC listening on the loopback only; set nnodes: 1, or use strategy: ddp"
-        )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if d.nproc_per_node - 1 > (cores or 1):
+    if d.nnodes == 1 and d.nproc_per_node - 1 > (cores or 1):
         return (
             f"distributed.nproc_per_node ({d.nproc_per_node}) gives {d.nproc_per_node - 1} "
             f"trainers (rank 0 is the server), more than this machine's {cores} usable CPU "
