@@ -163,8 +163,13 @@ def ps_refusal(train: Any) -> str | None:
     0 only steps and validates while the trainers compute, so the trainers alone are counted
     against the cores (1 server + 2 trainers on 2 cores)."""
     d = train.distributed
+    if d.nnodes > 1:  # (RPC carries pickled Python calls: a listener off the loopback is open)
+        return (
+            f"distributed.nnodes ({d.nnodes}): strategy parameter_server runs on one machine, "
+            "its RPC listening on the loopback only; set nnodes: 1, or use strategy: ddp"
+        )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if d.nnodes == 1 and d.nproc_per_node - 1 > (cores or 1):
+    if d.nproc_per_node - 1 > (cores or 1):
         return (
             f"distributed.nproc_per_node ({d.nproc_per_node}) gives {d.nproc_per_node - 1} "
             f"trainers (rank 0 is the server), more than this machine's {cores} usable CPU "
