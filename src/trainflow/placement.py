@@ -71,6 +71,7 @@ class Recorder:
             **where(),
             **device_of(self.device, self.data),
             "augmentation": self.augment,
+            "tags": sorted(task.tags),  # the device tag a concurrency limit counts
         }
         folder = Path(self.folder)
         if not folder.is_dir():  # the run has ended, or a worker that does not share it

@@ -14,6 +14,7 @@ from tests.flows.helpers import run
 from trainflow.engine.augment import Augmenter
 from trainflow.errors import SpecError
 from trainflow.spec.pipeline import load_spec
+from trainflow.task_options import reports_to_a_server
 from trainflow.tasks.train import training_stream
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
@@ -71,6 +72,9 @@ def test_the_records_name_a_dask_worker_for_data_steps_and_this_process_for_trai
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert (train["requested"], train["device"]) == ("auto", expected)
     assert train["threads"] == torch.get_num_threads()
+    if reports_to_a_server():  # the tag a `--max-trainings` concurrency limit counts
+        assert train["tags"] == ["trainflow-device"]
+    assert where["normalize"]["tags"] == []
     # in process, every step ran here
     assert {r["pid"] for r in placement(runs["local"]).values()} == {os.getpid()}
 

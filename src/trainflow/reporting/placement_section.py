@@ -32,6 +32,12 @@ def placement_lines(records: list[dict] | None) -> list[str]:
     ]
     augmented = sorted({r["augmentation"] for r in records if r.get("augmentation")})
     out += [f"\naugmentation: {where}" for where in augmented]
+    tagged = {r["task"]: ", ".join(r["tags"]) for r in records if r.get("tags")}
+    if tagged:  # `trainflow serve --max-trainings N` limits the device tag's runs at once
+        out.append(
+            "\ntask tags (a concurrency limit on a tag bounds its tasks across runs): "
+            + "; ".join(f"{task}: {tags}" for task, tags in tagged.items())
+        )
     return out
 
 
