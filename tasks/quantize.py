@@ -1,4 +1,5 @@
-"""Quantize: int8 weights for the Linear layers, with a before/after table.
+"""Quantize: int8 weights for the Linear layers (dynamic), or int8 weights and activations
+calibrated on training batches (static), with a before/after table.
 
 The table holds what the weights determine (sizes, test accuracy), so the artifact is the same
 bytes on every run; CPU latency is a property of the machine and the moment, measured on every
@@ -19,6 +20,7 @@ from trainflow.engine import checkpoint
 from trainflow.engine.data import Split
 from trainflow.engine.inference import score
 from trainflow.engine.model_folder import WEIGHTS, describe, load_model
+from trainflow.errors import TrainflowError
 from trainflow.spec.compress import GateSpec
 from trainflow.spec.metric_table import BASE
 from trainflow.tasks.train import load_splits
@@ -41,6 +43,20 @@ def gate_value(gate: GateSpec, net: torch.nn.Module, val: Split, classes: int) -
     return score(net, val, classes, extra=extra, where="the validation part")[0][gate.metric]
 
 
+def quantize_calibrated(net: torch.nn.Module, params: Any, train: Split) -> torch.nn.Module:
+    """Static int8 of `net`, its activation ranges observed on training batches."""
+    batches = compress.calibration_batches(train.x, params)
+    try:
+        return compress.quantize_static_int8(net, params, batches)
+    except TrainflowError:
+        raise
+    except Exception as exc:  # a layer FX cannot trace or int8 kernels lack
+        raise TrainflowError(
+            f"compress.quantize static_int8 cannot quantize this network "
+            f"({type(exc).__name__}: {str(exc)[:200]}): use type dynamic_int8"
+        ) from None
+
+
 @task(name="quantize", **CACHED)
 def quantize_model(
     model: ArtifactRef,
@@ -51,10 +67,16 @@ def quantize_model(
 ) -> ArtifactRef:
     """Quantize the trained `model`; with a `gate`, the verdict in the artifact's meta."""
     net, info = load_model(model)
-    data = load_splits(shards, ("val", "test") if gate else ("test",))
+    calibrated = params.type == "static_int8"  # activation ranges from training batches
+    parts = ("train",) * calibrated + ("val",) * bool(gate) + ("test",)
+    data = load_splits(shards, parts)
     classes = len(info["classes"])
     before = measure(net, data["test"], classes)
-    quantized = registry.QUANTIZERS[params.type].impl(net, params)
+    quantized = (
+        quantize_calibrated(net, params, data["train"])
+        if calibrated
+        else registry.QUANTIZERS[params.type].impl(net, params)
+    )
     after = measure(quantized, data["test"], classes)
     table = {
         "before": before,

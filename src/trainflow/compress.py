@@ -1,7 +1,7 @@
-"""Model compression: dynamic int8 quantization and global L1 unstructured pruning; the sizes
-their artifacts record, the accuracy gate's verdict, and the CPU latency that only a run's
-report records (a timing is not a function of the model, so it never enters a
-content-addressed artifact)."""
+"""Model compression: dynamic and static int8 quantization and global L1 unstructured
+pruning; the sizes their artifacts record, the accuracy gate's verdict, and the CPU latency
+that only a run's report records (a timing is not a function of the model, so it never
+enters a content-addressed artifact)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import io
 import statistics
 import time
 import warnings
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from trainflow.spec.after_training import DynamicInt8Params, L1UnstructuredParams
+from trainflow.errors import TrainflowError
+from trainflow.spec.after_training import DynamicInt8Params, L1UnstructuredParams, StaticInt8Params
 from trainflow.spec.compress import GateSpec
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -30,6 +32,48 @@ def quantize_dynamic_int8(model: nn.Module, params: DynamicInt8Params) -> nn.Mod
         return torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8
         )
+
+
+def quantize_static_int8(
+    model: nn.Module, params: StaticInt8Params, calibration: Iterable[torch.Tensor] = ()
+) -> nn.Module:
+    """A copy of `model` with int8 weights (per output channel) and int8 activations whose
+    ranges were observed on the `calibration` batches (torch.ao FX graph mode on the
+    `params.backend` engine; see BENCHMARKS.md "Static int8" for why this backend). With no
+    batches, the quantized form alone, for int8 weights and ranges saved earlier to load into
+    (trainflow.engine.model_folder)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        warnings.filterwarnings("ignore", message=".*reduce_range will be deprecated.*")
+        warnings.filterwarnings("ignore", message=".*must run observer before.*")  # no batches
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        torch.backends.quantized.engine = params.backend
+        # the example input is only recorded (these builders' graphs need no shape inference)
+        mapping = get_default_qconfig_mapping(params.backend)
+        observed = prepare_fx(copy.deepcopy(model).cpu().eval(), mapping, (torch.zeros(1),))
+        with torch.inference_mode():
+            for batch in calibration:
+                observed(batch)
+        return convert_fx(observed)
+
+
+def calibration_batches(x: torch.Tensor, params: StaticInt8Params, seed: int = 0) -> list:
+    """`params.calibration_batches` batches of training rows, drawn without replacement in a
+    seeded order (the same batches every run); fewer rows than that is an error."""
+    size, wanted = params.calibration_batch_size, params.calibration_batches
+    available = len(x) // size
+    if available < wanted:
+        raise TrainflowError(
+            f"compress.quantize.calibration_batches is {wanted} batches of "
+            f"{size} rows and the training part has {len(x)} rows, {available} such batches: "
+            f"set calibration_batches to {max(available, 1)} or fewer, or lower "
+            "calibration_batch_size"
+        )
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return [x[order[i * size : (i + 1) * size]] for i in range(wanted)]
 
 
 def gate_decision(gate: GateSpec, baseline: float, value: float) -> dict:
@@ -53,7 +97,7 @@ def linear_weight_bytes(model: nn.Module) -> int:
     total = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if callable(weight):  # quantized modules expose weight() -> quantized tensor
+        if callable(weight) and "Linear" in type(module).__name__:  # quantized: weight()
             packed = weight()
             total += packed.int_repr().numel() * packed.int_repr().element_size() + 8
         elif isinstance(module, nn.Linear):

@@ -130,7 +130,8 @@ ENSEMBLES = {
     "top_k_trials": Entry(ensemble.TopKTrialsParams, "trainflow.ensembles:combine_chosen"),
 }
 QUANTIZERS = {
-    "dynamic_int8": Entry(after.DynamicInt8Params, "trainflow.compress:quantize_dynamic_int8")
+    "dynamic_int8": Entry(after.DynamicInt8Params, "trainflow.compress:quantize_dynamic_int8"),
+    "static_int8": Entry(after.StaticInt8Params, "trainflow.compress:quantize_static_int8"),
 }
 PRUNERS = {
     "l1_unstructured": Entry(after.L1UnstructuredParams, "trainflow.compress:prune_l1_unstructured")

@@ -95,6 +95,22 @@ class DynamicInt8Params(Section):
     latency_repeats: PositiveInt = 30
 
 
+class StaticInt8Params(Section):
+    """Static int8 quantization of an mlp or cnn: int8 weights (per output channel) and int8
+    activations, their ranges observed on training batches (calibration); faster than
+    dynamic int8 where convolutions or many small layers dominate (BENCHMARKS.md)."""
+
+    type: Literal["static_int8"]
+    calibration_batches: PositiveInt = Field(16, le=10_000)
+    calibration_batch_size: PositiveInt = Field(32, le=65_536)
+    backend: Literal["x86"] = Field(
+        "x86",
+        description="the torch quantized engine (torch.ao FX graph mode): x86, chosen over "
+        "PT2E (torchao) and ONNX Runtime by benchmarks/quantize_backends.py",
+    )
+    latency_repeats: PositiveInt = 30
+
+
 class L1UnstructuredParams(Section):
     """Global L1 unstructured pruning of Linear and Conv weights, then optional fine-tuning."""
 

@@ -19,6 +19,7 @@ else:
     Pruner = registry.union(registry.PRUNERS)
 
 DEFAULT_METRIC = "accuracy"
+STATIC_INT8_MODELS = ("mlp", "cnn")  # layers with int8 kernels end to end (Linear, Conv2d)
 
 
 class GateSpec(Section):
@@ -74,8 +75,22 @@ def gate_metrics(evaluate: Any) -> list[str]:
     return list(dict.fromkeys([*BASE, *evaluate.metrics]))
 
 
+def compress_refusal(spec: Any) -> str | None:
+    """Why the compress section cannot hold on this spec, or None (said at validation)."""
+    quantize = spec.compress.quantize
+    static = quantize is not None and quantize.type == "static_int8"
+    if static and spec.model.type not in STATIC_INT8_MODELS:
+        return (
+            f"compress.quantize static_int8 takes the {' and '.join(STATIC_INT8_MODELS)} "
+            f"families (int8 kernels for each of their layers); model.type is "
+            f"{spec.model.type}: use type dynamic_int8 (its Linear layers), or remove "
+            "compress.quantize"
+        )
+    return gate_refusal(spec)
+
+
 def gate_refusal(spec: Any) -> str | None:
-    """Why compress.gate cannot hold on this spec, or None (said at validation)."""
+    """Why compress.gate cannot hold on this spec, or None."""
     gate = spec.compress.gate
     if gate is None:
         return None

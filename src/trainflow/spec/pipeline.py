@@ -16,7 +16,7 @@ from trainflow import registry
 from trainflow.errors import SpecError, did_you_mean
 from trainflow.spec.after_training import EvaluateSpec, OutputsSpec
 from trainflow.spec.base import Section
-from trainflow.spec.compress import CompressSpec, gate_refusal, with_gate_default
+from trainflow.spec.compress import CompressSpec, compress_refusal, with_gate_default
 from trainflow.spec.data import ExpectSpec, ShardParams
 from trainflow.spec.ensemble import check_ensemble
 from trainflow.spec.fit_on import no_validation_refusal, pipeline_refusal
@@ -119,8 +119,8 @@ class PipelineSpec(Section):
         return with_gate_default(data)
 
     @model_validator(mode="after")
-    def _gate_reads_a_computed_metric(self):
-        reason = gate_refusal(self)
+    def _compress_fits_the_model(self):  # static int8's families; a gate on a computed metric
+        reason = compress_refusal(self)
         if reason:
             raise ValueError(reason)
         return self
