@@ -136,9 +136,11 @@ def held_alone(folder: Path, logger: logging.Logger | logging.LoggerAdapter) -> 
 def resume_point(folder: Path, logger: logging.Logger | logging.LoggerAdapter) -> dict | None:
     """The state an interrupted training left in `folder`: its newest intact checkpoint, or
     None to train from the start. When no checkpoint there is usable, the folder is set aside
-    (renamed, named in a warning) so that no rerun dead-ends on it."""
+    (renamed, named in a warning) so that no rerun dead-ends on it. Logs where training
+    starts, in every case."""
     last = folder / "last.pt"
     if not checkpoint.rotation(last):
+        say_start(sharded_point(folder), folder, logger)
         return None
     try:
         saved = load_resumable(last)
@@ -150,13 +152,30 @@ def resume_point(folder: Path, logger: logging.Logger | logging.LoggerAdapter) -
             exc,
             aside,
         )
+        say_start(None, folder, logger)
         return None
-    logger.warning(
-        "resuming training from %s (left by an interrupted run, at epoch %s)",
-        folder,
-        saved["epoch"],
-    )
+    say_start(saved, folder, logger)
     return saved
+
+
+def sharded_point(folder: Path) -> dict | None:
+    """fsdp's ranks resume from their own checkpoint folder, not last.pt (engine.fsdp)."""
+    if not any(folder.glob("last.dcp*")):
+        return None
+    from trainflow.engine import fsdp
+
+    return fsdp.resume_point(folder)
+
+
+def say_start(
+    saved: dict | None, folder: Path, logger: logging.Logger | logging.LoggerAdapter
+) -> None:
+    """One line on where training starts: the checkpoint it resumes, or epoch 1."""
+    if saved is None:
+        logger.info("no checkpoint yet: starting from epoch 1")
+        return
+    epoch = saved["epoch"] + (0 if saved["position"] else 1)  # mid-epoch: that one again
+    logger.warning("resuming from epoch %d (step %d) of %s", epoch, saved["steps"], folder)
 
 
 def fitted_spec(train: TrainSpec) -> TrainSpec:

@@ -1,8 +1,10 @@
 """What a training writes while it runs: last.pt on its schedule (per epoch, per step, at
-most once per interval, in the background), the tracker's rows and, at the end, best.pt."""
+most once per interval, in the background; the first one as soon as it is due), the tracker's
+rows and, at the end, best.pt."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +40,11 @@ class Outputs:
             state.run.step_rows,
         )
         self.writer = checkpoint.BackgroundWriter() if out_dir else None
-        self.saved_at, self.saved_epoch = time.monotonic(), 0
+        # The interval spaces checkpoints out; it does not delay the first: a run stopped
+        # after its first due point (the end of epoch 1 by default, or the first
+        # checkpoint_every_steps step) resumes from there, not from epoch 1. A small model's
+        # checkpoint costs milliseconds, and a big one's first save is one save.
+        self.saved_at, self.saved_epoch = -math.inf, 0
         self.pooled: dict | None = None
 
     def __enter__(self) -> Outputs:
