@@ -3,6 +3,8 @@ bare with `.fn`), and Prefect's logs of a user's mistake cut to one line."""
 
 import logging
 import re
+import time
+from collections.abc import Callable
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -75,10 +77,20 @@ quiet_user_errors()
 
 class Progress:
     """A progress artifact of the current Prefect run, moved as work advances; outside a run
-    (a task called bare with `.fn`) it does nothing."""
+    (a task called bare with `.fn`) it does nothing.
 
-    def __init__(self, key: str, description: str):
-        self.id = None
+    Each update is an "artifact updated" event in the UI's feed, so updates are throttled: one
+    goes out when the work has moved STEP (5 points) and EVERY_S seconds have passed since the
+    last, and always at 100 %. A run of any length sends at most 21 (one per 5 %, however
+    slow), a short one two or three (however many epochs it has). `clock` is for tests."""
+
+    STEP, EVERY_S = 5.0, 10.0
+
+    def __init__(
+        self, key: str, description: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.id, self.clock, self.sent = None, clock, 0  # sent: the updates that went out
+        self.shown, self.shown_at = 0.0, clock()
         try:
             get_run_context()
         except MissingContextError:
@@ -86,5 +98,13 @@ class Progress:
         self.id = create_progress_artifact(0.0, key=key, description=description)
 
     def update(self, fraction: float) -> None:
-        if self.id is not None:
-            update_progress_artifact(self.id, round(100 * min(max(fraction, 0.0), 1.0), 1))
+        percent = round(100 * min(max(fraction, 0.0), 1.0), 1)
+        if self.id is None or not self._due(percent):
+            return
+        update_progress_artifact(self.id, percent)
+        self.shown, self.shown_at, self.sent = percent, self.clock(), self.sent + 1
+
+    def _due(self, percent: float) -> bool:
+        if percent >= 100.0:
+            return self.shown < 100.0
+        return percent - self.shown >= self.STEP and self.clock() - self.shown_at >= self.EVERY_S
