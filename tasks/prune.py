@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import task
 
-from trainflow import compress, registry
+from trainflow import channel_prune, compress, registry
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine import checkpoint, compute
@@ -18,6 +18,7 @@ from trainflow.engine.loop import fit
 from trainflow.engine.model_folder import WEIGHTS, describe, load_model
 from trainflow.engine.training import optimizer_factory
 from trainflow.spec.compress import GateSpec
+from trainflow.spec.structured_prune import STRUCTURED
 from trainflow.spec.train import TrainSpec
 from trainflow.tasks.quantize import gate_value, measure
 from trainflow.tasks.train import load_splits
@@ -58,13 +59,24 @@ def prune_model(
     classes = len(info["classes"])
     before = measure(net, data["test"], classes)
     baseline = gate_value(gate, net, data["val"], classes) if gate else None  # pruning is in place
-    targets = registry.PRUNERS[params.type].impl(net, params)
     tune = finetune_spec(train, params, info.get("compute"))
-    if params.finetune_epochs:
+
+    def finetune(network: Any) -> None:
         assert isinstance(tune.threads, int)  # finetune_spec resolved `auto`
         with compute.threads_set(tune.threads):
-            fit(net, data["train"], data["val"], tune, seed, optimizer_factory(tune))
-    compress.make_permanent(targets)
+            fit(network, data["train"], data["val"], tune, seed, optimizer_factory(tune))
+
+    shape, structured = info["input_shape"], params.type in STRUCTURED
+    if structured:  # whole units removed, smaller layers (trainflow.channel_prune)
+        sizes = channel_prune.sizes(net, shape)
+        net, info["model"] = registry.PRUNERS[params.type].impl(
+            net, info["model"], shape, params, finetune
+        )
+    else:
+        targets = registry.PRUNERS[params.type].impl(net, params)
+        if params.finetune_epochs:
+            finetune(net)
+        compress.make_permanent(targets)
     net = net.cpu().eval()
     after = measure(net, data["test"], classes)
     table = {
@@ -79,6 +91,9 @@ def prune_model(
             else None
         ),
     }
+    if structured:  # fewer parameters and FLOPs; the zero-weight sparsity stays ~0
+        pruned = channel_prune.sizes(net, shape)
+        table.update(steps=params.steps, structured={"before": sizes, "after": pruned})
     if gate and baseline is not None:  # absent without a gate: an ungated artifact is unchanged
         value = gate_value(gate, net, data["val"], classes)
         table["gate"] = compress.gate_decision(gate, baseline, value)

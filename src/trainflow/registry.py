@@ -22,6 +22,7 @@ from trainflow.spec import after_training as after
 from trainflow.spec import ensemble, samplers, schedule, sources, steps
 from trainflow.spec import model as models
 from trainflow.spec import optimizers as optim
+from trainflow.spec import structured_prune as structured
 
 
 @cache
@@ -134,7 +135,12 @@ QUANTIZERS = {
     "static_int8": Entry(after.StaticInt8Params, "trainflow.compress:quantize_static_int8"),
 }
 PRUNERS = {
-    "l1_unstructured": Entry(after.L1UnstructuredParams, "trainflow.compress:prune_l1_unstructured")
+    "l1_unstructured": Entry(
+        after.L1UnstructuredParams, "trainflow.compress:prune_l1_unstructured"
+    ),
+    # whole units removed and the layers rebuilt smaller
+    "l1_structured": Entry(structured.StructuredPruneParams, structured.IMPLEMENTATION),
+    "l2_structured": Entry(structured.StructuredPruneParams, structured.IMPLEMENTATION),
 }
 # search.sampler and search.pruner: Optuna's, built by trainflow.study
 SEARCH_SAMPLERS = {

@@ -131,7 +131,8 @@ def test_the_walk_covers_every_section_union_member_and_derived_knob():
         "train.precision",
         "train.early_stopping.mode",
         "train.pretrained.path",
-        "compress.prune.finetune_lr",
+        "compress.prune[l1_unstructured].finetune_lr",  # a union since structured pruning
+        "compress.prune[l1_structured|l2_structured].steps",
     } <= paths
     assert any(p.startswith("data.steps[normalize].") for p in paths)
     assert any(p.startswith("train.optimizer[sgd].") for p in paths)

@@ -24,6 +24,7 @@ from trainflow.spec.loading import load_raw, parse_yaml
 from trainflow.spec.orchestration import OrchestrationSpec, RunnerSpec
 from trainflow.spec.promote import PromoteSpec
 from trainflow.spec.search import SearchSpec, check_space
+from trainflow.spec.structured_prune import structured_refusal
 from trainflow.spec.train import TrainSpec
 
 if TYPE_CHECKING:  # built at run time from the registry's tables: opaque to mypy
@@ -121,6 +122,13 @@ class PipelineSpec(Section):
     @model_validator(mode="after")
     def _compress_fits_the_model(self):  # static int8's families; a gate on a computed metric
         reason = compress_refusal(self)
+        if reason:
+            raise ValueError(reason)
+        return self
+
+    @model_validator(mode="after")
+    def _structured_pruning_fits_the_model(self):  # plain mlp/cnn sequences only
+        reason = structured_refusal(self)
         if reason:
             raise ValueError(reason)
         return self
