@@ -54,8 +54,9 @@ class World:
     @classmethod
     def current(cls) -> World:
         if dist.is_available() and dist.is_initialized():
-            strategy = os.environ.get(STRATEGY, "ddp")
-            return cls(dist.get_rank(), dist.get_world_size(), strategy=strategy)
+            strategy, size = os.environ.get(STRATEGY, "ddp"), dist.get_world_size()
+            # (`local` sets the share of each in-memory batch; a stream's are equal parts)
+            return cls(dist.get_rank(), size, 1 / size, strategy=strategy)
         return cls()
 
     @property
@@ -83,7 +84,7 @@ class World:
         if self.size == 1 or self.sharded:
             return model
         self.device = device
-        ids = [device.index or 0] if device.type == "cuda" else None
+        ids = [torch.cuda.current_device()] if device.type == "cuda" else None  # (ddp_worker)
         wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         wrapped.register_comm_hook(self, weighted_sum)
         return wrapped
@@ -166,8 +167,8 @@ def check_ranks(spec: Distributed, device: str) -> None:
 
 def check_world(saved: dict | None, spec: Distributed | None, folder: Path) -> None:
     """Exact resume holds for the same world size only: refuse another one, naming both."""
-    if saved is None:
-        return
+    if saved is None or (spec is not None and spec.strategy == "fsdp"):
+        return  # (fsdp resumes its own checkpoint folder on any world size: engine.fsdp)
     was, now = int(saved.get("world_size", 1)), spec.nproc_per_node * spec.nnodes if spec else 1
     if was != now:
         raise TrainflowError(

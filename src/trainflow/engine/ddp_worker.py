@@ -122,6 +122,8 @@ def main(path: str) -> None:
     torch.set_num_threads(job["threads"])
     try:
         data = read_data(job, World(rank, int(os.environ["WORLD_SIZE"])))
+        if job["backend"] == "nccl":  # one GPU a rank: "cuda" is then this rank's device
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group(job["backend"])
         run(job, data)
     except BaseException:
