@@ -14,6 +14,7 @@ from trainflow import channel_prune, registry
 from trainflow.engine.model_folder import build_model
 from trainflow.errors import SpecError, TrainflowError
 from trainflow.models.multitask import MultiTask
+from trainflow.reporting.markdown import compression_sections
 from trainflow.spec.pipeline import validate_spec
 from trainflow.spec.structured_prune import StructuredPruneParams
 from trainflow.spec.train import TrainSpec
@@ -145,6 +146,9 @@ def test_the_pruned_package_is_smaller_and_predicts_through_load_model(family, t
     assert info["pruned"] == "l1_structured"
     halved = {"mlp": {"units": [32, 16]}, "cnn": {"channels": [4, 8], "hidden": 16}}[family]
     assert {k: info["model"][k] for k in halved} == halved
+    report = "\n".join(compression_sections({"prune": pruned.meta}, None))
+    assert f"parameters {sizes['before']['parameters']} -> {sizes['after']['parameters']}" in report
+    assert "removed in 2 step(s), fine-tuned 1 epoch(s) after each" in report
     package = package_model.fn("prune", [pruned], None, spec, table, [scaled], store)
     assert package is not None
     rows = raw_test_rows(table, [scaled], [], raw, 0)

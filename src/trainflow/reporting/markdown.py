@@ -243,6 +243,14 @@ def compression_sections(compressed: dict, latency: dict | None) -> list[str]:
         out += ["", f"## Compression: {kind} ({c['type']})", table(header, rows)]
         if kind == "quantize":
             out.append(f"\nlinear weights {c['linear_weights_smaller_x']:.2f}x smaller")
+        elif "structured" in c:  # whole units removed: a smaller model, not a sparser one
+            was, now = c["structured"]["before"], c["structured"]["after"]
+            out.append(
+                f"\nparameters {was['parameters']} -> {now['parameters']}, FLOPs per sample "
+                f"{was['flops']} -> {now['flops']} ({c['target_sparsity']} of each pruned "
+                f"layer's units removed in {c['steps']} step(s), fine-tuned "
+                f"{c['finetune_epochs']} epoch(s) after each)"
+            )
         else:
             out.append(
                 f"\nsparsity {c['sparsity']:.4f} (target {c['target_sparsity']}), "
