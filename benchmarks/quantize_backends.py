@@ -25,12 +25,15 @@ import warnings
 
 import harness
 import torch
+from static_int8_backends import static_contenders
 
 from trainflow.compress import linear_weight_bytes, quantize_dynamic_int8
+from trainflow.models.cnn import cnn
 from trainflow.models.mlp import mlp
 from trainflow.spec.after_training import DynamicInt8Params
 
-CALLS = {"breast_cancer_mlp": 400, "wide_mlp_1024": 8}  # a run: tens of ms per backend
+CALLS = {"breast_cancer_mlp": 400, "wide_mlp_1024": 8, "digits_cnn": 4}  # tens of ms a run
+CALIBRATION = 8  # batches of 32 rows, for the static contenders
 
 
 def torchao_variants():
@@ -72,6 +75,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", nargs="*", default=list(CALLS), choices=list(CALLS))
+    parser.add_argument(
+        "--no-static", action="store_true", help="dynamic int8 only (no static contenders)"
+    )
+    parser.add_argument(
+        "--torchao-dynamic", action="store_true", help="add torchao's int8 dynamic configs"
+    )
     args = parser.parse_args()
     harness.pin_threads(args.threads)
     before = harness.header("quantize_backends")
@@ -79,15 +89,18 @@ def main() -> None:
     models = {
         "breast_cancer_mlp": (mlp([30], 2, [64, 32]), torch.randn(256, 30)),
         "wide_mlp_1024": (mlp([784], 10, [1024, 1024, 1024]), torch.randn(256, 784)),
+        # the shipped digits_cnn's network on its 8x8 images
+        "digits_cnn": (cnn([1, 8, 8], 10, [32, 64], hidden=128), torch.randn(256, 1, 8, 8)),
     }
-    extra, note = torchao_variants()
+    models = {name: models[name] for name in args.models}
+    extra, note = torchao_variants() if args.torchao_dynamic else ({}, None)
     backends = {
         "torch_ao_dynamic_int8": lambda m: quantize_dynamic_int8(
             m, DynamicInt8Params(type="dynamic_int8")
         ),
         **extra,
     }
-    results = {}
+    results, notes = {}, [note] if note else []
     for name, (model, batch) in models.items():
         model.eval()
         with torch.inference_mode():
@@ -97,6 +110,12 @@ def main() -> None:
             warnings.simplefilter("ignore")
             for backend, build in backends.items():
                 built[backend] = build(model)
+            if not args.no_static:
+                calibration = [torch.randn(32, *batch.shape[1:]) for _ in range(CALIBRATION)]
+                static, missing = static_contenders(model, calibration, args.threads)
+                built.update(static)
+                notes += [f"{name}: {n}" for n in missing]
+            for backend in list(built)[1:]:
                 with torch.inference_mode():
                     errors[backend] = round(
                         (built[backend](batch) - reference).abs().max().item(), 5
@@ -116,7 +135,7 @@ def main() -> None:
     harness.finish(
         "quantize_backends",
         before,
-        {"runs": args.runs, "threads": args.threads, "note": note, "models": results},
+        {"runs": args.runs, "threads": args.threads, "notes": notes, "models": results},
     )
 
 
