@@ -252,3 +252,29 @@ def test_a_rendezvous_that_does_not_gather_is_one_error_naming_the_endpoint(
     ):
         train_model.fn(runs["shards"], MODEL, spec, 0, str(tmp_path))
     assert time.monotonic() - began < 120  # (torchrun's own wait is 600 s)
+
+
+STREAM_RANK = """
+import torch, torch.distributed as dist
+from trainflow.engine.ddp import World
+dist.init_process_group("gloo")
+world = World.current()
+net = torch.nn.Linear(3, 1)
+x = torch.full((4, 3), float(world.rank + 1))  # a stream's batch: this rank's own 4 rows
+wrapped = world.wrap(net, torch.device("cpu"))  # (kept: its reducer reduces in backward)
+wrapped(x).mean().backward()
+print("grad", net.weight.grad.flatten().tolist())
+assert torch.allclose(net.weight.grad, torch.full((1, 3), 1.5)), net.weight.grad
+"""
+
+
+@pytest.mark.slow
+def test_ranks_on_streamed_batches_step_on_the_mean_gradient(tmp_path):
+    """A stream gives each rank its own equal batch (no `World.local`): the reduced gradient
+    is the mean over both ranks' rows (1 and 2 here: 1.5), not their sum."""
+    script = tmp_path / "rank.py"
+    script.write_text(STREAM_RANK)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run([*argv, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("grad [1.5, 1.5, 1.5]") == 2
