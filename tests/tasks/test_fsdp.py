@@ -228,3 +228,22 @@ def test_a_checkpoint_folder_whose_metadata_runs_code_is_refused_unrun(tmp_path)
     with pytest.raises(TrainflowError, match=r"open is not a part of DCP.s metadata"):
         SafeReader(str(folder)).read_metadata()
     assert not marker.exists()
+
+
+def test_a_half_written_checkpoint_folder_is_never_read(tmp_path):
+    """A write cut short leaves last.dcp.partial (never read); a crash between publish's two
+    renames leaves the previous folder, last.dcp.prev, which is read instead."""
+    from trainflow.engine.fsdp import resume_point
+
+    def folder(name: str, epoch: int) -> None:
+        (tmp_path / name).mkdir()
+        checkpoint.save(tmp_path / name / "state.pt", {"model": {}, "epoch": epoch})
+        (tmp_path / name / ".metadata").write_bytes(b"")
+
+    folder("last.dcp.partial", 3)
+    assert resume_point(tmp_path) is None
+    folder("last.dcp.prev", 1)
+    assert resume_point(tmp_path)["epoch"] == 1
+    folder("last.dcp", 2)
+    saved = resume_point(tmp_path)
+    assert saved["epoch"] == 2 and saved["sharded"] == str(tmp_path / "last.dcp")
