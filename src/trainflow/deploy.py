@@ -170,6 +170,9 @@ def runner_deployment(entry: dict):
     from prefect.flows import load_flow_from_entrypoint
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
+    from prefect.utilities.callables import ParameterSchema
+
+    from trainflow.run_form import form_schema
 
     flow = load_flow_from_entrypoint(entry["entrypoint"])
     triggers = [
@@ -180,7 +183,7 @@ def runner_deployment(entry: dict):
         Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True))
         for s in entry.get("schedules") or []
     ]
-    return flow.to_deployment(
+    deployment = flow.to_deployment(
         name=entry["name"],
         description=entry.get("description"),
         tags=entry.get("tags"),
@@ -190,6 +193,24 @@ def runner_deployment(entry: dict):
         entrypoint_type=EntrypointType.MODULE_PATH,
         concurrency_limit=entry.get("concurrency_limit"),
     )
+    pipeline = (entry.get("parameters") or {}).get("pipeline")
+    if pipeline is not None:  # the UI's run form: typed, its pipeline's defaults, fixed to it
+        deployment._parameter_openapi_schema = ParameterSchema(
+            **form_schema(
+                deployment._parameter_openapi_schema.model_dump(), pipeline, _spec_or_none(pipeline)
+            )
+        )
+    return deployment
+
+
+def _spec_or_none(pipeline: str) -> Any:
+    """The pipeline's spec as this process finds it, or None where it does not."""
+    from trainflow.spec.pipeline import load_spec
+
+    try:
+        return load_spec(spec_file(pipeline))
+    except SpecError:
+        return None
 
 
 # ---- the server ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -178,11 +179,28 @@ def test_invalid_parameters_are_rejected_naming_the_field(served, prefect_server
     )
     assert response.status_code in (409, 422) and "'epochs'" in response.text
 
-    # values of the right type that the spec forbids fail the run before any task runs
+    # a value outside the spec's limits, or another pipeline, never becomes a run either: the
+    # deployment's form carries the limits and fixes its pipeline (trainflow.run_form)
+    for parameters in (
+        {"pipeline": "breast_cancer_mlp", "epochs": 0},
+        {"pipeline": "../pipelines/digits_cnn"},
+    ):
+        response = prefect_server.request(
+            "POST",
+            f"/deployments/{deployment['id']}/create_flow_run",
+            {"parameters": parameters},
+        )
+        assert response.status_code in (409, 422), response.text
+        assert f"'{next(reversed(parameters))}'" in response.text
+
+    # values the form lets through that the spec forbids fail the run before any task runs
     # (more cases, run in-process: tests/unit/test_deployment_parameters.py)
     cases = {
-        "train.epochs (parameter epochs)": {"pipeline": "breast_cancer_mlp", "epochs": 0},
-        "no pipeline '../pipelines/digits_cnn'": {"pipeline": "../pipelines/digits_cnn"},
+        "validation + test = 1.1": {
+            "pipeline": "breast_cancer_mlp",
+            "overrides": ["data.steps.1.test=0.95"],
+        },
+        "unknown key 'epochz'": {"pipeline": "breast_cancer_mlp", "overrides": ["train.epochz=3"]},
     }
     runs = {
         needle: prefect_server.run("breast_cancer_mlp", parameters)["id"]
@@ -272,3 +290,31 @@ def test_new_data_event_retrains_and_a_cancelled_run_retried_reuses_the_cache(
         f"/flow_runs/{first['id']}/set_state", {"state": {"type": "CANCELLING"}, "force": True}
     )
     assert prefect_server.wait_final(first["id"], 60)["state"]["type"] == "CANCELLED"
+
+
+def test_the_run_form_is_typed_with_the_pipelines_values_and_refuses_what_validation_would(
+    served, prefect_server
+):
+    """Each training deployment's form (its parameter schema): typed fields, the pipeline's
+    own values as defaults, the spec's limits; the server refuses a run outside them, or of
+    another pipeline, before the run exists (issue 19 part 9)."""
+    import httpx
+
+    from trainflow.spec.pipeline import load_spec
+
+    spec = load_spec(ROOT / "pipelines" / "digits_cnn.yaml")
+    form = prefect_server.deployment("digits_cnn")["parameter_openapi_schema"]["properties"]
+    assert form["epochs"]["type"] == "integer" and "anyOf" not in form["epochs"]
+    assert form["epochs"]["default"] == spec.train.epochs
+    assert form["lr"]["default"] == spec.train.lr and form["lr"]["exclusiveMinimum"] == 0
+    assert form["cv_folds"]["minimum"] == 2
+    assert "this pipeline: " in form["epochs"]["description"]
+    assert form["pipeline"]["enum"] == ["digits_cnn"] and form["pipeline"]["readOnly"]
+    for bad in (
+        {"pipeline": "digits_cnn", "epochs": 0},
+        {"pipeline": "digits_cnn", "lr": -1},
+        {"pipeline": "breast_cancer_mlp"},
+    ):
+        with pytest.raises(httpx.HTTPStatusError) as refused:
+            prefect_server.run("digits_cnn", bad)
+        assert refused.value.response.status_code in (409, 422), refused.value.response.text

@@ -11,6 +11,7 @@ from uuid import uuid4
 import pytest
 
 from tests.conftest import ROOT
+from trainflow.spec.pipeline import load_spec
 
 CHROMIUM = next(
     (
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.skipif(
     reason="no headless Chromium on this machine (Debian/Ubuntu: apt-get "
     "install chromium); the browser test drives the system's Chromium",
 )
+SPEC = load_spec(ROOT / "pipelines" / "breast_cancer_mlp.yaml")
 # TRAINFLOW_UI_SCREENSHOT=1 also writes the run page into the docs
 SCREENSHOT = ROOT / "docs" / "ui-run-page.png"
 
@@ -50,6 +52,14 @@ def submit(page, folder) -> None:
     raise AssertionError(f"the run form was not accepted; screenshots in {folder}")
 
 
+KNOBS = ("epochs", "lr", "batch_size", "cv_folds")  # the form's number fields, in order
+
+
+def knob_input(page, knob: str):
+    """The number input of a run-form knob (the form lists them in the schema's order)."""
+    return page.get_by_role("spinbutton").nth(KNOBS.index(knob))
+
+
 def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -68,12 +78,21 @@ def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_pa
             page.get_by_role("button", name="Run", exact=True).click()
             page.get_by_text("Custom run").click()
             page.locator("input[type=text]").first.fill(name)  # the run's name
-            for knob, value in (("epochs", "3"), ("cv_folds", "2")):
-                field = page.locator(".schema-form-property-any-of-input").filter(
-                    has=page.get_by_text(f"{knob} (Optional)", exact=True)
-                )
-                field.get_by_role("button", name="int", exact=True).click()
-                field.locator("input").fill(value)
+            # typed fields showing the pipeline's own values (issue 19 part 9)
+            epochs = knob_input(page, "epochs")
+            expect(
+                page.get_by_text(f"(train.epochs; this pipeline: {SPEC.train.epochs})")
+            ).to_be_visible()
+            expect(epochs).to_have_value(str(SPEC.train.epochs))
+            expect(knob_input(page, "lr")).to_have_value(str(SPEC.train.lr))
+            epochs.fill("0")  # refused by the form before anything is submitted
+            page.get_by_role("button", name="Submit").click()
+            refused = page.get_by_text("Validation failed for field 'epochs'").first
+            expect(refused).to_be_visible()
+            assert "/runs/flow-run/" not in page.url and "tab=Runs" not in page.url
+            page.screenshot(path=tmp_path / "refused.png")
+            epochs.fill("3")
+            knob_input(page, "cv_folds").fill("2")
             submit(page, tmp_path)
             page.get_by_role("link", name=name).first.click()  # in the deployment's runs
             page.wait_for_url("**/runs/flow-run/*")
@@ -107,8 +126,11 @@ def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_pa
         for r in prefect_server.post("/flow_runs/filter", {"flow_runs": {"name": {"any_": [name]}}})
     )
     assert run["state"]["type"] == "COMPLETED"
-    assert {k: v for k, v in run["parameters"].items() if v is not None} == {
+    assert run["parameters"] == {  # the two changed, the rest as the form showed them
         "pipeline": "breast_cancer_mlp",
         "epochs": 3,
         "cv_folds": 2,
+        "lr": SPEC.train.lr,
+        "batch_size": SPEC.train.batch_size,
+        "overrides": [],
     }
