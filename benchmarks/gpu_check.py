@@ -8,7 +8,9 @@ trains and measures:
   that an fp16 run's last.pt holds the grad scaler's state (exact resume of AMP);
 - the loader with pinned memory against without (`train.loader.pin_memory`);
 - DDP on NCCL with `nproc_per_node` = every visible GPU (one GPU: one NCCL rank, which still
-  runs the NCCL collectives and the comm hook) against one process.
+  runs the NCCL collectives and the comm hook) against one process;
+- FSDP2 (`strategy: fsdp`) on the same ranks, with a torch.distributed.checkpoint folder
+  written each epoch and the whole best.pt gathered at the end.
 
 Samples/s is the extra epochs' rows over the extra seconds (`short` and `long` epochs), so
 start-up cancels out. One JSON object goes to stdout and to $OUT/gpu_check.json when OUT is
@@ -104,6 +106,18 @@ def main() -> int:
     distributed = {"nproc_per_node": ranks, "backend": backend}
     found[f"ddp_{backend}_{ranks}"] = measure(
         shards, store, rows, "ddp", args, precision="fp32", threads=1, distributed=distributed
+    )
+    sharded = {**distributed, "strategy": "fsdp"}  # FSDP2 on NCCL, DCP checkpoints each epoch
+    found[f"fsdp_{backend}_{ranks}"] = measure(
+        shards,
+        store,
+        rows,
+        "fsdp",
+        args,
+        precision="fp32",
+        threads=1,
+        distributed=sharded,
+        checkpoint_every=1,
     )
     found["one_process_1_thread"] = measure(
         shards, store, rows, "one", args, precision="fp32", threads=1
