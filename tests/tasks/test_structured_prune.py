@@ -3,6 +3,7 @@ L1/L2 norm, the layers rebuilt smaller (fewer parameters and FLOPs), iterative
 prune-and-fine-tune steps, and a package that loads and predicts through trainflow.load_model."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 import trainflow
+from tests.flows.helpers import run
 from trainflow import channel_prune, registry
 from trainflow.engine.model_folder import build_model
 from trainflow.errors import SpecError, TrainflowError
@@ -224,3 +226,29 @@ def test_unstructured_pruning_still_reports_sparsity_and_keeps_the_widths():
     trainflow.compress.make_permanent(targets)
     assert [m.out_features for m in producers(net)] == [64, 32]  # no layer is smaller
     assert channel_prune.parameters(net) == channel_prune.parameters(built(model, shape)[0])
+
+
+@pytest.mark.usefixtures("prefect_engine")
+def test_a_pipeline_run_prunes_packages_and_reports_the_smaller_model(tmp_path):
+    result, states = run(
+        "breast_cancer_mlp",
+        tmp_path,
+        "train.epochs=6",
+        "evaluate.cv.folds=2",
+        "compress.prune.type=l2_structured",
+        "compress.prune.steps=2",
+        "compress.prune.finetune_epochs=2",
+    )
+    assert all(s == "Completed" for names in states.values() for s in names)
+    run_dir = Path(result["run_dir"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    pruned = metrics["compress"]["prune"]
+    assert (
+        pruned["structured"]["after"]["parameters"] * 1.8
+        <= (pruned["structured"]["before"]["parameters"])
+    )
+    assert pruned["after"]["accuracy"] >= pruned["before"]["accuracy"] - 0.05
+    report = (run_dir / "report.md").read_text()
+    assert "## Compression: prune (l2_structured)" in report and "FLOPs per sample" in report
+    info = json.loads((Path(metrics["models"]["prune"]) / "model.json").read_text())
+    assert info["model"]["units"] == [32, 16] and info["pruned"] == "l2_structured"
