@@ -6,7 +6,11 @@ The dependencies are followed by walking the builders' nn.Sequential in order (n
 dependency-graph library: mlp and cnn are plain sequences): a pruned layer's kept outputs
 select the next Linear's input columns, the next Conv's input channels, a BatchNorm's or
 LayerNorm's channels, and across a Flatten the first Linear's input features (each kept
-channel's block of spatial positions)."""
+channel's block of spatial positions).
+
+Removing units that emit zero leaves every output unchanged, with or without batch norm (the
+test's check of the rebuild); a LayerNorm after a pruned layer normalizes over the kept units
+only, so there the fine-tune, not the rebuild, restores the outputs."""
 
 from __future__ import annotations
 
@@ -154,7 +158,7 @@ def input_shapes(layers: nn.Sequential, input_shape: list[int]) -> dict[int, tup
     ]
     was_training = layers.training
     with torch.no_grad():
-        layers.eval()(torch.zeros(1, *input_shape))
+        layers.eval()(torch.zeros(1, *input_shape, device=device_of(layers)))
     layers.train(was_training)
     for hook in hooks:
         hook.remove()
@@ -180,6 +184,11 @@ def sizes(net: nn.Module, input_shape: list[int]) -> dict:
     return {"parameters": parameters(net), "flops": flops(net, input_shape)}
 
 
+def device_of(net: nn.Module) -> torch.device:
+    """Where the network's weights are (a fine-tune may have moved it to an accelerator)."""
+    return next(net.parameters()).device
+
+
 def parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
@@ -189,6 +198,6 @@ def flops(net: nn.Module, input_shape: list[int]) -> int:
     counter = FlopCounterMode(display=False)
     was_training = net.training
     with counter, torch.no_grad():
-        net.eval()(torch.zeros(1, *input_shape))
+        net.eval()(torch.zeros(1, *input_shape, device=device_of(net)))
     net.train(was_training)
     return counter.get_total_flops()
