@@ -11,6 +11,7 @@ is dropped so that Prefect sees a miss and recomputes.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import types
@@ -151,7 +152,13 @@ def result_type(fn: Any) -> Any:
         return None
     # The return annotation alone: a parameter's (an nn.Module a task module imports inside
     # the function, so that importing the flow loads no torch) need not resolve.
-    returns = types.FunctionType((lambda: None).__code__, fn.__globals__)
+    # Its module's names, not fn.__globals__: a task sent to a Dask worker arrives pickled by
+    # value (the module's name is the Task, not the function) with only the globals it uses.
+    try:
+        scope = vars(importlib.import_module(fn.__module__))
+    except (ImportError, TypeError, ValueError):  # no module of its own (made in a test)
+        scope = fn.__globals__
+    returns = types.FunctionType((lambda: None).__code__, scope)
     returns.__annotations__ = {"return": fn.__annotations__["return"]}
     try:
         return get_type_hints(returns).get("return")

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from typing import Any
 
 # The folder the current pipeline run records into (None: not recording).
 _FOLDER: ContextVar[str | None] = ContextVar("trainflow_placement", default=None)
-RECORDS = ".placement"  # under outputs.runs/<pipeline>/, one folder per run, removed at publish
+RECORDS = ".placement"  # under outputs.runs/<pipeline>/, one folder per run, while it runs
 
 
 @contextmanager
@@ -49,18 +50,32 @@ def current() -> str | None:
     return _FOLDER.get()
 
 
+def recorder(name: str, trains: bool, data: bool, train: Any) -> Recorder | None:
+    """The hook of task `name` while a pipeline run records (None when none does): training
+    tasks resolve `train.device`; data steps and the others use the CPU."""
+    folder = current()
+    if folder is None:
+        return None
+    if not trains:
+        return Recorder(folder, data=data)
+    launched = ranks(train) if name == "train" else None  # the one task that starts ranks
+    return Recorder(folder, train.device, augmentation(train), ranks=launched)
+
+
 @dataclass(frozen=True)
 class Recorder:
     """A task's completion hook. It travels with the task to a Dask worker (cloudpickle, by
     reference to this module), so it carries what it needs: the folder, how the task's
     device is chosen (`device`: train.device for training tasks; None for the others) and
     where a training task augments its batches (`augment`, from `augmentation`); `data`:
-    a data step (polars' threads, where a scoring step counts torch's)."""
+    a data step (polars' threads, where a scoring step counts torch's); `ranks`: the
+    processes the train task starts (train.distributed, from `ranks`)."""
 
     folder: str
     device: str | None = None
     augment: str | None = None
     data: bool = False
+    ranks: str | None = None
 
     def __call__(self, task: Any, task_run: Any, state: Any) -> None:
         record = {
@@ -68,7 +83,9 @@ class Recorder:
             "task_run": task_run.name,
             "state": state.name,
             "started": task_run.start_time.isoformat() if task_run.start_time else None,
+            "ended": time.time(),  # a cached task has no start: records sort by their end
             **where(),
+            "ranks": self.ranks,
             **device_of(self.device, self.data),
             "augmentation": self.augment,
             "tags": sorted(task.tags),  # the device tag a concurrency limit counts
@@ -123,7 +140,7 @@ def cpu_threads(data: bool) -> int | None:
 
 
 def read(folder: str | None) -> list[dict]:
-    """The records of a run, in the order the tasks started (unreadable ones skipped: a
+    """The records of a run, in the order the tasks ended (unreadable ones skipped: a
     record is a report's figure, never a reason to fail the run)."""
     if not folder or not Path(folder).is_dir():
         return []
@@ -133,7 +150,7 @@ def read(folder: str | None) -> list[dict]:
             records.append(json.loads(path.read_text()))
         except (OSError, ValueError):
             continue
-    return sorted(records, key=lambda r: (r.get("started") or "", r.get("task_run", "")))
+    return sorted(records, key=lambda r: (r.get("ended") or 0.0, r.get("task_run", "")))
 
 
 def augmentation(train: Any) -> str | None:
@@ -153,3 +170,13 @@ def augmentation(train: Any) -> str | None:
         f"in {workers} when the training shards exceed loader.memory_limit_mb "
         f"({loader.memory_limit_mb} MB) and stream, else in the training process"
     )
+
+
+def ranks(train: Any) -> str | None:
+    """The processes a distributed training starts beside the task's (None: it trains in
+    the task's own process)."""
+    d = train.distributed
+    if d is None:
+        return None
+    nodes = f" on each of {d.nnodes} nodes" if d.nnodes > 1 else ""
+    return f"{d.nproc_per_node} torchrun ranks ({d.strategy}){nodes}"

@@ -57,11 +57,8 @@ def step(task: Task, spec: Any) -> Task:
         options["timeout_seconds"] = declared.timeout_s
     if entry.trains and reports_to_a_server():
         options["tags"] = {*task.tags, spec.orchestration.device_tag}
-    folder = placement.current()
-    if folder is not None:  # training tasks resolve train.device; the others use the CPU
-        device = spec.train.device if entry.trains else None
-        augment = placement.augmentation(spec.train) if entry.trains else None
-        recorder = placement.Recorder(folder, device, augment, task.name in DATA_TASKS)
+    recorder = placement.recorder(task.name, entry.trains, task.name in DATA_TASKS, spec.train)
+    if recorder is not None:  # a pipeline run records where each of its tasks ran
         options["on_completion"] = [*task.on_completion_hooks, recorder]
     return task.with_options(**options) if options else task
 

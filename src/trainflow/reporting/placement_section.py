@@ -15,7 +15,7 @@ def placement_lines(records: list[dict] | None) -> list[str]:
             r["task"],
             r["state"],
             r["runner"],
-            r["worker"],
+            r["worker"] + (f" + {r['ranks']}" if r.get("ranks") else ""),
             r["host"],
             device(r),
             r["threads"] if r.get("threads") is not None else "-",
