@@ -1,8 +1,8 @@
-"""One rank of a data-parallel training (`python -m trainflow.engine.ddp_worker job.json`,
-started by torchrun from engine.ddp.launch): joins the process group, reads its data, trains
-through engine.training.train_into (the one loop), and on rank 0 writes result.json for the
-task. A failure leaves rank<N>.err (its traceback's last lines) beside the job for the task's
-error message."""
+"""One rank of a data-parallel training, ddp or fsdp (`python -m trainflow.engine.ddp_worker
+job.json`, started by torchrun from engine.ddp.launch): joins the process group, reads its
+data, trains through engine.training.train_into (the one loop), and on rank 0 writes
+result.json for the task. A failure leaves rank<N>.err (its traceback's last lines) beside the
+job for the task's error message."""
 
 from __future__ import annotations
 
