@@ -15,6 +15,7 @@ from tests.flows.helpers import run
 from trainflow import channel_prune, registry
 from trainflow.engine.model_folder import build_model
 from trainflow.errors import SpecError, TrainflowError
+from trainflow.export import export_model
 from trainflow.models.multitask import MultiTask
 from trainflow.reporting.markdown import compression_sections
 from trainflow.spec.pipeline import validate_spec
@@ -160,6 +161,8 @@ def test_the_pruned_package_is_smaller_and_predicts_through_load_model(family, t
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     accuracy = float(np.mean(np.asarray(loaded.predict(rows)) == rows["target"].to_numpy()))
     assert accuracy == pytest.approx(pruned.meta["after"]["accuracy"], abs=1e-9)
+    check = export_model(package.path, "torchscript", tmp_path / "pruned.pt")["check"]
+    assert check["max_abs_difference"] <= check["tolerance"]  # it exports as any model
 
 
 def spec_with(model: dict, prune: dict) -> dict:
