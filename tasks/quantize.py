@@ -57,6 +57,30 @@ def quantize_calibrated(net: torch.nn.Module, params: Any, train: Split) -> torc
         ) from None
 
 
+def fall_back(net: torch.nn.Module, params: Any, data: dict, gate: GateSpec, classes: int) -> Any:
+    """fallback auto: `params` with the fewest layers in keep_fp32 that bring static int8
+    within the gate, the layers whose quantization alone costs the most added first (all of
+    them where no fewer do; the gate then judges that)."""
+    baseline = gate_value(gate, net, data["val"], classes)
+
+    def trial(keep: list[str]) -> tuple[float, Any]:
+        tried = params.model_copy(update={"keep_fp32": sorted(keep)})
+        quantized = quantize_calibrated(net, tried, data["train"])
+        return gate.drop(baseline, gate_value(gate, quantized, data["val"], classes)), tried
+
+    drop, chosen = trial(params.keep_fp32)
+    candidates = [n for n in compress.quantizable_layers(net) if n not in params.keep_fp32]
+    failed = drop > gate.max_drop + 1e-9
+    alone = {name: trial([*params.keep_fp32, name])[0] for name in candidates} if failed else {}
+    keep = list(params.keep_fp32)
+    for name in sorted(alone, key=lambda n: alone[n]):  # least drop when kept fp32: costliest
+        if drop <= gate.max_drop + 1e-9:
+            break
+        keep.append(name)
+        drop, chosen = trial(keep)
+    return chosen
+
+
 @task(name="quantize", **CACHED)
 def quantize_model(
     model: ArtifactRef,
@@ -72,6 +96,8 @@ def quantize_model(
     data = load_splits(shards, parts)
     classes = len(info["classes"])
     before = measure(net, data["test"], classes)
+    if calibrated and gate and params.fallback == "auto":
+        params = fall_back(net, params, data, gate, classes)  # its keep_fp32, resolved
     quantized = (
         quantize_calibrated(net, params, data["train"])
         if calibrated
@@ -84,14 +110,23 @@ def quantize_model(
         "linear_weights_smaller_x": before["linear_weight_bytes"]
         / max(after["linear_weight_bytes"], 1),
     }
+    if calibrated:  # the layers left in fp32 (keep_fp32, with fallback auto's additions)
+        table["keep_fp32"] = list(params.keep_fp32)
     if gate:  # absent without a gate: the artifact of an ungated run is unchanged
         baseline, value = (gate_value(gate, m, data["val"], classes) for m in (net, quantized))
         table["gate"] = compress.gate_decision(gate, baseline, value)
     target = Store(store)
     with target.writer("model") as staging:
         checkpoint.save(staging / WEIGHTS, {"model": quantized.state_dict()})
+        # the quantizer's params rebuild the same int8 network at load (its fp32 layers)
+        saved = {"quantize_params": params.model_dump(mode="json")} if calibrated else {}
         describe(
-            staging, info["model"], info["input_shape"], info["classes"], quantized=params.type
+            staging,
+            info["model"],
+            info["input_shape"],
+            info["classes"],
+            quantized=params.type,
+            **saved,
         )
         (staging / "compression.json").write_text(json.dumps(table, indent=1, sort_keys=True))
         return target.commit(

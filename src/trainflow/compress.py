@@ -53,11 +53,24 @@ def quantize_static_int8(
         torch.backends.quantized.engine = params.backend
         # the example input is only recorded (these builders' graphs need no shape inference)
         mapping = get_default_qconfig_mapping(params.backend)
+        names = dict(model.named_modules())
+        for name in params.keep_fp32:  # FX puts dequantize/quantize around these
+            if name not in names:
+                raise TrainflowError(
+                    f"compress.quantize.keep_fp32 names layer {name!r}, which the "
+                    f"network has not; its layers: {', '.join(quantizable_layers(model))}"
+                )
+            mapping.set_module_name(name, None)
         observed = prepare_fx(copy.deepcopy(model).cpu().eval(), mapping, (torch.zeros(1),))
         with torch.inference_mode():
             for batch in calibration:
                 observed(batch)
         return convert_fx(observed)
+
+
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """The module names of the layers static int8 turns into int8 kernels."""
+    return [name for name, m in model.named_modules() if isinstance(m, PRUNABLE)]
 
 
 def calibration_batches(x: torch.Tensor, params: StaticInt8Params, seed: int = 0) -> list:

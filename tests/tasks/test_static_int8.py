@@ -2,16 +2,22 @@
 for the mlp and cnn families; its package loads and predicts through trainflow.load_model
 (issue 18 part 1)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 import trainflow
 from tests.flows.helpers import ROOT, run
+from trainflow.artifacts import ArtifactRef, Store
+from trainflow.engine import checkpoint
 from trainflow.engine.inference import score
-from trainflow.engine.model_folder import load_model
+from trainflow.engine.model_folder import WEIGHTS, describe, load_model
 from trainflow.errors import SpecError, TrainflowError
+from trainflow.reporting.gate_section import gate_lines
 from trainflow.spec.after_training import StaticInt8Params
+from trainflow.spec.compress import GateSpec
 from trainflow.spec.model import MLPParams
 from trainflow.spec.pipeline import load_spec
 from trainflow.spec.train import TrainSpec
@@ -98,3 +104,45 @@ def test_a_static_int8_cnn_package_loads_and_predicts_through_the_model_package(
     predicted = model.predict(raw)
     accuracy = float(np.mean(predicted == raw["target"].to_numpy()))
     assert accuracy == pytest.approx(quantized["after"]["accuracy"])
+
+
+def outlier_model(trained: dict) -> ArtifactRef:
+    """The trained network with one hidden unit's activation 10^4 times larger and its
+    outgoing weights 10^4 times smaller: the same function in fp32 (ReLU commutes with a
+    positive scale), and an activation range whose per-tensor int8 step erases the others."""
+    net, info = load_model(trained["model"])
+    with torch.no_grad():
+        net[1].weight[0] *= 1e4
+        net[1].bias[0] *= 1e4
+        net[3].weight[:, 0] /= 1e4
+    store = Store(trained["store"])
+    with store.writer("model") as staging:
+        checkpoint.save(staging / WEIGHTS, {"model": net.state_dict()})
+        describe(staging, info["model"], info["input_shape"], info["classes"])
+        return store.commit(staging, "model", schema=trained["model"].data_schema, meta={})
+
+
+def test_fallback_auto_keeps_the_costliest_layers_in_fp32_until_the_gate_holds(trained):
+    model, gate = outlier_model(trained), GateSpec(max_drop=0.01)
+    plain = quantize_model.fn(model, trained["shards"], STATIC, trained["store"], gate)
+    assert plain.meta["gate"]["passed"] is False  # the outlier unit ruins int8 activations
+    auto = STATIC.model_copy(update={"fallback": "auto"})
+    ref = quantize_model.fn(model, trained["shards"], auto, trained["store"], gate)
+    assert ref.meta["gate"]["passed"] is True
+    kept = json.loads((ref.path / "model.json").read_text())["quantize_params"]["keep_fp32"]
+    assert kept and set(kept) <= {"1", "3", "5"} and ref.meta["keep_fp32"] == kept
+    assert f"(layers kept in fp32: {', '.join(kept)})" in gate_lines("quantize", ref.meta)[0]
+    net, _ = load_model(ref)  # rebuilt with the same layers in fp32
+    linears = {n: type(m).__module__ for n, m in net.named_children() if "Linear" in repr(m)}
+    assert {n for n, where in linears.items() if ".quantized." not in where} == set(kept)
+    test = load_splits(trained["shards"], ("test",))["test"]
+    assert score(net, test, 2)[0]["accuracy"] == ref.meta["after"]["accuracy"]
+
+
+def test_fallback_auto_without_a_gate_is_a_spec_error():
+    with pytest.raises(SpecError) as caught:
+        load_spec(
+            ROOT / "pipelines" / "breast_cancer_mlp.yaml",
+            ["compress.quantize={type: static_int8, fallback: auto}"],
+        )
+    assert "fallback auto keeps layers in fp32 until compress.gate holds" in str(caught.value)

@@ -63,6 +63,7 @@ def build_from_folder(folder: Path, where: str) -> nn.Module:
     net = build_model(params, info["input_shape"], len(info["classes"]), info.get("aux_targets"))
     if "quantized" in info:  # int8 weights load into the quantized form of the network
         kind = info["quantized"]
-        net = registry.QUANTIZERS[kind].impl(net, registry.QUANTIZERS[kind].params(type=kind))
+        params = registry.QUANTIZERS[kind].params(**info.get("quantize_params", {"type": kind}))
+        net = registry.QUANTIZERS[kind].impl(net, params)
     net.load_state_dict(checkpoint.load(Path(folder) / WEIGHTS)["model"])
     return net.eval()

@@ -24,4 +24,6 @@ def gate_lines(kind: str, meta: dict) -> list[str]:
     if sentence is None:
         return []
     verdict = "passed" if meta["gate"]["passed"] else "FAILED"
-    return [f"\ngate {verdict}: {sentence}"]
+    kept = meta.get("keep_fp32")  # static int8: layers fallback auto (or the spec) kept fp32
+    where = f" (layers kept in fp32: {', '.join(kept)})" if kept else ""
+    return [f"\ngate {verdict}: {sentence}{where}"]

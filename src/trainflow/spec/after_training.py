@@ -108,6 +108,14 @@ class StaticInt8Params(Section):
         description="the torch quantized engine (torch.ao FX graph mode): x86, chosen over "
         "PT2E (torchao) and ONNX Runtime by benchmarks/quantize_backends.py",
     )
+    keep_fp32: list[str] = Field(
+        [], description="layers left in fp32, by module name (e.g. '0', '5' of an mlp)"
+    )
+    fallback: Literal["none", "auto"] = Field(
+        "none",
+        description="auto: where compress.gate fails, keep in fp32 the layers whose "
+        "quantization costs the most, one more at a time, until the gate holds",
+    )
     latency_repeats: PositiveInt = 30
 
 

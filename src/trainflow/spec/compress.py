@@ -86,6 +86,12 @@ def compress_refusal(spec: Any) -> str | None:
             f"{spec.model.type}: use type dynamic_int8 (its Linear layers), or remove "
             "compress.quantize"
         )
+    if static and quantize.fallback == "auto" and spec.compress.gate is None:
+        return (
+            "compress.quantize.fallback auto keeps layers in fp32 until compress.gate holds, "
+            "and the spec has no gate: add compress.gate (e.g. {max_drop: 0.01}) or remove "
+            "fallback"
+        )
     return gate_refusal(spec)
 
 
