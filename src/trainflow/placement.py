@@ -109,7 +109,8 @@ def where() -> dict[str, Any]:
         except ValueError:  # not inside a worker: a client of one (the flow's process)
             pass
         else:
-            return {**place, "runner": "dask", "worker": f"{worker.address} ({worker.name})"}
+            named = f"{worker.address} (worker {worker.name}, pid {place['pid']})"
+            return {**place, "runner": "dask", "worker": named}
     return {**place, "runner": "flow process", "worker": f"pid {place['pid']}"}
 
 
