@@ -1,5 +1,6 @@
 """The logger and progress artifacts of the current Prefect run (plain logging when a task runs
-bare with `.fn`), and Prefect's logs of a user's mistake cut to one line."""
+bare with `.fn`), Prefect's logs of a user's mistake cut to one line, and of a cancelled run
+ending in the state it ended in."""
 
 import logging
 import re
@@ -62,12 +63,39 @@ class OneLineUserErrors(logging.Filter):
         return True
 
 
+class CancelledNotRunning(logging.Filter):
+    """A run cancelled by the runner that started it (`trainflow serve`, a worker) logs
+    "Flow run was cancelled." and then "Finished in state Running()": the runner owns the
+    Cancelled state, so Prefect's flow engine leaves its own copy at Running and logs that
+    (prefect/flow_engine.py, handle_cancellation and the `finally` after it; Prefect 3.9).
+    The run is Cancelled on the server; its last line says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled: set[str] = set()  # flow run ids between those two lines
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        run = getattr(record, "flow_run_id", None)
+        if record.msg == "Flow run was cancelled.":
+            self.cancelled.add(run)
+        elif run in self.cancelled and str(record.msg).startswith("Finished in state "):
+            self.cancelled.discard(run)
+            if str(record.msg).startswith(STALE_STATES):
+                record.msg, record.args = "Finished in state Cancelled()", ()
+        return True
+
+
+STALE_STATES = tuple(f"Finished in state {name}(" for name in ("Running", "Cancelling"))
+RUN_LOG_FILTERS = (OneLineUserErrors, CancelledNotRunning)
+
+
 def quiet_user_errors() -> None:
-    """Install OneLineUserErrors on Prefect's run loggers (once per process)."""
+    """Install RUN_LOG_FILTERS on Prefect's run loggers (once per process)."""
     for name in PREFECT_RUN_LOGGERS:
         logger = logging.getLogger(name)
-        if not any(isinstance(f, OneLineUserErrors) for f in logger.filters):
-            logger.addFilter(OneLineUserErrors())
+        for kind in RUN_LOG_FILTERS:
+            if not any(isinstance(f, kind) for f in logger.filters):
+                logger.addFilter(kind())
 
 
 # Installed on import as well: every process that runs trainflow's tasks imports this module
