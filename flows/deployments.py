@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.deploy import spec_from_parameters
@@ -22,6 +22,7 @@ def train(
     batch_size: int | None = None,
     cv_folds: int | None = None,
     overrides: list[str] | None = None,
+    note: str | None = None,
 ) -> dict:
     """Run a shipped pipeline; empty knobs keep the spec's values.
 
@@ -33,7 +34,11 @@ def train(
         cv_folds: evaluate.cv.folds (cross-validation folds)
         overrides: any other spec value as key.path=value (YAML value), e.g.
             train.optimizer.type=sgd or data.steps.1.test=0.25
+        note: the `trainflow notify-data --note` text of the new data that started this
+            run (its trigger fills it in); logged, never read as a spec value
     """
+    if note:
+        get_run_logger().info("started by new data for %s: %s", pipeline, note[:500])
     knobs = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "cv_folds": cv_folds}
     # Everything is validated here, before the first task: a bad value fails the run naming it.
     spec = spec_from_parameters(pipeline, knobs, overrides or [])

@@ -179,13 +179,24 @@ def runner_deployment(entry: dict):
         DeploymentEventTrigger(**{k: v for k, v in t.items() if k != "type"})
         for t in entry.get("triggers") or []
     ]
+    # the zone in the schedule's name and the deployment's description: the UI's schedule card
+    # leaves it out, and shows the next run in the browser's zone, unlabelled
     schedules = [
-        Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True))
+        Cron(
+            s["cron"],
+            timezone=s.get("timezone"),
+            active=s.get("active", True),
+            slug=f"{s['cron']} ({s.get('timezone') or 'UTC'})",
+        )
         for s in entry.get("schedules") or []
     ]
+    zones = [f"{s['cron']} in {s.get('timezone') or 'UTC'}" for s in entry.get("schedules") or []]
+    description = entry.get("description") or ""
+    if zones:
+        description += f" · schedule: {', '.join(zones)} (the UI shows next runs in your time)"
     deployment = flow.to_deployment(
         name=entry["name"],
-        description=entry.get("description"),
+        description=description or None,
         tags=entry.get("tags"),
         parameters=entry.get("parameters"),
         schedules=schedules,

@@ -67,6 +67,9 @@ def test_deploy_registers_deployments_with_schedules_for_the_process_pool(prefec
     assert [s["schedule"] for s in digits["schedules"]] == [
         {"cron": "0 3 * * 1", "timezone": "Europe/Berlin", "day_or": True}
     ]
+    # the zone said where the UI's schedule card does not say it (issue 19 part 14)
+    assert [s["slug"] for s in digits["schedules"]] == ["0 3 * * 1 (Europe/Berlin)"]
+    assert "schedule: 0 3 * * 1 in Europe/Berlin" in digits["description"]
     assert digits["parameters"] == {"pipeline": "digits_cnn"}
     assert set(digits["parameter_openapi_schema"]["properties"]) == {
         "pipeline",
@@ -75,6 +78,7 @@ def test_deploy_registers_deployments_with_schedules_for_the_process_pool(prefec
         "batch_size",
         "cv_folds",
         "overrides",
+        "note",
     }
     # each deployment's "new data" trigger is an automation that runs it
     automations = {a["name"]: a for a in prefect_server.post("/automations/filter")}
@@ -242,7 +246,7 @@ def test_new_data_event_retrains_and_a_cancelled_run_retried_reuses_the_cache(
         ]
 
     first = wait_for(triggered, 90, "the new-data trigger to start a digits run")[0]
-    assert first["parameters"] == {"pipeline": "digits_cnn"}
+    assert first["parameters"] == {"pipeline": "digits_cnn", "note": "test"}  # the --note
 
     # cancel it during training (as the UI's Cancel button does)
     def training(run_id: str):

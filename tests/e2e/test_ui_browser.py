@@ -133,4 +133,5 @@ def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_pa
         "lr": SPEC.train.lr,
         "batch_size": SPEC.train.batch_size,
         "overrides": [],
+        "note": None,  # (a new-data trigger's note; empty from the form)
     }
