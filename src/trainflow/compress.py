@@ -50,6 +50,13 @@ def quantize_static_int8(
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+        engines = torch.backends.quantized.supported_engines
+        if params.backend not in engines:  # e.g. an ARM build of torch
+            raise TrainflowError(
+                f"compress.quantize.backend {params.backend!r} is not an int8 engine of this "
+                f"torch build (it has {', '.join(e for e in engines if e != 'none')}): run on "
+                "an x86 machine, or use type dynamic_int8"
+            )
         torch.backends.quantized.engine = params.backend
         # the example input is only recorded (these builders' graphs need no shape inference)
         mapping = get_default_qconfig_mapping(params.backend)
