@@ -349,8 +349,9 @@ def _describe(error: Any, raw: Any) -> tuple[str, str]:
         key = loc[-1]
         full = f"{path}.{key}" if path != "(top level)" else str(key)
         allowed = sorted(model.model_fields) if model else []
-        listed = f" (allowed keys: {', '.join(allowed)})" if allowed else ""
-        return full, f"unknown key {_short(key)}{did_you_mean(key, allowed)}{listed}"
+        close = did_you_mean(key, allowed)  # a close key says it all; else every allowed one
+        listed = f" (allowed keys: {', '.join(allowed)})" if allowed and not close else ""
+        return full, f"unknown key {_short(key)}{close}{listed}"
     path, _ = _yaml_path_and_model(raw, loc)
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
