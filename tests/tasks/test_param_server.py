@@ -1,5 +1,5 @@
 """train.distributed (parameter_server) through the train task: real torchrun ranks, rank 0 the
-server and two trainers (torch.distributed.rpc, TensorPipe, CPU) on real shards. Sync ends with
+server and two trainers (gloo point-to-point tensors, CPU) on real shards. Sync ends with
 the 1-process weights; async with a staleness bound converges, dropping and counting what is
 too stale; the model folder packages and predicts; knobs that cannot hold are refused."""
 

@@ -1,6 +1,7 @@
-"""A parameter server (train.distributed: parameter_server) on torch.distributed.rpc: rank 0
-holds the parameters and the optimizer and applies the updates; ranks 1..N-1 are trainers
-(`Trainer`, built on them by rpc.remote) that compute gradients on the weights it sends.
+"""A parameter server (train.distributed: parameter_server) on torch.distributed point-to-point
+tensors (engine.ps_wire): rank 0 holds the parameters and the optimizer and applies the
+updates; ranks 1..N-1 are trainers (`Trainer`, run by engine.ps_worker) that compute gradients
+on the weights it sends.
 
 The server drives, in one loop on rank 0. Each epoch it draws the one-process run's batch
 order (its generator advances as one process's does) and sends that generator state to the
@@ -16,12 +17,11 @@ index, sending the weights to compute them on.
   waits). An epoch has at most the one-process count of updates, so planned schedules hold.
 Validation, metrics.jsonl, last.pt and best.pt are the server's, written by the one-process
 code (engine.setup, engine.loop.epoch_row, engine.outputs); a resume starts at an epoch.
-torch's RPC carries Python values with its own pickler: only tensors, numbers and lists of
-them go between the ranks of one job, on the rendezvous torchrun made for it."""
+Only flat tensors go between the ranks (gloo send/recv of raw bytes, whose layout both sides
+know from the network they build): no Python object is ever unpickled from a peer."""
 
 from __future__ import annotations
 
-import queue
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -29,17 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.rpc as rpc
 from pydantic import TypeAdapter
 from torch import nn
 
 from trainflow import registry
-from trainflow.engine import compute, transfer
+from trainflow.engine import compute, ps_wire, transfer
 from trainflow.engine.augment import Augmenter, preview_png
 from trainflow.engine.checks import check_model_and_training
 from trainflow.engine.data import Split, batches
 from trainflow.engine.ddp import World
-from trainflow.engine.ddp_worker import read_data
 from trainflow.engine.loop import EpochBatches, FitResult, epoch_row
 from trainflow.engine.model_folder import build_model, describe
 from trainflow.engine.outputs import Outputs
@@ -51,8 +49,8 @@ from trainflow.spec.train import TrainSpec
 
 
 def specs(job: dict) -> tuple[TrainSpec, Any]:
-    """The job's train and model sections; device auto is the CPU (TensorPipe here moves CPU
-    tensors: no device maps are set)."""
+    """The job's train and model sections; device auto is the CPU (the ranks exchange CPU
+    tensors over gloo)."""
     train = TrainSpec.model_validate(job["train"])
     if train.device == "auto":
         train = train.model_copy(update={"device": "cpu"})
@@ -63,9 +61,8 @@ class Trainer:
     """A worker's copy of the network and of the training rows; it turns weights and a batch
     index into that batch's gradient (its share of it, in sync mode)."""
 
-    def __init__(self, job: dict, rank: int, workers: int):
+    def __init__(self, job: dict, data: dict, rank: int, workers: int):
         spec, model = specs(job)
-        data = read_data(job, World(rank, workers + 1))
         assert isinstance(data["val"], Split)  # (always in memory)
         self.net = build_model(model, job["input_shape"], len(job["classes"]), job["aux_targets"])
         run, _ = setup(self.net, data["train"], data["val"], spec, job["seed"],
@@ -82,14 +79,15 @@ class Trainer:
         drawn = run.batches(epoch, torch.Generator().set_state(order))
         self.batches = enumerate(EpochBatches(drawn, run.augment(epoch), self.mix))
 
-    def gradient(self, index: int, weights: dict[str, torch.Tensor]) -> dict:
-        """The gradient of batch `index` of the epoch (they come in order) at `weights`, its
-        rows, loss sum and the buffers the forward pass updated (batch-norm statistics)."""
+    def gradient(self, index: int, weights: torch.Tensor) -> dict:
+        """The gradient of batch `index` of the epoch (they come in order) at `weights` (the
+        state_dict's bytes, ps_wire.raw), its rows, mean loss and the buffers the forward pass
+        updated (batch-norm statistics)."""
         batch = next((b for at, b in self.batches if at == index), None)
         if batch is None:
             raise TrainflowError(f"parameter server: batch {index} is past the epoch's end")
         x, y, w = batch
-        self.net.load_state_dict(weights)
+        ps_wire.fill(list(self.net.state_dict().values()), weights)
         if not len(y):  # an epoch's last batch can leave a share empty
             return {"rows": 0}
         runner, update = self.run.runner, self.run.update
@@ -115,19 +113,20 @@ class Updates:
 
 @dataclass
 class Server:
-    """Rank 0's side: the run and its state (engine.setup), the trainers' references, the
-    async staleness bound (None: sync) and the update counts."""
+    """Rank 0's side: the run and its state (engine.setup), the trainers' ranks, the async
+    staleness bound (None: sync), the update counts and the link to the trainers."""
 
     run: Setup
     state: TrainingState
     outputs: Outputs
-    trainers: list[rpc.RRef]
+    trainers: list[int]
     staleness: int | None
     updates: Updates
+    link: ps_wire.Link
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        """A copy of the weights to send (the optimizer steps while an async send is out)."""
-        return {k: v.detach().clone() for k, v in self.state.model.state_dict().items()}
+    def weights(self) -> torch.Tensor:
+        """A copy of the weights' bytes to send (the optimizer steps while one is out)."""
+        return ps_wire.raw(self.state.model.state_dict().values())
 
     def apply(self, results: list[dict], stale: int = 0) -> None:
         """One optimizer step on the row-weighted mean of the results' gradients, with the
@@ -149,29 +148,30 @@ class Server:
         for index in range(count):
             if self.run.update.done(self.state.steps):
                 return
-            weights = self.weights()
-            sent = [t.rpc_async().gradient(index, weights) for t in self.trainers]
-            results = [future.wait() for future in sent]
+            epoch = self.state.epoch
+            self.link.to_all(self.trainers, ps_wire.GRADIENT, index, epoch, self.weights())
+            model = self.state.model
+            results = [self.link.receive(model, t)[1] for t in self.trainers]
             self.count_rows(results)
             self.apply(results)
 
     def async_epoch(self, count: int) -> None:
-        arrived: queue.SimpleQueue = queue.SimpleQueue()
         indices = iter(range(count))
+        sent: dict[int, int] = {}  # a busy trainer's rank: the update count its weights had
 
-        def send(trainer: rpc.RRef) -> int:
+        def give(trainer: int) -> int:
             index = next(indices, None)
             if index is None or self.run.update.done(self.state.steps):
                 return 0
-            version = self.state.steps
-            future = trainer.rpc_async().gradient(index, self.weights())
-            future.then(lambda done: arrived.put((trainer, version, done)))
+            sent[trainer] = self.state.steps
+            epoch = self.state.epoch
+            self.link.to_all([trainer], ps_wire.GRADIENT, index, epoch, self.weights())
             return 1
 
-        busy = sum(send(trainer) for trainer in self.trainers)
-        while busy:
-            trainer, version, done = arrived.get()
-            result = done.wait()  # (raises the trainer's error)
+        busy = sum(give(trainer) for trainer in self.trainers)
+        while busy:  # each reply is taken from whichever trainer finishes first
+            trainer, result = self.link.receive(self.state.model, None)
+            version = sent.pop(trainer)
             self.count_rows([result])
             stale = self.state.steps - version
             assert self.staleness is not None
@@ -181,7 +181,7 @@ class Server:
                 self.updates.dropped += 1
             elif result["rows"]:
                 self.apply([result], stale)
-            busy += send(trainer) - 1
+            busy += give(trainer) - 1
 
     def count_rows(self, results: list[dict]) -> None:
         """The epoch's training loss sums every computed batch's rows (dropped ones too)."""
@@ -202,7 +202,7 @@ class Server:
         assert isinstance(run.train, Split)  # (a streamed split is refused: ps_worker)
         drawn = batches(run.train, run.size_at(epoch), state.generator)  # (as one process)
         count = sum(1 for _ in drawn)
-        torch.futures.wait_all([t.rpc_async().start_epoch(epoch, order) for t in self.trainers])
+        self.link.to_all(self.trainers, ps_wire.EPOCH, 0, epoch, order)
         if self.staleness is None:
             self.sync_epoch(count)
         else:
@@ -217,23 +217,27 @@ class Server:
 
 
 def fit_server(
-    net: nn.Module, job: dict, data: dict, spec: TrainSpec, work: Path, resume: dict | None
+    net: nn.Module,
+    job: dict,
+    data: dict,
+    spec: TrainSpec,
+    work: Path,
+    resume: dict | None,
+    link: ps_wire.Link,
 ) -> tuple[FitResult, Updates]:
-    """engine.loop.fit with the server's epochs: the trainers are built, trained, released."""
+    """engine.loop.fit with the server's epochs on the trainers (ranks 1..N-1, waiting for
+    its commands), which are released at the end."""
     distributed = spec.distributed
     assert distributed is not None
     run, state = setup(net, data["train"], data["val"], spec, job["seed"], optimizer_factory(spec))
     run = replace(run, world=World(0, distributed.world_size))  # (last.pt names the world)
     if resume is not None:
         state.resume(resume)
-    workers = distributed.world_size - 1
-    trainers = [
-        rpc.remote(f"rank{r}", Trainer, args=(job, r, workers)) for r in range(1, workers + 1)
-    ]
+    trainers = list(range(1, distributed.world_size))
     staleness = distributed.staleness if distributed.mode == "async" else None
     result = FitResult(batch_size=run.batch_size)
     with Outputs(work, run, state) as outputs:
-        server = Server(run, state, outputs, trainers, staleness, Updates())
+        server = Server(run, state, outputs, trainers, staleness, Updates(), link)
         for epoch in range(state.next_epoch, spec.epochs + 1):
             server.epoch(epoch)
             if run.stopping.stops(state.run.waited):
@@ -247,11 +251,14 @@ def fit_server(
             record.best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         result.best_state, result.best_epoch = record.best_state, record.best_epoch
         outputs.finish(result.best_state, result.best_epoch)
+    link.to_all(trainers, ps_wire.STOP)  # (they exit: the job is done)
     result.history = record.history
     return result, server.updates
 
 
-def train_server(folder: Path, job: dict, data: dict, resume: dict | None) -> FitResult:
+def train_server(
+    folder: Path, job: dict, data: dict, resume: dict | None, link: ps_wire.Link
+) -> FitResult:
     """engine.training.train_into on the server: build (and warm-start) the network, train it
     with the trainers, and leave the one-process model folder in `folder`."""
     spec, model = specs(job)
@@ -266,7 +273,8 @@ def train_server(folder: Path, job: dict, data: dict, resume: dict | None) -> Fi
     work.mkdir(parents=True, exist_ok=True)
     choice = compute.choose(net, spec, probe_rows(data), resolve_device(spec.device))
     with compute.threads_set(choice.threads):
-        result, updates = fit_server(net, job, data, compute.applied(spec, choice), work, resume)
+        applied = compute.applied(spec, choice)
+        result, updates = fit_server(net, job, data, applied, work, resume, link)
     for name in ("metrics.jsonl", "last.pt", "best.pt"):
         shutil.copy2(work / name, folder / name)
     shutil.rmtree(work)
