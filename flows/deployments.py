@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.deploy import spec_from_parameters
+from trainflow.errors import TrainflowError
 from trainflow.flows.pipeline import pipeline as pipeline_flow
 from trainflow.preflight import check_data
 from trainflow.task_options import check_runner
@@ -40,10 +42,15 @@ def train(
     if note:
         get_run_logger().info("started by new data for %s: %s", pipeline, note[:500])
     knobs = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "cv_folds": cv_folds}
-    # Everything is validated here, before the first task: a bad value fails the run naming it.
-    spec = spec_from_parameters(pipeline, knobs, overrides or [])
-    check_data(spec)
-    check_runner(spec)
+    # Everything is validated here, before the first task: a bad value fails the run naming
+    # it, once: the run's state message and one error line, no traceback (a user's mistake)
+    try:
+        spec = spec_from_parameters(pipeline, knobs, overrides or [])
+        check_data(spec)
+        check_runner(spec)
+    except TrainflowError as exc:
+        get_run_logger().error("%s", exc)
+        return Failed(message=str(exc))  # type: ignore[return-value]
     if spec.search is not None:  # a study (flows/search.py), its trials on this run's runner
         from trainflow.flows.search import search
 

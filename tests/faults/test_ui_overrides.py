@@ -182,3 +182,21 @@ def test_a_ui_run_never_reads_a_file_outside_the_pipelines_folder(worker, prefec
     message = str(state.message)
     assert "overrides.0" in message and "empty segment" in message
     assert SECRET_LINE not in message
+
+
+def test_a_spec_error_fails_the_run_with_one_message_and_no_traceback(
+    worker, prefect_engine, caplog
+):
+    """The run's state message is the one message; its log has it once, with no traceback
+    (issue 19 part 10: it was three times, with two of Prefect's tracebacks)."""
+    from trainflow.flows.deployments import train
+
+    with caplog.at_level("INFO"):
+        state = train(pipeline="tabular", overrides=["train.epochz=3"], return_state=True)
+    assert state.is_failed()
+    assert "unknown key 'epochz'; did you mean `epochs`?" in str(state.message)
+    assert "allowed keys" not in str(state.message)  # the close key alone, not 40 of them
+    said = [r for r in caplog.records if "unknown key 'epochz'" in r.getMessage()]
+    assert len(said) == 1, caplog.text
+    assert not any(r.exc_info for r in caplog.records), caplog.text
+    assert "Traceback" not in caplog.text
