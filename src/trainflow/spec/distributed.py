@@ -26,7 +26,7 @@ class Distributed(Section):
     - pipeline: the model cut into one stage per rank (torch.distributed.pipelining), each
       global batch run as `microbatches` micro-batches.
     - parameter_server: rank 0 holds the parameters and applies the optimizer; the other
-      ranks compute gradients on their shares (torch.distributed.rpc), in step (`sync`)
+      ranks compute gradients on their shares (c10d point-to-point tensors), in step (`sync`)
       or up to `staleness` updates behind (`async`)."""
 
     strategy: Literal["ddp", "fsdp", "pipeline", "parameter_server"] = "ddp"
@@ -141,14 +141,14 @@ def ddp_refusal(train: Any) -> str | None:
 
 
 # Knobs that cannot hold under parameter_server: the trainers compute gradients of single
-# batches in RPC threads; the server steps on them and keeps nothing else.
+# batches in a loop of their own; the server steps on them and keeps nothing else.
 PS_REFUSED = {
     "accumulate": "the server steps on each global batch's gradient; raise batch_size instead",
     "ema": "the server keeps no running average of the weights",
     "swa": "the server keeps no running average of the weights",
     "distill": "the trainers load no teacher",
-    "compile": "the trainers run eagerly in RPC threads",
-    "deterministic": "the trainers run in RPC threads, outside the deterministic block",
+    "compile": "the trainers run their batches eagerly",
+    "deterministic": "the trainers run outside the deterministic block",
     "debug.detect_anomaly": "the trainers' backward runs outside anomaly detection",
     "checkpoint_every_steps": "the server checkpoints between epochs (a resume starts an epoch)",
     "auto_batch": "the trainers would each measure a batch size",
@@ -163,10 +163,10 @@ def ps_refusal(train: Any) -> str | None:
     0 only steps and validates while the trainers compute, so the trainers alone are counted
     against the cores (1 server + 2 trainers on 2 cores)."""
     d = train.distributed
-    if d.nnodes > 1:  # (RPC carries pickled Python calls: a listener off the loopback is open)
+    if d.nnodes > 1:  # (gloo's point-to-point would carry it, but no test covers more nodes)
         return (
             f"distributed.nnodes ({d.nnodes}): strategy parameter_server runs on one machine, "
-            "its RPC listening on the loopback only; set nnodes: 1, or use strategy: ddp"
+            "as it is tested; set nnodes: 1, or use strategy: ddp"
         )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if d.nproc_per_node - 1 > (cores or 1):
