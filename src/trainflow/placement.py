@@ -33,6 +33,7 @@ def recording(runs: str, pipeline: str) -> Iterator[str]:
     """Record where each task of the block's run runs; yields the records' folder, which
     lasts as long as the block (the report task copies the records into the run folder)."""
     folder = (Path(runs) / pipeline / RECORDS / uuid.uuid4().hex[:16]).resolve()
+    made = [p for p in (folder.parent, folder.parent.parent, folder.parents[2]) if not p.exists()]
     folder.mkdir(parents=True)
     token = _FOLDER.set(str(folder))
     try:
@@ -40,10 +41,11 @@ def recording(runs: str, pipeline: str) -> Iterator[str]:
     finally:
         _FOLDER.reset(token)
         shutil.rmtree(folder, ignore_errors=True)
-        try:  # the runs folder keeps only run folders (another run may be recording)
-            folder.parent.rmdir()
-        except OSError:
-            pass
+        for made_here in made:  # a failed run leaves no empty folders of ours behind
+            try:
+                made_here.rmdir()
+            except OSError:  # not empty: a run folder, or another run recording
+                break
 
 
 def current() -> str | None:
