@@ -182,7 +182,7 @@ def test_every_step_a_package_holds_is_folded_or_refused_by_export():
 
 
 def test_the_command_offers_the_formats_export_writes():
-    from trainflow.cli import EXPORT_FORMATS
+    from trainflow.cli_parser import EXPORT_FORMATS
     from trainflow.export import FORMATS
 
     assert EXPORT_FORMATS == FORMATS
