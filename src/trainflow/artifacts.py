@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,7 +22,9 @@ from trainflow.remote import bucket_of
 from trainflow.storage import (  # noqa: F401
     MARKER,
     SHA256,
+    STORE_FOLDERS,
     TMP_PREFIX,
+    Kind,
     StoreError,
     StoreFullError,
     atomic_write_bytes,
@@ -34,7 +36,6 @@ from trainflow.storage import (  # noqa: F401
     sweep_temporaries,
 )
 
-Kind = Literal["table", "splits", "shards", "model", "folds", "report", "metrics", "package"]
 VIEW_FILE = "view.json"  # an artifact holding this is a view over another artifact of its store
 # The ref's numbers as the artifact itself holds them: covered by the fingerprint, so a ref whose
 # count, schema or meta differs from its artifact's (an edited result record) fails verify().
@@ -201,7 +202,7 @@ class Store:
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
-        open_store(self.root, {*get_args(Kind), "resume"})
+        open_store(self.root, STORE_FOLDERS)
         # a local mirror of an object store (trainflow.remote): commits are published there
         self.bucket = bucket_of(self.root)
 

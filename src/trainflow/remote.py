@@ -25,7 +25,13 @@ from urllib.parse import urlparse
 
 from trainflow.errors import ArtifactError, TrainflowError
 from trainflow.spec.after_training import OutputsSpec
-from trainflow.storage import TMP_PREFIX, atomic_write_text, fsync_dir
+from trainflow.storage import (
+    STORE_FOLDERS,
+    TMP_PREFIX,
+    atomic_write_text,
+    fsync_dir,
+    open_store,
+)
 
 SCHEMES = {"s3": "s3fs", "gs": "gcsfs"}  # scheme -> the fsspec backend that reads it
 EXTRA = {"s3": "pip install 'trainflow[s3]'", "gs": "pip install gcsfs"}
@@ -248,9 +254,7 @@ def open_outputs(
             )
         if held == tie:
             return folder
-    from trainflow.artifacts import Store  # opening marks the folder a store (or refuses it)
-
-    Store(folder)
+    open_store(folder, STORE_FOLDERS)  # marks the folder a store (or refuses it)
     atomic_write_text(file, json.dumps(tie, sort_keys=True))
     os.chmod(file, 0o600)  # store_options may hold a key and secret: the owner's alone
     return folder

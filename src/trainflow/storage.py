@@ -11,6 +11,7 @@ import shutil
 import uuid
 from collections.abc import Collection
 from pathlib import Path
+from typing import Literal, get_args
 
 from trainflow.errors import TrainflowError
 
@@ -18,6 +19,10 @@ from trainflow.errors import TrainflowError
 TMP_PREFIX = ".trainflow-tmp-"
 TMP_NAME = re.compile(r"\.trainflow-tmp-(\d+)-[0-9a-f]{8,32}(?:-.+)?")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# The kinds of artifact a store holds, each in its own folder (and `resume`, the folders of
+# interrupted trainings): what a store's top level may hold.
+Kind = Literal["table", "splits", "shards", "model", "folds", "report", "metrics", "package"]
+STORE_FOLDERS = frozenset({*get_args(Kind), "resume"})
 MARKER = ".trainflow-store"  # in every store trainflow created: it may write and sweep there
 STORE_VERSION = 1
 # errno values of a write that ran out of room: disk full, file size limit, quota
