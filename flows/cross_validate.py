@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from prefect import flow, unmapped
+from prefect.futures import as_completed
 
 from trainflow.artifacts import ArtifactRef
 from trainflow.errors import TrainflowError
 from trainflow.flows.data import prepare_data
+from trainflow.logs import Progress
 from trainflow.spec.ensemble import variant_specs
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.task_options import cv_task_runner, step
@@ -29,6 +31,9 @@ def map_folds(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> list[A
         group_column=unmapped(spec.data.split.group_column),
         rows=unmapped(spec.evaluate.cv.rows),
     )
+    progress = Progress("cv-progress", f"cross-validation: folds trained, of {folds}")
+    for done, _ in enumerate(as_completed(futures), start=1):  # in the order they finish
+        progress.update(done / folds)
     return [future.result() for future in futures]
 
 

@@ -17,6 +17,7 @@ from trainflow.engine import checkpoint, compute
 from trainflow.engine.loop import fit
 from trainflow.engine.model_folder import WEIGHTS, describe, load_model
 from trainflow.engine.training import optimizer_factory
+from trainflow.logs import Progress
 from trainflow.spec.compress import GateSpec
 from trainflow.spec.structured_prune import STRUCTURED
 from trainflow.spec.train import TrainSpec
@@ -60,11 +61,19 @@ def prune_model(
     before = measure(net, data["test"], classes)
     baseline = gate_value(gate, net, data["val"], classes) if gate else None  # pruning is in place
     tune = finetune_spec(train, params, info.get("compute"))
+    # the fine-tune's epochs over all its rounds (a structured pruner fine-tunes after each step)
+    epochs = params.finetune_epochs * (params.steps if params.type in STRUCTURED else 1)
+    progress, tuned = Progress("prune-progress", f"prune: {epochs} fine-tune epochs"), [0]
+
+    def moved(_row: dict) -> None:
+        tuned[0] += 1
+        progress.update(tuned[0] / max(epochs, 1))
 
     def finetune(network: Any) -> None:
         assert isinstance(tune.threads, int)  # finetune_spec resolved `auto`
         with compute.threads_set(tune.threads):
-            fit(network, data["train"], data["val"], tune, seed, optimizer_factory(tune))
+            build = optimizer_factory(tune)
+            fit(network, data["train"], data["val"], tune, seed, build, on_epoch=moved)
 
     shape, structured = info["input_shape"], params.type in STRUCTURED
     if structured:  # whole units removed, smaller layers (trainflow.channel_prune)
@@ -78,6 +87,7 @@ def prune_model(
             finetune(net)
         compress.make_permanent(targets)
     net = net.cpu().eval()
+    progress.update(1.0)  # (no fine-tune: pruned in one go)
     after = measure(net, data["test"], classes)
     table = {
         "before": before,

@@ -21,6 +21,7 @@ from trainflow.engine.data import Split
 from trainflow.engine.inference import score
 from trainflow.engine.model_folder import WEIGHTS, describe, load_model
 from trainflow.errors import TrainflowError
+from trainflow.logs import Progress
 from trainflow.spec.compress import GateSpec
 from trainflow.spec.metric_table import BASE
 from trainflow.tasks.train import load_splits
@@ -95,7 +96,10 @@ def quantize_model(
     parts = ("train",) * calibrated + ("val",) * bool(gate) + ("test",)
     data = load_splits(shards, parts)
     classes = len(info["classes"])
+    # by phase: the calibration batches take a fraction of one pass over the test part
+    progress = Progress("quantize-progress", "quantize: scored before, quantized, scored after")
     before = measure(net, data["test"], classes)
+    progress.update(1 / 3)
     if calibrated and gate and params.fallback == "auto":
         params = fall_back(net, params, data, gate, classes)  # its keep_fp32, resolved
     quantized = (
@@ -103,6 +107,7 @@ def quantize_model(
         if calibrated
         else registry.QUANTIZERS[params.type].impl(net, params)
     )
+    progress.update(2 / 3)
     after = measure(quantized, data["test"], classes)
     table = {
         "before": before,
@@ -115,6 +120,7 @@ def quantize_model(
     if gate:  # absent without a gate: the artifact of an ungated run is unchanged
         baseline, value = (gate_value(gate, m, data["val"], classes) for m in (net, quantized))
         table["gate"] = compress.gate_decision(gate, baseline, value)
+    progress.update(1.0)
     target = Store(store)
     with target.writer("model") as staging:
         checkpoint.save(staging / WEIGHTS, {"model": quantized.state_dict()})
