@@ -233,31 +233,35 @@ def artifact_key(name: str) -> str:
 
 
 def publish_tables_and_links(summary: dict, key: str, run: Path) -> None:
-    """The per-fold CV metrics as a table artifact, and a link artifact per model file and to
-    the run folder, so that the UI leads to the files on the machine that ran the flow."""
+    """The per-fold CV metrics as a table artifact (4 digits, as the report rounds them), one
+    table of what the run wrote and where (a browser opens no file:// link: the paths are
+    text, and a link where the store has a URL), and a link to the run folder."""
     publish_explanation(summary.get("explain"), summary["pipeline"], key)
     if summary["cv"]:
         cv = summary["cv"]
         rows = [{"fold": str(r["fold"]), **{m: r[m] for m in METRICS}} for r in cv["folds"]]
         rows += [{"fold": label, **cv[label]} for label in ("mean", "std")]
+        rounded = [
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows
+        ]
         create_table_artifact(
-            rows,
+            rounded,
             key=f"{key}-cv-folds",
             description=f"{summary['pipeline']}: validation metrics per "
             f"cross-validation fold, with mean and std",
         )
-    for model, uri in summary["models"].items():
-        link = (
-            f"{uri.rstrip('/')}/best.pt"
-            if "://" in uri
-            else (Path(uri) / "best.pt").resolve().as_uri()
-        )
-        create_link_artifact(
-            link,
-            link_text=f"{model}: {link}",
-            key=f"{key}-{artifact_key(model)}-file",
-            description=f"{summary['pipeline']}: {model} weights (best.pt)",
-        )
+    written = [
+        {"written": f"{model} weights", "where": f"{uri.rstrip('/')}/best.pt"}
+        for model, uri in summary["models"].items()
+    ]
+    if summary.get("package"):  # the run's deployable model
+        written.append({"written": "model package", "where": summary["package"]["address"]})
+    written.append({"written": "report.md, metrics.json, plots", "where": str(run.resolve())})
+    create_table_artifact(
+        written,
+        key=f"{key}-files",
+        description=f"{summary['pipeline']}: what this run wrote, and where",
+    )
     create_link_artifact(
         run.resolve().as_uri(),
         link_text=str(run.resolve()),

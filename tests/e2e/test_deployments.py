@@ -136,23 +136,19 @@ def test_runs_from_the_api_with_changed_parameters_complete_with_artifacts(serve
         if a["key"] == "shard-progress"
     ]
     assert shard_progress and all(a["data"] == 100.0 for a in shard_progress)
-    # link artifacts (stored by Prefect as markdown links) lead to the model files
-    links = {
-        k: re.fullmatch(r"\[.*\]\((file://[^)]+)\)", a["data"])
-        for k, a in by_key.items()
-        if k.endswith(("-file", "-run-folder"))
+    # one table of what the run wrote and where (paths as text: no file:// link a browser
+    # will not open), and the CV table rounded as the report rounds it (issue 19 part 11)
+    assert all(round(v, 4) == v for r in rows for v in r.values() if isinstance(v, float))
+    files = {
+        r["written"]: r["where"] for r in json.loads(by_key["breast-cancer-mlp-files"]["data"])
     }
-    assert {
-        "breast-cancer-mlp-model-file",
-        "breast-cancer-mlp-quantize-file",
-        "breast-cancer-mlp-prune-file",
-        "breast-cancer-mlp-fold-0-file",
-        "breast-cancer-mlp-fold-1-file",
-        "breast-cancer-mlp-run-folder",
-    } <= set(links)
-    paths = {k: Path(urlparse(m.group(1)).path) for k, m in links.items()}
-    assert all(path.exists() for path in paths.values())
-    assert paths["breast-cancer-mlp-model-file"].name == "best.pt"
+    for model in ("model", "quantize", "prune", "fold_0", "fold_1"):
+        assert Path(files[f"{model} weights"]).is_file(), files
+    assert Path(files["model package"]).is_dir()
+    assert not any(k.endswith("-file") for k in by_key)  # the six link cards are gone
+    link = re.fullmatch(r"\[.*\]\((file://[^)]+)\)", by_key["breast-cancer-mlp-run-folder"]["data"])
+    assert link
+    paths = {"breast-cancer-mlp-run-folder": Path(urlparse(link.group(1)).path)}
     run_dir = paths["breast-cancer-mlp-run-folder"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # the run used the form's values: 4 epochs at most, 2 folds, one fine-tuning epoch

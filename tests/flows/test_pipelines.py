@@ -68,6 +68,7 @@ def test_shipped_pipeline_end_to_end(name, tmp_path):
         "## Models written",
     ):
         assert section in report
+    assert report.index("## Test metrics") < report.index("## Data")  # the result leads
     assert metrics["test"]["accuracy"] == result["test"]["accuracy"]
     assert len(metrics["cv"]["folds"]) == 2 and set(metrics["cv"]["std"]) == set(
         metrics["cv"]["mean"]

@@ -21,16 +21,16 @@ def render(summary: dict, evaluation: list[str], explanation: list[str]) -> str:
     out = [
         f"# trainflow report: {summary['pipeline']}",
         f"spec fingerprint `{summary['spec_fingerprint'][:16]}`",
-        "",
-        "## Data",
     ]
+    # the result first (what a reader opens the report for), then how it came about
+    out += metric_lines(summary["test"], classes_of(summary))
+    out += evaluation
+    out += ["", "## Data"]
     out += data_lines(summary["data"])
     out += profile_lines(summary["profile"])
     out += sample_lines(summary.get("training_sample"))
     out += anomaly_lines(summary["anomalies"])
     out += training_lines(summary["train"])
-    out += metric_lines(summary["test"], classes_of(summary))
-    out += evaluation
     out += cv_lines(summary["cv"])
     out += ensemble_lines(summary["ensemble"], summary["test"])
     out += compression_sections(summary["compress"], summary.get("latency"))
