@@ -24,7 +24,7 @@ from trainflow.errors import TrainflowError
 from trainflow.flows.cross_validate import trial_members
 from trainflow.flows.data import prepare_data
 from trainflow.flows.pipeline import pipeline
-from trainflow.logs import run_logger
+from trainflow.logs import Progress, run_logger
 from trainflow.remote import store_folder
 from trainflow.spec.fit_on import refit_spec
 from trainflow.spec.pipeline import PipelineSpec, validate_spec
@@ -104,6 +104,7 @@ def run_trials(
     began = time.monotonic()
     queue = [studies.rerun(study, spec, t) for t in studies.stale_trials(study)]
     pending: dict[Any, optuna.trial.Trial] = {}
+    progress = trial_progress(spec, outer)
     while True:
         while len(pending) < spec.search.parallel:
             if queue:
@@ -117,6 +118,33 @@ def run_trials(
             return
         done = next(iter(as_completed(list(pending))))
         tell(study, pending.pop(done), done)
+        progress(len(studies.finished(study)), time.monotonic() - began)
+
+
+def trial_progress(spec: PipelineSpec, outer: tuple[int, int] | None) -> Any:
+    """A progress artifact of the trials told (of n_trials or the grid), or of timeout_s
+    where that is the only budget; one per outer fold's study in nested CV."""
+    assert spec.search is not None
+    limit, timeout = trial_limit(spec), spec.search.timeout_s
+    key = "search-progress" if outer is None else f"search-progress-outer-{outer[1]}"
+    budget = f"{limit:g} trials" if limit < math.inf else f"{timeout} s"
+    shown = Progress(key, f"search: trials finished, of {budget}")
+
+    def told(finished: int, seconds: float) -> None:
+        shown.update(finished / limit if limit < math.inf else seconds / (timeout or 1))
+
+    return told
+
+
+def trial_limit(spec: PipelineSpec) -> float:
+    """n_trials (inf when unset), and at most the grid's points for a grid."""
+    search = spec.search
+    assert search is not None
+    limit = search.n_trials if search.n_trials is not None else math.inf
+    if search.sampler.type == "grid":
+        size = math.prod(len(grid_values(p, q)) for p, q in search.space.items())
+        limit = min(limit, size)
+    return limit
 
 
 def budget_left(spec: PipelineSpec, study: optuna.Study, began: float, running: int) -> bool:
@@ -124,11 +152,7 @@ def budget_left(spec: PipelineSpec, study: optuna.Study, began: float, running: 
     run's clock), and, for a grid, a point not yet taken."""
     search = spec.search
     assert search is not None
-    limit = search.n_trials if search.n_trials is not None else math.inf
-    if search.sampler.type == "grid":
-        size = math.prod(len(grid_values(p, q)) for p, q in search.space.items())
-        limit = min(limit, size)
-    if len(studies.finished(study)) + running >= limit:
+    if len(studies.finished(study)) + running >= trial_limit(spec):
         return False
     return search.timeout_s is None or time.monotonic() - began < search.timeout_s
 
