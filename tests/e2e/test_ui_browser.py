@@ -85,6 +85,8 @@ def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_pa
             ).to_be_visible()
             expect(epochs).to_have_value(str(SPEC.train.epochs))
             expect(knob_input(page, "lr")).to_have_value(str(SPEC.train.lr))
+            if os.environ.get("TRAINFLOW_UI_SCREENSHOT"):
+                page.screenshot(path=ROOT / "docs" / "ui-run-form.png")
             epochs.fill("0")  # refused by the form before anything is submitted
             page.get_by_role("button", name="Submit").click()
             refused = page.get_by_text("Validation failed for field 'epochs'").first
@@ -103,6 +105,15 @@ def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_pa
             (tmp_path / "run-page.html").write_text(page.content())
             expect(page.get_by_text(name, exact=True).first).to_be_visible()
             expect(page.locator("[class*=page-heading] .state-badge")).to_have_text("Completed")
+            # the Task Runs tab lists the run's tasks with their states (issue 19 part 8:
+            # tasks that took a subflow's result as input were "No task runs" there)
+            page.get_by_text("Task Runs", exact=True).first.click()
+            expect(page.get_by_text(re.compile(r"^train-")).first).to_be_visible()
+            expect(page.get_by_text(re.compile(r"^publish_report-")).first).to_be_visible()
+            expect(page.get_by_text("No task runs")).to_have_count(0)
+            page.screenshot(path=tmp_path / "task-runs.png")
+            if os.environ.get("TRAINFLOW_UI_SCREENSHOT"):
+                page.screenshot(path=ROOT / "docs" / "ui-task-runs.png")
             page.get_by_text("Parameters", exact=True).click()
             expect(page.get_by_text('"epochs": 3')).to_be_visible()
             page.get_by_text("Artifacts", exact=True).click()
