@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from prefect import task
 
-from trainflow import compress, registry
+from trainflow import compress, quantize_auto, registry
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine import checkpoint
@@ -82,6 +82,26 @@ def fall_back(net: torch.nn.Module, params: Any, data: dict, gate: GateSpec, cla
     return chosen
 
 
+def choose_method(net: torch.nn.Module, info: dict, shards: ArtifactRef, params: Any, gate: Any):
+    """compress.quantize auto: the kept method's params and every candidate's record
+    (trainflow.quantize_auto); with no gate declared, the gate's defaults judge."""
+    judge, classes = gate or GateSpec(), len(info["classes"])
+    data = load_splits(shards, ("train", "val"))
+
+    def quantize(method: Any) -> tuple[torch.nn.Module, Any]:
+        if method.type != "static_int8":
+            return registry.QUANTIZERS[method.type].impl(net, method), method
+        if method.fallback == "auto":
+            method = fall_back(net, method, data, judge, classes)
+        return quantize_calibrated(net, method, data["train"]), method
+
+    def value(candidate: torch.nn.Module) -> float:
+        return gate_value(judge, candidate, data["val"], classes)
+
+    family = info["model"]["type"]
+    return quantize_auto.choose(net, params, family, quantize, value, judge, data["val"].x)
+
+
 @task(name="quantize", **CACHED)
 def quantize_model(
     model: ArtifactRef,
@@ -92,6 +112,9 @@ def quantize_model(
 ) -> ArtifactRef:
     """Quantize the trained `model`; with a `gate`, the verdict in the artifact's meta."""
     net, info = load_model(model)
+    auto: dict = {}  # the fastest method that passes the gate, then kept as if declared
+    if params.type == "auto":
+        params, auto["auto"] = choose_method(net, info, shards, params, gate)
     calibrated = params.type == "static_int8"  # activation ranges from training batches
     parts = ("train",) * calibrated + ("val",) * bool(gate) + ("test",)
     data = load_splits(shards, parts)
@@ -139,5 +162,5 @@ def quantize_model(
             staging,
             "model",
             schema=model.data_schema,
-            meta={"compression": "quantize", "type": params.type, **table},
+            meta={"compression": "quantize", "type": params.type, **table, **auto},
         )

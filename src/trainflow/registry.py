@@ -22,6 +22,7 @@ from trainflow.spec import after_training as after
 from trainflow.spec import ensemble, samplers, schedule, sources, steps
 from trainflow.spec import model as models
 from trainflow.spec import optimizers as optim
+from trainflow.spec import quantize_auto as qauto
 from trainflow.spec import structured_prune as structured
 
 
@@ -133,6 +134,7 @@ ENSEMBLES = {
 QUANTIZERS = {
     "dynamic_int8": Entry(after.DynamicInt8Params, "trainflow.compress:quantize_dynamic_int8"),
     "static_int8": Entry(after.StaticInt8Params, "trainflow.compress:quantize_static_int8"),
+    "auto": Entry(qauto.AutoQuantizeParams, "trainflow.quantize_auto:choose"),
 }
 PRUNERS = {
     "l1_unstructured": Entry(

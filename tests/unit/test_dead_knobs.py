@@ -37,6 +37,10 @@ DOCUMENTING = {
     "name": "the pipeline's name: names runs, deployments and the champion, not a result",
     # strategies in spec.distributed.NOT_BUILT: validated, refused until their engine lands
     "train.distributed.world_size": "read by the engines of NOT_BUILT strategies",
+    # quantize auto: the run's latency step reads auto's own latency_repeats (the flow times
+    # the kept model); a candidate method's is only recorded among the params it was tried with
+    "compress.quantize[auto].methods[dynamic_int8].latency_repeats": "auto's own is read",
+    "compress.quantize[auto].methods[static_int8].latency_repeats": "auto's own is read",
 }
 
 

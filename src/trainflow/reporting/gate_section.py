@@ -19,11 +19,34 @@ def gate_sentence(kind: str, meta: dict) -> str | None:
 
 
 def gate_lines(kind: str, meta: dict) -> list[str]:
-    """The report's lines for one compression's gate (none without a gate)."""
+    """The report's lines for one compression's gate (none without a gate), after quantize
+    auto's trial where there was one."""
     sentence = gate_sentence(kind, meta)
     if sentence is None:
-        return []
+        return auto_lines(meta)
     verdict = "passed" if meta["gate"]["passed"] else "FAILED"
     kept = meta.get("keep_fp32")  # static int8: layers fallback auto (or the spec) kept fp32
     where = f" (layers kept in fp32: {', '.join(kept)})" if kept else ""
-    return [f"\ngate {verdict}: {sentence}{where}"]
+    return [*auto_lines(meta), f"\ngate {verdict}: {sentence}{where}"]
+
+
+def auto_lines(meta: dict) -> list[str]:
+    """quantize auto's trial: each method's CPU time per batch and verdict, and the choice."""
+    auto = meta.get("auto")
+    if not auto:
+        return []
+    tried = []
+    for method in auto["candidates"]:
+        if "skipped" in method:
+            tried.append(f"{method['type']} skipped ({method['skipped']})")
+            continue
+        gate = method["gate"]
+        verdict = "passed" if gate["passed"] else "failed"
+        ms = method["cpu_ms_per_batch"]
+        tried.append(f"{method['type']} {ms:.3f} ms, drop {gate['drop']:.4f} {verdict}")
+    least = " (none passed the gate: the least drop)" if auto["none_passed"] else ""
+    return [
+        f"\nquantize auto, CPU ms per batch of {auto['batch_size']} on 1 thread (median of "
+        f"{auto['runs']} interleaved rounds; fp32 {auto['fp32_cpu_ms_per_batch']:.3f} ms): "
+        f"{'; '.join(tried)}; kept {auto['chosen']}{least}"
+    ]

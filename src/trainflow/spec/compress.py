@@ -92,6 +92,13 @@ def compress_refusal(spec: Any) -> str | None:
             "and the spec has no gate: add compress.gate (e.g. {max_drop: 0.01}) or remove "
             "fallback"
         )
+    split = spec.data.split
+    no_validation = not (isinstance(split.validation, list) or split.validation)
+    if quantize is not None and quantize.type == "auto" and no_validation:
+        return (
+            "compress.quantize auto judges each method on the validation part and "
+            "split.validation is 0: give split.validation a share, or declare the type"
+        )
     return gate_refusal(spec)
 
 
