@@ -1,8 +1,9 @@
 """The parameter server's messages (engine.param_server, engine.ps_worker): flat tensors sent
-by torch.distributed point-to-point on the gloo group torchrun set up, so only raw bytes cross
-between ranks and nothing is ever unpickled. Both sides build the same network from the same
-job, so the layout of every message is known from it: a tensor travels as its bytes, in
-state_dict (weights) or parameters-then-buffers (a reply) order."""
+by torch.distributed point-to-point (gloo send/recv, in a group of their own at torchrun's
+rendezvous), so only raw bytes cross between ranks and nothing is ever unpickled. Both
+sides build the same network from the same job, so the layout of every message is known
+from it: a tensor travels as its bytes, in state_dict (weights) or parameters-then-buffers
+(a reply) order."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def raw(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
 
 
 def size(tensors: Iterable[torch.Tensor]) -> int:
+    """The bytes `raw` makes of the tensors."""
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -108,7 +110,7 @@ class Link:
 
 def reply_layout(net: nn.Module) -> list[torch.Tensor]:
     """Empty tensors shaped as a reply: [rows, one has-gradient flag per parameter] (int64),
-    the loss sum's mean (float64), a gradient per parameter, then every buffer."""
+    the batch's mean loss (float64), a gradient per parameter, then every buffer."""
     params = list(net.parameters())
     head = torch.empty(1 + len(params), dtype=torch.int64)
     loss = torch.empty(1, dtype=torch.float64)
