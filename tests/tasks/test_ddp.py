@@ -278,3 +278,46 @@ def test_ranks_on_streamed_batches_step_on_the_mean_gradient(tmp_path):
     done = subprocess.run([*argv, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("grad [1.5, 1.5, 1.5]") == 2
+
+
+@pytest.mark.slow
+def test_two_nodes_join_one_rendezvous_and_train_as_two_ranks_on_one_node(runs, tmp_path):
+    """nnodes: 2 with rdzv_endpoint: two train tasks (two "nodes" on this machine, one rank
+    each) meet at the c10d endpoint and train as one 2-rank run: the node holding rank 0
+    stores the model, with the weights of the standalone 2-rank run; the other says it has
+    none to store, in one message."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trainflow.engine.ddp import OtherNodeWrites
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = TrainSpec.model_validate(
+        {
+            **ONE.model_dump(),
+            "distributed": {
+                "nproc_per_node": 1,
+                "nnodes": 2,
+                "rdzv_endpoint": f"127.0.0.1:{port}",
+            },
+        }
+    )
+
+    def node(n: int):
+        try:
+            return train_model.fn(runs["shards"], MODEL, spec, 0, str(tmp_path / f"node{n}"))
+        except OtherNodeWrites as exc:
+            return exc
+
+    with ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(node, (0, 1)))
+    models = [d for d in done if not isinstance(d, Exception)]
+    others = [d for d in done if isinstance(d, OtherNodeWrites)]
+    assert len(models) == 1 and len(others) == 1, done
+    assert "the node holding rank 0 wrote the model" in str(others[0])
+    two, joined = (checkpoint.load(m.path / "best.pt")["model"] for m in (runs["two"], models[0]))
+    for name in two:
+        assert torch.allclose(two[name], joined[name], rtol=0, atol=ATOL), name
+    for x, y in zip(rows(models[0]), rows(runs["two"]), strict=True):
+        assert x == pytest.approx(y, abs=ATOL, rel=0)

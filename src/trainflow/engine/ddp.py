@@ -247,7 +247,17 @@ def launch(spec: Distributed, job: dict[str, Any], work: Path, threads: int, ent
         output = log.read()
     if ranks.returncode:
         raise TrainflowError(unmet(spec, work, output) or failure(work, spec, output))
+    if not (work / "result.json").is_file() and spec.nnodes > 1:
+        raise OtherNodeWrites(
+            f"this node's {spec.nproc_per_node} rank(s) trained in the {spec.nnodes}-node "
+            f"rendezvous at {spec.rdzv_endpoint}, and the node holding rank 0 wrote the model "
+            "there: this node has no model to store (its run stops here; node 0's goes on)"
+        )
     return json.loads((work / "result.json").read_text())
+
+
+class OtherNodeWrites(TrainflowError):
+    """A multi-node training ended well, and another node (rank 0's) wrote its model."""
 
 
 EPOCHS = "epochs.jsonl"  # rank 0 appends each epoch's row (ddp_worker) as the task follows it
