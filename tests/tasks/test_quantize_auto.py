@@ -67,6 +67,7 @@ def test_auto_times_and_judges_every_method_and_keeps_one_that_passed(trained):
         assert info["quantize_params"] == kept["params"]
     line = gate_lines("quantize", ref.meta)[0]
     assert "quantize auto, CPU ms per batch of 256 on 1 thread" in line
+    assert "(the first declared that passed, unless another is 1.2x faster)" in line
     assert f"kept {auto['chosen']}" in line and "dynamic_int8 " in line and "static_int8 " in line
 
 

@@ -44,7 +44,11 @@ def auto_lines(meta: dict) -> list[str]:
         verdict = "passed" if gate["passed"] else "failed"
         ms = method["cpu_ms_per_batch"]
         tried.append(f"{method['type']} {ms:.3f} ms, drop {gate['drop']:.4f} {verdict}")
-    least = " (none passed the gate: the least drop)" if auto["none_passed"] else ""
+    least = (
+        " (none passed the gate: the least drop)"
+        if auto["none_passed"]
+        else f" (the first declared that passed, unless another is {auto['margin']}x faster)"
+    )
     return [
         f"\nquantize auto, CPU ms per batch of {auto['batch_size']} on 1 thread (median of "
         f"{auto['runs']} interleaved rounds; fp32 {auto['fp32_cpu_ms_per_batch']:.3f} ms): "
