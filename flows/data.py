@@ -8,13 +8,16 @@ then, the one way to give them another task runner than the pipeline's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prefect import Task, flow
 from prefect.context import FlowRunContext
+from prefect.runtime import flow_run as runtime_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow import registry
+from trainflow.logs import Progress
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.task_options import cv_task_runner, step
 from trainflow.tasks.expect import check_expectations
@@ -32,6 +35,26 @@ def prepare_data(spec: PipelineSpec, store: str) -> dict:
     return subflow(spec, store)
 
 
+def watched_progress(spec: PipelineSpec) -> Callable[[], None]:
+    """In the prepare-data subflow, a progress artifact of the data steps on the run that
+    called it (the one a user watches; the tasks' own ingest and shard progress are on the
+    subflow's): moved by each call of what this returns, a no-op in the calling flow (whose
+    tasks these are, their progress already on its run)."""
+    context = FlowRunContext.get()
+    if context is None or context.flow is None or context.flow.name != "prepare-data":
+        return lambda: None
+    total = 4 + len(spec.data.pre_split) + len(spec.data.post_split)  # ingest, expect, split, shard
+    total += spec.train.fit_on == "train+validation"  # pool_validation
+    parent = runtime_flow_run.parent_flow_run_id
+    shown, done = Progress("data-progress", f"data steps done, of {total}", flow_run=parent), [0]
+
+    def moved() -> None:
+        done[0] += 1
+        shown.update(done[0] / total)
+
+    return moved
+
+
 def on_threads() -> bool:
     """True when the calling flow's task runner is a thread pool (the pipeline's)."""
     context = FlowRunContext.get()
@@ -39,9 +62,13 @@ def on_threads() -> bool:
 
 
 def data_steps(spec: PipelineSpec, store: str) -> dict:
+    moved = watched_progress(spec)
+
     def run(task: Task, *args: Any) -> Any:  # on the flow's task runner, one after another
         bound = step(task, spec)
-        return bound.submit(*args).result() if spec.runner.data else bound(*args)
+        found = bound.submit(*args).result() if spec.runner.data else bound(*args)
+        moved()
+        return found
 
     table = ingested = run(ingest, spec.data.source, store)
     profile = run(check_expectations, table, spec.data.expect, store)

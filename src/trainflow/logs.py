@@ -6,9 +6,10 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from uuid import UUID
 
 from prefect import get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import ProgressArtifact, update_progress_artifact
 from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 
@@ -110,12 +111,18 @@ class Progress:
     Each update is an "artifact updated" event in the UI's feed, so updates are throttled: one
     goes out when the work has moved STEP (5 points) and EVERY_S seconds have passed since the
     last, and always at 100 %. A run of any length sends at most 21 (one per 5 %, however
-    slow), a short one two or three (however many epochs it has). `clock` is for tests."""
+    slow), a short one two or three (however many epochs it has). `clock` is for tests;
+    `flow_run` puts the artifact on another flow run than the current one (a subflow's
+    progress on the run a user watches)."""
 
     STEP, EVERY_S = 5.0, 10.0
 
     def __init__(
-        self, key: str, description: str, clock: Callable[[], float] = time.monotonic
+        self,
+        key: str,
+        description: str,
+        clock: Callable[[], float] = time.monotonic,
+        flow_run: UUID | None = None,
     ) -> None:
         self.id, self.clock, self.sent = None, clock, 0  # sent: the updates that went out
         self.shown, self.shown_at = 0.0, clock()
@@ -123,7 +130,10 @@ class Progress:
             get_run_context()
         except MissingContextError:
             return
-        self.id = create_progress_artifact(0.0, key=key, description=description)
+        made = ProgressArtifact(
+            progress=0.0, key=key, description=description, flow_run_id=flow_run
+        )  # flow_run None: the current run's
+        self.id = made.create(_sync=True).id  # type: ignore[call-arg]  (Prefect's sync call)
 
     def update(self, fraction: float) -> None:
         percent = round(100 * min(max(fraction, 0.0), 1.0), 1)
