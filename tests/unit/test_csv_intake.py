@@ -224,6 +224,10 @@ def test_id_like_and_constant_columns_are_flagged_with_drop(tmp_path):
     assert notes["country"].startswith("constant: every row holds the one value 'FR'")
     assert "data.source.drop: [country]" in notes["country"]
     assert notes["score"] is None and notes["y"] is None
+    from trainflow.reporting.markdown import profile_lines
+
+    shown = "\n".join(profile_lines(profile))  # and the report says so under its profile
+    assert "- **customer**: id-like" in shown and "- **country**: constant" in shown
 
 
 def test_null_values_that_null_every_label_are_refused(tmp_path):

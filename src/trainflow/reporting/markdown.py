@@ -101,6 +101,9 @@ def profile_lines(profile: list[dict]) -> list[str]:
                 [[r["column"], r["dtype"], r["missing"], r.get("distinct", "")] for r in others],
             ),
         ]
+    notes = [r for r in profile if r.get("note")]  # id-like, constant, text by a few words
+    if notes:
+        out += ["", *(f"- **{r['column']}**: {r['note']}" for r in notes)]
     return out
 
 
