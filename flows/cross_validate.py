@@ -8,11 +8,13 @@ from prefect.futures import as_completed
 from trainflow.artifacts import ArtifactRef
 from trainflow.errors import TrainflowError
 from trainflow.flows.data import prepare_data
-from trainflow.logs import Progress
+from trainflow.logs import Progress, calling_run
 from trainflow.spec.ensemble import variant_specs
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.task_options import cv_task_runner, step
 from trainflow.tasks.fold import train_fold
+
+CV = "cross-validate"  # the folds' subflow on Dask or Ray
 
 
 def map_folds(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> list[ArtifactRef]:
@@ -31,7 +33,9 @@ def map_folds(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> list[A
         group_column=unmapped(spec.data.split.group_column),
         rows=unmapped(spec.evaluate.cv.rows),
     )
-    progress = Progress("cv-progress", f"cross-validation: folds trained, of {folds}")
+    # in the cross-validate subflow, on the run that called it: the one a user watches
+    shown = f"cross-validation: folds trained, of {folds}"
+    progress = Progress("cv-progress", shown, flow_run=calling_run(CV))
     for done, _ in enumerate(as_completed(futures), start=1):  # in the order they finish
         progress.update(done / folds)
     return [future.result() for future in futures]
@@ -43,7 +47,7 @@ def cross_validate(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> l
     Built per run, not at import: Prefect derives a flow's parameter schema when the flow is
     made, and the schema of a PipelineSpec costs a command that never uses it most of a
     second (the thread pool's folds are tasks of the calling flow, see `run_folds`)."""
-    subflow = flow(name="cross-validate", task_runner=cv_task_runner(spec))(map_folds)
+    subflow = flow(name=CV, task_runner=cv_task_runner(spec))(map_folds)
     return subflow(spec, raw_splits, store)
 
 

@@ -13,11 +13,10 @@ from typing import Any
 
 from prefect import Task, flow
 from prefect.context import FlowRunContext
-from prefect.runtime import flow_run as runtime_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow import registry
-from trainflow.logs import Progress
+from trainflow.logs import Progress, calling_run
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.task_options import cv_task_runner, step
 from trainflow.tasks.expect import check_expectations
@@ -40,12 +39,11 @@ def watched_progress(spec: PipelineSpec) -> Callable[[], None]:
     called it (the one a user watches; the tasks' own ingest and shard progress are on the
     subflow's): moved by each call of what this returns, a no-op in the calling flow (whose
     tasks these are, their progress already on its run)."""
-    context = FlowRunContext.get()
-    if context is None or context.flow is None or context.flow.name != "prepare-data":
+    parent = calling_run("prepare-data")
+    if parent is None:
         return lambda: None
     total = 4 + len(spec.data.pre_split) + len(spec.data.post_split)  # ingest, expect, split, shard
     total += spec.train.fit_on == "train+validation"  # pool_validation
-    parent = runtime_flow_run.parent_flow_run_id
     shown, done = Progress("data-progress", f"data steps done, of {total}", flow_run=parent), [0]
 
     def moved() -> None:

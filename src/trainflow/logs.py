@@ -10,8 +10,9 @@ from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.artifacts import ProgressArtifact, update_progress_artifact
-from prefect.context import get_run_context
+from prefect.context import FlowRunContext, get_run_context
 from prefect.exceptions import MissingContextError
+from prefect.runtime import flow_run
 
 from trainflow.errors import TrainflowError
 
@@ -102,6 +103,16 @@ def quiet_user_errors() -> None:
 # Installed on import as well: every process that runs trainflow's tasks imports this module
 # (Dask workers included), and not all of them start from the CLI.
 quiet_user_errors()
+
+
+def calling_run(subflow: str) -> UUID | None:
+    """The flow run that called the current flow run when that is the subflow named
+    `subflow` (the run a user watches, where its progress belongs); None elsewhere."""
+    context = FlowRunContext.get()
+    if context is None or context.flow is None or context.flow.name != subflow:
+        return None
+    parent = flow_run.parent_flow_run_id  # (read from the API: the subflow's parent task)
+    return UUID(str(parent)) if parent else None
 
 
 class Progress:

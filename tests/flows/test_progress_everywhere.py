@@ -85,17 +85,18 @@ def test_a_study_run_shows_its_trials_progress_reaching_100(tmp_path):
     assert progress_of(watched_run(tag), ("search-progress",)) == {"search-progress": [100.0]}
 
 
-def test_data_steps_on_dask_show_their_progress_on_the_pipelines_run(tmp_path):
-    """runner.data: the data tasks are a prepare-data subflow's, their ingest and shard
-    progress on it; the subflow moves a data-progress artifact of the run a user watches."""
-    alone = ("train.epochs=2", "evaluate.cv=null", "ensemble=null", "compress={}")
+def test_data_steps_and_folds_on_dask_show_their_progress_on_the_pipelines_run(tmp_path):
+    """runner.data on Dask: the data tasks are a prepare-data subflow's, their ingest and shard
+    progress on it, and the folds a cross-validate subflow's; the subflows move data-progress
+    and cv-progress artifacts of the run a user watches."""
+    small = ("train.epochs=2", "evaluate.cv.folds=2", "ensemble=null", "compress={}")
     on_dask = ("runner.type=dask", "runner.data=true", "runner.workers=1")
     spec = load_spec(
-        ROOT / "pipelines" / "breast_cancer_mlp.yaml", [*outputs(tmp_path), *alone, *on_dask]
+        ROOT / "pipelines" / "breast_cancer_mlp.yaml", [*outputs(tmp_path), *small, *on_dask]
     )
     tag = f"data-progress-{tmp_path.name}"
     with tags(tag):
         pipeline(spec)
-    watched = watched_run(tag)
-    keys = ("data-progress", "ingest-progress", "shard-progress")
-    assert progress_of(watched, keys) == {"data-progress": [100.0]}
+    keys = ("data-progress", "cv-progress", "ingest-progress", "shard-progress")
+    shown = progress_of(watched_run(tag), keys)
+    assert shown == {"data-progress": [100.0], "cv-progress": [100.0]}
