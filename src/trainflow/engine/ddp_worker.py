@@ -120,12 +120,21 @@ def main(path: str) -> None:
     job = json.loads(Path(path).read_text())
     rank = int(os.environ["RANK"])  # torchrun's
     torch.set_num_threads(job["threads"])
-    try:
+    with reported(job, rank):
         data = read_data(job, World(rank, int(os.environ["WORLD_SIZE"])))
         if job["backend"] == "nccl":  # one GPU a rank: "cuda" is then this rank's device
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         dist.init_process_group(job["backend"])
         run(job, data)
+
+
+@contextmanager
+def reported(job: dict, rank: int) -> Iterator[None]:
+    """A rank's failure leaves rank<N>.err beside the job (its traceback's last lines, for
+    the task's one message); the process group is closed either way. Every strategy's rank
+    module runs its work inside this."""
+    try:
+        yield
     except BaseException:
         lines = traceback.format_exc().strip().splitlines()[-8:]
         (Path(job["work"]) / f"rank{rank}.err").write_text("\n".join(lines) + "\n")

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sys
-import traceback
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from trainflow.engine.augment import Augmenter, preview_png
 from trainflow.engine.checks import check_model_and_training
 from trainflow.engine.data import Split
 from trainflow.engine.ddp import World
-from trainflow.engine.ddp_worker import read_data, watch_parent
+from trainflow.engine.ddp_worker import read_data, reported, watch_parent
 from trainflow.engine.model_folder import build_model, describe
 from trainflow.engine.monitor import check_monitor
 from trainflow.engine.outputs import Outputs
@@ -194,18 +193,11 @@ def main(path: str) -> None:
     torch.set_num_threads(job["threads"])
     if job["backend"] == "nccl":  # one GPU a rank ("cuda" then names this rank's)
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    try:
+    with reported(job, rank):
         data = read_data(job, World(rank, size))
         ready = prepare(job, data, rank, size)
         dist.init_process_group(job["backend"])
         train_stage(job, data, ready)
-    except BaseException:
-        lines = traceback.format_exc().strip().splitlines()[-8:]
-        (Path(job["work"]) / f"rank{rank}.err").write_text("\n".join(lines) + "\n")
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

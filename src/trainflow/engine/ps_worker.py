@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
 from pathlib import Path
 
 import torch
 
 from trainflow.engine import ps_wire
 from trainflow.engine.ddp import World
-from trainflow.engine.ddp_worker import read_data, watch_parent
+from trainflow.engine.ddp_worker import read_data, reported, watch_parent
 from trainflow.engine.param_server import Trainer, train_server
 from trainflow.engine.state import load_resumable
 from trainflow.errors import TrainflowError
@@ -60,7 +59,7 @@ def main(path: str) -> None:
     job = json.loads(Path(path).read_text())
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])  # torchrun's
     torch.set_num_threads(job["threads"])
-    try:
+    with reported(job, rank):  # (its gloo group is ps_wire.Link's own, not the default one)
         if job["streamed"]:
             raise TrainflowError(
                 "train.distributed parameter_server reads the training split into memory on "
@@ -72,10 +71,6 @@ def main(path: str) -> None:
             serve(job, data, link)
         else:
             answer(job, data, link)
-    except BaseException:
-        lines = traceback.format_exc().strip().splitlines()[-8:]
-        (Path(job["work"]) / f"rank{rank}.err").write_text("\n".join(lines) + "\n")
-        raise
 
 
 if __name__ == "__main__":
