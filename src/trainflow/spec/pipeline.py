@@ -20,8 +20,14 @@ from trainflow.spec.compress import CompressSpec, compress_refusal, with_gate_de
 from trainflow.spec.data import ExpectSpec, ShardParams
 from trainflow.spec.ensemble import check_ensemble
 from trainflow.spec.fit_on import no_validation_refusal, pipeline_refusal
-from trainflow.spec.loading import load_raw, parse_yaml
+from trainflow.spec.loading import load_raw
 from trainflow.spec.orchestration import OrchestrationSpec, RunnerSpec
+from trainflow.spec.overrides import (  # noqa: F401 (parse_* re-exported: the CLI and deploy)
+    apply_override,
+    parse_assignment,
+    parse_key_path,
+)
+from trainflow.spec.overrides import short as _short
 from trainflow.spec.promote import PromoteSpec
 from trainflow.spec.search import SearchSpec, check_space
 from trainflow.spec.structured_prune import structured_refusal
@@ -203,65 +209,6 @@ def _unpackaged_step(steps: list[Any]) -> str | None:
     return None
 
 
-# ---- overrides -------------------------------------------------------------------------------
-
-
-def parse_key_path(text: str) -> list[str]:
-    """The keys of a `dotted.path` (ValueError for an empty one or an empty segment).
-
-    The one parser of override paths: `--set`, and the check of what a run's parameters may
-    set, read the same keys, so no spelling (`data..source.path`) means one thing to the
-    check and another to the override.
-    """
-    keys = [k.strip() for k in text.strip().split(".")]
-    if keys == [""]:
-        raise ValueError("empty key path: write key.path=value")
-    if "" in keys:
-        raise ValueError(
-            f"empty segment in key path {text.strip()!r}: write keys with one dot "
-            "between them, e.g. train.lr=3e-4"
-        )
-    return keys
-
-
-def parse_assignment(assignment: str) -> tuple[list[str], Any]:
-    """The keys and the (YAML) value of a `dotted.path=value` override; ValueError if bad."""
-    if not isinstance(assignment, str) or "=" not in assignment:
-        raise ValueError(f"expected key.path=value, got {_short(assignment)}")
-    path, value_text = assignment.split("=", 1)
-    keys = parse_key_path(path)
-    try:
-        value = parse_yaml(value_text) if value_text.strip() else None
-    except ValueError as exc:
-        raise ValueError(f"the value of {'.'.join(keys)}: {exc}") from None
-    return keys, value
-
-
-def apply_override(raw: dict, assignment: str) -> None:
-    """Apply one `dotted.path=value` override (value parsed as YAML) to the raw spec dict."""
-    try:
-        keys, value = parse_assignment(assignment)
-    except ValueError as exc:
-        raise SpecError("--set", [(str(assignment)[:80], str(exc))]) from None
-    node: Any = raw
-    for depth, name in enumerate(keys):
-        key: str | int = name
-        last = depth == len(keys) - 1
-        where = ".".join(keys[: depth + 1])
-        if isinstance(node, list):
-            if not name.isdecimal() or int(name) >= len(node):
-                raise SpecError("--set", [(where, f"no list item {name!r} (list has {len(node)})")])
-            key = int(name)
-        elif not isinstance(node, dict):
-            raise SpecError("--set", [(where, f"cannot set a key inside a {type(node).__name__}")])
-        if last:
-            node[key] = value
-        else:
-            if isinstance(node, dict) and node.get(key) is None:
-                node[key] = {}
-            node = node[key]
-
-
 # ---- error messages that name the YAML path --------------------------------------------------
 
 MAX_PROBLEMS = 30  # a fuzzed list of 10,000 bad items is still one screen of problems
@@ -328,11 +275,6 @@ def _has(node: Any, item: Any) -> bool:
     if isinstance(node, dict):
         return item in node
     return isinstance(item, int) and 0 <= item < len(node)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _quoted(text: Any) -> list[str]:
