@@ -119,7 +119,7 @@ def quantize_model(
     parts = ("train",) * calibrated + ("val",) * bool(gate) + ("test",)
     data = load_splits(shards, parts)
     classes = len(info["classes"])
-    # by phase: the calibration batches take a fraction of one pass over the test part
+    # by phase: calibration is one forward pass over its few batches, too quick to count
     progress = Progress("quantize-progress", "quantize: scored before, quantized, scored after")
     before = measure(net, data["test"], classes)
     progress.update(1 / 3)
