@@ -47,7 +47,9 @@ def cross_validate(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> l
     Built per run, not at import: Prefect derives a flow's parameter schema when the flow is
     made, and the schema of a PipelineSpec costs a command that never uses it most of a
     second (the thread pool's folds are tasks of the calling flow, see `run_folds`)."""
-    subflow = flow(name=CV, task_runner=cv_task_runner(spec))(map_folds)
+    subflow = flow(  # named for its pipeline, not a random pair of words
+        name=CV, flow_run_name=f"{CV}: {spec.name}", task_runner=cv_task_runner(spec)
+    )(map_folds)
     return subflow(spec, raw_splits, store)
 
 

@@ -30,7 +30,11 @@ def prepare_data(spec: PipelineSpec, store: str) -> dict:
     The same tasks with the same inputs either way: the same cache keys and artifacts."""
     if not spec.runner.data or not on_threads():  # a study's flow on Dask submits there
         return data_steps(spec, store)
-    subflow = flow(name="prepare-data", task_runner=cv_task_runner(spec))(data_steps)
+    subflow = flow(  # named for its pipeline, not a random pair of words
+        name="prepare-data",
+        flow_run_name=f"prepare-data: {spec.name}",
+        task_runner=cv_task_runner(spec),
+    )(data_steps)
     return subflow(spec, store)
 
 

@@ -100,3 +100,9 @@ def test_data_steps_and_folds_on_dask_show_their_progress_on_the_pipelines_run(t
     keys = ("data-progress", "cv-progress", "ingest-progress", "shard-progress")
     shown = progress_of(watched_run(tag), keys)
     assert shown == {"data-progress": [100.0], "cv-progress": [100.0]}
+    with get_client(sync_client=True) as client:  # the subflows named for their pipeline
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]))
+        )
+    subflows = sorted(r.name for r in runs if r.parent_task_run_id is not None)
+    assert subflows == ["cross-validate: breast_cancer_mlp", "prepare-data: breast_cancer_mlp"]
