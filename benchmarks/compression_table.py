@@ -150,7 +150,9 @@ def variants(spec, shards, model, data, args, folder: Path) -> tuple[dict, dict,
     notes = {}
     try:
         for name, path in onnx_files(net, calibration, folder).items():
-            built[name], sizes[name] = path, path.stat().st_size
+            # the dynamo exporter keeps the weights beside the graph (NAME.onnx.data)
+            files = folder.glob(path.name + "*")
+            built[name], sizes[name] = path, sum(f.stat().st_size for f in files)
     except Exception as exc:  # onnxruntime or onnxscript absent (the trainflow[onnx] extra)
         notes["ONNX Runtime"] = f"unavailable: {type(exc).__name__}: {str(exc)[:160]}"
     return built, sizes, notes
@@ -213,7 +215,9 @@ def latencies(name: str, built: dict, x: torch.Tensor, runs: int) -> dict:
             cell = {}
             for k, runs_ in samples.items():
                 ms = [s.cpu_s * 1000 / calls for s in runs_]
+                wall = harness.median([s.wall_s * 1000 / calls for s in runs_])
                 cell[k] = {"median": harness.median(ms), "interval": interval(ms), "runs": ms}
+                cell[k]["wall_median"] = wall
             out[(threads, batch)] = cell
             print(f"# {name}: {threads} thread(s), batch {batch} done", flush=True)
     return out
