@@ -4,7 +4,6 @@ global batch 2 sharded ranks end with the 1-process weights and metrics; a 2-ran
 mid-epoch resumes on 1 rank (DCP reshards) to the uninterrupted weights; its package predicts
 as any other; a model smaller than one shard is refused before any rank starts."""
 
-import json
 import pickle
 import shutil
 import subprocess
@@ -17,17 +16,14 @@ import pytest
 import torch
 
 import trainflow
+from tests.tasks.ranks import prepared_shards, rows
 from trainflow.artifacts import Store
 from trainflow.engine import checkpoint
 from trainflow.errors import ArtifactError, TrainflowError
 from trainflow.spec.model import MLPParams
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.spec.train import TrainSpec
-from trainflow.tasks.ingest import SklearnSource, ingest
-from trainflow.tasks.normalize import NormalizeParams, normalize
 from trainflow.tasks.package import package_model
-from trainflow.tasks.shard import ShardParams, shard
-from trainflow.tasks.split import SplitParams, split
 from trainflow.tasks.train import resume_folder, train_model
 from trainflow.testrows import raw_test_rows
 
@@ -47,20 +43,13 @@ ATOL = 1e-5
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     store = str(tmp_path_factory.mktemp("store"))
-    table = ingest.fn(SklearnSource(type="sklearn", dataset="breast_cancer"), store)
-    raw = split.fn(table, SplitParams(type="split"), 0, store)
-    scaled = normalize.fn(raw, NormalizeParams(type="normalize"), 0, store)
-    shards = shard.fn(scaled, ShardParams(max_samples=128), store)
+    table, raw, scaled, shards = prepared_shards(store)
     one = train_model.fn(shards, MODEL, ONE, 0, store)
     two = train_model.fn(shards, MODEL, TWO, 0, store)
     return {
         **{"store": store, "table": table, "raw": raw, "scaled": scaled, "shards": shards},
         **{"one": one, "two": two},
     }
-
-
-def rows(model) -> list[dict]:
-    return [json.loads(line) for line in (model.path / "metrics.jsonl").read_text().splitlines()]
 
 
 def assert_close(a: dict, b: dict) -> None:

@@ -17,17 +17,14 @@ import pytest
 import torch
 
 import trainflow
+from tests.tasks.ranks import prepared_shards, rows
 from trainflow.artifacts import Store
 from trainflow.engine import checkpoint
 from trainflow.errors import ArtifactError, SpecError, TrainflowError
 from trainflow.spec.model import MLPParams
 from trainflow.spec.pipeline import PipelineSpec, load_spec
 from trainflow.spec.train import TrainSpec
-from trainflow.tasks.ingest import SklearnSource, ingest
-from trainflow.tasks.normalize import NormalizeParams, normalize
 from trainflow.tasks.package import package_model
-from trainflow.tasks.shard import ShardParams, shard
-from trainflow.tasks.split import SplitParams, split
 from trainflow.tasks.train import resume_folder, train_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,18 +52,11 @@ ASYNC_LOSS_ATOL, ASYNC_ACC_ATOL = 0.05, 0.05
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     store = str(tmp_path_factory.mktemp("store"))
-    table = ingest.fn(SklearnSource(type="sklearn", dataset="breast_cancer"), store)
-    raw = split.fn(table, SplitParams(type="split"), 0, store)
-    scaled = normalize.fn(raw, NormalizeParams(type="normalize"), 0, store)
-    shards = shard.fn(scaled, ShardParams(max_samples=128), store)
+    table, raw, scaled, shards = prepared_shards(store)
     made = {"store": store, "table": table, "scaled": scaled, "shards": shards}
     for key, spec in (("one", ONE), ("sync", SYNC), ("async", ASYNC)):
         made[key] = train_model.fn(shards, MODEL, spec, 0, store)
     return made
-
-
-def rows(model) -> list[dict]:
-    return [json.loads(line) for line in (model.path / "metrics.jsonl").read_text().splitlines()]
 
 
 def served(model) -> dict:

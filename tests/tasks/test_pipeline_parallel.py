@@ -17,17 +17,14 @@ import pytest
 import torch
 
 import trainflow
+from tests.tasks.ranks import prepared_shards, rows
 from trainflow.artifacts import Store
 from trainflow.engine import checkpoint
 from trainflow.errors import ArtifactError, SpecError, TrainflowError
 from trainflow.spec.model import CNNParams, MLPParams, TransformerParams
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.spec.train import TrainSpec
-from trainflow.tasks.ingest import SklearnSource, ingest
-from trainflow.tasks.normalize import NormalizeParams, normalize
 from trainflow.tasks.package import package_model
-from trainflow.tasks.shard import ShardParams, shard
-from trainflow.tasks.split import SplitParams, split
 from trainflow.tasks.train import resume_folder, train_model
 
 # Layers: Flatten, Linear(30, 32), ReLU, Linear(32, 16), ReLU, Linear(16, 2): 992, 528 and 34
@@ -52,10 +49,7 @@ ATOL = 1e-5
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     store = str(tmp_path_factory.mktemp("store"))
-    table = ingest.fn(SklearnSource(type="sklearn", dataset="breast_cancer"), store)
-    raw = split.fn(table, SplitParams(type="split"), 0, store)
-    scaled = normalize.fn(raw, NormalizeParams(type="normalize"), 0, store)
-    shards = shard.fn(scaled, ShardParams(max_samples=128), store)
+    table, raw, scaled, shards = prepared_shards(store)
     return {"store": store, "shards": shards, "table": table, "scaled": scaled}
 
 
@@ -67,10 +61,6 @@ def runs(data):
         for name, spec in (("one", ONE), ("gpipe", GPIPE), ("1f1b", ONE_F_ONE_B))
     }
     return {**data, **trained}
-
-
-def rows(model) -> list[dict]:
-    return [json.loads(line) for line in (model.path / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -321,10 +311,7 @@ def test_a_cnn_with_augmentation_trains_in_stages_as_in_one_process(tmp_path):
     """Image batches (N, 1, 8, 8) through conv stages, augmented on stage 0 by the
     one-process run's seeded transforms, under 1F1B: the 1-process weights and curve."""
     store = str(tmp_path)
-    table = ingest.fn(SklearnSource(type="sklearn", dataset="digits"), store)
-    raw = split.fn(table, SplitParams(type="split"), 0, store)
-    scaled = normalize.fn(raw, NormalizeParams(type="normalize"), 0, store)
-    shards = shard.fn(scaled, ShardParams(max_samples=1000), store)
+    table, raw, scaled, shards = prepared_shards(store, "digits", 1000)
     model = CNNParams(type="cnn", channels=[8, 16], hidden=32, norm="none")
     erasing = {"name": "Erasing", "params": {"p": 0.2, "scale": [0.02, 0.06]}}
     base = {**ONE.model_dump(), "lr": 2e-3, "epochs": 2, "augment": {"transforms": [erasing]}}
