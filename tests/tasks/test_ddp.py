@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.tasks.ranks import prepared_shards, rows
 from trainflow.artifacts import Store
 from trainflow.engine import checkpoint
 from trainflow.engine.state import load_resumable
@@ -23,10 +24,6 @@ from trainflow.errors import ArtifactError, SpecError, TrainflowError
 from trainflow.spec.model import MLPParams
 from trainflow.spec.pipeline import load_spec
 from trainflow.spec.train import TrainSpec
-from trainflow.tasks.ingest import SklearnSource, ingest
-from trainflow.tasks.normalize import NormalizeParams, normalize
-from trainflow.tasks.shard import ShardParams, shard
-from trainflow.tasks.split import SplitParams, split
 from trainflow.tasks.train import resume_folder, train_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,17 +42,10 @@ ATOL = 1e-5
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     store = str(tmp_path_factory.mktemp("store"))
-    table = ingest.fn(SklearnSource(type="sklearn", dataset="breast_cancer"), store)
-    raw = split.fn(table, SplitParams(type="split"), 0, store)
-    scaled = normalize.fn(raw, NormalizeParams(type="normalize"), 0, store)
-    shards = shard.fn(scaled, ShardParams(max_samples=128), store)
+    table, raw, scaled, shards = prepared_shards(store)
     one = train_model.fn(shards, MODEL, ONE, 0, store)
     two = train_model.fn(shards, MODEL, TWO, 0, store)
     return {"store": store, "shards": shards, "one": one, "two": two}
-
-
-def rows(model) -> list[dict]:
-    return [json.loads(line) for line in (model.path / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -263,8 +253,13 @@ net = torch.nn.Linear(3, 1)
 x = torch.full((4, 3), float(world.rank + 1))  # a stream's batch: this rank's own 4 rows
 wrapped = world.wrap(net, torch.device("cpu"))  # (kept: its reducer reduces in backward)
 wrapped(x).mean().backward()
-print("grad", net.weight.grad.flatten().tolist())
+print(f"grad {net.weight.grad.flatten().tolist()}", flush=True)  # (one write each)
 assert torch.allclose(net.weight.grad, torch.full((1, 3), 1.5)), net.weight.grad
+dist.barrier()
+dist.destroy_process_group()
+import os, sys
+sys.stdout.flush()
+os._exit(0)  # (gloo's and DDP's C++ teardown at interpreter exit can abort a rank: SIGABRT)
 """
 
 
