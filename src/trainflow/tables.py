@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -31,6 +31,9 @@ class TableSchema(BaseModel):
     feature_shape: list[int] | None = None
     # Multi-task: auxiliary target columns (never features) -> their classes.
     aux_targets: dict[str, list[str]] | None = None
+    # What the target is: class labels (indices into `classes`) or numbers to regress on
+    # (`classes` is then empty and the target column stays float).
+    task: Literal["classification", "regression"] = "classification"
 
     @property
     def input_shape(self) -> list[int]:
