@@ -20,6 +20,7 @@ from trainflow.errors import DataError
 from trainflow.spec.steps import SplitParams
 from trainflow.steps import PART, SPLITS, scan_parts, write_view
 from trainflow.tables import SYNTHETIC_COLUMN, TableSchema, class_counts
+from trainflow.target_bins import bin_count, quantile_codes
 
 
 def check_stratifiable(df: pl.DataFrame, schema: TableSchema, need: int, purpose: str) -> None:
@@ -85,8 +86,9 @@ def split_rows(
         train, val = next(inner.split(rest, groups=groups[rest]))
         return {"train": np.sort(rest[train]), "val": np.sort(rest[val]), "test": np.sort(test)}
     if params.strategy == "stratified":
-        check_stratifiable(df, schema, 3, "a stratified train/validation/test split")
-        codes = label_codes(df, schema)
+        purpose = "a stratified train/validation/test split"
+        smallest = min(ceil(len(df) * params.test), round(len(df) * params.validation) or len(df))
+        codes = stratify_codes(df, schema, smallest, purpose)
         rest, test = stratified_shuffle_split(codes, params.test, seed)
         if not val_share:
             return {"train": np.sort(rest), "val": rest[:0], "test": np.sort(test)}
@@ -97,6 +99,19 @@ def split_rows(
         return {"train": np.sort(rest), "val": rest[:0], "test": np.sort(test)}
     train, val = train_test_split(rest, test_size=val_share, random_state=seed)
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def stratify_codes(
+    df: pl.DataFrame, schema: TableSchema, smallest: int, purpose: str, need: int = 3
+) -> np.ndarray:
+    """What a stratified draw keeps in proportion: the class of each row, or for a
+    regression the quantile bin of its target (as many bins as the draw's `smallest` part
+    can hold, target_bins.bin_count)."""
+    if schema.task == "regression":
+        values = df[schema.target].cast(pl.Float64).to_numpy()
+        return quantile_codes(values, bin_count(smallest), purpose)
+    check_stratifiable(df, schema, need, purpose)
+    return label_codes(df, schema)
 
 
 def label_codes(df: pl.DataFrame, schema: TableSchema) -> np.ndarray:
@@ -140,7 +155,12 @@ def given_rows(
     if "val" not in rows:
         rows["val"] = rows["train"][:0]
         if params.validation:
-            codes = label_codes(df[rows["train"]], schema)
+            given = df[rows["train"]]
+            if schema.task == "regression":  # as many bins as the carved share can hold
+                smallest = round(len(given) * params.validation)
+                codes = stratify_codes(given, schema, smallest, "split.validation's share")
+            else:
+                codes = label_codes(given, schema)
             train, val = stratified_shuffle_split(codes, params.validation, seed, in_order=True)
             rows["train"], rows["val"] = rows["train"][train], rows["train"][val]
     return {name: np.sort(found) for name, found in rows.items()}
@@ -238,8 +258,14 @@ def fold_indices(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`fold_frames`'s rows as positions in `pool` (the held-out ones place a fold's
     out-of-fold predictions, which weighted and stacking ensembles fit on)."""
-    check_stratifiable(pool, schema, folds, f"{folds}-fold stratified cross-validation")
-    labels = pool[schema.target].to_numpy()
+    purpose = f"{folds}-fold stratified cross-validation"
+    if schema.task == "regression":  # quantile bins of the target, each held-out share kept
+        if len(pool) < 2 * folds:
+            raise DataError(f"{purpose} needs at least {2 * folds} rows; the pool has {len(pool)}")
+        labels = stratify_codes(pool, schema, len(pool) // folds, purpose)
+    else:
+        check_stratifiable(pool, schema, folds, purpose)
+        labels = pool[schema.target].to_numpy()
     if group_column:
         groups = _column(pool, group_column, "group_column").to_numpy()
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
@@ -261,11 +287,12 @@ def split(data: ArtifactRef, params: SplitParams, seed: int, store: str) -> Arti
         if getattr(params, field) and getattr(params, field) not in names:
             _column(pl.DataFrame(schema=names), getattr(params, field), field)
     # The labels as an Enum (4-byte codes, not strings): millions of rows stay small in memory.
-    keys = (
-        lf.select(key_columns(schema, params))
-        .with_columns(pl.col(schema.target).cast(pl.Utf8).cast(pl.Enum(schema.classes)))
-        .collect(engine="streaming")
+    target = (
+        pl.col(schema.target).cast(pl.Float64)
+        if schema.task == "regression"
+        else pl.col(schema.target).cast(pl.Utf8).cast(pl.Enum(schema.classes))
     )
+    keys = lf.select(key_columns(schema, params)).with_columns(target).collect(engine="streaming")
     rows = split_rows(keys, schema, params, seed)
     part = np.zeros(len(keys), np.uint8)
     for number, name in enumerate(SPLITS):
@@ -287,6 +314,12 @@ def _summary(
     the table has synthetic rows or missing labels: then the parts' rows are counted)."""
     if SYNTHETIC_COLUMN in columns or labels.null_count():
         return None
+    if schema.task == "regression":  # no classes to count: the rows of each part
+        rows = np.bincount(part, minlength=len(SPLITS))
+        return {
+            name: {"rows": int(rows[i]), "synthetic": 0, "classes": {}}
+            for i, name in enumerate(SPLITS)
+        }
     k = len(schema.classes)
     counts = np.bincount(
         part.astype(np.int64) * k + labels.to_physical().to_numpy(), minlength=len(SPLITS) * k
