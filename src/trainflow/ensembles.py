@@ -32,6 +32,12 @@ def combine_soft_vote(probs: Sequence[np.ndarray], state: dict | None = None) ->
     return np.asarray(np.mean(np.stack(probs), axis=0, dtype=np.float64), dtype=np.float32)
 
 
+def combine_mean(preds: Sequence[np.ndarray], state: dict | None = None) -> np.ndarray:
+    """The mean of the fold models' predictions (a regression's, in the target's units; for
+    class probabilities, soft_vote's), summed in float64."""
+    return np.asarray(np.mean(np.stack(preds), axis=0, dtype=np.float64), dtype=np.float32)
+
+
 def combine_hard_vote(probs: Sequence[np.ndarray], state: dict | None = None) -> np.ndarray:
     """Each fold model's class as one vote; the vote shares (the argmax's tie goes to the
     lowest class index)."""

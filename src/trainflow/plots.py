@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 
+PREDICTED_VS_ACTUAL = "predicted_vs_actual.png"  # a regression's test part
+RESIDUALS = "residuals.png"
+
 
 def curves_png(history: list[dict]) -> bytes:
     """Loss (train, validation) and learning rate per epoch, as one PNG."""
@@ -103,4 +106,41 @@ def _curve_png(
     axes.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02), title=title)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def regression_pngs(actual, predicted) -> dict[str, bytes]:
+    """A regression's test part as two PNGs: predicted against actual with the y = x line
+    (a perfect model's points lie on it), and the residuals (actual - predicted) against
+    the predictions (a pattern in them is what the model missed), in the target's units."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    actual = np.asarray(actual, dtype=np.float64).ravel()
+    predicted = np.asarray(predicted, dtype=np.float64).ravel()
+    low = float(min(actual.min(), predicted.min())) if len(actual) else 0.0
+    high = float(max(actual.max(), predicted.max())) if len(actual) else 1.0
+    out = {}
+    figure = Figure(figsize=(4.5, 4), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    axes.scatter(actual, predicted, s=10, alpha=0.6)
+    axes.plot([low, high], [low, high], linestyle=":", color="grey", label="y = x")
+    axes.set(xlabel="actual", ylabel="predicted", title="predicted vs actual (test)")
+    axes.legend()
+    out[PREDICTED_VS_ACTUAL] = _png(figure)
+    figure = Figure(figsize=(4.5, 4), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    axes.scatter(predicted, actual - predicted, s=10, alpha=0.6)
+    axes.axhline(0.0, linestyle=":", color="grey")
+    axes.set(xlabel="predicted", ylabel="residual (actual - predicted)", title="residuals (test)")
+    out[RESIDUALS] = _png(figure)
+    return out
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})  # no version stamp
     return buffer.getvalue()

@@ -126,6 +126,7 @@ SCHEDULES = {
 ENSEMBLES = {
     "soft_vote": Entry(ensemble.SoftVoteParams, "trainflow.ensembles:combine_soft_vote"),
     "hard_vote": Entry(ensemble.HardVoteParams, "trainflow.ensembles:combine_hard_vote"),
+    "mean": Entry(ensemble.MeanParams, "trainflow.ensembles:combine_mean"),
     "weighted": Entry(ensemble.WeightedParams, "trainflow.ensembles:combine_weighted"),
     "stacking": Entry(ensemble.StackingParams, "trainflow.ensembles:combine_stacking"),
     "soup": Entry(ensemble.SoupParams, "trainflow.ensembles:combine_one"),

@@ -49,6 +49,13 @@ class SoftVoteParams(VotingParams):
     type: Literal["soft_vote"]
 
 
+class MeanParams(VotingParams):
+    """Average the fold models' predictions: a regression's numbers, in the target's own
+    units (for a classification, the class probabilities: the same as soft_vote)."""
+
+    type: Literal["mean"]
+
+
 class WeightedParams(VotingParams):
     """Non-negative member weights summing to 1 that minimize the log loss of the members'
     out-of-fold predictions (scipy's SLSQP); a member's test probabilities are its fold
@@ -112,6 +119,27 @@ def variant_specs(spec: Any) -> list[Any]:
     return out
 
 
+REGRESSION_KINDS = ("mean",)  # the kinds that combine numbers rather than class probabilities
+
+
+def regression_refusal(kind: str) -> str | None:
+    """Why ensemble type `kind` cannot combine a regression's models (None: it can)."""
+    if kind in REGRESSION_KINDS:
+        return None
+    why = {
+        "hard_vote": "votes for classes",
+        "soft_vote": "averages class probabilities",
+        "weighted": "fits member weights on the log loss of class probabilities",
+        "stacking": "fits a logistic regression on class probabilities",
+        "soup": "picks its ingredients by their validation log loss",
+        "top_k_trials": "combines its trials as soft_vote, weighted or stacking",
+    }.get(kind, "is a classification ensemble")
+    return (
+        f"ensemble.type {kind} {why}, and this pipeline's target is a regression's number: "
+        "use ensemble.type mean (the fold models' predictions averaged, in the target's units)"
+    )
+
+
 def check_ensemble(spec: Any) -> None:
     """What the ensemble section needs of the rest of the spec (ValueError): a study for
     top_k_trials, variants that validate."""
@@ -123,4 +151,8 @@ def check_ensemble(spec: Any) -> None:
             "spec has no search section: add one (the trials' space), or use soft_vote, "
             "weighted or stacking (with ensemble.variants for more members)"
         )
+    if getattr(spec, "task", None) == "regression":  # declared; an inferred one: the task's
+        refusal = regression_refusal(spec.ensemble.type)
+        if refusal:
+            raise ValueError(refusal)
     variant_specs(spec)
