@@ -102,6 +102,23 @@ def choose_method(net: torch.nn.Module, info: dict, shards: ArtifactRef, params:
     return quantize_auto.choose(net, params, family, quantize, value, judge, data["val"].x)
 
 
+def qat_comparison(
+    net: torch.nn.Module, params: Any, data: dict, qat_int8: torch.nn.Module, classes: int
+) -> dict:
+    """train.qat: validation and test accuracy of the trained network in fp32 (fake
+    quantization removed), of static int8 calibrated on it after training (PTQ), and of its
+    QAT conversion (the package): what QAT buys over post-training quantization."""
+    ptq = quantize_calibrated(net, params, data["train"])
+    parts = {"validation": data["val"], "test": data["test"]}
+    return {
+        name: {
+            part: score(model, rows, classes)[0]["accuracy"] if len(rows) else None
+            for part, rows in parts.items()
+        }
+        for name, model in (("fp32", net), ("ptq_int8", ptq), ("qat_int8", qat_int8))
+    }
+
+
 @task(name="quantize", **CACHED)
 def quantize_model(
     model: ArtifactRef,
@@ -116,7 +133,9 @@ def quantize_model(
     if params.type == "auto":
         params, auto["auto"] = choose_method(net, info, shards, params, gate)
     calibrated = params.type == "static_int8"  # activation ranges from training batches
-    parts = ("train",) * calibrated + ("val",) * bool(gate) + ("test",)
+    # train.qat: the ranges were learned in training; convert them (PTQ only to compare)
+    qat = checkpoint.load(model.path / WEIGHTS).get("qat") if calibrated else None
+    parts = ("train",) * calibrated + ("val",) * bool(gate or qat) + ("test",)
     data = load_splits(shards, parts)
     classes = len(info["classes"])
     # by phase: calibration is one forward pass over its few batches, too quick to count
@@ -125,11 +144,12 @@ def quantize_model(
     progress.update(1 / 3)
     if calibrated and gate and params.fallback == "auto":
         params = fall_back(net, params, data, gate, classes)  # its keep_fp32, resolved
-    quantized = (
-        quantize_calibrated(net, params, data["train"])
-        if calibrated
-        else registry.QUANTIZERS[params.type].impl(net, params)
-    )
+    if qat is not None:
+        quantized = compress.convert_qat(net, params, qat)
+    elif calibrated:
+        quantized = quantize_calibrated(net, params, data["train"])
+    else:
+        quantized = registry.QUANTIZERS[params.type].impl(net, params)
     progress.update(2 / 3)
     after = measure(quantized, data["test"], classes)
     table = {
@@ -140,6 +160,8 @@ def quantize_model(
     }
     if calibrated:  # the layers left in fp32 (keep_fp32, with fallback auto's additions)
         table["keep_fp32"] = list(params.keep_fp32)
+    if qat is not None:  # the package is the QAT conversion; PTQ of it for comparison
+        table["qat"] = qat_comparison(net, params, data, quantized, classes)
     if gate:  # absent without a gate: the artifact of an ungated run is unchanged
         baseline, value = (gate_value(gate, m, data["val"], classes) for m in (net, quantized))
         table["gate"] = compress.gate_decision(gate, baseline, value)

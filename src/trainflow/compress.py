@@ -10,7 +10,8 @@ import io
 import statistics
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -26,9 +27,7 @@ PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 def quantize_dynamic_int8(model: nn.Module, params: DynamicInt8Params) -> nn.Module:
     """A copy of `model` whose Linear layers hold int8 weights (see BENCHMARKS.md for why
     `torch.ao` dynamic quantization is the backend on CPU)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+    with quiet():
         return torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8
         )
@@ -42,37 +41,83 @@ def quantize_static_int8(
     `params.backend` engine; see BENCHMARKS.md "Static int8" for why this backend). With no
     batches, the quantized form alone, for int8 weights and ranges saved earlier to load into
     (trainflow.engine.model_folder)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-        warnings.filterwarnings("ignore", message=".*reduce_range will be deprecated.*")
+    with quiet():
         warnings.filterwarnings("ignore", message=".*must run observer before.*")  # no batches
-        from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-        engines = torch.backends.quantized.supported_engines
-        if params.backend not in engines:  # e.g. an ARM build of torch
-            raise TrainflowError(
-                f"compress.quantize.backend {params.backend!r} is not an int8 engine of this "
-                f"torch build (it has {', '.join(e for e in engines if e != 'none')}): run on "
-                "an x86 machine, or use type dynamic_int8"
-            )
-        torch.backends.quantized.engine = params.backend
+        mapping = int8_mapping(model, params.backend, params.keep_fp32)
         # the example input is only recorded (these builders' graphs need no shape inference)
-        mapping = get_default_qconfig_mapping(params.backend)
-        names = dict(model.named_modules())
-        for name in params.keep_fp32:  # FX puts dequantize/quantize around these
-            if name not in names:
-                raise TrainflowError(
-                    f"compress.quantize.keep_fp32 names layer {name!r}, which the "
-                    f"network has not; its layers: {', '.join(quantizable_layers(model))}"
-                )
-            mapping.set_module_name(name, None)
         observed = prepare_fx(copy.deepcopy(model).cpu().eval(), mapping, (torch.zeros(1),))
         with torch.inference_mode():
             for batch in calibration:
                 observed(batch)
         return convert_fx(observed)
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """torch.ao's deprecation and range notices, which say nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        warnings.filterwarnings("ignore", message=".*reduce_range will be deprecated.*")
+        yield
+
+
+def int8_mapping(model: nn.Module, backend: str, keep_fp32: Iterable[str] = (), qat: bool = False):
+    """The qconfig mapping of static int8 on `backend` (the default one torch.ao gives that
+    engine), `keep_fp32`'s layers left out; `qat`: its fake-quantizing twin, so a network
+    trained under it converts to the same int8 modules static int8 builds (train.qat)."""
+    from torch.ao.quantization import (
+        get_default_qat_qconfig_mapping,
+        get_default_qconfig_mapping,
+    )
+
+    engines = torch.backends.quantized.supported_engines
+    if backend not in engines:  # e.g. an ARM build of torch
+        raise TrainflowError(
+            f"compress.quantize.backend {backend!r} is not an int8 engine of this "
+            f"torch build (it has {', '.join(e for e in engines if e != 'none')}): run on "
+            "an x86 machine, or use type dynamic_int8"
+        )
+    torch.backends.quantized.engine = backend
+    build = get_default_qat_qconfig_mapping if qat else get_default_qconfig_mapping
+    mapping = build(backend)
+    names = dict(model.named_modules())
+    for name in keep_fp32:  # FX puts dequantize/quantize around these
+        if name not in names:
+            raise TrainflowError(
+                f"compress.quantize.keep_fp32 names layer {name!r}, which the "
+                f"network has not; its layers: {', '.join(quantizable_layers(model))}"
+            )
+        mapping.set_module_name(name, None)
+    return mapping
+
+
+def prepare_qat(model: nn.Module, backend: str) -> torch.fx.GraphModule:
+    """`model` with fake quantization inserted (train.qat), sharing its parameters and
+    buffers (so an optimizer built over `model` trains it); conv/linear + batch norm (+ relu)
+    fused into their QAT forms."""
+    with quiet():
+        from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+        was = model.training
+        prepared = prepare_qat_fx(
+            model.train(), int8_mapping(model, backend, qat=True), (torch.zeros(1),)
+        )
+        return prepared.train(was)
+
+
+def convert_qat(model: nn.Module, params: StaticInt8Params, qat_state: dict) -> nn.Module:
+    """The int8 network of a QAT-trained `model` (fp32 weights) whose fake-quantized state
+    (weights, batch-norm statistics, learned ranges) is `qat_state`: convert_fx of it, the same
+    int8 modules static int8 builds, so the package loads as a static_int8 one."""
+    prepared = prepare_qat(copy.deepcopy(model).cpu(), params.backend)
+    prepared.load_state_dict(qat_state)
+    with quiet():
+        from torch.ao.quantization.quantize_fx import convert_fx
+
+        return convert_fx(prepared.eval())
 
 
 def quantizable_layers(model: nn.Module) -> list[str]:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from trainflow.engine import transfer
+from trainflow.engine import qat, transfer
 from trainflow.engine.averaging import average_epoch, final_weights
 from trainflow.engine.data import Split
 from trainflow.engine.inference import aux_accuracy, predict
@@ -56,7 +56,7 @@ def fit(
     run, state = setup(model, train, val, spec, seed, build_optimizer, teacher)
     check_monitor(run, state)
     if resume is not None:
-        state.resume(resume)
+        state.resume(qat.resumed(run, state, resume))  # train.qat: past the switch, prepared
         run.world.resumed(state.position)  # DDP: the saved sums count once, on rank 0
     result = FitResult(batch_size=run.batch_size)
     with Outputs(out_dir, run, state, on_epoch) as outputs, deterministic(spec.deterministic):
@@ -76,7 +76,8 @@ def fit(
     result.best_state, result.best_epoch = record.best_state, record.best_epoch
     if state.averaged is not None:  # train.swa / train.ema: the average is the model
         result.best_state, result.best_epoch = averaged_weights(run, state), state.epoch
-    outputs.finish(result.best_state, result.best_epoch)
+    result.best_state, quantizing = qat.split(run, state, result.best_state)  # train.qat
+    outputs.finish(result.best_state, result.best_epoch, **quantizing)
     result.history = record.history
     return result
 
@@ -95,6 +96,7 @@ def run_epoch(run: Setup, state: TrainingState, outputs: Outputs, epoch: int) ->
     weights, then report and checkpoint it."""
     began = time.perf_counter()
     state.epoch = epoch
+    run = qat.at_epoch(run, state, epoch)  # train.qat: fake quantization from its epoch
     freeze_for(state.model, run.spec, epoch)
     if not state.position.batch:  # a fresh epoch: remember what draws its batch order
         state.position = Position(order_rng=state.generator.get_state())

@@ -135,9 +135,9 @@ class Outputs:
             self._save()
             self.saved_epoch = state.epoch
 
-    def finish(self, best_state: dict, best_epoch: int) -> None:
-        """last.pt of the last epoch (when its schedule skipped it), best.pt, and only
-        last.pt kept of the rotation."""
+    def finish(self, best_state: dict, best_epoch: int, **extra: dict) -> None:
+        """last.pt of the last epoch (when its schedule skipped it), best.pt (with `extra`'s
+        pieces: train.qat's prepared state), and only last.pt kept of the rotation."""
         whole = None
         if self.shared is not None:  # fsdp: last.pt whole, gathered from every rank's shards
             from trainflow.engine import fsdp
@@ -151,5 +151,6 @@ class Outputs:
             checkpoint.save_rotating(last, {**self.saved_state(), **whole}, self.keep)
         elif self.saved_epoch != self.state.epoch and self.state.run.history:
             checkpoint.save_rotating(last, self.saved_state(), self.keep)
-        checkpoint.save(self.out_dir / "best.pt", {"model": best_state, "epoch": best_epoch})
+        best = {"model": best_state, "epoch": best_epoch, **extra}
+        checkpoint.save(self.out_dir / "best.pt", best)
         checkpoint.drop_rotation(last)

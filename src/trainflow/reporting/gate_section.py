@@ -3,6 +3,8 @@ compression table and the package step's warning say the same sentence."""
 
 from __future__ import annotations
 
+from trainflow.reporting.qat_section import qat_lines
+
 
 def gate_sentence(kind: str, meta: dict) -> str | None:
     """`quantize (dynamic_int8): accuracy 0.7100 vs 0.9500 ..., not packaged`, from a
@@ -20,14 +22,14 @@ def gate_sentence(kind: str, meta: dict) -> str | None:
 
 def gate_lines(kind: str, meta: dict) -> list[str]:
     """The report's lines for one compression's gate (none without a gate), after quantize
-    auto's trial where there was one."""
+    auto's trial and train.qat's figures where there were any."""
     sentence = gate_sentence(kind, meta)
     if sentence is None:
-        return auto_lines(meta)
+        return [*auto_lines(meta), *qat_lines(meta)]
     verdict = "passed" if meta["gate"]["passed"] else "FAILED"
     kept = meta.get("keep_fp32")  # static int8: layers fallback auto (or the spec) kept fp32
     where = f" (layers kept in fp32: {', '.join(kept)})" if kept else ""
-    return [*auto_lines(meta), f"\ngate {verdict}: {sentence}{where}"]
+    return [*auto_lines(meta), *qat_lines(meta), f"\ngate {verdict}: {sentence}{where}"]
 
 
 def auto_lines(meta: dict) -> list[str]:

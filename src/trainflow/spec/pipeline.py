@@ -133,6 +133,15 @@ class PipelineSpec(Section):
         return self
 
     @model_validator(mode="after")
+    def _qat_fits_the_model(self):  # train.qat: the static int8 conversion it trains for
+        from trainflow.spec.qat import qat_refusal  # (a hunk apart from the shared imports)
+
+        reason = qat_refusal(self)
+        if reason:
+            raise ValueError(reason)
+        return self
+
+    @model_validator(mode="after")
     def _structured_pruning_fits_the_model(self):  # plain mlp/cnn sequences only
         reason = structured_refusal(self)
         if reason:

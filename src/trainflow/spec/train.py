@@ -15,6 +15,7 @@ from trainflow.spec.distributed import Distributed, ddp_refusal
 from trainflow.spec.loader import LoaderSpec
 from trainflow.spec.metric_table import MONITORS, monitor_mode
 from trainflow.spec.optimizers import AdamParams
+from trainflow.spec.qat import QatSpec, qat_train_refusal
 
 # The unions of the registry's kinds: a new optimizer or schedule is one line there.
 if TYPE_CHECKING:  # built at run time from the registry's tables: opaque to mypy
@@ -294,6 +295,16 @@ class TrainSpec(Section):
     distributed: Distributed | None = Field(
         None, description="data-parallel training across processes (DDP): trainflow.engine.ddp"
     )
+    qat: QatSpec | None = Field(
+        None, description="quantization-aware training for compress.quantize static_int8"
+    )
+
+    @model_validator(mode="after")
+    def _qat_knobs(self):  # train.qat: its epochs, and what it is not built to run with
+        reason = qat_train_refusal(self)
+        if reason:
+            raise ValueError(reason)
+        return self
 
     @model_validator(mode="after")
     def _distributed_knobs(self):
