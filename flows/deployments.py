@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.deploy import spec_from_parameters
 from trainflow.errors import TrainflowError
 from trainflow.flows.pipeline import pipeline as pipeline_flow
+from trainflow.logs import failed_run
 from trainflow.preflight import check_data
 from trainflow.task_options import check_runner
 
@@ -54,9 +55,14 @@ def train(
     if spec.search is not None:  # a study (flows/search.py), its trials on this run's runner
         from trainflow.flows.search import search
 
-        found = search.fn(spec)
+        try:
+            found = search.fn(spec)
+        except TrainflowError as exc:  # a trial's step named, as the pipeline's are
+            return failed_run(exc)  # type: ignore[return-value]
         return {"pipeline": spec.name, **{k: found[k] for k in ("run_dir", "study", "best_value")}}
     result = pipeline_flow.fn(spec)  # its promote step applies the spec's rule (`promote`)
+    if isinstance(result, State):  # a user's mistake: its step and message (logs.failed_run)
+        return result  # type: ignore[return-value]
     decision = result["champion"]
     return {
         "pipeline": spec.name,

@@ -7,8 +7,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow import placement
 from trainflow.artifacts import ArtifactRef, Store
+from trainflow.errors import TrainflowError
 from trainflow.flows.cross_validate import ensemble_members, run_folds
 from trainflow.flows.data import prepare_data
+from trainflow.logs import failed_run
 from trainflow.mlflow_log import mlflow_module
 from trainflow.remote import store_folder
 from trainflow.run_outputs import RunOutputs
@@ -33,8 +35,11 @@ from trainflow.tasks.train import train_model
 @flow(name="trainflow-pipeline", task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]
 def pipeline(spec: PipelineSpec) -> dict:
     # each task records where it ran (trainflow.placement); the run folder's report shows it
-    with placement.recording(spec.outputs.runs, spec.name) as records:
-        return run_pipeline(spec, records)
+    try:
+        with placement.recording(spec.outputs.runs, spec.name) as records:
+            return run_pipeline(spec, records)
+    except TrainflowError as exc:  # a user's mistake: its step and message, one line
+        return failed_run(exc)  # type: ignore[return-value]  (a caller gets `exc` raised)
 
 
 def run_pipeline(spec: PipelineSpec, records: str) -> dict:

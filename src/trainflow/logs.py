@@ -1,6 +1,6 @@
 """The logger and progress artifacts of the current Prefect run (plain logging when a task runs
-bare with `.fn`), Prefect's logs of a user's mistake cut to one line, and of a cancelled run
-ending in the state it ended in."""
+bare with `.fn`), Prefect's logs of a user's mistake cut to one line, the failed state that
+names the step it stopped at, and a cancelled run ending in the state it ended in."""
 
 import logging
 import re
@@ -13,6 +13,7 @@ from prefect.artifacts import ProgressArtifact, update_progress_artifact
 from prefect.context import FlowRunContext, get_run_context
 from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from trainflow.errors import TrainflowError
 
@@ -52,9 +53,10 @@ class OneLineUserErrors(logging.Filter):
             if getattr(exc, "_trainflow_logged", False):
                 return False  # a flow re-raising what a task has already logged
             exc._trainflow_logged = True
-            text = " ".join(str(exc).split())
-            text = text if len(text) <= MAX_LINE else f"{text[:MAX_LINE]}..."
+            text = one_line(exc)
             run = "Task run" if record.name.endswith("task_runs") else "Flow run"
+            if run == "Task run":  # the step it stopped at, for the run's state (failed_run)
+                exc._trainflow_step = getattr(record, "task_name", None)
             record.msg, record.args = f"{run} failed: {type(exc).__name__}: {text}", ()
             record.exc_info, record.exc_text = None, None
             return True
@@ -85,6 +87,28 @@ class CancelledNotRunning(logging.Filter):
             if str(record.msg).startswith(STALE_STATES):
                 record.msg, record.args = "Finished in state Cancelled()", ()
         return True
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line, cut at MAX_LINE characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= MAX_LINE else f"{text[:MAX_LINE]}..."
+
+
+def failure_line(exc: TrainflowError) -> str:
+    """ "normalize failed: <its message>": the step a user's mistake stopped the run at
+    (wherever it ran: a task of this run, of a subflow, on a Dask worker), else the message.
+    The task's failure line noted the step on the exception (OneLineUserErrors): Prefect
+    tells which task failed there and nowhere the calling flow can read it back."""
+    step = getattr(exc, "_trainflow_step", None)
+    return f"{step} failed: {one_line(exc)}" if step else one_line(exc)
+
+
+def failed_run(exc: TrainflowError) -> State:
+    """The state a flow returns for a user's mistake: the runs list shows its message, the
+    run's last log line ("Finished in state Failed('normalize failed: ...')") is it, and
+    no traceback is logged. A caller of the flow still gets `exc` raised (the state's data)."""
+    return Failed(message=failure_line(exc), data=exc)
 
 
 STALE_STATES = tuple(f"Finished in state {name}(" for name in ("Running", "Cancelling"))
