@@ -16,6 +16,7 @@ from trainflow.remote import store_folder
 from trainflow.run_outputs import RunOutputs
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.task_options import step
+from trainflow.tasks.distill import distill_model
 from trainflow.tasks.ensemble import ensemble_folds
 from trainflow.tasks.evaluate import evaluate_model
 from trainflow.tasks.explain import explain_model
@@ -56,9 +57,20 @@ def run_pipeline(spec: PipelineSpec, records: str) -> dict:
     members = ensemble_members(spec, folds, data["raw_splits"], store)  # + ensemble.variants
     ensemble = step(ensemble_folds, spec)(members, spec.ensemble, store) if spec.ensemble else None
     compressed = {}
+    distill = spec.compress.distill
+    if distill:  # a smaller student from the trained model as teacher
+        args = (distill, spec.train, spec.seed, store, spec.compress.gate)
+        compressed["distill"] = step(distill_model, spec)(model, data["shards"], *args)
     if spec.compress.quantize:
+        # compress.distill.quantize: the student is quantized, gated against the trained model
+        of = {"teacher": model} if distill and distill.quantize else {}
         compressed["quantize"] = step(quantize_model, spec)(
-            model, data["shards"], spec.compress.quantize, store, spec.compress.gate
+            compressed["distill"] if of else model,
+            data["shards"],
+            spec.compress.quantize,
+            store,
+            spec.compress.gate,
+            **of,
         )
     if spec.compress.prune:
         args = (spec.compress.prune, spec.train, spec.seed, store, spec.compress.gate)

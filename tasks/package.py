@@ -174,7 +174,7 @@ def package_model(
     states (from `steps`, or re-fitted in its fold). None, with a warning naming the step,
     when a step's fitted state cannot go into a package, or a compressed model failed
     compress.gate (its verdict is in its meta)."""
-    gate = models[0].meta.get("gate") if kind in ("quantize", "prune") else None
+    gate = models[0].meta.get("gate") if kind in ("quantize", "prune", "distill") else None
     if gate and not gate["passed"]:  # so it cannot be exported, promoted or scored
         run_logger().warning("no model package: %s", gate_sentence(kind, models[0].meta))
         return None

@@ -126,8 +126,11 @@ def quantize_model(
     params: Any,
     store: str,
     gate: GateSpec | None = None,
+    teacher: ArtifactRef | None = None,
 ) -> ArtifactRef:
-    """Quantize the trained `model`; with a `gate`, the verdict in the artifact's meta."""
+    """Quantize the trained `model`; with a `gate`, the verdict in the artifact's meta.
+    `teacher`: `model` is a distilled student (compress.distill.quantize) and the gate
+    measures the int8 student's drop from this trained model."""
     net, info = load_model(model)
     auto: dict = {}  # the fastest method that passes the gate, then kept as if declared
     if params.type == "auto":
@@ -162,8 +165,13 @@ def quantize_model(
         table["keep_fp32"] = list(params.keep_fp32)
     if qat is not None:  # the package is the QAT conversion; PTQ of it for comparison
         table["qat"] = qat_comparison(net, params, data, quantized, classes)
+    if teacher is not None:  # distill.quantize: "before" is the student
+        table["of"] = "distill"
     if gate:  # absent without a gate: the artifact of an ungated run is unchanged
-        baseline, value = (gate_value(gate, m, data["val"], classes) for m in (net, quantized))
+        reference = load_model(teacher)[0] if teacher is not None else net  # (distill)
+        baseline, value = (
+            gate_value(gate, m, data["val"], classes) for m in (reference, quantized)
+        )
         table["gate"] = compress.gate_decision(gate, baseline, value)
     progress.update(1.0)
     target = Store(store)

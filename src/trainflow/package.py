@@ -36,7 +36,7 @@ MANIFEST = "manifest.json"
 INFO = "package.json"
 SPEC = "spec.json"
 MODEL_FILES = ("model.json", "best.pt")  # a member's folder, as engine.training builds it
-Kind = Literal["model", "fold", "ensemble", "quantize", "prune"]
+Kind = Literal["model", "fold", "ensemble", "quantize", "prune", "distill"]
 
 # The column types a package records for its input, by polars' name for them.
 DTYPES: dict[str, Any] = {

@@ -217,6 +217,12 @@ TASKS = {
     "ensemble": Task(
         "trainflow.tasks.ensemble:ensemble_folds", ("*folds",), {"params": "ensemble"}
     ),
+    "distill": Task(
+        "trainflow.tasks.distill:distill_model",
+        ("model", "shards"),
+        {"params": "compress.distill", "train": "train", "gate": "compress.gate"},
+        trains=True,
+    ),  # (before quantize: compress.distill.quantize quantizes the student)
     "quantize": Task(
         "trainflow.tasks.quantize:quantize_model",
         ("model", "shards"),

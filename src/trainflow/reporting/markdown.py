@@ -6,6 +6,11 @@ The evaluation's and the explanation's lines are written by their own task modul
 from __future__ import annotations
 
 from trainflow.metrics import EVALUATED, METRICS
+from trainflow.reporting.distill_section import (
+    distill_lines,
+    quantized_of,
+    quantized_student_lines,
+)
 from trainflow.reporting.gate_section import gate_lines
 from trainflow.reporting.model_section import model_section
 from trainflow.reporting.placement_section import placement_lines
@@ -241,11 +246,14 @@ def compression_sections(compressed: dict, latency: dict | None) -> list[str]:
         ]
         if latency:
             header.insert(3, f"CPU latency per batch of {latency['batch_size']} (ms)")
-            for row, name in zip(rows, ("model", kind)):
+            for row, name in zip(rows, (quantized_of(kind, c), kind)):  # (distill.quantize)
                 row.insert(3, latency["ms_per_batch"][name])
         out += ["", f"## Compression: {kind} ({c['type']})", table(header, rows)]
         if kind == "quantize":
             out.append(f"\nlinear weights {c['linear_weights_smaller_x']:.2f}x smaller")
+            out += quantized_student_lines(c)
+        elif kind == "distill":  # compress.distill: the student beside the teacher
+            out += distill_lines(c)
         elif "structured" in c:  # whole units removed: a smaller model, not a sparser one
             was, now = c["structured"]["before"], c["structured"]["after"]
             out.append(

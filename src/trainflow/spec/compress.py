@@ -1,22 +1,25 @@
-"""The compress section: quantize, prune, and the accuracy gate a compressed model must pass
-to be packaged (tasks/quantize.py and tasks/prune.py decide it, tasks/package.py obeys it)."""
+"""The compress section: quantize, prune, distill, and the accuracy gate a compressed model
+must pass to be packaged (tasks/quantize.py, tasks/prune.py and tasks/distill.py decide it,
+tasks/package.py obeys it)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from trainflow import registry
-from trainflow.spec.base import Section
+from trainflow.spec.base import MAX_EPOCHS, Section
 from trainflow.spec.metric_table import BASE, METRICS
 
 if TYPE_CHECKING:  # built at run time from the registry's tables: opaque to mypy
     Quantizer = Any
     Pruner = Any
+    Student = Any
 else:
     Quantizer = registry.union(registry.QUANTIZERS)
     Pruner = registry.union(registry.PRUNERS)
+    Student = registry.union(registry.MODELS)
 
 DEFAULT_METRIC = "accuracy"
 STATIC_INT8_MODELS = ("mlp", "cnn")  # layers with int8 kernels end to end (Linear, Conv2d)
@@ -47,9 +50,45 @@ class GateSpec(Section):
         return value - baseline if self.lower_is_better else baseline - value
 
 
+class DistillSpec(Section):
+    """A smaller student trained from the trained model as teacher (tasks/distill.py), on the
+    same prepared data, with train.distill's loss: alpha * T^2 * KL(teacher || student at
+    temperature T) + (1 - alpha) * the hard-label loss."""
+
+    model: Student = Field(
+        ...,
+        description="the student's architecture (a model section, e.g. {type: mlp, "
+        "hidden_layers: 1, units: 16}); it must have fewer parameters than the trained model",
+    )
+    epochs: int = Field(
+        ...,
+        le=MAX_EPOCHS,
+        description="the student's epochs (train's early stopping, optimizer, lr and batch "
+        "size apply)",
+    )
+    temperature: float = Field(4.0, gt=0, le=100)
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft (teacher) loss")
+    quantize: bool = Field(
+        False,
+        description="compress.quantize quantizes the student instead of the trained model; "
+        "the gate measures the int8 student's drop from the trained model",
+    )
+
+    @field_validator("epochs")
+    @classmethod
+    def _trains(cls, epochs: int) -> int:
+        if epochs < 1:
+            raise ValueError(
+                f"compress.distill.epochs is {epochs}: the student would not train; give 1 "
+                "or more (e.g. as many as train.epochs)"
+            )
+        return epochs
+
+
 class CompressSpec(Section):
     quantize: Quantizer | None = None
     prune: Pruner | None = None
+    distill: DistillSpec | None = None
     gate: GateSpec | None = None
 
 
@@ -79,11 +118,15 @@ def compress_refusal(spec: Any) -> str | None:
     """Why the compress section cannot hold on this spec, or None (said at validation)."""
     quantize = spec.compress.quantize
     static = quantize is not None and quantize.type == "static_int8"
-    if static and spec.model.type not in STATIC_INT8_MODELS:
+    reason = distill_refusal(spec)
+    if reason:
+        return reason
+    quantized, where = quantized_model(spec)
+    if static and quantized.type not in STATIC_INT8_MODELS:
         return (
             f"compress.quantize static_int8 takes the {' and '.join(STATIC_INT8_MODELS)} "
-            f"families (int8 kernels for each of their layers); model.type is "
-            f"{spec.model.type}: use type dynamic_int8 (its Linear layers), or remove "
+            f"families (int8 kernels for each of their layers); {where}.type is "
+            f"{quantized.type}: use type dynamic_int8 (its Linear layers), or remove "
             "compress.quantize"
         )
     if static and quantize.fallback == "auto" and spec.compress.gate is None:
@@ -102,15 +145,46 @@ def compress_refusal(spec: Any) -> str | None:
     return gate_refusal(spec)
 
 
+def quantized_model(spec: Any) -> tuple[Any, str]:
+    """The model section compress.quantize quantizes, and its YAML path: the distilled
+    student's where compress.distill.quantize says so, else the trained model's."""
+    distill = spec.compress.distill
+    if distill is not None and distill.quantize:
+        return distill.model, "compress.distill.model"
+    return spec.model, "model"
+
+
+def distill_refusal(spec: Any) -> str | None:
+    """Why compress.distill cannot hold on this spec, or None. (A student with as many
+    parameters as the trained model, or one that cannot read its inputs, is refused when
+    the distill step builds it: that needs the data's shape.)"""
+    distill = spec.compress.distill
+    if distill is None:
+        return None
+    if distill.quantize and spec.compress.quantize is None:
+        return (
+            "compress.distill.quantize quantizes the student with compress.quantize, and the "
+            "spec has no compress.quantize: add one (e.g. {type: dynamic_int8}) or remove "
+            "distill.quantize"
+        )
+    if distill.model == spec.model:
+        return (
+            "compress.distill.model is the trained model's architecture (model): the student "
+            "would compress nothing; give it fewer layers or units"
+        )
+    return None
+
+
 def gate_refusal(spec: Any) -> str | None:
     """Why compress.gate cannot hold on this spec, or None."""
     gate = spec.compress.gate
     if gate is None:
         return None
-    if spec.compress.quantize is None and spec.compress.prune is None:
+    compress = spec.compress
+    if compress.quantize is None and compress.prune is None and compress.distill is None:
         return (
             "compress.gate gates a compressed model and the spec compresses none: set "
-            "compress.quantize or compress.prune, or remove compress.gate"
+            "compress.quantize or compress.prune (or compress.distill), or remove compress.gate"
         )
     known = gate_metrics(spec.evaluate)
     if gate.metric not in known:
