@@ -5,7 +5,6 @@ too stale; the model folder packages and predicts; knobs that cannot hold are re
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 import trainflow
+from tests.interrupt import descendants, frozen_at_step, wait_gone
 from tests.tasks.ranks import prepared_shards, rows
 from trainflow.artifacts import Store
 from trainflow.engine import checkpoint
@@ -30,10 +30,12 @@ from trainflow.tasks.train import resume_folder, train_model
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = MLPParams(type="mlp", hidden_layers=2, units=[32, 16])
 # 369 training rows: 11 batches of 32 and a last one of 17 (9 + 8 rows on two trainers)
+# (a checkpoint every epoch: the kill test resumes SYNC's own run from its second epoch)
 ONE = TrainSpec.model_validate(
     {"lr": 1e-2, "batch_size": 32, "epochs": 3, "threads": 1, "precision": "fp32",
-     "device": "cpu", "loader": {"mode": "memory"}}
+     "device": "cpu", "loader": {"mode": "memory"}, "checkpoint_interval_s": 0}
 )  # fmt: skip
+STEPS_PER_EPOCH = 12
 PS = {"strategy": "parameter_server", "nproc_per_node": 3}  # 1 server + 2 trainers
 SYNC = TrainSpec.model_validate({**ONE.model_dump(), "distributed": PS})
 # staleness 0: at each epoch's start both trainers get the same weights, so the second
@@ -122,7 +124,6 @@ def test_the_package_of_a_parameter_server_run_predicts_like_the_one_process_one
     assert np.abs(probs[0] - probs[1]).max() <= 1e-4
 
 
-LONG = TrainSpec.model_validate({**SYNC.model_dump(), "epochs": 8, "checkpoint_interval_s": 0})
 CHILD = """
 import sys
 from trainflow.artifacts import ArtifactRef
@@ -135,46 +136,53 @@ train_model.fn(ArtifactRef.model_validate_json(shards), MLPParams.model_validate
 """
 
 
-def killed_after_an_epoch(runs, store: str) -> Path:
-    """Run LONG's training in a child process and SIGKILL it once its last.pt holds an epoch
-    from the second to the sixth (torchrun and the ranks stop with it); its resume folder."""
-    folder = resume_folder(Store(store), runs["shards"], MODEL, LONG, 0)
-    argv = [runs["shards"].model_dump_json(), MODEL.model_dump_json(), LONG.model_dump_json()]
-    child = subprocess.Popen([sys.executable, "-c", CHILD, *argv, store])
-    epoch, deadline = 0, time.monotonic() + 300
+def killed_after_an_epoch(runs, store: str, work: Path) -> Path:
+    """Run SYNC's training in a child process, stop its server (rank 0) inside the first
+    optimizer step of epoch 3, once its last.pt holds epoch 2, and SIGKILL the child (torchrun
+    and the ranks stop with it); its resume folder."""
+    folder = resume_folder(Store(store), runs["shards"], MODEL, SYNC, 0)
+    env, frozen = frozen_at_step(work, 2 * STEPS_PER_EPOCH + 1)
+    argv = [runs["shards"].model_dump_json(), MODEL.model_dump_json(), SYNC.model_dump_json()]
+    child = subprocess.Popen([sys.executable, "-c", CHILD, *argv, store], env=env)
+    saved, deadline = {}, time.monotonic() + 600
     try:
-        while child.poll() is None and time.monotonic() < deadline and not 2 <= epoch <= 6:
+        while child.poll() is None and time.monotonic() < deadline and not frozen.exists():
+            time.sleep(0.05)
+        settled = time.monotonic() + 60  # the writer thread may still be saving epoch 2
+        while frozen.exists() and time.monotonic() < settled and saved.get("epoch") != 2:
             try:
-                epoch = checkpoint.load(folder / "last.pt")["epoch"]
-            except ArtifactError:  # not written yet
+                saved = checkpoint.load(folder / "last.pt")
+            except ArtifactError:  # being replaced
                 pass
             time.sleep(0.05)
+        ranks = descendants(child.pid)
     finally:
         child.kill()  # SIGKILL
         child.wait()
-    assert 2 <= epoch <= 6, f"the run was not seen between epochs 2 and 6 (at {epoch})"
-    time.sleep(3)  # torchrun stops its ranks on its parent's death (engine.ddp)
+    assert frozen.exists(), f"the server did not reach epoch 3 (exit {child.returncode})"
+    assert saved.get("epoch") == 2, f"last.pt holds epoch {saved.get('epoch')}, not 2"
+    assert saved["position"] is None  # (between epochs: a resume starts epoch 3)
+    wait_gone(ranks)  # torchrun stops its ranks on its parent's death (engine.ddp)
     return folder
 
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_at_its_last_epoch_to_the_uninterrupted_weights(runs, tmp_path):
-    full = train_model.fn(runs["shards"], MODEL, LONG, 0, str(tmp_path / "full"))
-    store = str(tmp_path / "killed")
-    shutil.copytree(runs["store"], store)  # (the shards' paths are absolute: the same files)
-    folder = killed_after_an_epoch(runs, store)
-    resumed = train_model.fn(runs["shards"], MODEL, LONG, 0, store)
+    full = runs["sync"]  # (SYNC's uninterrupted run)
+    store = str(tmp_path / "killed")  # (the shards' paths are absolute: the same files)
+    folder = killed_after_an_epoch(runs, store, tmp_path / "site")
+    resumed = train_model.fn(runs["shards"], MODEL, SYNC, 0, store)
     a = checkpoint.load(full.path / "best.pt")["model"]
     b = checkpoint.load(resumed.path / "best.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
-    assert rows(full) == rows(resumed) and len(rows(full)) == 8
+    assert rows(full) == rows(resumed) and len(rows(full)) == 3
     assert not folder.exists()  # (the resume folder is dropped once the model is committed)
     # a checkpoint another spec wrote is one error from the server's rank, its lines named
     checkpoint.save_rotating(
         folder / "last.pt", {**checkpoint.load(full.path / "last.pt"), "spec": "another"}
     )
     with pytest.raises(TrainflowError, match=r"failed on rank 0:") as caught:
-        train_model.fn(runs["shards"], MODEL, LONG, 0, store)
+        train_model.fn(runs["shards"], MODEL, SYNC, 0, store)
     assert "written by a different train spec" in str(caught.value)
 
 
