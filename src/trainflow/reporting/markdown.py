@@ -14,6 +14,12 @@ from trainflow.reporting.distill_section import (
 from trainflow.reporting.gate_section import gate_lines
 from trainflow.reporting.model_section import model_section
 from trainflow.reporting.placement_section import placement_lines
+from trainflow.reporting.regression_section import (
+    is_regression,
+    regression_ensemble_lines,
+    regression_metric_lines,
+    regression_training_figures,
+)
 from trainflow.reporting.table import table
 
 PREVIEW = "augment_preview.png"
@@ -28,7 +34,10 @@ def render(summary: dict, evaluation: list[str], explanation: list[str]) -> str:
         f"spec fingerprint `{summary['spec_fingerprint'][:16]}`",
     ]
     # the result first (what a reader opens the report for), then how it came about
-    out += metric_lines(summary["test"], classes_of(summary))
+    if is_regression(summary):  # numbers: no classes, no confusion matrix
+        out += regression_metric_lines(summary["test"], EVALUATED)
+    else:
+        out += metric_lines(summary["test"], classes_of(summary))
     out += evaluation
     out += ["", "## Data"]
     out += data_lines(summary["data"])
@@ -37,7 +46,10 @@ def render(summary: dict, evaluation: list[str], explanation: list[str]) -> str:
     out += anomaly_lines(summary["anomalies"])
     out += training_lines(summary["train"])
     out += cv_lines(summary["cv"])
-    out += ensemble_lines(summary["ensemble"], summary["test"])
+    if is_regression(summary) and summary["ensemble"]:
+        out += regression_ensemble_lines(summary["ensemble"], summary["test"])
+    else:
+        out += ensemble_lines(summary["ensemble"], summary["test"])
     out += compression_sections(summary["compress"], summary.get("latency"))
     out += picture_lines(summary)
     out += explanation  # evaluate.explain
@@ -146,7 +158,11 @@ def training_lines(t: dict) -> list[str]:
         f"best epoch {t['best_epoch']} of {t['epochs_run']} run"
         f"{' (stopped early)' if t['stopped_early'] else ''}; "
         + (
-            f"validation accuracy {t['val_accuracy']:.4f}, loss {t['val_loss']:.4f}"
+            (
+                f"validation accuracy {t['val_accuracy']:.4f}, loss {t['val_loss']:.4f}"
+                if "val_accuracy" in t
+                else regression_training_figures(t)  # a regression's best validation figures
+            )
             if t.get("val_loss") is not None
             else "trained on train + validation (train.fit_on), its last epoch the model"
         )
@@ -180,14 +196,15 @@ def metric_lines(test: dict, classes: list[str]) -> list[str]:
 def cv_lines(cv: dict | None) -> list[str]:
     if not cv:
         return []
+    columns = cv.get("metrics", METRICS)  # a regression's: rmse, mae, r2, mape
     return [
         "",
         f"## Cross-validation ({len(cv['folds'])} folds, validation metrics)",
         "",
         cv_rows_line(cv),
         table(
-            ["fold", *METRICS],
-            [[r["fold"], *(r[m] for m in METRICS)] for r in cv["folds"]]
+            ["fold", *columns],
+            [[r["fold"], *(r[m] for m in columns)] for r in cv["folds"]]
             + [["mean", *cv["mean"].values()], ["std", *cv["std"].values()]],
         ),
     ]

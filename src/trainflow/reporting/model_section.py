@@ -29,13 +29,19 @@ def model_section(summary: dict) -> list[str]:
         if Path(package["address"]).is_absolute()
         else f"<store>/{package['address']}"
     )
+    regression = summary.get("task") == "regression"
+    predicts = (
+        "a number, in the target's units"
+        if regression
+        else f"classes {', '.join(package['classes'])}"
+    )
     out = [
         "",
         "## Model",
-        f"package: `{where}` ({package['kind']}; classes {', '.join(package['classes'])})",
+        f"package: `{where}` ({package['kind']}; {predicts})",
         "",
-        "Score new data with it (CSV, Parquet or "
-        "an image folder; `--proba` adds a probability per class):",
+        "Score new data with it (CSV, Parquet or an image folder"
+        + ("):" if regression else "; `--proba` adds a probability per class):"),
         "",
         f"    trainflow predict {where} DATA --output preds.csv",
         "",
