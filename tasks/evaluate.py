@@ -17,15 +17,19 @@ from trainflow.caching import CACHED
 from trainflow.calibration import Decision, decide, fit_temperature, tune_threshold
 from trainflow.engine.adversarial import robust_accuracy
 from trainflow.engine.data import Split
-from trainflow.engine.inference import predict_logits, score
+from trainflow.engine.inference import predict_logits, score, score_regression
 from trainflow.engine.model_folder import load_model
+from trainflow.engine.target_scale import Regression, regression_of
 from trainflow.errors import SpecError
 from trainflow.metrics import binary_curves, metric_value
 from trainflow.spec.after_training import EvaluateSpec
+from trainflow.spec.task import effective_metrics
 from trainflow.tasks.train import load_splits
 
 ATTACK_SEED = 0
 CURVES = "curves.json"  # the ROC and PR curves of a binary target's test part
+# A regression's test part: its predictions and true values, in the target's units (float64)
+PREDICTED, TRUE = "test_pred.npy", "test_true.npy"
 TEST = "the test part (evaluate.metrics)"
 
 
@@ -36,6 +40,9 @@ def evaluate_model(
     """Score the model on the held-out test split; metrics travel in the ref's meta."""
     evaluate = evaluate or EvaluateSpec()
     net, info = load_model(model)
+    regression = regression_of(info)
+    if regression is not None:
+        return evaluate_regression(net, regression, shards, store, evaluate)
     classes = list(info["classes"])
     parts = load_splits(shards, ("val", "test") if fits_on_validation(evaluate) else ("test",))
     test = parts["test"]
@@ -61,6 +68,26 @@ def evaluate_model(
         if len(classes) == 2 and len(set(test.y.tolist())) == 2:
             curves = binary_curves(test.y.numpy(), probs[:, 1])
             (staging / CURVES).write_text(json.dumps({"positive": classes[1], **curves}))
+        return target.commit(staging, "metrics", count=len(test), meta=metrics)
+
+
+def evaluate_regression(
+    net: torch.nn.Module,
+    regression: Regression,
+    shards: ArtifactRef,
+    store: str,
+    evaluate: EvaluateSpec,
+) -> ArtifactRef:
+    """A regression's test metrics (RMSE, MAE, R², MAPE and the regression metrics
+    evaluate.metrics adds, in the target's units) and its test predictions."""
+    test = load_splits(shards, ("test",))["test"]
+    extra = effective_metrics(evaluate, "regression")
+    metrics, predicted = score_regression(net, test, regression, extra=extra, where=TEST)
+    target = Store(store)
+    with target.writer("metrics") as staging:
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        np.save(staging / PREDICTED, predicted.astype(np.float64), allow_pickle=False)
+        np.save(staging / TRUE, test.y.numpy().astype(np.float64), allow_pickle=False)
         return target.commit(staging, "metrics", count=len(test), meta=metrics)
 
 

@@ -11,8 +11,9 @@ from prefect import task
 from trainflow import registry
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
-from trainflow.logs import Progress
+from trainflow.logs import Progress, run_logger
 from trainflow.readers import IMAGE_SUFFIXES, check_file, load_source, read_image, read_labels  # noqa: F401
+from trainflow.regression_target import load_for_task, source_task
 from trainflow.spec.sources import FileSource, ImageFolderSource, SequenceSource, SklearnSource  # noqa: F401
 from trainflow.steps import write_parts
 
@@ -37,11 +38,14 @@ def _stored_as_is(source: Source, table: pl.DataFrame | pl.LazyFrame) -> bool:
 
 
 @task(name="ingest", **CACHED)
-def ingest(source: Source, store: str) -> ArtifactRef:
+def ingest(source: Source, store: str, task: str = "auto") -> ArtifactRef:
     """Read the declared source into a Parquet table artifact (images as flat arrays + shape);
-    files are streamed, so a file larger than memory passes through."""
+    files are streamed, so a file larger than memory passes through. `task` (the spec's)
+    decides with the target whether it is class labels or numbers (schema.task), once."""
     progress = Progress("ingest-progress", "source read (50 %), table written (100 %)")
-    df, schema = load_source(source)
+    decided, why = source_task(source, task)
+    run_logger().info("%s", why)
+    df, schema = load_for_task(source, decided)
     progress.update(0.5)
     stored = Path(source.path) if _stored_as_is(source, df) else df
     table = write_parts(Store(store), "table", {"all": (stored, schema)})

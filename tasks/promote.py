@@ -19,8 +19,10 @@ from sklearn.metrics import precision_recall_fscore_support, recall_score
 from trainflow.champion import Event, decide, judge, located, locked, named, now
 from trainflow.errors import TrainflowError
 from trainflow.logs import run_logger
+from trainflow.metrics import regression_metrics
 from trainflow.predictor import Model, load_model
 from trainflow.spec.pipeline import PipelineSpec
+from trainflow.spec.promote import REGRESSION_PROMOTE
 from trainflow.testrows import raw_test_rows
 
 LOG_EPS = 1e-15  # probabilities are clipped here for the log loss (as scikit-learn does)
@@ -29,6 +31,10 @@ LOG_EPS = 1e-15  # probabilities are clipped here for the log loss (as scikit-le
 def scores(model: Model, rows: pl.DataFrame, target: str, classes: list[str]) -> dict:
     """The metrics of `model` on `rows`, their labels indexed in `classes` (the
     challenger's): a predicted class outside them is wrong, its probability lost."""
+    if model.task == "regression":  # the evaluate task's figures, in the target's units
+        truth = rows[target].cast(pl.Float64).to_numpy()
+        found = regression_metrics(truth, model.predict(rows), (), "the test rows (promote)")
+        return {name: found[name] for name in REGRESSION_PROMOTE}
     index = {c: i for i, c in enumerate(classes)}
     y = np.asarray([index[v] for v in rows[target].cast(pl.Utf8).to_list()], dtype=np.int64)
     probs = model.predict_proba(rows)
@@ -83,6 +89,8 @@ def promote_model(package: str | None, data: dict, spec: PipelineSpec, store: st
             "min_delta": rule.min_delta,
         }
     challenger = load_model(package)
+    if challenger.task == "regression" and rule.metric not in REGRESSION_PROMOTE:
+        rule = rule.model_copy(update={"metric": "rmse"})  # (the default names a classifier's)
     rows = raw_test_rows(
         data["ingested"], data["steps"], spec.data.pre_split, data["raw_splits"], spec.seed
     )

@@ -51,6 +51,7 @@ def shard(splits: ArtifactRef, params: ShardParams, store: str, seed: int = 0) -
         "classes": schema.classes,
         "input_shape": schema.input_shape,
         "splits": {},
+        **({"task": "regression"} if schema.task == "regression" else {}),
         **({"aux_targets": schema.aux_targets} if schema.aux_targets else {}),
     }
     target = Store(store)
@@ -86,6 +87,7 @@ def shard(splits: ArtifactRef, params: ShardParams, store: str, seed: int = 0) -
             schema={
                 "classes": schema.classes,
                 "input_shape": schema.input_shape,
+                **({"task": "regression"} if schema.task == "regression" else {}),
                 **({"aux_targets": schema.aux_targets} if schema.aux_targets else {}),
             },
             meta={

@@ -243,6 +243,13 @@ RANK_MODULES = {
 }
 
 
+def best_figures(task: str) -> tuple[str, ...]:
+    """The best epoch's validation figures the model artifact's meta carries."""
+    if task == "regression":
+        return ("val_loss", "val_rmse", "val_mae", "val_r2")
+    return ("val_accuracy", "val_loss")
+
+
 @task(name="train", **CACHED)
 def train_model(
     shards: ArtifactRef, model: Any, train: TrainSpec, seed: int, store: str
@@ -261,13 +268,14 @@ def train_model(
         data["val"] = held_out_none(val)
 
     progress = Progress("train-progress", f"training: up to {train.epochs} epochs")
+    task = shards.data_schema.get("task", "classification")
+    figure = "val_rmse" if task == "regression" else "val_accuracy"  # in the log line
 
     def log_epoch(row: dict) -> None:
         progress.update(row["epoch"] / train.epochs)
         logger.info(
             "epoch %(epoch)d  train_loss %(train_loss).4f  val_loss %(val_loss).4f  "
-            "val_accuracy %(val_accuracy).4f  (%(seconds).2fs, %(samples_per_s).0f "
-            "samples/s)",
+            f"{figure} %({figure}).4f  (%(seconds).2fs, %(samples_per_s).0f samples/s)",
             row,
         )
 
@@ -291,6 +299,7 @@ def train_model(
                 resume_dir,
                 shards.data_schema.get("aux_targets"),
                 saved,
+                task,
             )
         progress.update(1.0)  # early stopping ends before the last epoch
         best = result.history[result.best_epoch - 1]
@@ -306,8 +315,7 @@ def train_model(
                 "samples_lost": lost,
                 "batch_size": result.batch_size,
                 "stopped_early": result.stopped_early,
-                "val_accuracy": best["val_accuracy"] if held_out else None,
-                "val_loss": best["val_loss"] if held_out else None,
+                **{f: best.get(f) if held_out else None for f in best_figures(task)},
                 "fit_on": train.fit_on,
                 "compute": json.loads((staging / "model.json").read_text())["compute"],
             },

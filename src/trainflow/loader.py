@@ -116,6 +116,7 @@ def fetch(url: str, cache_dir: Path, sha256: str | None = None) -> Path:
 MEMBERS = {
     "x.npy": ("features", "fiub"),
     "y.npy": ("class indices", "iub"),
+    "t.npy": ("target numbers", "fiu"),  # a regression's target, in place of y.npy
     "w.npy": ("loss weights", "fiu"),
 }
 
@@ -124,7 +125,11 @@ def decode_record(record: dict) -> tuple[np.ndarray, ...]:
     """(x, y) of one tar record, or (x, y, w) when it carries loss weights; without pickle, and
     other members are ignored. A member that is not a plain numeric array (an object array
     would need pickle) is an ArtifactError naming the shard, the record and the member."""
-    x, y = _member(record, "x.npy"), _member(record, "y.npy").astype(np.int64)
+    x = _member(record, "x.npy")
+    if "t.npy" in record:  # a regression's numbers (float64)
+        y = _member(record, "t.npy").astype(np.float64)
+    else:
+        y = _member(record, "y.npy").astype(np.int64)
     arrays = (x, y, _member(record, "w.npy")) if "w.npy" in record else (x, y)
     if any(len(a) != len(x) for a in arrays):
         raise _not_ours(record, "x.npy", f"{len(x)} samples but {len(y)} labels")

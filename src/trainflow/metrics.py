@@ -1,10 +1,13 @@
-"""Classification metrics from class probabilities and predicted labels, via scikit-learn.
+"""Classification metrics from class probabilities and predicted labels, and regression
+metrics from predicted numbers, via scikit-learn.
 
 Each function of the metric table (trainflow.spec.metric_table, which names them) takes
 (y_true, probs, y_pred, num_classes): the true class indices, the class probabilities
 (rows, classes), the predicted class indices (the argmax, or a tuned threshold's decision)
-and the number of classes. scikit-learn is imported inside them: it costs seconds to import,
-and what only loads a model (trainflow predict) never scores one against labels.
+and the number of classes; a regression metric's y_pred is the predicted numbers, in the
+target's own units (probs and num_classes unused). scikit-learn is imported inside them:
+it costs seconds to import, and what only loads a model (trainflow predict) never scores
+one against labels.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from trainflow.errors import DataError
 from trainflow.registry import resolve
-from trainflow.spec.metric_table import BASE
+from trainflow.spec.metric_table import BASE, REGRESSION_BASE
 from trainflow.spec.metric_table import METRICS as TABLE
 
 METRICS = BASE  # what every evaluation reports (the report's and the CV summary's columns)
@@ -124,6 +127,44 @@ def ece(y_true, probs, y_pred, num_classes: int) -> float:
     return float(total / max(len(probs), 1))
 
 
+def rmse(y_true, probs, y_pred, num_classes: int = 0) -> float:
+    from sklearn.metrics import mean_squared_error
+
+    return float(np.sqrt(mean_squared_error(y_true, y_pred)))
+
+
+def mae(y_true, probs, y_pred, num_classes: int = 0) -> float:
+    from sklearn.metrics import mean_absolute_error
+
+    return float(mean_absolute_error(y_true, y_pred))
+
+
+def r2(y_true, probs, y_pred, num_classes: int = 0) -> float:
+    from sklearn.metrics import r2_score
+
+    return float(r2_score(y_true, y_pred))
+
+
+def mape(y_true, probs, y_pred, num_classes: int = 0) -> float:
+    """Mean absolute percentage error as a fraction (scikit-learn's: 0.1 is 10 %; a true
+    value of 0 divides by machine epsilon, so it is huge rather than infinite)."""
+    from sklearn.metrics import mean_absolute_percentage_error
+
+    return float(mean_absolute_percentage_error(y_true, y_pred))
+
+
+def regression_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, extra: Iterable[str] = (), where: str = "the rows"
+) -> dict:
+    """RMSE, MAE, R² and MAPE (REGRESSION_BASE) and the `extra` regression metrics of the
+    table, of predictions `y_pred` against `y_true` (both in the target's units)."""
+    if len(y_true) < 2:  # R² is undefined on one row (scikit-learn warns and gives NaN)
+        raise DataError(f"regression metrics need at least 2 rows, {where} has {len(y_true)}")
+    names = dict.fromkeys([*REGRESSION_BASE, *extra])
+    truth, predicted = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    return {name: metric_value(name, truth, None, predicted, 0, where) for name in names}
+
+
 def undefined(name: str, y_true: np.ndarray, num_classes: int) -> str | None:
     """Why metric `name` has no value on rows labelled `y_true`, or None: a ranking metric
     needs rows of every class (scikit-learn would give NaN)."""
@@ -141,7 +182,8 @@ def metric_value(name: str, y_true, probs, y_pred, num_classes: int, where: str)
     if reason:
         raise DataError(f"{name} cannot be computed on {where}: {reason}")
     function: Any = resolve(TABLE[name].at)
-    return function(np.asarray(y_true), np.asarray(probs), np.asarray(y_pred), num_classes)
+    probs = None if probs is None else np.asarray(probs)
+    return function(np.asarray(y_true), probs, np.asarray(y_pred), num_classes)
 
 
 def classification_metrics(

@@ -7,6 +7,7 @@ one (see trainflow.scorefiles for reading and writing files).
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import torch
 from trainflow import registry
 from trainflow.calibration import decide
 from trainflow.engine.model_folder import build_from_folder
+from trainflow.engine.target_scale import regression_of
 from trainflow.errors import ArtifactError, DataError, TrainflowError
 from trainflow.package import (
     PREDICTION_MODES,
@@ -106,6 +108,12 @@ class Model:
         self._table = TableSchema(**info.table_schema)
         self._steps = [_loaded(s, where) for s in info.steps]
         self._members = [self._member(package, m, where) for m in info.members]
+        # a regression's members predict numbers: each one's target scaling (model.json)
+        self._regressions = [
+            regression_of(json.loads((package.member_folder(m) / "model.json").read_text()))
+            for m in info.members
+        ]
+        self.task = "regression" if self._regressions and self._regressions[0] else "classification"
         if info.combine is not None and info.combine not in registry.ENSEMBLES:
             raise ArtifactError(f"{where}: unknown way to combine members {info.combine!r}")
         self._combine = registry.ENSEMBLES[info.combine].impl if info.combine else None
@@ -129,6 +137,7 @@ class Model:
 
     def predict_proba(self, frame: Any) -> np.ndarray:
         """Class probabilities, float32 (rows, classes)."""
+        self._has_classes("predict_proba")
         df = _polars(frame)
         self.check(df.lazy(), "the frame")
         parts = [
@@ -138,7 +147,13 @@ class Model:
         return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
 
     def predict(self, frame: Any) -> np.ndarray:
-        """The predicted class of each row (labels as in `classes`)."""
+        """The predicted class of each row (labels as in `classes`); a regression's number,
+        float64, in the target's own units."""
+        if self.task == "regression":
+            df = _polars(frame)
+            self.check(df.lazy(), "the frame")
+            parts = [self._values(b, "the frame", i) for i, b in _slices(df, self.batch_rows)]
+            return np.concatenate(parts) if parts else np.zeros(0)
         return np.asarray(self.classes)[self.predicted_indices(self.predict_proba(frame))]
 
     def predicted_indices(self, probs: np.ndarray) -> np.ndarray:
@@ -206,6 +221,11 @@ class Model:
         """One checked batch's output rows."""
         ids = [*self.info.input.keep_columns, *(["path"] if self.info.input.image_shape else [])]
         keep = [c for c in ids if c in batch.columns]  # "path": an image file's, in its folder
+        if self.task == "regression":  # a number per row, no probabilities
+            if proba:
+                self._has_classes("--proba")
+            values = self._values(batch, where, first_row)
+            return batch.select(*keep, pl.lit(pl.Series("prediction", values, pl.Float64)))
         probs = self._probabilities(batch, where, first_row)
         # as a selected literal, so a batch without id columns keeps its height
         out = batch.select(
@@ -224,6 +244,28 @@ class Model:
                 for i, c in enumerate(self.classes)
             )
         return out
+
+    def _has_classes(self, asked: str) -> None:
+        if self.task == "regression":
+            raise TrainflowError(
+                f"{asked}: the model package {self.path} is a regression's: it predicts a "
+                "number per row (the `prediction` column; predict() in Python), and has no "
+                "class probabilities"
+            )
+
+    def _values(self, batch: pl.DataFrame, where: str, first_row: int) -> np.ndarray:
+        """A regression's predictions of one batch, float64 (rows,), in the target's units."""
+        if batch.height == 0:
+            return np.zeros(0)
+        frame = batch.select(*self.converted(batch.collect_schema()).values())
+        frame, schema = _through(self._steps, frame, self._table)
+        values = [
+            _numbers(net, _features(*_through(steps, frame, schema), where, first_row), scale)
+            for (steps, net), scale in zip(self._members, self._regressions)
+        ]
+        if self._combine is None:
+            return values[0]
+        return np.asarray(self._combine(values, self._combine_state), dtype=np.float64)
 
     def _probabilities(self, batch: pl.DataFrame, where: str, first_row: int) -> np.ndarray:
         if batch.height == 0:
@@ -299,6 +341,15 @@ def _forward(net: torch.nn.Module, x: np.ndarray, temperature: float = 1.0) -> n
         for i in range(0, len(x), rows)
     ]
     return torch.cat(out).numpy().astype(np.float32, copy=False)
+
+
+@torch.no_grad()
+def _numbers(net: torch.nn.Module, x: np.ndarray, regression: Any) -> np.ndarray:
+    """A regression's predictions as the evaluate task computes them: the network's output
+    turned back into the target's units (engine.target_scale)."""
+    rows = max(FORWARD_ROWS, FORWARD_VALUES // max(1, math.prod(x.shape[1:])))
+    out = [net(torch.from_numpy(x[i : i + rows])).float() for i in range(0, len(x), rows)]
+    return regression.scale.original(torch.cat(out)) if out else np.zeros(0)
 
 
 def _calibrated(logits: torch.Tensor, temperature: float) -> torch.Tensor:

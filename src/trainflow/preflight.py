@@ -15,14 +15,19 @@ import polars as pl
 from trainflow.engine.checks import check_model_and_training
 from trainflow.errors import DataError, SpecError
 from trainflow.feature_check import check_text_features
-from trainflow.readers import check_file, load_source, read_labels
+from trainflow.readers import check_file, read_labels
+from trainflow.regression_target import (  # noqa: F401 (MAX_DECIMAL_CLASSES: its old home)
+    MAX_DECIMAL_CLASSES,
+    decide_task,
+    load_for_task,
+    source_task,
+)
 from trainflow.remote import store_folder
 from trainflow.sourcegraph import tree_digest
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.spec.sources import FileSource, SequenceSource
+from trainflow.spec.task import task_problems
 
-# A target of decimal numbers with more distinct values than this is a regression target.
-MAX_DECIMAL_CLASSES = 20
 LISTED = 5  # classes or values named in a message; the rest are counted
 # Passed checks, per machine (TRAINFLOW_PREFLIGHT_CACHE moves them), beside the compute probe's.
 VERDICTS = Path(
@@ -105,10 +110,21 @@ def _check_data(spec: PipelineSpec) -> None:
     )
     if isinstance(source, FileSource):
         check_file(source)
-    labels = read_labels(source)
-    target = labels.name
-    check_classification_target(labels)
+    labels = read_labels(source) if isinstance(source, FileSource) else None
+    task, _ = (
+        decide_task(labels, spec.task) if labels is not None else source_task(source, spec.task)
+    )
+    if spec.task == "auto":  # the data decided: the other task's knobs are refused now
+        problems = task_problems(spec, task)
+        if problems:
+            raise SpecError(f"pipeline {spec.name!r} (a {task} by its target)", problems)
+    if labels is None:
+        labels = read_labels(source)
     _check_labelled(labels, spec)
+    if task == "regression":
+        _check_regression(spec, labels, shape, aux)
+        return
+    target = labels.name
     counts = _class_counts(labels)
     if not counts:
         raise DataError(
@@ -135,10 +151,26 @@ def _check_data(spec: PipelineSpec) -> None:
             )
     _check_transform_values(spec)
     if isinstance(source, FileSource):
-        table, schema = load_source(source)
+        table, schema = load_for_task(source, task)
         check_text_features(spec.data.steps, table, schema.features)
     # last: its size check builds the model on torch's meta device, and a run whose data
     # cannot work answers without importing torch
+    check_model_and_training(spec.model, spec.train, shape, dict.fromkeys(aux, []))
+
+
+def _check_regression(spec: PipelineSpec, labels: pl.Series, shape, aux) -> None:
+    """A regression's target (numbers: decide_task named the first that is not) has enough
+    rows for its parts; then the features and the model, as a classifier's."""
+    source = spec.data.source
+    if isinstance(source, FileSource):
+        table, schema = load_for_task(source, "regression")
+        check_text_features(spec.data.steps, table, schema.features)
+    rows = len(labels) - labels.null_count()
+    if rows < 10:
+        raise DataError(
+            f"target {labels.name!r} has {rows} numeric row(s): a regression needs at least "
+            "10 to split into train, validation and test; add rows"
+        )
     check_model_and_training(spec.model, spec.train, shape, dict.fromkeys(aux, []))
 
 
@@ -160,24 +192,6 @@ def _check_transform_values(spec: PipelineSpec) -> None:
             )
     if problems:
         raise SpecError(f"pipeline {spec.name!r}", problems)
-
-
-def check_classification_target(labels: pl.Series) -> None:
-    """A target of many distinct decimal numbers is refused: every value would be a class of
-    its own (one row each), which no split or model can learn from."""
-    if not labels.dtype.is_float():
-        return
-    values = labels.drop_nulls().unique()
-    if len(values) > MAX_DECIMAL_CLASSES:
-        shown = ", ".join(f"{v:g}" for v in values.head(LISTED).sort().to_list())
-        raise DataError(
-            f"data.source.target: column {labels.name!r} holds {len(values)} distinct decimal "
-            f"numbers (such as {shown}): it looks like a regression target, and trainflow "
-            "trains classifiers, one class per value; name a column of class labels as "
-            "data.source.target, or turn the numbers into a few classes (bins) in a column "
-            f"of their own; if they are labels, declare it as text (data.source.columns: "
-            f"{{{labels.name}: str, ...}})"
-        )
 
 
 def _check_labelled(labels: pl.Series, spec: PipelineSpec) -> None:

@@ -52,6 +52,12 @@ def _load_sklearn(source: SklearnSource) -> tuple[pl.DataFrame, TableSchema]:
     from sklearn import datasets
 
     bunch = getattr(datasets, f"load_{source.dataset}")()
+    if source.dataset == "diabetes":  # a number to regress on (disease progression)
+        features = [str(f) for f in bunch.feature_names]
+        df = pl.DataFrame(bunch.data.astype(np.float64), schema=features).with_columns(
+            pl.Series("target", bunch.target.astype(np.float64))
+        )
+        return df, TableSchema(target="target", features=features, classes=[], task="regression")
     names = [str(n) for n in bunch.target_names]
     labels = [names[i] for i in bunch.target]
     if source.dataset == "digits":

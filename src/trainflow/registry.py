@@ -192,7 +192,9 @@ class Task:
 # Every task of a pipeline run by its Prefect name, in the order a run reaches them; the data
 # steps (STEPS) run between `expect` and `shard`, each reading its own data.steps entry.
 TASKS = {
-    "ingest": Task("trainflow.tasks.ingest:ingest", (), {"source": "data.source"}, io=True),
+    "ingest": Task(
+        "trainflow.tasks.ingest:ingest", (), {"source": "data.source", "task": "task"}, io=True
+    ),
     "expect": Task(
         "trainflow.tasks.expect:check_expectations", ("table",), {"expect": "data.expect"}
     ),

@@ -12,6 +12,7 @@ import io
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import webdataset as wds
@@ -90,7 +91,8 @@ def write_split(
     except BaseException:
         _abandon(sink, stream)
         raise
-    histogram = np.bincount(y if y.ndim == 1 else y[:, 0], minlength=len(classes))
+    labels = y if y.ndim == 1 else y[:, 0]  # (a regression's numbers have no classes)
+    histogram: Any = np.bincount(labels, minlength=len(classes)) if classes else []
     return {
         "samples": int(len(x)),
         "shards": shards,
@@ -114,7 +116,8 @@ def _record(
     record = {
         "__key__": f"{split}{start:08d}",
         "x.npy": _encode_array(x[start:stop]),
-        "y.npy": _encode_array(y[start:stop]),
+        # a regression's numbers go in t.npy: y.npy holds class indices only (trainflow.loader)
+        ("t.npy" if y.dtype.kind == "f" else "y.npy"): _encode_array(y[start:stop]),
     }
     if w is not None:
         record["w.npy"] = _encode_array(w[start:stop])

@@ -91,7 +91,8 @@ def read_table(path: Path) -> tuple[pl.DataFrame, TableSchema]:
 
 
 def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.ndarray]:
-    """Features as float32 (N, *input_shape) and labels as int64 class indices."""
+    """Features as float32 (N, *input_shape) and labels as int64 class indices, or for a
+    regression the target's numbers as float64."""
     x = feature_array(df, schema)
     bad = ~np.isfinite(x.reshape(len(df), -1) if len(df) else x.reshape(0, 0))  # (val: 0)
     if bad.any():
@@ -105,6 +106,8 @@ def to_arrays(df: pl.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.nda
             "Add a `clean` step (missing: drop/mean/median/mode/constant) before `split`, "
             "or fix the source data."
         )
+    if schema.task == "regression":
+        return x, target_numbers(df, schema.target)
     y = _codes(df, schema.target, schema.classes, "target")
     if schema.aux_targets:  # labels (n, 1 + tasks): the main target first
         y = np.stack(
@@ -141,6 +144,19 @@ def feature_array(df: pl.DataFrame, schema: TableSchema) -> np.ndarray:
     return x if x.flags.writeable else x.copy()  # polars may hand out read-only views
 
 
+def target_numbers(df: pl.DataFrame, column: str) -> np.ndarray:
+    """A regression target as float64; a missing or non-finite value is an error."""
+    y = df[column].cast(pl.Float64).to_numpy().astype(np.float64)
+    bad = ~np.isfinite(y)
+    if bad.any():
+        raise DataError(
+            f"target {column!r}: {int(bad.sum())} row(s) without a number (the first is row "
+            f"{int(np.argmax(bad)) + 1} of its part) reach the shards; add a `clean` step "
+            "before `split` (it drops rows without a label)"
+        )
+    return y
+
+
 def _codes(
     df: pl.DataFrame, column: str, classes: list[str], role: str = "aux target"
 ) -> np.ndarray:
@@ -171,6 +187,8 @@ def sample_weights(df: pl.DataFrame, schema: TableSchema) -> np.ndarray | None:
 
 
 def class_counts(df: pl.DataFrame | pl.LazyFrame, schema: TableSchema) -> dict[str, int]:
+    if schema.task == "regression":  # no classes to count
+        return {}
     # counted on the column as stored (Enum codes stay codes); only the counts become text
     counts = df.lazy().group_by(schema.target).len().collect(engine="streaming")
     found = {str(k): int(v) for k, v in zip(counts[schema.target].cast(pl.Utf8), counts["len"])}

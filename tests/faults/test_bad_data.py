@@ -139,9 +139,11 @@ def test_a_class_with_one_row_is_refused_before_any_task(tmp_path):
 
 
 def test_a_float_target_is_refused_as_a_regression_target_in_a_short_message(tmp_path):
+    # (under task: auto it is one: tests/tasks/test_regression.py)
     lines = [f"{i % 7},{i % 5},{i * 0.173:.3f}" for i in range(500)]
-    err = run_refused(tmp_path, write_csv(tmp_path, lines))
+    err = run_refused(tmp_path, write_csv(tmp_path, lines), "--set", "task=classification")
     assert "looks like a regression target" in err and "500 distinct decimal numbers" in err
+    assert "set task: regression" in err
     assert len(err) < 800  # a few values and the count, not every value as a class
     assert not (tmp_path / "store").exists()
 

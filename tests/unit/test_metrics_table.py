@@ -65,7 +65,9 @@ def expected(name: str, y: np.ndarray, probs: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("y,probs", [(Y2, PROBS2), (Y3, PROBS3)], ids=["binary", "3 classes"])
-@pytest.mark.parametrize("name", [n for n in METRICS if n != "ece"])
+@pytest.mark.parametrize(
+    "name", [n for n, info in METRICS.items() if n != "ece" and info.task == "classification"]
+)
 def test_each_metric_equals_scikit_learns(name, y, probs):
     got = metrics.classification_metrics(y, probs, probs.shape[1], [name])[name]
     assert got == pytest.approx(expected(name, y, probs), abs=1e-12)
@@ -102,9 +104,13 @@ def test_the_spec_takes_exactly_the_tables_names_with_their_direction():
         "val_roc_auc",
         "val_pr_auc",
         "val_log_loss",
+        "val_rmse",  # a regression's (tests/tasks/test_regression.py)
+        "val_mae",
+        "val_r2",
     }
     modes = {m: EarlyStopping(monitor=m).mode for m in MONITORS}
-    assert modes == {m: "min" if m in ("val_loss", "val_log_loss") else "max" for m in MONITORS}
+    lower = ("val_loss", "val_log_loss", "val_rmse", "val_mae")
+    assert modes == {m: "min" if m in lower else "max" for m in MONITORS}
     with pytest.raises(ValueError, match="val_f1_macro"):
         EarlyStopping(monitor="val_f1")
 

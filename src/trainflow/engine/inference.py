@@ -1,5 +1,6 @@
 """Evaluation on a split held in memory: mean loss and class probabilities, classification
-metrics, and the accuracy of each auxiliary head of a multi-task model."""
+metrics, the accuracy of each auxiliary head of a multi-task model, and a regression's
+predictions in the target's units."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from torch import nn
 from trainflow.calibration import Decision, decide
 from trainflow.engine.data import Split
 from trainflow.engine.setup import resolve_device
-from trainflow.metrics import classification_metrics
+from trainflow.engine.target_scale import Regression
+from trainflow.metrics import classification_metrics, regression_metrics
 
 
 @torch.no_grad()
@@ -37,6 +39,39 @@ def predict(
     """Mean cross-entropy and class probabilities (N, classes) on CPU."""
     loss, logits = predict_logits(model, data, batch_size, device)
     return loss, torch.softmax(logits, dim=1) if len(logits) else logits
+
+
+@torch.no_grad()
+def predict_values(
+    model: nn.Module, data: Split, batch_size: int, device: torch.device, regression: Regression
+) -> tuple[float, np.ndarray]:
+    """A regression's mean loss (on the scaled target, as training computes it) and its
+    predictions in the target's own units, float64 (N,)."""
+    model.eval()
+    total, outputs = 0.0, []
+    for start in range(0, len(data), batch_size):
+        x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
+        z = model(x.to(device)).float().cpu()
+        total += regression.loss_of(z, y, None).item() * len(y)
+        outputs.append(z)
+    loss = total / len(data) if len(data) else float("nan")
+    return loss, regression.scale.original(torch.cat(outputs)) if outputs else np.zeros(0)
+
+
+def score_regression(
+    net: nn.Module,
+    data: Split,
+    regression: Regression,
+    batch_size: int = 256,
+    device: str = "cpu",
+    extra: Iterable[str] = (),
+    where: str = "the rows scored",
+) -> tuple[dict, np.ndarray]:
+    """A regression's metrics (RMSE, MAE, R², MAPE and `extra` of the metric table, in the
+    target's units) and its predictions on `data`."""
+    loss, predicted = predict_values(net, data, batch_size, resolve_device(device), regression)
+    metrics = regression_metrics(data.y.numpy(), predicted, extra, where)
+    return {"loss": loss, **metrics}, predicted
 
 
 @torch.no_grad()

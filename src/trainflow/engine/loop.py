@@ -15,11 +15,12 @@ from tqdm.auto import tqdm
 from trainflow.engine import qat, transfer
 from trainflow.engine.averaging import average_epoch, final_weights
 from trainflow.engine.data import Split
-from trainflow.engine.inference import aux_accuracy, predict
+from trainflow.engine.inference import aux_accuracy, predict, predict_values
 from trainflow.engine.monitor import check_monitor, monitored
 from trainflow.engine.outputs import Outputs
 from trainflow.engine.setup import Setup, anomaly_detection, deterministic, freeze_for, setup
 from trainflow.engine.state import Position, TrainingState, weights
+from trainflow.engine.target_scale import Regression, epoch_figures
 from trainflow.engine.update import Update
 from trainflow.loader import Stream
 from trainflow.spec.train import TrainSpec
@@ -45,15 +46,17 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     resume: Path | dict | None = None,
     teacher: nn.Module | None = None,
+    regression: Regression | None = None,
 ) -> FitResult:
     """Train with early stopping on a validation metric; write metrics.jsonl and checkpoints.
 
     `resume` continues from a last.pt (or its loaded state) of the same spec and data: the
     whole TrainingState is restored, so the run ends with the weights an uninterrupted run
     would have. `on_epoch` sees each epoch's row with its seconds and samples per second;
-    `teacher` is the model to distill from (train.distill).
+    `teacher` is the model to distill from (train.distill); a `regression` trains a numeric
+    target (its rows record val_rmse, val_mae and val_r2 instead of val_accuracy).
     """
-    run, state = setup(model, train, val, spec, seed, build_optimizer, teacher)
+    run, state = setup(model, train, val, spec, seed, build_optimizer, teacher, regression)
     check_monitor(run, state)
     if resume is not None:
         state.resume(qat.resumed(run, state, resume))  # train.qat: past the switch, prepared
@@ -64,7 +67,7 @@ def fit(
             range(state.next_epoch, spec.epochs + 1), desc="epochs", leave=False, disable=None
         ):
             run_epoch(run, state, outputs, epoch)
-            if run.stopping.stops(state.run.waited):
+            if run.stopping.stops(state.run.waited) and qat.may_stop(run, state):
                 result.stopped_early = True
                 break
             if run.update.done(state.steps):  # train.max_steps reached
@@ -190,6 +193,8 @@ def epoch_row(run: Setup, state: TrainingState, train_loss: float) -> dict:
     """The epoch's metrics.jsonl row: only what the seed determines, so a rerun writes equal
     bytes."""
     val, device, tasks = run.val, run.update.device, run.update.task_weights
+    if run.update.regression is not None:
+        return regression_row(run, state, train_loss, run.update.regression)
     val_loss, probs = predict(run.runner, val, run.batch_size, device)
     val_acc = (probs.argmax(1) == val.y).float().mean().item() if len(val) else 0.0
     aux_acc = (
@@ -210,5 +215,29 @@ def epoch_row(run: Setup, state: TrainingState, train_loss: float) -> dict:
     }
     norms = state.position.grad_norms
     if norms:  # clipping by norm measures it: the epoch's mean, pre-clip
+        row["grad_norm"] = sum(norms) / len(norms)
+    return row
+
+
+def regression_row(
+    run: Setup, state: TrainingState, train_loss: float, regression: Regression
+) -> dict:
+    """A regression epoch's row: the losses on the scaled target, the validation figures in
+    the target's own units (every monitor a regression may name: val_rmse, val_mae, val_r2)."""
+    val = run.val
+    val_loss, predicted = predict_values(
+        run.runner, val, run.batch_size, run.update.device, regression
+    )
+    row = {
+        "epoch": state.epoch,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        **epoch_figures(val.y.numpy().astype("float64"), predicted),
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "steps": state.steps,
+        "batch_size": run.size_at(state.epoch),
+    }
+    norms = state.position.grad_norms
+    if norms:
         row["grad_norm"] = sum(norms) / len(norms)
     return row

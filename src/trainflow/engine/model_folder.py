@@ -60,7 +60,8 @@ def build_from_folder(folder: Path, where: str) -> nn.Module:
         raise TrainflowError(
             f"{where}: {folder}/model.json does not describe a model this version can build: {exc}"
         ) from None
-    net = build_model(params, info["input_shape"], len(info["classes"]), info.get("aux_targets"))
+    outputs = 1 if info.get("task") == "regression" else len(info["classes"])  # one number
+    net = build_model(params, info["input_shape"], outputs, info.get("aux_targets"))
     if "quantized" in info:  # int8 weights load into the quantized form of the network
         kind = info["quantized"]
         params = registry.QUANTIZERS[kind].params(**info.get("quantize_params", {"type": kind}))

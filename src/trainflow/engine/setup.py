@@ -22,6 +22,7 @@ from trainflow.engine.data import Split, balanced_weights, batches, weights_from
 from trainflow.engine.ddp import World
 from trainflow.engine.distill import Distiller
 from trainflow.engine.state import TrainingState, spec_digest
+from trainflow.engine.target_scale import Regression
 from trainflow.engine.tracking import GradientNorms
 from trainflow.engine.update import Update, grad_scaler
 from trainflow.errors import TrainflowError
@@ -135,20 +136,25 @@ def setup(
     seed: int,
     build_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
     teacher: nn.Module | None = None,
+    regression: Regression | None = None,
 ) -> tuple[Setup, TrainingState]:
-    """Every knob, one line each: the components of the run and its fresh state."""
+    """Every knob, one line each: the components of the run and its fresh state (a
+    `regression` trains its numeric target with its loss; a classifier, cross-entropy)."""
     generator = seed_everything(seed)
     device = resolve_device(spec.device)
     model.to(device)
     world = World.current()  # train.distributed: rank and world size (one process: 0 of 1)
     world.shard(model, device)  # fsdp: parameters sharded in place, before the optimizer
     optimizer = build_optimizer(model)
-    balanced = class_balance(train, val, spec)
+    # (a regression has no classes to balance: validation refused the knobs that would)
+    balanced = class_balance(train, val, spec) if regression is None else None
     batch_size = full_batch_size(model, train, spec, device)
     total_steps = planned_steps(len(train), batch_size, spec)
     per_epoch = schedule.steps_per_epoch(len(train), batch_size, spec.accumulate)
     scheduler, plateau = schedule.build(spec.schedule, optimizer, spec.lr, per_epoch, total_steps)
-    class_weights = balanced.to(device) if spec.class_weights == "balanced" else None
+    class_weights = (
+        balanced.to(device) if balanced is not None and spec.class_weights == "balanced" else None
+    )
     task_weights = (
         {t: spec.task_weights.get(t, 1.0) for t in model.aux}
         if isinstance(model, MultiTask)
@@ -159,12 +165,16 @@ def setup(
         if teacher is not None and spec.distill
         else None
     )
-    update = Update.from_spec(spec, device, class_weights, task_weights, distiller)
+    update = Update.from_spec(spec, device, class_weights, task_weights, distiller, regression)
     image_input = train.image_input if isinstance(train, Stream) else train.x.dim() == 4
     augmenter = Augmenter(spec.augment, seed, image_input) if spec.augment else None
     pin = spec.loader.pin_memory if spec.loader.pin_memory != "auto" else device.type == "cuda"
     weighted = spec.sampler == "weighted"  # (class_balance refused it for a stream)
-    sample_weights = balanced[train.y] if weighted and isinstance(train, Split) else None
+    sample_weights = (
+        balanced[train.y]
+        if balanced is not None and weighted and isinstance(train, Split)
+        else None
+    )
     early = spec.early_stopping
     stopping = (
         Stopping(early.monitor, early.mode, early.min_delta, early.patience)

@@ -21,6 +21,7 @@ from trainflow.engine.distill import load_teacher
 from trainflow.engine.loop import FitResult, fit
 from trainflow.engine.model_folder import build_model, describe
 from trainflow.engine.setup import resolve_device
+from trainflow.engine.target_scale import Regression, regression_from_spec, training_target
 from trainflow.loader import Stream
 from trainflow.spec.train import TrainSpec
 
@@ -48,8 +49,10 @@ def train_into(
     resume_dir: Path | None = None,
     aux_targets: dict[str, list[str]] | None = None,
     resume: dict | None = None,
+    task: str = "classification",
 ) -> tuple[nn.Module, FitResult]:
-    """Build, train and save a model (best weights restored) into `folder`.
+    """Build, train and save a model (best weights restored) into `folder`; a `task` of
+    regression has one output, trained on the scaled target (engine.target_scale).
 
     With `resume_dir`, training writes its checkpoints there (a folder that outlives a crash)
     and continues from `resume`, a state loaded from it (state.load_resumable); on
@@ -57,7 +60,8 @@ def train_into(
     """
     check_model_and_training(model, train, input_shape, aux_targets)
     torch.manual_seed(seed)
-    net = build_model(model, input_shape, len(classes), aux_targets)
+    regression = fitted_regression(train, data["train"]) if task == "regression" else None
+    net = build_model(model, input_shape, 1 if regression else len(classes), aux_targets)
     if train.pretrained:
         transfer.warm_start(
             net,
@@ -69,7 +73,10 @@ def train_into(
     teacher = load_teacher(train.distill.teacher, input_shape, classes) if train.distill else None
     work = resume_dir or folder
     work.mkdir(parents=True, exist_ok=True)
-    choice = compute.choose(net, train, probe_rows(data), resolve_device(train.device))
+    probe = probe_rows(data)
+    if regression is not None:  # the probe times a cross-entropy step: a one-class one
+        probe = Split(probe.x, torch.zeros(len(probe), dtype=torch.int64))
+    choice = compute.choose(net, train, probe, resolve_device(train.device))
     with compute.threads_set(choice.threads):
         result = fit(
             net,
@@ -82,6 +89,7 @@ def train_into(
             on_epoch,
             resume=resume if resume_dir else None,
             teacher=teacher,
+            regression=regression,
         )
     if resume_dir and World.current().writes:  # DDP: rank 0 alone wrote the checkpoints
         for name in ("metrics.jsonl", "last.pt", "best.pt"):
@@ -103,8 +111,25 @@ def train_into(
         compute=compute.record(choice),
         **({"aux_targets": aux_targets} if aux_targets else {}),
         **({"adversarial": train.adversarial.model_dump()} if train.adversarial else {}),
+        **(regression_info(regression) if regression else {}),
     )
     return net, result
+
+
+def fitted_regression(train: TrainSpec, rows: Split | Stream) -> Regression:
+    """The regression's loss and its target's scaling, fitted on the training rows only."""
+    if isinstance(rows, Split):
+        return regression_from_spec(train, rows.y.numpy())
+    return regression_from_spec(train, training_target(rows.epoch(0, 4096, seed=0)))
+
+
+def regression_info(regression: Regression) -> dict:
+    """What model.json records of a regression: a package predicts in the target's units."""
+    return {
+        "task": "regression",
+        "target_scale": regression.scale.to_json(),
+        "loss": {"type": regression.loss, "delta": regression.delta},
+    }
 
 
 def probe_rows(data: dict[str, Split | Stream]) -> Split:

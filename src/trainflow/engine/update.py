@@ -18,6 +18,7 @@ from torch import nn
 from trainflow.engine.adversarial import attack
 from trainflow.engine.data import weighted_loss
 from trainflow.engine.state import TrainingState
+from trainflow.engine.target_scale import Regression
 from trainflow.errors import TrainflowError
 from trainflow.spec.train import Adversarial, GradClip, Swa, TrainSpec
 
@@ -43,6 +44,7 @@ class Update:
     log_every: int = 0  # measure the gradient norm on these steps (per-step rows)
     ema: bool = False  # train.ema: the average follows every optimizer step
     swa: Swa | None = None  # train.swa: its epochs run SWALR instead of the schedule
+    regression: Regression | None = None  # a numeric target: its loss and scaling
 
     @classmethod
     def from_spec(
@@ -52,6 +54,7 @@ class Update:
         class_weights: torch.Tensor | None = None,
         task_weights: dict[str, float] | None = None,
         distiller: Callable | None = None,
+        regression: Regression | None = None,
     ) -> Update:
         if spec.precision == "fp16" and device.type != "cuda":
             raise TrainflowError(
@@ -74,6 +77,7 @@ class Update:
             spec.log.every_steps,
             spec.ema is not None,
             spec.swa,
+            regression,
         )
 
     def swa_phase(self, epoch: int) -> bool:
@@ -100,27 +104,31 @@ class Update:
         aux = None
         if y.dim() == 2:  # multi-task labels: the main target, then the auxiliary ones
             y, aux = y[:, 0], y[:, 1:]
-        cw, smoothing = self.class_weights, self.label_smoothing
         with self.autocast():
             x = self.perturb(model, x, y)  # adversarial examples, when declared
             if mix is not None:  # mixup: a convex blend of pairs, and of their losses
                 x, y, partner, lam = mix(x, y)
                 out = self.forward(model, x)
-                loss = lam * weighted_loss(out, y, cw, w, smoothing) + (1 - lam) * weighted_loss(
-                    out, partner, cw, w, smoothing
-                )
+                loss = lam * self.criterion(out, y, w) + (1 - lam) * self.criterion(out, partner, w)
             elif aux is not None and self.task_weights is not None:
                 out, heads = model(x, heads=True)
-                loss = weighted_loss(out, y, cw, w, smoothing) + sum(
+                loss = self.criterion(out, y, w) + sum(
                     weight * nn.functional.cross_entropy(heads[task].float(), aux[:, i])
                     for i, (task, weight) in enumerate(self.task_weights.items())
                 )
             else:
                 out = self.forward(model, x)
-                loss = weighted_loss(out, y, cw, w, smoothing)
+                loss = self.criterion(out, y, w)
             if self.distiller:  # soft targets from the teacher
                 loss = self.distiller(loss, out, x)
         return loss, len(y)
+
+    def criterion(self, out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        """The declared loss: a regression's on its scaled target, else cross-entropy (with
+        class weights and label smoothing)."""
+        if self.regression is not None:
+            return self.regression.loss_of(out, y, w)
+        return weighted_loss(out, y, self.class_weights, w, self.label_smoothing)
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The model's output; with truncated BPTT, the recurrent state over all but the last

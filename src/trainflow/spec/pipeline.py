@@ -31,6 +31,7 @@ from trainflow.spec.overrides import short as _short
 from trainflow.spec.promote import PromoteSpec
 from trainflow.spec.search import SearchSpec, check_space
 from trainflow.spec.structured_prune import structured_refusal
+from trainflow.spec.task import Task, declared_task, task_problems
 from trainflow.spec.train import TrainSpec
 
 if TYPE_CHECKING:  # built at run time from the registry's tables: opaque to mypy
@@ -108,6 +109,11 @@ class DataSpec(Section):
 class PipelineSpec(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     seed: int = Field(0, ge=0, lt=2**32)
+    task: Task = Field(
+        "auto",
+        description="classification (class labels) or regression (a numeric target); auto: "
+        "a float target with more than 20 distinct values is a regression, else class labels",
+    )
     data: DataSpec
     model: Model
     train: TrainSpec = TrainSpec()
@@ -169,6 +175,14 @@ class PipelineSpec(Section):
                 "folds; use rows: train+validation"
             )
         check_ensemble(self)  # a study for top_k_trials, variants that validate
+        return self
+
+    @model_validator(mode="after")
+    def _knobs_fit_the_task(self):  # where the spec tells the task; else preflight checks
+        task = declared_task(self)
+        problems = task_problems(self, task) if task else []
+        if problems:
+            raise ValueError(f"{problems[0][0]}: {problems[0][1]}")
         return self
 
     @model_validator(mode="after")

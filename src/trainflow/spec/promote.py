@@ -11,9 +11,18 @@ from trainflow.spec.base import Section
 # The figures both models are scored by on the challenger's test split (trainflow.champion):
 # the evaluate metrics, and the log loss of the class probabilities.
 PromoteMetric = Literal[
-    "accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "log_loss"
+    "accuracy",
+    "balanced_accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "log_loss",
+    "rmse",  # a regression's (its default: rmse)
+    "mae",
+    "r2",
 ]
-LOWER_IS_BETTER = frozenset({"log_loss"})
+LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
+REGRESSION_PROMOTE = ("rmse", "mae", "r2")
 
 
 class PromoteSpec(Section):
@@ -21,7 +30,9 @@ class PromoteSpec(Section):
     the champion's (re-scored on the same rows) by more than `min_delta` (higher is better;
     for log_loss, lower). The first run of a pipeline always becomes its champion."""
 
-    metric: PromoteMetric = "f1_macro"
+    metric: PromoteMetric = Field(
+        "f1_macro", description="a classifier's default f1_macro; a regression's rmse"
+    )
     min_delta: float = Field(
         0.0, ge=0.0, le=1e6, description="how much better the challenger must be (strictly)"
     )

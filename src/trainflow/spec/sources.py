@@ -37,7 +37,8 @@ CSV_ONLY = ("encoding", "max_line_bytes", "null_values", "delimiter")
 
 class SklearnSource(Section):
     type: Literal["sklearn"]
-    dataset: Literal["digits", "breast_cancer", "wine", "iris"]
+    # diabetes: a regression target (disease progression, a number), the others class labels
+    dataset: Literal["digits", "breast_cancer", "wine", "iris", "diabetes"]
 
 
 class FileSource(Section):

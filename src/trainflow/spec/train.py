@@ -61,6 +61,25 @@ class EarlyStopping(Section):
         return monitor_mode(self.monitor)
 
 
+class LossSpec(Section):
+    """The training loss (regression): mse, huber or l1 on the scaled target
+    (train.target_scaling); a classifier trains with cross_entropy, as by default."""
+
+    type: Literal["cross_entropy", "mse", "huber", "l1"]
+    delta: float | None = Field(
+        None,
+        gt=0,
+        description="huber: where the loss turns from squared to linear, in scaled target "
+        "units (default 1.0)",
+    )
+
+    @model_validator(mode="after")
+    def _delta_is_huber_only(self):
+        if self.delta is not None and self.type != "huber":
+            raise ValueError(f"loss.delta is huber's; a {self.type} loss has none: remove delta")
+        return self
+
+
 class Pretrained(Section):
     """Weights to start from: a trainflow model folder (e.g. a run's model artifact), a
     trainflow checkpoint or a plain PyTorch state dict, loaded with weights_only=True."""
@@ -187,6 +206,14 @@ class TrainSpec(Section):
     )
     l1: float = Field(0.0, ge=0, description="L1 penalty on weights (not biases) in the loss")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    loss: LossSpec | None = Field(
+        None, description="default: cross_entropy for a classification, mse for a regression"
+    )
+    target_scaling: Literal["standard", "none"] = Field(
+        "standard",
+        description="regression: standard trains on (y - mean) / std of the training rows' "
+        "target (every metric and prediction in the target's own units); none: as given",
+    )
     batch_size: int = Field(64, gt=0, le=MAX_BATCH)
     batch_ramp: BatchRamp | None = None
     auto_batch: AutoBatch | None = Field(
