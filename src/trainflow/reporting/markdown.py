@@ -205,7 +205,8 @@ def cv_lines(cv: dict | None) -> list[str]:
         table(
             ["fold", *columns],
             [[r["fold"], *(r[m] for m in columns)] for r in cv["folds"]]
-            + [["mean", *cv["mean"].values()], ["std", *cv["std"].values()]],
+            # by name: metrics.json sorts its keys, so a run's summary has them in another order
+            + [[label, *(cv[label][m] for m in columns)] for label in ("mean", "std")],
         ),
     ]
 
