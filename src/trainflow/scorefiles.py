@@ -4,9 +4,12 @@ complete or absent (a temporary name, renamed at the end)."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
 OUTPUTS = (".csv", ".parquet")
 PATH_COLUMN = "path"  # an image's path inside the folder: the id of its prediction
+COPY_CHARS = 4 << 20  # characters transcoded at a time (a UTF-8 copy of another encoding)
 
 
 @dataclass(frozen=True)
@@ -87,25 +91,61 @@ def _scan_csv(path: Path, model: Model, typed: bool) -> pl.LazyFrame:
     """The CSV as text: each column converts to its training type, as ingest's. With
     `typed`, the number columns are parsed as their training types straight away (one parse,
     not text and then a conversion); a value that does not parse raises NotTyped when read."""
-    read = _read_options(path, model)
-    text = pl.scan_csv(path, infer_schema=False, **read)
+    file, read = _read_options(path, model)
+    text = pl.scan_csv(file, infer_schema=False, **read)
     if not typed:
         return text
     with _reading(path):
         header = text.collect_schema().names()
     numbers = {c: t for c, t in model.types.items() if c in header and t.is_numeric()}
     return (
-        pl.scan_csv(path, infer_schema=False, schema_overrides=numbers, **read) if numbers else text
+        pl.scan_csv(file, infer_schema=False, schema_overrides=numbers, **read) if numbers else text
     )
 
 
-def _read_options(path: Path, model: Model) -> dict:
-    """The missing-value tokens (`NA`) training read its file with, and this file's
-    delimiter, so that rows score as ingest read them (None: a package before the tokens)."""
+def _read_options(path: Path, model: Model) -> tuple[Path, dict]:
+    """The file polars reads and its options, so that rows score as ingest read them: the
+    missing-value tokens (`NA`) training read its file with (None: a package before the
+    tokens), this file's delimiter, and its text in training's encoding (polars reads UTF-8
+    only: another encoding is read through a UTF-8 copy, as ingest reads it)."""
     source = json.loads((model.path / "spec.json").read_text()).get("data", {}).get("source", {})
+    encoding = source.get("encoding") or "utf-8"
     with _reading(path):
-        delimiter = sniff_delimiter(path, "utf-8")
-    return {"null_values": source.get("null_values") or None, "separator": delimiter}
+        delimiter = sniff_delimiter(path, encoding)
+    file = path if encoding == "utf-8" else _utf8_copy(path, encoding)
+    return file, {"null_values": source.get("null_values") or None, "separator": delimiter}
+
+
+def _utf8_copy(path: Path, encoding: str) -> Path:
+    """A UTF-8 copy of `path` read as `encoding`, beside the process's other temporaries
+    (removed at exit), written in blocks of bounded memory."""
+    folder = Path(tempfile.gettempdir()) / f"trainflow-scoring-{os.getpid()}"
+    if not folder.is_dir():
+        folder.mkdir()
+        atexit.register(shutil.rmtree, folder, True)
+    copy = folder / f"{uuid.uuid4().hex[:12]}-{path.name}"
+    try:
+        with (
+            open(path, encoding=encoding, newline="") as source,
+            open(copy, "w", encoding="utf-8", newline="") as sink,
+        ):
+            shutil.copyfileobj(source, sink, COPY_CHARS)
+    except UnicodeDecodeError:
+        raise DataError(
+            f"DATA: line {_undecodable_line(path, encoding)} of {path} is not {encoding}: its "
+            f"model was trained on {encoding} files (data.source.encoding); save it as {encoding}"
+        ) from None
+    return copy
+
+
+def _undecodable_line(path: Path, encoding: str) -> int:
+    with open(path, "rb") as source:
+        for number, line in enumerate(source, start=1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError:
+                return number
+    return 0  # pragma: no cover - only called once a decode failed
 
 
 class NotTyped(Exception):
