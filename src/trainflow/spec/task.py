@@ -26,6 +26,7 @@ NOT_FOR_REGRESSION = {
     "train.adversarial": "the attacks raise the cross-entropy of the true class",
     "compress.distill": "distillation matches a teacher's class probabilities",
     "train.distributed": "the ranks' loop and log read class accuracy",
+    "train.qat": "the quantize step it feeds scores class accuracy",
     "search": "a study's trials score class metrics",
 }
 
