@@ -40,6 +40,7 @@ def finetune_spec(train: TrainSpec, params: Any, used: dict | None) -> TrainSpec
             "lr": params.finetune_lr or train.lr / 10,
             "threads": 1 if threads == "auto" else threads,  # a model from before the probe
             "precision": "fp32" if precision == "auto" else precision,
+            "qat": None,  # train.qat: the pruned network fine-tunes in fp32 (its own epochs)
         }
     )
 

@@ -144,6 +144,19 @@ def test_a_run_killed_before_the_switch_switches_on_resume_to_the_same_weights(
     assert same_model(whole, resumed)
 
 
+def test_early_stopping_before_start_epoch_brings_the_switch_forward(shards, tmp_path):
+    # min_delta 10: no epoch improves on the first, so patience 1 runs out after epoch 2
+    early = {"monitor": "val_loss", "patience": 1, "min_delta": 10.0}
+    spec = TRAIN.model_copy(
+        update={"epochs": 4, "qat": QatSpec(start_epoch=4), "early_stopping": early}
+    )
+    spec = TrainSpec.model_validate(spec.model_dump())
+    ref = train_model.fn(shards, MODEL, spec, 0, str(tmp_path))
+    # fake quantization from epoch 3, not 4; best-epoch tracking restarted there
+    assert ref.meta["best_epoch"] == 3 and ref.meta["epochs_run"] == 4
+    assert any(FAKE_QUANT in k for k in checkpoint.load(ref.path / "best.pt")["qat"])
+
+
 @pytest.mark.usefixtures("prefect_engine")
 def test_a_qat_cnn_package_loads_and_predicts_through_the_model_package(tmp_path):
     result, states = run(
@@ -153,9 +166,11 @@ def test_a_qat_cnn_package_loads_and_predicts_through_the_model_package(tmp_path
         "train.qat={start_epoch: 2}",
         "evaluate.cv=null",
         "ensemble=null",
-        "compress={quantize: {type: static_int8, calibration_batches: 8}}",
+        "compress={quantize: {type: static_int8, calibration_batches: 8}, "
+        "prune: {type: l1_unstructured, sparsity: 0.5, finetune_epochs: 1}}",
     )
     assert set(states["quantize"]) == {"Completed"}
+    assert set(states["prune"]) == {"Completed"}  # its fp32 fine-tune: no fake quantization
     quantized = result["compressed"]["quantize"].meta
     assert quantized["qat"]["qat_int8"]["test"] == quantized["after"]["accuracy"]
     spec = load_spec(ROOT / "pipelines" / "digits_cnn.yaml")
@@ -195,6 +210,12 @@ def test_a_qat_cnn_package_loads_and_predicts_through_the_model_package(tmp_path
             ["train.qat={start_epoch: 2}", "train.distributed={strategy: ddp}"],
             "qat is built for one process training the network itself, and "
             "train.distributed (ddp) is set",
+        ),
+        (
+            "digits_cnn",
+            ["train.qat={start_epoch: 2}", "train.precision=bf16"],
+            "qat trains with fake quantization in fp32 (torch.ao's fake-quant kernels take no "
+            "bf16), and train.precision is bf16",
         ),
         (
             "digits_cnn",

@@ -313,8 +313,10 @@ def record(choice: Choice) -> dict:
 def choose(net: nn.Module, train: TrainSpec, val: Split, device: torch.device) -> Choice:
     """What `train` resolves to for `net` on `device`, probing on a batch of validation rows
     (always in memory, streamed training or not)."""
+    # train.qat: fake quantization trains in fp32 (torch.ao's fake-quant kernels take no bf16)
+    precision = "fp32" if train.qat and train.precision == "auto" else train.precision
     return resolve(
-        net, probe_batch(val.x, val.y, train.batch_size), train.threads, train.precision, device
+        net, probe_batch(val.x, val.y, train.batch_size), train.threads, precision, device
     )
 
 

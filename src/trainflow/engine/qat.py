@@ -5,7 +5,8 @@ At the start of qat.start_epoch the state's model is swapped for its fake-quanti
 prepared network shares the fp32 network's parameters, so the optimizer and its moments carry
 on; from then on the checkpoint's `model` piece is the prepared network's state (its ranges and
 fake-quant switches included), and a resume past the switch prepares the fresh network before
-loading it. Best-epoch tracking restarts at the switch (only a QAT epoch can be converted).
+loading it. Best-epoch tracking and early stopping's patience restart at the switch (only a
+QAT epoch can be converted); early stopping before it brings the switch forward instead.
 best.pt keeps the fp32 network's keys (evaluate, export and the package read them) and holds
 the prepared state under "qat", which the quantize step converts (tasks/quantize.py)."""
 
@@ -71,12 +72,15 @@ def prepare(model: nn.Module, spec: QatSpec) -> nn.Module:
 
 
 def at_epoch(run: Setup, state: TrainingState, epoch: int) -> Setup:
-    """The epoch's setup: from qat.start_epoch on, the state trains the prepared network (the
-    switch made once), batch norm and observers frozen from their epochs."""
+    """The epoch's setup: from qat.start_epoch on (or the epoch after early stopping ended
+    the fp32 epochs, if sooner), the state trains the prepared network (the switch made once),
+    batch norm and observers frozen from their epochs."""
     spec = run.spec.qat
-    if spec is None or epoch < spec.start_epoch:
+    if spec is None:
         return run
     if not prepared(state.model):
+        if epoch < spec.start_epoch and not run.stopping.stops(state.run.waited):
+            return run
         state.model = prepare(state.model, spec)
         state.run = Record(history=state.run.history, step_rows=state.run.step_rows)
     model = state.model
@@ -96,9 +100,16 @@ def resumed(run: Setup, state: TrainingState, source: Path | dict) -> Path | dic
     if spec is None:
         return source
     saved = source if isinstance(source, dict) else load_resumable(source)
-    if saved["epoch"] >= spec.start_epoch and not prepared(state.model):
+    fp32 = set(state.model.state_dict())
+    if not prepared(state.model) and set(saved["model"]) != fp32:  # fake quant's keys
         state.model = prepare(state.model, spec)
     return saved
+
+
+def may_stop(run: Setup, state: TrainingState) -> bool:
+    """Early stopping ends a train.qat run only once it trains fake-quantized; before, it
+    ends the fp32 epochs, and fake quantization begins at the next (at_epoch)."""
+    return run.spec.qat is None or prepared(state.model)
 
 
 def split(run: Setup, state: TrainingState, best_state: dict) -> tuple[dict, dict]:
@@ -109,9 +120,9 @@ def split(run: Setup, state: TrainingState, best_state: dict) -> tuple[dict, dic
         return best_state, {}
     if not prepared(state.model):
         raise TrainflowError(
-            f"train.qat.start_epoch is {spec.start_epoch} and training stopped after epoch "
-            f"{state.epoch} (early stopping), before fake quantization began: lower "
-            "qat.start_epoch or raise train.early_stopping.patience"
+            f"train.qat.start_epoch is {spec.start_epoch} and training ended after epoch "
+            f"{state.epoch} (train.max_steps), before fake quantization began: lower "
+            "qat.start_epoch or raise train.max_steps"
         )
     names = cast(dict, state.model.__dict__["fp32_names"])
     return {fp32: best_state[name] for name, fp32 in names.items()}, {"qat": best_state}

@@ -16,11 +16,15 @@ class QatSpec(Section):
     """From `start_epoch` on, the network trains with fake quantization (torch.ao FX
     prepare_qat_fx, static int8's qconfig on `backend`), so its weights learn to survive int8;
     compress.quantize static_int8 then converts the trained network (convert_fx) instead of
-    calibrating it. Best-epoch tracking (and early stopping's patience) restarts at
-    start_epoch: the package is the converted QAT model, so only QAT epochs can be it."""
+    calibrating it. Best-epoch tracking (and early stopping's patience) restarts at the
+    switch: the package is the converted QAT model, so only QAT epochs can be it. Early
+    stopping before start_epoch does not end the run: it brings the switch forward to the next
+    epoch (fake-quantized fine-tuning of the converged fp32 network)."""
 
     start_epoch: PositiveInt = Field(
-        ..., description="the first epoch trained with fake quantization (1: all of them)"
+        ...,
+        description="the first epoch trained with fake quantization (1: all of them), or "
+        "the epoch after early stopping ends the fp32 epochs, if sooner",
     )
     freeze_bn_epoch: PositiveInt | None = Field(
         None,
@@ -58,6 +62,12 @@ def qat_train_refusal(train: Any) -> str | None:
                 f"qat.{name} ({epoch}) is before qat.start_epoch ({qat.start_epoch}), when "
                 f"there is nothing quantized to freeze: give an epoch from {qat.start_epoch}"
             )
+    if train.precision in ("bf16", "fp16"):
+        return (
+            f"qat trains with fake quantization in fp32 (torch.ao's fake-quant kernels take no "
+            f"{train.precision}), and train.precision is {train.precision}: set it to fp32 or "
+            "auto (auto is fp32 under qat)"
+        )
     clash = [
         (train.distributed, f"distributed ({getattr(train.distributed, 'strategy', '')})"),
         (train.compile, "compile"),
