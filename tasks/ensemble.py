@@ -17,10 +17,11 @@ from trainflow.caching import CACHED
 from trainflow.engine import checkpoint
 from trainflow.engine.data import Split
 from trainflow.engine.inference import score
-from trainflow.ensembles import fit_stacking, fit_weights, log_loss
-from trainflow.errors import ArtifactError
-from trainflow.metrics import classification_metrics
+from trainflow.ensembles import combine_mean, fit_stacking, fit_weights, log_loss
+from trainflow.errors import ArtifactError, TrainflowError
+from trainflow.metrics import classification_metrics, regression_metrics
 from trainflow.soup import Ingredient, greedy_soup
+from trainflow.spec.ensemble import regression_refusal
 
 COMBINE = "combine.json"  # the state the package's prediction combines its members with
 META_ROWS = "meta_rows.json"  # stacking: the rows its meta-model was fitted on and scored
@@ -133,16 +134,60 @@ def soup_of(folds: list[ArtifactRef], staging: Any) -> tuple[np.ndarray, dict]:
 
 def best_single(folds: list[ArtifactRef]) -> dict:
     """The fold model with the lowest validation loss (chosen without the test part), with
-    its test metrics: what the report compares the ensemble with."""
-    best = min(folds, key=lambda ref: (ref.meta["val"]["loss"], folds.index(ref)))
+    its test metrics: what the report compares the ensemble with. A regression's fold models
+    are chosen by their validation rmse: each fold's loss is on a target scaled by that
+    fold's own training rows, so only the rmse (in the target's units) compares across them."""
+    figure = "rmse" if is_regression(folds) else "loss"
+    best = min(folds, key=lambda ref: (ref.meta["val"][figure], folds.index(ref)))
     member = members_of(folds)
     index = next(i for i, m in enumerate(member) if best in m)
     return {"fold": best.meta["fold"], "member": index, **best.meta["test"]}
 
 
+def is_regression(folds: list[ArtifactRef]) -> bool:
+    """Whether the fold models predict numbers (tasks/fold.py records the task)."""
+    return folds[0].data_schema.get("task") == "regression"
+
+
+def mean_of_regressors(folds: list[ArtifactRef], params: Any, store: str) -> ArtifactRef:
+    """A regression's ensemble: the fold models' test predictions averaged (in the target's
+    units, as each fold saved them), scored with the regression metrics. The other kinds
+    combine class probabilities, and are refused."""
+    refusal = regression_refusal(params.type)
+    if refusal:
+        raise TrainflowError(refusal)
+    truth = test_labels(folds)
+    members = members_of(folds)
+    state = {"kind": params.type, "groups": [g for g, m in enumerate(members) for _ in m]}
+    combined = combine_mean([load(ref, "test_preds") for ref in folds], state)
+    metrics = regression_metrics(truth, combined, where="the test part")
+    metrics["members_rmse"] = [ref.meta["test"]["rmse"] for ref in folds]
+    target = Store(store)
+    with target.writer("metrics") as staging:
+        (staging / COMBINE).write_text(json.dumps(state, indent=1, sort_keys=True))
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        np.save(staging / "test_preds.npy", combined, allow_pickle=False)
+        return target.commit(
+            staging,
+            "metrics",
+            count=len(truth),
+            meta={
+                **metrics,
+                "task": "regression",
+                "type": params.type,
+                "combine": params.type,
+                "members": len(folds),
+                "member_models": len(members),
+                "best_single": best_single(folds),
+            },
+        )
+
+
 @task(name="ensemble", **CACHED)
 def ensemble_folds(folds: list[ArtifactRef], params: Any, store: str) -> ArtifactRef:
     """Combine the fold models (of every member) and score the combination on the test part."""
+    if is_regression(folds):
+        return mean_of_regressors(folds, params, store)
     labels = test_labels(folds)
     members = members_of(folds)
     kind = getattr(params, "combine", params.type)  # top_k_trials combines as it says

@@ -15,7 +15,8 @@ from trainflow import registry
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine.data import Split
-from trainflow.engine.inference import score
+from trainflow.engine.inference import score, score_regression
+from trainflow.engine.target_scale import regression_of
 from trainflow.engine.training import train_into
 from trainflow.spec.train import TrainSpec
 from trainflow.steps import fit_apply, json_state, read_parts
@@ -87,11 +88,13 @@ def fold_data(
     return FoldData(data, frames["train"][1], states, held, train_rows, test_rows)
 
 
-def save_out_of_fold(folder: Path, probs: np.ndarray, val: Split, held: np.ndarray) -> None:
+def save_out_of_fold(
+    folder: Path, probs: np.ndarray, val: Split, held: np.ndarray, name: str = "val_probs"
+) -> None:
     """The fold model's predictions on its held-out rows, their labels and their positions
     in the train+val pool: the out-of-fold predictions weighted and stacking ensembles fit
     on (not when a step dropped held-out rows: their positions are then unknown)."""
-    np.save(folder / "val_probs.npy", probs.astype(np.float32), allow_pickle=False)
+    np.save(folder / f"{name}.npy", probs.astype(np.float32), allow_pickle=False)
     np.save(folder / "val_labels.npy", val.y.numpy(), allow_pickle=False)
     if len(val) == len(held):
         np.save(folder / "val_rows.npy", held.astype(np.int64), allow_pickle=False)
@@ -104,6 +107,31 @@ def save_features(folder: Path, data: dict[str, Split]) -> None:
         return
     for name in ("val", "test"):
         np.save(folder / f"{name}_x.npy", data[name].x.float().numpy(), allow_pickle=False)
+
+
+def score_fold(
+    net: Any, staging: Path, data: dict[str, Split], held: np.ndarray
+) -> tuple[dict, dict]:
+    """The fold model's validation and test metrics; its test predictions (class
+    probabilities, or a regression's numbers in the target's units: test_preds.npy) and
+    the true labels or values beside them, and its out-of-fold predictions."""
+    info = json.loads((staging / "model.json").read_text())
+    regression = regression_of(info)
+    if regression is None:
+        classes = len(info["classes"])
+        val, val_probs = score(net, data["val"], classes)
+        test, probs = score(net, data["test"], classes)
+        np.save(staging / "test_probs.npy", probs.astype(np.float32), allow_pickle=False)
+        np.save(staging / "test_labels.npy", data["test"].y.numpy(), allow_pickle=False)
+        save_out_of_fold(staging, val_probs, data["val"], held)
+        return val, test
+    val, val_preds = score_regression(net, data["val"], regression, where="the held-out fold")
+    test, preds = score_regression(net, data["test"], regression, where="the test part")
+    np.save(staging / "test_preds.npy", preds.astype(np.float64), allow_pickle=False)
+    truth = data["test"].y.numpy().astype(np.float64)
+    np.save(staging / "test_labels.npy", truth, allow_pickle=False)
+    save_out_of_fold(staging, val_preds, data["val"], held, "val_preds")
+    return val, test
 
 
 @task(name="train_fold", **CACHED)
@@ -133,12 +161,9 @@ def train_fold(
             schema.input_shape,
             schema.classes,
             aux_targets=schema.aux_targets,
+            task=schema.task,
         )
-        val, val_probs = score(net, data["val"], len(schema.classes))
-        test, probs = score(net, data["test"], len(schema.classes))
-        np.save(staging / "test_probs.npy", probs.astype(np.float32), allow_pickle=False)
-        np.save(staging / "test_labels.npy", data["test"].y.numpy(), allow_pickle=False)
-        save_out_of_fold(staging, val_probs, data["val"], prepared.held)
+        val, test = score_fold(net, staging, data, prepared.held)
         save_features(staging, data)
         (staging / FOLD_STEPS).write_text(json.dumps(prepared.states, indent=1, sort_keys=True))
         (staging / "fold.json").write_text(
@@ -148,7 +173,8 @@ def train_fold(
             staging,
             "model",
             count=len(data["train"]),
-            schema={"classes": schema.classes, "input_shape": schema.input_shape},
+            schema={"classes": schema.classes, "input_shape": schema.input_shape}
+            | ({"task": "regression"} if schema.task == "regression" else {}),
             meta={
                 "fold": fold,
                 "val": val,

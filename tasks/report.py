@@ -15,6 +15,7 @@ import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -24,34 +25,50 @@ from trainflow import placement
 from trainflow.artifacts import ArtifactRef, Store, atomic_write_bytes, atomic_write_text
 from trainflow.caching import CACHED
 from trainflow.metrics import METRICS
-from trainflow.plots import confusion_png, curves_png
+from trainflow.plots import (
+    PREDICTED_VS_ACTUAL,
+    RESIDUALS,
+    confusion_png,
+    curves_png,
+    regression_pngs,
+)
 from trainflow.reporting import markdown
 from trainflow.reporting.markdown import CONFUSION, CURVES, PREVIEW
+from trainflow.reporting.regression_section import REGRESSION_COLUMNS
 from trainflow.run_outputs import RunOutputs
 from trainflow.steps import scan_parts
 from trainflow.tables import IMAGE_COLUMN
 from trainflow.tasks.evaluate import CURVES as TEST_CURVES
-from trainflow.tasks.evaluate import evaluation_images, evaluation_lines
+from trainflow.tasks.evaluate import PREDICTED, TRUE, evaluation_images, evaluation_lines
 from trainflow.tasks.explain import PNG as EXPLAIN_PNG
 from trainflow.tasks.explain import explanation_lines, publish_explanation
 from trainflow.transforms.encode import decode
 
 # copied beside the report and embedded in the UI artifact (roc.png, pr.png: evaluate's)
 IMAGES = (PREVIEW, CURVES, CONFUSION, "roc.png", "pr.png", EXPLAIN_PNG)
+IMAGES += (PREDICTED_VS_ACTUAL, RESIDUALS)  # a regression's, in place of the confusion matrix
 
 
 def cv_summary(folds: list[ArtifactRef]) -> dict:
-    """Per-fold validation metrics with their mean and (sample) standard deviation."""
-    rows = [{"fold": ref.meta["fold"], **{m: ref.meta["val"][m] for m in METRICS}} for ref in folds]
-    spread = {m: statistics.stdev(r[m] for r in rows) if len(rows) > 1 else 0.0 for m in METRICS}
+    """Per-fold validation metrics with their mean and (sample) standard deviation: a
+    classifier's BASE metrics, or a regression's rmse, mae, r2 and mape."""
+    names = REGRESSION_COLUMNS if run_task(folds[0]) == "regression" else METRICS
+    rows = [{"fold": ref.meta["fold"], **{m: ref.meta["val"][m] for m in names}} for ref in folds]
+    spread = {m: statistics.stdev(r[m] for r in rows) if len(rows) > 1 else 0.0 for m in names}
     return {
+        "metrics": list(names),
         "folds": rows,
-        "mean": {m: statistics.fmean(r[m] for r in rows) for m in METRICS},
+        "mean": {m: statistics.fmean(r[m] for r in rows) for m in names},
         "std": spread,
         # the rows the folds were drawn from (evaluate.cv.rows) and how many
         "rows": folds[0].meta.get("rows", "train+validation") if folds else None,
         "pool": folds[0].meta.get("pool") if folds else None,
     }
+
+
+def run_task(model: ArtifactRef) -> str:
+    """classification or regression, as the model's (or a fold model's) schema records."""
+    return model.data_schema.get("task", "classification")
 
 
 def training_sample(splits: ArtifactRef, steps: list[ArtifactRef], rows: int = 5) -> list[dict]:
@@ -77,6 +94,7 @@ def collect(
         "package": package_summary(package),
         "pipeline": name,
         "spec_fingerprint": spec_fingerprint,
+        "task": run_task(model),
         "data": {
             "rows": {k: v["rows"] for k, v in parts.items()},
             "synthetic_rows": {k: v.get("synthetic", 0) for k, v in parts.items()},
@@ -155,10 +173,15 @@ def write_report(
     with target.writer("report") as staging:
         (staging / "metrics.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         (staging / "report.md").write_text(render(summary))
-        classes = list(next(iter(summary["data"]["classes"].values())))
-        (staging / CONFUSION).write_bytes(
-            confusion_png(summary["test"]["confusion_matrix"], classes)
-        )
+        if summary["task"] == "regression":  # predicted vs actual, residuals: no classes
+            actual, predicted = (np.load(test.path / name) for name in (TRUE, PREDICTED))
+            for image, png in regression_pngs(actual, predicted).items():
+                (staging / image).write_bytes(png)
+        else:
+            classes = list(next(iter(summary["data"]["classes"].values())))
+            (staging / CONFUSION).write_bytes(
+                confusion_png(summary["test"]["confusion_matrix"], classes)
+            )
         for image, png in evaluation_images(test).items():  # ROC and PR of a binary target
             (staging / image).write_bytes(png)
         if summary["curves"]:
@@ -239,7 +262,8 @@ def publish_tables_and_links(summary: dict, key: str, run: Path) -> None:
     publish_explanation(summary.get("explain"), summary["pipeline"], key)
     if summary["cv"]:
         cv = summary["cv"]
-        rows = [{"fold": str(r["fold"]), **{m: r[m] for m in METRICS}} for r in cv["folds"]]
+        names = cv.get("metrics", METRICS)  # a regression's rmse, mae, r2, mape
+        rows = [{"fold": str(r["fold"]), **{m: r[m] for m in names}} for r in cv["folds"]]
         rows += [{"fold": label, **cv[label]} for label in ("mean", "std")]
         rounded = [
             {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows

@@ -206,7 +206,7 @@ def cv_lines(cv: dict | None) -> list[str]:
             ["fold", *columns],
             [[r["fold"], *(r[m] for m in columns)] for r in cv["folds"]]
             # by name: metrics.json sorts its keys, so a run's summary has them in another order
-            + [[label, *(cv[label][m] for m in columns)] for label in ("mean", "std")],
+            + [[label, *(cv[label].get(m, "") for m in columns)] for label in ("mean", "std")],
         ),
     ]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from trainflow.plots import PREDICTED_VS_ACTUAL, RESIDUALS
 from trainflow.reporting.table import table
+from trainflow.spec.metric_table import REGRESSION_BASE
 
-# The CV summary's and the ensemble comparison's columns (spec.metric_table.REGRESSION_BASE).
-REGRESSION_COLUMNS = ("rmse", "mae", "r2", "mape")
+REGRESSION_COLUMNS = REGRESSION_BASE  # the CV summary's and the ensemble comparison's columns
 
 
 def is_regression(summary: dict) -> bool:

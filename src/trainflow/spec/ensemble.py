@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt, ValidationError, field_validator
 
 from trainflow.spec.base import Section
+from trainflow.spec.task import declared_task
 
 VARIANT_SECTIONS = ("model", "train")  # what a variant may change: not the data or the folds
 
@@ -151,8 +152,16 @@ def check_ensemble(spec: Any) -> None:
             "spec has no search section: add one (the trials' space), or use soft_vote, "
             "weighted or stacking (with ensemble.variants for more members)"
         )
-    if getattr(spec, "task", None) == "regression":  # declared; an inferred one: the task's
-        refusal = regression_refusal(spec.ensemble.type)
-        if refusal:
-            raise ValueError(refusal)
+    # declared, or a scikit-learn dataset's own; a task the data decides: preflight's
+    for _, message in ensemble_problems(spec, declared_task(spec) or "auto"):
+        raise ValueError(message)
     variant_specs(spec)
+
+
+def ensemble_problems(spec: Any, task: str) -> list[tuple[str, str]]:
+    """(YAML path, message) where the ensemble section cannot combine a `task`'s models
+    (spec.task's task_problems and preflight ask, once the task is known)."""
+    if task != "regression" or spec.ensemble is None:
+        return []
+    refusal = regression_refusal(spec.ensemble.type)
+    return [("ensemble.type", refusal)] if refusal else []
