@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import trainflow
+from tests.interrupt import descendants, wait_gone
 from tests.tasks.ranks import prepared_shards, rows
 from trainflow.artifacts import Store
 from trainflow.engine import checkpoint
@@ -150,11 +151,12 @@ def killed_mid_epoch(runs, store: str) -> dict:
             if saved.get("epoch", 0) >= 2 and 1 <= position.get("batch", 0) <= 6:
                 break
             time.sleep(0.05)
+        ranks = descendants(child.pid)
     finally:
         child.kill()  # SIGKILL
         child.wait()
     assert saved.get("position"), "the run ended before a mid-epoch checkpoint was seen"
-    time.sleep(3)  # torchrun stops its ranks on its parent's death (engine.ddp)
+    wait_gone(ranks)  # torchrun stops its ranks on its parent's death (engine.ddp)
     return saved
 
 

@@ -6,7 +6,6 @@ assembled model packages and predicts; a model or batch the pipeline cannot take
 clear error before any rank starts."""
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -17,10 +16,11 @@ import pytest
 import torch
 
 import trainflow
+from tests.interrupt import descendants, frozen_at_step, wait_gone
 from tests.tasks.ranks import prepared_shards, rows
 from trainflow.artifacts import Store
 from trainflow.engine import checkpoint
-from trainflow.errors import ArtifactError, SpecError, TrainflowError
+from trainflow.errors import SpecError, TrainflowError
 from trainflow.spec.model import CNNParams, MLPParams, TransformerParams
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.spec.train import TrainSpec
@@ -179,7 +179,6 @@ def test_the_ranks_code_is_in_the_train_tasks_cache_key():
     assert {"trainflow.engine.pipeline_worker", "trainflow.engine.pipeline_parallel"} <= set(scope)
 
 
-LONG = TrainSpec.model_validate({**GPIPE.model_dump(), "epochs": 40})
 CHILD = """
 import sys
 from trainflow.artifacts import ArtifactRef
@@ -190,46 +189,44 @@ shards, model, spec, store = sys.argv[1:]
 train_model.fn(ArtifactRef.model_validate_json(shards), MLPParams.model_validate_json(model),
                TrainSpec.model_validate_json(spec), 0, store)
 """
+STEPS_PER_EPOCH = 12  # (369 training rows, batches of 32)
 
 
-def killed_after_an_epoch(data, store: str) -> dict:
-    """Run LONG's training in a child process and SIGKILL it (its torchrun and ranks stop
-    with it) once rank 0's last.pt is past epoch 2; that last.pt."""
-    folder = resume_folder(Store(store), data["shards"], MODEL, LONG, 0)
-    argv = [data["shards"].model_dump_json(), MODEL.model_dump_json(), LONG.model_dump_json()]
-    child = subprocess.Popen([sys.executable, "-c", CHILD, *argv, store])
-    saved: dict = {}
+def killed_after_an_epoch(data, store: str, work: Path) -> dict:
+    """Run GPIPE's training in a child process, stop rank 0 inside the first optimizer step
+    of epoch 3 (its stages' checkpoints hold epoch 2), and SIGKILL the child (its torchrun
+    and ranks stop with it); rank 0's last.pt."""
+    folder = resume_folder(Store(store), data["shards"], MODEL, GPIPE, 0)
+    env, frozen = frozen_at_step(work, 2 * STEPS_PER_EPOCH + 1)
+    argv = [data["shards"].model_dump_json(), MODEL.model_dump_json(), GPIPE.model_dump_json()]
+    child = subprocess.Popen([sys.executable, "-c", CHILD, *argv, store], env=env)
     try:
-        deadline = time.monotonic() + 300
-        while child.poll() is None and time.monotonic() < deadline:
-            try:
-                saved = checkpoint.load(folder / "last.pt")
-            except ArtifactError:  # not written yet
-                saved = {}
-            if 2 <= saved.get("epoch", 0) < LONG.epochs - 5:
-                break
+        deadline = time.monotonic() + 600
+        while child.poll() is None and time.monotonic() < deadline and not frozen.exists():
             time.sleep(0.05)
+        ranks = descendants(child.pid)
     finally:
         child.kill()  # SIGKILL
         child.wait()
-    assert saved.get("epoch", 0) >= 2, "the run ended before a checkpoint past epoch 2"
-    time.sleep(3)  # torchrun stops its ranks on its parent's death (engine.ddp)
+    assert frozen.exists(), f"rank 0 did not reach epoch 3 (exit {child.returncode})"
+    wait_gone(ranks)  # torchrun stops its ranks on its parent's death (engine.ddp)
+    saved = checkpoint.load(folder / "last.pt")  # (an epoch's end saves before going on)
+    assert saved["epoch"] == 2, saved["epoch"]
     assert (folder / "stage1.pt").is_file() or (folder / "stage1.prev.pt").is_file()
     return saved
 
 
 @pytest.mark.slow
-def test_a_pipeline_run_killed_after_an_epoch_resumes_to_the_uninterrupted_weights(data, tmp_path):
-    full = train_model.fn(data["shards"], MODEL, LONG, 0, str(tmp_path / "full"))
-    store = str(tmp_path / "killed")
-    shutil.copytree(data["store"], store)  # (the shards' paths are absolute: the same files)
-    left = killed_after_an_epoch(data, store)
+def test_a_pipeline_run_killed_after_an_epoch_resumes_to_the_uninterrupted_weights(runs, tmp_path):
+    full = runs["gpipe"]  # (GPIPE's uninterrupted run)
+    store = str(tmp_path / "killed")  # (the shards' paths are absolute: the same files)
+    left = killed_after_an_epoch(runs, store, tmp_path / "site")
     assert left["world_size"] == 2 and left["position"] is None  # (between epochs)
-    resumed = train_model.fn(data["shards"], MODEL, LONG, 0, store)
+    resumed = train_model.fn(runs["shards"], MODEL, GPIPE, 0, store)
     a = checkpoint.load(full.path / "best.pt")["model"]
     b = checkpoint.load(resumed.path / "best.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
-    assert rows(full) == rows(resumed) and len(rows(full)) == LONG.epochs
+    assert rows(full) == rows(resumed) and len(rows(full)) == GPIPE.epochs
 
 
 @pytest.mark.slow
