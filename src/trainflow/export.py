@@ -108,6 +108,12 @@ def sidecar_path(path: Path) -> Path:
 def build(package: Package) -> Built:
     """The eager module an export traces: every member's folded steps and network."""
     info = package.info
+    if TableSchema(**info.table_schema).task == "regression":  # (the graph ends in softmax)
+        raise ExportError(
+            f"{package.path} is a regression's package: exporting one (its numbers in the "
+            "target's units, no softmax) is not built yet; score it with `trainflow "
+            "predict` or trainflow.load_model"
+        )
     combine = combination(info.combine, info.combine_state, len(info.members), str(package.path))
     table = TableSchema(**info.table_schema)
     plans = [plan(table, info.input.columns, [*info.steps, *m.steps]) for m in info.members]

@@ -61,3 +61,10 @@ def test_the_diabetes_pipeline_trains_a_regressor_whose_package_predicts_its_num
     assert written.columns == ["prediction"] and written["prediction"].dtype == pl.Float64
     np.testing.assert_allclose(written["prediction"].to_numpy(), evaluated, rtol=1e-5)
     capsys.readouterr()
+
+    # not built yet for a regression: export refuses its package, naming why
+    from trainflow.export import export_model
+    from trainflow.folding import ExportError
+
+    with pytest.raises(ExportError, match="a regression's package: exporting one"):
+        export_model(result["package"], "onnx", tmp_path / "model.onnx")

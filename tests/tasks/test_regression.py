@@ -207,3 +207,23 @@ def test_a_text_target_under_task_regression_names_the_column_and_a_value(tmp_pa
     message = str(err.value)
     assert "column 'y' holds text, such as 'high' (data row 3" in message
     assert "set task: classification" in message
+
+
+def test_preflight_refuses_a_classifiers_knob_once_task_auto_has_read_the_target(tmp_path):
+    from trainflow.preflight import check_data
+
+    spec = validate_spec(
+        {
+            **pipeline("auto", evaluate={"metrics": ["accuracy", "rmse"]}),
+            "data": {
+                "source": {**source(regression_csv(tmp_path / "d.csv")).model_dump()},
+                "steps": [{"type": "split"}],
+            },
+            "train": {"label_smoothing": 0.1},
+        }
+    )  # (a file's task is the data's to tell: validation takes it)
+    with pytest.raises(SpecError) as err:
+        check_data(spec)
+    message = str(err.value)
+    assert "(a regression by its target)" in message
+    assert "train.label_smoothing" in message and "accuracy is a classification metric" in message
