@@ -10,6 +10,9 @@ the variants of the trained network:
   package's `trainflow export` file (that one also folds the data steps in);
 - dynamic int8 (torch.ao) and static int8 (torch.ao FX, x86), as the quantize task builds them,
   calibrated on the same training batches as the ONNX Runtime static int8;
+- QAT static int8: the same training with `train.qat: {start_epoch: epochs // 2 + 1}` (fake
+  quantization for the second half, or from when early stopping ends the fp32 epochs), converted
+  by the quantize task (its package);
 - 50 % l1_unstructured and 50 % l1_structured, each through the prune task with
   --finetune-epochs of fine-tuning.
 
@@ -47,9 +50,10 @@ from trainflow import channel_prune, compress, registry
 from trainflow.engine.model_folder import load_model
 from trainflow.spec.after_training import DynamicInt8Params, StaticInt8Params
 from trainflow.spec.pipeline import load_spec
+from trainflow.spec.qat import QatSpec
 from trainflow.tasks.ingest import ingest
 from trainflow.tasks.prune import prune_model
-from trainflow.tasks.quantize import quantize_calibrated
+from trainflow.tasks.quantize import quantize_calibrated, quantize_model
 from trainflow.tasks.shard import shard
 from trainflow.tasks.train import load_splits, train_model
 
@@ -130,6 +134,15 @@ def ort_scorer(path: Path, threads: int):
     return lambda x: torch.from_numpy(run(None, {"x": x.numpy()})[0])
 
 
+def qat_converted(spec, shards, static: StaticInt8Params, store: str) -> torch.nn.Module:
+    """The same training with train.qat for its second half, converted by the quantize task
+    (the package's int8 network)."""
+    qat = QatSpec(start_epoch=spec.train.epochs // 2 + 1)
+    train = spec.train.model_copy(update={"qat": qat})
+    model = train_model.fn(shards, spec.model, train, spec.seed, store)
+    return load_model(quantize_model.fn(model, shards, static, store))[0]
+
+
 def variants(spec, shards, model, data, args, folder: Path) -> tuple[dict, dict, dict]:
     """name -> torch module (or ONNX file), name -> weights file size, name -> note."""
     net = load_model(model)[0].cpu().eval()
@@ -142,6 +155,7 @@ def variants(spec, shards, model, data, args, folder: Path) -> tuple[dict, dict,
         "TorchScript": torch.jit.load(str(folder / "model.pt")),
         "dynamic int8": compress.quantize_dynamic_int8(net, DynamicInt8Params(type="dynamic_int8")),
         "static int8 (torch.ao FX)": quantize_calibrated(net, static, data["train"]),
+        "QAT static int8 (torch.ao FX)": qat_converted(spec, shards, static, args.store),
         "50 % l1_unstructured": pruned(spec, shards, model, "l1_unstructured", args.ft, args.store),
         "50 % l1_structured": pruned(spec, shards, model, "l1_structured", args.ft, args.store),
     }
