@@ -15,9 +15,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from tests.flows.helpers import task_states
+from trainflow import load_model
 from trainflow.flows.pipeline import pipeline
 from trainflow.plots import PREDICTED_VS_ACTUAL, RESIDUALS
 from trainflow.spec.pipeline import load_spec
+from trainflow.testrows import raw_test_rows
 
 pytestmark = pytest.mark.usefixtures("prefect_engine")
 
@@ -44,8 +46,9 @@ def test_a_regression_report_shows_its_plots_cv_table_and_mean_ensemble(tmp_path
     (tmp_path / "diabetes_cv.yaml").write_text(SPEC)
     outputs = [f"outputs.store={tmp_path / 'store'}", f"outputs.runs={tmp_path / 'runs'}"]
     tag = f"test-{uuid4().hex[:12]}"
+    spec = load_spec(tmp_path / "diabetes_cv.yaml", outputs)
     with tags(tag):
-        result = pipeline(load_spec(tmp_path / "diabetes_cv.yaml", outputs))
+        result = pipeline(spec)
     states = task_states(tag)
     assert all(s == "Completed" for names in states.values() for s in names)
     folder = Path(result["run_dir"])
@@ -78,3 +81,12 @@ def test_a_regression_report_shows_its_plots_cv_table_and_mean_ensemble(tmp_path
     assert all(
         round(v, 4) == v for r in rows for v in r.values() if isinstance(v, float)
     )  # 4 digits, as the report rounds them
+    # the ensemble's package predicts, from raw test rows, the numbers the ensemble scored
+    data = result["data"]
+    raw = raw_test_rows(
+        data["ingested"], data["steps"], spec.data.pre_split, data["raw_splits"], spec.seed
+    )
+    model = load_model(result["packages"]["ensemble"])
+    assert model.info.combine == "mean" and len(model.info.members) == 2
+    expected = np.load(result["ensemble"].path / "test_preds.npy")
+    np.testing.assert_allclose(model.predict(raw), expected, rtol=1e-5)
