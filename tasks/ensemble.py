@@ -21,7 +21,7 @@ from trainflow.ensembles import combine_mean, fit_stacking, fit_weights, log_los
 from trainflow.errors import ArtifactError, TrainflowError
 from trainflow.metrics import classification_metrics, regression_metrics
 from trainflow.soup import Ingredient, greedy_soup
-from trainflow.spec.ensemble import regression_refusal
+from trainflow.spec.ensemble import classification_refusal, regression_refusal
 
 COMBINE = "combine.json"  # the state the package's prediction combines its members with
 META_ROWS = "meta_rows.json"  # stacking: the rows its meta-model was fitted on and scored
@@ -188,6 +188,9 @@ def ensemble_folds(folds: list[ArtifactRef], params: Any, store: str) -> Artifac
     """Combine the fold models (of every member) and score the combination on the test part."""
     if is_regression(folds):
         return mean_of_regressors(folds, params, store)
+    refusal = classification_refusal(params.type)  # a task the data decided: known only now
+    if refusal:
+        raise TrainflowError(refusal)
     labels = test_labels(folds)
     members = members_of(folds)
     kind = getattr(params, "combine", params.type)  # top_k_trials combines as it says

@@ -33,9 +33,8 @@ def combine_soft_vote(probs: Sequence[np.ndarray], state: dict | None = None) ->
 
 
 def combine_mean(preds: Sequence[np.ndarray], state: dict | None = None) -> np.ndarray:
-    """The mean of the fold models' predictions (a regression's, in the target's units; for
-    class probabilities, soft_vote's), in float64 (a target's large numbers keep their
-    digits; soft_vote's float32 is this, rounded)."""
+    """The mean of a regression's fold models' predictions, in the target's units, in
+    float64 (a target's large numbers keep their digits)."""
     return np.asarray(np.mean(np.stack(preds), axis=0, dtype=np.float64))
 
 

@@ -11,7 +11,6 @@ import pytest
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from trainflow.artifacts import ArtifactRef, Store
-from trainflow.ensembles import combine_mean
 from trainflow.errors import TrainflowError
 from trainflow.spec.ensemble import MeanParams, StackingParams, regression_refusal
 from trainflow.tasks.ensemble import ensemble_folds
@@ -91,13 +90,19 @@ def test_classification_ensembles_are_refused_for_a_regression_naming_mean(folds
     with pytest.raises(SpecError, match="soft_vote averages class probabilities"):
         validate_spec({**declared, "ensemble": {"type": "soft_vote"}})
     assert validate_spec({**declared, "ensemble": {"type": "mean"}}).ensemble.type == "mean"
-
-
-def test_mean_of_class_probabilities_is_soft_vote():
-    probs = [RNG.dirichlet(np.ones(3), 10).astype(np.float32) for _ in range(4)]
-    from trainflow.ensembles import combine_soft_vote
-
-    assert np.array_equal(combine_mean(probs).astype(np.float32), combine_soft_vote(probs))
+    # and mean is a regression's: a classifier's fold models average with soft_vote, said
+    # at validation where the spec tells the task, else by the ensemble task
+    with Store(store).writer("model") as staging:
+        (staging / "fold.json").write_text("{}")
+        classifier = Store(store).commit(
+            staging, "model", 1, {"classes": ["a", "b"], "input_shape": [3]}, {"fold": 0}
+        )
+    with pytest.raises(TrainflowError, match="holds class labels: use soft_vote"):
+        ensemble_folds.fn([classifier], MeanParams(type="mean"), store)
+    iris = {**declared, "task": "auto"}
+    iris["data"] = {**declared["data"], "source": {"type": "sklearn", "dataset": "iris"}}
+    with pytest.raises(SpecError, match="target holds class labels: use soft_vote"):
+        validate_spec({**iris, "ensemble": {"type": "mean"}})
 
 
 def test_regression_folds_score_in_target_units_and_their_mean_ensembles(tmp_path):

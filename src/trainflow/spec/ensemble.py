@@ -51,8 +51,8 @@ class SoftVoteParams(VotingParams):
 
 
 class MeanParams(VotingParams):
-    """Average the fold models' predictions: a regression's numbers, in the target's own
-    units (for a classification, the class probabilities: the same as soft_vote)."""
+    """Average a regression's fold models' predictions, in the target's own units (a
+    classifier's fold models average their class probabilities with soft_vote)."""
 
     type: Literal["mean"]
 
@@ -161,7 +161,22 @@ def check_ensemble(spec: Any) -> None:
 def ensemble_problems(spec: Any, task: str) -> list[tuple[str, str]]:
     """(YAML path, message) where the ensemble section cannot combine a `task`'s models
     (spec.task's task_problems and preflight ask, once the task is known)."""
-    if task != "regression" or spec.ensemble is None:
+    if spec.ensemble is None or task not in ("classification", "regression"):
         return []
-    refusal = regression_refusal(spec.ensemble.type)
+    refusal = (
+        regression_refusal(spec.ensemble.type)
+        if task == "regression"
+        else classification_refusal(spec.ensemble.type)
+    )
     return [("ensemble.type", refusal)] if refusal else []
+
+
+def classification_refusal(kind: str) -> str | None:
+    """Why ensemble type `kind` cannot combine a classifier's models (None: it can)."""
+    if kind not in REGRESSION_KINDS:
+        return None
+    return (
+        f"ensemble.type {kind} averages a regression's predicted numbers, and this "
+        "pipeline's target holds class labels: use soft_vote (the mean of the fold models' "
+        "class probabilities), hard_vote, weighted, stacking or soup"
+    )
