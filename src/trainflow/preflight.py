@@ -24,6 +24,7 @@ from trainflow.regression_target import (  # noqa: F401 (MAX_DECIMAL_CLASSES: it
 )
 from trainflow.remote import store_folder
 from trainflow.sourcegraph import tree_digest
+from trainflow.spec.ensemble import ensemble_problems
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.spec.sources import FileSource, SequenceSource
 from trainflow.spec.task import task_problems
@@ -115,7 +116,7 @@ def _check_data(spec: PipelineSpec) -> None:
         decide_task(labels, spec.task) if labels is not None else source_task(source, spec.task)
     )
     if spec.task == "auto":  # the data decided: the other task's knobs are refused now
-        problems = task_problems(spec, task)
+        problems = task_problems(spec, task) + ensemble_problems(spec, task)
         if problems:
             raise SpecError(f"pipeline {spec.name!r} (a {task} by its target)", problems)
     if labels is None:

@@ -152,3 +152,32 @@ def test_regression_folds_score_in_target_units_and_their_mean_ensembles(tmp_pat
     mean = np.mean([np.load(ref.path / "test_preds.npy") for ref in folds], axis=0)
     assert result.meta["rmse"] == pytest.approx(mean_squared_error(target, mean) ** 0.5)
     assert 20 < result.meta["rmse"] < 120  # the target's units (its std is about 77)
+
+
+def test_preflight_refuses_a_classification_ensemble_once_task_auto_has_read_a_float_target(
+    tmp_path,
+):
+    from trainflow.errors import SpecError
+    from trainflow.preflight import check_data
+    from trainflow.spec.pipeline import validate_spec
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    lines = ["a,b,c,y", *(f"{r[0]},{r[1]},{r[2]},{100 + 30 * r.sum():.3f}" for r in x)]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    spec = validate_spec(
+        {
+            "name": "t",
+            "data": {
+                "source": {"type": "csv", "path": str(tmp_path / "d.csv"), "target": "y"},
+                "steps": [{"type": "split"}],
+            },
+            "model": {"type": "mlp"},
+            "evaluate": {"cv": {"folds": 3}},
+            "ensemble": {"type": "soft_vote"},
+        }
+    )  # task: auto on a file: the data tells, so validation lets it through
+    with pytest.raises(SpecError) as err:
+        check_data(spec)
+    assert "(a regression by its target)" in str(err.value)
+    assert "ensemble.type soft_vote averages class probabilities" in str(err.value)
