@@ -16,7 +16,9 @@ the variants of the trained network:
 - 50 % l1_unstructured and 50 % l1_structured, each through the prune task with
   --finetune-epochs of fine-tuning.
 
-Distillation as a compression step (issue 18 part 4) does not exist yet, so it has no row.
+- the distilled student: a smaller network of the same family (STUDENTS) trained from the
+  trained model by the distill task (compress.distill, its default temperature 4 and alpha 0.5),
+  and its static int8 (torch.ao FX) as distill.quantize builds it.
 
 Per variant: size of its weights file on disk (state dict, TorchScript or ONNX file),
 parameters, FLOPs of one sample (torch.utils.flop_counter.FlopCounterMode; int8 and exported
@@ -49,8 +51,10 @@ import torch
 from trainflow import channel_prune, compress, registry
 from trainflow.engine.model_folder import load_model
 from trainflow.spec.after_training import DynamicInt8Params, StaticInt8Params
+from trainflow.spec.compress import DistillSpec
 from trainflow.spec.pipeline import load_spec
 from trainflow.spec.qat import QatSpec
+from trainflow.tasks.distill import distill_model
 from trainflow.tasks.ingest import ingest
 from trainflow.tasks.prune import prune_model
 from trainflow.tasks.quantize import quantize_calibrated, quantize_model
@@ -66,6 +70,12 @@ CALLS = {("digits_cnn", 1): 100, ("digits_cnn", 256): 4}
 # 8 batches of 32 rows: breast_cancer's training part holds only 11 such batches
 CALIBRATION = 8
 CALLS |= {("breast_cancer_mlp", 1): 200, ("breast_cancer_mlp", 256): 200}
+# the distilled students (about 14x and 8x fewer parameters) and their epochs: the tabular
+# student needs 30 to come within a point of its teacher, the CNN 20 to match it
+STUDENTS = {
+    "digits_cnn": ({"type": "cnn", "channels": [8, 16], "hidden": 32}, 20),
+    "breast_cancer_mlp": ({"type": "mlp", "hidden_layers": 1, "units": 16}, 30),
+}
 
 
 def trained(name: str, store: str, epochs: int):
@@ -83,6 +93,14 @@ def trained(name: str, store: str, epochs: int):
 def pruned(spec, shards, model, kind: str, epochs: int, store: str) -> torch.nn.Module:
     params = registry.PRUNERS[kind].params(type=kind, sparsity=0.5, finetune_epochs=epochs)
     ref = prune_model.fn(model, shards, params, spec.train, spec.seed, store)
+    return load_model(ref)[0].cpu().eval()
+
+
+def distilled(spec, shards, model, store: str) -> torch.nn.Module:
+    """The student STUDENTS names, trained from `model` by the distill task."""
+    student, epochs = STUDENTS[spec.name]
+    params = DistillSpec(model=student, epochs=epochs)
+    ref = distill_model.fn(model, shards, params, spec.train, spec.seed, store)
     return load_model(ref)[0].cpu().eval()
 
 
@@ -158,7 +176,12 @@ def variants(spec, shards, model, data, args, folder: Path) -> tuple[dict, dict,
         "QAT static int8 (torch.ao FX)": qat_converted(spec, shards, static, args.store),
         "50 % l1_unstructured": pruned(spec, shards, model, "l1_unstructured", args.ft, args.store),
         "50 % l1_structured": pruned(spec, shards, model, "l1_structured", args.ft, args.store),
+        "distilled student": distilled(spec, shards, model, args.store),
     }
+    student = built["distilled student"]  # distill.quantize: its static int8
+    built["distilled, static int8 (torch.ao FX)"] = quantize_calibrated(
+        student, static, data["train"]
+    )
     sizes = {k: compress.size_on_disk(m) for k, m in built.items()}
     sizes["TorchScript"] = (folder / "model.pt").stat().st_size
     notes = {}
@@ -175,6 +198,7 @@ def variants(spec, shards, model, data, args, folder: Path) -> tuple[dict, dict,
 def counts(built: dict, shape: list[int]) -> dict[str, tuple[str, str]]:
     """name -> (parameters, FLOPs of one sample) as table text; * = the fp32 network's count."""
     fp32 = channel_prune.sizes(built["fp32 eager"], shape)
+    student = channel_prune.sizes(built["distilled student"], shape)
     out = {}
     for name, m in built.items():
         if isinstance(m, torch.nn.Module) and not name.endswith("int8") and "int8 (" not in name:
@@ -183,7 +207,8 @@ def counts(built: dict, shape: list[int]) -> dict[str, tuple[str, str]]:
             if name == "TorchScript":
                 flops += "*"
         else:
-            params, flops = f"{fp32['parameters']:,}*", f"{fp32['flops']:,}*"
+            base = student if name.startswith("distilled") else fp32  # (its int8: the student's)
+            params, flops = f"{base['parameters']:,}*", f"{base['flops']:,}*"
         if "unstructured" in name:
             params += f" ({compress.sparsity(m):.0%} zero)"
         out[name] = (params, flops)
