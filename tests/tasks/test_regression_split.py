@@ -124,3 +124,15 @@ def test_bins_follow_the_smallest_part_and_bad_targets_are_named():
         )
     with pytest.raises(DataError, match="5-fold stratified cross-validation needs at least 10"):
         fold_indices(pl.DataFrame({"y": [1.0, 2.0, 3.0]}), REGRESSION, 5, 0, 0)
+
+
+def test_a_stratified_subsample_of_a_regression_keeps_every_decile():
+    from trainflow.spec.steps import SubsampleParams
+    from trainflow.transforms.subsample import apply
+
+    df = skewed()
+    params = SubsampleParams(type="subsample", fraction=0.3)
+    kept, _ = apply(df.with_row_index("row"), REGRESSION, params, {"seed": 0})
+    rows = kept["row"].to_numpy()
+    assert len(rows) == 150
+    assert np.abs(decile_counts(df["y"].to_numpy(), rows) - 15).max() <= 1
