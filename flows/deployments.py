@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.states import Failed, State
+from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from trainflow.deploy import spec_from_parameters
@@ -51,7 +51,7 @@ def train(
         check_runner(spec)
     except TrainflowError as exc:
         get_run_logger().error("%s", exc)
-        return Failed(message=str(exc))  # type: ignore[return-value]
+        return failed_run(exc)  # type: ignore[return-value]  (its message on one line)
     if spec.search is not None:  # a study (flows/search.py), its trials on this run's runner
         from trainflow.flows.search import search
 

@@ -101,3 +101,18 @@ def test_a_fold_failing_names_itself_on_the_pipelines_run(
     spec = spec_of(tmp_path, table, steps, *overrides, "runner.workers=1")
     state, shown, records = failed_run(spec, caplog)
     assert_named(state, shown, records, "train_fold", SCARCE)
+
+
+def test_a_misspelt_nested_key_from_the_ui_is_one_line_naming_the_closest_key(
+    tmp_path, table, prefect_engine, monkeypatch
+):
+    """A deployment's run with a typo two levels down in its overrides: the runs list shows
+    one line that names the parameter, the key and the closest allowed key alone."""
+    from trainflow.flows.deployments import train
+
+    spec_of(tmp_path, table, [{"type": "split"}])
+    monkeypatch.setenv("TRAINFLOW_PIPELINES_DIR", str(tmp_path))
+    state = train(pipeline="spec", overrides=["data.source.targte=label"], return_state=True)
+    assert state.is_failed() and "\n" not in state.message, state.message
+    assert "data.source.targte: unknown key 'targte'; did you mean `target`?" in state.message
+    assert "allowed keys" not in state.message
