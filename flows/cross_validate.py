@@ -47,10 +47,20 @@ def cross_validate(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> l
     Built per run, not at import: Prefect derives a flow's parameter schema when the flow is
     made, and the schema of a PipelineSpec costs a command that never uses it most of a
     second (the thread pool's folds are tasks of the calling flow, see `run_folds`)."""
+    assert spec.evaluate.cv is not None
+
+    def folds(
+        pipeline: str, fingerprint: str, cv: dict, splits: ArtifactRef, store: str
+    ) -> list[ArtifactRef]:
+        # parameters for the UI (which spec, its cv section), not the whole spec: the body
+        # reads the spec itself (a subflow runs in this process, only its tasks on Dask)
+        return map_folds(spec, splits, store)
+
     subflow = flow(  # named for its pipeline, not a random pair of words
         name=CV, flow_run_name=f"{CV}: {spec.name}", task_runner=cv_task_runner(spec)
-    )(map_folds)
-    return subflow(spec, raw_splits, store)
+    )(folds)
+    cv = spec.evaluate.cv.model_dump(mode="json")
+    return subflow(spec.name, spec.fingerprint(), cv, raw_splits, store)
 
 
 def run_folds(spec: PipelineSpec, raw_splits: ArtifactRef, store: str) -> list[ArtifactRef]:

@@ -30,12 +30,19 @@ def prepare_data(spec: PipelineSpec, store: str) -> dict:
     The same tasks with the same inputs either way: the same cache keys and artifacts."""
     if not spec.runner.data or not on_threads():  # a study's flow on Dask submits there
         return data_steps(spec, store)
+
+    def prepare(pipeline: str, fingerprint: str, data: dict, store: str) -> dict:
+        # Its parameters are what the UI's parameters tab shows: which spec (its name and
+        # fingerprint) and the section its steps read, not the whole spec. The body reads
+        # the spec itself: a subflow runs in this process (only its tasks go to Dask).
+        return data_steps(spec, store)
+
     subflow = flow(  # named for its pipeline, not a random pair of words
         name="prepare-data",
         flow_run_name=f"prepare-data: {spec.name}",
         task_runner=cv_task_runner(spec),
-    )(data_steps)
-    return subflow(spec, store)
+    )(prepare)
+    return subflow(spec.name, spec.fingerprint(), spec.data.model_dump(mode="json"), store)
 
 
 def watched_progress(spec: PipelineSpec) -> Callable[[], None]:
