@@ -26,9 +26,10 @@ def test_the_diabetes_pipeline_trains_a_regressor_whose_package_predicts_its_num
     from trainflow.cli import main
     from trainflow.spec.pipeline import load_spec
 
-    result, states = run("diabetes_mlp", tmp_path, "train.epochs=40")
+    result, states = run("diabetes_mlp", tmp_path, "train.epochs=40", "evaluate.cv.folds=2")
     assert all(s == "Completed" for names in states.values() for s in names)
-    assert {"ingest", "split", "train", "evaluate", "package", "promote"} <= set(states)
+    assert {"ingest", "split", "train", "evaluate", "train_fold", "ensemble"} <= set(states)
+    assert {"package", "promote"} <= set(states)
 
     run_dir = Path(result["run_dir"])
     test = json.loads((run_dir / "metrics.json").read_text())["test"]
