@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -71,6 +72,19 @@ def run_task(model: ArtifactRef) -> str:
     return model.data_schema.get("task", "classification")
 
 
+def target_figures(splits: ArtifactRef) -> dict:
+    """A regression target's mean, std, min, median and max in each part (as split left
+    them, before the post-split steps)."""
+    out = {}
+    for name, (frame, schema) in scan_parts(splits).items():
+        y = pl.col(schema.target)
+        found = frame.select(
+            mean=y.mean(), std=y.std(), min=y.min(), median=y.median(), max=y.max()
+        ).collect()
+        out[name] = {k: float(v) for k, v in found.row(0, named=True).items() if v is not None}
+    return out
+
+
 def training_sample(splits: ArtifactRef, steps: list[ArtifactRef], rows: int = 5) -> list[dict]:
     """The first training rows as the model gets them, with encoded categories shown by name
     again (encode's inverse), so that a reader can check what the steps did."""
@@ -90,17 +104,20 @@ def collect(
     data, model, test, folds = outputs.data, outputs.model, outputs.test, outputs.folds
     ensemble, compressed = outputs.ensemble, outputs.compressed
     parts = data["splits"].meta["parts"]
+    regression = run_task(model) == "regression"
     return {
         "package": package_summary(package),
         "pipeline": name,
         "spec_fingerprint": spec_fingerprint,
-        "task": run_task(model),
+        "task": "regression" if regression else "classification",
         "data": {
             "rows": {k: v["rows"] for k, v in parts.items()},
             "synthetic_rows": {k: v.get("synthetic", 0) for k, v in parts.items()},
             "train_before_post_split_steps": data["raw_splits"].meta["parts"]["train"],
             "classes": {k: v["classes"] for k, v in parts.items()},
             "ingested_rows": data["table"].count,
+            # a regression's target per part (the quantile-bin split keeps them alike)
+            **({"target": target_figures(data["raw_splits"])} if regression else {}),
         },
         "profile": data["profile"].meta["profile"],
         "training_sample": training_sample(data["splits"], data["steps"]),

@@ -72,6 +72,12 @@ def test_a_regression_report_shows_its_plots_cv_table_and_mean_ensemble(tmp_path
     assert ensemble["type"] == "mean" and len(ensemble["members_rmse"]) == 2
     assert "## Ensemble (mean: the mean of 2 fold models' predictions" in report
     assert "validation rmse" in report  # the training line reads a regression's figures
+    # the data section: the target's spread per part, alike (the quantile-bin split)
+    assert "| split | rows | target mean | target std |" in report
+    target = metrics["data"]["target"]
+    assert set(target) == {"train", "val", "test"}
+    for part in target.values():
+        assert abs(part["median"] / target["train"]["median"] - 1) < 0.15
     with get_client(sync_client=True) as client:
         (table,) = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["diabetes-cv-cv-folds"]))

@@ -16,6 +16,7 @@ from trainflow.reporting.model_section import model_section
 from trainflow.reporting.placement_section import placement_lines
 from trainflow.reporting.regression_section import (
     is_regression,
+    regression_data_lines,
     regression_ensemble_lines,
     regression_metric_lines,
     regression_training_figures,
@@ -40,7 +41,11 @@ def render(summary: dict, evaluation: list[str], explanation: list[str]) -> str:
         out += metric_lines(summary["test"], classes_of(summary))
     out += evaluation
     out += ["", "## Data"]
-    out += data_lines(summary["data"])
+    out += (
+        regression_data_lines(summary["data"])  # the target's spread per part
+        if is_regression(summary)
+        else data_lines(summary["data"])
+    )
     out += profile_lines(summary["profile"])
     out += sample_lines(summary.get("training_sample"))
     out += anomaly_lines(summary["anomalies"])

@@ -52,3 +52,14 @@ def regression_ensemble_lines(e: dict, test: dict) -> list[str]:
         "",
         f"members' test rmse: {', '.join(f'{a:.4f}' for a in e['members_rmse'])}",
     ]
+
+
+def regression_data_lines(data: dict) -> list[str]:
+    """Rows and the target's spread per part: the quantile-bin split gives every part its
+    share of each decile, so the parts' figures should agree."""
+    figures = data.get("target") or {}
+    names = ("mean", "std", "min", "median", "max")
+    rows = [
+        [s, n, *(figures.get(s, {}).get(k, "") for k in names)] for s, n in data["rows"].items()
+    ]
+    return [table(["split", "rows", *(f"target {k}" for k in names)], rows)]
