@@ -14,6 +14,7 @@ from trainflow import compress, distill_compress
 from trainflow.artifacts import ArtifactRef, Store
 from trainflow.caching import CACHED
 from trainflow.engine.model_folder import load_model
+from trainflow.errors import TrainflowError
 from trainflow.logs import Progress
 from trainflow.spec.compress import DistillSpec, GateSpec
 from trainflow.spec.fit_on import POOLED
@@ -26,7 +27,7 @@ from trainflow.tasks.train import fitted_spec, held_out_none, load_splits
 def distill_model(
     model: ArtifactRef,
     shards: ArtifactRef,
-    params: DistillSpec,
+    params: DistillSpec | None,
     train: TrainSpec,
     seed: int,
     store: str,
@@ -34,6 +35,11 @@ def distill_model(
 ) -> ArtifactRef:
     """Train `params.model` from the trained `model`; with a `gate`, the verdict (the
     student's validation metric against the teacher's) in the artifact's meta."""
+    if params is None:  # `trainflow task distill` on a spec without the section
+        raise TrainflowError(
+            "the spec has no compress.distill, which the distill task trains: add "
+            "compress.distill: {model: {type: mlp, units: 16}, epochs: 20} (a smaller student)"
+        )
     teacher, info = load_model(model)
     data = load_splits(shards)
     schema, classes = model.data_schema, len(info["classes"])

@@ -176,6 +176,11 @@ def test_a_student_that_cannot_replace_the_teacher_is_refused(trained, student, 
         distill_model.fn(trained["model"], trained["shards"], params, TRAIN, 0, trained["store"])
 
 
+def test_the_task_run_alone_on_a_spec_without_the_section_says_what_to_add(trained):
+    with pytest.raises(TrainflowError, match="the spec has no compress.distill"):
+        distill_model.fn(trained["model"], trained["shards"], None, TRAIN, 0, trained["store"])
+
+
 SPEC = ROOT / "pipelines" / "breast_cancer_mlp.yaml"
 SMALL = "compress.distill={model: {type: mlp, hidden_layers: 1, units: 8}, epochs: 3}"
 
