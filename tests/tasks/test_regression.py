@@ -103,6 +103,20 @@ def test_without_scaling_the_loss_is_in_the_targets_units(prepared):
     assert first["val_rmse"] == pytest.approx(np.sqrt(first["val_loss"]), rel=1e-4)
 
 
+def test_a_streamed_training_part_fits_the_same_scaling_and_trains(prepared):
+    store, _, shards = prepared
+    spec = train_spec(epochs=3, loader={"mode": "stream", "workers": 0})
+    streamed = train_model.fn(shards, MODEL, spec, 0, store)
+    in_memory = train_model.fn(shards, MODEL, train_spec(epochs=3), 0, store)
+    scale = [
+        json.loads((m.path / "model.json").read_text())["target_scale"]
+        for m in (streamed, in_memory)
+    ]
+    assert scale[0]["mean"] == pytest.approx(scale[1]["mean"])
+    assert scale[0]["std"] == pytest.approx(scale[1]["std"])
+    assert rows(streamed)[-1]["val_rmse"] < rows(streamed)[0]["val_rmse"]
+
+
 def test_early_stopping_on_val_rmse_keeps_the_epoch_of_the_lowest(prepared):
     store, _, shards = prepared
     spec = train_spec(epochs=60, lr=0.05, early_stopping={"monitor": "val_rmse", "patience": 3})

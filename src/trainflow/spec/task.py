@@ -75,6 +75,15 @@ def _classification_problems(spec: Any) -> list[tuple[str, str]]:
             )
         )
     out += _metrics_of(spec, "regression", "classification")
+    objective = spec.search.objective.metric if spec.search is not None else "val_loss"
+    if metric_task(objective) == "regression":
+        out.append(
+            (
+                "search.objective.metric",
+                f"{objective} is a regression metric and this target holds class labels: "
+                "name val_loss or a classification metric (val_accuracy, val_f1_macro, ...)",
+            )
+        )
     return out
 
 
