@@ -82,15 +82,20 @@ def fall_back(net: torch.nn.Module, params: Any, data: dict, gate: GateSpec, cla
     return chosen
 
 
-def choose_method(net: torch.nn.Module, info: dict, shards: ArtifactRef, params: Any, gate: Any):
+def choose_method(
+    net: torch.nn.Module, info: dict, shards: ArtifactRef, params: Any, gate: Any, qat: Any
+):
     """compress.quantize auto: the kept method's params and every candidate's record
-    (trainflow.quantize_auto); with no gate declared, the gate's defaults judge."""
+    (trainflow.quantize_auto); with no gate declared, the gate's defaults judge. After
+    train.qat (`qat`: its prepared state), static int8 is its conversion."""
     judge, classes = gate or GateSpec(), len(info["classes"])
     data = load_splits(shards, ("train", "val"))
 
     def quantize(method: Any) -> tuple[torch.nn.Module, Any]:
         if method.type != "static_int8":
             return registry.QUANTIZERS[method.type].impl(net, method), method
+        if qat is not None:  # (validation refused keep_fp32 and fallback with train.qat)
+            return compress.convert_qat(net, method, qat), method
         if method.fallback == "auto":
             method = fall_back(net, method, data, judge, classes)
         return quantize_calibrated(net, method, data["train"]), method
@@ -108,11 +113,16 @@ def qat_comparison(
     """train.qat: validation and test accuracy of the trained network in fp32 (fake
     quantization removed), of static int8 calibrated on it after training (PTQ), and of its
     QAT conversion (the package): what QAT buys over post-training quantization."""
-    ptq = quantize_calibrated(net, params, data["train"])
+    try:
+        ptq = quantize_calibrated(net, params, data["train"])
+    except TrainflowError:  # too few training rows to calibrate: QAT needs none
+        ptq = None
     parts = {"validation": data["val"], "test": data["test"]}
     return {
         name: {
-            part: score(model, rows, classes)[0]["accuracy"] if len(rows) else None
+            part: score(model, rows, classes)[0]["accuracy"]
+            if len(rows) and model is not None
+            else None
             for part, rows in parts.items()
         }
         for name, model in (("fp32", net), ("ptq_int8", ptq), ("qat_int8", qat_int8))
@@ -132,12 +142,13 @@ def quantize_model(
     `teacher`: `model` is a distilled student (compress.distill.quantize) and the gate
     measures the int8 student's drop from this trained model."""
     net, info = load_model(model)
+    # train.qat: the ranges were learned in training; convert them (PTQ only to compare)
+    qat = checkpoint.load(model.path / WEIGHTS).get("qat")
     auto: dict = {}  # the fastest method that passes the gate, then kept as if declared
     if params.type == "auto":
-        params, auto["auto"] = choose_method(net, info, shards, params, gate)
+        params, auto["auto"] = choose_method(net, info, shards, params, gate, qat)
     calibrated = params.type == "static_int8"  # activation ranges from training batches
-    # train.qat: the ranges were learned in training; convert them (PTQ only to compare)
-    qat = checkpoint.load(model.path / WEIGHTS).get("qat") if calibrated else None
+    qat = qat if calibrated else None
     parts = ("train",) * calibrated + ("val",) * bool(gate or qat) + ("test",)
     data = load_splits(shards, parts)
     classes = len(info["classes"])

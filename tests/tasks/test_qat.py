@@ -22,6 +22,7 @@ from trainflow.spec.after_training import StaticInt8Params
 from trainflow.spec.model import CNNParams
 from trainflow.spec.pipeline import load_spec
 from trainflow.spec.qat import QatSpec
+from trainflow.spec.quantize_auto import AutoQuantizeParams
 from trainflow.spec.train import TrainSpec
 from trainflow.tasks.ingest import SklearnSource, ingest
 from trainflow.tasks.normalize import NormalizeParams, normalize
@@ -94,6 +95,16 @@ def test_qat_trains_fake_quantized_from_start_epoch_and_the_package_is_its_conve
     assert set(figures) == {"fp32", "ptq_int8", "qat_int8"}
     assert figures["qat_int8"]["test"] == meta["after"]["accuracy"]
     assert all(0.5 < figures[m][p] <= 1 for m in figures for p in ("validation", "test"))
+
+
+def test_quantize_auto_converts_the_qat_network_as_its_static_int8(shards, trained):
+    auto = AutoQuantizeParams(type="auto", methods=[STATIC], runs=1)
+    ref = quantize_model.fn(trained["model"], shards, auto, trained["store"])
+    assert ref.meta["auto"]["chosen"] == "static_int8" and "qat" in ref.meta
+    x = load_splits(shards, ("test",))["test"].x
+    with torch.no_grad():  # the same int8 network as the declared static_int8's: no PTQ
+        chosen, declared = (load_model(r)[0](x) for r in (ref, trained["quantized"]))
+    assert torch.equal(chosen, declared)
 
 
 def stopped_then_resumed(shards, spec, step, tmp_path, caplog):
@@ -216,6 +227,15 @@ def test_a_qat_cnn_package_loads_and_predicts_through_the_model_package(tmp_path
             ["train.qat={start_epoch: 2}", "train.precision=bf16"],
             "qat trains with fake quantization in fp32 (torch.ao's fake-quant kernels take no "
             "bf16), and train.precision is bf16",
+        ),
+        (
+            "digits_cnn",
+            [
+                "train.qat={start_epoch: 2}",
+                "compress.quantize={type: auto, methods: [{type: dynamic_int8}]}",
+            ],
+            "train.qat trains for the static int8 conversion and compress.quantize is auto: "
+            "set compress.quantize to {type: static_int8} (or auto with static_int8 among",
         ),
         (
             "digits_cnn",

@@ -97,11 +97,14 @@ def qat_refusal(spec: Any) -> str | None:
             "remove train.qat (compress.quantize dynamic_int8 quantizes its Linear layers)"
         )
     quantize = spec.compress.quantize
+    if quantize is not None and quantize.type == "auto":  # its static_int8 candidate converts
+        quantize = next((m for m in quantize.methods if m.type == "static_int8"), quantize)
     if quantize is None or quantize.type != "static_int8":
         found = "none" if quantize is None else quantize.type
         return (
             f"train.qat trains for the static int8 conversion and compress.quantize is "
-            f"{found}: set compress.quantize to {{type: static_int8}}, or remove train.qat"
+            f"{found}: set compress.quantize to {{type: static_int8}} (or auto with "
+            "static_int8 among its methods), or remove train.qat"
         )
     if quantize.backend != qat.backend:
         return (
