@@ -71,6 +71,8 @@ def predict_command(model: str, data: str, output: str | None, proba: bool) -> i
 
     check_output(output)
     loaded = load_model(model)
+    if proba:  # a regression's package has none: refused before any row is read
+        loaded._has_classes("--proba")
     # A file appears only once complete, so a first try that parses a CSV's numbers as
     # numbers (one parse instead of text and a conversion) can start again reading text.
     for typed in (True, False) if output is not None else (False,):
@@ -128,9 +130,9 @@ class Model:
         return [_loaded(s, where) for s in member.steps], net
 
     def __repr__(self) -> str:
+        predicts = "predicts a number" if self.task == "regression" else f"classes={self.classes}"
         return (
-            f"<trainflow model {self.info.pipeline} ({self.info.kind}) classes="
-            f"{self.classes} from {self.path}>"
+            f"<trainflow model {self.info.pipeline} ({self.info.kind}) {predicts} from {self.path}>"
         )
 
     # ---- the Python API ---------------------------------------------------------------

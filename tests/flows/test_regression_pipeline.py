@@ -62,6 +62,9 @@ def test_the_diabetes_pipeline_trains_a_regressor_whose_package_predicts_its_num
     assert written.columns == ["prediction"] and written["prediction"].dtype == pl.Float64
     np.testing.assert_allclose(written["prediction"].to_numpy(), evaluated, rtol=1e-5)
     capsys.readouterr()
+    assert main(["predict", result["package"], str(raw), "--proba"]) != 0
+    assert "is a regression's: it predicts a number per row" in capsys.readouterr().err
+    assert "predicts a number" in repr(model)
 
     # not built yet for a regression: export refuses its package, naming why
     from trainflow.export import export_model
