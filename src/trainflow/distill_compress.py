@@ -48,6 +48,7 @@ def student_spec(train: TrainSpec, params: DistillSpec, teacher: Path, used: dic
             "swa": swa,  # (one starting after the student's last epoch would average nothing)
             "threads": 1 if threads == "auto" else threads,  # a model from before the probe
             "precision": "fp32" if precision == "auto" else precision,
+            "qat": None,  # train.qat is the teacher's: the student trains in fp32 (its epochs)
         }
     )
 
