@@ -15,9 +15,10 @@ from tests.flows.helpers import ROOT, run
 from tests.interrupt import after_step
 from trainflow import compress
 from trainflow.artifacts import Store
-from trainflow.engine import checkpoint
+from trainflow.engine import checkpoint, qat
 from trainflow.engine.model_folder import load_model
 from trainflow.errors import SpecError
+from trainflow.models.cnn import cnn
 from trainflow.spec.after_training import StaticInt8Params
 from trainflow.spec.model import CNNParams
 from trainflow.spec.pipeline import load_spec
@@ -105,6 +106,28 @@ def test_quantize_auto_converts_the_qat_network_as_its_static_int8(shards, train
     with torch.no_grad():  # the same int8 network as the declared static_int8's: no PTQ
         chosen, declared = (load_model(r)[0](x) for r in (ref, trained["quantized"]))
     assert torch.equal(chosen, declared)
+
+
+def test_only_training_batches_move_the_ranges_and_frozen_observers_hold_them():
+    net = qat.prepare(cnn([1, 8, 8], 10, [4, 8], hidden=16), QAT)
+    x = torch.randn(32, 1, 8, 8)
+
+    def ranges() -> list[torch.Tensor]:
+        return [
+            v.clone() for k, v in net.state_dict().items() if k.endswith(("min_val", "max_val"))
+        ]
+
+    net.train()(x)
+    trained = ranges()
+    with torch.no_grad():
+        net.eval()(3 * x)  # validation rows: fake-quantized, never observed
+    assert all(torch.equal(a, b) for a, b in zip(trained, ranges()))
+    net.train()(3 * x)
+    assert not all(torch.equal(a, b) for a, b in zip(trained, ranges()))
+    moved = ranges()
+    qat.observing(net).allowed = False  # from qat.freeze_observers_epoch on
+    net.train()(5 * x)
+    assert all(torch.equal(a, b) for a, b in zip(moved, ranges()))
 
 
 def stopped_then_resumed(shards, spec, step, tmp_path, caplog):
