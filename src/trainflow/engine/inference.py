@@ -52,7 +52,7 @@ def predict_values(
     for start in range(0, len(data), batch_size):
         x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
         z = model(x.to(device)).float().cpu()
-        total += regression.loss_of(z, y, None).item() * len(y)
+        total += regression.loss_of(z, regression.scale.scaled(y), None).item() * len(y)
         outputs.append(z)
     loss = total / len(data) if len(data) else float("nan")
     return loss, regression.scale.original(torch.cat(outputs)) if outputs else np.zeros(0)

@@ -170,6 +170,8 @@ def train_epoch(
     for x, y, w in batches:
         if update.done(state.steps):
             break
+        if update.regression is not None:  # the loss's target: scaled here, on the CPU
+            y = update.regression.scale.scaled(y)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         w = w.to(device, non_blocking=True) if w is not None else None
         loss, count = update.loss(model, x, y, w, batches.mix)

@@ -56,6 +56,8 @@ class TargetScale:
         return asdict(self)
 
     def scaled(self, y: torch.Tensor) -> torch.Tensor:
+        """float32 (y - mean) / std, computed in float64 (a target far from zero keeps its
+        digits)."""
         return ((y.double() - self.mean) / self.std).float()
 
     def original(self, z: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -72,9 +74,12 @@ class Regression:
     loss: str = "mse"
     delta: float = 1.0  # huber's
 
-    def loss_of(self, out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-        """The batch's mean loss on the scaled target (weighted by `w` where given)."""
-        predicted, target = out.float().reshape(len(out)), self.scale.scaled(y)
+    def loss_of(
+        self, out: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The batch's mean loss against `target`, the scaled target (`scale.scaled`, taken
+        on the CPU in float64: MPS has no float64), weighted by `w` where given."""
+        predicted, target = out.float().reshape(len(out)), target.float()
         extra = {"delta": self.delta} if self.loss == "huber" else {}
         if w is None:
             return LOSSES[self.loss](predicted, target, **extra)
