@@ -13,6 +13,7 @@ from trainflow.spec.augment import AugmentSpec
 from trainflow.spec.base import MAX_BATCH, MAX_EPOCHS, MAX_STEPS, Section
 from trainflow.spec.distributed import Distributed, ddp_refusal
 from trainflow.spec.loader import LoaderSpec
+from trainflow.spec.loss import LossSpec
 from trainflow.spec.metric_table import MONITORS, monitor_mode
 from trainflow.spec.optimizers import AdamParams
 from trainflow.spec.qat import QatSpec, qat_train_refusal
@@ -59,25 +60,6 @@ class EarlyStopping(Section):
     @property
     def mode(self) -> Literal["min", "max"]:
         return monitor_mode(self.monitor)
-
-
-class LossSpec(Section):
-    """The training loss (regression): mse, huber or l1 on the scaled target
-    (train.target_scaling); a classifier trains with cross_entropy, as by default."""
-
-    type: Literal["cross_entropy", "mse", "huber", "l1"]
-    delta: float | None = Field(
-        None,
-        gt=0,
-        description="huber: where the loss turns from squared to linear, in scaled target "
-        "units (default 1.0)",
-    )
-
-    @model_validator(mode="after")
-    def _delta_is_huber_only(self):
-        if self.delta is not None and self.type != "huber":
-            raise ValueError(f"loss.delta is huber's; a {self.type} loss has none: remove delta")
-        return self
 
 
 class Pretrained(Section):
