@@ -51,7 +51,7 @@ def train(
         check_runner(spec)
     except TrainflowError as exc:
         get_run_logger().error("%s", exc)
-        return failed_run(exc)  # type: ignore[return-value]  (its message on one line)
+        return failed_run(exc)  # type: ignore[return-value]  # its message on one line
     if spec.search is not None:  # a study (flows/search.py), its trials on this run's runner
         from trainflow.flows.search import search
 
