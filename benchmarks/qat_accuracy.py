@@ -8,7 +8,7 @@ step (the package). Validation and test accuracy of the fp32 model, its PTQ int8
 int8 model; the QAT run's quantize meta adds its own fp32 view and PTQ for reference. Each
 task called bare, in the order the pipeline flow calls them.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/qat_accuracy.py [--seeds 0 1 2]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/qat_accuracy.py [--seeds 0 1 2 3 4]
         [--start-epoch 40] [--freeze-bn-epoch N] [--freeze-observers-epoch N]
 
 `--start-epoch 40` (train.epochs): fake quantization begins when early stopping ends the
@@ -78,7 +78,7 @@ def one_seed(spec, shards, seed: int, qat: QatSpec, store: str, data: dict) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--start-epoch", type=int, default=40)
     parser.add_argument("--freeze-bn-epoch", type=int, default=None)
     parser.add_argument("--freeze-observers-epoch", type=int, default=None)
