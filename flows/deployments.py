@@ -9,7 +9,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from trainflow.deploy import spec_from_parameters
 from trainflow.errors import TrainflowError
 from trainflow.flows.pipeline import pipeline as pipeline_flow
-from trainflow.logs import failed_run
+from trainflow.logs import failed_run, log_user_error
 from trainflow.preflight import check_data
 from trainflow.task_options import check_runner
 
@@ -50,7 +50,7 @@ def train(
         check_data(spec)
         check_runner(spec)
     except TrainflowError as exc:
-        get_run_logger().error("%s", exc)
+        log_user_error(exc)
         return failed_run(exc)  # type: ignore[return-value]  # its message on one line
     if spec.search is not None:  # a study (flows/search.py), its trials on this run's runner
         from trainflow.flows.search import search

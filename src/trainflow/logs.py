@@ -104,6 +104,13 @@ def failure_line(exc: TrainflowError) -> str:
     return f"{step} failed: {one_line(exc)}" if step else one_line(exc)
 
 
+def log_user_error(exc: TrainflowError) -> None:
+    """Log a user's mistake on the current run as its one error line (its message as written,
+    problems one per line); Prefect's own record of it is then dropped (OneLineUserErrors)."""
+    get_run_logger().error("%s", exc)
+    exc._trainflow_logged = True  # type: ignore[attr-defined]
+
+
 def failed_run(exc: TrainflowError) -> State:
     """The state a flow returns for a user's mistake: the runs list shows its message, the
     run's last log line ("Finished in state Failed('normalize failed: ...')") is it, and

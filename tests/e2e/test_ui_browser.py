@@ -146,3 +146,37 @@ def test_a_run_started_from_the_ui_form_completes(served, prefect_server, tmp_pa
         "overrides": [],
         "note": None,  # (a new-data trigger's note; empty from the form)
     }
+
+
+def test_a_failed_run_shows_its_one_message(served, prefect_server, tmp_path):
+    """A run of the deployment with a misspelt key in its overrides (as typed into the run
+    form) fails before any work: its page says Failed with the one line that names the key
+    and the closest one, and its logs hold that line without a traceback (issue 19 part 10)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    run = prefect_server.run(
+        "breast_cancer_mlp",
+        {"pipeline": "breast_cancer_mlp", "overrides": ["train.optimizer.tpye=adam"]},
+    )
+    final = prefect_server.wait_final(run["id"])
+    message = final["state"]["message"]
+    assert final["state"]["type"] == "FAILED" and "\n" not in message, message
+    assert "did you mean `type`?" in message, message
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"{prefect_server.ui}/runs/flow-run/{run['id']}", wait_until="networkidle")
+            expect(page.locator("[class*=page-heading] .state-badge")).to_have_text("Failed")
+            page.get_by_text("Logs", exact=True).first.click()
+            expect(page.get_by_text("did you mean `type`?").first).to_be_visible()
+            page.screenshot(path=tmp_path / "failed-run.png")
+            (tmp_path / "failed-run.html").write_text(page.content())
+            expect(page.get_by_text("Traceback")).to_have_count(0)
+            # one error line (the run's own), beside Prefect's "Finished in state Failed(...)"
+            expect(page.locator(".log-level-label--error")).to_have_count(1)
+            if os.environ.get("TRAINFLOW_UI_SCREENSHOT"):
+                page.screenshot(path=ROOT / "docs" / "ui-failed-run.png")
+        finally:
+            browser.close()
