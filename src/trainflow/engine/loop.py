@@ -210,13 +210,23 @@ def epoch_row(run: Setup, state: TrainingState, train_loss: float) -> dict:
         "val_loss": val_loss,
         "val_accuracy": val_acc,
         **monitored(run.stopping.monitor, val, probs),
+        **progress(run, state),
+        **{f"val_{task}_accuracy": acc for task, acc in aux_acc.items()},
+    }
+    return row
+
+
+def progress(run: Setup, state: TrainingState) -> dict:
+    """Where training stands at an epoch's end, in every epoch's row: the learning rate, the
+    optimizer steps, the batch size, and the mean pre-clip gradient norm where clipping by
+    norm measured it."""
+    row = {
         "lr": state.optimizer.param_groups[0]["lr"],
         "steps": state.steps,
         "batch_size": run.size_at(state.epoch),
-        **{f"val_{task}_accuracy": acc for task, acc in aux_acc.items()},
     }
     norms = state.position.grad_norms
-    if norms:  # clipping by norm measures it: the epoch's mean, pre-clip
+    if norms:
         row["grad_norm"] = sum(norms) / len(norms)
     return row
 
@@ -235,11 +245,6 @@ def regression_row(
         "train_loss": train_loss,
         "val_loss": val_loss,
         **epoch_figures(val.y.numpy().astype("float64"), predicted),
-        "lr": state.optimizer.param_groups[0]["lr"],
-        "steps": state.steps,
-        "batch_size": run.size_at(state.epoch),
+        **progress(run, state),
     }
-    norms = state.position.grad_norms
-    if norms:
-        row["grad_norm"] = sum(norms) / len(norms)
     return row
