@@ -56,25 +56,7 @@ def run_pipeline(spec: PipelineSpec, records: str) -> dict:
     folds = run_folds(spec, data["raw_splits"], store) if spec.evaluate.cv else []
     members = ensemble_members(spec, folds, data["raw_splits"], store)  # + ensemble.variants
     ensemble = step(ensemble_folds, spec)(members, spec.ensemble, store) if spec.ensemble else None
-    compressed = {}
-    distill = spec.compress.distill
-    if distill:  # a smaller student from the trained model as teacher
-        args = (distill, spec.train, spec.seed, store, spec.compress.gate)
-        compressed["distill"] = step(distill_model, spec)(model, data["shards"], *args)
-    if spec.compress.quantize:
-        # compress.distill.quantize: the student is quantized, gated against the trained model
-        of = {"teacher": model} if distill and distill.quantize else {}
-        compressed["quantize"] = step(quantize_model, spec)(
-            compressed["distill"] if of else model,
-            data["shards"],
-            spec.compress.quantize,
-            store,
-            spec.compress.gate,
-            **of,
-        )
-    if spec.compress.prune:
-        args = (spec.compress.prune, spec.train, spec.seed, store, spec.compress.gate)
-        compressed["prune"] = step(prune_model, spec)(model, data["shards"], *args)
+    compressed = compress_model(spec, model, data["shards"], store)
     latency = None
     if compressed:  # timings: measured on every run, for the run folder and the UI only
         repeats = spec.compress.quantize.latency_repeats if spec.compress.quantize else 30
@@ -124,6 +106,33 @@ def run_pipeline(spec: PipelineSpec, records: str) -> dict:
         "champion": champion,
         "mlflow": logged,
     }
+
+
+def compress_model(
+    spec: PipelineSpec, model: ArtifactRef, shards: ArtifactRef, store: str
+) -> dict[str, ArtifactRef]:
+    """The compressed models of the spec's compress section, by step: a distilled student,
+    the quantized model (the student's, with distill.quantize) and the pruned model."""
+    compressed = {}
+    distill, gate = spec.compress.distill, spec.compress.gate
+    if distill:  # a smaller student from the trained model as teacher
+        args = (distill, spec.train, spec.seed, store, gate)
+        compressed["distill"] = step(distill_model, spec)(model, shards, *args)
+    if spec.compress.quantize:
+        # compress.distill.quantize: the student is quantized, gated against the trained model
+        of = {"teacher": model} if distill and distill.quantize else {}
+        compressed["quantize"] = step(quantize_model, spec)(
+            compressed["distill"] if of else model,
+            shards,
+            spec.compress.quantize,
+            store,
+            gate,
+            **of,
+        )
+    if spec.compress.prune:
+        args = (spec.compress.prune, spec.train, spec.seed, store, gate)
+        compressed["prune"] = step(prune_model, spec)(model, shards, *args)
+    return compressed
 
 
 def package_all(spec: PipelineSpec, outputs: RunOutputs, store: str) -> dict:
