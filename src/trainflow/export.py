@@ -2,7 +2,9 @@
 
 The graph takes the raw numeric feature columns (float32, missing as NaN) and returns class
 probabilities: the fitted numeric steps run inside it (trainflow.folding), then the network,
-then softmax, then an ensemble's rule (trainflow.export_graph). Beside the file, `<file>.json`
+then softmax, then an ensemble's rule (trainflow.export_graph); a regression's returns one
+float per row, `prediction`, in the target's units (the inverse target scaling instead of
+the softmax). Beside the file, `<file>.json`
 (the sidecar) names the input columns in order, the classes, and what a serving runtime
 must still do itself before the graph (text columns to codes). Every export is run right
 after it is written (onnxruntime for ONNX, the saved TorchScript file, the ExportedProgram's
@@ -28,7 +30,8 @@ import torch
 from torch import nn
 
 from trainflow.engine.model_folder import build_from_folder
-from trainflow.export_graph import Exported, combination
+from trainflow.engine.target_scale import TargetScale, regression_of
+from trainflow.export_graph import Exported, combination, output_section
 from trainflow.folding import ExportError, Plan, build_prep, plan
 from trainflow.models.multitask import MultiTask
 from trainflow.package import Package, load_package
@@ -37,9 +40,11 @@ from trainflow.storage import TMP_PREFIX, atomic_write_text
 from trainflow.tables import TableSchema
 
 FORMATS = ("onnx", "torchscript", "exported_program")
-INPUT, OUTPUT = "features", "probabilities"
+INPUT = "features"
 SIDECAR_FORMAT = 1
-TOLERANCE = 1e-5  # largest |probability difference| an export may show against eager torch
+# largest |probability difference| an export may show against eager torch; a regression's
+# numbers (the target's units) are held to it relative to max(1, |number|)
+TOLERANCE = 1e-5
 EXAMPLE_ROWS = 2  # the traced batch: a batch of 1 would let an exporter fix the batch size
 CHECK_ROWS = (1, 7)  # batch sizes the written file is run on, other than the example's
 
@@ -51,6 +56,11 @@ class Built:
     plan: Plan  # the first member's (every member has the same inputs and outside work)
     input_shape: list[int]  # per row: (columns,) or (C, H, W)
     architectures: list[str]
+    scales: list[tuple[float, float]] | None = None  # a regression's target (mean, std)
+
+    @property
+    def output(self) -> str:
+        return "prediction" if self.scales is not None else "probabilities"
 
 
 def export_model(model: str | Path, fmt: str, output: str | Path) -> dict[str, Any]:
@@ -90,17 +100,6 @@ def export_model(model: str | Path, fmt: str, output: str | Path) -> dict[str, A
 SUFFIX = {"onnx": "onnx", "torchscript": "pt", "exported_program": "pt2"}
 
 
-def prediction_rule(info: Any) -> str:
-    """How a serving runtime turns the probabilities into a class, as the package does."""
-    d = info.decision
-    if d is None or d.threshold is None or d.positive is None:
-        return "classes[argmax]"
-    return (
-        f"classes[{d.positive}] where probabilities[{d.positive}] >= {d.threshold!r}, "
-        f"else classes[{1 - d.positive}] (evaluate.threshold)"
-    )
-
-
 def sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
@@ -108,12 +107,6 @@ def sidecar_path(path: Path) -> Path:
 def build(package: Package) -> Built:
     """The eager module an export traces: every member's folded steps and network."""
     info = package.info
-    if TableSchema(**info.table_schema).task == "regression":  # (the graph ends in softmax)
-        raise ExportError(
-            f"{package.path} is a regression's package: exporting one (its numbers in the "
-            "target's units, no softmax) is not built yet; score it with `trainflow "
-            "predict` or trainflow.load_model"
-        )
     combine = combination(info.combine, info.combine_state, len(info.members), str(package.path))
     table = TableSchema(**info.table_schema)
     plans = [plan(table, info.input.columns, [*info.steps, *m.steps]) for m in info.members]
@@ -131,8 +124,20 @@ def build(package: Package) -> Built:
     nets, names = zip(*(_network(package.member_folder(m)) for m in info.members))
     preps = [build_prep(p, first.inputs, shape) for p in plans]
     temperature = info.decision.temperature if info.decision else 1.0
-    module = Exported(preps, list(nets), temperature, combine).eval()
-    return Built(package, module, first, width, list(names))
+    scales = _target_scales(package) if table.task == "regression" else None
+    module = Exported(preps, list(nets), temperature, combine, scales).eval()
+    return Built(package, module, first, width, list(names), scales)
+
+
+def _target_scales(package: Package) -> list[tuple[float, float]]:
+    """Each member's fitted target scaling (its model.json), as the predictor reads it."""
+    scales = []
+    for member in package.info.members:
+        described = json.loads((package.member_folder(member) / "model.json").read_text())
+        regression = regression_of(described)
+        scale = regression.scale if regression else TargetScale()
+        scales.append((scale.mean, scale.std))
+    return scales
 
 
 def _network(folder: Path) -> tuple[nn.Module, str]:
@@ -162,7 +167,7 @@ def _write_onnx(built: Built, staged: Path) -> float:
             dynamo=True,
             verbose=False,
             input_names=[INPUT],
-            output_names=[OUTPUT],
+            output_names=[built.output],
             dynamic_shapes=({0: "batch"},),
         )
         program.save(str(staged), external_data=False)
@@ -170,7 +175,9 @@ def _write_onnx(built: Built, staged: Path) -> float:
     options.intra_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(staged), options, providers=["CPUExecutionProvider"])
     return _checked(
-        built, "onnx", lambda x: torch.from_numpy(session.run([OUTPUT], {INPUT: x.numpy()})[0])
+        built,
+        "onnx",
+        lambda x: torch.from_numpy(session.run([built.output], {INPUT: x.numpy()})[0]),
     )
 
 
@@ -255,7 +262,8 @@ def _refusal(built: Built, fmt: str, exc: BaseException) -> str:
 
 def _checked(built: Built, fmt: str, run) -> float:
     """Run the written export on batches of other sizes than the traced one and compare
-    its probabilities with the eager module's; the largest difference."""
+    its probabilities (a regression's numbers, relative) with the eager module's; the
+    largest difference."""
     worst = 0.0
     for rows in CHECK_ROWS:
         x = example(built, rows, seed=rows)
@@ -267,10 +275,11 @@ def _checked(built: Built, fmt: str, run) -> float:
                 raise ExportError(_fixed_batch(built, fmt, rows, exc)) from None
         if got.shape != expected.shape:
             raise ExportError(_fixed_batch(built, fmt, rows, f"shape {tuple(got.shape)}"))
-        difference = float(np.nanmax(np.abs(got.numpy() - expected.numpy()), initial=0.0))
+        scale = expected.abs().clamp_min(1.0) if built.scales is not None else 1.0
+        difference = float(np.nanmax(((got - expected) / scale).abs().numpy(), initial=0.0))
         if difference > TOLERANCE or not torch.equal(got.isnan(), expected.isnan()):
             raise ExportError(
-                f"the {fmt} export of {built.package.path} gives probabilities "
+                f"the {fmt} export of {built.package.path} gives {built.output} "
                 f"{difference:.2g} away from the model's on {rows} row(s) (more "
                 f"than {TOLERANCE:g}); nothing was written"
             )
@@ -351,22 +360,16 @@ def describe(built: Built, fmt: str, path: Path, difference: float) -> dict[str,
             ),
             "missing": "NaN",
             "filled_in_graph": filled,
-            "unfilled_missing": "a NaN in any other column gives NaN probabilities "
+            "unfilled_missing": f"a NaN in any other column gives NaN {built.output} "
             "for its row: reject or fill such rows first "
             "(trainflow predict refuses them)",
         },
-        "output": {
-            "name": OUTPUT,
-            "dtype": "float32",
-            "shape": ["batch", len(info.classes)],
-            "classes": list(info.classes),
-            "prediction": prediction_rule(info),
-        },
+        "output": output_section(built.package.info, built.scales),
         "outside": p.outside,
         "folded": p.folded,
         "check": {
             "rows": list(CHECK_ROWS),
-            "max_abs_difference": difference,
+            ("max_abs_difference" if built.scales is None else "max_rel_difference"): difference,
             "tolerance": TOLERANCE,
             "against": "the eager torch module",
         },

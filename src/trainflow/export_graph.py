@@ -1,7 +1,10 @@
-"""The eager module an export traces: raw numeric columns -> class probabilities.
+"""The eager module an export traces: raw numeric columns -> class probabilities, or a
+regression's number per row.
 
 Each member's folded steps and network, softmax of its float logits (divided by the package's
-temperature), then the members combined as the package's ensemble rule says, in torch
+temperature), or for a regression the inverse of its target scaling (y * std + mean, the
+target's units: engine.target_scale), then the members combined as the package's ensemble
+rule says, in torch
 operations every exporter keeps (ONNX, TorchScript, torch.export). Each rule mirrors its numpy
 twin in trainflow.ensembles, which the package's predictor runs, so an export scores as the
 package does.
@@ -16,7 +19,7 @@ from torch import nn
 
 from trainflow.folding import ExportError, Prep
 
-EXPORTED_RULES = ("soft_vote", "hard_vote", "weighted", "stacking", "soup")
+EXPORTED_RULES = ("soft_vote", "hard_vote", "weighted", "stacking", "soup", "mean")
 
 
 class Combine(nn.Module):
@@ -44,10 +47,10 @@ class Combine(nn.Module):
         self.register_buffer("intercept", intercept)
 
     def forward(self, probs: list[torch.Tensor]) -> torch.Tensor:
-        stacked = torch.stack(probs)  # members x rows x classes
+        stacked = torch.stack(probs)  # members x rows x classes (a regression's: x rows)
         if self.kind == "soup" or stacked.shape[0] == 1:
             return stacked[0]
-        if self.kind == "soft_vote":
+        if self.kind in ("soft_vote", "mean"):  # mean: a regression's, ensembles.combine_mean
             return stacked.mean(dim=0)
         if self.kind == "hard_vote":  # one vote per fold model; a tie's argmax is the lowest class
             classes = torch.arange(stacked.shape[2], device=stacked.device)
@@ -66,7 +69,9 @@ class Combine(nn.Module):
 
 
 class Exported(nn.Module):
-    """Raw numeric columns -> class probabilities, as the package's predictor computes them."""
+    """Raw numeric columns -> class probabilities [rows, classes], or a regression's numbers
+    [rows] in the target's units (`scales`: each member's target (mean, std)), as the
+    package's predictor computes them."""
 
     def __init__(
         self,
@@ -74,17 +79,23 @@ class Exported(nn.Module):
         nets: list[nn.Module],
         temperature: float = 1.0,
         combine: Combine | None = None,
+        scales: list[tuple[float, float]] | None = None,
     ):
         super().__init__()
         self.preps = nn.ModuleList(preps)
         self.nets = nn.ModuleList(nets)
         self.temperature = temperature  # the package's (evaluate.calibrate), a constant
         self.combine = combine or Combine(None, {}, len(nets))
+        self.scales = scales  # constants in the graph, like the temperature
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         probs = []
-        for prep, net in zip(self.preps, self.nets):
+        for index, (prep, net) in enumerate(zip(self.preps, self.nets)):
             logits = net(prep(features)).float()
+            if self.scales is not None:  # TargetScale.original: one number per row
+                mean, std = self.scales[index]
+                probs.append(logits.reshape(-1) * std + mean)
+                continue
             if self.temperature != 1.0:
                 logits = logits / self.temperature
             probs.append(torch.softmax(logits, dim=1))
@@ -101,3 +112,35 @@ def combination(kind: str | None, state: dict[str, Any], members: int, where: st
             f"(it folds {', '.join(EXPORTED_RULES)})"
         )
     return Combine(kind, state, members)
+
+
+def prediction_rule(info: Any) -> str:
+    """How a serving runtime turns the probabilities into a class, as the package does."""
+    d = info.decision
+    if d is None or d.threshold is None or d.positive is None:
+        return "classes[argmax]"
+    return (
+        f"classes[{d.positive}] where probabilities[{d.positive}] >= {d.threshold!r}, "
+        f"else classes[{1 - d.positive}] (evaluate.threshold)"
+    )
+
+
+def output_section(info: Any, scales: list[tuple[float, float]] | None) -> dict[str, Any]:
+    """The sidecar's `output`: a classifier's probabilities, or a regression's number."""
+    if scales is not None:  # the number itself, no classes
+        return {
+            "name": "prediction",
+            "dtype": "float32",
+            "shape": ["batch"],
+            "classes": [],
+            "prediction": "the number itself, in the target's units "
+            "(the network's output * std + mean, inside the graph)",
+            "target_scale": [{"mean": m, "std": s} for m, s in scales],
+        }
+    return {
+        "name": "probabilities",
+        "dtype": "float32",
+        "shape": ["batch", len(info.classes)],
+        "classes": list(info.classes),
+        "prediction": prediction_rule(info),
+    }
