@@ -65,10 +65,4 @@ def test_the_diabetes_pipeline_trains_a_regressor_whose_package_predicts_its_num
     assert main(["predict", result["package"], str(raw), "--proba"]) != 0
     assert "is a regression's: it predicts a number per row" in capsys.readouterr().err
     assert "predicts a number" in repr(model)
-
-    # not built yet for a regression: export refuses its package, naming why
-    from trainflow.export import export_model
-    from trainflow.folding import ExportError
-
-    with pytest.raises(ExportError, match="a regression's package: exporting one"):
-        export_model(result["package"], "onnx", tmp_path / "model.onnx")
+    # its exports: tests/flows/test_export_regression.py
