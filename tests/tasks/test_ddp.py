@@ -6,7 +6,6 @@ clear error."""
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.interrupt import descendants, wait_gone
+from tests.interrupt import descendants, frozen_at_step, wait_gone
 from tests.tasks.ranks import prepared_shards, rows
 from trainflow.artifacts import Store
 from trainflow.engine import checkpoint
@@ -35,6 +34,12 @@ ONE = TrainSpec.model_validate(
      "device": "cpu", "loader": {"mode": "memory"}}
 )  # fmt: skip
 TWO = TrainSpec.model_validate({**ONE.model_dump(), "distributed": {"nproc_per_node": 2}})
+# The module's 2-rank run checkpoints every step (it trains as TWO does): the kill test
+# resumes its own spec from inside epoch 2, and compares with it.
+STEPPED = TrainSpec.model_validate(
+    {**TWO.model_dump(), "checkpoint_every_steps": 1, "checkpoint_interval_s": 0}
+)
+STEPS_PER_EPOCH = 12
 # Measured (3 epochs, 36 steps, AdamW): largest weight difference 9e-8, metrics within 1e-8;
 # the float sums run in another order on two ranks, so bit equality is not expected.
 ATOL = 1e-5
@@ -45,7 +50,7 @@ def runs(tmp_path_factory):
     store = str(tmp_path_factory.mktemp("store"))
     table, raw, scaled, shards = prepared_shards(store)
     one = train_model.fn(shards, MODEL, ONE, 0, store)
-    two = train_model.fn(shards, MODEL, TWO, 0, store)
+    two = train_model.fn(shards, MODEL, STEPPED, 0, store)  # (TWO, a checkpoint every step)
     return {"store": store, "shards": shards, "one": one, "two": two}
 
 
@@ -144,9 +149,6 @@ def test_ddp_refuses_a_batch_it_cannot_split_and_knobs_that_cannot_hold():
         TrainSpec(auto_batch={"memory_mb": 100}, distributed={"nproc_per_node": 1})
 
 
-STEPPED = TrainSpec.model_validate(
-    {**TWO.model_dump(), "epochs": 6, "checkpoint_every_steps": 1, "checkpoint_interval_s": 0}
-)
 CHILD = """
 import sys
 from trainflow.artifacts import ArtifactRef
@@ -159,46 +161,56 @@ train_model.fn(ArtifactRef.model_validate_json(shards), MLPParams.model_validate
 """
 
 
-def killed_mid_epoch(runs, store: str) -> dict:
-    """Run STEPPED's training in a child process, SIGKILL it once its last.pt is inside an
-    epoch after the first (its torchrun and ranks stop with it), and return that last.pt."""
+def killed_mid_epoch(runs, store: str, work: Path) -> dict:
+    """Run STEPPED's training in a child process, stop rank 0 inside optimizer step 4 of
+    epoch 2 (its last.pt holds step 3's position), and SIGKILL the child (its torchrun and
+    ranks stop with it); that last.pt."""
     folder = resume_folder(Store(store), runs["shards"], MODEL, STEPPED, 0)
+    env, frozen = frozen_at_step(work, STEPS_PER_EPOCH + 4)
     argv = [runs["shards"].model_dump_json(), MODEL.model_dump_json(), STEPPED.model_dump_json()]
-    child = subprocess.Popen([sys.executable, "-c", CHILD, *argv, store])
+    child = subprocess.Popen([sys.executable, "-c", CHILD, *argv, store], env=env)
+    saved: dict = {}
     try:
-        deadline = time.monotonic() + 300
-        while child.poll() is None and time.monotonic() < deadline:
+        deadline = time.monotonic() + 600
+        while child.poll() is None and time.monotonic() < deadline and not frozen.exists():
+            time.sleep(0.05)
+        settled = time.monotonic() + 60  # the writer thread may still be saving step 3
+        while frozen.exists() and time.monotonic() < settled and batch(saved) != 3:
             try:
                 saved = checkpoint.load(folder / "last.pt")
-            except ArtifactError:  # not written yet
-                saved = {}
-            position = saved.get("position") or {}
-            if saved.get("epoch", 0) >= 2 and 1 <= position.get("batch", 0) <= 6:
-                break  # well inside the epoch (12 batches): the kill lands inside it too
+            except ArtifactError:  # not written yet, or being replaced
+                pass
             time.sleep(0.05)
         ranks = descendants(child.pid)
     finally:
         child.kill()  # SIGKILL
         child.wait()
-    assert saved.get("position"), "the run ended before a mid-epoch checkpoint was seen"
+    assert frozen.exists(), f"rank 0 did not reach epoch 2's step 4 (exit {child.returncode})"
+    assert batch(saved) == 3, f"last.pt holds {saved.get('position')}, not epoch 2's batch 3"
     wait_gone(ranks)  # torchrun stops its ranks on its parent's death (engine.ddp)
-    # (the kill may land while the rotation renames: the resume reads the newest intact one)
     return load_resumable(folder / "last.pt")
 
 
+def batch(saved: dict) -> int | None:
+    return (saved.get("position") or {}).get("batch")
+
+
 @pytest.mark.slow
-def test_a_ddp_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(runs, tmp_path):
-    full = train_model.fn(runs["shards"], MODEL, STEPPED, 0, str(tmp_path / "full"))
-    store = str(tmp_path / "killed")
-    shutil.copytree(runs["store"], store)  # (the shards' paths are absolute: the same files)
-    left = killed_mid_epoch(runs, store)
-    assert left["position"]["batch"] > 0 and left["world_size"] == 2
+def test_a_ddp_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(runs, tmp_path, caplog):
+    full = runs["two"]  # (STEPPED's uninterrupted run)
+    store = str(tmp_path / "killed")  # (the shards' paths are absolute: the same files)
+    left = killed_mid_epoch(runs, store, tmp_path / "site")
+    assert left["epoch"] == 2 and left["world_size"] == 2
+    assert left["position"]["batch"] == 3 and left["steps"] == STEPS_PER_EPOCH + 3
+    caplog.set_level(logging.INFO, logger="trainflow")
     resumed = train_model.fn(runs["shards"], MODEL, STEPPED, 0, store)
+    # (a run from scratch would end with the same weights: this one started from the kill)
+    assert "resuming from epoch 2 (step 15)" in caplog.text
     a = checkpoint.load(full.path / "best.pt")["model"]
     b = checkpoint.load(resumed.path / "best.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
     x, y = rows(full), rows(resumed)
-    assert len(x) == len(y) == 6
+    assert len(x) == len(y) == 3
     for one, other in zip(x, y):  # (the resumed epoch's loss sums add in another order)
         assert one == pytest.approx(other, abs=1e-6, rel=0)
 
