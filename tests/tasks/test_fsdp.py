@@ -4,8 +4,8 @@ global batch 2 sharded ranks end with the 1-process weights and metrics; a 2-ran
 mid-epoch resumes on 1 rank (DCP reshards) to the uninterrupted weights; its package predicts
 as any other; a model smaller than one shard is refused before any rank starts."""
 
+import logging
 import pickle
-import shutil
 import subprocess
 import sys
 import time
@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import trainflow
-from tests.interrupt import descendants, wait_gone
+from tests.interrupt import descendants, frozen_at_step, wait_gone
 from tests.tasks.ranks import prepared_shards, rows
 from trainflow.artifacts import Store
 from trainflow.engine import checkpoint
-from trainflow.errors import ArtifactError, TrainflowError
+from trainflow.errors import TrainflowError
 from trainflow.spec.model import MLPParams
 from trainflow.spec.pipeline import PipelineSpec
 from trainflow.spec.train import TrainSpec
@@ -115,9 +115,12 @@ def test_a_model_smaller_than_one_shard_or_with_batch_norm_is_refused_before_any
     assert not list(tmp_path.rglob("*.pt"))
 
 
+# (TWO with a checkpoint every step: it trains as the module's run of ONE does, the kill
+# test's uninterrupted weights)
 STEPPED = TrainSpec.model_validate(
-    {**TWO.model_dump(), "epochs": 5, "checkpoint_every_steps": 1, "checkpoint_interval_s": 0}
+    {**TWO.model_dump(), "checkpoint_every_steps": 1, "checkpoint_interval_s": 0}
 )
+STEPS_PER_EPOCH = 12
 ON_ONE = TrainSpec.model_validate(
     {**STEPPED.model_dump(), "distributed": {**SHARDED, "nproc_per_node": 1}}
 )
@@ -133,52 +136,51 @@ train_model.fn(ArtifactRef.model_validate_json(shards), MLPParams.model_validate
 """
 
 
-def killed_mid_epoch(runs, store: str) -> dict:
-    """Run STEPPED's 2-rank training in a child process, SIGKILL it once its checkpoint
-    folder is inside an epoch after the first, and return that checkpoint's state.pt."""
+def killed_mid_epoch(runs, store: str, work: Path) -> dict:
+    """Run STEPPED's 2-rank training in a child process, stop rank 0 inside optimizer step 4
+    of epoch 2 (every rank has saved step 3's checkpoint folder: the save is collective),
+    SIGKILL the child (its torchrun and ranks stop with it), and return that folder's
+    state.pt."""
     folder = resume_folder(Store(store), runs["shards"], MODEL, STEPPED, 0)
+    env, frozen = frozen_at_step(work, STEPS_PER_EPOCH + 4)
     argv = [runs["shards"].model_dump_json(), MODEL.model_dump_json(), STEPPED.model_dump_json()]
-    child = subprocess.Popen([sys.executable, "-c", CHILD, *argv, store])
-    saved: dict = {}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, *argv, store], env=env)
     try:
-        deadline = time.monotonic() + 300
-        while child.poll() is None and time.monotonic() < deadline:
-            try:
-                saved = checkpoint.load(folder / "last.dcp" / "state.pt")
-            except ArtifactError:  # not written yet, or renamed this instant
-                saved = {}
-            position = saved.get("position") or {}
-            if saved.get("epoch", 0) >= 2 and 1 <= position.get("batch", 0) <= 6:
-                break
+        deadline = time.monotonic() + 600
+        while child.poll() is None and time.monotonic() < deadline and not frozen.exists():
             time.sleep(0.05)
         ranks = descendants(child.pid)
     finally:
         child.kill()  # SIGKILL
         child.wait()
-    assert saved.get("position"), "the run ended before a mid-epoch checkpoint was seen"
+    assert frozen.exists(), f"rank 0 did not reach epoch 2's step 4 (exit {child.returncode})"
     wait_gone(ranks)  # torchrun stops its ranks on its parent's death (engine.ddp)
+    saved = checkpoint.load(folder / "last.dcp" / "state.pt")
+    assert (saved["epoch"], saved["position"]["batch"]) == (2, 3), saved["position"]
     return saved
 
 
 @pytest.mark.slow
-def test_a_two_rank_run_killed_mid_epoch_resumes_on_one_rank(runs, tmp_path):
+def test_a_two_rank_run_killed_mid_epoch_resumes_on_one_rank(runs, tmp_path, caplog):
     """The checkpoint folder of 2 ranks, SIGKILLed mid-epoch, resumes on 1 rank (DCP
     reshards model and optimizer): the run ends with the uninterrupted weights."""
-    plain = TrainSpec.model_validate({**STEPPED.model_dump(), "distributed": None})
-    full = train_model.fn(runs["shards"], MODEL, plain, 0, str(tmp_path / "full"))
-    store = str(tmp_path / "killed")
-    shutil.copytree(runs["store"], store)  # (the shards' paths are absolute: the same files)
-    left = killed_mid_epoch(runs, store)
+    full = runs["one"]  # (STEPPED's training, uninterrupted, in one process)
+    store = str(tmp_path / "killed")  # (the shards' paths are absolute: the same files)
+    left = killed_mid_epoch(runs, store, tmp_path / "site")
     assert left["world_size"] == 2 and left["model"] == {}  # the weights are DCP's shards
+    assert left["steps"] == STEPS_PER_EPOCH + 3
     folder = resume_folder(Store(store), runs["shards"], MODEL, STEPPED, 0)
     assert not (folder / "last.pt").exists()
+    caplog.set_level(logging.INFO, logger="trainflow")
     resumed = train_model.fn(runs["shards"], MODEL, ON_ONE, 0, store)
+    # (a run from scratch would end with the same weights: this one started from the kill)
+    assert "resuming from epoch 2 (step 15)" in caplog.text
     assert_close(
         checkpoint.load(full.path / "best.pt")["model"],
         checkpoint.load(resumed.path / "best.pt")["model"],
     )
     x, y = rows(full), rows(resumed)
-    assert len(x) == len(y) == 5
+    assert len(x) == len(y) == 3
     for one, other in zip(x, y):
         assert one == pytest.approx(other, abs=ATOL, rel=0)
     assert not folder.exists()  # the resume folder is gone once the run finished
