@@ -55,10 +55,8 @@ from trainflow.spec.compress import DistillSpec
 from trainflow.spec.pipeline import load_spec
 from trainflow.spec.qat import QatSpec
 from trainflow.tasks.distill import distill_model
-from trainflow.tasks.ingest import ingest
 from trainflow.tasks.prune import prune_model
 from trainflow.tasks.quantize import quantize_calibrated, quantize_model
-from trainflow.tasks.shard import shard
 from trainflow.tasks.train import load_splits, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,13 +78,7 @@ STUDENTS = {
 
 def trained(name: str, store: str, epochs: int):
     spec = load_spec(ROOT / "pipelines" / f"{name}.yaml", [f"train.epochs={epochs}"])
-    table = ingest.fn(spec.data.source, store)
-    for params in spec.data.pre_split:
-        table = registry.STEPS[params.type].impl.fn(table, params, spec.seed, store)
-    splits = registry.STEPS["split"].impl.fn(table, spec.data.split, spec.seed, store)
-    for params in spec.data.post_split:
-        splits = registry.STEPS[params.type].impl.fn(splits, params, spec.seed, store)
-    shards = shard.fn(splits, spec.data.shard, store, spec.seed)
+    shards = harness.prepared_shards(spec, store)
     return spec, shards, train_model.fn(shards, spec.model, spec.train, spec.seed, store)
 
 

@@ -311,3 +311,20 @@ def conclude(
     summary = summarize(samples, baseline)
     print(table(summary, unit, unit_name))
     return finish(name, before, {"baseline": baseline, "summary": summary, **extra})
+
+
+def prepared_shards(spec, store: str):
+    """The spec's data steps run in process, as the prepare-data flow runs them (ingest, the
+    steps before the split, the split, the steps after it), ending in its shards' artifact.
+    trainflow is imported here: a benchmark points Prefect at its home before that."""
+    from trainflow import registry
+    from trainflow.tasks.ingest import ingest
+    from trainflow.tasks.shard import shard
+
+    table = ingest.fn(spec.data.source, store)
+    for params in spec.data.pre_split:
+        table = registry.STEPS[params.type].impl.fn(table, params, spec.seed, store)
+    splits = registry.STEPS["split"].impl.fn(table, spec.data.split, spec.seed, store)
+    for params in spec.data.post_split:
+        splits = registry.STEPS[params.type].impl.fn(splits, params, spec.seed, store)
+    return shard.fn(splits, spec.data.shard, store, spec.seed)

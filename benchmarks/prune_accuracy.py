@@ -20,9 +20,7 @@ import harness
 
 from trainflow import registry
 from trainflow.spec.pipeline import load_spec
-from trainflow.tasks.ingest import ingest
 from trainflow.tasks.prune import prune_model
-from trainflow.tasks.shard import shard
 from trainflow.tasks.train import train_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,13 +29,7 @@ PIPELINES = ("breast_cancer_mlp", "digits_cnn")
 
 def trained(name: str, store: str):
     spec = load_spec(ROOT / "pipelines" / f"{name}.yaml")
-    table = ingest.fn(spec.data.source, store)
-    for params in spec.data.pre_split:
-        table = registry.STEPS[params.type].impl.fn(table, params, spec.seed, store)
-    splits = registry.STEPS["split"].impl.fn(table, spec.data.split, spec.seed, store)
-    for params in spec.data.post_split:
-        splits = registry.STEPS[params.type].impl.fn(splits, params, spec.seed, store)
-    shards = shard.fn(splits, spec.data.shard, store, spec.seed)
+    shards = harness.prepared_shards(spec, store)
     return spec, shards, train_model.fn(shards, spec.model, spec.train, spec.seed, store)
 
 

@@ -24,15 +24,12 @@ from pathlib import Path
 
 import harness
 
-from trainflow import registry
 from trainflow.engine.inference import score
 from trainflow.engine.model_folder import load_model
 from trainflow.spec.after_training import StaticInt8Params
 from trainflow.spec.pipeline import load_spec
 from trainflow.spec.qat import QatSpec
-from trainflow.tasks.ingest import ingest
 from trainflow.tasks.quantize import quantize_model
-from trainflow.tasks.shard import shard
 from trainflow.tasks.train import load_splits, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,13 +38,7 @@ STATIC = StaticInt8Params(type="static_int8")
 
 def prepared(store: str):
     spec = load_spec(ROOT / "pipelines" / "digits_cnn.yaml")
-    table = ingest.fn(spec.data.source, store)
-    for params in spec.data.pre_split:
-        table = registry.STEPS[params.type].impl.fn(table, params, spec.seed, store)
-    splits = registry.STEPS["split"].impl.fn(table, spec.data.split, spec.seed, store)
-    for params in spec.data.post_split:
-        splits = registry.STEPS[params.type].impl.fn(splits, params, spec.seed, store)
-    return spec, shard.fn(splits, spec.data.shard, store, spec.seed)
+    return spec, harness.prepared_shards(spec, store)
 
 
 def accuracies(ref, data: dict, classes: int) -> dict:
